@@ -1,0 +1,137 @@
+//! Store-level application of lifecycle events: one compare-and-set per
+//! event, with [`crate::lifecycle::decide`] explaining the outcome. This is
+//! what the master runs; the conformance suites race it against itself.
+
+use crate::lifecycle::{decide, Decision, Refusal, Reported, TaskEvent, Transition};
+use crate::model::{TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp, ValidationError};
+use crate::results::{self, ResultDecision, ResultIgnored};
+use crate::store::{CasOutcome, InsertOutcome, TaskStore};
+use crate::{Error, Result};
+
+/// What [`apply_event`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Applied {
+    /// The change is stored.
+    Changed {
+        /// The task after the change.
+        task: TaskRecord,
+        /// The transition, with the effects the caller must now carry out.
+        transition: Transition,
+    },
+    /// Nothing changed.
+    Refused {
+        /// The task as it is, if it exists.
+        task: Option<TaskRecord>,
+        /// Why.
+        refusal: Refusal,
+    },
+}
+
+/// Applies `event` to task `id` with a single compare-and-set.
+pub async fn apply_event(
+    store: &dyn TaskStore,
+    id: &TaskId,
+    event: &TaskEvent,
+    now: Timestamp,
+) -> Result<Applied> {
+    let change = event.change(now);
+    let outcome = match store.update_status(id, &change).await {
+        Ok(outcome) => outcome,
+        Err(Error::NotFound { .. }) => {
+            return Ok(Applied::Refused {
+                task: None,
+                refusal: Refusal::UnknownTask,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    match outcome {
+        CasOutcome::Applied { before } => match decide(Some(&before), event) {
+            Decision::Apply(transition) => {
+                let mut task = before;
+                change.apply_to(&mut task);
+                Ok(Applied::Changed { task, transition })
+            }
+            Decision::Refuse(r) => Err(broken_store(store, id, &r.to_string())),
+        },
+        CasOutcome::Rejected { current } => match decide(Some(&current), event) {
+            Decision::Refuse(refusal) => Ok(Applied::Refused {
+                task: Some(current),
+                refusal,
+            }),
+            Decision::Apply(_) => Err(broken_store(
+                store,
+                id,
+                "guard held but the change was rejected",
+            )),
+        },
+    }
+}
+
+fn broken_store(store: &dyn TaskStore, id: &TaskId, what: &str) -> Error {
+    Error::Backend {
+        backend: "task store",
+        source: format!("{store:?} broke compare-and-set on task {id}: {what}").into(),
+    }
+}
+
+/// What [`record_report`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct ReportOutcome {
+    /// The status change (or why there was none).
+    pub status: Applied,
+    /// `Ok` if this report's result is now the task's result.
+    pub result: Result<(), ResultIgnored>,
+}
+
+/// Records a worker's report: the status transition (a cancel that came
+/// first wins), then the result, insert-if-absent (the first result wins).
+pub async fn record_report(
+    store: &dyn TaskStore,
+    result: TaskResult,
+    now: Timestamp,
+) -> Result<ReportOutcome> {
+    let outcome = match result.status {
+        TaskStatus::Completed => Reported::Completed,
+        TaskStatus::Failed => Reported::Failed,
+        TaskStatus::Cancelled => Reported::Cancelled,
+        TaskStatus::Pending | TaskStatus::Running => {
+            return Err(ValidationError::Invalid {
+                field: "report status",
+                reason: format!(
+                    "a report must say completed, failed or cancelled, not {}",
+                    result.status
+                ),
+            }
+            .into())
+        }
+    };
+    let event = TaskEvent::Report {
+        worker: result.worker_id.clone(),
+        outcome,
+        message: result.message.clone(),
+    };
+    let status = apply_event(store, &result.task_id, &event, now).await?;
+    let task = match &status {
+        Applied::Changed { task, .. }
+        | Applied::Refused {
+            task: Some(task), ..
+        } => task,
+        Applied::Refused { task: None, .. } => {
+            return Ok(ReportOutcome {
+                status,
+                result: Err(ResultIgnored::UnknownTask),
+            });
+        }
+    };
+    let result = match results::decide(Some(task), None, result) {
+        ResultDecision::Ignore(why) => Err(why),
+        ResultDecision::Store(r) => match store.insert_result(r).await? {
+            InsertOutcome::Inserted => Ok(()),
+            InsertOutcome::AlreadyPresent => Err(ResultIgnored::Duplicate),
+        },
+    };
+    Ok(ReportOutcome { status, result })
+}

@@ -1,0 +1,74 @@
+//! One error type for every backend trait, classified by what the caller
+//! should do about it (retry, fix the input, give up), as object_store does.
+
+use crate::model::ValidationError;
+
+/// A boxed error from a backend library (driver, daemon client, codec).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias used by every trait in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors by meaning. Adapters map their native errors onto these so that the
+/// services (and the gRPC layer) can react without knowing the backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The named object does not exist.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// What was looked up (`"task"`, `"worker"`, `"container"`, ...).
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// An object with this id exists already.
+    #[error("{kind} {id} already exists")]
+    AlreadyExists {
+        /// What was created (`"task"`, `"worker"`, ...).
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The request is valid but the current state forbids it
+    /// (for example, cancelling a task that already completed).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The request itself is malformed; retrying it cannot help.
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] ValidationError),
+    /// The backend or peer cannot be reached now; back off and retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The deadline passed before an answer came; the outcome is unknown.
+    #[error("deadline exceeded: {0}")]
+    Timeout(String),
+    /// The caller's credentials were missing or wrong.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Any other failure inside a backend.
+    #[error("{backend} error: {source}")]
+    Backend {
+        /// Which backend failed (`"mongodb"`, `"docker"`, ...).
+        backend: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
+        Error::NotFound {
+            kind,
+            id: id.to_string(),
+        }
+    }
+
+    /// Whether trying again later may succeed (the peer or backend was
+    /// unreachable or slow), as opposed to a definite answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Timeout(_))
+    }
+}

@@ -1,0 +1,55 @@
+//! # cloudai-core
+//!
+//! The core of CloudAI-rs, a scheduler for container tasks across a cluster:
+//! the domain [`model`], pure state machines that hold every rule, the
+//! traits that backends implement, and an in-memory store.
+//!
+//! The state machines do no I/O and never read a clock; callers pass `now`.
+//!
+//! | module | rule it holds |
+//! |---|---|
+//! | [`lifecycle`] | task status transitions and their precedence (a cancel beats later reports; terminal states absorb) |
+//! | [`results`] | at most one result per task, the first wins |
+//! | [`ledger`] | a worker's allocation is derived from its running tasks; reconciliation |
+//! | [`liveness`] | heartbeat deadlines: active, inactive, lost |
+//! | [`placement`] | which active worker with room gets a task |
+//! | [`backoff`] | reconnection retry schedule with jitter |
+//!
+//! The seams: [`store::TaskStore`], [`store::WorkerRegistry`],
+//! [`runtime::ContainerRuntime`], [`transport::MasterToWorker`] and
+//! [`transport::WorkerToMaster`]. With the `testing` feature, the
+//! `testing` module holds the conformance suites every implementation runs.
+//!
+//! ```
+//! use cloudai_core::lifecycle::{decide, Decision, Refusal, Reported, TaskEvent};
+//! use cloudai_core::model::*;
+//!
+//! let spec = TaskSpec::new("busybox", vec!["true".into()], Resources::new(1.0, 0.5, 0.0, 0)?);
+//! let mut task = TaskRecord::new(TaskId::new("t1")?, spec, Timestamp::ZERO);
+//! task.status = TaskStatus::Cancelled;
+//! task.worker = Some(WorkerId::new("w1")?);
+//!
+//! // A late report never overwrites a cancel.
+//! let late = TaskEvent::Report { worker: WorkerId::new("w1")?, outcome: Reported::Failed, message: None };
+//! assert_eq!(decide(Some(&task), &late), Decision::Refuse(Refusal::AlreadyFinal(TaskStatus::Cancelled)));
+//! # Ok::<(), ValidationError>(())
+//! ```
+
+pub mod apply;
+pub mod backoff;
+mod error;
+pub mod ledger;
+pub mod lifecycle;
+pub mod liveness;
+pub mod memory;
+pub mod model;
+pub mod placement;
+pub mod results;
+pub mod runtime;
+pub mod store;
+pub mod transport;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{BoxError, Error, Result};

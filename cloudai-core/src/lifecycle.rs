@@ -1,0 +1,517 @@
+//! The task lifecycle: `pending → running → {completed, failed, cancelled}`.
+//!
+//! One pure function, [`decide`], holds every rule. It is used twice: to
+//! compute the compare-and-set a store must perform ([`TaskEvent::change`]),
+//! and to explain or apply the outcome against the record the store returns.
+//! Because the store's write is conditional on the same guard, precedence
+//! holds even with several writers: once `cancelled` is written, no report
+//! can match `running` again.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::model::{Resources, TaskRecord, TaskStatus, Timestamp, WorkerId};
+use crate::store::{Assignment, StatusChange};
+
+/// Statuses from which a task may be assigned.
+const FROM_PENDING: &[TaskStatus] = &[TaskStatus::Pending];
+/// Statuses from which a worker report, requeue or loss applies.
+const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running];
+/// Statuses from which a user may cancel.
+const CANCELLABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running];
+
+/// How a worker says a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// Exit code 0.
+    Completed,
+    /// Non-zero exit, start failure, or the worker shut down under it.
+    Failed,
+    /// The worker stopped it (after a cancel, or on its operator's request).
+    Cancelled,
+}
+
+impl From<Reported> for TaskStatus {
+    fn from(r: Reported) -> TaskStatus {
+        match r {
+            Reported::Completed => TaskStatus::Completed,
+            Reported::Failed => TaskStatus::Failed,
+            Reported::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// Something that happens to a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// The master places a pending task on a worker.
+    Assign {
+        /// Where it goes.
+        worker: WorkerId,
+    },
+    /// The assignment could not be delivered; the task goes back to the queue.
+    Requeue {
+        /// The worker it was assigned to.
+        worker: WorkerId,
+        /// Why delivery failed.
+        reason: String,
+    },
+    /// A worker reports that the task ended.
+    Report {
+        /// Who reports.
+        worker: WorkerId,
+        /// How it ended.
+        outcome: Reported,
+        /// The worker's explanation, if any.
+        message: Option<String>,
+    },
+    /// A user cancels the task.
+    Cancel {
+        /// Skip the grace period: SIGKILL at once.
+        force: bool,
+    },
+    /// The task's worker was declared lost.
+    WorkerLost {
+        /// The lost worker.
+        worker: WorkerId,
+    },
+}
+
+/// A side effect the caller must carry out after the transition is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Reserve the task's resources on the worker.
+    Reserve {
+        /// The worker.
+        worker: WorkerId,
+        /// The task's request.
+        resources: Resources,
+    },
+    /// Give the task's resources back to the worker.
+    Release {
+        /// The worker.
+        worker: WorkerId,
+        /// The task's request.
+        resources: Resources,
+    },
+    /// Send the assignment to the worker.
+    SendAssignment {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// Tell the worker to stop the task (now, or when it is reachable again).
+    StopOnWorker {
+        /// The worker.
+        worker: WorkerId,
+        /// SIGTERM→SIGKILL grace; zero for a force stop.
+        grace: Duration,
+    },
+    /// Store the reporting worker's result (see [`crate::results`]).
+    StoreResult,
+}
+
+/// A transition that applies, with the effects it requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Transition {
+    /// Status before.
+    pub from: TaskStatus,
+    /// Status after.
+    pub to: TaskStatus,
+    /// What the caller must do once the new status is stored.
+    pub effects: Vec<Effect>,
+}
+
+/// Why an event does not apply. For reports this is a logged no-op; for a
+/// user's request (cancel, assign) it becomes an error to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such task.
+    UnknownTask,
+    /// The task already reached this final status.
+    AlreadyFinal(TaskStatus),
+    /// The event needs a running task; this one is still pending.
+    NotRunning,
+    /// The task is already assigned to this worker.
+    AlreadyAssigned(WorkerId),
+    /// The event names a worker the task is not assigned to.
+    OtherWorker {
+        /// The worker the task is assigned to, if any.
+        assigned: Option<WorkerId>,
+        /// The worker the event named.
+        claimed: WorkerId,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::UnknownTask => f.write_str("unknown task"),
+            Refusal::AlreadyFinal(s) => write!(f, "task already {s}"),
+            Refusal::NotRunning => f.write_str("task is not running"),
+            Refusal::AlreadyAssigned(w) => write!(f, "task already assigned to {w}"),
+            Refusal::OtherWorker {
+                assigned: Some(a),
+                claimed,
+            } => {
+                write!(f, "task is assigned to {a}, not {claimed}")
+            }
+            Refusal::OtherWorker {
+                assigned: None,
+                claimed,
+            } => {
+                write!(f, "task is not assigned to {claimed}")
+            }
+        }
+    }
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Decision {
+    /// The event applies.
+    Apply(Transition),
+    /// The event does not apply, and why.
+    Refuse(Refusal),
+}
+
+impl TaskEvent {
+    /// The status the event leads to.
+    pub fn target(&self) -> TaskStatus {
+        match self {
+            TaskEvent::Assign { .. } => TaskStatus::Running,
+            TaskEvent::Requeue { .. } => TaskStatus::Pending,
+            TaskEvent::Report { outcome, .. } => (*outcome).into(),
+            TaskEvent::Cancel { .. } => TaskStatus::Cancelled,
+            TaskEvent::WorkerLost { .. } => TaskStatus::Failed,
+        }
+    }
+
+    fn allowed_from(&self) -> &'static [TaskStatus] {
+        match self {
+            TaskEvent::Assign { .. } => FROM_PENDING,
+            TaskEvent::Cancel { .. } => CANCELLABLE,
+            TaskEvent::Requeue { .. } | TaskEvent::Report { .. } | TaskEvent::WorkerLost { .. } => {
+                FROM_RUNNING
+            }
+        }
+    }
+
+    /// The worker the task must currently be assigned to for the event to
+    /// apply: a report, requeue or loss only concerns the assigned worker.
+    fn expected_worker(&self) -> Option<&WorkerId> {
+        match self {
+            TaskEvent::Requeue { worker, .. }
+            | TaskEvent::Report { worker, .. }
+            | TaskEvent::WorkerLost { worker } => Some(worker),
+            TaskEvent::Assign { .. } | TaskEvent::Cancel { .. } => None,
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        match self {
+            TaskEvent::Assign { .. } => None,
+            TaskEvent::Requeue { reason, .. } => Some(format!("requeued: {reason}")),
+            TaskEvent::Report { message, .. } => message.clone(),
+            TaskEvent::Cancel { force: false } => Some("cancelled by user".into()),
+            TaskEvent::Cancel { force: true } => Some("force-cancelled by user".into()),
+            TaskEvent::WorkerLost { worker } => {
+                Some(format!("worker lost: {worker} stopped sending heartbeats"))
+            }
+        }
+    }
+
+    /// The compare-and-set a store performs for this event at `now`.
+    pub fn change(&self, now: Timestamp) -> StatusChange {
+        StatusChange {
+            allowed_from: self.allowed_from().to_vec(),
+            expected_worker: self.expected_worker().cloned(),
+            to: self.target(),
+            assignment: match self {
+                TaskEvent::Assign { worker } => Assignment::Set(worker.clone()),
+                TaskEvent::Requeue { .. } => Assignment::Clear,
+                _ => Assignment::Keep,
+            },
+            reason: self.reason(),
+            at: now,
+        }
+    }
+}
+
+/// Decides what `event` does to `task` (`None`: the task is unknown).
+pub fn decide(task: Option<&TaskRecord>, event: &TaskEvent) -> Decision {
+    let Some(task) = task else {
+        return Decision::Refuse(Refusal::UnknownTask);
+    };
+    if let Some(refusal) = refusal(task, event) {
+        return Decision::Refuse(refusal);
+    }
+    Decision::Apply(Transition {
+        from: task.status,
+        to: event.target(),
+        effects: effects(task, event),
+    })
+}
+
+fn refusal(task: &TaskRecord, event: &TaskEvent) -> Option<Refusal> {
+    if task.status.is_terminal() {
+        return Some(Refusal::AlreadyFinal(task.status));
+    }
+    if !event.allowed_from().contains(&task.status) {
+        return Some(match (&task.worker, task.status) {
+            (Some(w), TaskStatus::Running) => Refusal::AlreadyAssigned(w.clone()),
+            _ => Refusal::NotRunning,
+        });
+    }
+    match event.expected_worker() {
+        Some(claimed) if task.worker.as_ref() != Some(claimed) => Some(Refusal::OtherWorker {
+            assigned: task.worker.clone(),
+            claimed: claimed.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn effects(task: &TaskRecord, event: &TaskEvent) -> Vec<Effect> {
+    let resources = task.spec.resources;
+    let holder = || {
+        task.worker
+            .clone()
+            .filter(|_| task.status == TaskStatus::Running)
+    };
+    match event {
+        TaskEvent::Assign { worker } => vec![
+            Effect::Reserve {
+                worker: worker.clone(),
+                resources,
+            },
+            Effect::SendAssignment {
+                worker: worker.clone(),
+            },
+        ],
+        TaskEvent::Report { worker, .. } => vec![
+            Effect::Release {
+                worker: worker.clone(),
+                resources,
+            },
+            Effect::StoreResult,
+        ],
+        TaskEvent::Requeue { worker, .. } | TaskEvent::WorkerLost { worker } => vec![
+            Effect::Release {
+                worker: worker.clone(),
+                resources,
+            },
+            Effect::StopOnWorker {
+                worker: worker.clone(),
+                grace: Duration::ZERO,
+            },
+        ],
+        TaskEvent::Cancel { force } => match holder() {
+            Some(worker) => vec![
+                Effect::Release {
+                    worker: worker.clone(),
+                    resources,
+                },
+                Effect::StopOnWorker {
+                    worker,
+                    grace: if *force {
+                        Duration::ZERO
+                    } else {
+                        task.spec.cancel_grace
+                    },
+                },
+            ],
+            None => Vec::new(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{TaskId, TaskSpec};
+
+    fn w(s: &str) -> WorkerId {
+        WorkerId::new(s).unwrap()
+    }
+
+    fn task(status: TaskStatus, worker: Option<&str>) -> TaskRecord {
+        let spec = TaskSpec::new("img", vec![], Resources::new(1.0, 1.0, 0.0, 0).unwrap());
+        let mut t = TaskRecord::new(TaskId::new("t").unwrap(), spec, Timestamp::ZERO);
+        t.status = status;
+        t.worker = worker.map(w);
+        t
+    }
+
+    fn report(worker: &str, outcome: Reported) -> TaskEvent {
+        TaskEvent::Report {
+            worker: w(worker),
+            outcome,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn assign_reserves_and_sends() {
+        let Decision::Apply(t) = decide(
+            Some(&task(TaskStatus::Pending, None)),
+            &TaskEvent::Assign { worker: w("a") },
+        ) else {
+            panic!("assign refused")
+        };
+        assert_eq!((t.from, t.to), (TaskStatus::Pending, TaskStatus::Running));
+        assert!(matches!(t.effects[0], Effect::Reserve { .. }));
+        assert!(matches!(t.effects[1], Effect::SendAssignment { .. }));
+    }
+
+    #[test]
+    fn cancel_beats_a_later_report() {
+        let cancelled = task(TaskStatus::Cancelled, Some("a"));
+        for outcome in [Reported::Completed, Reported::Failed, Reported::Cancelled] {
+            assert_eq!(
+                decide(Some(&cancelled), &report("a", outcome)),
+                Decision::Refuse(Refusal::AlreadyFinal(TaskStatus::Cancelled))
+            );
+        }
+    }
+
+    #[test]
+    fn terminal_states_absorb_every_event() {
+        let events = [
+            TaskEvent::Assign { worker: w("a") },
+            TaskEvent::Requeue {
+                worker: w("a"),
+                reason: "x".into(),
+            },
+            report("a", Reported::Failed),
+            TaskEvent::Cancel { force: true },
+            TaskEvent::WorkerLost { worker: w("a") },
+        ];
+        for st in [
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ] {
+            for e in &events {
+                assert_eq!(
+                    decide(Some(&task(st, Some("a"))), e),
+                    Decision::Refuse(Refusal::AlreadyFinal(st))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cancel_of_a_running_task_releases_and_stops_with_grace() {
+        let Decision::Apply(t) = decide(
+            Some(&task(TaskStatus::Running, Some("a"))),
+            &TaskEvent::Cancel { force: false },
+        ) else {
+            panic!()
+        };
+        assert_eq!(t.to, TaskStatus::Cancelled);
+        assert_eq!(
+            t.effects[1],
+            Effect::StopOnWorker {
+                worker: w("a"),
+                grace: TaskSpec::DEFAULT_CANCEL_GRACE
+            }
+        );
+        let Decision::Apply(t) = decide(
+            Some(&task(TaskStatus::Running, Some("a"))),
+            &TaskEvent::Cancel { force: true },
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            t.effects[1],
+            Effect::StopOnWorker {
+                worker: w("a"),
+                grace: Duration::ZERO
+            }
+        );
+    }
+
+    #[test]
+    fn cancel_of_a_pending_task_has_no_worker_effects() {
+        let Decision::Apply(t) = decide(
+            Some(&task(TaskStatus::Pending, None)),
+            &TaskEvent::Cancel { force: false },
+        ) else {
+            panic!()
+        };
+        assert!(t.effects.is_empty());
+    }
+
+    #[test]
+    fn reports_from_the_wrong_worker_or_for_pending_tasks_are_refused() {
+        assert_eq!(
+            decide(
+                Some(&task(TaskStatus::Running, Some("a"))),
+                &report("b", Reported::Completed)
+            ),
+            Decision::Refuse(Refusal::OtherWorker {
+                assigned: Some(w("a")),
+                claimed: w("b")
+            })
+        );
+        assert_eq!(
+            decide(
+                Some(&task(TaskStatus::Pending, None)),
+                &report("a", Reported::Completed)
+            ),
+            { Decision::Refuse(Refusal::NotRunning) }
+        );
+        assert_eq!(
+            decide(None, &report("a", Reported::Completed)),
+            Decision::Refuse(Refusal::UnknownTask)
+        );
+    }
+
+    #[test]
+    fn assigning_twice_is_refused() {
+        assert_eq!(
+            decide(
+                Some(&task(TaskStatus::Running, Some("a"))),
+                &TaskEvent::Assign { worker: w("b") }
+            ),
+            Decision::Refuse(Refusal::AlreadyAssigned(w("a")))
+        );
+    }
+
+    #[test]
+    fn worker_loss_fails_only_the_lost_workers_tasks() {
+        let Decision::Apply(t) = decide(
+            Some(&task(TaskStatus::Running, Some("a"))),
+            &TaskEvent::WorkerLost { worker: w("a") },
+        ) else {
+            panic!()
+        };
+        assert_eq!(t.to, TaskStatus::Failed);
+        assert!(matches!(
+            decide(
+                Some(&task(TaskStatus::Running, Some("a"))),
+                &TaskEvent::WorkerLost { worker: w("b") }
+            ),
+            Decision::Refuse(Refusal::OtherWorker { .. })
+        ));
+    }
+
+    #[test]
+    fn change_matches_decide() {
+        let e = report("a", Reported::Completed);
+        let c = e.change(Timestamp::from_millis(7));
+        assert_eq!(c.allowed_from, vec![TaskStatus::Running]);
+        assert_eq!(c.expected_worker, Some(w("a")));
+        assert_eq!(c.to, TaskStatus::Completed);
+        for st in TaskStatus::ALL {
+            let t = task(st, Some("a"));
+            assert_eq!(
+                c.admits(&t),
+                matches!(decide(Some(&t), &e), Decision::Apply(_)),
+                "{st}"
+            );
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The embedded default store: [`TaskStore`] and [`WorkerRegistry`] in
+//! memory, with the same compare-and-set and insert-if-absent semantics as
+//! every other backend (it runs the same conformance suites).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::model::{Heartbeat, TaskId, TaskRecord, TaskResult, WorkerId, WorkerRecord};
+use crate::store::{
+    CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
+};
+use crate::{Error, Result};
+
+/// Tasks, results and workers in memory. Cheap to create; share it as
+/// `Arc<MemoryStore>`. Locks are never held across an `.await`.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tasks: Mutex<HashMap<TaskId, TaskRecord>>,
+    results: Mutex<HashMap<TaskId, TaskResult>>,
+    workers: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
+}
+
+/// Every critical section leaves the maps consistent, so a panic elsewhere
+/// while holding the lock cannot have left half a change behind.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryStore {
+    async fn insert_task(&self, task: TaskRecord) -> Result<()> {
+        let mut tasks = lock(&self.tasks);
+        if tasks.contains_key(&task.id) {
+            return Err(Error::AlreadyExists {
+                kind: "task",
+                id: task.id.to_string(),
+            });
+        }
+        tasks.insert(task.id.clone(), task);
+        Ok(())
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        Ok(lock(&self.tasks).get(id).cloned())
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let mut out: Vec<TaskRecord> = lock(&self.tasks)
+            .values()
+            .filter(|t| filter.matches(t))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
+        let mut tasks = lock(&self.tasks);
+        let task = tasks
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found("task", id))?;
+        if !change.admits(task) {
+            return Ok(CasOutcome::Rejected {
+                current: task.clone(),
+            });
+        }
+        let before = task.clone();
+        change.apply_to(task);
+        Ok(CasOutcome::Applied { before })
+    }
+
+    async fn insert_result(&self, result: TaskResult) -> Result<InsertOutcome> {
+        let mut results = lock(&self.results);
+        if results.contains_key(&result.task_id) {
+            return Ok(InsertOutcome::AlreadyPresent);
+        }
+        results.insert(result.task_id.clone(), result);
+        Ok(InsertOutcome::Inserted)
+    }
+
+    async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
+        Ok(lock(&self.results).get(id).cloned())
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for MemoryStore {
+    async fn upsert_worker(&self, worker: WorkerRecord) -> Result<WorkerRecord> {
+        let mut workers = lock(&self.workers);
+        let stored = match workers.get_mut(&worker.id) {
+            Some(known) => {
+                known.address = worker.address;
+                known.capacity = worker.capacity;
+                known.clone()
+            }
+            None => {
+                workers.insert(worker.id.clone(), worker.clone());
+                worker
+            }
+        };
+        Ok(stored)
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        Ok(lock(&self.workers).get(id).cloned())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        Ok(lock(&self.workers).values().cloned().collect())
+    }
+
+    async fn remove_worker(&self, id: &WorkerId) -> Result<()> {
+        lock(&self.workers)
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(|| Error::not_found("worker", id))
+    }
+
+    async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<Vec<WorkerId>> {
+        let mut workers = lock(&self.workers);
+        let mut unknown = Vec::new();
+        for beat in beats {
+            match workers.get_mut(&beat.worker) {
+                Some(w) if w.last_heartbeat.is_some_and(|last| last > beat.at) => {}
+                Some(w) => {
+                    w.last_heartbeat = Some(beat.at);
+                    w.telemetry = Some(beat.telemetry.clone());
+                }
+                None if !unknown.contains(&beat.worker) => unknown.push(beat.worker.clone()),
+                None => {}
+            }
+        }
+        Ok(unknown)
+    }
+}

@@ -1,0 +1,127 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::ValidationError;
+
+/// Longest id accepted, in bytes.
+const MAX_ID_LEN: usize = 128;
+
+/// Checks an id: 1..=128 bytes of ASCII letters, digits, `.`, `_`, `-`, `:`.
+/// Ids end up in container names, labels, log fields and database keys, so
+/// the alphabet is kept to what all of those accept unescaped.
+fn validate_id(field: &'static str, s: &str) -> Result<(), ValidationError> {
+    if s.is_empty() {
+        return Err(ValidationError::Empty { field });
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(ValidationError::too_large(
+            field,
+            format!("{} bytes", s.len()),
+            format!("{MAX_ID_LEN} bytes"),
+        ));
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+    {
+        Some(found) => Err(ValidationError::BadCharacter { field, found }),
+        None => Ok(()),
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps an id.
+            pub fn new(s: impl Into<String>) -> Result<Self, ValidationError> {
+                let s = s.into();
+                validate_id($field, &s)?;
+                Ok(Self(s))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ValidationError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::new(s)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Identifies a task across the cluster.
+    TaskId,
+    "task id"
+);
+id_type!(
+    /// Identifies a worker across the cluster.
+    WorkerId,
+    "worker id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_the_documented_alphabet() {
+        assert!(TaskId::new("task-1763298788").is_ok());
+        assert!(WorkerId::new("node1.local:50052_a").is_ok());
+    }
+
+    #[test]
+    fn ids_refuse_empty_long_and_odd_text() {
+        assert_eq!(
+            TaskId::new(""),
+            Err(ValidationError::Empty { field: "task id" })
+        );
+        assert!(matches!(
+            TaskId::new("x".repeat(129)),
+            Err(ValidationError::TooLarge { .. })
+        ));
+        assert_eq!(
+            WorkerId::new("a b"),
+            Err(ValidationError::BadCharacter {
+                field: "worker id",
+                found: ' '
+            })
+        );
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        assert!(serde_json::from_str::<TaskId>("\"ok-1\"").is_ok());
+        assert!(serde_json::from_str::<TaskId>("\"no/slash\"").is_err());
+    }
+}

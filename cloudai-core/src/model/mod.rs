@@ -1,0 +1,18 @@
+//! The domain model: ids, resources, task and worker records, timestamps.
+//!
+//! Everything here is plain data with serde support; validation happens once,
+//! at construction, so the rest of the crate handles only valid values.
+
+mod ids;
+mod resources;
+mod task;
+mod time;
+mod validation;
+mod worker;
+
+pub use ids::{TaskId, WorkerId};
+pub use resources::Resources;
+pub use task::{TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
+pub use time::Timestamp;
+pub use validation::ValidationError;
+pub use worker::{Heartbeat, Telemetry, WorkerRecord};

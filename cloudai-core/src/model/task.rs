@@ -1,0 +1,339 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Resources, TaskId, Timestamp, ValidationError, WorkerId};
+
+/// Largest command line accepted (all arguments together), in bytes. Far
+/// below the kernel's `ARG_MAX`, so a too-long command fails at submit time
+/// with a clear error instead of at `exec` on a worker.
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
+/// Largest image reference accepted, in bytes.
+const MAX_IMAGE_BYTES: usize = 512;
+/// Largest environment (keys and values together), in bytes.
+const MAX_ENV_BYTES: usize = 128 * 1024;
+/// Longest cancel grace period a task may ask for.
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+/// What to run: the user's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Container image (recorded but unused by the local-process runtime).
+    pub image: String,
+    /// Program and arguments; empty means the image's default command.
+    pub command: Vec<String>,
+    /// Environment variables for the task.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Resources reserved on the worker while the task runs.
+    pub resources: Resources,
+    /// How long a cancelled task gets between SIGTERM and SIGKILL.
+    #[serde(with = "duration_ms", rename = "cancel_grace_ms")]
+    pub cancel_grace: Duration,
+}
+
+impl TaskSpec {
+    /// Default grace between SIGTERM and SIGKILL on cancel (seed: 10 s).
+    pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+    /// A spec with no env and the default grace.
+    pub fn new(image: impl Into<String>, command: Vec<String>, resources: Resources) -> Self {
+        TaskSpec {
+            image: image.into(),
+            command,
+            env: BTreeMap::new(),
+            resources,
+            cancel_grace: Self::DEFAULT_CANCEL_GRACE,
+        }
+    }
+
+    /// Checks every field; a spec that passes can be stored, sent and run.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.image.trim().is_empty() {
+            return Err(ValidationError::Empty { field: "image" });
+        }
+        if self.image.len() > MAX_IMAGE_BYTES {
+            return Err(ValidationError::too_large(
+                "image",
+                format!("{} bytes", self.image.len()),
+                MAX_IMAGE_BYTES,
+            ));
+        }
+        if let Some(found) = self
+            .image
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ValidationError::BadCharacter {
+                field: "image",
+                found,
+            });
+        }
+        let command_bytes: usize = self.command.iter().map(|a| a.len() + 1).sum();
+        if command_bytes > MAX_COMMAND_BYTES {
+            return Err(ValidationError::too_large(
+                "command",
+                format!("{command_bytes} bytes"),
+                MAX_COMMAND_BYTES,
+            ));
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err(ValidationError::BadCharacter {
+                field: "command",
+                found: '\0',
+            });
+        }
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if env_bytes > MAX_ENV_BYTES {
+            return Err(ValidationError::too_large(
+                "env",
+                format!("{env_bytes} bytes"),
+                MAX_ENV_BYTES,
+            ));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() {
+                return Err(ValidationError::Empty { field: "env name" });
+            }
+            if let Some(found) = k.chars().find(|c| *c == '=' || *c == '\0') {
+                return Err(ValidationError::BadCharacter {
+                    field: "env name",
+                    found,
+                });
+            }
+            if v.contains('\0') {
+                return Err(ValidationError::BadCharacter {
+                    field: "env value",
+                    found: '\0',
+                });
+            }
+        }
+        if self.cancel_grace > MAX_GRACE {
+            return Err(ValidationError::too_large(
+                "cancel grace",
+                format!("{:?}", self.cancel_grace),
+                format!("{MAX_GRACE:?}"),
+            ));
+        }
+        self.resources.validate()
+    }
+}
+
+/// Where a task is in its life. `completed`, `failed` and `cancelled` are
+/// terminal: once reached, nothing changes the status again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Accepted, waiting for a worker with room.
+    Pending,
+    /// Assigned to a worker, which holds its resources.
+    Running,
+    /// Exited with code 0.
+    Completed,
+    /// Exited non-zero, could not start, or its worker was lost.
+    Failed,
+    /// Stopped at a user's request.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    /// Whether this status is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+
+    /// The lowercase name used in stores, on the wire and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ValidationError::BadCharacter {
+                field: "task status",
+                found: s.chars().next().unwrap_or(' '),
+            })
+    }
+}
+
+/// A task as the store keeps it. The assignment (which worker runs it) lives
+/// in the same record as the status, so both change in one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub id: TaskId,
+    /// What to run.
+    pub spec: TaskSpec,
+    /// Current status.
+    pub status: TaskStatus,
+    /// The worker it is (or was last) assigned to.
+    pub worker: Option<WorkerId>,
+    /// Why it is in its status (queue reason, failure reason, ...).
+    pub reason: Option<String>,
+    /// When it was submitted.
+    pub created_at: Timestamp,
+    /// When its status last changed.
+    pub updated_at: Timestamp,
+    /// When it reached a terminal status.
+    pub finished_at: Option<Timestamp>,
+}
+
+impl TaskRecord {
+    /// A new pending task.
+    pub fn new(id: TaskId, spec: TaskSpec, now: Timestamp) -> Self {
+        TaskRecord {
+            id,
+            spec,
+            status: TaskStatus::Pending,
+            worker: None,
+            reason: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+}
+
+/// The one recorded result of a task: what its worker reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task.
+    pub task_id: TaskId,
+    /// The worker that ran it.
+    pub worker_id: WorkerId,
+    /// The task's final status (a cancelled task keeps `cancelled` even when
+    /// its worker saw the process exit on its own).
+    pub status: TaskStatus,
+    /// The exit code, when the process exited.
+    pub exit_code: Option<i32>,
+    /// Captured stdout and stderr, bounded by the worker.
+    pub logs: String,
+    /// Whether `logs` was cut at the worker's bound.
+    #[serde(default)]
+    pub logs_truncated: bool,
+    /// A short explanation (for example "worker was terminated while task was running").
+    pub message: Option<String>,
+    /// When the worker started the task.
+    pub started_at: Option<Timestamp>,
+    /// When the worker saw it end.
+    pub finished_at: Timestamp,
+}
+
+pub(crate) mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec::new(
+            "busybox:latest",
+            vec!["sleep".into(), "1".into()],
+            Resources::new(1.0, 0.5, 0.0, 0).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_plain_spec_is_valid() {
+        assert_eq!(spec().validate(), Ok(()));
+    }
+
+    #[test]
+    fn empty_image_and_huge_command_are_refused() {
+        let mut s = spec();
+        s.image = " ".into();
+        assert_eq!(s.validate(), Err(ValidationError::Empty { field: "image" }));
+        let mut s = spec();
+        s.command = vec!["x".repeat(1 << 20)];
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::TooLarge {
+                field: "command",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_env_and_grace_are_refused() {
+        let mut s = spec();
+        s.env.insert("A=B".into(), "v".into());
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::BadCharacter {
+                field: "env name",
+                ..
+            })
+        ));
+        let mut s = spec();
+        s.cancel_grace = Duration::from_secs(7200);
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for st in TaskStatus::ALL {
+            assert_eq!(st.as_str().parse::<TaskStatus>(), Ok(st));
+            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
+        }
+        assert!("done".parse::<TaskStatus>().is_err());
+    }
+
+    #[test]
+    fn records_round_trip_through_serde() {
+        let rec = TaskRecord::new(
+            TaskId::new("t1").unwrap(),
+            spec(),
+            Timestamp::from_millis(5),
+        );
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(json.contains("\"cancel_grace_ms\":10000"));
+        assert_eq!(serde_json::from_str::<TaskRecord>(&json).unwrap(), rec);
+    }
+}

@@ -1,0 +1,367 @@
+//! Placement: which worker gets a task.
+//!
+//! [`place`] filters the candidates once (active, with room) and hands only
+//! eligible workers to the [`Scheduler`], so no policy can pick an inactive
+//! or full worker. When none is eligible, the reason comes back as a value
+//! the queue can show to the user.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::model::{Resources, ValidationError, WorkerId};
+
+/// A worker as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The worker.
+    pub id: WorkerId,
+    /// Whether its heartbeats are current.
+    pub active: bool,
+    /// Everything it offers.
+    pub capacity: Resources,
+    /// What is free now.
+    pub available: Resources,
+}
+
+/// Why a task cannot be placed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoCapacity {
+    /// No worker is active.
+    NoActiveWorkers,
+    /// The request exceeds every active worker's whole capacity; it waits
+    /// for a bigger worker to join.
+    ExceedsEveryWorker,
+    /// Some active worker could run it, but none has room now; it waits for
+    /// a task to end.
+    AllBusy,
+}
+
+impl fmt::Display for NoCapacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NoCapacity::NoActiveWorkers => "no active workers",
+            NoCapacity::ExceedsEveryWorker => "request exceeds the capacity of every active worker",
+            NoCapacity::AllBusy => "no active worker has enough free resources now",
+        })
+    }
+}
+
+/// The outcome of [`place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Placement {
+    /// Run it here.
+    On(WorkerId),
+    /// Keep it queued, for this reason.
+    Wait(NoCapacity),
+}
+
+/// A placement policy. It only ranks: [`place`] has already removed
+/// inactive workers and workers without room.
+pub trait Scheduler: Send + fmt::Debug {
+    /// The policy's name, as configured.
+    fn name(&self) -> &'static str;
+
+    /// Index into `eligible` (never empty; sorted by worker id) of the
+    /// worker to use for `request`.
+    fn choose(&mut self, request: &Resources, eligible: &[&Candidate]) -> usize;
+}
+
+/// Places `request` among `candidates` with `scheduler`.
+pub fn place(
+    scheduler: &mut dyn Scheduler,
+    request: &Resources,
+    candidates: &[Candidate],
+) -> Placement {
+    let mut active: Vec<&Candidate> = candidates.iter().filter(|c| c.active).collect();
+    if active.is_empty() {
+        return Placement::Wait(NoCapacity::NoActiveWorkers);
+    }
+    active.sort_by(|a, b| a.id.cmp(&b.id));
+    let eligible: Vec<&Candidate> = active
+        .iter()
+        .copied()
+        .filter(|c| request.fits_within(&c.available))
+        .collect();
+    if eligible.is_empty() {
+        let could_ever = active.iter().any(|c| request.fits_within(&c.capacity));
+        return Placement::Wait(if could_ever {
+            NoCapacity::AllBusy
+        } else {
+            NoCapacity::ExceedsEveryWorker
+        });
+    }
+    let i = scheduler.choose(request, &eligible).min(eligible.len() - 1);
+    Placement::On(eligible[i].id.clone())
+}
+
+/// Share of capacity in use after adding `request`, on the most used
+/// dimension (dominant share). Dimensions the worker lacks are skipped.
+fn dominant_share_after(c: &Candidate, request: &Resources) -> f64 {
+    let used = c.capacity.saturating_sub(&c.available);
+    let dims = [
+        (used.cpu_millis + request.cpu_millis, c.capacity.cpu_millis),
+        (used.memory_mb + request.memory_mb, c.capacity.memory_mb),
+        (used.storage_mb + request.storage_mb, c.capacity.storage_mb),
+        (
+            u64::from(used.gpus + request.gpus),
+            u64::from(c.capacity.gpus),
+        ),
+    ];
+    dims.iter()
+        .filter(|(_, cap)| *cap > 0)
+        .map(|(u, cap)| *u as f64 / *cap as f64)
+        .fold(0.0, f64::max)
+}
+
+/// Index of the first maximum of `key` (ties go to the lowest worker id).
+fn argmax(eligible: &[&Candidate], key: impl Fn(&Candidate) -> f64) -> usize {
+    let mut best = 0;
+    for i in 1..eligible.len() {
+        if key(eligible[i]) > key(eligible[best]) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Takes eligible workers in turn by id, resuming after the last one used,
+/// so the rotation survives workers joining and leaving.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    last: Option<WorkerId>,
+}
+
+impl Scheduler for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round-robin"
+    }
+
+    fn choose(&mut self, _request: &Resources, eligible: &[&Candidate]) -> usize {
+        let i = match &self.last {
+            Some(last) => eligible.iter().position(|c| &c.id > last).unwrap_or(0),
+            None => 0,
+        };
+        self.last = Some(eligible[i].id.clone());
+        i
+    }
+}
+
+/// Spreads load: the worker whose dominant share stays lowest.
+#[derive(Debug, Default)]
+pub struct LeastLoaded;
+
+impl Scheduler for LeastLoaded {
+    fn name(&self) -> &'static str {
+        "least-loaded"
+    }
+
+    fn choose(&mut self, request: &Resources, eligible: &[&Candidate]) -> usize {
+        argmax(eligible, |c| -dominant_share_after(c, request))
+    }
+}
+
+/// Packs tightly: the worker whose dominant share becomes highest, leaving
+/// other workers whole for large tasks.
+#[derive(Debug, Default)]
+pub struct BinPack;
+
+impl Scheduler for BinPack {
+    fn name(&self) -> &'static str {
+        "bin-pack"
+    }
+
+    fn choose(&mut self, request: &Resources, eligible: &[&Candidate]) -> usize {
+        argmax(eligible, |c| dominant_share_after(c, request))
+    }
+}
+
+/// The seeds' resource-aware policy, made explicit: prefer the worker whose
+/// free resources have the shape of the request (alignment of request and
+/// free share per dimension, as in Tetris-style packers), and keep GPU
+/// workers free for GPU tasks.
+#[derive(Debug, Default)]
+pub struct ResourceAware;
+
+impl ResourceAware {
+    fn score(c: &Candidate, r: &Resources) -> f64 {
+        let dims = [
+            (r.cpu_millis, c.available.cpu_millis, c.capacity.cpu_millis),
+            (r.memory_mb, c.available.memory_mb, c.capacity.memory_mb),
+            (r.storage_mb, c.available.storage_mb, c.capacity.storage_mb),
+            (
+                u64::from(r.gpus),
+                u64::from(c.available.gpus),
+                u64::from(c.capacity.gpus),
+            ),
+        ];
+        let alignment: f64 = dims
+            .iter()
+            .filter(|(_, _, cap)| *cap > 0)
+            .map(|(req, free, cap)| (*req as f64 / *cap as f64) * (*free as f64 / *cap as f64))
+            .sum();
+        let strands_gpus = r.gpus == 0 && c.available.gpus > 0;
+        alignment - if strands_gpus { 1.0 } else { 0.0 }
+    }
+}
+
+impl Scheduler for ResourceAware {
+    fn name(&self) -> &'static str {
+        "resource-aware"
+    }
+
+    fn choose(&mut self, request: &Resources, eligible: &[&Candidate]) -> usize {
+        argmax(eligible, |c| Self::score(c, request))
+    }
+}
+
+/// The built-in policies, by name (for configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// [`RoundRobin`].
+    RoundRobin,
+    /// [`LeastLoaded`].
+    LeastLoaded,
+    /// [`BinPack`].
+    BinPack,
+    /// [`ResourceAware`].
+    #[default]
+    ResourceAware,
+}
+
+impl Policy {
+    /// Every built-in policy.
+    pub const ALL: [Policy; 4] = [
+        Policy::RoundRobin,
+        Policy::LeastLoaded,
+        Policy::BinPack,
+        Policy::ResourceAware,
+    ];
+
+    /// A fresh scheduler for the policy.
+    pub fn build(self) -> Box<dyn Scheduler> {
+        match self {
+            Policy::RoundRobin => Box::new(RoundRobin::default()),
+            Policy::LeastLoaded => Box::new(LeastLoaded),
+            Policy::BinPack => Box::new(BinPack),
+            Policy::ResourceAware => Box::new(ResourceAware),
+        }
+    }
+}
+
+impl FromStr for Policy {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.build().name() == s)
+            .ok_or_else(|| ValidationError::BadCharacter {
+                field: "scheduler policy (round-robin, least-loaded, bin-pack, resource-aware)",
+                found: s.chars().next().unwrap_or(' '),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(id: &str, active: bool, cap: (f64, f64, u32), free: (f64, f64, u32)) -> Candidate {
+        Candidate {
+            id: WorkerId::new(id).unwrap(),
+            active,
+            capacity: Resources::new(cap.0, cap.1, 0.0, cap.2).unwrap(),
+            available: Resources::new(free.0, free.1, 0.0, free.2).unwrap(),
+        }
+    }
+    fn req(cpu: f64, mem: f64, gpus: u32) -> Resources {
+        Resources::new(cpu, mem, 0.0, gpus).unwrap()
+    }
+    fn on(id: &str) -> Placement {
+        Placement::On(WorkerId::new(id).unwrap())
+    }
+
+    #[test]
+    fn inactive_and_full_workers_are_never_chosen() {
+        let cands = [
+            cand("a", false, (8.0, 8.0, 0), (8.0, 8.0, 0)),
+            cand("b", true, (8.0, 8.0, 0), (0.5, 8.0, 0)),
+            cand("c", true, (8.0, 8.0, 0), (4.0, 4.0, 0)),
+        ];
+        for p in Policy::ALL {
+            assert_eq!(
+                place(p.build().as_mut(), &req(1.0, 1.0, 0), &cands),
+                on("c"),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_distinguish_no_workers_busy_and_too_big() {
+        let mut s = RoundRobin::default();
+        assert_eq!(
+            place(&mut s, &req(1.0, 0.0, 0), &[]),
+            Placement::Wait(NoCapacity::NoActiveWorkers)
+        );
+        let busy = [cand("a", true, (2.0, 2.0, 0), (0.0, 0.0, 0))];
+        assert_eq!(
+            place(&mut s, &req(1.0, 0.0, 0), &busy),
+            Placement::Wait(NoCapacity::AllBusy)
+        );
+        assert_eq!(
+            place(&mut s, &req(4.0, 0.0, 0), &busy),
+            Placement::Wait(NoCapacity::ExceedsEveryWorker)
+        );
+    }
+
+    #[test]
+    fn round_robin_rotates_by_id() {
+        let cands = [
+            cand("b", true, (8.0, 8.0, 0), (8.0, 8.0, 0)),
+            cand("a", true, (8.0, 8.0, 0), (8.0, 8.0, 0)),
+        ];
+        let mut s = RoundRobin::default();
+        let picks: Vec<_> = (0..3)
+            .map(|_| place(&mut s, &req(1.0, 0.0, 0), &cands))
+            .collect();
+        assert_eq!(picks, vec![on("a"), on("b"), on("a")]);
+    }
+
+    #[test]
+    fn least_loaded_spreads_and_bin_pack_packs() {
+        let cands = [
+            cand("busy", true, (8.0, 8.0, 0), (2.0, 2.0, 0)),
+            cand("idle", true, (8.0, 8.0, 0), (8.0, 8.0, 0)),
+        ];
+        assert_eq!(
+            place(&mut LeastLoaded, &req(1.0, 1.0, 0), &cands),
+            on("idle")
+        );
+        assert_eq!(place(&mut BinPack, &req(1.0, 1.0, 0), &cands), on("busy"));
+    }
+
+    #[test]
+    fn resource_aware_keeps_gpu_workers_for_gpu_tasks() {
+        let cands = [
+            cand("gpu", true, (8.0, 8.0, 2), (8.0, 8.0, 2)),
+            cand("plain", true, (8.0, 8.0, 0), (4.0, 4.0, 0)),
+        ];
+        assert_eq!(
+            place(&mut ResourceAware, &req(1.0, 1.0, 0), &cands),
+            on("plain")
+        );
+        assert_eq!(
+            place(&mut ResourceAware, &req(1.0, 1.0, 1), &cands),
+            on("gpu")
+        );
+    }
+
+    #[test]
+    fn policies_parse_by_name() {
+        for p in Policy::ALL {
+            assert_eq!(p.build().name().parse::<Policy>(), Ok(p));
+        }
+        assert!("fastest".parse::<Policy>().is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! The execution seam: something that runs a task's container (or process).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Resources;
+use crate::Result;
+
+/// Label holding the task id on every container CloudAI-rs starts.
+pub const LABEL_TASK: &str = "cloudai.task_id";
+/// Label holding the worker id on every container CloudAI-rs starts, used to
+/// find orphans after a crash.
+pub const LABEL_WORKER: &str = "cloudai.worker_id";
+
+/// A runtime's handle to one container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContainerId(pub String);
+
+impl fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// A name unique on the worker (runtimes may use it as the container name).
+    pub name: String,
+    /// Image to run.
+    pub image: String,
+    /// Program and arguments; empty means the image's default.
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Limits to enforce where the runtime can.
+    pub limits: Resources,
+    /// Labels to attach (see [`LABEL_TASK`], [`LABEL_WORKER`]).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code, if it exited normally.
+    pub code: Option<i32>,
+    /// Signal that ended it, if any.
+    pub signal: Option<i32>,
+    /// Whether it was killed for exceeding its memory limit.
+    pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Captured output, bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Logs {
+    /// stdout and stderr, as text (invalid UTF-8 replaced).
+    pub text: String,
+    /// Whether output past the bound was dropped.
+    pub truncated: bool,
+}
+
+/// A container found by [`ContainerRuntime::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Its id.
+    pub id: ContainerId,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether it is still running.
+    pub running: bool,
+}
+
+/// Runs containers. Every call is idempotent where it can be: stopping or
+/// removing a container that is already gone succeeds.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + fmt::Debug {
+    /// The runtime's name (`"process"`, `"docker"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Creates and starts a container.
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId>;
+
+    /// Waits until the container exits.
+    async fn wait(&self, id: &ContainerId) -> Result<ExitStatus>;
+
+    /// Its output so far, at most `max_bytes` (the end is kept).
+    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs>;
+
+    /// SIGTERM, then SIGKILL if it still runs after `grace`.
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()>;
+
+    /// Removes the container and what the runtime keeps for it.
+    async fn remove(&self, id: &ContainerId) -> Result<()>;
+
+    /// Containers carrying label `key=value`.
+    async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>>;
+}

@@ -1,0 +1,513 @@
+//! The [`TaskStore`] conformance suite.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::{pending_task, task_id, worker_id};
+use crate::apply::{apply_event, record_report, Applied};
+use crate::lifecycle::TaskEvent;
+use crate::model::{TaskResult, TaskStatus, Timestamp, WorkerId};
+use crate::store::{Assignment, CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
+use crate::Error;
+
+/// Tasks per race case: enough to interleave on a multi-threaded runtime,
+/// small enough for a remote database.
+const RACE_TASKS: usize = 48;
+
+/// Runs every case, each on a fresh store from `new_store`.
+pub async fn run_all<B, Fut>(new_store: B)
+where
+    B: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn TaskStore>>,
+{
+    insert_and_get(new_store().await).await;
+    duplicate_insert_is_refused(new_store().await).await;
+    list_filters_and_orders(new_store().await).await;
+    cas_applies_when_the_guard_holds(new_store().await).await;
+    cas_rejects_a_status_outside_the_guard(new_store().await).await;
+    cas_rejects_the_wrong_worker(new_store().await).await;
+    cas_on_unknown_task_is_not_found(new_store().await).await;
+    requeue_clears_the_assignment(new_store().await).await;
+    result_insert_is_insert_if_absent(new_store().await).await;
+    race_cancel_against_reports(new_store().await).await;
+    race_result_inserts(new_store().await).await;
+    race_assignments(new_store().await).await;
+}
+
+fn result(task: &str, worker: &WorkerId, status: TaskStatus, logs: &str) -> TaskResult {
+    TaskResult {
+        task_id: task_id(task),
+        worker_id: worker.clone(),
+        status,
+        exit_code: Some(if status == TaskStatus::Completed {
+            0
+        } else {
+            1
+        }),
+        logs: logs.into(),
+        logs_truncated: false,
+        message: None,
+        started_at: Some(Timestamp::from_millis(1)),
+        finished_at: Timestamp::from_millis(2),
+    }
+}
+
+async fn assign(store: &dyn TaskStore, task: &str, worker: &WorkerId) {
+    let event = TaskEvent::Assign {
+        worker: worker.clone(),
+    };
+    let applied = apply_event(store, &task_id(task), &event, Timestamp::from_millis(10))
+        .await
+        .expect("assign");
+    assert!(
+        matches!(applied, Applied::Changed { .. }),
+        "assigning a pending task must apply: {applied:?}"
+    );
+}
+
+/// A stored task reads back equal; an unknown id reads back as `None`.
+pub async fn insert_and_get(store: Arc<dyn TaskStore>) {
+    let t = pending_task("t-1", 5);
+    store.insert_task(t.clone()).await.expect("insert");
+    assert_eq!(
+        store.get_task(&t.id).await.expect("get"),
+        Some(t),
+        "task must read back as stored"
+    );
+    assert_eq!(store.get_task(&task_id("nope")).await.expect("get"), None);
+    assert_eq!(
+        store.get_result(&task_id("t-1")).await.expect("get result"),
+        None
+    );
+}
+
+/// Inserting an existing id fails with `AlreadyExists` and keeps the original.
+pub async fn duplicate_insert_is_refused(store: Arc<dyn TaskStore>) {
+    let t = pending_task("dup", 1);
+    store.insert_task(t.clone()).await.expect("insert");
+    let mut other = pending_task("dup", 2);
+    other.spec.image = "other".into();
+    let err = store
+        .insert_task(other)
+        .await
+        .expect_err("second insert must fail");
+    assert!(
+        matches!(err, Error::AlreadyExists { .. }),
+        "expected AlreadyExists, got {err:?}"
+    );
+    assert_eq!(
+        store.get_task(&t.id).await.expect("get"),
+        Some(t),
+        "original must be kept"
+    );
+}
+
+/// Filters by status set and worker; results are oldest first, ties by id.
+pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
+    let (a, b) = (worker_id("w-a"), worker_id("w-b"));
+    for (id, created) in [
+        ("t-3", 30),
+        ("t-1", 10),
+        ("t-2b", 20),
+        ("t-2a", 20),
+        ("t-4", 40),
+    ] {
+        store
+            .insert_task(pending_task(id, created))
+            .await
+            .expect("insert");
+    }
+    assign(store.as_ref(), "t-1", &a).await;
+    assign(store.as_ref(), "t-2a", &b).await;
+    assign(store.as_ref(), "t-3", &a).await;
+    let ids = |v: Vec<crate::model::TaskRecord>| {
+        v.into_iter().map(|t| t.id.to_string()).collect::<Vec<_>>()
+    };
+    let all = store
+        .list_tasks(&TaskFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(all),
+        ["t-1", "t-2a", "t-2b", "t-3", "t-4"],
+        "oldest first, ties by id"
+    );
+    let running = store
+        .list_tasks(&TaskFilter::status([TaskStatus::Running]))
+        .await
+        .expect("list");
+    assert_eq!(ids(running), ["t-1", "t-2a", "t-3"]);
+    let on_a = TaskFilter {
+        statuses: vec![],
+        worker: Some(a.clone()),
+    };
+    assert_eq!(
+        ids(store.list_tasks(&on_a).await.expect("list")),
+        ["t-1", "t-3"]
+    );
+    let pending_on_a = TaskFilter {
+        statuses: vec![TaskStatus::Pending],
+        worker: Some(a),
+    };
+    assert!(store
+        .list_tasks(&pending_on_a)
+        .await
+        .expect("list")
+        .is_empty());
+    let either = TaskFilter::status([TaskStatus::Pending, TaskStatus::Running]);
+    assert_eq!(store.list_tasks(&either).await.expect("list").len(), 5);
+}
+
+/// A change whose guard holds is stored whole and returns the prior record.
+pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
+    let t = pending_task("cas", 1);
+    store.insert_task(t.clone()).await.expect("insert");
+    let w = worker_id("w-1");
+    let change = StatusChange {
+        allowed_from: vec![TaskStatus::Pending],
+        expected_worker: None,
+        to: TaskStatus::Running,
+        assignment: Assignment::Set(w.clone()),
+        reason: Some("placed".into()),
+        at: Timestamp::from_millis(50),
+    };
+    let CasOutcome::Applied { before } = store.update_status(&t.id, &change).await.expect("cas")
+    else {
+        panic!("guard holds, change must apply");
+    };
+    assert_eq!(before, t, "Applied must carry the record as it was before");
+    let now = store.get_task(&t.id).await.expect("get").expect("exists");
+    assert_eq!(now.status, TaskStatus::Running);
+    assert_eq!(now.worker, Some(w.clone()));
+    assert_eq!(now.reason.as_deref(), Some("placed"));
+    assert_eq!(now.updated_at, Timestamp::from_millis(50));
+    assert_eq!(now.finished_at, None);
+    let done = StatusChange {
+        allowed_from: vec![TaskStatus::Running],
+        expected_worker: Some(w.clone()),
+        to: TaskStatus::Completed,
+        assignment: Assignment::Keep,
+        reason: None,
+        at: Timestamp::from_millis(60),
+    };
+    assert!(matches!(
+        store.update_status(&t.id, &done).await.expect("cas"),
+        CasOutcome::Applied { .. }
+    ));
+    let now = store.get_task(&t.id).await.expect("get").expect("exists");
+    assert_eq!(
+        (now.status, now.worker, now.reason),
+        (TaskStatus::Completed, Some(w), None)
+    );
+    assert_eq!(
+        now.finished_at,
+        Some(Timestamp::from_millis(60)),
+        "terminal change sets finished_at"
+    );
+}
+
+/// A change from a status outside the guard is rejected and changes nothing:
+/// once `cancelled`, a report's `running → completed` cannot apply.
+pub async fn cas_rejects_a_status_outside_the_guard(store: Arc<dyn TaskStore>) {
+    let t = pending_task("cancelled", 1);
+    store.insert_task(t.clone()).await.expect("insert");
+    let w = worker_id("w-1");
+    assign(store.as_ref(), "cancelled", &w).await;
+    let cancel = TaskEvent::Cancel { force: false }.change(Timestamp::from_millis(20));
+    assert!(matches!(
+        store.update_status(&t.id, &cancel).await.expect("cas"),
+        CasOutcome::Applied { .. }
+    ));
+    let stored = store.get_task(&t.id).await.expect("get").expect("exists");
+    let report = StatusChange {
+        allowed_from: vec![TaskStatus::Running],
+        expected_worker: Some(w),
+        to: TaskStatus::Failed,
+        assignment: Assignment::Keep,
+        reason: Some("late".into()),
+        at: Timestamp::from_millis(30),
+    };
+    match store.update_status(&t.id, &report).await.expect("cas") {
+        CasOutcome::Rejected { current } => {
+            assert_eq!(current, stored, "Rejected must carry the current record")
+        }
+        other => panic!("a late report overwrote cancelled: {other:?}"),
+    }
+    assert_eq!(
+        store.get_task(&t.id).await.expect("get"),
+        Some(stored),
+        "nothing may change"
+    );
+}
+
+/// The worker condition is part of the guard.
+pub async fn cas_rejects_the_wrong_worker(store: Arc<dyn TaskStore>) {
+    store
+        .insert_task(pending_task("mine", 1))
+        .await
+        .expect("insert");
+    assign(store.as_ref(), "mine", &worker_id("w-a")).await;
+    let change = StatusChange {
+        allowed_from: vec![TaskStatus::Running],
+        expected_worker: Some(worker_id("w-b")),
+        to: TaskStatus::Completed,
+        assignment: Assignment::Keep,
+        reason: None,
+        at: Timestamp::from_millis(9),
+    };
+    let outcome = store
+        .update_status(&task_id("mine"), &change)
+        .await
+        .expect("cas");
+    assert!(
+        matches!(outcome, CasOutcome::Rejected { .. }),
+        "report from another worker applied: {outcome:?}"
+    );
+}
+
+/// A change to an unknown task is `NotFound`.
+pub async fn cas_on_unknown_task_is_not_found(store: Arc<dyn TaskStore>) {
+    let change = TaskEvent::Cancel { force: false }.change(Timestamp::ZERO);
+    let err = store
+        .update_status(&task_id("ghost"), &change)
+        .await
+        .expect_err("unknown task");
+    assert!(
+        matches!(err, Error::NotFound { .. }),
+        "expected NotFound, got {err:?}"
+    );
+}
+
+/// `Assignment::Clear` unassigns, and the task can be placed again.
+pub async fn requeue_clears_the_assignment(store: Arc<dyn TaskStore>) {
+    store
+        .insert_task(pending_task("rq", 1))
+        .await
+        .expect("insert");
+    let w = worker_id("w-a");
+    assign(store.as_ref(), "rq", &w).await;
+    let requeue = TaskEvent::Requeue {
+        worker: w,
+        reason: "unreachable".into(),
+    };
+    let applied = apply_event(
+        store.as_ref(),
+        &task_id("rq"),
+        &requeue,
+        Timestamp::from_millis(3),
+    )
+    .await;
+    assert!(
+        matches!(applied, Ok(Applied::Changed { .. })),
+        "{applied:?}"
+    );
+    let t = store
+        .get_task(&task_id("rq"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!((t.status, t.worker), (TaskStatus::Pending, None));
+    assign(store.as_ref(), "rq", &worker_id("w-b")).await;
+}
+
+/// The first result is kept; later ones are dropped with `AlreadyPresent`.
+pub async fn result_insert_is_insert_if_absent(store: Arc<dyn TaskStore>) {
+    let w = worker_id("w-1");
+    let first = result("r", &w, TaskStatus::Cancelled, "real logs up to the cancel");
+    let second = result(
+        "r",
+        &w,
+        TaskStatus::Cancelled,
+        "Task was cancelled by user request",
+    );
+    assert_eq!(
+        store.insert_result(first.clone()).await.expect("insert"),
+        InsertOutcome::Inserted
+    );
+    assert_eq!(
+        store.insert_result(second).await.expect("insert"),
+        InsertOutcome::AlreadyPresent
+    );
+    assert_eq!(
+        store.get_result(&task_id("r")).await.expect("get"),
+        Some(first),
+        "first result must win"
+    );
+}
+
+/// Many tasks, each raced by a user cancel and the worker's reports
+/// (completed, then a duplicate, then a late cancellation confirmation).
+/// Every task ends with exactly one terminal status; if the cancel applied,
+/// that status is `cancelled`; exactly one of the competing transitions
+/// applied; at most one result exists and it carries the task's status.
+pub async fn race_cancel_against_reports(store: Arc<dyn TaskStore>) {
+    let w = worker_id("w-race");
+    for i in 0..RACE_TASKS {
+        store
+            .insert_task(pending_task(&format!("race-{i}"), i as u64))
+            .await
+            .expect("insert");
+        assign(store.as_ref(), &format!("race-{i}"), &w).await;
+    }
+    let mut set = JoinSet::new();
+    for i in 0..RACE_TASKS {
+        let id = format!("race-{i}");
+        let s = store.clone();
+        set.spawn(async move {
+            let cancel = TaskEvent::Cancel { force: false };
+            let a = apply_event(
+                s.as_ref(),
+                &task_id(&id),
+                &cancel,
+                Timestamp::from_millis(100),
+            )
+            .await;
+            (
+                id,
+                "cancel",
+                matches!(a.expect("cancel"), Applied::Changed { .. }),
+            )
+        });
+        for (kind, status, logs) in [
+            ("complete", TaskStatus::Completed, "done"),
+            ("dup", TaskStatus::Completed, "done again"),
+            (
+                "confirm",
+                TaskStatus::Cancelled,
+                "Task was cancelled by user request",
+            ),
+        ] {
+            let (s, w, id) = (store.clone(), w.clone(), format!("race-{i}"));
+            set.spawn(async move {
+                let r = record_report(
+                    s.as_ref(),
+                    result(&id, &w, status, logs),
+                    Timestamp::from_millis(100),
+                )
+                .await;
+                (
+                    id,
+                    kind,
+                    matches!(r.expect("report").status, Applied::Changed { .. }),
+                )
+            });
+        }
+    }
+    let mut changed: std::collections::HashMap<String, Vec<&str>> = Default::default();
+    while let Some(joined) = set.join_next().await {
+        let (id, kind, did) = joined.expect("race task panicked");
+        if did {
+            changed.entry(id).or_default().push(kind);
+        }
+    }
+    for i in 0..RACE_TASKS {
+        let id = format!("race-{i}");
+        let t = store
+            .get_task(&task_id(&id))
+            .await
+            .expect("get")
+            .expect("exists");
+        let winners = changed.get(&id).cloned().unwrap_or_default();
+        assert_eq!(
+            winners.len(),
+            1,
+            "{id}: exactly one transition must win, got {winners:?}"
+        );
+        assert!(
+            t.status.is_terminal(),
+            "{id}: must end terminal, is {}",
+            t.status
+        );
+        if winners == ["cancel"] {
+            assert_eq!(
+                t.status,
+                TaskStatus::Cancelled,
+                "{id}: a recorded cancel was overwritten"
+            );
+        }
+        if let Some(r) = store.get_result(&task_id(&id)).await.expect("get result") {
+            assert_eq!(
+                r.status, t.status,
+                "{id}: result must carry the task's one outcome"
+            );
+        }
+    }
+}
+
+/// Concurrent inserts of results for the same tasks: exactly one wins each.
+pub async fn race_result_inserts(store: Arc<dyn TaskStore>) {
+    const WRITERS: usize = 4;
+    let w = worker_id("w-1");
+    let mut set = JoinSet::new();
+    for i in 0..RACE_TASKS {
+        for k in 0..WRITERS {
+            let (s, r) = (
+                store.clone(),
+                result(
+                    &format!("res-{i}"),
+                    &w,
+                    TaskStatus::Completed,
+                    &format!("writer {k}"),
+                ),
+            );
+            set.spawn(async move { (i, s.insert_result(r).await.expect("insert")) });
+        }
+    }
+    let mut inserted = vec![0usize; RACE_TASKS];
+    while let Some(joined) = set.join_next().await {
+        let (i, outcome) = joined.expect("insert task panicked");
+        if outcome == InsertOutcome::Inserted {
+            inserted[i] += 1;
+        }
+    }
+    assert!(
+        inserted.iter().all(|n| *n == 1),
+        "each task must get exactly one result: {inserted:?}"
+    );
+}
+
+/// Concurrent assignments of one pending task to different workers: exactly
+/// one applies, and the task ends on that worker.
+pub async fn race_assignments(store: Arc<dyn TaskStore>) {
+    const WORKERS: usize = 6;
+    for i in 0..RACE_TASKS / 4 {
+        let id = format!("place-{i}");
+        store
+            .insert_task(pending_task(&id, 0))
+            .await
+            .expect("insert");
+        let mut set = JoinSet::new();
+        for k in 0..WORKERS {
+            let (s, id) = (store.clone(), id.clone());
+            set.spawn(async move {
+                let w = worker_id(&format!("w-{k}"));
+                let e = TaskEvent::Assign { worker: w.clone() };
+                let a = apply_event(s.as_ref(), &task_id(&id), &e, Timestamp::ZERO)
+                    .await
+                    .expect("assign");
+                matches!(a, Applied::Changed { .. }).then_some(w)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            winners.extend(joined.expect("assign task panicked"));
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "{id}: exactly one assignment must win: {winners:?}"
+        );
+        let t = store
+            .get_task(&task_id(&id))
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            t.worker.as_ref(),
+            winners.first(),
+            "{id}: task must sit on the winning worker"
+        );
+    }
+}

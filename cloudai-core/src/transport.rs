@@ -1,0 +1,89 @@
+//! The network seams, one trait per direction:
+//! [`MasterToWorker`] (how a master reaches its workers) and
+//! [`WorkerToMaster`] (how a worker reaches its master). Errors are
+//! classified for the caller: [`crate::Error::Unavailable`] (unreachable:
+//! back off), [`crate::Error::Timeout`] (outcome unknown), or a definite
+//! answer from the peer.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Resources, TaskId, TaskResult, TaskSpec, Telemetry, WorkerId};
+use crate::Result;
+
+/// Where a master reaches a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkerEndpoint {
+    /// The worker's id.
+    pub id: WorkerId,
+    /// Its address (`host:port`).
+    pub address: String,
+}
+
+/// Who the master is, sent when it (re)connects to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterInfo {
+    /// The master's id.
+    pub id: String,
+    /// Where workers reach it.
+    pub address: String,
+}
+
+/// A worker announcing itself to a master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The worker's id.
+    pub worker: WorkerId,
+    /// Where the master reaches it.
+    pub address: String,
+    /// What it offers.
+    pub capacity: Resources,
+    /// Tasks it is running right now (empty on a fresh start).
+    pub running: Vec<TaskId>,
+}
+
+/// The master's answer to a [`Registration`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RegistrationReply {
+    /// Of the tasks the worker listed, those it must stop (cancelled, failed
+    /// over, or unknown while it was away).
+    pub stop: Vec<TaskId>,
+    /// How often to send heartbeats.
+    pub heartbeat_interval: Duration,
+}
+
+/// The master's answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The master does not know this worker (it restarted without a
+    /// persistent store): register again.
+    pub register_again: bool,
+}
+
+/// Calls a master makes to a worker.
+#[async_trait]
+pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
+    /// Asks the worker to register with this master (seed 004).
+    async fn master_register(&self, to: &WorkerEndpoint, master: &MasterInfo) -> Result<()>;
+
+    /// Hands the worker a task to run.
+    async fn assign(&self, to: &WorkerEndpoint, task: &TaskId, spec: &TaskSpec) -> Result<()>;
+
+    /// Asks the worker to stop a task, SIGKILL after `grace`.
+    async fn cancel(&self, to: &WorkerEndpoint, task: &TaskId, grace: Duration) -> Result<()>;
+}
+
+/// Calls a worker makes to its master.
+#[async_trait]
+pub trait WorkerToMaster: Send + Sync + std::fmt::Debug {
+    /// Registers (or re-registers) the worker.
+    async fn register(&self, registration: &Registration) -> Result<RegistrationReply>;
+
+    /// Sends a heartbeat with telemetry.
+    async fn heartbeat(&self, worker: &WorkerId, telemetry: &Telemetry) -> Result<HeartbeatReply>;
+
+    /// Reports how a task ended. Safe to repeat: the master keeps the first.
+    async fn report(&self, result: &TaskResult) -> Result<()>;
+}
