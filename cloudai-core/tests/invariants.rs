@@ -1,0 +1,462 @@
+//! Property tests: random event sequences (submit, place, complete, fail,
+//! duplicate and late reports, cancel, requeue, worker lost, master restart,
+//! reconcile) drive the pure machines together, as the master does, and
+//! every invariant is checked after every step. The same sequences then run
+//! through the in-memory store with the store-level helpers, and must end
+//! in the same statuses and results.
+//!
+//! `PROPTEST_CASES` raises the number of sequences (default 256).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use cloudai_core::apply::{apply_event, record_report, Applied};
+use cloudai_core::ledger::Ledger;
+use cloudai_core::lifecycle::{decide, Decision, Effect, Reported, TaskEvent};
+use cloudai_core::memory::MemoryStore;
+use cloudai_core::model::{
+    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Timestamp, WorkerId,
+};
+use cloudai_core::placement::{place, Candidate, Placement, Policy, Scheduler};
+use cloudai_core::results::{self, ResultDecision};
+use cloudai_core::store::TaskStore;
+use proptest::prelude::*;
+
+const WORKERS: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Step {
+    AddWorker {
+        w: usize,
+        cpu_halves: u64,
+        gpus: u32,
+    },
+    Submit {
+        cpu_halves: u64,
+        gpus: u32,
+    },
+    Place {
+        t: usize,
+    },
+    Report {
+        t: usize,
+        outcome: Reported,
+        from_assigned: bool,
+        w: usize,
+    },
+    Cancel {
+        t: usize,
+        force: bool,
+    },
+    Requeue {
+        t: usize,
+    },
+    WorkerLost {
+        w: usize,
+    },
+    MasterRestart,
+    Reconcile,
+}
+
+fn outcome() -> impl Strategy<Value = Reported> {
+    prop_oneof![
+        Just(Reported::Completed),
+        Just(Reported::Failed),
+        Just(Reported::Cancelled)
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let t = 0usize..12;
+    let w = 0..WORKERS;
+    prop_oneof![
+        1 => (w.clone(), 1u64..16, 0u32..2).prop_map(|(w, cpu_halves, gpus)| Step::AddWorker { w, cpu_halves, gpus }),
+        3 => (0u64..6, 0u32..2).prop_map(|(cpu_halves, gpus)| Step::Submit { cpu_halves, gpus }),
+        4 => t.clone().prop_map(|t| Step::Place { t }),
+        4 => (t.clone(), outcome(), prop::bool::weighted(0.8), w.clone())
+            .prop_map(|(t, outcome, from_assigned, w)| Step::Report { t, outcome, from_assigned, w }),
+        2 => (t.clone(), any::<bool>()).prop_map(|(t, force)| Step::Cancel { t, force }),
+        1 => t.prop_map(|t| Step::Requeue { t }),
+        1 => w.prop_map(|w| Step::WorkerLost { w }),
+        1 => Just(Step::MasterRestart),
+        1 => Just(Step::Reconcile),
+    ]
+}
+
+fn wid(i: usize) -> WorkerId {
+    WorkerId::new(format!("w{i}")).unwrap()
+}
+
+fn tid(i: usize) -> TaskId {
+    TaskId::new(format!("t{i}")).unwrap()
+}
+
+fn report(task: &TaskId, worker: &WorkerId, outcome: Reported, n: usize) -> TaskResult {
+    TaskResult {
+        task_id: task.clone(),
+        worker_id: worker.clone(),
+        status: outcome.into(),
+        exit_code: Some(i32::from(outcome != Reported::Completed)),
+        logs: format!("report #{n}"),
+        logs_truncated: false,
+        message: None,
+        started_at: None,
+        finished_at: Timestamp::from_millis(n as u64),
+    }
+}
+
+/// A task-level event the model decided on, replayed later against the store.
+#[derive(Debug, Clone)]
+enum Replay {
+    Submit(TaskRecord),
+    Event(TaskId, TaskEvent),
+    Report(TaskResult),
+}
+
+/// The pure machines wired together the way the master wires them.
+struct Model {
+    tasks: BTreeMap<TaskId, TaskRecord>,
+    results: BTreeMap<TaskId, TaskResult>,
+    ledger: Ledger,
+    capacity: BTreeMap<WorkerId, Resources>,
+    lost: BTreeSet<WorkerId>,
+    scheduler: Box<dyn Scheduler>,
+    replay: Vec<Replay>,
+    n: usize,
+}
+
+impl Model {
+    fn new(policy: Policy) -> Self {
+        Model {
+            tasks: BTreeMap::new(),
+            results: BTreeMap::new(),
+            ledger: Ledger::new(),
+            capacity: BTreeMap::new(),
+            lost: BTreeSet::new(),
+            scheduler: policy.build(),
+            replay: Vec::new(),
+            n: 0,
+        }
+    }
+
+    fn nth_task(&self, t: usize) -> Option<TaskId> {
+        let ids: Vec<_> = self.tasks.keys().cloned().collect();
+        (!ids.is_empty()).then(|| ids[t % ids.len()].clone())
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.n as u64)
+    }
+
+    /// Decides and applies one lifecycle event, carrying out its effects.
+    fn event(&mut self, id: &TaskId, event: TaskEvent, result: Option<TaskResult>) {
+        let now = self.now();
+        let before = self.tasks.get(id).cloned();
+        match decide(before.as_ref(), &event) {
+            Decision::Refuse(_) => {}
+            Decision::Apply(transition) => {
+                let task = self.tasks.get_mut(id).unwrap();
+                event.change(now).apply_to(task);
+                assert_eq!(task.status, transition.to);
+                for effect in transition.effects {
+                    match effect {
+                        Effect::Reserve { worker, resources } => self
+                            .ledger
+                            .reserve(&worker, id, resources)
+                            .unwrap_or_else(|e| {
+                                panic!("placement chose a worker without room: {e}")
+                            }),
+                        Effect::Release { worker, resources } => {
+                            assert_eq!(
+                                self.ledger.release(id),
+                                Some((worker, resources)),
+                                "release must match reserve"
+                            )
+                        }
+                        Effect::SendAssignment { .. }
+                        | Effect::StopOnWorker { .. }
+                        | Effect::StoreResult => {}
+                    }
+                }
+            }
+        }
+        if let Some(r) = result {
+            let after = self.tasks.get(id).cloned();
+            if let ResultDecision::Store(r) =
+                results::decide(after.as_ref(), self.results.get(id), r)
+            {
+                self.results.insert(id.clone(), r);
+            }
+            self.replay
+                .push(Replay::Report(self.replayed_report(id, &event)));
+        } else {
+            self.replay.push(Replay::Event(id.clone(), event));
+        }
+    }
+
+    fn replayed_report(&self, id: &TaskId, event: &TaskEvent) -> TaskResult {
+        let TaskEvent::Report {
+            worker, outcome, ..
+        } = event
+        else {
+            unreachable!()
+        };
+        report(id, worker, *outcome, self.n)
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.capacity
+            .iter()
+            .map(|(w, cap)| Candidate {
+                id: w.clone(),
+                active: !self.lost.contains(w),
+                capacity: *cap,
+                available: self.ledger.available(w).unwrap(),
+            })
+            .collect()
+    }
+
+    fn step(&mut self, step: &Step) {
+        self.n += 1;
+        match *step {
+            Step::AddWorker {
+                w,
+                cpu_halves,
+                gpus,
+            } => {
+                let cap = Resources::new(cpu_halves as f64 / 2.0, 16.0, 100.0, gpus).unwrap();
+                // Capacity never shrinks below what runs there in this model.
+                let cap = match self.capacity.get(&wid(w)) {
+                    Some(old) if !cap.fits_within(old) || old == &cap => *old,
+                    Some(old) => *old,
+                    None => cap,
+                };
+                self.capacity.insert(wid(w), cap);
+                self.ledger.set_capacity(wid(w), cap);
+                self.lost.remove(&wid(w));
+            }
+            Step::Submit { cpu_halves, gpus } => {
+                let spec = TaskSpec::new(
+                    "img",
+                    vec![],
+                    Resources::new(cpu_halves as f64 / 2.0, 0.5, 0.0, gpus).unwrap(),
+                );
+                let task = TaskRecord::new(tid(self.tasks.len()), spec, self.now());
+                self.replay.push(Replay::Submit(task.clone()));
+                self.tasks.insert(task.id.clone(), task);
+            }
+            Step::Place { t } => {
+                let Some(id) = self.nth_task(t) else { return };
+                let req = self.tasks[&id].spec.resources;
+                let cands = self.candidates();
+                if let Placement::On(worker) = place(self.scheduler.as_mut(), &req, &cands) {
+                    assert!(!self.lost.contains(&worker), "placed on an inactive worker");
+                    self.event(&id, TaskEvent::Assign { worker }, None);
+                }
+            }
+            Step::Report {
+                t,
+                outcome,
+                from_assigned,
+                w,
+            } => {
+                let Some(id) = self.nth_task(t) else { return };
+                let worker = match (&self.tasks[&id].worker, from_assigned) {
+                    (Some(assigned), true) => assigned.clone(),
+                    _ => wid(w),
+                };
+                let r = report(&id, &worker, outcome, self.n);
+                self.event(
+                    &id,
+                    TaskEvent::Report {
+                        worker,
+                        outcome,
+                        message: None,
+                    },
+                    Some(r),
+                );
+            }
+            Step::Cancel { t, force } => {
+                let Some(id) = self.nth_task(t) else { return };
+                self.event(&id, TaskEvent::Cancel { force }, None);
+            }
+            Step::Requeue { t } => {
+                let Some(id) = self.nth_task(t) else { return };
+                if let Some(worker) = self.tasks[&id].worker.clone() {
+                    self.event(
+                        &id,
+                        TaskEvent::Requeue {
+                            worker,
+                            reason: "unreachable".into(),
+                        },
+                        None,
+                    );
+                }
+            }
+            Step::WorkerLost { w } => {
+                let worker = wid(w);
+                self.lost.insert(worker.clone());
+                let on_it: Vec<TaskId> = self.ledger.tasks_on(&worker).cloned().collect();
+                for id in on_it {
+                    self.event(
+                        &id,
+                        TaskEvent::WorkerLost {
+                            worker: worker.clone(),
+                        },
+                        None,
+                    );
+                }
+            }
+            Step::MasterRestart => {
+                // The in-memory ledger is gone; rebuild it from the store.
+                self.ledger = Ledger::new();
+                for (w, cap) in &self.capacity {
+                    self.ledger.set_capacity(w.clone(), *cap);
+                }
+                let r = self.ledger.reconcile(self.running());
+                assert!(
+                    r.unknown_workers.is_empty() && r.overcommitted.is_empty(),
+                    "{r:?}"
+                );
+            }
+            Step::Reconcile => {
+                let r = self.ledger.reconcile(self.running());
+                assert!(
+                    r.is_clean(),
+                    "effects kept the ledger exact, yet reconcile corrected it: {r:?}"
+                );
+            }
+        }
+    }
+
+    fn running(&self) -> Vec<(TaskId, WorkerId, Resources)> {
+        self.tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::Running)
+            .map(|t| (t.id.clone(), t.worker.clone().unwrap(), t.spec.resources))
+            .collect()
+    }
+
+    fn check(&self, before: &BTreeMap<TaskId, TaskRecord>) {
+        for (id, old) in before {
+            let now = &self.tasks[id];
+            if old.status.is_terminal() {
+                assert_eq!(
+                    now.status, old.status,
+                    "{id}: terminal status {} changed",
+                    old.status
+                );
+                assert_eq!(now.worker, old.worker, "{id}: finished task moved");
+            }
+        }
+        for t in self.tasks.values() {
+            match t.status {
+                TaskStatus::Pending => {
+                    assert!(t.worker.is_none(), "{}: pending but assigned", t.id)
+                }
+                TaskStatus::Running => {
+                    assert!(t.worker.is_some(), "{}: running but unassigned", t.id)
+                }
+                _ => {}
+            }
+            assert_eq!(
+                t.status.is_terminal(),
+                t.finished_at.is_some(),
+                "{}: finished_at",
+                t.id
+            );
+        }
+        for (id, r) in &self.results {
+            let t = &self.tasks[id];
+            assert!(
+                t.status.is_terminal(),
+                "{id}: result for an unfinished task"
+            );
+            assert_eq!(
+                r.status, t.status,
+                "{id}: result disagrees with the recorded outcome"
+            );
+            assert_eq!(
+                Some(&r.worker_id),
+                t.worker.as_ref(),
+                "{id}: result from a worker it was not assigned to"
+            );
+        }
+        let mut want: BTreeMap<WorkerId, Resources> = self
+            .capacity
+            .keys()
+            .map(|w| (w.clone(), Resources::ZERO))
+            .collect();
+        for (_, w, req) in self.running() {
+            let sum = want.get_mut(&w).expect("running on a known worker");
+            *sum = sum.checked_add(&req).unwrap();
+        }
+        for (w, cap) in &self.capacity {
+            let allocated = self.ledger.allocated(w).unwrap();
+            let available = self.ledger.available(w).unwrap();
+            assert_eq!(allocated, want[w], "{w}: allocation ≠ Σ running requests");
+            assert!(
+                allocated.fits_within(cap),
+                "{w}: allocated {allocated} exceeds capacity {cap}"
+            );
+            assert_eq!(
+                allocated.checked_add(&available),
+                Some(*cap),
+                "{w}: allocated + available ≠ capacity"
+            );
+        }
+    }
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    prop::sample::select(Policy::ALL.to_vec())
+}
+
+/// Replays the model's task-level history through the in-memory store.
+async fn replay(history: &[Replay]) -> Arc<MemoryStore> {
+    let store = Arc::new(MemoryStore::new());
+    for (n, item) in history.iter().enumerate() {
+        let now = Timestamp::from_millis(n as u64);
+        match item {
+            Replay::Submit(t) => store.insert_task(t.clone()).await.unwrap(),
+            Replay::Event(id, e) => {
+                let _: Applied = apply_event(store.as_ref(), id, e, now).await.unwrap();
+            }
+            Replay::Report(r) => {
+                let _ = record_report(store.as_ref(), r.clone(), now).await.unwrap();
+            }
+        }
+    }
+    store
+}
+
+proptest! {
+    // The default config honours PROPTEST_CASES.
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_after_every_step(policy in policy(), steps in prop::collection::vec(step(), 1..80)) {
+        let mut model = Model::new(policy);
+        for s in &steps {
+            let before = model.tasks.clone();
+            model.step(s);
+            model.check(&before);
+        }
+    }
+
+    #[test]
+    fn the_store_agrees_with_the_pure_model(policy in policy(), steps in prop::collection::vec(step(), 1..60)) {
+        let mut model = Model::new(policy);
+        for s in &steps {
+            model.step(s);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let store = rt.block_on(replay(&model.replay));
+        for (id, t) in &model.tasks {
+            let stored = rt.block_on(store.get_task(id)).unwrap().unwrap();
+            prop_assert_eq!((stored.status, &stored.worker), (t.status, &t.worker), "{}", id);
+            let result = rt.block_on(store.get_result(id)).unwrap();
+            prop_assert_eq!(result.map(|r| r.status), model.results.get(id).map(|r| r.status), "{}", id);
+        }
+    }
+}

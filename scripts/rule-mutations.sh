@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Breaks each core rule in turn and checks that the test suite notices.
+# A rule whose mutation survives has no test that can fail: this script
+# then exits non-zero. The tree is restored after every mutation.
+#
+#   scripts/rule-mutations.sh        # all mutations (about 15 s each)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+survived=0
+mutate() { # file, label, old text, new text
+  local file=$1 label=$2 old=$3 new=$4 backup
+  backup=$(mktemp)
+  cp "$file" "$backup"
+  if ! OLD="$old" NEW="$new" python3 - "$file" <<'PY'
+import os, sys
+p = sys.argv[1]; s = open(p).read(); old = os.environ["OLD"]
+if old not in s: sys.exit(1)
+open(p, "w").write(s.replace(old, os.environ["NEW"], 1))
+PY
+  then
+    echo "MISSING  $label: pattern not found in $file (update this script)"; survived=1
+    rm -f "$backup"; return
+  fi
+  if cargo test -q --no-fail-fast -p cloudai-core --all-features >/dev/null 2>&1; then
+    echo "SURVIVED $label"; survived=1
+  else
+    echo "caught   $label"
+  fi
+  cp "$backup" "$file"; rm -f "$backup"
+}
+
+mutate cloudai-core/src/lifecycle.rs "a late report may overwrite cancelled" \
+  'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running];' \
+  'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running, TaskStatus::Cancelled];'
+mutate cloudai-core/src/lifecycle.rs "a cancel may overwrite completed" \
+  'const CANCELLABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running];' \
+  'const CANCELLABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running, TaskStatus::Completed];'
+mutate cloudai-core/src/lifecycle.rs "reports accepted from any worker" \
+  'Some(claimed) if task.worker.as_ref() != Some(claimed)' \
+  'Some(claimed) if false && task.worker.as_ref() != Some(claimed)'
+mutate cloudai-core/src/memory.rs "store ignores the compare-and-set guard" \
+  'if !change.admits(task) {' 'if false {'
+mutate cloudai-core/src/memory.rs "results not deduplicated" \
+  'if results.contains_key(&result.task_id) {' 'if false {'
+mutate cloudai-core/src/memory.rs "heartbeat time moves backwards" \
+  'Some(w) if w.last_heartbeat.is_some_and(|last| last > beat.at) => {}' 'Some(w) if false => {}'
+mutate cloudai-core/src/results.rs "stored result keeps the reporter's status" \
+  $'        status: task.status,\n        ..incoming' $'        ..incoming'
+mutate cloudai-core/src/ledger.rs "release leaks the allocation" \
+  $'            .get_mut(&worker)\n            .and_then(|a| a.remove(task))?;' \
+  $'            .get(&worker)\n            .and_then(|a| a.tasks.get(task).copied())?;'
+mutate cloudai-core/src/placement.rs "placement ignores inactive workers" \
+  'candidates.iter().filter(|c| c.active).collect()' 'candidates.iter().collect()'
+mutate cloudai-core/src/liveness.rs "inactive one tick late" \
+  'let d = past(now, self.config.timeout);' 'let d = past(now, self.config.timeout).saturating_add(Duration::from_millis(1));'
+
+exit $survived
