@@ -213,6 +213,13 @@ impl Ledger {
             .flat_map(|a| a.tasks.keys())
     }
 
+    /// Where `task` holds resources, and how much.
+    pub fn reservation(&self, task: &TaskId) -> Option<(&WorkerId, Resources)> {
+        let worker = self.holder.get(task)?;
+        let req = *self.accounts.get(worker)?.tasks.get(task)?;
+        Some((worker, req))
+    }
+
     /// The worker `task` holds resources on.
     pub fn holder(&self, task: &TaskId) -> Option<&WorkerId> {
         self.holder.get(task)

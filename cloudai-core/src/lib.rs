@@ -37,14 +37,18 @@
 
 pub mod apply;
 pub mod backoff;
+pub mod clock;
 mod error;
 pub mod ledger;
 pub mod lifecycle;
 pub mod liveness;
+pub mod master;
 pub mod memory;
 pub mod model;
 pub mod placement;
+pub mod process;
 pub mod results;
+pub mod rng;
 pub mod runtime;
 pub mod store;
 pub mod transport;

@@ -32,6 +32,10 @@ pub struct TaskSpec {
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[serde(with = "duration_ms", rename = "cancel_grace_ms")]
     pub cancel_grace: Duration,
+    /// Run only on this worker (the CLI's `task <worker> <image>`); `None`
+    /// lets the scheduler choose.
+    #[serde(default)]
+    pub pin: Option<WorkerId>,
 }
 
 impl TaskSpec {
@@ -46,6 +50,7 @@ impl TaskSpec {
             env: BTreeMap::new(),
             resources,
             cancel_grace: Self::DEFAULT_CANCEL_GRACE,
+            pin: None,
         }
     }
 

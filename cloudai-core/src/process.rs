@@ -1,0 +1,572 @@
+//! [`ProcessRuntime`]: the embedded default [`ContainerRuntime`], which runs a
+//! task's command as a local child process instead of a container.
+//!
+//! - **Own process group.** Every child is started as the leader of a new
+//!   process group, so signals sent by [`stop`](ContainerRuntime::stop) and
+//!   [`remove`](ContainerRuntime::remove) reach everything it started
+//!   (shell pipelines, background jobs), not just the leader.
+//! - **SIGTERM, grace, SIGKILL.** `stop` sends SIGTERM to the group, waits up
+//!   to the grace period for the leader to exit, then sends SIGKILL to the
+//!   group. `remove` sends SIGKILL to the group (which also reaches
+//!   leftovers that outlived the leader) and forgets the container.
+//! - **Bounded logs keep the end.** stdout and stderr are interleaved, in
+//!   arrival order, into one buffer that keeps the last
+//!   [`DEFAULT_LOG_LIMIT`] bytes (see [`ProcessRuntime::with_log_limit`]);
+//!   once anything was dropped, [`Logs::truncated`] is set. Output that
+//!   arrives more than [`DRAIN_TIMEOUT`] after the leader exited (from a
+//!   background process still holding the pipes) is not captured.
+//! - **The image is ignored.** It is recorded for diagnostics only; the
+//!   command must name a program on the worker (resolved through the
+//!   worker's own `PATH` unless the spec sets `PATH`). An empty command is
+//!   refused, as there is no image default to fall back to.
+//! - **Limits are recorded, not enforced.** The spec's resource limits are
+//!   not applied to the process; OOM kills are never reported.
+//! - **Clean environment.** The child gets only `PATH` (from the worker's
+//!   environment, if set) and the spec's variables.
+//!
+//! Ids handed out by this runtime are only meaningful to the instance that
+//! started them: nothing survives a restart of the worker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::model::ValidationError;
+use crate::runtime::{
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
+};
+use crate::{Error, Result};
+
+/// Bytes of output kept per container unless configured otherwise (1 MiB).
+pub const DEFAULT_LOG_LIMIT: usize = 1 << 20;
+
+/// How long, after the leader exited, the output readers may keep draining
+/// the pipes before the exit is reported anyway (a background process can
+/// hold the pipes open indefinitely).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long `stop` waits for the exit after SIGKILL before giving up with
+/// [`Error::Timeout`] (a process stuck in uninterruptible sleep).
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Name used in errors.
+const BACKEND: &str = "process";
+
+/// Makes ids unique across every runtime instance in this process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A bounded byte buffer that keeps the most recent `limit` bytes.
+#[derive(Debug)]
+struct LogBuffer {
+    data: VecDeque<u8>,
+    limit: usize,
+    truncated: bool,
+}
+
+impl LogBuffer {
+    fn new(limit: usize) -> Self {
+        LogBuffer {
+            data: VecDeque::new(),
+            limit,
+            truncated: false,
+        }
+    }
+
+    /// Appends `chunk`, dropping the oldest bytes past the limit.
+    fn push(&mut self, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        if chunk.len() >= self.limit {
+            if !self.data.is_empty() || chunk.len() > self.limit {
+                self.truncated = true;
+            }
+            self.data.clear();
+            self.data.extend(&chunk[chunk.len() - self.limit..]);
+            return;
+        }
+        let overflow = (self.data.len() + chunk.len()).saturating_sub(self.limit);
+        if overflow > 0 {
+            self.data.drain(..overflow);
+            self.truncated = true;
+        }
+        self.data.extend(chunk);
+    }
+
+    /// The last `max_bytes` bytes as text; `truncated` if anything before
+    /// them was ever dropped. A character cut in half at the start is
+    /// skipped rather than replaced.
+    fn tail(&self, max_bytes: usize) -> Logs {
+        let len = self.data.len();
+        let n = len.min(max_bytes);
+        let truncated = self.truncated || n < len;
+        let mut bytes: Vec<u8> = self.data.range(len - n..).copied().collect();
+        if truncated {
+            let cut = bytes
+                .iter()
+                .take(3)
+                .take_while(|b| (**b & 0b1100_0000) == 0b1000_0000)
+                .count();
+            bytes.drain(..cut);
+        }
+        Logs {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            truncated,
+        }
+    }
+}
+
+/// Where a child is in its life, as published by its reaper task.
+#[derive(Debug, Clone)]
+enum State {
+    Running,
+    Exited(ExitStatus),
+    /// Waiting for the child failed; the message says why.
+    Failed(String),
+}
+
+impl State {
+    fn is_running(&self) -> bool {
+        matches!(self, State::Running)
+    }
+}
+
+/// What the runtime keeps per container.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    image: String,
+    labels: BTreeMap<String, String>,
+    /// The leader's pid, which is also the process group id.
+    pid: i32,
+    state: watch::Receiver<State>,
+    logs: Arc<Mutex<LogBuffer>>,
+}
+
+/// Runs each container's command as a local child process in its own process
+/// group. See the [module documentation](self) for the rules.
+#[derive(Debug)]
+pub struct ProcessRuntime {
+    log_limit: usize,
+    entries: Mutex<HashMap<ContainerId, Entry>>,
+}
+
+impl Default for ProcessRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessRuntime {
+    /// A runtime keeping [`DEFAULT_LOG_LIMIT`] bytes of output per container.
+    pub fn new() -> Self {
+        Self::with_log_limit(DEFAULT_LOG_LIMIT)
+    }
+
+    /// A runtime keeping the last `bytes` bytes of output per container.
+    pub fn with_log_limit(bytes: usize) -> Self {
+        ProcessRuntime {
+            log_limit: bytes,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Bytes of output kept per container.
+    pub fn log_limit(&self) -> usize {
+        self.log_limit
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<ContainerId, Entry>> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // (every critical section is a single insert, remove or read).
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The pid and state receiver of `id`, if known.
+    fn handle(&self, id: &ContainerId) -> Option<(i32, watch::Receiver<State>)> {
+        self.entries().get(id).map(|e| (e.pid, e.state.clone()))
+    }
+}
+
+fn invalid_command(reason: String) -> Error {
+    Error::InvalidInput(ValidationError::Invalid {
+        field: "command",
+        reason,
+    })
+}
+
+fn backend(source: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        source: Box::new(source),
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`. A group that no longer
+/// exists is not an error.
+fn signal_group(pid: i32, signal: Signal) -> Result<()> {
+    // Never signal group 0 (our own) or 1 (init's, or "all" on some systems).
+    if pid <= 1 {
+        return Ok(());
+    }
+    match killpg(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// Waits until the state leaves `Running`. A reaper that went away without
+/// publishing (its tokio runtime shut down) counts as exited.
+async fn exited(state: &mut watch::Receiver<State>) {
+    let _ = state.wait_for(|s| !s.is_running()).await;
+}
+
+/// Copies a pipe into the log buffer until EOF or a read error.
+fn spawn_reader<R>(mut pipe: R, logs: Arc<Mutex<LogBuffer>>) -> JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => logs
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading process output failed");
+                    break;
+                }
+            }
+        }
+    })
+}
+
+fn to_exit_status(status: std::process::ExitStatus) -> ExitStatus {
+    ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+        oom_killed: false,
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
+        let Some((program, args)) = spec.command.split_first() else {
+            return Err(invalid_command(format!(
+                "the process runtime needs a command (the image {:?} is recorded, not run)",
+                spec.image
+            )));
+        };
+        if program.is_empty() {
+            return Err(ValidationError::Empty {
+                field: "command[0]",
+            }
+            .into());
+        }
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_clear()
+            .kill_on_drop(false);
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.envs(&spec.env);
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound
+            | io::ErrorKind::PermissionDenied
+            | io::ErrorKind::InvalidInput => {
+                invalid_command(format!("cannot run {program:?}: {e}"))
+            }
+            _ => backend(io::Error::new(
+                e.kind(),
+                format!("spawning {program:?} failed: {e}"),
+            )),
+        })?;
+        let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+            // Only possible if the child was already reaped, which nobody
+            // else can do; report rather than panic.
+            return Err(backend(io::Error::other(format!(
+                "{program:?} started without a pid"
+            ))));
+        };
+
+        let logs = Arc::new(Mutex::new(LogBuffer::new(self.log_limit)));
+        let mut readers = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            readers.push(spawn_reader(out, logs.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(spawn_reader(err, logs.clone()));
+        }
+
+        let (tx, rx) = watch::channel(State::Running);
+        let label = program.clone();
+        tokio::spawn(async move {
+            let waited = child.wait().await;
+            // Let the readers reach EOF so the logs are complete when the
+            // exit is published, but not forever: a background process may
+            // hold the pipes open.
+            let drain = async {
+                for reader in readers.iter_mut() {
+                    let _ = reader.await;
+                }
+            };
+            if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+                tracing::debug!(pid, program = %label, "output still open after exit; not capturing more");
+                for reader in &readers {
+                    reader.abort();
+                }
+            }
+            let state = match waited {
+                Ok(status) => State::Exited(to_exit_status(status)),
+                Err(e) => {
+                    tracing::warn!(pid, program = %label, error = %e, "waiting for process failed");
+                    State::Failed(format!("waiting for {label:?} (pid {pid}) failed: {e}"))
+                }
+            };
+            tx.send_replace(state);
+        });
+
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = ContainerId(format!("proc-{pid}-{n}"));
+        tracing::debug!(%id, pid, name = %spec.name, image = %spec.image, "started process");
+        self.entries().insert(
+            id.clone(),
+            Entry {
+                name: spec.name.clone(),
+                image: spec.image.clone(),
+                labels: spec.labels.clone(),
+                pid,
+                state: rx,
+                logs,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
+        let (_, mut state) = self
+            .handle(id)
+            .ok_or_else(|| Error::not_found("container", id))?;
+        let result = state.wait_for(|s| !s.is_running()).await;
+        match result.as_deref() {
+            Ok(State::Exited(status)) => Ok(*status),
+            Ok(State::Failed(message)) => Err(backend(io::Error::other(message.clone()))),
+            Ok(State::Running) | Err(_) => Err(Error::Unavailable(format!(
+                "container {id}: the task watching the process is gone (runtime shut down?)"
+            ))),
+        }
+    }
+
+    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
+        let buffer = self
+            .entries()
+            .get(id)
+            .map(|e| e.logs.clone())
+            .ok_or_else(|| Error::not_found("container", id))?;
+        let logs = buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .tail(max_bytes);
+        Ok(logs)
+    }
+
+    /// Unknown ids (never started here, or already removed) succeed.
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        let Some((pid, mut state)) = self.handle(id) else {
+            return Ok(());
+        };
+        if !state.borrow().is_running() {
+            return Ok(());
+        }
+        tracing::debug!(%id, pid, ?grace, "stopping process group");
+        signal_group(pid, Signal::SIGTERM)?;
+        if tokio::time::timeout(grace, exited(&mut state))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tracing::debug!(%id, pid, "grace period over; killing process group");
+        signal_group(pid, Signal::SIGKILL)?;
+        tokio::time::timeout(KILL_TIMEOUT, exited(&mut state))
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "container {id} (pid {pid}) still running {KILL_TIMEOUT:?} after SIGKILL"
+                ))
+            })
+    }
+
+    /// Unknown ids (never started here, or already removed) succeed.
+    async fn remove(&self, id: &ContainerId) -> Result<()> {
+        let Some(entry) = self.entries().remove(id) else {
+            return Ok(());
+        };
+        tracing::debug!(
+            %id,
+            pid = entry.pid,
+            name = %entry.name,
+            image = %entry.image,
+            running = entry.state.borrow().is_running(),
+            "removing process"
+        );
+        // Also reaches background processes that outlived the leader. The
+        // reaper task still owns the child and reaps it.
+        if let Err(e) = signal_group(entry.pid, Signal::SIGKILL) {
+            tracing::warn!(%id, pid = entry.pid, error = %e, "killing process group failed");
+        }
+        Ok(())
+    }
+
+    async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
+        let mut found: Vec<ContainerInfo> = self
+            .entries()
+            .iter()
+            .filter(|(_, e)| e.labels.get(key).is_some_and(|v| v == value))
+            .map(|(id, e)| ContainerInfo {
+                id: id.clone(),
+                labels: e.labels.clone(),
+                running: e.state.borrow().is_running(),
+            })
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_everything_under_the_limit() {
+        let mut b = LogBuffer::new(10);
+        b.push(b"abc");
+        b.push(b"def");
+        assert_eq!(
+            b.tail(usize::MAX),
+            Logs {
+                text: "abcdef".into(),
+                truncated: false
+            }
+        );
+    }
+
+    #[test]
+    fn exactly_the_limit_is_not_truncated() {
+        let mut b = LogBuffer::new(6);
+        b.push(b"abcdef");
+        assert_eq!(b.tail(100).text, "abcdef");
+        assert!(!b.tail(100).truncated);
+        b.push(b"");
+        assert!(!b.tail(100).truncated, "empty pushes drop nothing");
+    }
+
+    #[test]
+    fn keeps_the_end_and_flags_truncation() {
+        let mut b = LogBuffer::new(5);
+        b.push(b"abc");
+        b.push(b"defg");
+        let logs = b.tail(usize::MAX);
+        assert_eq!(logs.text, "cdefg");
+        assert!(logs.truncated);
+        assert!(b.data.len() <= 5);
+        // The flag sticks.
+        b.push(b"");
+        assert!(b.tail(usize::MAX).truncated);
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_limit_keeps_its_end() {
+        let mut b = LogBuffer::new(4);
+        b.push(b"0123456789");
+        let logs = b.tail(usize::MAX);
+        assert_eq!(logs.text, "6789");
+        assert!(logs.truncated);
+
+        let mut b = LogBuffer::new(4);
+        b.push(b"x");
+        b.push(b"wxyz");
+        assert_eq!(b.tail(10).text, "wxyz");
+        assert!(b.tail(10).truncated, "the earlier x was dropped");
+    }
+
+    #[test]
+    fn bound_holds_over_many_pushes() {
+        let mut b = LogBuffer::new(1000);
+        for i in 0..1000 {
+            b.push(format!("line {i}\n").as_bytes());
+            assert!(b.data.len() <= 1000);
+        }
+        let logs = b.tail(usize::MAX);
+        assert!(logs.truncated);
+        assert!(logs.text.ends_with("line 999\n"));
+    }
+
+    #[test]
+    fn max_bytes_keeps_the_end_and_flags_truncation() {
+        let mut b = LogBuffer::new(100);
+        b.push(b"hello world");
+        let logs = b.tail(5);
+        assert_eq!(logs.text, "world");
+        assert!(logs.truncated);
+        let all = b.tail(11);
+        assert_eq!(all.text, "hello world");
+        assert!(!all.truncated);
+    }
+
+    #[test]
+    fn zero_limit_keeps_nothing() {
+        let mut b = LogBuffer::new(0);
+        b.push(b"abc");
+        let logs = b.tail(100);
+        assert_eq!(logs.text, "");
+        assert!(logs.truncated);
+    }
+
+    #[test]
+    fn a_character_cut_at_the_start_is_skipped() {
+        let mut b = LogBuffer::new(100);
+        b.push("aé€z".as_bytes()); // a, é (2 bytes), € (3 bytes), z
+        let logs = b.tail(3); // the last two bytes of € plus z
+        assert_eq!(logs.text, "z");
+        assert!(logs.truncated);
+        assert_eq!(b.tail(4).text, "€z");
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced() {
+        let mut b = LogBuffer::new(100);
+        b.push(b"ok \xff\n");
+        assert_eq!(b.tail(100).text, "ok \u{fffd}\n");
+    }
+}

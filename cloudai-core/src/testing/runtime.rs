@@ -1,0 +1,457 @@
+//! The [`ContainerRuntime`] conformance suite.
+//!
+//! Every command is a plain POSIX `sh` command available in busybox, so the
+//! suite runs against the local process runtime as well as a container
+//! runtime whose test image holds only a static busybox. Each case uses
+//! unique names and labels and removes what it started, so cases can share
+//! one daemon (and run concurrently with other test runs against it).
+//!
+//! Long-running programs bound themselves (at most about a minute), so a case
+//! that panics before its cleanup leaves nothing running for long. Every wait
+//! is bounded by a timeout, so a broken runtime fails instead of hanging.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::model::Resources;
+use crate::runtime::{
+    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, Logs, LABEL_TASK, LABEL_WORKER,
+};
+use crate::Error;
+
+/// Bound on anything that should finish quickly (a start, a short program,
+/// a log read), generous enough for a slow container daemon.
+const QUICK: Duration = Duration::from_secs(60);
+
+/// A loop body that sleeps for up to about a minute and then ends, so that a
+/// case that panics before cleanup leaves nothing running for long.
+const SLEEP_LOOP: &str = "i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done";
+
+/// Runs every case, each on a fresh runtime from `new_runtime`. `image` is the
+/// image to run the busybox commands in (ignored by runtimes that run local
+/// processes).
+pub async fn run_all<B, Fut>(new_runtime: B, image: &str)
+where
+    B: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn ContainerRuntime>>,
+{
+    wait_reports_the_exit_code(new_runtime().await, image).await;
+    logs_capture_stdout_and_stderr(new_runtime().await, image).await;
+    logs_are_bounded_and_keep_the_end(new_runtime().await, image).await;
+    stop_sends_sigterm_first(new_runtime().await, image).await;
+    stop_kills_after_the_grace_period(new_runtime().await, image).await;
+    stop_and_remove_are_idempotent(new_runtime().await, image).await;
+    list_finds_containers_by_label(new_runtime().await, image).await;
+    env_is_passed(new_runtime().await, image).await;
+    unknown_program_fails_cleanly(new_runtime().await, image).await;
+    unknown_id_is_not_found(new_runtime().await, image).await;
+}
+
+/// A suffix unique across cases, runtimes, processes and (practically) test
+/// runs sharing one daemon.
+fn unique() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000_000
+    )
+}
+
+/// A spec running `sh -c script` with unique name and task label, worker
+/// label `conformance`.
+fn sh(case: &str, image: &str, script: &str) -> ContainerSpec {
+    let u = unique();
+    ContainerSpec {
+        name: format!("cloudai-conf-{case}-{u}"),
+        image: image.to_string(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::new(),
+        limits: Resources::ZERO,
+        labels: BTreeMap::from([
+            (LABEL_TASK.to_string(), format!("{case}-{u}")),
+            (LABEL_WORKER.to_string(), "conformance".to_string()),
+        ]),
+    }
+}
+
+async fn start(rt: &dyn ContainerRuntime, spec: &ContainerSpec) -> ContainerId {
+    match tokio::time::timeout(QUICK, rt.start(spec)).await {
+        Ok(Ok(id)) => id,
+        Ok(Err(e)) => panic!("{}: start {:?} failed: {e:?}", rt.name(), spec.command),
+        Err(_) => panic!(
+            "{}: start {:?} did not return in {QUICK:?}",
+            rt.name(),
+            spec.command
+        ),
+    }
+}
+
+async fn wait(rt: &dyn ContainerRuntime, id: &ContainerId) -> ExitStatus {
+    match tokio::time::timeout(QUICK, rt.wait(id)).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => panic!("{}: wait {id} failed: {e:?}", rt.name()),
+        Err(_) => panic!("{}: wait {id} did not return in {QUICK:?}", rt.name()),
+    }
+}
+
+async fn logs(rt: &dyn ContainerRuntime, id: &ContainerId, max_bytes: usize) -> Logs {
+    match tokio::time::timeout(QUICK, rt.logs(id, max_bytes)).await {
+        Ok(Ok(logs)) => logs,
+        Ok(Err(e)) => panic!("{}: logs {id} failed: {e:?}", rt.name()),
+        Err(_) => panic!("{}: logs {id} did not return in {QUICK:?}", rt.name()),
+    }
+}
+
+async fn stop(rt: &dyn ContainerRuntime, id: &ContainerId, grace: Duration) {
+    match tokio::time::timeout(grace + QUICK, rt.stop(id, grace)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{}: stop {id} failed: {e:?}", rt.name()),
+        Err(_) => panic!(
+            "{}: stop {id} did not return in {:?}",
+            rt.name(),
+            grace + QUICK
+        ),
+    }
+}
+
+async fn remove(rt: &dyn ContainerRuntime, id: &ContainerId) {
+    match tokio::time::timeout(QUICK, rt.remove(id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{}: remove {id} failed: {e:?}", rt.name()),
+        Err(_) => panic!("{}: remove {id} did not return in {QUICK:?}", rt.name()),
+    }
+}
+
+/// Polls the logs until they contain `needle` (a program announcing it is
+/// ready, for example after installing its signal handler).
+async fn wait_for_output(rt: &dyn ContainerRuntime, id: &ContainerId, needle: &str) {
+    let deadline = Instant::now() + QUICK;
+    loop {
+        let got = logs(rt, id, 64 * 1024).await;
+        if got.text.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {id} did not print {needle:?} within {QUICK:?}; logs so far: {:?}",
+            rt.name(),
+            got.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `wait` reports the exit code; concurrent waiters all get it; waiting again
+/// after the exit returns at once; exit 0 is `success()`.
+pub async fn wait_reports_the_exit_code(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let id = start(rt, &sh("exit3", image, "sleep 0.3; exit 3")).await;
+    let (a, b) = tokio::join!(wait(rt, &id), wait(rt, &id));
+    assert_eq!(a.code, Some(3), "wait must report exit code 3: {a:?}");
+    assert_eq!(b, a, "concurrent waiters must all get the same status");
+    assert!(!a.success(), "exit 3 is not success");
+    let again = tokio::time::timeout(Duration::from_secs(10), rt.wait(&id))
+        .await
+        .expect("waiting on an exited container must return promptly")
+        .expect("wait after exit");
+    assert_eq!(
+        again, a,
+        "waiting after the exit must report the same status"
+    );
+    remove(rt, &id).await;
+
+    let id = start(rt, &sh("exit0", image, "exit 0")).await;
+    let status = wait(rt, &id).await;
+    assert!(status.success(), "exit 0 must be success: {status:?}");
+    assert_eq!(
+        status.signal, None,
+        "a normal exit has no signal: {status:?}"
+    );
+    assert!(!status.oom_killed, "exit 0 was not an OOM kill");
+    remove(rt, &id).await;
+}
+
+/// stdout and stderr are both captured and readable after the exit.
+pub async fn logs_capture_stdout_and_stderr(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let id = start(rt, &sh("logs", image, "echo to-stdout; echo to-stderr >&2")).await;
+    let status = wait(rt, &id).await;
+    assert!(status.success(), "echo must succeed: {status:?}");
+    let got = logs(rt, &id, 64 * 1024).await;
+    assert!(
+        got.text.contains("to-stdout"),
+        "logs must hold stdout: {got:?}"
+    );
+    assert!(
+        got.text.contains("to-stderr"),
+        "logs must hold stderr: {got:?}"
+    );
+    assert!(!got.truncated, "a few bytes must not be truncated: {got:?}");
+    remove(rt, &id).await;
+}
+
+/// `logs(max_bytes)` returns at most `max_bytes`, keeps the end, and sets
+/// `truncated`.
+pub async fn logs_are_bounded_and_keep_the_end(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let script = "i=1; while [ $i -le 200 ]; do echo line-$i; i=$((i+1)); done";
+    let id = start(rt, &sh("bounded", image, script)).await;
+    let status = wait(rt, &id).await;
+    assert!(
+        status.success(),
+        "the printing loop must succeed: {status:?}"
+    );
+    let got = logs(rt, &id, 50).await;
+    assert!(
+        got.text.len() <= 50,
+        "logs must hold at most max_bytes (50), got {} bytes",
+        got.text.len()
+    );
+    assert!(
+        got.text.ends_with("line-200\n"),
+        "logs must keep the end of the output: {got:?}"
+    );
+    assert!(got.truncated, "dropping output must set truncated: {got:?}");
+    let all = logs(rt, &id, 64 * 1024).await;
+    assert!(
+        all.text.starts_with("line-1\n") && all.text.ends_with("line-200\n"),
+        "a large max_bytes must return everything: {} bytes",
+        all.text.len()
+    );
+    assert!(!all.truncated, "nothing was dropped: {:?}", all.truncated);
+    remove(rt, &id).await;
+}
+
+/// `stop` sends SIGTERM first: a program that exits on TERM ends well before a
+/// long grace period, and its handler ran.
+pub async fn stop_sends_sigterm_first(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let script = format!("trap 'echo got-term; exit 0' TERM; echo ready; {SLEEP_LOOP}");
+    let id = start(rt, &sh("term", image, &script)).await;
+    wait_for_output(rt, &id, "ready").await;
+    let grace = Duration::from_secs(10);
+    let began = Instant::now();
+    stop(rt, &id, grace).await;
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "stop must send SIGTERM and return once the program exits, not wait out the {grace:?} grace; took {took:?}"
+    );
+    let status = wait(rt, &id).await;
+    assert_eq!(
+        status.code,
+        Some(0),
+        "the TERM handler exits 0, so the program was not killed: {status:?}"
+    );
+    let got = logs(rt, &id, 64 * 1024).await;
+    assert!(
+        got.text.contains("got-term"),
+        "the TERM handler's output must be in the logs: {got:?}"
+    );
+    remove(rt, &id).await;
+}
+
+/// A program that ignores SIGTERM is killed once the grace period is over.
+pub async fn stop_kills_after_the_grace_period(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let script = format!("trap '' TERM; echo ready; {SLEEP_LOOP}");
+    let id = start(rt, &sh("kill", image, &script)).await;
+    wait_for_output(rt, &id, "ready").await;
+    let grace = Duration::from_millis(500);
+    let began = Instant::now();
+    stop(rt, &id, grace).await;
+    let took = began.elapsed();
+    assert!(
+        took >= grace,
+        "stop must give a TERM-ignoring program the whole grace ({grace:?}); returned after {took:?}"
+    );
+    assert!(
+        took < grace + Duration::from_secs(5),
+        "stop must SIGKILL once the grace ({grace:?}) is over; took {took:?}"
+    );
+    let status = wait(rt, &id).await;
+    assert!(
+        status.signal == Some(9) || status.code == Some(137),
+        "the program must have ended by SIGKILL (signal 9 or exit code 137): {status:?}"
+    );
+    assert!(!status.success(), "a killed program is not a success");
+    remove(rt, &id).await;
+}
+
+/// Stopping twice, stopping after the exit, removing twice and stopping a
+/// removed container all succeed.
+pub async fn stop_and_remove_are_idempotent(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let grace = Duration::from_secs(1);
+
+    let id = start(rt, &sh("idem-run", image, SLEEP_LOOP)).await;
+    stop(rt, &id, grace).await;
+    stop(rt, &id, grace).await;
+    let status = wait(rt, &id).await;
+    assert!(
+        !status.success(),
+        "a stopped sleep loop is not a success: {status:?}"
+    );
+    remove(rt, &id).await;
+    remove(rt, &id).await;
+    stop(rt, &id, grace).await;
+
+    let id = start(rt, &sh("idem-exit", image, "exit 0")).await;
+    assert!(wait(rt, &id).await.success());
+    let began = Instant::now();
+    stop(rt, &id, Duration::from_secs(10)).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "stopping an exited container must return at once, took {:?}",
+        began.elapsed()
+    );
+    stop(rt, &id, grace).await;
+    let status = wait(rt, &id).await;
+    assert!(
+        status.success(),
+        "stop after the exit must not change the status: {status:?}"
+    );
+    remove(rt, &id).await;
+    remove(rt, &id).await;
+}
+
+/// `list` finds containers by label, reports whether they run, and forgets
+/// removed ones.
+pub async fn list_finds_containers_by_label(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let u = unique();
+    let worker = format!("w-{u}");
+    let (task_a, task_b) = (format!("a-{u}"), format!("b-{u}"));
+    let mut spec_a = sh("list-a", image, SLEEP_LOOP);
+    spec_a.labels = BTreeMap::from([
+        (LABEL_TASK.to_string(), task_a.clone()),
+        (LABEL_WORKER.to_string(), worker.clone()),
+    ]);
+    let mut spec_b = sh("list-b", image, "exit 0");
+    spec_b.labels = BTreeMap::from([
+        (LABEL_TASK.to_string(), task_b.clone()),
+        (LABEL_WORKER.to_string(), worker.clone()),
+    ]);
+    let a = start(rt, &spec_a).await;
+    let b = start(rt, &spec_b).await;
+    assert_ne!(a, b, "ids must be unique");
+    wait(rt, &b).await;
+
+    let list = |key: &'static str, value: String| async move {
+        let mut found = tokio::time::timeout(QUICK, rt.list(key, &value))
+            .await
+            .unwrap_or_else(|_| panic!("list {key}={value} did not return in {QUICK:?}"))
+            .unwrap_or_else(|e| panic!("list {key}={value} failed: {e:?}"));
+        found.sort_by(|x, y| x.id.cmp(&y.id));
+        found
+    };
+
+    let by_worker = list(LABEL_WORKER, worker.clone()).await;
+    let mut ids: Vec<_> = by_worker.iter().map(|c| c.id.clone()).collect();
+    ids.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "listing by worker label must find both: {by_worker:?}"
+    );
+    for c in &by_worker {
+        assert_eq!(
+            c.running,
+            c.id == a,
+            "running must be true for the sleeper and false for the exited one: {c:?}"
+        );
+        assert_eq!(
+            c.labels.get(LABEL_WORKER),
+            Some(&worker),
+            "labels must be reported: {c:?}"
+        );
+    }
+
+    let by_task = list(LABEL_TASK, task_a.clone()).await;
+    assert_eq!(
+        by_task.len(),
+        1,
+        "listing by task label must find one: {by_task:?}"
+    );
+    assert_eq!(by_task[0].id, a);
+    assert_eq!(by_task[0].labels.get(LABEL_TASK), Some(&task_a));
+    assert!(by_task[0].running, "the sleeper is running: {by_task:?}");
+
+    let none = list(LABEL_TASK, format!("none-{u}")).await;
+    assert!(none.is_empty(), "no container carries this label: {none:?}");
+
+    remove(rt, &a).await;
+    remove(rt, &b).await;
+    let after = list(LABEL_WORKER, worker.clone()).await;
+    assert!(
+        after.is_empty(),
+        "removed containers must not be listed: {after:?}"
+    );
+}
+
+/// The spec's environment reaches the program.
+pub async fn env_is_passed(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let mut spec = sh("env", image, "echo \"FOO=$FOO\"");
+    spec.env.insert("FOO".into(), "bar".into());
+    let id = start(rt, &spec).await;
+    assert!(wait(rt, &id).await.success());
+    let got = logs(rt, &id, 64 * 1024).await;
+    assert!(
+        got.text.contains("FOO=bar"),
+        "env FOO=bar must be passed: {got:?}"
+    );
+    remove(rt, &id).await;
+}
+
+/// A command naming a program that does not exist fails at `start` or exits
+/// non-zero; it neither panics nor hangs.
+pub async fn unknown_program_fails_cleanly(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let mut spec = sh("noprog", image, "");
+    spec.command = vec!["/nonexistent/prog".into()];
+    let started = tokio::time::timeout(QUICK, rt.start(&spec))
+        .await
+        .unwrap_or_else(|_| panic!("start of a missing program did not return in {QUICK:?}"));
+    match started {
+        Err(_) => {}
+        Ok(id) => {
+            let status = wait(rt, &id).await;
+            assert!(
+                !status.success(),
+                "a missing program must not exit successfully: {status:?}"
+            );
+            remove(rt, &id).await;
+        }
+    }
+}
+
+/// `wait` and `logs` on an id the runtime never handed out are `NotFound`.
+pub async fn unknown_id_is_not_found(rt: Arc<dyn ContainerRuntime>, _image: &str) {
+    let rt = rt.as_ref();
+    let id = ContainerId(format!("cloudai-conf-missing-{}", unique()));
+    let waited = tokio::time::timeout(QUICK, rt.wait(&id))
+        .await
+        .expect("wait on an unknown id must not hang");
+    assert!(
+        matches!(waited, Err(Error::NotFound { .. })),
+        "wait on an unknown id must be NotFound: {waited:?}"
+    );
+    let got = tokio::time::timeout(QUICK, rt.logs(&id, 1024))
+        .await
+        .expect("logs on an unknown id must not hang");
+    assert!(
+        matches!(got, Err(Error::NotFound { .. })),
+        "logs on an unknown id must be NotFound: {got:?}"
+    );
+}
