@@ -39,6 +39,10 @@ mutate cloudai-core/src/lifecycle.rs "a cancel may overwrite completed" \
 mutate cloudai-core/src/lifecycle.rs "reports accepted from any worker" \
   'Some(claimed) if task.worker.as_ref() != Some(claimed)' \
   'Some(claimed) if false && task.worker.as_ref() != Some(claimed)'
+mutate cloudai-core/src/store.rs "reports about an earlier attempt apply" \
+  '            && self.expected_attempt.is_none_or(|a| task.attempt == a)' ''
+mutate cloudai-core/src/results.rs "results of an earlier attempt are stored" \
+  'if incoming.attempt != task.attempt {' 'if false {'
 mutate cloudai-core/src/memory.rs "store ignores the compare-and-set guard" \
   'if !change.admits(task) {' 'if false {'
 mutate cloudai-core/src/memory.rs "results not deduplicated" \

@@ -110,6 +110,7 @@ pub async fn record_report(
     };
     let event = TaskEvent::Report {
         worker: result.worker_id.clone(),
+        attempt: result.attempt,
         outcome,
         message: result.message.clone(),
     };

@@ -28,9 +28,10 @@
 //! let mut task = TaskRecord::new(TaskId::new("t1")?, spec, Timestamp::ZERO);
 //! task.status = TaskStatus::Cancelled;
 //! task.worker = Some(WorkerId::new("w1")?);
+//! task.attempt = 1;
 //!
 //! // A late report never overwrites a cancel.
-//! let late = TaskEvent::Report { worker: WorkerId::new("w1")?, outcome: Reported::Failed, message: None };
+//! let late = TaskEvent::Report { worker: WorkerId::new("w1")?, attempt: 1, outcome: Reported::Failed, message: None };
 //! assert_eq!(decide(Some(&task), &late), Decision::Refuse(Refusal::AlreadyFinal(TaskStatus::Cancelled)));
 //! # Ok::<(), ValidationError>(())
 //! ```

@@ -53,6 +53,8 @@ pub enum TaskEvent {
     Requeue {
         /// The worker it was assigned to.
         worker: WorkerId,
+        /// The assignment that failed.
+        attempt: u32,
         /// Why delivery failed.
         reason: String,
     },
@@ -60,6 +62,8 @@ pub enum TaskEvent {
     Report {
         /// Who reports.
         worker: WorkerId,
+        /// Which assignment the report is about.
+        attempt: u32,
         /// How it ended.
         outcome: Reported,
         /// The worker's explanation, if any.
@@ -103,6 +107,8 @@ pub enum Effect {
     StopOnWorker {
         /// The worker.
         worker: WorkerId,
+        /// The assignment to stop.
+        attempt: u32,
         /// SIGTERM→SIGKILL grace; zero for a force stop.
         grace: Duration,
     },
@@ -141,6 +147,13 @@ pub enum Refusal {
         /// The worker the event named.
         claimed: WorkerId,
     },
+    /// The event is about an earlier assignment of the task.
+    StaleAttempt {
+        /// The task's current attempt.
+        current: u32,
+        /// The attempt the event named.
+        claimed: u32,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -161,6 +174,9 @@ impl fmt::Display for Refusal {
                 claimed,
             } => {
                 write!(f, "task is not assigned to {claimed}")
+            }
+            Refusal::StaleAttempt { current, claimed } => {
+                write!(f, "event concerns attempt {claimed}, the task is on attempt {current}")
             }
         }
     }
@@ -209,6 +225,13 @@ impl TaskEvent {
         }
     }
 
+    fn expected_attempt(&self) -> Option<u32> {
+        match self {
+            TaskEvent::Requeue { attempt, .. } | TaskEvent::Report { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
+    }
+
     fn reason(&self) -> Option<String> {
         match self {
             TaskEvent::Assign { .. } => None,
@@ -227,6 +250,7 @@ impl TaskEvent {
         StatusChange {
             allowed_from: self.allowed_from().to_vec(),
             expected_worker: self.expected_worker().cloned(),
+            expected_attempt: self.expected_attempt(),
             to: self.target(),
             assignment: match self {
                 TaskEvent::Assign { worker } => Assignment::Set(worker.clone()),
@@ -264,10 +288,18 @@ fn refusal(task: &TaskRecord, event: &TaskEvent) -> Option<Refusal> {
             _ => Refusal::NotRunning,
         });
     }
-    match event.expected_worker() {
-        Some(claimed) if task.worker.as_ref() != Some(claimed) => Some(Refusal::OtherWorker {
-            assigned: task.worker.clone(),
-            claimed: claimed.clone(),
+    if let Some(claimed) = event.expected_worker() {
+        if task.worker.as_ref() != Some(claimed) {
+            return Some(Refusal::OtherWorker {
+                assigned: task.worker.clone(),
+                claimed: claimed.clone(),
+            });
+        }
+    }
+    match event.expected_attempt() {
+        Some(claimed) if claimed != task.attempt => Some(Refusal::StaleAttempt {
+            current: task.attempt,
+            claimed,
         }),
         _ => None,
     }
@@ -304,6 +336,7 @@ fn effects(task: &TaskRecord, event: &TaskEvent) -> Vec<Effect> {
             },
             Effect::StopOnWorker {
                 worker: worker.clone(),
+                attempt: task.attempt,
                 grace: Duration::ZERO,
             },
         ],
@@ -315,6 +348,7 @@ fn effects(task: &TaskRecord, event: &TaskEvent) -> Vec<Effect> {
                 },
                 Effect::StopOnWorker {
                     worker,
+                    attempt: task.attempt,
                     grace: if *force {
                         Duration::ZERO
                     } else {
@@ -341,12 +375,14 @@ mod tests {
         let mut t = TaskRecord::new(TaskId::new("t").unwrap(), spec, Timestamp::ZERO);
         t.status = status;
         t.worker = worker.map(w);
+        t.attempt = u32::from(worker.is_some());
         t
     }
 
     fn report(worker: &str, outcome: Reported) -> TaskEvent {
         TaskEvent::Report {
             worker: w(worker),
+            attempt: 1,
             outcome,
             message: None,
         }
@@ -382,6 +418,7 @@ mod tests {
             TaskEvent::Assign { worker: w("a") },
             TaskEvent::Requeue {
                 worker: w("a"),
+                attempt: 1,
                 reason: "x".into(),
             },
             report("a", Reported::Failed),
@@ -415,6 +452,7 @@ mod tests {
             t.effects[1],
             Effect::StopOnWorker {
                 worker: w("a"),
+                attempt: 1,
                 grace: TaskSpec::DEFAULT_CANCEL_GRACE
             }
         );
@@ -428,6 +466,7 @@ mod tests {
             t.effects[1],
             Effect::StopOnWorker {
                 worker: w("a"),
+                attempt: 1,
                 grace: Duration::ZERO
             }
         );
@@ -466,6 +505,16 @@ mod tests {
         assert_eq!(
             decide(None, &report("a", Reported::Completed)),
             Decision::Refuse(Refusal::UnknownTask)
+        );
+    }
+
+    #[test]
+    fn reports_about_an_earlier_attempt_are_refused() {
+        let mut t = task(TaskStatus::Running, Some("a"));
+        t.attempt = 2;
+        assert_eq!(
+            decide(Some(&t), &report("a", Reported::Completed)),
+            Decision::Refuse(Refusal::StaleAttempt { current: 2, claimed: 1 })
         );
     }
 

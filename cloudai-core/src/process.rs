@@ -8,19 +8,24 @@
 //! - **SIGTERM, grace, SIGKILL.** `stop` sends SIGTERM to the group, waits up
 //!   to the grace period for the leader to exit, then sends SIGKILL to the
 //!   group. `remove` sends SIGKILL to the group (which also reaches
-//!   leftovers that outlived the leader) and forgets the container.
-//! - **Bounded logs keep the end.** stdout and stderr are interleaved, in
-//!   arrival order, into one buffer that keeps the last
-//!   [`DEFAULT_LOG_LIMIT`] bytes (see [`ProcessRuntime::with_log_limit`]);
-//!   once anything was dropped, [`Logs::truncated`] is set. Output that
-//!   arrives more than [`DRAIN_TIMEOUT`] after the leader exited (from a
+//!   leftovers that outlived the leader; Linux does not reuse the leader's
+//!   pid while its group has members) and forgets the container. Stopping
+//!   or removing an id this runtime does not know succeeds.
+//! - **Bounded logs keep the end.** stdout and stderr go into one buffer
+//!   that keeps the last [`DEFAULT_LOG_LIMIT`] bytes (see
+//!   [`ProcessRuntime::with_log_limit`]); once anything was dropped,
+//!   [`Logs::truncated`] is set. Each stream keeps its own order; the two are
+//!   interleaved in the order their readers receive the bytes, which is
+//!   close to, but not exactly, the order the program wrote them. Output
+//!   that arrives more than [`DRAIN_TIMEOUT`] after the leader exited (from a
 //!   background process still holding the pipes) is not captured.
 //! - **The image is ignored.** It is recorded for diagnostics only; the
 //!   command must name a program on the worker (resolved through the
 //!   worker's own `PATH` unless the spec sets `PATH`). An empty command is
 //!   refused, as there is no image default to fall back to.
-//! - **Limits are recorded, not enforced.** The spec's resource limits are
-//!   not applied to the process; OOM kills are never reported.
+//! - **Limits are not enforced.** The spec's resource limits are accepted
+//!   (the scheduler still accounts for them) but not applied to the
+//!   process; OOM kills are never reported.
 //! - **Clean environment.** The child gets only `PATH` (from the worker's
 //!   environment, if set) and the spec's variables.
 //!

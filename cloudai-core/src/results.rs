@@ -22,6 +22,13 @@ pub enum ResultIgnored {
         /// The reporter.
         reporter: WorkerId,
     },
+    /// The result is from an earlier assignment of the task.
+    StaleAttempt {
+        /// The task's current attempt.
+        current: u32,
+        /// The result's attempt.
+        reported: u32,
+    },
     /// A result is stored already; the first one wins.
     Duplicate,
 }
@@ -33,6 +40,9 @@ impl fmt::Display for ResultIgnored {
             ResultIgnored::NotFinal(s) => write!(f, "task is still {s}"),
             ResultIgnored::OtherWorker { reporter, .. } => {
                 write!(f, "task was not assigned to {reporter}")
+            }
+            ResultIgnored::StaleAttempt { current, reported } => {
+                write!(f, "result is from attempt {reported}, the task is on attempt {current}")
             }
             ResultIgnored::Duplicate => f.write_str("a result is already stored"),
         }
@@ -72,6 +82,12 @@ pub fn decide(
             reporter: incoming.worker_id,
         });
     }
+    if incoming.attempt != task.attempt {
+        return ResultDecision::Ignore(ResultIgnored::StaleAttempt {
+            current: task.attempt,
+            reported: incoming.attempt,
+        });
+    }
     if existing.is_some() {
         return ResultDecision::Ignore(ResultIgnored::Duplicate);
     }
@@ -91,6 +107,7 @@ mod tests {
         let mut t = TaskRecord::new(TaskId::new("t").unwrap(), spec, Timestamp::ZERO);
         t.status = status;
         t.worker = Some(WorkerId::new("a").unwrap());
+        t.attempt = 1;
         t
     }
 
@@ -98,6 +115,7 @@ mod tests {
         TaskResult {
             task_id: TaskId::new("t").unwrap(),
             worker_id: WorkerId::new(worker).unwrap(),
+            attempt: 1,
             status,
             exit_code: Some(0),
             logs: logs.into(),
@@ -133,6 +151,16 @@ mod tests {
                 result("a", TaskStatus::Cancelled, "second")
             ),
             ResultDecision::Ignore(ResultIgnored::Duplicate)
+        );
+    }
+
+    #[test]
+    fn results_of_an_earlier_attempt_are_ignored() {
+        let mut t = task(TaskStatus::Completed);
+        t.attempt = 2;
+        assert_eq!(
+            decide(Some(&t), None, result("a", TaskStatus::Completed, "old run")),
+            ResultDecision::Ignore(ResultIgnored::StaleAttempt { current: 2, reported: 1 })
         );
     }
 

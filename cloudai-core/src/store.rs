@@ -35,6 +35,8 @@ pub struct StatusChange {
     pub allowed_from: Vec<TaskStatus>,
     /// Worker the task must be assigned to, if any.
     pub expected_worker: Option<WorkerId>,
+    /// Attempt the task must be on, if any.
+    pub expected_attempt: Option<u32>,
     /// The new status.
     pub to: TaskStatus,
     /// What happens to the assignment.
@@ -53,6 +55,7 @@ impl StatusChange {
                 .expected_worker
                 .as_ref()
                 .is_none_or(|w| task.worker.as_ref() == Some(w))
+            && self.expected_attempt.is_none_or(|a| task.attempt == a)
     }
 
     /// Writes the change into `task` (the guard is the caller's business).
@@ -61,7 +64,10 @@ impl StatusChange {
         task.status = self.to;
         match &self.assignment {
             Assignment::Keep => {}
-            Assignment::Set(w) => task.worker = Some(w.clone()),
+            Assignment::Set(w) => {
+                task.worker = Some(w.clone());
+                task.attempt += 1;
+            }
             Assignment::Clear => task.worker = None,
         }
         task.reason.clone_from(&self.reason);

@@ -31,6 +31,15 @@ pub struct MasterInfo {
     pub address: String,
 }
 
+/// One assignment of a task: the task and its attempt number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RunningTask {
+    /// The task.
+    pub task: TaskId,
+    /// Which assignment of it (see [`crate::model::TaskRecord::attempt`]).
+    pub attempt: u32,
+}
+
 /// A worker announcing itself to a master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
@@ -41,7 +50,7 @@ pub struct Registration {
     /// What it offers.
     pub capacity: Resources,
     /// Tasks it is running right now (empty on a fresh start).
-    pub running: Vec<TaskId>,
+    pub running: Vec<RunningTask>,
 }
 
 /// The master's answer to a [`Registration`].
@@ -49,7 +58,7 @@ pub struct Registration {
 pub struct RegistrationReply {
     /// Of the tasks the worker listed, those it must stop (cancelled, failed
     /// over, or unknown while it was away).
-    pub stop: Vec<TaskId>,
+    pub stop: Vec<RunningTask>,
     /// How often to send heartbeats.
     pub heartbeat_interval: Duration,
 }
@@ -68,11 +77,13 @@ pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
     /// Asks the worker to register with this master (seed 004).
     async fn master_register(&self, to: &WorkerEndpoint, master: &MasterInfo) -> Result<()>;
 
-    /// Hands the worker a task to run.
-    async fn assign(&self, to: &WorkerEndpoint, task: &TaskId, spec: &TaskSpec) -> Result<()>;
+    /// Hands the worker assignment `run` of a task. Repeats are harmless.
+    async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()>;
 
-    /// Asks the worker to stop a task, SIGKILL after `grace`.
-    async fn cancel(&self, to: &WorkerEndpoint, task: &TaskId, grace: Duration) -> Result<()>;
+    /// Asks the worker to stop assignment `run`, SIGKILL after `grace`.
+    /// Stopping a run the worker does not have succeeds (and keeps that run
+    /// from starting if its assignment arrives late).
+    async fn cancel(&self, to: &WorkerEndpoint, run: &RunningTask, grace: Duration) -> Result<()>;
 }
 
 /// Calls a worker makes to its master.

@@ -43,6 +43,7 @@ enum Step {
         outcome: Reported,
         from_assigned: bool,
         w: usize,
+        stale: bool,
     },
     Cancel {
         t: usize,
@@ -73,8 +74,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (w.clone(), 1u64..16, 0u32..2).prop_map(|(w, cpu_halves, gpus)| Step::AddWorker { w, cpu_halves, gpus }),
         3 => (0u64..6, 0u32..2).prop_map(|(cpu_halves, gpus)| Step::Submit { cpu_halves, gpus }),
         4 => t.clone().prop_map(|t| Step::Place { t }),
-        4 => (t.clone(), outcome(), prop::bool::weighted(0.8), w.clone())
-            .prop_map(|(t, outcome, from_assigned, w)| Step::Report { t, outcome, from_assigned, w }),
+        4 => (t.clone(), outcome(), prop::bool::weighted(0.8), w.clone(), prop::bool::weighted(0.15))
+            .prop_map(|(t, outcome, from_assigned, w, stale)| Step::Report { t, outcome, from_assigned, w, stale }),
         2 => (t.clone(), any::<bool>()).prop_map(|(t, force)| Step::Cancel { t, force }),
         1 => t.prop_map(|t| Step::Requeue { t }),
         1 => w.prop_map(|w| Step::WorkerLost { w }),
@@ -91,10 +92,11 @@ fn tid(i: usize) -> TaskId {
     TaskId::new(format!("t{i}")).unwrap()
 }
 
-fn report(task: &TaskId, worker: &WorkerId, outcome: Reported, n: usize) -> TaskResult {
+fn report(task: &TaskId, worker: &WorkerId, attempt: u32, outcome: Reported, n: usize) -> TaskResult {
     TaskResult {
         task_id: task.clone(),
         worker_id: worker.clone(),
+        attempt,
         status: outcome.into(),
         exit_code: Some(i32::from(outcome != Reported::Completed)),
         logs: format!("report #{n}"),
@@ -181,27 +183,17 @@ impl Model {
             }
         }
         if let Some(r) = result {
+            let replayed = r.clone();
             let after = self.tasks.get(id).cloned();
             if let ResultDecision::Store(r) =
                 results::decide(after.as_ref(), self.results.get(id), r)
             {
                 self.results.insert(id.clone(), r);
             }
-            self.replay
-                .push(Replay::Report(self.replayed_report(id, &event)));
+            self.replay.push(Replay::Report(replayed));
         } else {
             self.replay.push(Replay::Event(id.clone(), event));
         }
-    }
-
-    fn replayed_report(&self, id: &TaskId, event: &TaskEvent) -> TaskResult {
-        let TaskEvent::Report {
-            worker, outcome, ..
-        } = event
-        else {
-            unreachable!()
-        };
-        report(id, worker, *outcome, self.n)
     }
 
     fn candidates(&self) -> Vec<Candidate> {
@@ -259,17 +251,21 @@ impl Model {
                 outcome,
                 from_assigned,
                 w,
+                stale,
             } => {
                 let Some(id) = self.nth_task(t) else { return };
                 let worker = match (&self.tasks[&id].worker, from_assigned) {
                     (Some(assigned), true) => assigned.clone(),
                     _ => wid(w),
                 };
-                let r = report(&id, &worker, outcome, self.n);
+                let current = self.tasks[&id].attempt;
+                let attempt = if stale { current.saturating_sub(1) } else { current };
+                let r = report(&id, &worker, attempt, outcome, self.n);
                 self.event(
                     &id,
                     TaskEvent::Report {
                         worker,
+                        attempt,
                         outcome,
                         message: None,
                     },
@@ -283,10 +279,12 @@ impl Model {
             Step::Requeue { t } => {
                 let Some(id) = self.nth_task(t) else { return };
                 if let Some(worker) = self.tasks[&id].worker.clone() {
+                    let attempt = self.tasks[&id].attempt;
                     self.event(
                         &id,
                         TaskEvent::Requeue {
                             worker,
+                            attempt,
                             reason: "unreachable".into(),
                         },
                         None,

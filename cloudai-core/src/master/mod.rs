@@ -33,7 +33,7 @@ use crate::placement::Policy;
 use crate::rng::SplitMix64;
 use crate::store::{TaskFilter, TaskStore, WorkerRegistry};
 use crate::transport::{
-    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, WorkerEndpoint,
+    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask, WorkerEndpoint,
 };
 use crate::{Error, Result};
 
@@ -345,15 +345,15 @@ impl Master {
             .store
             .list_tasks(&TaskFilter { statuses: vec![TaskStatus::Running], worker: Some(id.clone()) })
             .await?;
-        let listed: BTreeSet<&TaskId> = reg.running.iter().collect();
-        let here: BTreeSet<&TaskId> = running_here.iter().map(|t| &t.id).collect();
-        let stop: Vec<TaskId> = reg.running.iter().filter(|t| !here.contains(t)).cloned().collect();
-        let missing: Vec<TaskId> = {
+        let run_of = |t: &TaskRecord| RunningTask { task: t.id.clone(), attempt: t.attempt };
+        let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
+        let here: BTreeSet<RunningTask> = running_here.iter().map(run_of).collect();
+        let stop: Vec<RunningTask> = reg.running.iter().filter(|r| !here.contains(*r)).cloned().collect();
+        let missing: Vec<RunningTask> = {
             let st = self.state();
-            running_here
-                .iter()
-                .filter(|t| !listed.contains(&t.id) && !st.sending.contains(&t.id) && !st.placing.contains(&t.id))
-                .map(|t| t.id.clone())
+            here.iter()
+                .filter(|r| !listed.contains(r) && !st.sending.contains(&r.task) && !st.placing.contains(&r.task))
+                .cloned()
                 .collect()
         };
         {
@@ -378,13 +378,14 @@ impl Master {
         self.inner.wake.notify_one();
         info!(worker = %id, address = %reg.address, capacity = %reg.capacity, listed = reg.running.len(),
               stop = stop.len(), failed = missing.len(), "worker registered");
-        for task in missing {
+        for run in missing {
             let event = TaskEvent::Report {
                 worker: id.clone(),
+                attempt: run.attempt,
                 outcome: Reported::Failed,
                 message: Some(format!("worker {id} re-registered without this task (it restarted)")),
             };
-            let _: Applied = self.apply(&task, event).await?;
+            let _: Applied = self.apply(&run.task, event).await?;
         }
         self.schedule().await;
         Ok(RegistrationReply { stop, heartbeat_interval: self.inner.config.heartbeat_interval })
@@ -537,7 +538,7 @@ impl Master {
     pub async fn cancel(&self, id: &TaskId, force: bool) -> Result<CancelOutcome> {
         match self.record_cancel(id, force).await? {
             (outcome, None) => Ok(outcome),
-            (_, Some((worker, grace))) => Ok(self.deliver_stop(&worker, id, grace).await),
+            (_, Some((worker, run, grace))) => Ok(self.deliver_stop(&worker, &run, grace).await),
         }
     }
 
@@ -560,10 +561,10 @@ impl Master {
         for t in tasks {
             match self.record_cancel(&t.id, force).await {
                 Ok((outcome, None)) => done.push((t.id, outcome)),
-                Ok((_, Some((worker, grace)))) => {
+                Ok((_, Some((worker, run, grace)))) => {
                     let m = self.clone();
                     stops.spawn(async move {
-                        let outcome = m.deliver_stop(&worker, &t.id, grace).await;
+                        let outcome = m.deliver_stop(&worker, &run, grace).await;
                         (t.id, outcome)
                     });
                 }
@@ -581,7 +582,11 @@ impl Master {
     }
 
     /// Records the cancel; returns the outcome so far and the stop to send.
-    async fn record_cancel(&self, id: &TaskId, force: bool) -> Result<(CancelOutcome, Option<(WorkerId, Duration)>)> {
+    async fn record_cancel(
+        &self,
+        id: &TaskId,
+        force: bool,
+    ) -> Result<(CancelOutcome, Option<(WorkerId, RunningTask, Duration)>)> {
         match self.apply(id, TaskEvent::Cancel { force }).await? {
             Applied::Refused { refusal: Refusal::UnknownTask, .. } => Err(Error::not_found("task", id)),
             Applied::Refused { refusal: Refusal::AlreadyFinal(s), .. } => {
@@ -591,7 +596,9 @@ impl Master {
             Applied::Changed { task, transition } => {
                 info!(task = %id, from = %transition.from, force, "task cancelled");
                 let stop = transition.effects.iter().find_map(|e| match e {
-                    Effect::StopOnWorker { worker, grace } => Some((worker.clone(), *grace)),
+                    Effect::StopOnWorker { worker, attempt, grace } => {
+                        Some((worker.clone(), RunningTask { task: id.clone(), attempt: *attempt }, *grace))
+                    }
                     _ => None,
                 });
                 debug!(task = %task.id, "cancel recorded");
@@ -602,16 +609,17 @@ impl Master {
 
     /// Sends one stop within the cancel deadline; on failure keeps it for
     /// later delivery.
-    async fn deliver_stop(&self, worker: &WorkerId, task: &TaskId, grace: Duration) -> CancelOutcome {
+    async fn deliver_stop(&self, worker: &WorkerId, run: &RunningTask, grace: Duration) -> CancelOutcome {
+        let task = &run.task;
         let Some(to) = self.endpoint(worker) else {
             return CancelOutcome::StopPending { worker: worker.clone(), error: "worker has no address".into() };
         };
-        let call = self.inner.transport.cancel(&to, task, grace);
+        let call = self.inner.transport.cancel(&to, run, grace);
         let error = match tokio::time::timeout(self.inner.config.cancel_timeout, call).await {
             Ok(Ok(())) => {
                 let mut st = self.state();
                 if let Some(m) = st.stops.get_mut(worker) {
-                    m.remove(task);
+                    m.remove(run);
                     if m.is_empty() {
                         st.stops.remove(worker);
                     }
@@ -622,7 +630,7 @@ impl Master {
             Err(_) => format!("no answer within {:?}", self.inner.config.cancel_timeout),
         };
         warn!(task = %task, worker = %worker, %error, "stop not delivered; will retry when the worker is heard from");
-        self.state().stops.entry(worker.clone()).or_default().insert(task.clone(), grace);
+        self.state().stops.entry(worker.clone()).or_default().insert(run.clone(), grace);
         CancelOutcome::StopPending { worker: worker.clone(), error }
     }
 
@@ -637,8 +645,8 @@ impl Master {
         };
         let m = self.clone();
         tokio::spawn(async move {
-            for (task, grace) in owed {
-                let _ = m.deliver_stop(&worker, &task, grace).await;
+            for (run, grace) in owed {
+                let _ = m.deliver_stop(&worker, &run, grace).await;
             }
             m.state().delivering.remove(&worker);
         });
@@ -732,9 +740,10 @@ impl Master {
             for effect in effects {
                 match effect {
                     Effect::Release { .. } => freed |= st.release(&task.id).is_some(),
-                    Effect::StopOnWorker { worker, grace } if task.status != TaskStatus::Cancelled => {
+                    Effect::StopOnWorker { worker, attempt, grace } if task.status != TaskStatus::Cancelled => {
                         // Requeue or loss: best effort now, owed until acknowledged.
-                        st.stops.entry(worker.clone()).or_default().insert(task.id.clone(), *grace);
+                        let run = RunningTask { task: task.id.clone(), attempt: *attempt };
+                        st.stops.entry(worker.clone()).or_default().insert(run, *grace);
                         stop_now.push(worker.clone());
                     }
                     _ => {}
@@ -808,10 +817,11 @@ impl Master {
     /// it did arrive).
     async fn send_assignment(&self, task: TaskRecord, worker: WorkerId) {
         let id = task.id.clone();
+        let run = RunningTask { task: id.clone(), attempt: task.attempt };
         let result = match self.endpoint(&worker) {
             None => Err(Error::Unavailable(format!("worker {worker} has no address"))),
             Some(to) => {
-                let call = self.inner.transport.assign(&to, &id, &task.spec);
+                let call = self.inner.transport.assign(&to, &run, &task.spec);
                 match tokio::time::timeout(self.inner.config.assign_timeout, call).await {
                     Ok(r) => r,
                     Err(_) => Err(Error::Timeout(format!("worker {worker} did not accept the task in time"))),
@@ -826,11 +836,11 @@ impl Master {
                 if let Some(info) = self.state().workers.get_mut(&worker) {
                     info.unreachable = true;
                 }
-                TaskEvent::Requeue { worker, reason: e.to_string() }
+                TaskEvent::Requeue { worker, attempt: run.attempt, reason: e.to_string() }
             }
             Err(e) => {
                 warn!(task = %id, worker = %worker, error = %e, "worker refused the task");
-                TaskEvent::Report { worker: worker.clone(), outcome: Reported::Failed, message: Some(format!("worker {worker} refused the task: {e}")) }
+                TaskEvent::Report { worker: worker.clone(), attempt: run.attempt, outcome: Reported::Failed, message: Some(format!("worker {worker} refused the task: {e}")) }
             }
         };
         if let Err(e) = self.apply(&id, event).await {

@@ -13,6 +13,7 @@ use crate::liveness::{Health, Liveness};
 use crate::model::{Heartbeat, Resources, TaskId, TaskRecord, Telemetry, Timestamp, WorkerId};
 use crate::placement::{place, Candidate, Placement, Scheduler};
 use crate::rng::SplitMix64;
+use crate::transport::RunningTask;
 
 /// What the master knows about a worker beyond the ledger and liveness.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub(super) struct State {
     /// Assignment RPCs under way (the worker may not list these yet).
     pub(super) sending: BTreeSet<TaskId>,
     /// Stops not yet acknowledged by their worker, with their grace.
-    pub(super) stops: BTreeMap<WorkerId, BTreeMap<TaskId, Duration>>,
+    pub(super) stops: BTreeMap<WorkerId, BTreeMap<RunningTask, Duration>>,
     /// Stop deliveries under way, per worker.
     pub(super) delivering: BTreeSet<WorkerId>,
     /// Latest heartbeat per worker since the last flush (coalesced).

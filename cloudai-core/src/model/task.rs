@@ -204,6 +204,12 @@ pub struct TaskRecord {
     pub status: TaskStatus,
     /// The worker it is (or was last) assigned to.
     pub worker: Option<WorkerId>,
+    /// How many times it has been assigned: the current assignment's number.
+    /// Reports and stops name the attempt they concern, so a late message
+    /// about an earlier assignment can never touch the current one (a
+    /// fencing token, like a Nomad allocation id).
+    #[serde(default)]
+    pub attempt: u32,
     /// Why it is in its status (queue reason, failure reason, ...).
     pub reason: Option<String>,
     /// When it was submitted.
@@ -222,6 +228,7 @@ impl TaskRecord {
             spec,
             status: TaskStatus::Pending,
             worker: None,
+            attempt: 0,
             reason: None,
             created_at: now,
             updated_at: now,
@@ -237,6 +244,9 @@ pub struct TaskResult {
     pub task_id: TaskId,
     /// The worker that ran it.
     pub worker_id: WorkerId,
+    /// Which assignment of the task this run was (see [`TaskRecord::attempt`]).
+    #[serde(default)]
+    pub attempt: u32,
     /// The task's final status (a cancelled task keeps `cancelled` even when
     /// its worker saw the process exit on its own).
     pub status: TaskStatus,

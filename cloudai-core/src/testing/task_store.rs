@@ -29,6 +29,7 @@ where
     cas_rejects_a_status_outside_the_guard(new_store().await).await;
     cas_rejects_the_wrong_worker(new_store().await).await;
     cas_on_unknown_task_is_not_found(new_store().await).await;
+    cas_rejects_a_stale_attempt(new_store().await).await;
     requeue_clears_the_assignment(new_store().await).await;
     result_insert_is_insert_if_absent(new_store().await).await;
     race_cancel_against_reports(new_store().await).await;
@@ -40,6 +41,7 @@ fn result(task: &str, worker: &WorkerId, status: TaskStatus, logs: &str) -> Task
     TaskResult {
         task_id: task_id(task),
         worker_id: worker.clone(),
+        attempt: 1,
         status,
         exit_code: Some(if status == TaskStatus::Completed {
             0
@@ -168,6 +170,7 @@ pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
     let change = StatusChange {
         allowed_from: vec![TaskStatus::Pending],
         expected_worker: None,
+        expected_attempt: None,
         to: TaskStatus::Running,
         assignment: Assignment::Set(w.clone()),
         reason: Some("placed".into()),
@@ -181,12 +184,14 @@ pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
     let now = store.get_task(&t.id).await.expect("get").expect("exists");
     assert_eq!(now.status, TaskStatus::Running);
     assert_eq!(now.worker, Some(w.clone()));
+    assert_eq!(now.attempt, 1, "an assignment bumps the attempt");
     assert_eq!(now.reason.as_deref(), Some("placed"));
     assert_eq!(now.updated_at, Timestamp::from_millis(50));
     assert_eq!(now.finished_at, None);
     let done = StatusChange {
         allowed_from: vec![TaskStatus::Running],
         expected_worker: Some(w.clone()),
+        expected_attempt: None,
         to: TaskStatus::Completed,
         assignment: Assignment::Keep,
         reason: None,
@@ -224,6 +229,7 @@ pub async fn cas_rejects_a_status_outside_the_guard(store: Arc<dyn TaskStore>) {
     let report = StatusChange {
         allowed_from: vec![TaskStatus::Running],
         expected_worker: Some(w),
+        expected_attempt: None,
         to: TaskStatus::Failed,
         assignment: Assignment::Keep,
         reason: Some("late".into()),
@@ -252,6 +258,7 @@ pub async fn cas_rejects_the_wrong_worker(store: Arc<dyn TaskStore>) {
     let change = StatusChange {
         allowed_from: vec![TaskStatus::Running],
         expected_worker: Some(worker_id("w-b")),
+        expected_attempt: None,
         to: TaskStatus::Completed,
         assignment: Assignment::Keep,
         reason: None,
@@ -265,6 +272,23 @@ pub async fn cas_rejects_the_wrong_worker(store: Arc<dyn TaskStore>) {
         matches!(outcome, CasOutcome::Rejected { .. }),
         "report from another worker applied: {outcome:?}"
     );
+}
+
+/// The attempt is part of the guard: after a requeue and a new assignment
+/// to the same worker, a report about the first attempt cannot apply.
+pub async fn cas_rejects_a_stale_attempt(store: Arc<dyn TaskStore>) {
+    store.insert_task(pending_task("again", 1)).await.expect("insert");
+    let w = worker_id("w-a");
+    assign(store.as_ref(), "again", &w).await;
+    let requeue = TaskEvent::Requeue { worker: w.clone(), attempt: 1, reason: "timeout".into() };
+    let applied = apply_event(store.as_ref(), &task_id("again"), &requeue, Timestamp::from_millis(2)).await;
+    assert!(matches!(applied, Ok(Applied::Changed { .. })), "{applied:?}");
+    assign(store.as_ref(), "again", &w).await;
+    let stale = TaskEvent::Report { worker: w.clone(), attempt: 1, outcome: crate::lifecycle::Reported::Completed, message: None };
+    let outcome = store.update_status(&task_id("again"), &stale.change(Timestamp::from_millis(3))).await.expect("cas");
+    assert!(matches!(outcome, CasOutcome::Rejected { .. }), "a report about attempt 1 applied to attempt 2: {outcome:?}");
+    let t = store.get_task(&task_id("again")).await.expect("get").expect("exists");
+    assert_eq!((t.status, t.attempt), (TaskStatus::Running, 2));
 }
 
 /// A change to an unknown task is `NotFound`.
@@ -289,6 +313,7 @@ pub async fn requeue_clears_the_assignment(store: Arc<dyn TaskStore>) {
     let w = worker_id("w-a");
     assign(store.as_ref(), "rq", &w).await;
     let requeue = TaskEvent::Requeue {
+        attempt: 1,
         worker: w,
         reason: "unreachable".into(),
     };
