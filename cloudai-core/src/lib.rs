@@ -53,6 +53,7 @@ pub mod rng;
 pub mod runtime;
 pub mod store;
 pub mod transport;
+pub mod worker;
 
 #[cfg(feature = "testing")]
 pub mod testing;
