@@ -18,6 +18,7 @@
 //! Cases panic with a message naming the broken rule.
 
 pub mod runtime;
+pub mod sim;
 pub mod task_store;
 pub mod worker_registry;
 

@@ -126,9 +126,10 @@ impl std::fmt::Debug for Worker {
 /// What [`Worker::shutdown`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShutdownSummary {
-    /// Runs reported as failed and acknowledged by the master.
+    /// Reports (running tasks as failed, plus results still in the outbox)
+    /// the master acknowledged.
     pub reported: usize,
-    /// Runs whose report did not get through in time.
+    /// Reports that did not get through in time.
     pub unreported: usize,
     /// Containers stopped and removed.
     pub stopped: usize,
@@ -458,6 +459,7 @@ impl Worker {
             let r = self.result(run, TaskStatus::Failed, None, String::new(), Some(SHUTDOWN_MESSAGE.into()));
             reports.push((run.clone(), r));
         }
+        let total = reports.len();
         let report_all = async {
             let mut set = JoinSet::new();
             for (run, result) in reports {
@@ -488,8 +490,7 @@ impl Worker {
             stopped
         };
         let (reported, stopped) = tokio::join!(report_all, stop_all);
-        let total = runs.len() + 0;
-        let summary = ShutdownSummary { reported: reported.min(total), unreported: total.saturating_sub(reported), stopped };
+        let summary = ShutdownSummary { reported, unreported: total - reported, stopped };
         info!(?summary, "worker shut down");
         summary
     }

@@ -1,0 +1,648 @@
+//! Deterministic cluster simulation (feature `testing`).
+//!
+//! [`SimNet`] is an in-process transport between one master and its
+//! workers that drops, delays, duplicates and reorders messages and can
+//! partition workers; [`FakeRuntime`] runs pretend containers on tokio
+//! time; [`SimCluster`] wires real [`Master`] and [`Worker`] services to
+//! them. Under `#[tokio::test(start_paused = true)]` everything runs on
+//! virtual time from one seed, so a failing seed replays the same way.
+//!
+//! Fake programs (the task's command):
+//! `["run", secs, code]` runs `secs` seconds, then exits with `code`;
+//! `["stubborn", secs]` runs `secs` seconds and ignores SIGTERM.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::master::{Master, MasterConfig, MasterEvent};
+use crate::memory::MemoryStore;
+use crate::model::{
+    Resources, TaskId, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId,
+};
+use crate::rng::SplitMix64;
+use crate::runtime::{ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs};
+use crate::store::{TaskFilter, TaskStore};
+use crate::transport::{
+    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask, WorkerEndpoint,
+    WorkerToMaster,
+};
+use crate::worker::{ShutdownSummary, Worker, WorkerConfig};
+use crate::{Error, Result};
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Message faults, per message, independently.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Faults {
+    /// Chance that a request is lost (the caller sees a timeout).
+    pub drop_request: f64,
+    /// Chance that a response is lost after the request was handled.
+    pub drop_response: f64,
+    /// Chance that a request is handled twice.
+    pub duplicate: f64,
+    /// Each message is delayed uniformly in `[0, max_delay]`, which also
+    /// reorders messages.
+    pub max_delay: Duration,
+}
+
+impl Faults {
+    /// A perfect network.
+    pub const NONE: Faults = Faults {
+        drop_request: 0.0,
+        drop_response: 0.0,
+        duplicate: 0.0,
+        max_delay: Duration::ZERO,
+    };
+
+    /// A lossy, slow, duplicating network.
+    pub const HOSTILE: Faults = Faults {
+        drop_request: 0.05,
+        drop_response: 0.05,
+        duplicate: 0.05,
+        max_delay: Duration::from_millis(300),
+    };
+}
+
+/// The in-process network.
+pub struct SimNet {
+    master: Mutex<Option<Master>>,
+    workers: Mutex<BTreeMap<WorkerId, Worker>>,
+    partitioned: Mutex<BTreeSet<WorkerId>>,
+    faults: Mutex<Faults>,
+    rng: Mutex<SplitMix64>,
+}
+
+impl std::fmt::Debug for SimNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimNet").finish_non_exhaustive()
+    }
+}
+
+impl SimNet {
+    /// A network with the given faults, seeded.
+    pub fn new(seed: u64, faults: Faults) -> Arc<SimNet> {
+        Arc::new(SimNet {
+            master: Mutex::new(None),
+            workers: Mutex::new(BTreeMap::new()),
+            partitioned: Mutex::new(BTreeSet::new()),
+            faults: Mutex::new(faults),
+            rng: Mutex::new(SplitMix64::new(seed)),
+        })
+    }
+
+    /// Changes the faults from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        *locked(&self.faults) = faults;
+    }
+
+    /// Connects the master.
+    pub fn set_master(&self, master: Master) {
+        *locked(&self.master) = Some(master);
+    }
+
+    /// Connects a worker agent (it becomes reachable).
+    pub fn attach(&self, worker: Worker) {
+        locked(&self.workers).insert(worker.id().clone(), worker);
+    }
+
+    /// Disconnects a worker agent (a crashed or stopped process).
+    pub fn detach(&self, id: &WorkerId) {
+        locked(&self.workers).remove(id);
+    }
+
+    /// Cuts a worker off from the master, both ways.
+    pub fn partition(&self, id: &WorkerId) {
+        locked(&self.partitioned).insert(id.clone());
+    }
+
+    /// Restores a worker's link.
+    pub fn heal(&self, id: &WorkerId) {
+        locked(&self.partitioned).remove(id);
+    }
+
+    /// The worker side of the link for `worker`.
+    pub fn link(self: &Arc<Self>, worker: WorkerId) -> Arc<dyn WorkerToMaster> {
+        Arc::new(SimLink { net: self.clone(), worker })
+    }
+
+    fn worker(&self, id: &WorkerId) -> Result<Worker> {
+        locked(&self.workers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::Unavailable(format!("{id}: connection refused")))
+    }
+
+    fn master(&self) -> Result<Master> {
+        locked(&self.master)
+            .clone()
+            .ok_or_else(|| Error::Unavailable("master: connection refused".into()))
+    }
+
+    /// Carries one request over the link of `worker`, with faults.
+    async fn carry<T, F, Fut>(&self, worker: &WorkerId, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let (delay, lose_request, lose_response, twice) = {
+            let f = *locked(&self.faults);
+            let mut rng = locked(&self.rng);
+            let delay = f.max_delay.mul_f64(rng.next_f64());
+            (delay, rng.chance(f.drop_request), rng.chance(f.drop_response), rng.chance(f.duplicate))
+        };
+        tokio::time::sleep(delay).await;
+        if locked(&self.partitioned).contains(worker) {
+            return Err(Error::Unavailable(format!("{worker}: network partitioned")));
+        }
+        if lose_request {
+            return Err(Error::Timeout(format!("{worker}: request lost")));
+        }
+        let answer = call().await;
+        if twice {
+            let _ = call().await;
+        }
+        if lose_response {
+            return Err(Error::Timeout(format!("{worker}: response lost")));
+        }
+        answer
+    }
+}
+
+#[async_trait]
+impl MasterToWorker for SimNet {
+    async fn master_register(&self, to: &WorkerEndpoint, master: &MasterInfo) -> Result<()> {
+        let w = self.worker(&to.id)?;
+        self.carry(&to.id, || async {
+            w.master_register(master);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()> {
+        let w = self.worker(&to.id)?;
+        self.carry(&to.id, || w.assign(run.clone(), spec.clone())).await
+    }
+
+    async fn cancel(&self, to: &WorkerEndpoint, run: &RunningTask, grace: Duration) -> Result<()> {
+        let w = self.worker(&to.id)?;
+        self.carry(&to.id, || w.cancel(run, grace)).await
+    }
+}
+
+/// One worker's link to the master.
+#[derive(Debug)]
+struct SimLink {
+    net: Arc<SimNet>,
+    worker: WorkerId,
+}
+
+#[async_trait]
+impl WorkerToMaster for SimLink {
+    async fn register(&self, registration: &Registration) -> Result<RegistrationReply> {
+        let m = self.net.master()?;
+        self.net.carry(&self.worker, || m.register(registration.clone())).await
+    }
+
+    async fn heartbeat(&self, worker: &WorkerId, telemetry: &Telemetry) -> Result<HeartbeatReply> {
+        let m = self.net.master()?;
+        self.net.carry(&self.worker, || m.heartbeat(worker, telemetry.clone())).await
+    }
+
+    async fn report(&self, result: &TaskResult) -> Result<()> {
+        let m = self.net.master()?;
+        self.net.carry(&self.worker, || m.report(result.clone())).await
+    }
+}
+
+// ---- fake runtime -------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct Program {
+    runs_for: Duration,
+    code: i32,
+    ignores_term: bool,
+}
+
+impl Program {
+    fn parse(command: &[String]) -> Result<Program> {
+        let secs = |s: &String| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+        let bad = || Error::InvalidInput(ValidationError::Invalid {
+            field: "command",
+            reason: format!("fake runtime runs [\"run\", secs, code] or [\"stubborn\", secs], not {command:?}"),
+        });
+        match command {
+            [p, s, c] if p == "run" => Ok(Program {
+                runs_for: Duration::from_secs_f64(secs(s).ok_or_else(bad)?),
+                code: c.parse().map_err(|_| bad())?,
+                ignores_term: false,
+            }),
+            [p, s] if p == "stubborn" => Ok(Program {
+                runs_for: Duration::from_secs_f64(secs(s).ok_or_else(bad)?),
+                code: 0,
+                ignores_term: true,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FakeContainer {
+    labels: BTreeMap<String, String>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    signal: watch::Sender<Option<i32>>,
+    log: Arc<Mutex<String>>,
+}
+
+/// Pretend containers on tokio time (see the module docs for programs).
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    containers: Mutex<BTreeMap<ContainerId, FakeContainer>>,
+    next: AtomicU64,
+}
+
+impl FakeRuntime {
+    /// An empty runtime.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Containers still running (for leak checks).
+    pub fn running(&self) -> usize {
+        locked(&self.containers).values().filter(|c| c.exit.borrow().is_none()).count()
+    }
+
+    /// Kills every container at once (a host crash).
+    pub fn kill_all(&self) {
+        for c in locked(&self.containers).values() {
+            let _ = c.signal.send(Some(9));
+        }
+    }
+
+    fn get(&self, id: &ContainerId) -> Result<(watch::Receiver<Option<ExitStatus>>, watch::Sender<Option<i32>>)> {
+        let all = locked(&self.containers);
+        let c = all.get(id).ok_or_else(|| Error::not_found("container", id))?;
+        Ok((c.exit.clone(), c.signal.clone()))
+    }
+}
+
+async fn exited(mut rx: watch::Receiver<Option<ExitStatus>>) -> ExitStatus {
+    loop {
+        if let Some(e) = *rx.borrow_and_update() {
+            return e;
+        }
+        if rx.changed().await.is_err() {
+            return ExitStatus { code: None, signal: Some(9), oom_killed: false };
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
+        let program = Program::parse(&spec.command)?;
+        let id = ContainerId(format!("fake-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (sig_tx, mut sig_rx) = watch::channel(None::<i32>);
+        let log = Arc::new(Mutex::new(format!("{} started\n", spec.name)));
+        let out = log.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + program.runs_for;
+            let status = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break ExitStatus { code: Some(program.code), signal: None, oom_killed: false },
+                    changed = sig_rx.changed() => {
+                        let sig = if changed.is_ok() { *sig_rx.borrow_and_update() } else { Some(9) };
+                        match sig {
+                            Some(15) if program.ignores_term => locked(&out).push_str("ignoring SIGTERM\n"),
+                            Some(s) => break ExitStatus { code: None, signal: Some(s), oom_killed: false },
+                            None => {}
+                        }
+                    }
+                }
+            };
+            locked(&out).push_str(&format!("exited {status:?}\n"));
+            let _ = exit_tx.send(Some(status));
+        });
+        locked(&self.containers).insert(
+            id.clone(),
+            FakeContainer { labels: spec.labels.clone(), exit: exit_rx, signal: sig_tx, log },
+        );
+        Ok(id)
+    }
+
+    async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
+        let (exit, _) = self.get(id)?;
+        Ok(exited(exit).await)
+    }
+
+    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
+        let all = locked(&self.containers);
+        let c = all.get(id).ok_or_else(|| Error::not_found("container", id))?;
+        let text = locked(&c.log).clone();
+        let cut = text.len().saturating_sub(max_bytes);
+        let start = (cut..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+        Ok(Logs { text: text[start..].to_string(), truncated: start > 0 })
+    }
+
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        let Ok((exit, signal)) = self.get(id) else {
+            return Ok(());
+        };
+        if exit.borrow().is_some() {
+            return Ok(());
+        }
+        let _ = signal.send(Some(15));
+        if tokio::time::timeout(grace, exited(exit.clone())).await.is_err() {
+            let _ = signal.send(Some(9));
+            exited(exit).await;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<()> {
+        if let Some(c) = locked(&self.containers).remove(id) {
+            let _ = c.signal.send(Some(9));
+        }
+        Ok(())
+    }
+
+    async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
+        Ok(locked(&self.containers)
+            .iter()
+            .filter(|(_, c)| c.labels.get(key).is_some_and(|v| v == value))
+            .map(|(id, c)| ContainerInfo { id: id.clone(), labels: c.labels.clone(), running: c.exit.borrow().is_none() })
+            .collect())
+    }
+}
+
+// ---- cluster --------------------------------------------------------------
+
+struct SimWorker {
+    worker: Worker,
+    runtime: Arc<FakeRuntime>,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+/// A master, its workers, the network and the store, all in one process.
+pub struct SimCluster {
+    /// The network (for faults and partitions).
+    pub net: Arc<SimNet>,
+    /// The store the master writes.
+    pub store: Arc<MemoryStore>,
+    /// The master.
+    pub master: Master,
+    /// The clock everyone shares.
+    pub clock: Clock,
+    workers: BTreeMap<WorkerId, SimWorker>,
+    capacities: BTreeMap<WorkerId, Resources>,
+    seed: u64,
+    checker: Checker,
+}
+
+impl std::fmt::Debug for SimCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCluster").field("seed", &self.seed).finish_non_exhaustive()
+    }
+}
+
+/// The program a fake task runs: `secs` seconds, then exit `code`.
+pub fn fake_task(secs: u64, code: i32, cpu: f64) -> TaskSpec {
+    TaskSpec::new(
+        "fake:latest",
+        vec!["run".into(), secs.to_string(), code.to_string()],
+        Resources::new(cpu, 0.5, 0.0, 0).expect("valid resources"),
+    )
+}
+
+impl SimCluster {
+    /// A master with `config` and no workers, on network faults `faults`.
+    pub async fn start(seed: u64, faults: Faults, config: MasterConfig) -> SimCluster {
+        let clock = Clock::starting_at(Timestamp::from_millis(1_700_000_000_000));
+        let net = SimNet::new(seed, faults);
+        let store = Arc::new(MemoryStore::new());
+        let master = Master::start(config, store.clone(), store.clone(), net.clone(), clock)
+            .await
+            .expect("master starts on a memory store");
+        net.set_master(master.clone());
+        let checker = Checker::spawn(&master, faults.max_delay);
+        SimCluster {
+            net,
+            store,
+            master,
+            clock,
+            workers: BTreeMap::new(),
+            capacities: BTreeMap::new(),
+            seed,
+            checker,
+        }
+    }
+
+    /// Starts (or restarts) worker `id` with `capacity` and lets it register.
+    pub async fn start_worker(&mut self, id: &str, capacity: Resources) -> Worker {
+        let wid = WorkerId::new(id).expect("valid worker id");
+        let mut config = WorkerConfig::new(wid.clone(), format!("sim-{id}:1"), capacity);
+        config.seed = self.seed ^ self.workers.len() as u64;
+        let runtime = Arc::new(FakeRuntime::new());
+        let worker = Worker::new(config, runtime.clone(), self.net.link(wid.clone()), self.clock);
+        self.net.attach(worker.clone());
+        self.checker.reachable(&wid);
+        let (stop, rx) = watch::channel(false);
+        let w = worker.clone();
+        let handle = tokio::spawn(async move { w.run(rx).await });
+        self.workers.insert(wid.clone(), SimWorker { worker: worker.clone(), runtime, stop, handle });
+        self.capacities.insert(wid, capacity);
+        worker
+    }
+
+    /// The running worker agent `id`, if it runs.
+    pub fn worker(&self, id: &str) -> Option<Worker> {
+        self.workers.get(&WorkerId::new(id).ok()?).map(|w| w.worker.clone())
+    }
+
+    /// The running worker agents' ids.
+    pub fn live_workers(&self) -> Vec<WorkerId> {
+        self.workers.keys().cloned().collect()
+    }
+
+    /// Every worker ever started (live or not).
+    pub fn all_workers(&self) -> Vec<WorkerId> {
+        self.capacities.keys().cloned().collect()
+    }
+
+    /// `kill -9` on the worker's host: the agent and its containers die.
+    pub fn crash_worker(&mut self, id: &WorkerId) {
+        if let Some(w) = self.workers.remove(id) {
+            self.checker.unreachable(id);
+            w.worker.abort();
+            w.handle.abort();
+            w.runtime.kill_all();
+            self.net.detach(id);
+        }
+    }
+
+    /// SIGTERM to the worker: its shutdown path runs, then it exits.
+    pub async fn shutdown_worker(&mut self, id: &WorkerId) -> Option<(ShutdownSummary, usize)> {
+        let w = self.workers.remove(id)?;
+        let summary = w.worker.shutdown().await;
+        let _ = w.stop.send(true);
+        let _ = w.handle.await;
+        self.checker.unreachable(id);
+        self.net.detach(id);
+        Some((summary, w.runtime.running()))
+    }
+
+    /// Starts a stopped or crashed worker again, with its old capacity.
+    pub async fn restart_worker(&mut self, id: &WorkerId) -> Option<Worker> {
+        if self.workers.contains_key(id) {
+            return None;
+        }
+        let capacity = *self.capacities.get(id)?;
+        Some(self.start_worker(id.as_str(), capacity).await)
+    }
+
+    /// Cuts the worker off.
+    pub fn partition(&mut self, id: &WorkerId) {
+        self.checker.unreachable(id);
+        self.net.partition(id);
+    }
+
+    /// Restores the worker's link.
+    pub fn heal(&mut self, id: &WorkerId) {
+        self.net.heal(id);
+        if self.workers.contains_key(id) {
+            self.checker.reachable(id);
+        }
+    }
+
+    /// Lets virtual time pass.
+    pub async fn run_for(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    /// Checks what must hold at every instant; panics naming the seed.
+    pub async fn check(&mut self) {
+        let seed = self.seed;
+        let tasks = self.store.list_tasks(&TaskFilter::default()).await.expect("list");
+        for t in &tasks {
+            if let Some(final_status) = self.checker.finals.get(&t.id) {
+                assert_eq!(t.status, *final_status, "seed {seed}: task {} left terminal status {final_status}", t.id);
+            }
+            if t.status.is_terminal() {
+                self.checker.finals.insert(t.id.clone(), t.status);
+            }
+            if let Some(r) = self.store.get_result(&t.id).await.expect("get result") {
+                assert!(t.status.is_terminal(), "seed {seed}: task {} has a result while {}", t.id, t.status);
+                assert_eq!(r.status, t.status, "seed {seed}: task {}: result disagrees with its outcome", t.id);
+                assert_eq!((Some(&r.worker_id), r.attempt), (t.worker.as_ref(), t.attempt), "seed {seed}: task {}: result from another run", t.id);
+            }
+        }
+        for w in self.master.workers() {
+            assert!(w.allocated.fits_within(&w.capacity), "seed {seed}: {} allocated {} > capacity {}", w.id, w.allocated, w.capacity);
+            assert_eq!(w.allocated.checked_add(&w.available), Some(w.capacity), "seed {seed}: {}: allocated + available ≠ capacity", w.id);
+        }
+        let violations = std::mem::take(&mut *locked(&self.checker.violations));
+        assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+    }
+
+    /// Checks the end state once the cluster is quiet: every task ended
+    /// exactly once, nothing is allocated, reconciliation finds nothing to
+    /// fix, and no container is left running.
+    pub async fn check_quiescent(&mut self) {
+        self.check().await;
+        let seed = self.seed;
+        let tasks = self.store.list_tasks(&TaskFilter::default()).await.expect("list");
+        for t in &tasks {
+            assert!(t.status.is_terminal(), "seed {seed}: task {} never ended: {} on {:?} ({:?})", t.id, t.status, t.worker, t.reason);
+        }
+        for w in self.master.workers() {
+            assert!(w.allocated.is_zero(), "seed {seed}: {} still has {} allocated for {:?}", w.id, w.allocated, w.tasks);
+        }
+        let r = self.master.reconcile().await.expect("reconcile");
+        assert!(r.is_clean(), "seed {seed}: the ledger had drifted: {r:?}");
+        for (id, w) in &self.workers {
+            assert_eq!(w.runtime.running(), 0, "seed {seed}: containers left running on {id}");
+            assert!(w.worker.running().is_empty(), "seed {seed}: {id} still tracks runs");
+        }
+    }
+
+    /// Every task's status.
+    pub async fn statuses(&self) -> BTreeMap<TaskId, TaskStatus> {
+        let tasks = self.store.list_tasks(&TaskFilter::default()).await.expect("list");
+        tasks.into_iter().map(|t| (t.id, t.status)).collect()
+    }
+
+    /// Stops the master's driver and every worker loop.
+    pub async fn stop(mut self) {
+        for (_, w) in std::mem::take(&mut self.workers) {
+            w.worker.abort();
+            w.handle.abort();
+        }
+        self.master.shutdown().await;
+        self.checker.task.abort();
+    }
+}
+
+/// Watches master events for placements on workers that cannot have been
+/// heard from within the heartbeat timeout.
+struct Checker {
+    unreachable_since: Arc<Mutex<BTreeMap<WorkerId, Instant>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+    finals: BTreeMap<TaskId, TaskStatus>,
+    task: JoinHandle<()>,
+}
+
+impl Checker {
+    fn spawn(master: &Master, max_delay: Duration) -> Checker {
+        let unreachable_since: Arc<Mutex<BTreeMap<WorkerId, Instant>>> = Default::default();
+        let violations: Arc<Mutex<Vec<String>>> = Default::default();
+        let mut events = master.subscribe();
+        let timeout = master.config().liveness.timeout;
+        let (since, found) = (unreachable_since.clone(), violations.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(MasterEvent::Task { id, to: TaskStatus::Running, worker: Some(w), .. }) => {
+                        if let Some(at) = locked(&since).get(&w) {
+                            // A heartbeat sent just before the cut may still
+                            // arrive up to `max_delay` later.
+                            if at.elapsed() > timeout + max_delay + Duration::from_millis(1) {
+                                locked(&found).push(format!(
+                                    "task {id} placed on {w}, unreachable for {:?}", at.elapsed()
+                                ));
+                            }
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Checker { unreachable_since, violations, finals: BTreeMap::new(), task }
+    }
+
+    fn unreachable(&self, id: &WorkerId) {
+        locked(&self.unreachable_since).entry(id.clone()).or_insert_with(Instant::now);
+    }
+
+    fn reachable(&self, id: &WorkerId) {
+        locked(&self.unreachable_since).remove(id);
+    }
+}

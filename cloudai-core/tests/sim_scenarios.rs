@@ -1,0 +1,357 @@
+//! Each seed's "Testing" section, and the features its "Future
+//! enhancements" asked for, as scenarios on the simulated cluster (virtual
+//! time, real master and worker services).
+
+use std::time::Duration;
+
+use cloudai_core::liveness::Health;
+use cloudai_core::master::{CancelOutcome, MasterConfig, WorkerView};
+use cloudai_core::model::{Resources, TaskId, TaskStatus, TaskSpec, WorkerId};
+use cloudai_core::store::{TaskFilter, TaskStore};
+use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
+use cloudai_core::worker::SHUTDOWN_MESSAGE;
+use cloudai_core::Error;
+
+fn cap(cpu: f64) -> Resources {
+    Resources::new(cpu, 16.0, 100.0, 0).unwrap()
+}
+
+fn wid(s: &str) -> WorkerId {
+    WorkerId::new(s).unwrap()
+}
+
+async fn cluster(workers: &[(&str, f64)]) -> SimCluster {
+    let mut c = SimCluster::start(1, Faults::NONE, MasterConfig::default()).await;
+    for (id, cpu) in workers {
+        c.start_worker(id, cap(*cpu)).await;
+    }
+    c.run_for(Duration::from_millis(100)).await;
+    c
+}
+
+fn view(c: &SimCluster, id: &str) -> WorkerView {
+    c.master.workers().into_iter().find(|w| w.id.as_str() == id).expect("worker known")
+}
+
+async fn status(c: &SimCluster, t: &TaskId) -> TaskStatus {
+    c.store.get_task(t).await.unwrap().unwrap().status
+}
+
+/// Polls (in virtual time) until `f` holds, or panics after `limit`.
+async fn until<F: AsyncFn() -> bool>(limit: Duration, what: &str, f: F) {
+    let start = tokio::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---- seed 000: resource release on worker shutdown ----------------------
+
+async fn shutdown_with(n: usize) {
+    let mut c = cluster(&[("tessa", 8.0)]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(c.master.submit(fake_task(300, 0, 1.0)).await.unwrap());
+    }
+    c.run_for(Duration::from_secs(1)).await;
+    assert_eq!(view(&c, "tessa").allocated.cpu_millis, 1000 * n as u64);
+    let begin = tokio::time::Instant::now();
+    let (summary, left_running) = c.shutdown_worker(&wid("tessa")).await.unwrap();
+    assert!(begin.elapsed() <= Duration::from_secs(5), "shutdown took {:?}", begin.elapsed());
+    assert_eq!((summary.reported, summary.unreported, summary.stopped), (n, 0, n));
+    assert_eq!(left_running, 0, "containers left running after shutdown");
+    for t in &tasks {
+        let view = c.master.task(t).await.unwrap();
+        assert_eq!(view.task.status, TaskStatus::Failed);
+        assert_eq!(view.result.unwrap().message.as_deref(), Some(SHUTDOWN_MESSAGE));
+    }
+    assert!(view(&c, "tessa").allocated.is_zero(), "resources released without fix-resources");
+    c.check().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed000_ctrl_c_with_one_running_task_reports_it_failed() {
+    shutdown_with(1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed000_ctrl_c_with_three_running_tasks_reports_all_failed() {
+    shutdown_with(3).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed000_ctrl_c_with_no_tasks_and_master_unreachable_still_exits_in_time() {
+    let mut c = cluster(&[("tessa", 8.0)]).await;
+    let t = c.master.submit(fake_task(300, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.partition(&wid("tessa"));
+    let begin = tokio::time::Instant::now();
+    let (summary, left_running) = c.shutdown_worker(&wid("tessa")).await.unwrap();
+    assert!(begin.elapsed() <= Duration::from_secs(6), "bounded even when the master is unreachable");
+    assert_eq!((summary.reported, summary.unreported), (0, 1));
+    assert_eq!(left_running, 0, "containers are stopped even when the report fails");
+    // The master learns at the loss deadline instead.
+    c.run_for(Duration::from_secs(125)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Failed);
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+// ---- seed 001: task cancellation -----------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn seed001_cancel_a_running_task() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(300, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    let out = c.master.cancel(&t, false).await.unwrap();
+    assert_eq!(out, CancelOutcome::Stopped { worker: wid("w1") });
+    assert_eq!(status(&c, &t).await, TaskStatus::Cancelled);
+    assert!(view(&c, "w1").allocated.is_zero(), "resources released at once");
+    c.run_for(Duration::from_secs(1)).await;
+    let result = c.master.task(&t).await.unwrap().result.expect("one result, with the run's logs");
+    assert_eq!(result.status, TaskStatus::Cancelled);
+    assert!(result.logs.contains("started"), "logs up to the cancel: {:?}", result.logs);
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed001_cancel_a_completed_or_unknown_task_is_a_clear_error() {
+    let c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(1, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(3)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Completed);
+    let err = c.master.cancel(&t, false).await.unwrap_err();
+    assert!(matches!(&err, Error::Conflict(m) if m.contains("already completed")), "{err}");
+    let err = c.master.cancel(&TaskId::new("task-999999").unwrap(), false).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed001_cancel_with_worker_unreachable_then_late_report_keeps_cancelled() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(20, 1, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.partition(&wid("w1"));
+    let out = c.master.cancel(&t, false).await.unwrap();
+    assert!(matches!(out, CancelOutcome::StopPending { .. }), "{out:?}");
+    assert_eq!(status(&c, &t).await, TaskStatus::Cancelled);
+    assert!(view(&c, "w1").allocated.is_zero());
+    // The task fails on its own meanwhile; the worker's report arrives later.
+    c.run_for(Duration::from_secs(25)).await;
+    c.heal(&wid("w1"));
+    c.run_for(Duration::from_secs(15)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Cancelled, "a late failed report overwrote cancelled");
+    let result = c.master.task(&t).await.unwrap().result.expect("the worker's logs are kept");
+    assert_eq!((result.status, result.exit_code), (TaskStatus::Cancelled, Some(1)));
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed001_stop_owed_to_an_unreachable_worker_is_delivered_when_it_returns() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.partition(&wid("w1"));
+    let _ = c.master.cancel(&t, false).await.unwrap();
+    c.run_for(Duration::from_secs(40)).await;
+    assert_eq!(view(&c, "w1").health, Health::Inactive);
+    c.heal(&wid("w1"));
+    let w = c.worker("w1").unwrap();
+    until(Duration::from_secs(20), "stop delivered after the worker came back", async || w.running().is_empty()).await;
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed001_force_cancel_skips_the_grace_period() {
+    let c = cluster(&[("w1", 4.0)]).await;
+    let stubborn = |secs: u64| {
+        TaskSpec::new("fake", vec!["stubborn".into(), secs.to_string()], cap(1.0))
+    };
+    let (a, b) = (c.master.submit(stubborn(600)).await.unwrap(), c.master.submit(stubborn(600)).await.unwrap());
+    c.run_for(Duration::from_secs(1)).await;
+    let begin = tokio::time::Instant::now();
+    c.master.cancel(&a, false).await.unwrap();
+    assert!(begin.elapsed() >= TaskSpec::DEFAULT_CANCEL_GRACE, "graceful cancel waits out the grace");
+    let begin = tokio::time::Instant::now();
+    c.master.cancel(&b, true).await.unwrap();
+    assert!(begin.elapsed() < Duration::from_secs(1), "force cancel kills at once");
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed001_bulk_cancel_by_worker_and_by_status() {
+    let c = cluster(&[("w1", 2.0), ("w2", 2.0)]).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(c.master.submit(fake_task(600, 0, 1.0)).await.unwrap());
+    }
+    c.run_for(Duration::from_secs(1)).await;
+    let on_w1 = TaskFilter { statuses: vec![], worker: Some(wid("w1")) };
+    let were_on_w1 = view(&c, "w1").tasks;
+    let done = c.master.cancel_all(&on_w1, false).await.unwrap();
+    let mut cancelled: Vec<TaskId> = done.into_iter().map(|(t, _)| t).collect();
+    cancelled.sort();
+    assert_eq!(cancelled, were_on_w1, "exactly the tasks on w1");
+    c.run_for(Duration::from_secs(1)).await;
+    let now_on_w1 = view(&c, "w1").tasks;
+    assert_eq!(now_on_w1.len(), 2, "the freed room went to the queued tasks");
+    assert!(now_on_w1.iter().all(|t| !were_on_w1.contains(t)));
+    // w1's room went to two queued tasks; cancel everything still pending.
+    let pending = c.master.cancel_all(&TaskFilter::status([TaskStatus::Pending]), false).await.unwrap();
+    assert_eq!(pending.len(), 0, "the two queued tasks were placed on w1 after the bulk cancel");
+    let all = c.master.cancel_all(&TaskFilter::default(), true).await.unwrap();
+    assert_eq!(all.len(), 4);
+    let statuses = c.statuses().await;
+    assert!(statuses.values().all(|s| *s == TaskStatus::Cancelled), "{statuses:?}");
+    c.stop().await;
+}
+
+// ---- seed 002: resource reconciliation ------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn seed002_master_restart_reconciles_allocations_from_the_store() {
+    let c = cluster(&[("tessa", 20.0)]).await;
+    for _ in 0..3 {
+        c.master.submit(fake_task(600, 0, 5.0 / 3.0)).await.unwrap();
+    }
+    c.run_for(Duration::from_secs(1)).await;
+    let before = view(&c, "tessa").allocated;
+    // A second master on the same store starts with an empty ledger and
+    // rebuilds it from the running tasks.
+    let clock = c.clock;
+    let m2 = cloudai_core::master::Master::start(MasterConfig::default(), c.store.clone(), c.store.clone(), c.net.clone(), clock)
+        .await
+        .unwrap();
+    let after = m2.workers().into_iter().find(|w| w.id == wid("tessa")).unwrap();
+    assert_eq!(after.allocated, before, "allocation rebuilt from running tasks");
+    assert_eq!(m2.reconcile().await.unwrap().corrections, vec![], "reconcile is idempotent");
+    m2.shutdown().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed002_crashed_worker_leaves_no_phantom_allocation() {
+    let mut c = cluster(&[("tessa", 20.0)]).await;
+    let t = c.master.submit(fake_task(600, 0, 5.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.crash_worker(&wid("tessa"));
+    c.run_for(Duration::from_secs(125)).await;
+    let task = c.master.task(&t).await.unwrap().task;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(task.reason.unwrap().contains("worker lost"));
+    assert!(view(&c, "tessa").allocated.is_zero(), "no fix-resources needed");
+    c.restart_worker(&wid("tessa")).await;
+    c.run_for(Duration::from_secs(1)).await;
+    assert_eq!(view(&c, "tessa").health, Health::Active);
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+// ---- seed 003: inactivity detection ----------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn seed003_stopped_worker_turns_inactive_at_the_deadline_and_gets_no_tasks() {
+    let mut c = cluster(&[("tessa", 8.0), ("other", 8.0)]).await;
+    c.crash_worker(&wid("tessa"));
+    let last = view(&c, "tessa").last_heartbeat.unwrap();
+    let timeout = c.master.config().liveness.timeout;
+    let deadline = last.saturating_add(timeout);
+    let wait = deadline.saturating_since(c.clock.now());
+    c.run_for(wait).await;
+    assert_eq!(view(&c, "tessa").health, Health::Active, "not before the deadline");
+    c.run_for(Duration::from_millis(2)).await;
+    assert_eq!(view(&c, "tessa").health, Health::Inactive, "right after the deadline");
+    for _ in 0..4 {
+        c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+    }
+    c.run_for(Duration::from_secs(1)).await;
+    assert_eq!(view(&c, "tessa").tasks.len(), 0, "no task on the inactive worker");
+    assert_eq!(view(&c, "other").tasks.len(), 4);
+    c.check().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed003_tasks_wait_with_a_reason_when_no_worker_is_active() {
+    let mut c = cluster(&[("tessa", 2.0)]).await;
+    c.crash_worker(&wid("tessa"));
+    c.run_for(Duration::from_secs(31)).await;
+    let t = c.master.submit(fake_task(1, 0, 1.0)).await.unwrap();
+    let v = c.master.task(&t).await.unwrap();
+    assert_eq!(v.task.status, TaskStatus::Pending);
+    assert_eq!(v.waiting.as_deref(), Some("no active workers"));
+    c.restart_worker(&wid("tessa")).await;
+    c.run_for(Duration::from_secs(3)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Completed, "placed once a worker joined");
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_task_is_placed_when_a_running_task_ends() {
+    let c = cluster(&[("w1", 1.0)]).await;
+    let first = c.master.submit(fake_task(10, 0, 1.0)).await.unwrap();
+    let second = c.master.submit(fake_task(1, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    let v = c.master.task(&second).await.unwrap();
+    assert_eq!(v.waiting.as_deref(), Some("no active worker has enough free resources now"));
+    let too_big = c.master.submit(fake_task(1, 0, 64.0)).await.unwrap();
+    c.run_for(Duration::from_secs(15)).await;
+    assert_eq!(status(&c, &first).await, TaskStatus::Completed);
+    assert_eq!(status(&c, &second).await, TaskStatus::Completed);
+    let v = c.master.task(&too_big).await.unwrap();
+    assert_eq!(v.waiting.as_deref(), Some("request exceeds the capacity of every active worker"));
+    c.stop().await;
+}
+
+// ---- seed 004: reconnection ---------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn seed004_pre_registered_offline_worker_comes_back() {
+    let mut c = cluster(&[]).await;
+    c.master.pre_register(wid("w1"), "sim-w1:1".into()).await.unwrap();
+    let v = view(&c, "w1");
+    assert_eq!((v.health, v.registered), (Health::Inactive, false));
+    c.run_for(Duration::from_secs(60)).await;
+    assert_eq!(view(&c, "w1").health, Health::Inactive, "still offline");
+    // The worker starts, but cannot reach the master by itself (partitioned
+    // until it heals); the master's retries bring it in.
+    let w1 = wid("w1");
+    c.partition(&w1);
+    c.start_worker("w1", cap(8.0)).await;
+    c.run_for(Duration::from_secs(90)).await;
+    c.heal(&w1);
+    until(Duration::from_secs(31), "worker registered after coming online", async || {
+        let v = view(&c, "w1");
+        v.registered && v.health == Health::Active
+    })
+    .await;
+    assert_eq!(view(&c, "w1").capacity, cap(8.0));
+    let t = c.master.submit(fake_task(1, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(3)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Completed);
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed004_lost_worker_re_registers_and_is_told_to_drop_failed_over_tasks() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.partition(&wid("w1"));
+    c.run_for(Duration::from_secs(125)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Failed, "failed over after lost_after");
+    c.heal(&wid("w1"));
+    let w = c.worker("w1").unwrap();
+    until(Duration::from_secs(30), "worker dropped the failed-over run", async || w.running().is_empty()).await;
+    assert_eq!(view(&c, "w1").health, Health::Active);
+    assert_eq!(status(&c, &t).await, TaskStatus::Failed, "the run's late report did not revive it");
+    c.check_quiescent().await;
+    c.stop().await;
+}
