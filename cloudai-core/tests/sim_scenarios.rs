@@ -237,6 +237,24 @@ async fn seed002_master_restart_reconciles_allocations_from_the_store() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn seed002_periodic_reconciliation_repairs_drift_behind_the_masters_back() {
+    let config = MasterConfig { reconcile_interval: Some(Duration::from_secs(60)), ..MasterConfig::default() };
+    let mut c = SimCluster::start(1, Faults::NONE, config).await;
+    c.start_worker("tessa", cap(20.0)).await;
+    c.run_for(Duration::from_millis(100)).await;
+    let t = c.master.submit(fake_task(600, 0, 5.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    // Another writer (say, an operator's script) ends the task in the store;
+    // this master never hears of it, so its ledger still holds 5 cores.
+    let end = cloudai_core::lifecycle::TaskEvent::WorkerLost { worker: wid("tessa") };
+    let _ = c.store.update_status(&t, &end.change(c.clock.now())).await.unwrap();
+    assert_eq!(view(&c, "tessa").allocated.cpu_millis, 5000, "drift in place");
+    c.run_for(Duration::from_secs(61)).await;
+    assert!(view(&c, "tessa").allocated.is_zero(), "periodic reconciliation fixed it");
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn seed002_crashed_worker_leaves_no_phantom_allocation() {
     let mut c = cluster(&[("tessa", 20.0)]).await;
     let t = c.master.submit(fake_task(600, 0, 5.0)).await.unwrap();
