@@ -24,7 +24,9 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_millis();
-        Self::starting_at(Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
+        Self::starting_at(Timestamp::from_millis(
+            u64::try_from(ms).unwrap_or(u64::MAX),
+        ))
     }
 
     /// A clock that reads `origin` now (simulations use a fixed origin).

@@ -176,7 +176,10 @@ impl fmt::Display for Refusal {
                 write!(f, "task is not assigned to {claimed}")
             }
             Refusal::StaleAttempt { current, claimed } => {
-                write!(f, "event concerns attempt {claimed}, the task is on attempt {current}")
+                write!(
+                    f,
+                    "event concerns attempt {claimed}, the task is on attempt {current}"
+                )
             }
         }
     }
@@ -227,7 +230,9 @@ impl TaskEvent {
 
     fn expected_attempt(&self) -> Option<u32> {
         match self {
-            TaskEvent::Requeue { attempt, .. } | TaskEvent::Report { attempt, .. } => Some(*attempt),
+            TaskEvent::Requeue { attempt, .. } | TaskEvent::Report { attempt, .. } => {
+                Some(*attempt)
+            }
             _ => None,
         }
     }
@@ -514,7 +519,10 @@ mod tests {
         t.attempt = 2;
         assert_eq!(
             decide(Some(&t), &report("a", Reported::Completed)),
-            Decision::Refuse(Refusal::StaleAttempt { current: 2, claimed: 1 })
+            Decision::Refuse(Refusal::StaleAttempt {
+                current: 2,
+                claimed: 1
+            })
         );
     }
 

@@ -42,7 +42,10 @@ impl fmt::Display for ResultIgnored {
                 write!(f, "task was not assigned to {reporter}")
             }
             ResultIgnored::StaleAttempt { current, reported } => {
-                write!(f, "result is from attempt {reported}, the task is on attempt {current}")
+                write!(
+                    f,
+                    "result is from attempt {reported}, the task is on attempt {current}"
+                )
             }
             ResultIgnored::Duplicate => f.write_str("a result is already stored"),
         }
@@ -159,8 +162,15 @@ mod tests {
         let mut t = task(TaskStatus::Completed);
         t.attempt = 2;
         assert_eq!(
-            decide(Some(&t), None, result("a", TaskStatus::Completed, "old run")),
-            ResultDecision::Ignore(ResultIgnored::StaleAttempt { current: 2, reported: 1 })
+            decide(
+                Some(&t),
+                None,
+                result("a", TaskStatus::Completed, "old run")
+            ),
+            ResultDecision::Ignore(ResultIgnored::StaleAttempt {
+                current: 2,
+                reported: 1
+            })
         );
     }
 

@@ -92,7 +92,13 @@ fn tid(i: usize) -> TaskId {
     TaskId::new(format!("t{i}")).unwrap()
 }
 
-fn report(task: &TaskId, worker: &WorkerId, attempt: u32, outcome: Reported, n: usize) -> TaskResult {
+fn report(
+    task: &TaskId,
+    worker: &WorkerId,
+    attempt: u32,
+    outcome: Reported,
+    n: usize,
+) -> TaskResult {
     TaskResult {
         task_id: task.clone(),
         worker_id: worker.clone(),
@@ -259,7 +265,11 @@ impl Model {
                     _ => wid(w),
                 };
                 let current = self.tasks[&id].attempt;
-                let attempt = if stale { current.saturating_sub(1) } else { current };
+                let attempt = if stale {
+                    current.saturating_sub(1)
+                } else {
+                    current
+                };
                 let r = report(&id, &worker, attempt, outcome, self.n);
                 self.event(
                     &id,

@@ -23,7 +23,10 @@ use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
 const STEPS: usize = 40;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -56,7 +59,14 @@ fn pick<T: Clone>(rng: &mut SplitMix64, items: &[T]) -> Option<T> {
 
 async fn explore(seed: u64) {
     let mut rng = SplitMix64::new(seed);
-    let faults = if rng.chance(0.5) { Faults::HOSTILE } else { Faults { max_delay: Duration::from_millis(50), ..Faults::NONE } };
+    let faults = if rng.chance(0.5) {
+        Faults::HOSTILE
+    } else {
+        Faults {
+            max_delay: Duration::from_millis(50),
+            ..Faults::NONE
+        }
+    };
     let config = MasterConfig {
         policy: pick(&mut rng, &Policy::ALL).expect("policies"),
         // No periodic repair: the services alone must keep the ledger exact.
@@ -67,7 +77,11 @@ async fn explore(seed: u64) {
     let mut c = SimCluster::start(seed, faults, config).await;
     for i in 0..3 {
         let cpu = 2.0 + rng.below(4) as f64;
-        c.start_worker(&format!("w{i}"), Resources::new(cpu, 16.0, 100.0, 0).expect("valid")).await;
+        c.start_worker(
+            &format!("w{i}"),
+            Resources::new(cpu, 16.0, 100.0, 0).expect("valid"),
+        )
+        .await;
     }
     let mut tasks: Vec<TaskId> = Vec::new();
     let mut cancelled: Vec<TaskId> = Vec::new();
@@ -79,7 +93,11 @@ async fn explore(seed: u64) {
                 let secs = 1 + rng.below(60);
                 let cpu = 0.5 * (1 + rng.below(4)) as f64;
                 let spec = if rng.chance(0.1) {
-                    TaskSpec::new("fake", vec!["stubborn".into(), secs.to_string()], Resources::new(cpu, 0.5, 0.0, 0).expect("valid"))
+                    TaskSpec::new(
+                        "fake",
+                        vec!["stubborn".into(), secs.to_string()],
+                        Resources::new(cpu, 0.5, 0.0, 0).expect("valid"),
+                    )
                 } else {
                     fake_task(secs, rng.below(2) as i32, cpu)
                 };
@@ -94,8 +112,15 @@ async fn explore(seed: u64) {
             }
             42..=45 => {
                 if let Some(w) = pick(&mut rng, &all) {
-                    let on_w = TaskFilter { statuses: vec![], worker: Some(w) };
-                    let done = c.master.cancel_all(&on_w, rng.chance(0.5)).await.expect("bulk cancel");
+                    let on_w = TaskFilter {
+                        statuses: vec![],
+                        worker: Some(w),
+                    };
+                    let done = c
+                        .master
+                        .cancel_all(&on_w, rng.chance(0.5))
+                        .await
+                        .expect("bulk cancel");
                     cancelled.extend(done.into_iter().map(|(t, _)| t));
                 }
             }
@@ -115,7 +140,8 @@ async fn explore(seed: u64) {
                 }
             }
             67..=74 => {
-                let down: Vec<WorkerId> = all.iter().filter(|w| !live.contains(w)).cloned().collect();
+                let down: Vec<WorkerId> =
+                    all.iter().filter(|w| !live.contains(w)).cloned().collect();
                 if let Some(w) = pick(&mut rng, &down) {
                     c.restart_worker(&w).await;
                 }
@@ -142,7 +168,12 @@ async fn explore(seed: u64) {
     c.check_quiescent().await;
     for t in &cancelled {
         let task = c.store.get_task(t).await.expect("get").expect("exists");
-        assert_eq!(task.status, TaskStatus::Cancelled, "seed {seed}: cancel of {t} succeeded but it ended {}", task.status);
+        assert_eq!(
+            task.status,
+            TaskStatus::Cancelled,
+            "seed {seed}: cancel of {t} succeeded but it ended {}",
+            task.status
+        );
     }
     c.stop().await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, MasterConfig, WorkerView};
-use cloudai_core::model::{Resources, TaskId, TaskStatus, TaskSpec, WorkerId};
+use cloudai_core::model::{Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
 use cloudai_core::store::{TaskFilter, TaskStore};
 use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
 use cloudai_core::worker::SHUTDOWN_MESSAGE;
@@ -30,7 +30,11 @@ async fn cluster(workers: &[(&str, f64)]) -> SimCluster {
 }
 
 fn view(c: &SimCluster, id: &str) -> WorkerView {
-    c.master.workers().into_iter().find(|w| w.id.as_str() == id).expect("worker known")
+    c.master
+        .workers()
+        .into_iter()
+        .find(|w| w.id.as_str() == id)
+        .expect("worker known")
 }
 
 async fn status(c: &SimCluster, t: &TaskId) -> TaskStatus {
@@ -58,15 +62,28 @@ async fn shutdown_with(n: usize) {
     assert_eq!(view(&c, "tessa").allocated.cpu_millis, 1000 * n as u64);
     let begin = tokio::time::Instant::now();
     let (summary, left_running) = c.shutdown_worker(&wid("tessa")).await.unwrap();
-    assert!(begin.elapsed() <= Duration::from_secs(5), "shutdown took {:?}", begin.elapsed());
-    assert_eq!((summary.reported, summary.unreported, summary.stopped), (n, 0, n));
+    assert!(
+        begin.elapsed() <= Duration::from_secs(5),
+        "shutdown took {:?}",
+        begin.elapsed()
+    );
+    assert_eq!(
+        (summary.reported, summary.unreported, summary.stopped),
+        (n, 0, n)
+    );
     assert_eq!(left_running, 0, "containers left running after shutdown");
     for t in &tasks {
         let view = c.master.task(t).await.unwrap();
         assert_eq!(view.task.status, TaskStatus::Failed);
-        assert_eq!(view.result.unwrap().message.as_deref(), Some(SHUTDOWN_MESSAGE));
+        assert_eq!(
+            view.result.unwrap().message.as_deref(),
+            Some(SHUTDOWN_MESSAGE)
+        );
     }
-    assert!(view(&c, "tessa").allocated.is_zero(), "resources released without fix-resources");
+    assert!(
+        view(&c, "tessa").allocated.is_zero(),
+        "resources released without fix-resources"
+    );
     c.check().await;
     c.stop().await;
 }
@@ -89,9 +106,15 @@ async fn seed000_ctrl_c_with_no_tasks_and_master_unreachable_still_exits_in_time
     c.partition(&wid("tessa"));
     let begin = tokio::time::Instant::now();
     let (summary, left_running) = c.shutdown_worker(&wid("tessa")).await.unwrap();
-    assert!(begin.elapsed() <= Duration::from_secs(6), "bounded even when the master is unreachable");
+    assert!(
+        begin.elapsed() <= Duration::from_secs(6),
+        "bounded even when the master is unreachable"
+    );
     assert_eq!((summary.reported, summary.unreported), (0, 1));
-    assert_eq!(left_running, 0, "containers are stopped even when the report fails");
+    assert_eq!(
+        left_running, 0,
+        "containers are stopped even when the report fails"
+    );
     // The master learns at the loss deadline instead.
     c.run_for(Duration::from_secs(125)).await;
     assert_eq!(status(&c, &t).await, TaskStatus::Failed);
@@ -109,11 +132,24 @@ async fn seed001_cancel_a_running_task() {
     let out = c.master.cancel(&t, false).await.unwrap();
     assert_eq!(out, CancelOutcome::Stopped { worker: wid("w1") });
     assert_eq!(status(&c, &t).await, TaskStatus::Cancelled);
-    assert!(view(&c, "w1").allocated.is_zero(), "resources released at once");
+    assert!(
+        view(&c, "w1").allocated.is_zero(),
+        "resources released at once"
+    );
     c.run_for(Duration::from_secs(1)).await;
-    let result = c.master.task(&t).await.unwrap().result.expect("one result, with the run's logs");
+    let result = c
+        .master
+        .task(&t)
+        .await
+        .unwrap()
+        .result
+        .expect("one result, with the run's logs");
     assert_eq!(result.status, TaskStatus::Cancelled);
-    assert!(result.logs.contains("started"), "logs up to the cancel: {:?}", result.logs);
+    assert!(
+        result.logs.contains("started"),
+        "logs up to the cancel: {:?}",
+        result.logs
+    );
     c.check_quiescent().await;
     c.stop().await;
 }
@@ -125,8 +161,15 @@ async fn seed001_cancel_a_completed_or_unknown_task_is_a_clear_error() {
     c.run_for(Duration::from_secs(3)).await;
     assert_eq!(status(&c, &t).await, TaskStatus::Completed);
     let err = c.master.cancel(&t, false).await.unwrap_err();
-    assert!(matches!(&err, Error::Conflict(m) if m.contains("already completed")), "{err}");
-    let err = c.master.cancel(&TaskId::new("task-999999").unwrap(), false).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict(m) if m.contains("already completed")),
+        "{err}"
+    );
+    let err = c
+        .master
+        .cancel(&TaskId::new("task-999999").unwrap(), false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     c.stop().await;
 }
@@ -145,9 +188,22 @@ async fn seed001_cancel_with_worker_unreachable_then_late_report_keeps_cancelled
     c.run_for(Duration::from_secs(25)).await;
     c.heal(&wid("w1"));
     c.run_for(Duration::from_secs(15)).await;
-    assert_eq!(status(&c, &t).await, TaskStatus::Cancelled, "a late failed report overwrote cancelled");
-    let result = c.master.task(&t).await.unwrap().result.expect("the worker's logs are kept");
-    assert_eq!((result.status, result.exit_code), (TaskStatus::Cancelled, Some(1)));
+    assert_eq!(
+        status(&c, &t).await,
+        TaskStatus::Cancelled,
+        "a late failed report overwrote cancelled"
+    );
+    let result = c
+        .master
+        .task(&t)
+        .await
+        .unwrap()
+        .result
+        .expect("the worker's logs are kept");
+    assert_eq!(
+        (result.status, result.exit_code),
+        (TaskStatus::Cancelled, Some(1))
+    );
     c.check_quiescent().await;
     c.stop().await;
 }
@@ -163,7 +219,12 @@ async fn seed001_stop_owed_to_an_unreachable_worker_is_delivered_when_it_returns
     assert_eq!(view(&c, "w1").health, Health::Inactive);
     c.heal(&wid("w1"));
     let w = c.worker("w1").unwrap();
-    until(Duration::from_secs(20), "stop delivered after the worker came back", async || w.running().is_empty()).await;
+    until(
+        Duration::from_secs(20),
+        "stop delivered after the worker came back",
+        async || w.running().is_empty(),
+    )
+    .await;
     c.check_quiescent().await;
     c.stop().await;
 }
@@ -171,17 +232,25 @@ async fn seed001_stop_owed_to_an_unreachable_worker_is_delivered_when_it_returns
 #[tokio::test(start_paused = true)]
 async fn seed001_force_cancel_skips_the_grace_period() {
     let c = cluster(&[("w1", 4.0)]).await;
-    let stubborn = |secs: u64| {
-        TaskSpec::new("fake", vec!["stubborn".into(), secs.to_string()], cap(1.0))
-    };
-    let (a, b) = (c.master.submit(stubborn(600)).await.unwrap(), c.master.submit(stubborn(600)).await.unwrap());
+    let stubborn =
+        |secs: u64| TaskSpec::new("fake", vec!["stubborn".into(), secs.to_string()], cap(1.0));
+    let (a, b) = (
+        c.master.submit(stubborn(600)).await.unwrap(),
+        c.master.submit(stubborn(600)).await.unwrap(),
+    );
     c.run_for(Duration::from_secs(1)).await;
     let begin = tokio::time::Instant::now();
     c.master.cancel(&a, false).await.unwrap();
-    assert!(begin.elapsed() >= TaskSpec::DEFAULT_CANCEL_GRACE, "graceful cancel waits out the grace");
+    assert!(
+        begin.elapsed() >= TaskSpec::DEFAULT_CANCEL_GRACE,
+        "graceful cancel waits out the grace"
+    );
     let begin = tokio::time::Instant::now();
     c.master.cancel(&b, true).await.unwrap();
-    assert!(begin.elapsed() < Duration::from_secs(1), "force cancel kills at once");
+    assert!(
+        begin.elapsed() < Duration::from_secs(1),
+        "force cancel kills at once"
+    );
     c.stop().await;
 }
 
@@ -193,7 +262,10 @@ async fn seed001_bulk_cancel_by_worker_and_by_status() {
         ids.push(c.master.submit(fake_task(600, 0, 1.0)).await.unwrap());
     }
     c.run_for(Duration::from_secs(1)).await;
-    let on_w1 = TaskFilter { statuses: vec![], worker: Some(wid("w1")) };
+    let on_w1 = TaskFilter {
+        statuses: vec![],
+        worker: Some(wid("w1")),
+    };
     let were_on_w1 = view(&c, "w1").tasks;
     let done = c.master.cancel_all(&on_w1, false).await.unwrap();
     let mut cancelled: Vec<TaskId> = done.into_iter().map(|(t, _)| t).collect();
@@ -201,15 +273,34 @@ async fn seed001_bulk_cancel_by_worker_and_by_status() {
     assert_eq!(cancelled, were_on_w1, "exactly the tasks on w1");
     c.run_for(Duration::from_secs(1)).await;
     let now_on_w1 = view(&c, "w1").tasks;
-    assert_eq!(now_on_w1.len(), 2, "the freed room went to the queued tasks");
+    assert_eq!(
+        now_on_w1.len(),
+        2,
+        "the freed room went to the queued tasks"
+    );
     assert!(now_on_w1.iter().all(|t| !were_on_w1.contains(t)));
     // w1's room went to two queued tasks; cancel everything still pending.
-    let pending = c.master.cancel_all(&TaskFilter::status([TaskStatus::Pending]), false).await.unwrap();
-    assert_eq!(pending.len(), 0, "the two queued tasks were placed on w1 after the bulk cancel");
-    let all = c.master.cancel_all(&TaskFilter::default(), true).await.unwrap();
+    let pending = c
+        .master
+        .cancel_all(&TaskFilter::status([TaskStatus::Pending]), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.len(),
+        0,
+        "the two queued tasks were placed on w1 after the bulk cancel"
+    );
+    let all = c
+        .master
+        .cancel_all(&TaskFilter::default(), true)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 4);
     let statuses = c.statuses().await;
-    assert!(statuses.values().all(|s| *s == TaskStatus::Cancelled), "{statuses:?}");
+    assert!(
+        statuses.values().all(|s| *s == TaskStatus::Cancelled),
+        "{statuses:?}"
+    );
     c.stop().await;
 }
 
@@ -226,19 +317,39 @@ async fn seed002_master_restart_reconciles_allocations_from_the_store() {
     // A second master on the same store starts with an empty ledger and
     // rebuilds it from the running tasks.
     let clock = c.clock;
-    let m2 = cloudai_core::master::Master::start(MasterConfig::default(), c.store.clone(), c.store.clone(), c.net.clone(), clock)
-        .await
+    let m2 = cloudai_core::master::Master::start(
+        MasterConfig::default(),
+        c.store.clone(),
+        c.store.clone(),
+        c.net.clone(),
+        clock,
+    )
+    .await
+    .unwrap();
+    let after = m2
+        .workers()
+        .into_iter()
+        .find(|w| w.id == wid("tessa"))
         .unwrap();
-    let after = m2.workers().into_iter().find(|w| w.id == wid("tessa")).unwrap();
-    assert_eq!(after.allocated, before, "allocation rebuilt from running tasks");
-    assert_eq!(m2.reconcile().await.unwrap().corrections, vec![], "reconcile is idempotent");
+    assert_eq!(
+        after.allocated, before,
+        "allocation rebuilt from running tasks"
+    );
+    assert_eq!(
+        m2.reconcile().await.unwrap().corrections,
+        vec![],
+        "reconcile is idempotent"
+    );
     m2.shutdown().await;
     c.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn seed002_periodic_reconciliation_repairs_drift_behind_the_masters_back() {
-    let config = MasterConfig { reconcile_interval: Some(Duration::from_secs(60)), ..MasterConfig::default() };
+    let config = MasterConfig {
+        reconcile_interval: Some(Duration::from_secs(60)),
+        ..MasterConfig::default()
+    };
     let mut c = SimCluster::start(1, Faults::NONE, config).await;
     c.start_worker("tessa", cap(20.0)).await;
     c.run_for(Duration::from_millis(100)).await;
@@ -246,11 +357,24 @@ async fn seed002_periodic_reconciliation_repairs_drift_behind_the_masters_back()
     c.run_for(Duration::from_secs(1)).await;
     // Another writer (say, an operator's script) ends the task in the store;
     // this master never hears of it, so its ledger still holds 5 cores.
-    let end = cloudai_core::lifecycle::TaskEvent::WorkerLost { worker: wid("tessa") };
-    let _ = c.store.update_status(&t, &end.change(c.clock.now())).await.unwrap();
-    assert_eq!(view(&c, "tessa").allocated.cpu_millis, 5000, "drift in place");
+    let end = cloudai_core::lifecycle::TaskEvent::WorkerLost {
+        worker: wid("tessa"),
+    };
+    let _ = c
+        .store
+        .update_status(&t, &end.change(c.clock.now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        view(&c, "tessa").allocated.cpu_millis,
+        5000,
+        "drift in place"
+    );
     c.run_for(Duration::from_secs(61)).await;
-    assert!(view(&c, "tessa").allocated.is_zero(), "periodic reconciliation fixed it");
+    assert!(
+        view(&c, "tessa").allocated.is_zero(),
+        "periodic reconciliation fixed it"
+    );
     c.stop().await;
 }
 
@@ -264,7 +388,10 @@ async fn seed002_crashed_worker_leaves_no_phantom_allocation() {
     let task = c.master.task(&t).await.unwrap().task;
     assert_eq!(task.status, TaskStatus::Failed);
     assert!(task.reason.unwrap().contains("worker lost"));
-    assert!(view(&c, "tessa").allocated.is_zero(), "no fix-resources needed");
+    assert!(
+        view(&c, "tessa").allocated.is_zero(),
+        "no fix-resources needed"
+    );
     c.restart_worker(&wid("tessa")).await;
     c.run_for(Duration::from_secs(1)).await;
     assert_eq!(view(&c, "tessa").health, Health::Active);
@@ -283,14 +410,26 @@ async fn seed003_stopped_worker_turns_inactive_at_the_deadline_and_gets_no_tasks
     let deadline = last.saturating_add(timeout);
     let wait = deadline.saturating_since(c.clock.now());
     c.run_for(wait).await;
-    assert_eq!(view(&c, "tessa").health, Health::Active, "not before the deadline");
+    assert_eq!(
+        view(&c, "tessa").health,
+        Health::Active,
+        "not before the deadline"
+    );
     c.run_for(Duration::from_millis(2)).await;
-    assert_eq!(view(&c, "tessa").health, Health::Inactive, "right after the deadline");
+    assert_eq!(
+        view(&c, "tessa").health,
+        Health::Inactive,
+        "right after the deadline"
+    );
     for _ in 0..4 {
         c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
     }
     c.run_for(Duration::from_secs(1)).await;
-    assert_eq!(view(&c, "tessa").tasks.len(), 0, "no task on the inactive worker");
+    assert_eq!(
+        view(&c, "tessa").tasks.len(),
+        0,
+        "no task on the inactive worker"
+    );
     assert_eq!(view(&c, "other").tasks.len(), 4);
     c.check().await;
     c.stop().await;
@@ -307,7 +446,11 @@ async fn seed003_tasks_wait_with_a_reason_when_no_worker_is_active() {
     assert_eq!(v.waiting.as_deref(), Some("no active workers"));
     c.restart_worker(&wid("tessa")).await;
     c.run_for(Duration::from_secs(3)).await;
-    assert_eq!(status(&c, &t).await, TaskStatus::Completed, "placed once a worker joined");
+    assert_eq!(
+        status(&c, &t).await,
+        TaskStatus::Completed,
+        "placed once a worker joined"
+    );
     c.stop().await;
 }
 
@@ -318,13 +461,19 @@ async fn queued_task_is_placed_when_a_running_task_ends() {
     let second = c.master.submit(fake_task(1, 0, 1.0)).await.unwrap();
     c.run_for(Duration::from_secs(1)).await;
     let v = c.master.task(&second).await.unwrap();
-    assert_eq!(v.waiting.as_deref(), Some("no active worker has enough free resources now"));
+    assert_eq!(
+        v.waiting.as_deref(),
+        Some("no active worker has enough free resources now")
+    );
     let too_big = c.master.submit(fake_task(1, 0, 64.0)).await.unwrap();
     c.run_for(Duration::from_secs(15)).await;
     assert_eq!(status(&c, &first).await, TaskStatus::Completed);
     assert_eq!(status(&c, &second).await, TaskStatus::Completed);
     let v = c.master.task(&too_big).await.unwrap();
-    assert_eq!(v.waiting.as_deref(), Some("request exceeds the capacity of every active worker"));
+    assert_eq!(
+        v.waiting.as_deref(),
+        Some("request exceeds the capacity of every active worker")
+    );
     c.stop().await;
 }
 
@@ -333,7 +482,10 @@ async fn queued_task_is_placed_when_a_running_task_ends() {
 #[tokio::test(start_paused = true)]
 async fn seed004_pre_registered_offline_worker_comes_back() {
     let mut c = cluster(&[]).await;
-    c.master.pre_register(wid("w1"), "sim-w1:1".into()).await.unwrap();
+    c.master
+        .pre_register(wid("w1"), "sim-w1:1".into())
+        .await
+        .unwrap();
     let v = view(&c, "w1");
     assert_eq!((v.health, v.registered), (Health::Inactive, false));
     c.run_for(Duration::from_secs(60)).await;
@@ -345,10 +497,14 @@ async fn seed004_pre_registered_offline_worker_comes_back() {
     c.start_worker("w1", cap(8.0)).await;
     c.run_for(Duration::from_secs(90)).await;
     c.heal(&w1);
-    until(Duration::from_secs(31), "worker registered after coming online", async || {
-        let v = view(&c, "w1");
-        v.registered && v.health == Health::Active
-    })
+    until(
+        Duration::from_secs(31),
+        "worker registered after coming online",
+        async || {
+            let v = view(&c, "w1");
+            v.registered && v.health == Health::Active
+        },
+    )
     .await;
     assert_eq!(view(&c, "w1").capacity, cap(8.0));
     let t = c.master.submit(fake_task(1, 0, 1.0)).await.unwrap();
@@ -364,12 +520,25 @@ async fn seed004_lost_worker_re_registers_and_is_told_to_drop_failed_over_tasks(
     c.run_for(Duration::from_secs(1)).await;
     c.partition(&wid("w1"));
     c.run_for(Duration::from_secs(125)).await;
-    assert_eq!(status(&c, &t).await, TaskStatus::Failed, "failed over after lost_after");
+    assert_eq!(
+        status(&c, &t).await,
+        TaskStatus::Failed,
+        "failed over after lost_after"
+    );
     c.heal(&wid("w1"));
     let w = c.worker("w1").unwrap();
-    until(Duration::from_secs(30), "worker dropped the failed-over run", async || w.running().is_empty()).await;
+    until(
+        Duration::from_secs(30),
+        "worker dropped the failed-over run",
+        async || w.running().is_empty(),
+    )
+    .await;
     assert_eq!(view(&c, "w1").health, Health::Active);
-    assert_eq!(status(&c, &t).await, TaskStatus::Failed, "the run's late report did not revive it");
+    assert_eq!(
+        status(&c, &t).await,
+        TaskStatus::Failed,
+        "the run's late report did not revive it"
+    );
     c.check_quiescent().await;
     c.stop().await;
 }

@@ -16,11 +16,16 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
     loop {
         let deadline = {
             let st = master.state();
-            [st.liveness.next_deadline(), st.reconnect.next_deadline(), Some(next_flush), next_reconcile]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(next_flush)
+            [
+                st.liveness.next_deadline(),
+                st.reconnect.next_deadline(),
+                Some(next_flush),
+                next_reconcile,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_flush)
         };
         tokio::select! {
             _ = tokio::time::sleep_until(master.inner.clock.instant_at(deadline)) => {}
@@ -37,7 +42,10 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
                 LivenessEvent::Inactive(worker) => {
                     warn!(worker = %worker, timeout = ?config.liveness.timeout, "worker inactive: no heartbeat");
                     master.state().reconnect.add(worker.clone(), now);
-                    master.emit(MasterEvent::Worker { id: worker, health: Health::Inactive });
+                    master.emit(MasterEvent::Worker {
+                        id: worker,
+                        health: Health::Inactive,
+                    });
                 }
                 LivenessEvent::Lost(worker) => master.worker_lost(&worker).await,
             }
@@ -59,7 +67,10 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
         if let (Some(at), Some(every)) = (next_reconcile, config.reconcile_interval) {
             if now >= at {
                 match master.reconcile().await {
-                    Ok(r) if !r.is_clean() => info!(corrections = r.corrections.len(), "periodic reconciliation fixed allocations"),
+                    Ok(r) if !r.is_clean() => info!(
+                        corrections = r.corrections.len(),
+                        "periodic reconciliation fixed allocations"
+                    ),
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "periodic reconciliation failed"),
                 }
@@ -72,12 +83,16 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
 
 /// Writes the coalesced heartbeats in one batch.
 async fn flush_heartbeats(master: &Master) {
-    let beats: Vec<_> = std::mem::take(&mut master.state().beats).into_values().collect();
+    let beats: Vec<_> = std::mem::take(&mut master.state().beats)
+        .into_values()
+        .collect();
     if beats.is_empty() {
         return;
     }
     match master.inner.registry.record_heartbeats(&beats).await {
-        Ok(unknown) if !unknown.is_empty() => warn!(?unknown, "heartbeats from unregistered workers"),
+        Ok(unknown) if !unknown.is_empty() => {
+            warn!(?unknown, "heartbeats from unregistered workers")
+        }
         Ok(_) => {}
         Err(e) => {
             // Liveness lives in memory; the registry copy is for display and
@@ -90,4 +105,3 @@ async fn flush_heartbeats(master: &Master) {
         }
     }
 }
-

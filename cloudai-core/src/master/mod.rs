@@ -26,14 +26,15 @@ use crate::ledger::{Ledger, Reconciliation};
 use crate::lifecycle::{Effect, Refusal, Reported, TaskEvent};
 use crate::liveness::{Health, Liveness, LivenessConfig};
 use crate::model::{
-    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError,
-    WorkerId, WorkerRecord,
+    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
+    ValidationError, WorkerId, WorkerRecord,
 };
 use crate::placement::Policy;
 use crate::rng::SplitMix64;
 use crate::store::{TaskFilter, TaskStore, WorkerRegistry};
 use crate::transport::{
-    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask, WorkerEndpoint,
+    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask,
+    WorkerEndpoint,
 };
 use crate::{Error, Result};
 
@@ -189,7 +190,9 @@ pub struct Master {
 
 impl std::fmt::Debug for Master {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Master").field("id", &self.inner.config.id).finish_non_exhaustive()
+        f.debug_struct("Master")
+            .field("id", &self.inner.config.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -199,7 +202,10 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 fn validate_address(address: &str) -> Result<()> {
     if address.trim().is_empty() {
-        return Err(ValidationError::Empty { field: "worker address" }.into());
+        return Err(ValidationError::Empty {
+            field: "worker address",
+        }
+        .into());
     }
     if address.len() > 256 || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ValidationError::Invalid {
@@ -239,7 +245,9 @@ impl Master {
         };
         let master = Master {
             inner: Arc::new(Inner {
-                next_id: AtomicU64::new(SplitMix64::new(config.seed ^ clock.now().as_millis()).below(1 << 20)),
+                next_id: AtomicU64::new(
+                    SplitMix64::new(config.seed ^ clock.now().as_millis()).below(1 << 20),
+                ),
                 config,
                 store,
                 registry,
@@ -255,10 +263,20 @@ impl Master {
         master.load().await?;
         let report = master.reconcile().await?;
         if !report.is_clean() {
-            info!(corrections = report.corrections.len(), "reconciled allocations on start");
+            info!(
+                corrections = report.corrections.len(),
+                "reconciled allocations on start"
+            );
         }
-        let handle = tokio::spawn(driver::run(master.clone(), master.inner.shutdown.subscribe()));
-        *master.inner.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        let handle = tokio::spawn(driver::run(
+            master.clone(),
+            master.inner.shutdown.subscribe(),
+        ));
+        *master
+            .inner
+            .driver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(handle);
         master.schedule().await;
         Ok(master)
     }
@@ -267,7 +285,11 @@ impl Master {
     /// are asked to re-register so that each lists the tasks it still runs.
     async fn load(&self) -> Result<()> {
         let workers = self.inner.registry.list_workers().await?;
-        let pending = self.inner.store.list_tasks(&TaskFilter::status([TaskStatus::Pending])).await?;
+        let pending = self
+            .inner
+            .store
+            .list_tasks(&TaskFilter::status([TaskStatus::Pending]))
+            .await?;
         let now = self.now();
         let mut st = self.state();
         for w in workers {
@@ -278,20 +300,34 @@ impl Master {
             }
             st.workers.insert(
                 w.id,
-                WorkerInfo { address: w.address, session: false, unreachable: false, telemetry: w.telemetry },
+                WorkerInfo {
+                    address: w.address,
+                    session: false,
+                    unreachable: false,
+                    telemetry: w.telemetry,
+                },
             );
         }
         for t in &pending {
             st.enqueue(t, None);
         }
-        info!(workers = st.workers.len(), pending = pending.len(), "master loaded state");
+        info!(
+            workers = st.workers.len(),
+            pending = pending.len(),
+            "master loaded state"
+        );
         Ok(())
     }
 
     /// Stops the driver and writes pending heartbeats. Safe to call twice.
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
-        let handle = self.inner.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .inner
+            .driver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(h) = handle {
             let _ = h.await;
         }
@@ -317,7 +353,10 @@ impl Master {
 
     fn endpoint(&self, worker: &WorkerId) -> Option<WorkerEndpoint> {
         let address = self.state().workers.get(worker)?.address.clone()?;
-        Some(WorkerEndpoint { id: worker.clone(), address })
+        Some(WorkerEndpoint {
+            id: worker.clone(),
+            address,
+        })
     }
 
     fn emit(&self, event: MasterEvent) {
@@ -338,21 +377,41 @@ impl Master {
         let id = reg.worker.clone();
         self.inner
             .registry
-            .upsert_worker(WorkerRecord::new(id.clone(), Some(reg.address.clone()), reg.capacity, now))
+            .upsert_worker(WorkerRecord::new(
+                id.clone(),
+                Some(reg.address.clone()),
+                reg.capacity,
+                now,
+            ))
             .await?;
         let running_here = self
             .inner
             .store
-            .list_tasks(&TaskFilter { statuses: vec![TaskStatus::Running], worker: Some(id.clone()) })
+            .list_tasks(&TaskFilter {
+                statuses: vec![TaskStatus::Running],
+                worker: Some(id.clone()),
+            })
             .await?;
-        let run_of = |t: &TaskRecord| RunningTask { task: t.id.clone(), attempt: t.attempt };
+        let run_of = |t: &TaskRecord| RunningTask {
+            task: t.id.clone(),
+            attempt: t.attempt,
+        };
         let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
         let here: BTreeSet<RunningTask> = running_here.iter().map(run_of).collect();
-        let stop: Vec<RunningTask> = reg.running.iter().filter(|r| !here.contains(*r)).cloned().collect();
+        let stop: Vec<RunningTask> = reg
+            .running
+            .iter()
+            .filter(|r| !here.contains(*r))
+            .cloned()
+            .collect();
         let missing: Vec<RunningTask> = {
             let st = self.state();
             here.iter()
-                .filter(|r| !listed.contains(r) && !st.sending.contains(&r.task) && !st.placing.contains(&r.task))
+                .filter(|r| {
+                    !listed.contains(r)
+                        && !st.sending.contains(&r.task)
+                        && !st.placing.contains(&r.task)
+                })
                 .cloned()
                 .collect()
         };
@@ -372,7 +431,10 @@ impl Master {
             info.session = true;
             info.unreachable = false;
             if revived {
-                self.emit(MasterEvent::Worker { id: id.clone(), health: Health::Active });
+                self.emit(MasterEvent::Worker {
+                    id: id.clone(),
+                    health: Health::Active,
+                });
             }
         }
         self.inner.wake.notify_one();
@@ -383,12 +445,17 @@ impl Master {
                 worker: id.clone(),
                 attempt: run.attempt,
                 outcome: Reported::Failed,
-                message: Some(format!("worker {id} re-registered without this task (it restarted)")),
+                message: Some(format!(
+                    "worker {id} re-registered without this task (it restarted)"
+                )),
             };
             let _: Applied = self.apply(&run.task, event).await?;
         }
         self.schedule().await;
-        Ok(RegistrationReply { stop, heartbeat_interval: self.inner.config.heartbeat_interval })
+        Ok(RegistrationReply {
+            stop,
+            heartbeat_interval: self.inner.config.heartbeat_interval,
+        })
     }
 
     /// Pre-registers a worker by address (seed: `register <id> <ip:port>`);
@@ -427,7 +494,11 @@ impl Master {
 
     /// Takes a heartbeat. It costs no store write of its own: the newest
     /// beat per worker is kept and written in one batch per flush interval.
-    pub async fn heartbeat(&self, worker: &WorkerId, telemetry: Telemetry) -> Result<HeartbeatReply> {
+    pub async fn heartbeat(
+        &self,
+        worker: &WorkerId,
+        telemetry: Telemetry,
+    ) -> Result<HeartbeatReply> {
         let now = self.now();
         let (revived, has_stops) = {
             let mut st = self.state();
@@ -436,21 +507,38 @@ impl Master {
                     info.unreachable = false;
                     info.telemetry = Some(telemetry.clone());
                 }
-                _ => return Ok(HeartbeatReply { register_again: true }),
+                _ => {
+                    return Ok(HeartbeatReply {
+                        register_again: true,
+                    })
+                }
             }
             let revived = st.liveness.heartbeat(worker, now);
             if revived {
                 st.reconnect.remove(worker);
             }
-            st.beats.insert(worker.clone(), crate::model::Heartbeat { worker: worker.clone(), at: now, telemetry });
-            (revived, st.stops.contains_key(worker) && !st.delivering.contains(worker))
+            st.beats.insert(
+                worker.clone(),
+                crate::model::Heartbeat {
+                    worker: worker.clone(),
+                    at: now,
+                    telemetry,
+                },
+            );
+            (
+                revived,
+                st.stops.contains_key(worker) && !st.delivering.contains(worker),
+            )
         };
         if has_stops {
             self.spawn_stop_delivery(worker.clone());
         }
         if revived {
             info!(worker = %worker, "worker active again");
-            self.emit(MasterEvent::Worker { id: worker.clone(), health: Health::Active });
+            self.emit(MasterEvent::Worker {
+                id: worker.clone(),
+                health: Health::Active,
+            });
             self.schedule().await;
         }
         Ok(HeartbeatReply::default())
@@ -518,12 +606,26 @@ impl Master {
 
     /// The task with its result and queue reason.
     pub async fn task(&self, id: &TaskId) -> Result<TaskView> {
-        let task = self.inner.store.get_task(id).await?.ok_or_else(|| Error::not_found("task", id))?;
+        let task = self
+            .inner
+            .store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| Error::not_found("task", id))?;
         let result = self.inner.store.get_result(id).await?;
         let waiting = (task.status == TaskStatus::Pending)
-            .then(|| self.state().queue.get(&(task.created_at, task.id.clone())).and_then(|q| q.reason.clone()))
+            .then(|| {
+                self.state()
+                    .queue
+                    .get(&(task.created_at, task.id.clone()))
+                    .and_then(|q| q.reason.clone())
+            })
             .flatten();
-        Ok(TaskView { task, result, waiting })
+        Ok(TaskView {
+            task,
+            result,
+            waiting,
+        })
     }
 
     /// Tasks passing `filter`, oldest first.
@@ -545,17 +647,33 @@ impl Master {
     /// Cancels every pending or running task passing `filter` (bulk cancel:
     /// all tasks on a worker, all tasks in a status). All cancels are
     /// recorded first; stops go out in parallel.
-    pub async fn cancel_all(&self, filter: &TaskFilter, force: bool) -> Result<Vec<(TaskId, CancelOutcome)>> {
+    pub async fn cancel_all(
+        &self,
+        filter: &TaskFilter,
+        force: bool,
+    ) -> Result<Vec<(TaskId, CancelOutcome)>> {
         let live = [TaskStatus::Pending, TaskStatus::Running];
         let statuses = if filter.statuses.is_empty() {
             live.to_vec()
         } else {
-            filter.statuses.iter().copied().filter(|s| live.contains(s)).collect()
+            filter
+                .statuses
+                .iter()
+                .copied()
+                .filter(|s| live.contains(s))
+                .collect()
         };
         if statuses.is_empty() {
             return Ok(Vec::new());
         }
-        let tasks = self.inner.store.list_tasks(&TaskFilter { statuses, worker: filter.worker.clone() }).await?;
+        let tasks = self
+            .inner
+            .store
+            .list_tasks(&TaskFilter {
+                statuses,
+                worker: filter.worker.clone(),
+            })
+            .await?;
         let mut done = Vec::new();
         let mut stops = tokio::task::JoinSet::new();
         for t in tasks {
@@ -588,17 +706,34 @@ impl Master {
         force: bool,
     ) -> Result<(CancelOutcome, Option<(WorkerId, RunningTask, Duration)>)> {
         match self.apply(id, TaskEvent::Cancel { force }).await? {
-            Applied::Refused { refusal: Refusal::UnknownTask, .. } => Err(Error::not_found("task", id)),
-            Applied::Refused { refusal: Refusal::AlreadyFinal(s), .. } => {
-                Err(Error::Conflict(format!("task {id} already {s}; nothing to cancel")))
-            }
-            Applied::Refused { refusal, .. } => Err(Error::Conflict(format!("cannot cancel task {id}: {refusal}"))),
+            Applied::Refused {
+                refusal: Refusal::UnknownTask,
+                ..
+            } => Err(Error::not_found("task", id)),
+            Applied::Refused {
+                refusal: Refusal::AlreadyFinal(s),
+                ..
+            } => Err(Error::Conflict(format!(
+                "task {id} already {s}; nothing to cancel"
+            ))),
+            Applied::Refused { refusal, .. } => Err(Error::Conflict(format!(
+                "cannot cancel task {id}: {refusal}"
+            ))),
             Applied::Changed { task, transition } => {
                 info!(task = %id, from = %transition.from, force, "task cancelled");
                 let stop = transition.effects.iter().find_map(|e| match e {
-                    Effect::StopOnWorker { worker, attempt, grace } => {
-                        Some((worker.clone(), RunningTask { task: id.clone(), attempt: *attempt }, *grace))
-                    }
+                    Effect::StopOnWorker {
+                        worker,
+                        attempt,
+                        grace,
+                    } => Some((
+                        worker.clone(),
+                        RunningTask {
+                            task: id.clone(),
+                            attempt: *attempt,
+                        },
+                        *grace,
+                    )),
                     _ => None,
                 });
                 debug!(task = %task.id, "cancel recorded");
@@ -609,10 +744,18 @@ impl Master {
 
     /// Sends one stop within the cancel deadline; on failure keeps it for
     /// later delivery.
-    async fn deliver_stop(&self, worker: &WorkerId, run: &RunningTask, grace: Duration) -> CancelOutcome {
+    async fn deliver_stop(
+        &self,
+        worker: &WorkerId,
+        run: &RunningTask,
+        grace: Duration,
+    ) -> CancelOutcome {
         let task = &run.task;
         let Some(to) = self.endpoint(worker) else {
-            return CancelOutcome::StopPending { worker: worker.clone(), error: "worker has no address".into() };
+            return CancelOutcome::StopPending {
+                worker: worker.clone(),
+                error: "worker has no address".into(),
+            };
         };
         let call = self.inner.transport.cancel(&to, run, grace);
         let error = match tokio::time::timeout(self.inner.config.cancel_timeout, call).await {
@@ -624,14 +767,23 @@ impl Master {
                         st.stops.remove(worker);
                     }
                 }
-                return CancelOutcome::Stopped { worker: worker.clone() };
+                return CancelOutcome::Stopped {
+                    worker: worker.clone(),
+                };
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:?}", self.inner.config.cancel_timeout),
         };
         warn!(task = %task, worker = %worker, %error, "stop not delivered; will retry when the worker is heard from");
-        self.state().stops.entry(worker.clone()).or_default().insert(run.clone(), grace);
-        CancelOutcome::StopPending { worker: worker.clone(), error }
+        self.state()
+            .stops
+            .entry(worker.clone())
+            .or_default()
+            .insert(run.clone(), grace);
+        CancelOutcome::StopPending {
+            worker: worker.clone(),
+            error,
+        }
     }
 
     /// Re-sends every stop owed to `worker`, one delivery run at a time.
@@ -658,11 +810,17 @@ impl Master {
         let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
         let out = record_report(self.inner.store.as_ref(), result, self.now()).await?;
         match &out.status {
-            Applied::Changed { task: t, transition } => {
+            Applied::Changed {
+                task: t,
+                transition,
+            } => {
                 info!(task = %task, worker = %worker, status = %transition.to, "task finished");
-                self.after_change(t, transition.from, &transition.effects).await;
+                self.after_change(t, transition.from, &transition.effects)
+                    .await;
             }
-            Applied::Refused { refusal, .. } => debug!(task = %task, worker = %worker, %refusal, "report ignored"),
+            Applied::Refused { refusal, .. } => {
+                debug!(task = %task, worker = %worker, %refusal, "report ignored")
+            }
         }
         if let Err(why) = out.result {
             debug!(task = %task, worker = %worker, %why, "result not stored");
@@ -675,7 +833,11 @@ impl Master {
     pub async fn reconcile(&self) -> Result<Reconciliation> {
         for _ in 0..16 {
             let epoch = self.state().epoch;
-            let running = self.inner.store.list_tasks(&TaskFilter::status([TaskStatus::Running])).await?;
+            let running = self
+                .inner
+                .store
+                .list_tasks(&TaskFilter::status([TaskStatus::Running]))
+                .await?;
             let Some(report) = self.reconcile_with(epoch, running) else {
                 continue;
             };
@@ -684,7 +846,9 @@ impl Master {
             }
             return Ok(report);
         }
-        Err(Error::Unavailable("tasks kept changing during reconciliation; try again".into()))
+        Err(Error::Unavailable(
+            "tasks kept changing during reconciliation; try again".into(),
+        ))
     }
 
     /// Applies a reconciliation unless the ledger changed since `epoch`.
@@ -693,8 +857,10 @@ impl Master {
         if st.epoch != epoch {
             return None;
         }
-        let mut truth: Vec<(TaskId, WorkerId, Resources)> =
-            running.into_iter().filter_map(|t| Some((t.id, t.worker?, t.spec.resources))).collect();
+        let mut truth: Vec<(TaskId, WorkerId, Resources)> = running
+            .into_iter()
+            .filter_map(|t| Some((t.id, t.worker?, t.spec.resources)))
+            .collect();
         // Reservations whose `Assign` is not stored yet are real too.
         for id in &st.placing {
             if let Some((w, req)) = st.ledger.reservation(id) {
@@ -718,7 +884,8 @@ impl Master {
     async fn apply(&self, id: &TaskId, event: TaskEvent) -> Result<Applied> {
         let applied = apply_event(self.inner.store.as_ref(), id, &event, self.now()).await?;
         if let Applied::Changed { task, transition } = &applied {
-            self.after_change(task, transition.from, &transition.effects).await;
+            self.after_change(task, transition.from, &transition.effects)
+                .await;
         }
         Ok(applied)
     }
@@ -726,7 +893,12 @@ impl Master {
     /// The effects of a stored transition, except `SendAssignment` (the
     /// placement path sends) and the result (stored by `record_report`).
     async fn after_change(&self, task: &TaskRecord, from: TaskStatus, effects: &[Effect]) {
-        self.emit(MasterEvent::Task { id: task.id.clone(), from, to: task.status, worker: task.worker.clone() });
+        self.emit(MasterEvent::Task {
+            id: task.id.clone(),
+            from,
+            to: task.status,
+            worker: task.worker.clone(),
+        });
         let mut freed = false;
         let mut stop_now = Vec::new();
         {
@@ -740,10 +912,20 @@ impl Master {
             for effect in effects {
                 match effect {
                     Effect::Release { .. } => freed |= st.release(&task.id).is_some(),
-                    Effect::StopOnWorker { worker, attempt, grace } if task.status != TaskStatus::Cancelled => {
+                    Effect::StopOnWorker {
+                        worker,
+                        attempt,
+                        grace,
+                    } if task.status != TaskStatus::Cancelled => {
                         // Requeue or loss: best effort now, owed until acknowledged.
-                        let run = RunningTask { task: task.id.clone(), attempt: *attempt };
-                        st.stops.entry(worker.clone()).or_default().insert(run, *grace);
+                        let run = RunningTask {
+                            task: task.id.clone(),
+                            attempt: *attempt,
+                        };
+                        st.stops
+                            .entry(worker.clone())
+                            .or_default()
+                            .insert(run, *grace);
                         stop_now.push(worker.clone());
                     }
                     _ => {}
@@ -763,7 +945,9 @@ impl Master {
         let now = self.now();
         let picks = self.state().pick_placements(now);
         for (id, worker) in picks {
-            let event = TaskEvent::Assign { worker: worker.clone() };
+            let event = TaskEvent::Assign {
+                worker: worker.clone(),
+            };
             let applied = apply_event(self.inner.store.as_ref(), &id, &event, now).await;
             let assigned = {
                 let mut st = self.state();
@@ -795,7 +979,8 @@ impl Master {
                     warn!(task = %id, error = %e, "could not record assignment; task stays queued");
                     if let Ok(Some(task)) = self.inner.store.get_task(&id).await {
                         if task.status == TaskStatus::Pending {
-                            self.state().enqueue(&task, Some(format!("store error: {e}")));
+                            self.state()
+                                .enqueue(&task, Some(format!("store error: {e}")));
                         }
                     }
                 }
@@ -817,14 +1002,21 @@ impl Master {
     /// it did arrive).
     async fn send_assignment(&self, task: TaskRecord, worker: WorkerId) {
         let id = task.id.clone();
-        let run = RunningTask { task: id.clone(), attempt: task.attempt };
+        let run = RunningTask {
+            task: id.clone(),
+            attempt: task.attempt,
+        };
         let result = match self.endpoint(&worker) {
-            None => Err(Error::Unavailable(format!("worker {worker} has no address"))),
+            None => Err(Error::Unavailable(format!(
+                "worker {worker} has no address"
+            ))),
             Some(to) => {
                 let call = self.inner.transport.assign(&to, &run, &task.spec);
                 match tokio::time::timeout(self.inner.config.assign_timeout, call).await {
                     Ok(r) => r,
-                    Err(_) => Err(Error::Timeout(format!("worker {worker} did not accept the task in time"))),
+                    Err(_) => Err(Error::Timeout(format!(
+                        "worker {worker} did not accept the task in time"
+                    ))),
                 }
             }
         };
@@ -836,11 +1028,20 @@ impl Master {
                 if let Some(info) = self.state().workers.get_mut(&worker) {
                     info.unreachable = true;
                 }
-                TaskEvent::Requeue { worker, attempt: run.attempt, reason: e.to_string() }
+                TaskEvent::Requeue {
+                    worker,
+                    attempt: run.attempt,
+                    reason: e.to_string(),
+                }
             }
             Err(e) => {
                 warn!(task = %id, worker = %worker, error = %e, "worker refused the task");
-                TaskEvent::Report { worker: worker.clone(), attempt: run.attempt, outcome: Reported::Failed, message: Some(format!("worker {worker} refused the task: {e}")) }
+                TaskEvent::Report {
+                    worker: worker.clone(),
+                    attempt: run.attempt,
+                    outcome: Reported::Failed,
+                    message: Some(format!("worker {worker} refused the task: {e}")),
+                }
             }
         };
         if let Err(e) = self.apply(&id, event).await {
@@ -851,11 +1052,17 @@ impl Master {
     /// Fails every task still running on a lost worker.
     async fn worker_lost(&self, worker: &WorkerId) {
         warn!(worker = %worker, "worker lost; failing its tasks");
-        self.emit(MasterEvent::Worker { id: worker.clone(), health: Health::Lost });
+        self.emit(MasterEvent::Worker {
+            id: worker.clone(),
+            health: Health::Lost,
+        });
         if let Some(info) = self.state().workers.get_mut(worker) {
             info.session = false;
         }
-        let filter = TaskFilter { statuses: vec![TaskStatus::Running], worker: Some(worker.clone()) };
+        let filter = TaskFilter {
+            statuses: vec![TaskStatus::Running],
+            worker: Some(worker.clone()),
+        };
         let tasks = match self.inner.store.list_tasks(&filter).await {
             Ok(t) => t,
             Err(e) => {
@@ -864,7 +1071,15 @@ impl Master {
             }
         };
         for t in tasks {
-            if let Err(e) = self.apply(&t.id, TaskEvent::WorkerLost { worker: worker.clone() }).await {
+            if let Err(e) = self
+                .apply(
+                    &t.id,
+                    TaskEvent::WorkerLost {
+                        worker: worker.clone(),
+                    },
+                )
+                .await
+            {
                 warn!(task = %t.id, error = %e, "could not fail task of lost worker");
             }
         }
@@ -876,10 +1091,15 @@ impl Master {
             self.state().reconnect.remove(&worker);
             return;
         };
-        let master = MasterInfo { id: self.inner.config.id.clone(), address: self.inner.config.advertise_address.clone() };
+        let master = MasterInfo {
+            id: self.inner.config.id.clone(),
+            address: self.inner.config.advertise_address.clone(),
+        };
         let call = self.inner.transport.master_register(&to, &master);
         match tokio::time::timeout(self.inner.config.reconnect_timeout, call).await {
-            Ok(Ok(())) => info!(worker = %worker, "reconnected to worker; awaiting its registration"),
+            Ok(Ok(())) => {
+                info!(worker = %worker, "reconnected to worker; awaiting its registration")
+            }
             Ok(Err(e)) => debug!(worker = %worker, error = %e, "reconnect attempt failed"),
             Err(_) => debug!(worker = %worker, "reconnect attempt timed out"),
         }

@@ -63,7 +63,11 @@ impl State {
     pub(super) fn enqueue(&mut self, task: &TaskRecord, reason: Option<String>) {
         self.queue.insert(
             (task.created_at, task.id.clone()),
-            Queued { resources: task.spec.resources, pin: task.spec.pin.clone(), reason },
+            Queued {
+                resources: task.spec.resources,
+                pin: task.spec.pin.clone(),
+                reason,
+            },
         );
     }
 
@@ -81,7 +85,9 @@ impl State {
 
     /// Whether a worker may receive new tasks now.
     pub(super) fn placeable(&self, worker: &WorkerId, now: Timestamp) -> bool {
-        self.workers.get(worker).is_some_and(|w| w.session && !w.unreachable)
+        self.workers
+            .get(worker)
+            .is_some_and(|w| w.session && !w.unreachable)
             && self.liveness.health(worker, now) == Some(Health::Active)
     }
 

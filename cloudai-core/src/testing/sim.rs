@@ -26,14 +26,17 @@ use crate::clock::Clock;
 use crate::master::{Master, MasterConfig, MasterEvent};
 use crate::memory::MemoryStore;
 use crate::model::{
-    Resources, TaskId, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId,
+    Resources, TaskId, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError,
+    WorkerId,
 };
 use crate::rng::SplitMix64;
-use crate::runtime::{ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs};
+use crate::runtime::{
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
+};
 use crate::store::{TaskFilter, TaskStore};
 use crate::transport::{
-    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask, WorkerEndpoint,
-    WorkerToMaster,
+    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask,
+    WorkerEndpoint, WorkerToMaster,
 };
 use crate::worker::{ShutdownSummary, Worker, WorkerConfig};
 use crate::{Error, Result};
@@ -133,7 +136,10 @@ impl SimNet {
 
     /// The worker side of the link for `worker`.
     pub fn link(self: &Arc<Self>, worker: WorkerId) -> Arc<dyn WorkerToMaster> {
-        Arc::new(SimLink { net: self.clone(), worker })
+        Arc::new(SimLink {
+            net: self.clone(),
+            worker,
+        })
     }
 
     fn worker(&self, id: &WorkerId) -> Result<Worker> {
@@ -159,7 +165,12 @@ impl SimNet {
             let f = *locked(&self.faults);
             let mut rng = locked(&self.rng);
             let delay = f.max_delay.mul_f64(rng.next_f64());
-            (delay, rng.chance(f.drop_request), rng.chance(f.drop_response), rng.chance(f.duplicate))
+            (
+                delay,
+                rng.chance(f.drop_request),
+                rng.chance(f.drop_response),
+                rng.chance(f.duplicate),
+            )
         };
         tokio::time::sleep(delay).await;
         if locked(&self.partitioned).contains(worker) {
@@ -192,7 +203,8 @@ impl MasterToWorker for SimNet {
 
     async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()> {
         let w = self.worker(&to.id)?;
-        self.carry(&to.id, || w.assign(run.clone(), spec.clone())).await
+        self.carry(&to.id, || w.assign(run.clone(), spec.clone()))
+            .await
     }
 
     async fn cancel(&self, to: &WorkerEndpoint, run: &RunningTask, grace: Duration) -> Result<()> {
@@ -212,17 +224,23 @@ struct SimLink {
 impl WorkerToMaster for SimLink {
     async fn register(&self, registration: &Registration) -> Result<RegistrationReply> {
         let m = self.net.master()?;
-        self.net.carry(&self.worker, || m.register(registration.clone())).await
+        self.net
+            .carry(&self.worker, || m.register(registration.clone()))
+            .await
     }
 
     async fn heartbeat(&self, worker: &WorkerId, telemetry: &Telemetry) -> Result<HeartbeatReply> {
         let m = self.net.master()?;
-        self.net.carry(&self.worker, || m.heartbeat(worker, telemetry.clone())).await
+        self.net
+            .carry(&self.worker, || m.heartbeat(worker, telemetry.clone()))
+            .await
     }
 
     async fn report(&self, result: &TaskResult) -> Result<()> {
         let m = self.net.master()?;
-        self.net.carry(&self.worker, || m.report(result.clone())).await
+        self.net
+            .carry(&self.worker, || m.report(result.clone()))
+            .await
     }
 }
 
@@ -238,10 +256,12 @@ struct Program {
 impl Program {
     fn parse(command: &[String]) -> Result<Program> {
         let secs = |s: &String| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
-        let bad = || Error::InvalidInput(ValidationError::Invalid {
+        let bad = || {
+            Error::InvalidInput(ValidationError::Invalid {
             field: "command",
             reason: format!("fake runtime runs [\"run\", secs, code] or [\"stubborn\", secs], not {command:?}"),
-        });
+        })
+        };
         match command {
             [p, s, c] if p == "run" => Ok(Program {
                 runs_for: Duration::from_secs_f64(secs(s).ok_or_else(bad)?),
@@ -266,6 +286,12 @@ struct FakeContainer {
     log: Arc<Mutex<String>>,
 }
 
+/// A fake container's exit status and signal line.
+type Handles = (
+    watch::Receiver<Option<ExitStatus>>,
+    watch::Sender<Option<i32>>,
+);
+
 /// Pretend containers on tokio time (see the module docs for programs).
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
@@ -281,7 +307,10 @@ impl FakeRuntime {
 
     /// Containers still running (for leak checks).
     pub fn running(&self) -> usize {
-        locked(&self.containers).values().filter(|c| c.exit.borrow().is_none()).count()
+        locked(&self.containers)
+            .values()
+            .filter(|c| c.exit.borrow().is_none())
+            .count()
     }
 
     /// Kills every container at once (a host crash).
@@ -291,9 +320,11 @@ impl FakeRuntime {
         }
     }
 
-    fn get(&self, id: &ContainerId) -> Result<(watch::Receiver<Option<ExitStatus>>, watch::Sender<Option<i32>>)> {
+    fn get(&self, id: &ContainerId) -> Result<Handles> {
         let all = locked(&self.containers);
-        let c = all.get(id).ok_or_else(|| Error::not_found("container", id))?;
+        let c = all
+            .get(id)
+            .ok_or_else(|| Error::not_found("container", id))?;
         Ok((c.exit.clone(), c.signal.clone()))
     }
 }
@@ -304,7 +335,11 @@ async fn exited(mut rx: watch::Receiver<Option<ExitStatus>>) -> ExitStatus {
             return e;
         }
         if rx.changed().await.is_err() {
-            return ExitStatus { code: None, signal: Some(9), oom_killed: false };
+            return ExitStatus {
+                code: None,
+                signal: Some(9),
+                oom_killed: false,
+            };
         }
     }
 }
@@ -317,7 +352,10 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
         let program = Program::parse(&spec.command)?;
-        let id = ContainerId(format!("fake-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let id = ContainerId(format!(
+            "fake-{}",
+            self.next.fetch_add(1, Ordering::Relaxed)
+        ));
         let (exit_tx, exit_rx) = watch::channel(None);
         let (sig_tx, mut sig_rx) = watch::channel(None::<i32>);
         let log = Arc::new(Mutex::new(format!("{} started\n", spec.name)));
@@ -342,7 +380,12 @@ impl ContainerRuntime for FakeRuntime {
         });
         locked(&self.containers).insert(
             id.clone(),
-            FakeContainer { labels: spec.labels.clone(), exit: exit_rx, signal: sig_tx, log },
+            FakeContainer {
+                labels: spec.labels.clone(),
+                exit: exit_rx,
+                signal: sig_tx,
+                log,
+            },
         );
         Ok(id)
     }
@@ -354,11 +397,18 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
         let all = locked(&self.containers);
-        let c = all.get(id).ok_or_else(|| Error::not_found("container", id))?;
+        let c = all
+            .get(id)
+            .ok_or_else(|| Error::not_found("container", id))?;
         let text = locked(&c.log).clone();
         let cut = text.len().saturating_sub(max_bytes);
-        let start = (cut..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
-        Ok(Logs { text: text[start..].to_string(), truncated: start > 0 })
+        let start = (cut..=text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        Ok(Logs {
+            text: text[start..].to_string(),
+            truncated: start > 0,
+        })
     }
 
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
@@ -369,7 +419,10 @@ impl ContainerRuntime for FakeRuntime {
             return Ok(());
         }
         let _ = signal.send(Some(15));
-        if tokio::time::timeout(grace, exited(exit.clone())).await.is_err() {
+        if tokio::time::timeout(grace, exited(exit.clone()))
+            .await
+            .is_err()
+        {
             let _ = signal.send(Some(9));
             exited(exit).await;
         }
@@ -387,7 +440,11 @@ impl ContainerRuntime for FakeRuntime {
         Ok(locked(&self.containers)
             .iter()
             .filter(|(_, c)| c.labels.get(key).is_some_and(|v| v == value))
-            .map(|(id, c)| ContainerInfo { id: id.clone(), labels: c.labels.clone(), running: c.exit.borrow().is_none() })
+            .map(|(id, c)| ContainerInfo {
+                id: id.clone(),
+                labels: c.labels.clone(),
+                running: c.exit.borrow().is_none(),
+            })
             .collect())
     }
 }
@@ -419,7 +476,9 @@ pub struct SimCluster {
 
 impl std::fmt::Debug for SimCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimCluster").field("seed", &self.seed).finish_non_exhaustive()
+        f.debug_struct("SimCluster")
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -461,20 +520,35 @@ impl SimCluster {
         let mut config = WorkerConfig::new(wid.clone(), format!("sim-{id}:1"), capacity);
         config.seed = self.seed ^ self.workers.len() as u64;
         let runtime = Arc::new(FakeRuntime::new());
-        let worker = Worker::new(config, runtime.clone(), self.net.link(wid.clone()), self.clock);
+        let worker = Worker::new(
+            config,
+            runtime.clone(),
+            self.net.link(wid.clone()),
+            self.clock,
+        );
         self.net.attach(worker.clone());
         self.checker.reachable(&wid);
         let (stop, rx) = watch::channel(false);
         let w = worker.clone();
         let handle = tokio::spawn(async move { w.run(rx).await });
-        self.workers.insert(wid.clone(), SimWorker { worker: worker.clone(), runtime, stop, handle });
+        self.workers.insert(
+            wid.clone(),
+            SimWorker {
+                worker: worker.clone(),
+                runtime,
+                stop,
+                handle,
+            },
+        );
         self.capacities.insert(wid, capacity);
         worker
     }
 
     /// The running worker agent `id`, if it runs.
     pub fn worker(&self, id: &str) -> Option<Worker> {
-        self.workers.get(&WorkerId::new(id).ok()?).map(|w| w.worker.clone())
+        self.workers
+            .get(&WorkerId::new(id).ok()?)
+            .map(|w| w.worker.clone())
     }
 
     /// The running worker agents' ids.
@@ -540,23 +614,56 @@ impl SimCluster {
     /// Checks what must hold at every instant; panics naming the seed.
     pub async fn check(&mut self) {
         let seed = self.seed;
-        let tasks = self.store.list_tasks(&TaskFilter::default()).await.expect("list");
+        let tasks = self
+            .store
+            .list_tasks(&TaskFilter::default())
+            .await
+            .expect("list");
         for t in &tasks {
             if let Some(final_status) = self.checker.finals.get(&t.id) {
-                assert_eq!(t.status, *final_status, "seed {seed}: task {} left terminal status {final_status}", t.id);
+                assert_eq!(
+                    t.status, *final_status,
+                    "seed {seed}: task {} left terminal status {final_status}",
+                    t.id
+                );
             }
             if t.status.is_terminal() {
                 self.checker.finals.insert(t.id.clone(), t.status);
             }
             if let Some(r) = self.store.get_result(&t.id).await.expect("get result") {
-                assert!(t.status.is_terminal(), "seed {seed}: task {} has a result while {}", t.id, t.status);
-                assert_eq!(r.status, t.status, "seed {seed}: task {}: result disagrees with its outcome", t.id);
-                assert_eq!((Some(&r.worker_id), r.attempt), (t.worker.as_ref(), t.attempt), "seed {seed}: task {}: result from another run", t.id);
+                assert!(
+                    t.status.is_terminal(),
+                    "seed {seed}: task {} has a result while {}",
+                    t.id,
+                    t.status
+                );
+                assert_eq!(
+                    r.status, t.status,
+                    "seed {seed}: task {}: result disagrees with its outcome",
+                    t.id
+                );
+                assert_eq!(
+                    (Some(&r.worker_id), r.attempt),
+                    (t.worker.as_ref(), t.attempt),
+                    "seed {seed}: task {}: result from another run",
+                    t.id
+                );
             }
         }
         for w in self.master.workers() {
-            assert!(w.allocated.fits_within(&w.capacity), "seed {seed}: {} allocated {} > capacity {}", w.id, w.allocated, w.capacity);
-            assert_eq!(w.allocated.checked_add(&w.available), Some(w.capacity), "seed {seed}: {}: allocated + available ≠ capacity", w.id);
+            assert!(
+                w.allocated.fits_within(&w.capacity),
+                "seed {seed}: {} allocated {} > capacity {}",
+                w.id,
+                w.allocated,
+                w.capacity
+            );
+            assert_eq!(
+                w.allocated.checked_add(&w.available),
+                Some(w.capacity),
+                "seed {seed}: {}: allocated + available ≠ capacity",
+                w.id
+            );
         }
         let violations = std::mem::take(&mut *locked(&self.checker.violations));
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
@@ -568,24 +675,52 @@ impl SimCluster {
     pub async fn check_quiescent(&mut self) {
         self.check().await;
         let seed = self.seed;
-        let tasks = self.store.list_tasks(&TaskFilter::default()).await.expect("list");
+        let tasks = self
+            .store
+            .list_tasks(&TaskFilter::default())
+            .await
+            .expect("list");
         for t in &tasks {
-            assert!(t.status.is_terminal(), "seed {seed}: task {} never ended: {} on {:?} ({:?})", t.id, t.status, t.worker, t.reason);
+            assert!(
+                t.status.is_terminal(),
+                "seed {seed}: task {} never ended: {} on {:?} ({:?})",
+                t.id,
+                t.status,
+                t.worker,
+                t.reason
+            );
         }
         for w in self.master.workers() {
-            assert!(w.allocated.is_zero(), "seed {seed}: {} still has {} allocated for {:?}", w.id, w.allocated, w.tasks);
+            assert!(
+                w.allocated.is_zero(),
+                "seed {seed}: {} still has {} allocated for {:?}",
+                w.id,
+                w.allocated,
+                w.tasks
+            );
         }
         let r = self.master.reconcile().await.expect("reconcile");
         assert!(r.is_clean(), "seed {seed}: the ledger had drifted: {r:?}");
         for (id, w) in &self.workers {
-            assert_eq!(w.runtime.running(), 0, "seed {seed}: containers left running on {id}");
-            assert!(w.worker.running().is_empty(), "seed {seed}: {id} still tracks runs");
+            assert_eq!(
+                w.runtime.running(),
+                0,
+                "seed {seed}: containers left running on {id}"
+            );
+            assert!(
+                w.worker.running().is_empty(),
+                "seed {seed}: {id} still tracks runs"
+            );
         }
     }
 
     /// Every task's status.
     pub async fn statuses(&self) -> BTreeMap<TaskId, TaskStatus> {
-        let tasks = self.store.list_tasks(&TaskFilter::default()).await.expect("list");
+        let tasks = self
+            .store
+            .list_tasks(&TaskFilter::default())
+            .await
+            .expect("list");
         tasks.into_iter().map(|t| (t.id, t.status)).collect()
     }
 
@@ -619,13 +754,19 @@ impl Checker {
         let task = tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(MasterEvent::Task { id, to: TaskStatus::Running, worker: Some(w), .. }) => {
+                    Ok(MasterEvent::Task {
+                        id,
+                        to: TaskStatus::Running,
+                        worker: Some(w),
+                        ..
+                    }) => {
                         if let Some(at) = locked(&since).get(&w) {
                             // A heartbeat sent just before the cut may still
                             // arrive up to `max_delay` later.
                             if at.elapsed() > timeout + max_delay + Duration::from_millis(1) {
                                 locked(&found).push(format!(
-                                    "task {id} placed on {w}, unreachable for {:?}", at.elapsed()
+                                    "task {id} placed on {w}, unreachable for {:?}",
+                                    at.elapsed()
                                 ));
                             }
                         }
@@ -635,11 +776,18 @@ impl Checker {
                 }
             }
         });
-        Checker { unreachable_since, violations, finals: BTreeMap::new(), task }
+        Checker {
+            unreachable_since,
+            violations,
+            finals: BTreeMap::new(),
+            task,
+        }
     }
 
     fn unreachable(&self, id: &WorkerId) {
-        locked(&self.unreachable_since).entry(id.clone()).or_insert_with(Instant::now);
+        locked(&self.unreachable_since)
+            .entry(id.clone())
+            .or_insert_with(Instant::now);
     }
 
     fn reachable(&self, id: &WorkerId) {

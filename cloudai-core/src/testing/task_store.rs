@@ -277,17 +277,48 @@ pub async fn cas_rejects_the_wrong_worker(store: Arc<dyn TaskStore>) {
 /// The attempt is part of the guard: after a requeue and a new assignment
 /// to the same worker, a report about the first attempt cannot apply.
 pub async fn cas_rejects_a_stale_attempt(store: Arc<dyn TaskStore>) {
-    store.insert_task(pending_task("again", 1)).await.expect("insert");
+    store
+        .insert_task(pending_task("again", 1))
+        .await
+        .expect("insert");
     let w = worker_id("w-a");
     assign(store.as_ref(), "again", &w).await;
-    let requeue = TaskEvent::Requeue { worker: w.clone(), attempt: 1, reason: "timeout".into() };
-    let applied = apply_event(store.as_ref(), &task_id("again"), &requeue, Timestamp::from_millis(2)).await;
-    assert!(matches!(applied, Ok(Applied::Changed { .. })), "{applied:?}");
+    let requeue = TaskEvent::Requeue {
+        worker: w.clone(),
+        attempt: 1,
+        reason: "timeout".into(),
+    };
+    let applied = apply_event(
+        store.as_ref(),
+        &task_id("again"),
+        &requeue,
+        Timestamp::from_millis(2),
+    )
+    .await;
+    assert!(
+        matches!(applied, Ok(Applied::Changed { .. })),
+        "{applied:?}"
+    );
     assign(store.as_ref(), "again", &w).await;
-    let stale = TaskEvent::Report { worker: w.clone(), attempt: 1, outcome: crate::lifecycle::Reported::Completed, message: None };
-    let outcome = store.update_status(&task_id("again"), &stale.change(Timestamp::from_millis(3))).await.expect("cas");
-    assert!(matches!(outcome, CasOutcome::Rejected { .. }), "a report about attempt 1 applied to attempt 2: {outcome:?}");
-    let t = store.get_task(&task_id("again")).await.expect("get").expect("exists");
+    let stale = TaskEvent::Report {
+        worker: w.clone(),
+        attempt: 1,
+        outcome: crate::lifecycle::Reported::Completed,
+        message: None,
+    };
+    let outcome = store
+        .update_status(&task_id("again"), &stale.change(Timestamp::from_millis(3)))
+        .await
+        .expect("cas");
+    assert!(
+        matches!(outcome, CasOutcome::Rejected { .. }),
+        "a report about attempt 1 applied to attempt 2: {outcome:?}"
+    );
+    let t = store
+        .get_task(&task_id("again"))
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!((t.status, t.attempt), (TaskStatus::Running, 2));
 }
 

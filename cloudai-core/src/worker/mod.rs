@@ -21,7 +21,9 @@ use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::model::{Resources, TaskResult, TaskSpec, TaskStatus, Timestamp, WorkerId};
 use crate::rng::SplitMix64;
-use crate::runtime::{ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, LABEL_TASK, LABEL_WORKER};
+use crate::runtime::{
+    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, LABEL_TASK, LABEL_WORKER,
+};
 use crate::transport::{MasterInfo, Registration, RunningTask, WorkerToMaster};
 use crate::{Error, Result};
 
@@ -119,7 +121,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.inner.config.id).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("id", &self.inner.config.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +189,10 @@ impl Worker {
     /// stopped before its assignment arrived is not started.
     pub async fn assign(&self, run: RunningTask, spec: TaskSpec) -> Result<()> {
         if self.inner.closing.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable(format!("worker {} is shutting down", self.id())));
+            return Err(Error::Unavailable(format!(
+                "worker {} is shutting down",
+                self.id()
+            )));
         }
         spec.validate()?;
         if locked(&self.inner.tombstones).0.contains(&run) {
@@ -197,7 +204,14 @@ impl Worker {
             if runs.contains_key(&run) {
                 return Ok(());
             }
-            runs.insert(run.clone(), Slot { container: None, stop: None, started_at: self.inner.clock.now() });
+            runs.insert(
+                run.clone(),
+                Slot {
+                    container: None,
+                    stop: None,
+                    started_at: self.inner.clock.now(),
+                },
+            );
         }
         info!(task = %run.task, attempt = run.attempt, image = %spec.image, "task accepted");
         let w = self.clone();
@@ -209,7 +223,12 @@ impl Worker {
     /// configured maximum). Returns once it is stopped. A run this worker
     /// does not have is remembered, so its assignment will not start it.
     pub async fn cancel(&self, run: &RunningTask, grace: Duration) -> Result<()> {
-        self.stop_run(run, StopKind::Cancel, grace.min(self.inner.config.max_grace)).await
+        self.stop_run(
+            run,
+            StopKind::Cancel,
+            grace.min(self.inner.config.max_grace),
+        )
+        .await
     }
 
     /// The master asks this worker to register with it (seed 004).
@@ -275,7 +294,13 @@ impl Worker {
                 warn!(task = %run.task, error = %e, "task could not start");
                 let stop = locked(&self.inner.runs).remove(&run).and_then(|s| s.stop);
                 if stop.is_none() {
-                    let result = self.result(&run, TaskStatus::Failed, None, String::new(), Some(format!("could not start: {e}")));
+                    let result = self.result(
+                        &run,
+                        TaskStatus::Failed,
+                        None,
+                        String::new(),
+                        Some(format!("could not start: {e}")),
+                    );
                     self.deliver(run, result).await;
                 }
                 return;
@@ -292,17 +317,27 @@ impl Worker {
             let _ = self.inner.runtime.stop(&container, grace).await;
         }
         let exit = self.inner.runtime.wait(&container).await;
-        let logs = self.inner.runtime.logs(&container, cfg.log_limit).await.unwrap_or_default();
+        let logs = self
+            .inner
+            .runtime
+            .logs(&container, cfg.log_limit)
+            .await
+            .unwrap_or_default();
         if let Err(e) = self.inner.runtime.remove(&container).await {
             warn!(task = %run.task, error = %e, "could not remove container");
         }
         let stop = locked(&self.inner.runs).remove(&run).and_then(|s| s.stop);
         let (status, message) = match (stop, &exit) {
             (Some((StopKind::Shutdown | StopKind::Drop, _)), _) => return,
-            (Some((StopKind::Cancel, _)), _) => (TaskStatus::Cancelled, Some("stopped on cancel".to_string())),
+            (Some((StopKind::Cancel, _)), _) => {
+                (TaskStatus::Cancelled, Some("stopped on cancel".to_string()))
+            }
             (None, Ok(e)) if e.success() => (TaskStatus::Completed, None),
             (None, Ok(e)) => (TaskStatus::Failed, Some(describe_exit(e, &spec))),
-            (None, Err(e)) => (TaskStatus::Failed, Some(format!("lost track of the container: {e}"))),
+            (None, Err(e)) => (
+                TaskStatus::Failed,
+                Some(format!("lost track of the container: {e}")),
+            ),
         };
         let code = exit.as_ref().ok().and_then(|e| e.code);
         let mut result = self.result(&run, status, code, logs.text, message);
@@ -389,7 +424,10 @@ impl Worker {
                 }
                 self.flush_outbox().await;
                 let telemetry = telemetry::sample(self.running().len());
-                let call = self.inner.master.heartbeat(&self.inner.config.id, &telemetry);
+                let call = self
+                    .inner
+                    .master
+                    .heartbeat(&self.inner.config.id, &telemetry);
                 match tokio::time::timeout(self.inner.config.rpc_timeout, call).await {
                     Ok(Ok(reply)) if reply.register_again => break,
                     Ok(Ok(_)) => {}
@@ -418,10 +456,16 @@ impl Worker {
                     info!(worker = %cfg.id, running = registration.running.len(), stop = reply.stop.len(), "registered with master");
                     for run in reply.stop {
                         let w = self.clone();
-                        tokio::spawn(async move { w.stop_run(&run, StopKind::Drop, Duration::ZERO).await });
+                        tokio::spawn(async move {
+                            w.stop_run(&run, StopKind::Drop, Duration::ZERO).await
+                        });
                     }
                     let interval = reply.heartbeat_interval;
-                    return Some(if interval.is_zero() { cfg.heartbeat_interval } else { interval });
+                    return Some(if interval.is_zero() {
+                        cfg.heartbeat_interval
+                    } else {
+                        interval
+                    });
                 }
                 Ok(Err(e)) => warn!(error = %e, "registration failed"),
                 Err(_) => warn!("registration timed out"),
@@ -448,15 +492,26 @@ impl Worker {
             let mut runs = locked(&self.inner.runs);
             runs.iter_mut()
                 .map(|(run, slot)| {
-                    slot.stop.get_or_insert((StopKind::Shutdown, cfg.shutdown_grace));
+                    slot.stop
+                        .get_or_insert((StopKind::Shutdown, cfg.shutdown_grace));
                     (run.clone(), slot.container.clone())
                 })
                 .collect()
         };
-        info!(running = runs.len(), "worker shutting down; reporting running tasks as failed");
-        let mut reports: Vec<(RunningTask, TaskResult)> = locked(&self.inner.outbox).clone().into_iter().collect();
+        info!(
+            running = runs.len(),
+            "worker shutting down; reporting running tasks as failed"
+        );
+        let mut reports: Vec<(RunningTask, TaskResult)> =
+            locked(&self.inner.outbox).clone().into_iter().collect();
         for (run, _) in &runs {
-            let r = self.result(run, TaskStatus::Failed, None, String::new(), Some(SHUTDOWN_MESSAGE.into()));
+            let r = self.result(
+                run,
+                TaskStatus::Failed,
+                None,
+                String::new(),
+                Some(SHUTDOWN_MESSAGE.into()),
+            );
             reports.push((run.clone(), r));
         }
         let total = reports.len();
@@ -490,7 +545,11 @@ impl Worker {
             stopped
         };
         let (reported, stopped) = tokio::join!(report_all, stop_all);
-        let summary = ShutdownSummary { reported, unreported: total - reported, stopped };
+        let summary = ShutdownSummary {
+            reported,
+            unreported: total - reported,
+            stopped,
+        };
         info!(?summary, "worker shut down");
         summary
     }
@@ -505,7 +564,10 @@ impl Worker {
 
 fn describe_exit(e: &ExitStatus, spec: &TaskSpec) -> String {
     if e.oom_killed {
-        format!("killed: exceeded its memory limit of {} GB", spec.resources.memory_gb())
+        format!(
+            "killed: exceeded its memory limit of {} GB",
+            spec.resources.memory_gb()
+        )
     } else if let Some(sig) = e.signal {
         format!("killed by signal {sig}")
     } else {

@@ -13,15 +13,27 @@ pub(super) fn sample(running_tasks: usize) -> Telemetry {
 }
 
 fn cpu_percent() -> Option<f32> {
-    let load: f32 = std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f32;
+    let load: f32 = std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f32;
     Some((load / cores * 100.0).min(100.0 * cores))
 }
 
 fn memory_used_mb() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
-        info.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
+        info.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     };
     Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) / 1000)
 }
