@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Resources, TaskId, TaskResult, TaskSpec, Telemetry, WorkerId};
+use crate::runtime::Logs;
 use crate::Result;
 
 /// Where a master reaches a worker.
@@ -61,6 +62,8 @@ pub struct RegistrationReply {
     pub stop: Vec<RunningTask>,
     /// How often to send heartbeats.
     pub heartbeat_interval: Duration,
+    /// The master's id: the worker obeys only this master from now on.
+    pub master_id: String,
 }
 
 /// The master's answer to a heartbeat.
@@ -84,6 +87,9 @@ pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
     /// Stopping a run the worker does not have succeeds (and keeps that run
     /// from starting if its assignment arrives late).
     async fn cancel(&self, to: &WorkerEndpoint, run: &RunningTask, grace: Duration) -> Result<()>;
+
+    /// The output of a run so far, at most `max_bytes` (the end is kept).
+    async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs>;
 }
 
 /// Calls a worker makes to its master.

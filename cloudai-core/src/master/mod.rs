@@ -455,6 +455,7 @@ impl Master {
         Ok(RegistrationReply {
             stop,
             heartbeat_interval: self.inner.config.heartbeat_interval,
+            master_id: self.inner.config.id.clone(),
         })
     }
 
@@ -626,6 +627,41 @@ impl Master {
             result,
             waiting,
         })
+    }
+
+    /// A task's output: live from its worker while it runs, else from its
+    /// stored result. `None` while it is pending or when nothing was kept.
+    pub async fn logs(
+        &self,
+        id: &TaskId,
+        max_bytes: usize,
+    ) -> Result<Option<crate::runtime::Logs>> {
+        let view = self.task(id).await?;
+        if let Some(r) = view.result {
+            return Ok(Some(crate::runtime::Logs {
+                text: r.logs,
+                truncated: r.logs_truncated,
+            }));
+        }
+        let (TaskStatus::Running, Some(worker)) = (view.task.status, view.task.worker) else {
+            return Ok(None);
+        };
+        let Some(to) = self.endpoint(&worker) else {
+            return Ok(None);
+        };
+        let run = RunningTask {
+            task: id.clone(),
+            attempt: view.task.attempt,
+        };
+        let call = self.inner.transport.logs(&to, &run, max_bytes);
+        match tokio::time::timeout(self.inner.config.reconnect_timeout, call).await {
+            Ok(Ok(logs)) => Ok(Some(logs)),
+            Ok(Err(Error::NotFound { .. })) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout(format!(
+                "worker {worker} did not send logs in time"
+            ))),
+        }
     }
 
     /// Tasks passing `filter`, oldest first.

@@ -211,6 +211,11 @@ impl MasterToWorker for SimNet {
         let w = self.worker(&to.id)?;
         self.carry(&to.id, || w.cancel(run, grace)).await
     }
+
+    async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs> {
+        let w = self.worker(&to.id)?;
+        self.carry(&to.id, || w.logs(run, max_bytes)).await
+    }
 }
 
 /// One worker's link to the master.

@@ -109,6 +109,8 @@ struct Inner {
     outbox: Mutex<BTreeMap<RunningTask, TaskResult>>,
     closing: AtomicBool,
     register_now: Notify,
+    /// The master this worker registered with; it obeys no other.
+    master_id: Mutex<Option<String>>,
     rng: Mutex<SplitMix64>,
     supervisors: Mutex<JoinSet<()>>,
 }
@@ -163,6 +165,7 @@ impl Worker {
                 outbox: Mutex::new(BTreeMap::new()),
                 closing: AtomicBool::new(false),
                 register_now: Notify::new(),
+                master_id: Mutex::new(None),
                 rng: Mutex::new(rng),
                 supervisors: Mutex::new(JoinSet::new()),
             }),
@@ -172,6 +175,11 @@ impl Worker {
     /// The worker's id.
     pub fn id(&self) -> &WorkerId {
         &self.inner.config.id
+    }
+
+    /// The id of the master this worker is registered with, once it is.
+    pub fn master_id(&self) -> Option<String> {
+        locked(&self.inner.master_id).clone()
     }
 
     /// The runs this worker has now.
@@ -229,6 +237,17 @@ impl Worker {
             grace.min(self.inner.config.max_grace),
         )
         .await
+    }
+
+    /// The output of run `run` so far, at most `max_bytes`.
+    pub async fn logs(&self, run: &RunningTask, max_bytes: usize) -> Result<crate::runtime::Logs> {
+        let container = locked(&self.inner.runs)
+            .get(run)
+            .and_then(|s| s.container.clone());
+        match container {
+            Some(c) => self.inner.runtime.logs(&c, max_bytes).await,
+            None => Err(Error::not_found("running task", &run.task)),
+        }
     }
 
     /// The master asks this worker to register with it (seed 004).
@@ -460,6 +479,7 @@ impl Worker {
                             w.stop_run(&run, StopKind::Drop, Duration::ZERO).await
                         });
                     }
+                    *locked(&self.inner.master_id) = Some(reply.master_id.clone());
                     let interval = reply.heartbeat_interval;
                     return Some(if interval.is_zero() {
                         cfg.heartbeat_interval

@@ -1,0 +1,351 @@
+//! Clients: [`MasterClient`] (a worker's and an operator's way to the
+//! master) and [`WorkerClients`] (the master's way to its workers).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudai_core::master::{CancelOutcome, TaskView};
+use cloudai_core::model::{TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry, WorkerId};
+use cloudai_core::runtime::Logs;
+use cloudai_core::store::TaskFilter;
+use cloudai_core::transport::{
+    HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask,
+    WorkerEndpoint, WorkerToMaster,
+};
+use cloudai_core::{Error, Result};
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::auth::sign;
+use crate::convert::{self, from_status};
+use crate::proto::{self, master_client, worker_client};
+use crate::security::Security;
+
+/// How long to wait for a TCP/TLS connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest message accepted (results carry up to 1 MiB of logs).
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn bad_reply(e: tonic::Status) -> Error {
+    Error::Backend {
+        backend: "grpc",
+        source: format!("malformed reply: {}", e.message()).into(),
+    }
+}
+
+/// A connection to a master.
+#[derive(Debug, Clone)]
+pub struct MasterClient {
+    client: master_client::MasterClient<Channel>,
+    security: Security,
+}
+
+impl MasterClient {
+    /// A client for the master at `address` (`host:port`); connects lazily.
+    pub fn new(address: &str, security: Security) -> Result<MasterClient> {
+        let channel = security.channel(address, CONNECT_TIMEOUT)?;
+        let client = master_client::MasterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(MasterClient { client, security })
+    }
+
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        sign(&mut r, self.security.token.as_ref(), None);
+        r
+    }
+
+    fn c(&self) -> master_client::MasterClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Submits a task.
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
+        let r = self
+            .c()
+            .submit(self.req(proto::SubmitRequest {
+                spec: Some(spec.into()),
+            }))
+            .await
+            .map_err(from_status)?;
+        convert::task_id(&r.into_inner().task_id).map_err(bad_reply)
+    }
+
+    /// Cancels a task.
+    pub async fn cancel(&self, id: &TaskId, force: bool) -> Result<CancelOutcome> {
+        let req = proto::CancelRequest {
+            task_id: id.to_string(),
+            force,
+        };
+        let r = self.c().cancel(self.req(req)).await.map_err(from_status)?;
+        Ok(convert::cancel_outcome(r.into_inner())
+            .map_err(bad_reply)?
+            .1)
+    }
+
+    /// Cancels every pending or running task passing `filter`.
+    pub async fn cancel_many(
+        &self,
+        filter: &TaskFilter,
+        force: bool,
+    ) -> Result<Vec<(TaskId, CancelOutcome)>> {
+        let req = proto::CancelManyRequest {
+            statuses: filter.statuses.iter().map(ToString::to_string).collect(),
+            worker: filter.worker.as_ref().map(ToString::to_string),
+            force,
+        };
+        let r = self
+            .c()
+            .cancel_many(self.req(req))
+            .await
+            .map_err(from_status)?;
+        r.into_inner()
+            .cancelled
+            .into_iter()
+            .map(|o| convert::cancel_outcome(o).map_err(bad_reply))
+            .collect()
+    }
+
+    /// Tasks passing `filter`, oldest first.
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let req = proto::ListTasksRequest {
+            statuses: filter.statuses.iter().map(ToString::to_string).collect(),
+            worker: filter.worker.as_ref().map(ToString::to_string),
+        };
+        let r = self
+            .c()
+            .list_tasks(self.req(req))
+            .await
+            .map_err(from_status)?;
+        r.into_inner()
+            .tasks
+            .into_iter()
+            .map(|t| convert::task(t).map_err(bad_reply))
+            .collect()
+    }
+
+    /// One task with its result.
+    pub async fn task(&self, id: &TaskId) -> Result<TaskView> {
+        let r = self
+            .c()
+            .get_task(self.req(proto::TaskRef {
+                task_id: id.to_string(),
+            }))
+            .await
+            .map_err(from_status)?;
+        convert::task_view(r.into_inner()).map_err(bad_reply)
+    }
+
+    /// Every worker as the master sees it.
+    pub async fn workers(&self) -> Result<Vec<proto::WorkerView>> {
+        let r = self
+            .c()
+            .list_workers(self.req(proto::Empty {}))
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().workers)
+    }
+
+    /// Pre-registers a worker by address.
+    pub async fn pre_register(&self, id: &WorkerId, address: &str) -> Result<()> {
+        let req = proto::PreRegisterRequest {
+            worker_id: id.to_string(),
+            address: address.to_string(),
+        };
+        self.c()
+            .pre_register(self.req(req))
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    /// Reconciles allocations; returns the corrections.
+    pub async fn reconcile(&self) -> Result<proto::ReconcileReply> {
+        Ok(self
+            .c()
+            .reconcile(self.req(proto::Empty {}))
+            .await
+            .map_err(from_status)?
+            .into_inner())
+    }
+
+    /// Makes every reconnection attempt due now.
+    pub async fn reconnect(&self) -> Result<()> {
+        self.c()
+            .reconnect(self.req(proto::Empty {}))
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    /// Follows a task's output until it ends.
+    pub async fn stream_logs(&self, id: &TaskId) -> Result<tonic::Streaming<proto::LogChunk>> {
+        let r = self
+            .c()
+            .stream_logs(self.req(proto::TaskRef {
+                task_id: id.to_string(),
+            }))
+            .await;
+        Ok(r.map_err(from_status)?.into_inner())
+    }
+}
+
+#[async_trait]
+impl WorkerToMaster for MasterClient {
+    async fn register(&self, registration: &Registration) -> Result<RegistrationReply> {
+        let req = proto::RegisterRequest {
+            worker_id: registration.worker.to_string(),
+            address: registration.address.clone(),
+            capacity: Some(registration.capacity.into()),
+            running: registration
+                .running
+                .iter()
+                .cloned()
+                .map(Into::into)
+                .collect(),
+        };
+        let r = self
+            .c()
+            .register(self.req(req))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(RegistrationReply {
+            stop: r
+                .stop
+                .into_iter()
+                .map(|x| convert::run(Some(x)).map_err(bad_reply))
+                .collect::<Result<_>>()?,
+            heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
+            master_id: r.master_id,
+        })
+    }
+
+    async fn heartbeat(&self, worker: &WorkerId, telemetry: &Telemetry) -> Result<HeartbeatReply> {
+        let req = proto::HeartbeatRequest {
+            worker_id: worker.to_string(),
+            telemetry: Some(telemetry.clone().into()),
+        };
+        let r = self
+            .c()
+            .heartbeat(self.req(req))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(HeartbeatReply {
+            register_again: r.register_again,
+        })
+    }
+
+    async fn report(&self, result: &TaskResult) -> Result<()> {
+        self.c()
+            .report(self.req(result.clone().into()))
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+}
+
+/// The master's connections to its workers, one lazily connected channel
+/// per address, every call signed with the token and the master's id.
+#[derive(Debug)]
+pub struct WorkerClients {
+    security: Security,
+    master_id: String,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl WorkerClients {
+    /// Clients for a master called `master_id`.
+    pub fn new(master_id: impl Into<String>, security: Security) -> Self {
+        WorkerClients {
+            security,
+            master_id: master_id.into(),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, to: &WorkerEndpoint) -> Result<worker_client::WorkerClient<Channel>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(&to.address) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.security.channel(&to.address, CONNECT_TIMEOUT)?;
+                channels.insert(to.address.clone(), c.clone());
+                c
+            }
+        };
+        Ok(worker_client::WorkerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        sign(&mut r, self.security.token.as_ref(), Some(&self.master_id));
+        r
+    }
+}
+
+#[async_trait]
+impl MasterToWorker for WorkerClients {
+    async fn master_register(&self, to: &WorkerEndpoint, master: &MasterInfo) -> Result<()> {
+        let req = proto::MasterRegisterRequest {
+            master_id: master.id.clone(),
+            address: master.address.clone(),
+        };
+        self.client(to)?
+            .master_register(self.req(req))
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()> {
+        let req = proto::AssignRequest {
+            run: Some(run.clone().into()),
+            spec: Some(spec.clone().into()),
+        };
+        self.client(to)?
+            .assign(self.req(req))
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    async fn cancel(&self, to: &WorkerEndpoint, run: &RunningTask, grace: Duration) -> Result<()> {
+        let req = proto::StopRequest {
+            run: Some(run.clone().into()),
+            grace_ms: ms(grace),
+        };
+        self.client(to)?
+            .cancel(self.req(req))
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs> {
+        let req = proto::LogsRequest {
+            run: Some(run.clone().into()),
+            max_bytes: max_bytes as u64,
+        };
+        let r = self
+            .client(to)?
+            .logs(self.req(req))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(Logs {
+            text: r.text,
+            truncated: r.truncated,
+        })
+    }
+}

@@ -1,0 +1,360 @@
+//! Conversions between the wire messages and the core model, and between
+//! core errors and gRPC status codes. Everything from the wire is validated
+//! here, so the services only see valid values.
+
+use std::time::Duration;
+
+use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
+use cloudai_core::model::{
+    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
+    ValidationError, WorkerId,
+};
+use cloudai_core::transport::RunningTask;
+use cloudai_core::Error;
+use tonic::{Code, Status};
+
+use crate::proto;
+
+const KIND: &str = "x-cloudai-kind";
+const ID: &str = "x-cloudai-id";
+
+/// A core error as a gRPC status with the matching code.
+pub fn to_status(e: Error) -> Status {
+    let msg = e.to_string();
+    let mut status = match &e {
+        Error::NotFound { .. } => Status::not_found(msg),
+        Error::AlreadyExists { .. } => Status::already_exists(msg),
+        Error::Conflict(_) => Status::failed_precondition(msg),
+        Error::InvalidInput(_) => Status::invalid_argument(msg),
+        Error::Unavailable(_) => Status::unavailable(msg),
+        Error::Timeout(_) => Status::deadline_exceeded(msg),
+        Error::Unauthenticated(_) => Status::unauthenticated(msg),
+        _ => Status::internal(msg),
+    };
+    if let Error::NotFound { kind, id } | Error::AlreadyExists { kind, id } = &e {
+        if let (Ok(k), Ok(i)) = (kind.parse(), id.parse()) {
+            status.metadata_mut().insert(KIND, k);
+            status.metadata_mut().insert(ID, i);
+        }
+    }
+    status
+}
+
+fn kind_of(s: &str) -> &'static str {
+    match s {
+        "task" => "task",
+        "worker" => "worker",
+        "container" => "container",
+        "running task" => "running task",
+        _ => "object",
+    }
+}
+
+/// A gRPC status as a core error, classified for the caller.
+pub fn from_status(s: Status) -> Error {
+    let meta = |k: &str| {
+        s.metadata()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (kind, id) = (meta(KIND), meta(ID));
+    let msg = s.message().to_string();
+    match s.code() {
+        Code::NotFound => Error::NotFound {
+            kind: kind_of(kind.as_deref().unwrap_or("")),
+            id: id.unwrap_or(msg),
+        },
+        Code::AlreadyExists => Error::AlreadyExists {
+            kind: kind_of(kind.as_deref().unwrap_or("")),
+            id: id.unwrap_or(msg),
+        },
+        Code::FailedPrecondition => Error::Conflict(strip(&msg, "conflict: ")),
+        Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(ValidationError::Invalid {
+            field: "request",
+            reason: strip(&msg, "invalid input: "),
+        }),
+        Code::Unavailable | Code::Unknown | Code::ResourceExhausted | Code::Aborted => {
+            Error::Unavailable(if msg.is_empty() {
+                "peer unavailable".into()
+            } else {
+                msg
+            })
+        }
+        Code::DeadlineExceeded | Code::Cancelled => Error::Timeout(msg),
+        Code::Unauthenticated | Code::PermissionDenied => Error::Unauthenticated(msg),
+        _ => Error::Backend {
+            backend: "grpc",
+            source: Box::new(s),
+        },
+    }
+}
+
+fn strip(msg: &str, prefix: &str) -> String {
+    msg.strip_prefix(prefix).unwrap_or(msg).to_string()
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Status {
+    to_status(Error::InvalidInput(ValidationError::Invalid {
+        field,
+        reason: reason.into(),
+    }))
+}
+
+fn valid<T>(r: Result<T, ValidationError>) -> Result<T, Status> {
+    r.map_err(|e| to_status(e.into()))
+}
+
+/// A task id from the wire.
+pub fn task_id(s: &str) -> Result<TaskId, Status> {
+    valid(TaskId::new(s))
+}
+
+/// A worker id from the wire.
+pub fn worker_id(s: &str) -> Result<WorkerId, Status> {
+    valid(WorkerId::new(s))
+}
+
+/// A status name from the wire.
+pub fn status(s: &str) -> Result<TaskStatus, Status> {
+    s.parse()
+        .map_err(|_| invalid("status", format!("unknown status {s:?}")))
+}
+
+impl From<Resources> for proto::Resources {
+    fn from(r: Resources) -> Self {
+        proto::Resources {
+            cpu_millis: r.cpu_millis,
+            memory_mb: r.memory_mb,
+            storage_mb: r.storage_mb,
+            gpus: r.gpus,
+        }
+    }
+}
+
+/// Resources from the wire (missing = invalid), range-checked.
+pub fn resources(r: Option<proto::Resources>, field: &'static str) -> Result<Resources, Status> {
+    let r = r.ok_or_else(|| invalid(field, "missing"))?;
+    let out = Resources {
+        cpu_millis: r.cpu_millis,
+        memory_mb: r.memory_mb,
+        storage_mb: r.storage_mb,
+        gpus: r.gpus,
+    };
+    valid(out.validate())?;
+    Ok(out)
+}
+
+impl From<TaskSpec> for proto::TaskSpec {
+    fn from(s: TaskSpec) -> Self {
+        proto::TaskSpec {
+            image: s.image,
+            command: s.command,
+            env: s.env.into_iter().collect(),
+            resources: Some(s.resources.into()),
+            cancel_grace_ms: millis(s.cancel_grace),
+            pin: s.pin.map(String::from),
+        }
+    }
+}
+
+/// A task spec from the wire, fully validated.
+pub fn spec(s: Option<proto::TaskSpec>) -> Result<TaskSpec, Status> {
+    let s = s.ok_or_else(|| invalid("spec", "missing"))?;
+    let spec = TaskSpec {
+        image: s.image,
+        command: s.command,
+        env: s.env.into_iter().collect(),
+        resources: resources(s.resources, "resources")?,
+        cancel_grace: Duration::from_millis(s.cancel_grace_ms),
+        pin: s.pin.as_deref().map(worker_id).transpose()?,
+    };
+    valid(spec.validate())?;
+    Ok(spec)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<TaskRecord> for proto::Task {
+    fn from(t: TaskRecord) -> Self {
+        proto::Task {
+            id: t.id.into(),
+            spec: Some(t.spec.into()),
+            status: t.status.to_string(),
+            worker: t.worker.map(String::from),
+            attempt: t.attempt,
+            reason: t.reason,
+            created_at: t.created_at.as_millis(),
+            updated_at: t.updated_at.as_millis(),
+            finished_at: t.finished_at.map(Timestamp::as_millis),
+        }
+    }
+}
+
+/// A task record from the wire.
+pub fn task(t: proto::Task) -> Result<TaskRecord, Status> {
+    Ok(TaskRecord {
+        id: task_id(&t.id)?,
+        spec: spec(t.spec)?,
+        status: status(&t.status)?,
+        worker: t.worker.as_deref().map(worker_id).transpose()?,
+        attempt: t.attempt,
+        reason: t.reason,
+        created_at: Timestamp::from_millis(t.created_at),
+        updated_at: Timestamp::from_millis(t.updated_at),
+        finished_at: t.finished_at.map(Timestamp::from_millis),
+    })
+}
+
+impl From<TaskResult> for proto::TaskResult {
+    fn from(r: TaskResult) -> Self {
+        proto::TaskResult {
+            task_id: r.task_id.into(),
+            worker_id: r.worker_id.into(),
+            attempt: r.attempt,
+            status: r.status.to_string(),
+            exit_code: r.exit_code,
+            logs: r.logs,
+            logs_truncated: r.logs_truncated,
+            message: r.message,
+            started_at: r.started_at.map(Timestamp::as_millis),
+            finished_at: r.finished_at.as_millis(),
+        }
+    }
+}
+
+/// A task result from the wire.
+pub fn result(r: proto::TaskResult) -> Result<TaskResult, Status> {
+    Ok(TaskResult {
+        task_id: task_id(&r.task_id)?,
+        worker_id: worker_id(&r.worker_id)?,
+        attempt: r.attempt,
+        status: status(&r.status)?,
+        exit_code: r.exit_code,
+        logs: r.logs,
+        logs_truncated: r.logs_truncated,
+        message: r.message,
+        started_at: r.started_at.map(Timestamp::from_millis),
+        finished_at: Timestamp::from_millis(r.finished_at),
+    })
+}
+
+impl From<Telemetry> for proto::Telemetry {
+    fn from(t: Telemetry) -> Self {
+        proto::Telemetry {
+            cpu_percent: t.cpu_percent,
+            memory_used_mb: t.memory_used_mb,
+            running_tasks: t.running_tasks,
+        }
+    }
+}
+
+/// Telemetry from the wire (missing = empty).
+pub fn telemetry(t: Option<proto::Telemetry>) -> Telemetry {
+    t.map(|t| Telemetry {
+        cpu_percent: t.cpu_percent,
+        memory_used_mb: t.memory_used_mb,
+        running_tasks: t.running_tasks,
+    })
+    .unwrap_or_default()
+}
+
+impl From<RunningTask> for proto::RunningTask {
+    fn from(r: RunningTask) -> Self {
+        proto::RunningTask {
+            task_id: r.task.into(),
+            attempt: r.attempt,
+        }
+    }
+}
+
+/// A run reference from the wire.
+pub fn run(r: Option<proto::RunningTask>) -> Result<RunningTask, Status> {
+    let r = r.ok_or_else(|| invalid("run", "missing"))?;
+    Ok(RunningTask {
+        task: task_id(&r.task_id)?,
+        attempt: r.attempt,
+    })
+}
+
+impl From<(TaskId, CancelOutcome)> for proto::CancelOutcome {
+    fn from((id, o): (TaskId, CancelOutcome)) -> Self {
+        let (outcome, worker, error) = match o {
+            CancelOutcome::Dequeued => ("dequeued", None, None),
+            CancelOutcome::Stopped { worker } => ("stopped", Some(worker.into()), None),
+            CancelOutcome::StopPending { worker, error } => {
+                ("stop_pending", Some(worker.into()), Some(error))
+            }
+        };
+        proto::CancelOutcome {
+            task_id: id.into(),
+            outcome: outcome.into(),
+            worker,
+            error,
+        }
+    }
+}
+
+/// A cancel outcome from the wire.
+pub fn cancel_outcome(o: proto::CancelOutcome) -> Result<(TaskId, CancelOutcome), Status> {
+    let worker = || {
+        o.worker
+            .as_deref()
+            .map(worker_id)
+            .transpose()?
+            .ok_or_else(|| invalid("worker", "missing"))
+    };
+    let outcome = match o.outcome.as_str() {
+        "dequeued" => CancelOutcome::Dequeued,
+        "stopped" => CancelOutcome::Stopped { worker: worker()? },
+        "stop_pending" => CancelOutcome::StopPending {
+            worker: worker()?,
+            error: o.error.clone().unwrap_or_default(),
+        },
+        other => {
+            return Err(invalid(
+                "outcome",
+                format!("unknown cancel outcome {other:?}"),
+            ))
+        }
+    };
+    Ok((task_id(&o.task_id)?, outcome))
+}
+
+impl From<TaskView> for proto::TaskView {
+    fn from(v: TaskView) -> Self {
+        proto::TaskView {
+            task: Some(v.task.into()),
+            result: v.result.map(Into::into),
+            waiting: v.waiting,
+        }
+    }
+}
+
+/// A task view from the wire.
+pub fn task_view(v: proto::TaskView) -> Result<TaskView, Status> {
+    Ok(TaskView {
+        task: task(v.task.ok_or_else(|| invalid("task", "missing"))?)?,
+        result: v.result.map(result).transpose()?,
+        waiting: v.waiting,
+    })
+}
+
+impl From<WorkerView> for proto::WorkerView {
+    fn from(w: WorkerView) -> Self {
+        proto::WorkerView {
+            id: w.id.into(),
+            address: w.address,
+            health: format!("{:?}", w.health).to_lowercase(),
+            registered: w.registered,
+            capacity: Some(w.capacity.into()),
+            allocated: Some(w.allocated.into()),
+            available: Some(w.available.into()),
+            tasks: w.tasks.into_iter().map(String::from).collect(),
+            last_heartbeat: w.last_heartbeat.map(Timestamp::as_millis),
+            telemetry: w.telemetry.map(Into::into),
+        }
+    }
+}

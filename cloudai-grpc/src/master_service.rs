@@ -1,0 +1,231 @@
+//! The master's gRPC service: a thin shell over [`Master`].
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use cloudai_core::master::Master;
+use cloudai_core::store::TaskFilter;
+use cloudai_core::transport::Registration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, to_status};
+use crate::proto::{self, master_server};
+
+/// How much output `StreamLogs` reads per poll.
+const LOG_WINDOW: usize = 1 << 20;
+
+/// Serves [`Master`] over gRPC.
+#[derive(Debug, Clone)]
+pub struct MasterService {
+    master: Master,
+}
+
+impl MasterService {
+    /// Wraps a master.
+    pub fn new(master: Master) -> Self {
+        MasterService { master }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn filter(statuses: &[String], worker: Option<&str>) -> Result<TaskFilter, Status> {
+    Ok(TaskFilter {
+        statuses: statuses
+            .iter()
+            .map(|s| convert::status(s))
+            .collect::<Result<_, _>>()?,
+        worker: worker.map(convert::worker_id).transpose()?,
+    })
+}
+
+#[tonic::async_trait]
+impl master_server::Master for MasterService {
+    async fn register(&self, req: Request<proto::RegisterRequest>) -> Reply<proto::RegisterReply> {
+        let r = req.into_inner();
+        let registration = Registration {
+            worker: convert::worker_id(&r.worker_id)?,
+            address: r.address,
+            capacity: convert::resources(r.capacity, "capacity")?,
+            running: r
+                .running
+                .into_iter()
+                .map(|x| convert::run(Some(x)))
+                .collect::<Result<_, _>>()?,
+        };
+        let reply = self
+            .master
+            .register(registration)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::RegisterReply {
+            stop: reply.stop.into_iter().map(Into::into).collect(),
+            heartbeat_interval_ms: u64::try_from(reply.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            master_id: reply.master_id,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> Reply<proto::HeartbeatReply> {
+        let r = req.into_inner();
+        let worker = convert::worker_id(&r.worker_id)?;
+        let reply = self
+            .master
+            .heartbeat(&worker, convert::telemetry(r.telemetry))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::HeartbeatReply {
+            register_again: reply.register_again,
+        }))
+    }
+
+    async fn report(&self, req: Request<proto::TaskResult>) -> Reply<proto::Empty> {
+        let result = convert::result(req.into_inner())?;
+        self.master.report(result).await.map_err(to_status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn submit(&self, req: Request<proto::SubmitRequest>) -> Reply<proto::SubmitReply> {
+        let spec = convert::spec(req.into_inner().spec)?;
+        let id = self.master.submit(spec).await.map_err(to_status)?;
+        Ok(Response::new(proto::SubmitReply { task_id: id.into() }))
+    }
+
+    async fn cancel(&self, req: Request<proto::CancelRequest>) -> Reply<proto::CancelOutcome> {
+        let r = req.into_inner();
+        let id = convert::task_id(&r.task_id)?;
+        let outcome = self.master.cancel(&id, r.force).await.map_err(to_status)?;
+        Ok(Response::new((id, outcome).into()))
+    }
+
+    async fn cancel_many(
+        &self,
+        req: Request<proto::CancelManyRequest>,
+    ) -> Reply<proto::CancelManyReply> {
+        let r = req.into_inner();
+        let f = filter(&r.statuses, r.worker.as_deref())?;
+        let done = self
+            .master
+            .cancel_all(&f, r.force)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::CancelManyReply {
+            cancelled: done.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<proto::ListTasksRequest>,
+    ) -> Reply<proto::ListTasksReply> {
+        let r = req.into_inner();
+        let tasks = self
+            .master
+            .tasks(&filter(&r.statuses, r.worker.as_deref())?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ListTasksReply {
+            tasks: tasks.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get_task(&self, req: Request<proto::TaskRef>) -> Reply<proto::TaskView> {
+        let id = convert::task_id(&req.into_inner().task_id)?;
+        Ok(Response::new(
+            self.master.task(&id).await.map_err(to_status)?.into(),
+        ))
+    }
+
+    async fn list_workers(&self, _req: Request<proto::Empty>) -> Reply<proto::ListWorkersReply> {
+        let workers = self.master.workers().into_iter().map(Into::into).collect();
+        Ok(Response::new(proto::ListWorkersReply { workers }))
+    }
+
+    async fn pre_register(&self, req: Request<proto::PreRegisterRequest>) -> Reply<proto::Empty> {
+        let r = req.into_inner();
+        self.master
+            .pre_register(convert::worker_id(&r.worker_id)?, r.address)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn reconcile(&self, _req: Request<proto::Empty>) -> Reply<proto::ReconcileReply> {
+        let r = self.master.reconcile().await.map_err(to_status)?;
+        Ok(Response::new(proto::ReconcileReply {
+            corrections: r
+                .corrections
+                .into_iter()
+                .map(|c| proto::Correction {
+                    worker: c.worker.into(),
+                    before: Some(c.before.into()),
+                    after: Some(c.after.into()),
+                    added: c.added.into_iter().map(String::from).collect(),
+                    removed: c.removed.into_iter().map(String::from).collect(),
+                })
+                .collect(),
+            unknown_workers: r
+                .unknown_workers
+                .into_iter()
+                .map(|(t, w)| format!("{t}@{w}"))
+                .collect(),
+            overcommitted: r.overcommitted.into_iter().map(String::from).collect(),
+        }))
+    }
+
+    async fn reconnect(&self, _req: Request<proto::Empty>) -> Reply<proto::Empty> {
+        self.master.reconnect_now();
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    type StreamLogsStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
+
+    async fn stream_logs(&self, req: Request<proto::TaskRef>) -> Reply<Self::StreamLogsStream> {
+        let id = convert::task_id(&req.into_inner().task_id)?;
+        self.master.task(&id).await.map_err(to_status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let master = self.master.clone();
+        tokio::spawn(async move {
+            let mut sent = String::new();
+            loop {
+                let status = match master.task(&id).await {
+                    Ok(v) => v.task.status,
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                };
+                let text = match master.logs(&id, LOG_WINDOW).await {
+                    Ok(Some(logs)) => new_output(&mut sent, logs.text),
+                    Ok(None) | Err(_) => String::new(),
+                };
+                let chunk = proto::LogChunk {
+                    text,
+                    status: status.to_string(),
+                };
+                if tx.send(Ok(chunk)).await.is_err() || status.is_terminal() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// The part of `now` not sent yet (all of it if the window moved past
+/// what was sent).
+fn new_output(sent: &mut String, now: String) -> String {
+    let fresh = match now.strip_prefix(sent.as_str()) {
+        Some(rest) => rest.to_string(),
+        None => now.clone(),
+    };
+    *sent = now;
+    fresh
+}

@@ -1,0 +1,95 @@
+//! The worker's gRPC service: a thin shell over [`Worker`]. Orders are
+//! obeyed only from the master the worker registered with.
+
+use std::time::Duration;
+
+use cloudai_core::transport::MasterInfo;
+use cloudai_core::worker::Worker;
+use tonic::{Request, Response, Status};
+
+use crate::auth::MASTER_HEADER;
+use crate::convert::{self, to_status};
+use crate::proto::{self, worker_server};
+
+/// Serves [`Worker`] over gRPC.
+#[derive(Debug, Clone)]
+pub struct WorkerService {
+    worker: Worker,
+}
+
+impl WorkerService {
+    /// Wraps a worker agent.
+    pub fn new(worker: Worker) -> Self {
+        WorkerService { worker }
+    }
+
+    /// Refuses calls from any master but the one this worker registered with.
+    fn from_my_master<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(mine) = self.worker.master_id() else {
+            return Ok(());
+        };
+        let caller = req
+            .metadata()
+            .get(MASTER_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if caller == Some(mine.as_str()) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "worker {} is registered with master {mine}, not {}",
+                self.worker.id(),
+                caller.unwrap_or("(unnamed)")
+            )))
+        }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl worker_server::Worker for WorkerService {
+    async fn master_register(
+        &self,
+        req: Request<proto::MasterRegisterRequest>,
+    ) -> Reply<proto::Empty> {
+        self.from_my_master(&req)?;
+        let r = req.into_inner();
+        self.worker.master_register(&MasterInfo {
+            id: r.master_id,
+            address: r.address,
+        });
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn assign(&self, req: Request<proto::AssignRequest>) -> Reply<proto::Empty> {
+        self.from_my_master(&req)?;
+        let r = req.into_inner();
+        let run = convert::run(r.run)?;
+        let spec = convert::spec(r.spec)?;
+        self.worker.assign(run, spec).await.map_err(to_status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn cancel(&self, req: Request<proto::StopRequest>) -> Reply<proto::Empty> {
+        self.from_my_master(&req)?;
+        let r = req.into_inner();
+        let run = convert::run(r.run)?;
+        self.worker
+            .cancel(&run, Duration::from_millis(r.grace_ms))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn logs(&self, req: Request<proto::LogsRequest>) -> Reply<proto::LogsReply> {
+        self.from_my_master(&req)?;
+        let r = req.into_inner();
+        let run = convert::run(r.run)?;
+        let max = usize::try_from(r.max_bytes).unwrap_or(usize::MAX);
+        let logs = self.worker.logs(&run, max).await.map_err(to_status)?;
+        Ok(Response::new(proto::LogsReply {
+            text: logs.text,
+            truncated: logs.truncated,
+        }))
+    }
+}
