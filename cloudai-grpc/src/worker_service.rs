@@ -24,7 +24,10 @@ impl WorkerService {
     }
 
     /// Refuses calls from any master but the one this worker registered with.
-    fn from_my_master<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Until the first registration reply arrives the worker knows no master
+    /// and accepts any caller holding the token (the master may assign work
+    /// while its reply is still in flight).
+    fn check_master<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let Some(mine) = self.worker.master_id() else {
             return Ok(());
         };
@@ -52,7 +55,7 @@ impl worker_server::Worker for WorkerService {
         &self,
         req: Request<proto::MasterRegisterRequest>,
     ) -> Reply<proto::Empty> {
-        self.from_my_master(&req)?;
+        self.check_master(&req)?;
         let r = req.into_inner();
         self.worker.master_register(&MasterInfo {
             id: r.master_id,
@@ -62,7 +65,7 @@ impl worker_server::Worker for WorkerService {
     }
 
     async fn assign(&self, req: Request<proto::AssignRequest>) -> Reply<proto::Empty> {
-        self.from_my_master(&req)?;
+        self.check_master(&req)?;
         let r = req.into_inner();
         let run = convert::run(r.run)?;
         let spec = convert::spec(r.spec)?;
@@ -71,7 +74,7 @@ impl worker_server::Worker for WorkerService {
     }
 
     async fn cancel(&self, req: Request<proto::StopRequest>) -> Reply<proto::Empty> {
-        self.from_my_master(&req)?;
+        self.check_master(&req)?;
         let r = req.into_inner();
         let run = convert::run(r.run)?;
         self.worker
@@ -82,7 +85,7 @@ impl worker_server::Worker for WorkerService {
     }
 
     async fn logs(&self, req: Request<proto::LogsRequest>) -> Reply<proto::LogsReply> {
-        self.from_my_master(&req)?;
+        self.check_master(&req)?;
         let r = req.into_inner();
         let run = convert::run(r.run)?;
         let max = usize::try_from(r.max_bytes).unwrap_or(usize::MAX);

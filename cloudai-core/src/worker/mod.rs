@@ -137,7 +137,7 @@ pub struct ShutdownSummary {
     pub reported: usize,
     /// Reports that did not get through in time.
     pub unreported: usize,
-    /// Containers stopped and removed.
+    /// Runs stopped and removed before the bound.
     pub stopped: usize,
 }
 
@@ -552,17 +552,29 @@ impl Worker {
             let _ = bounded.await;
             acked
         };
+        // Stop every container, including runs still starting (their
+        // supervisor stops them as soon as they start), and wait, bounded,
+        // until every supervisor has removed its run.
         let stop_all = async {
-            let mut stopped = 0;
-            for (_, container) in &runs {
-                if let Some(c) = container {
-                    let _ = self.inner.runtime.stop(c, cfg.shutdown_grace).await;
-                    if self.inner.runtime.remove(c).await.is_ok() {
-                        stopped += 1;
+            let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout + cfg.shutdown_grace;
+            let mut stopping = BTreeSet::new();
+            let mut set = JoinSet::new();
+            loop {
+                let left: Vec<(RunningTask, Option<ContainerId>)> = locked(&self.inner.runs)
+                    .iter()
+                    .map(|(r, s)| (r.clone(), s.container.clone()))
+                    .collect();
+                if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                    break runs.len() - left.len();
+                }
+                for (run, container) in left {
+                    if let Some(c) = container.filter(|_| stopping.insert(run.clone())) {
+                        let (rt, grace) = (self.inner.runtime.clone(), cfg.shutdown_grace);
+                        set.spawn(async move { rt.stop(&c, grace).await });
                     }
                 }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            stopped
         };
         let (reported, stopped) = tokio::join!(report_all, stop_all);
         let summary = ShutdownSummary {

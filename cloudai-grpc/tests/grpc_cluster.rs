@@ -1,0 +1,365 @@
+//! The service-level scenarios over real gRPC on 127.0.0.1 (ports chosen by
+//! the OS): a real master on the memory store and real workers running
+//! local processes, talking through the tonic clients with token auth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudai_core::clock::Clock;
+use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
+use cloudai_core::memory::MemoryStore;
+use cloudai_core::model::{Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::process::ProcessRuntime;
+use cloudai_core::store::TaskFilter;
+use cloudai_core::transport::{MasterToWorker, RunningTask, WorkerEndpoint};
+use cloudai_core::worker::{Worker, WorkerConfig, SHUTDOWN_MESSAGE};
+use cloudai_core::Error;
+use cloudai_grpc::{serve_master, serve_worker, MasterClient, Security, Token, WorkerClients};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const TOKEN: &str = "test-token-123";
+
+fn secure() -> Security {
+    Security {
+        token: Some(Token::new(TOKEN).unwrap()),
+        tls: None,
+    }
+}
+
+struct Cluster {
+    master: Master,
+    address: String,
+    stop: watch::Sender<bool>,
+}
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap().to_string();
+    (l, a)
+}
+
+fn until_stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+async fn start_master() -> Cluster {
+    let (l, address) = listener().await;
+    let store = Arc::new(MemoryStore::new());
+    let config = MasterConfig {
+        advertise_address: address.clone(),
+        ..MasterConfig::default()
+    };
+    let transport = Arc::new(WorkerClients::new(config.id.clone(), secure()));
+    let master = Master::start(config, store.clone(), store, transport, Clock::system())
+        .await
+        .unwrap();
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(serve_master(master.clone(), l, secure(), until_stopped(rx)));
+    Cluster {
+        master,
+        address,
+        stop,
+    }
+}
+
+struct RunningWorker {
+    worker: Worker,
+    address: String,
+    stop: watch::Sender<bool>,
+}
+
+async fn start_worker(c: &Cluster, id: &str, cpu: f64) -> RunningWorker {
+    let (l, address) = listener().await;
+    let capacity = Resources::new(cpu, 4.0, 10.0, 0).unwrap();
+    let config = WorkerConfig::new(WorkerId::new(id).unwrap(), address.clone(), capacity);
+    let link = Arc::new(MasterClient::new(&c.address, secure()).unwrap());
+    let worker = Worker::new(
+        config,
+        Arc::new(ProcessRuntime::new()),
+        link,
+        Clock::system(),
+    );
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(serve_worker(
+        worker.clone(),
+        l,
+        secure(),
+        until_stopped(rx.clone()),
+    ));
+    let w = worker.clone();
+    tokio::spawn(async move { w.run(rx).await });
+    let rw = RunningWorker {
+        worker,
+        address,
+        stop,
+    };
+    until(Duration::from_secs(10), "worker registered", || async {
+        c.master
+            .workers()
+            .iter()
+            .any(|w| w.id.as_str() == id && w.registered)
+    })
+    .await;
+    rw
+}
+
+async fn until<F, Fut>(limit: Duration, what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sh(script: &str) -> TaskSpec {
+    TaskSpec::new(
+        "busybox",
+        vec!["sh".into(), "-c".into(), script.into()],
+        Resources::new(1.0, 0.5, 0.0, 0).unwrap(),
+    )
+}
+
+fn client(c: &Cluster) -> MasterClient {
+    MasterClient::new(&c.address, secure()).unwrap()
+}
+
+async fn wait_status(cl: &MasterClient, t: &TaskId, want: TaskStatus) {
+    until(
+        Duration::from_secs(15),
+        &format!("{t} reaches {want}"),
+        || async { cl.task(t).await.unwrap().task.status == want },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_to_completion_with_its_logs() {
+    let c = start_master().await;
+    let _w = start_worker(&c, "w1", 2.0).await;
+    let cl = client(&c);
+    let t = cl
+        .submit(sh("echo hello from $0; echo oops >&2"))
+        .await
+        .unwrap();
+    wait_status(&cl, &t, TaskStatus::Completed).await;
+    let view = cl.task(&t).await.unwrap();
+    let result = view.result.expect("result stored");
+    assert_eq!(result.exit_code, Some(0));
+    assert!(
+        result.logs.contains("hello from sh") && result.logs.contains("oops"),
+        "{:?}",
+        result.logs
+    );
+    let workers = cl.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].health, "active");
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_process_and_frees_resources_at_once() {
+    let c = start_master().await;
+    let w = start_worker(&c, "w1", 2.0).await;
+    let cl = client(&c);
+    let t = cl.submit(sh("echo $$; exec sleep 300")).await.unwrap();
+    wait_status(&cl, &t, TaskStatus::Running).await;
+    until(Duration::from_secs(5), "process started", || async {
+        !w.worker.running().is_empty()
+    })
+    .await;
+    let out = cl.cancel(&t, false).await.unwrap();
+    assert_eq!(
+        out,
+        CancelOutcome::Stopped {
+            worker: WorkerId::new("w1").unwrap()
+        }
+    );
+    assert_eq!(
+        cl.task(&t).await.unwrap().task.status,
+        TaskStatus::Cancelled
+    );
+    assert!(
+        c.master.workers()[0].allocated.is_zero(),
+        "released at once"
+    );
+    assert!(w.worker.running().is_empty(), "stopped when cancel returns");
+    let err = cl.cancel(&t, false).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict(m) if m.contains("already cancelled")),
+        "{err:?}"
+    );
+    let err = cl
+        .cancel(&TaskId::new("task-999999").unwrap(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound { kind: "task", .. }),
+        "{err:?}"
+    );
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_shutdown_reports_three_running_tasks_failed_within_five_seconds() {
+    let c = start_master().await;
+    let w = start_worker(&c, "w1", 4.0).await;
+    let cl = client(&c);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(cl.submit(sh("sleep 300")).await.unwrap());
+    }
+    until(Duration::from_secs(10), "three runs", || async {
+        w.worker.running().len() == 3
+    })
+    .await;
+    let begin = std::time::Instant::now();
+    let summary = w.worker.shutdown().await;
+    assert!(
+        begin.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        begin.elapsed()
+    );
+    assert_eq!((summary.reported, summary.stopped), (3, 3));
+    for t in &ids {
+        let v = cl.task(t).await.unwrap();
+        assert_eq!(v.task.status, TaskStatus::Failed);
+        assert_eq!(v.result.unwrap().message.as_deref(), Some(SHUTDOWN_MESSAGE));
+    }
+    assert!(c.master.workers()[0].allocated.is_zero());
+    let _ = w.stop.send(true);
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_token_is_rejected_and_changes_nothing() {
+    let c = start_master().await;
+    for security in [
+        Security::default(),
+        Security {
+            token: Some(Token::new("wrong").unwrap()),
+            tls: None,
+        },
+    ] {
+        let bad = MasterClient::new(&c.address, security).unwrap();
+        let err = bad.submit(sh("true")).await.unwrap_err();
+        assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+        let err = bad.tasks(&TaskFilter::default()).await.unwrap_err();
+        assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+    }
+    assert!(
+        client(&c)
+            .tasks(&TaskFilter::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was submitted"
+    );
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_invalid_argument_and_no_state_change() {
+    let c = start_master().await;
+    let cl = client(&c);
+    let mut empty_image = sh("true");
+    empty_image.image = String::new();
+    let mut huge_command = sh("true");
+    huge_command.command = vec!["x".repeat(1 << 20)];
+    let mut huge_cpu = sh("true");
+    huge_cpu.resources.cpu_millis = u64::MAX;
+    let mut bad_env = sh("true");
+    bad_env.env.insert("A=B".into(), "x".into());
+    for spec in [empty_image, huge_command, huge_cpu, bad_env] {
+        let err = cl.submit(spec).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+    let err = cl.task(&TaskId::new("nope").unwrap()).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let err = cl
+        .pre_register(&WorkerId::new("w9").unwrap(), "bad address")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    assert!(cl.tasks(&TaskFilter::default()).await.unwrap().is_empty());
+    assert!(cl.workers().await.unwrap().is_empty());
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_obeys_only_its_own_master() {
+    let c = start_master().await;
+    let w = start_worker(&c, "w1", 2.0).await;
+    until(
+        Duration::from_secs(5),
+        "worker knows its master",
+        || async { w.worker.master_id().is_some() },
+    )
+    .await;
+    let stranger = WorkerClients::new("some-other-master", secure());
+    let to = WorkerEndpoint {
+        id: WorkerId::new("w1").unwrap(),
+        address: w.address.clone(),
+    };
+    let run = RunningTask {
+        task: TaskId::new("t-x").unwrap(),
+        attempt: 1,
+    };
+    let err = stranger.assign(&to, &run, &sh("true")).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+    assert!(w.worker.running().is_empty());
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_with_the_worker_unreachable_succeeds_with_stop_pending() {
+    let c = start_master().await;
+    let w = start_worker(&c, "w1", 2.0).await;
+    let cl = client(&c);
+    let t = cl.submit(sh("sleep 300")).await.unwrap();
+    until(Duration::from_secs(10), "running", || async {
+        !w.worker.running().is_empty()
+    })
+    .await;
+    let _ = w.stop.send(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = cl.cancel(&t, false).await.unwrap();
+    assert!(matches!(out, CancelOutcome::StopPending { .. }), "{out:?}");
+    assert_eq!(
+        cl.task(&t).await.unwrap().task.status,
+        TaskStatus::Cancelled
+    );
+    assert!(c.master.workers()[0].allocated.is_zero());
+    w.worker.shutdown().await;
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_streams_output_until_the_task_ends() {
+    let c = start_master().await;
+    let _w = start_worker(&c, "w1", 2.0).await;
+    let cl = client(&c);
+    let t = cl
+        .submit(sh("echo first; sleep 1; echo second"))
+        .await
+        .unwrap();
+    let mut stream = cl.stream_logs(&t).await.unwrap();
+    let mut text = String::new();
+    let mut last = String::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        text.push_str(&chunk.text);
+        last = chunk.status;
+    }
+    assert_eq!(last, "completed");
+    assert!(
+        text.contains("first") && text.contains("second"),
+        "{text:?}"
+    );
+    let _ = c.stop.send(true);
+}
