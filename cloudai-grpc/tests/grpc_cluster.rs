@@ -39,10 +39,8 @@ async fn listener() -> (TcpListener, String) {
     (l, a)
 }
 
-fn until_stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
+async fn until_stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 async fn start_master() -> Cluster {
