@@ -1,0 +1,181 @@
+//! What the example binaries share: security flags, logging, small parsers,
+//! and starting a worker (the worker binary and the master's `--dev` mode).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use cloudai_grpc::{Security, Tls, Token};
+
+/// Token and TLS flags.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// Shared cluster token; every call must carry it.
+    #[arg(long, env = "CLOUDAI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the token from this file instead.
+    #[arg(long, env = "CLOUDAI_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Run without a token (anyone who can connect is obeyed).
+    #[arg(long)]
+    pub insecure: bool,
+    /// This node's TLS certificate (PEM); enables TLS.
+    #[arg(long, env = "CLOUDAI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's TLS key (PEM).
+    #[arg(long, env = "CLOUDAI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Cluster CA (PEM): verify peers with it and require client certificates (mutual TLS).
+    #[arg(long, env = "CLOUDAI_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name expected in the peer's certificate, if not its host name.
+    #[arg(long, env = "CLOUDAI_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+}
+
+impl SecurityArgs {
+    /// The security settings; refuses to run without a token unless
+    /// `insecure` (or dev mode, which passes a generated token) says so.
+    pub fn resolve(&self, generated: Option<String>) -> Result<Security, String> {
+        let secret = match (&self.token, &self.token_file, generated) {
+            (Some(t), _, _) => Some(t.clone()),
+            (None, Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None, g) => g,
+        };
+        let token = match secret {
+            Some(s) => Some(Token::new(s)?),
+            None if self.insecure => None,
+            None => {
+                return Err("no token: pass --token, --token-file or CLOUDAI_TOKEN (or --insecure to run without auth, or --dev)".into())
+            }
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                Tls::from_files(cert, key, self.tls_ca.as_deref(), self.tls_domain.clone())
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        Ok(Security { token, tls })
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `json` for machines.
+pub fn init_logging(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Parses seconds (fractions allowed) as a duration.
+pub fn seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+        return Err(format!("{s:?} is not a valid number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// A random hex token from the OS (dev mode).
+pub fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A worker agent served over gRPC and registered with its master.
+pub struct RunningWorker {
+    /// The agent.
+    pub worker: cloudai_core::worker::Worker,
+    /// Where it listens.
+    pub address: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Serves a worker on `listener` and starts its registration/heartbeat loop.
+pub fn spawn_worker(
+    config: cloudai_core::worker::WorkerConfig,
+    runtime: std::sync::Arc<dyn cloudai_core::runtime::ContainerRuntime>,
+    master_address: &str,
+    listener: tokio::net::TcpListener,
+    security: Security,
+) -> Result<RunningWorker, String> {
+    use std::sync::Arc;
+    let link = Arc::new(
+        cloudai_grpc::MasterClient::new(master_address, security.clone())
+            .map_err(|e| e.to_string())?,
+    );
+    let address = config.advertise_address.clone();
+    let worker = cloudai_core::worker::Worker::new(
+        config,
+        runtime,
+        link,
+        cloudai_core::clock::Clock::system(),
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut server_rx = rx.clone();
+    let serve = cloudai_grpc::serve_worker(worker.clone(), listener, security, async move {
+        let _ = server_rx.wait_for(|s| *s).await;
+    });
+    let served = tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "worker server stopped");
+        }
+    });
+    let w = worker.clone();
+    let run = tokio::spawn(async move { w.run(rx).await });
+    Ok(RunningWorker {
+        worker,
+        address,
+        stop,
+        tasks: vec![served, run],
+    })
+}
+
+impl RunningWorker {
+    /// Seed 000: report running tasks as failed, stop their containers,
+    /// then stop serving.
+    pub async fn shutdown(self) -> cloudai_core::worker::ShutdownSummary {
+        let summary = self.worker.shutdown().await;
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        summary
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

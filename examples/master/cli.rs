@@ -1,0 +1,324 @@
+//! The operator commands, shared by the one-shot CLI and the `master>` REPL.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use cloudai_core::model::{Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::store::TaskFilter;
+use cloudai_core::Error;
+use cloudai_examples as common;
+use cloudai_grpc::MasterClient;
+
+use crate::output;
+
+/// What an operator can ask of a master.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Register a worker by address; the master connects to it (and retries
+    /// until it answers).
+    Register {
+        /// Worker id.
+        id: String,
+        /// Its address, host:port.
+        address: String,
+    },
+    /// Submit a task: `task [--on WORKER] [--cpu N] [--mem GB] IMAGE [-- CMD ARGS...]`.
+    Task(TaskArgs),
+    /// Submit a task and follow its output until it ends.
+    Run(TaskArgs),
+    /// List workers with live status and resources.
+    Workers,
+    /// List tasks.
+    Tasks {
+        /// Only these statuses (pending, running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Vec<String>,
+        /// Only tasks on this worker.
+        #[arg(long)]
+        worker: Option<String>,
+    },
+    /// Show one task with its result and logs.
+    Show {
+        /// Task id.
+        id: String,
+    },
+    /// Cancel tasks: by id, all on a worker, all in a status, or all.
+    Cancel {
+        /// Task ids.
+        ids: Vec<String>,
+        /// Every pending or running task on this worker.
+        #[arg(long)]
+        worker: Option<String>,
+        /// Every task in this status (pending or running).
+        #[arg(long)]
+        status: Vec<String>,
+        /// Every pending or running task.
+        #[arg(long)]
+        all: bool,
+        /// SIGKILL at once, without the grace period.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Follow a task's output until it ends.
+    Monitor {
+        /// Task id.
+        id: String,
+    },
+    /// Recompute allocations from running tasks and show the fixes.
+    #[command(alias = "fix-resources")]
+    Reconcile,
+    /// Retry every offline worker now.
+    Reconnect,
+}
+
+/// A task to submit.
+#[derive(Debug, Args)]
+pub(crate) struct TaskArgs {
+    /// Run on this worker (default: the scheduler places it).
+    #[arg(long = "on")]
+    on: Option<String>,
+    /// CPU cores.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    cpu: f64,
+    /// Memory, GB.
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    mem: f64,
+    /// Disk, GB.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    disk: f64,
+    /// GPUs.
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// Seconds between SIGTERM and SIGKILL when cancelled.
+    #[arg(long, default_value = "10", value_parser = common::seconds)]
+    grace: Duration,
+    /// Environment variable NAME=VALUE (repeatable).
+    #[arg(long = "env", value_parser = env_pair)]
+    env: Vec<(String, String)>,
+    /// Container image (the process runtime records it but runs the command).
+    image: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn env_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+impl TaskArgs {
+    fn spec(&self) -> Result<TaskSpec, Error> {
+        let resources = Resources::new(self.cpu, self.mem, self.disk, self.gpus)?;
+        let mut spec = TaskSpec::new(self.image.clone(), self.command.clone(), resources);
+        spec.env = self.env.iter().cloned().collect::<BTreeMap<_, _>>();
+        spec.cancel_grace = self.grace;
+        spec.pin = self.on.as_deref().map(WorkerId::new).transpose()?;
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+fn statuses(names: &[String]) -> Result<Vec<TaskStatus>, Error> {
+    names
+        .iter()
+        .map(|s| s.parse::<TaskStatus>().map_err(Error::from))
+        .collect()
+}
+
+/// Runs one command; prints its result; the exit code says how it went.
+pub(crate) async fn execute(client: &MasterClient, cmd: Command, json: bool) -> ExitCode {
+    match run(client, cmd, json).await {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&e.to_string());
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode, Error> {
+    match cmd {
+        Command::Register { id, address } => {
+            let id = WorkerId::new(id)?;
+            client.pre_register(&id, &address).await?;
+            output::message(
+                json,
+                &format!("worker {id} registered at {address}; connecting"),
+            );
+        }
+        Command::Task(args) => {
+            let id = client.submit(args.spec()?).await?;
+            output::submitted(json, &id);
+        }
+        Command::Run(args) => {
+            let id = client.submit(args.spec()?).await?;
+            if !json {
+                output::progress(&format!("task {id} submitted; following its output"));
+            }
+            return follow(client, &id, json).await;
+        }
+        Command::Workers => output::workers(json, &client.workers().await?),
+        Command::Tasks { status, worker } => {
+            let filter = TaskFilter {
+                statuses: statuses(&status)?,
+                worker: worker.map(WorkerId::new).transpose()?,
+            };
+            output::tasks(json, &client.tasks(&filter).await?);
+        }
+        Command::Show { id } => output::task(json, &client.task(&TaskId::new(id)?).await?),
+        Command::Cancel {
+            ids,
+            worker,
+            status,
+            all,
+            force,
+        } => {
+            let bulk = worker.is_some() || !status.is_empty() || all;
+            if ids.is_empty() == !bulk {
+                return Err(Error::Conflict(
+                    "name task ids, or one of --worker, --status, --all".into(),
+                ));
+            }
+            if !json {
+                output::progress(
+                    "cancelling (the worker gets up to the grace period to stop each task)...",
+                );
+            }
+            let done = if bulk {
+                let filter = TaskFilter {
+                    statuses: statuses(&status)?,
+                    worker: worker.map(WorkerId::new).transpose()?,
+                };
+                client.cancel_many(&filter, force).await?
+            } else {
+                let mut done = Vec::new();
+                for id in ids {
+                    let id = TaskId::new(id)?;
+                    let outcome = client.cancel(&id, force).await?;
+                    done.push((id, outcome));
+                }
+                done
+            };
+            output::cancelled(json, &done);
+        }
+        Command::Monitor { id } => return follow(client, &TaskId::new(id)?, json).await,
+        Command::Reconcile => output::reconciled(json, &client.reconcile().await?),
+        Command::Reconnect => {
+            client.reconnect().await?;
+            output::message(json, "reconnecting to every offline worker now");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams a task's output to stdout until it ends; exit 0 iff it completed.
+async fn follow(client: &MasterClient, id: &TaskId, json: bool) -> Result<ExitCode, Error> {
+    let mut stream = client.stream_logs(id).await?;
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(cloudai_grpc::convert::from_status)?
+    {
+        if !json {
+            output::raw(&chunk.text);
+        }
+    }
+    let view = client.task(id).await?;
+    if json {
+        output::task(true, &view);
+    } else {
+        output::finished(&view);
+    }
+    Ok(if view.task.status == TaskStatus::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Waits (up to 10 s) until the worker has registered, so a one-shot
+/// command in dev mode does not race the local worker.
+pub(crate) async fn wait_registered(client: &MasterClient, worker: &WorkerId) {
+    for _ in 0..200 {
+        if let Ok(ws) = client.workers().await {
+            if ws
+                .iter()
+                .any(|w| w.id == worker.as_str() && w.registered && w.health == "active")
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A line typed at the prompt.
+#[derive(Debug, Parser)]
+#[command(name = "", no_binary_name = true, disable_version_flag = true)]
+struct Line {
+    #[command(subcommand)]
+    cmd: ReplCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplCommand {
+    #[command(flatten)]
+    Op(Command),
+    /// Leave the prompt.
+    #[command(alias = "quit")]
+    Exit,
+}
+
+/// The interactive `master>` prompt, with history.
+pub(crate) async fn repl(client: &MasterClient, json: bool) -> Result<(), String> {
+    let mut editor = rustyline::DefaultEditor::new().map_err(|e| e.to_string())?;
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cloudai_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    output::progress("type `help` for commands, `exit` to leave");
+    loop {
+        let (back, line) = tokio::task::spawn_blocking(move || {
+            let line = editor.readline("master> ");
+            (editor, line)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        editor = back;
+        let line = match line {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break,
+        };
+        let Some(words) = shlex::split(&line) else {
+            output::error("unbalanced quotes");
+            continue;
+        };
+        if words.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line.as_str());
+        match Line::try_parse_from(words) {
+            Ok(Line {
+                cmd: ReplCommand::Exit,
+            }) => break,
+            Ok(Line {
+                cmd: ReplCommand::Op(cmd),
+            }) => {
+                let _ = execute(client, cmd, json).await;
+            }
+            Err(e) => {
+                let _ = e.print();
+            }
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! `cloudai-master`: a CloudAI-rs master with an operator CLI.
+//!
+//! - `cloudai-master --token T`: serve (with a `master>` prompt on a terminal);
+//! - `cloudai-master --master HOST:PORT --token T <command>`: one command
+//!   against a running master (add `--json` for scripts);
+//! - `cloudai-master --dev [<command>]`: a master and one local worker in
+//!   this process (in-memory store, process runtime, generated token), like
+//!   `nomad agent -dev`; with a command, runs it and exits.
+
+mod cli;
+mod output;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use cloudai_core::clock::Clock;
+use cloudai_core::liveness::LivenessConfig;
+use cloudai_core::master::{Master, MasterConfig};
+use cloudai_core::memory::MemoryStore;
+use cloudai_core::model::{Resources, WorkerId};
+use cloudai_core::placement::Policy;
+use cloudai_core::process::ProcessRuntime;
+use cloudai_core::worker::WorkerConfig;
+use cloudai_examples as common;
+use cloudai_grpc::{MasterClient, Security, WorkerClients};
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// CloudAI-rs master: schedules container tasks across workers.
+#[derive(Debug, Parser)]
+#[command(name = "cloudai-master", version)]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Talk to the running master at this address instead of starting one.
+    #[arg(long, env = "CLOUDAI_MASTER")]
+    master: Option<String>,
+    /// Print command results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log as JSON.
+    #[arg(long)]
+    log_json: bool,
+    #[command(flatten)]
+    security: common::SecurityArgs,
+    #[command(subcommand)]
+    command: Option<cli::Command>,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Run a master and one local worker in this process (in-memory store,
+    /// process runtime, generated token).
+    #[arg(long)]
+    dev: bool,
+    /// Address to listen on [default: 127.0.0.1:50051; --dev: a free port].
+    #[arg(long, env = "CLOUDAI_LISTEN")]
+    listen: Option<String>,
+    /// Address workers use to reach the master (default: the listen address).
+    #[arg(long, env = "CLOUDAI_ADVERTISE")]
+    advertise: Option<String>,
+    /// The master's id; workers obey only the master they registered with.
+    #[arg(long, env = "CLOUDAI_MASTER_ID", default_value = "master")]
+    id: String,
+    /// Task and worker store: `memory`.
+    #[arg(long, env = "CLOUDAI_STORE", default_value = "memory")]
+    store: String,
+    /// Placement policy: round-robin, least-loaded, bin-pack, resource-aware.
+    #[arg(long, env = "CLOUDAI_SCHEDULER", default_value = "resource-aware")]
+    scheduler: Policy,
+    /// Seconds without a heartbeat before a worker is inactive.
+    #[arg(long, default_value = "30", value_parser = common::seconds)]
+    heartbeat_timeout: Duration,
+    /// Seconds without a heartbeat before a worker is lost and its tasks fail.
+    #[arg(long, default_value = "120", value_parser = common::seconds)]
+    lost_after: Duration,
+    /// Heartbeat interval workers are told to use, seconds.
+    #[arg(long, default_value = "5", value_parser = common::seconds)]
+    heartbeat_interval: Duration,
+    /// Periodic reconciliation interval, seconds (0: off).
+    #[arg(long, default_value = "300", value_parser = common::seconds)]
+    reconcile_interval: Duration,
+    /// Deadline for a worker to confirm a cancel, seconds.
+    #[arg(long, default_value = "30", value_parser = common::seconds)]
+    cancel_timeout: Duration,
+    /// Deadline for a worker to accept a task, seconds.
+    #[arg(long, default_value = "10", value_parser = common::seconds)]
+    assign_timeout: Duration,
+    /// Deadline for one reconnection attempt, seconds.
+    #[arg(long, default_value = "3", value_parser = common::seconds)]
+    reconnect_timeout: Duration,
+}
+
+impl ServerArgs {
+    fn config(&self, advertise: String) -> Result<MasterConfig, String> {
+        if self.lost_after <= self.heartbeat_timeout {
+            return Err("--lost-after must be longer than --heartbeat-timeout".into());
+        }
+        Ok(MasterConfig {
+            id: self.id.clone(),
+            advertise_address: advertise,
+            liveness: LivenessConfig {
+                timeout: self.heartbeat_timeout,
+                lost_after: self.lost_after,
+            },
+            heartbeat_interval: self.heartbeat_interval,
+            reconcile_interval: Some(self.reconcile_interval).filter(|d| !d.is_zero()),
+            cancel_timeout: self.cancel_timeout,
+            assign_timeout: self.assign_timeout,
+            reconnect_timeout: self.reconnect_timeout,
+            policy: self.scheduler,
+            ..MasterConfig::default()
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let quiet = cli.command.is_some() || cli.master.is_some();
+    common::init_logging(cli.log_json, if quiet { "warn" } else { "info" });
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&e);
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
+    if let Some(address) = &cli.master {
+        let security = cli.security.resolve(None)?;
+        let client = MasterClient::new(address, security).map_err(|e| e.to_string())?;
+        return match cli.command {
+            Some(cmd) => Ok(cli::execute(&client, cmd, cli.json).await),
+            None => cli::repl(&client, cli.json)
+                .await
+                .map(|_| std::process::ExitCode::SUCCESS),
+        };
+    }
+    let dev = cli.server.dev;
+    let generated = dev.then(common::random_token);
+    let security = cli.security.resolve(generated)?;
+    if !dev && cli.command.is_some() {
+        return Err("commands need --master HOST:PORT (a running master) or --dev".into());
+    }
+    let listen = cli.server.listen.clone().unwrap_or_else(|| {
+        if dev {
+            "127.0.0.1:0"
+        } else {
+            "127.0.0.1:50051"
+        }
+        .into()
+    });
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let advertise = cli
+        .server
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.clone());
+    let config = cli.server.config(advertise)?;
+    if cli.server.store != "memory" {
+        return Err(format!(
+            "unknown store {:?}: this build supports `memory`",
+            cli.server.store
+        ));
+    }
+    let store = Arc::new(MemoryStore::new());
+    let transport = Arc::new(WorkerClients::new(config.id.clone(), security.clone()));
+    let master = Master::start(config, store.clone(), store, transport, Clock::system())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(cloudai_grpc::serve_master(
+        master.clone(),
+        listener,
+        security.clone(),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    info!(address = %bound, "master listening");
+    let worker = if dev {
+        Some(dev_worker(&bound, &security).await?)
+    } else {
+        None
+    };
+    if dev {
+        let token = security
+            .token
+            .as_ref()
+            .map(|t| t.header())
+            .unwrap_or_default();
+        info!(master = %bound, token = %token.trim_start_matches("Bearer "), "dev cluster up: one master, one local worker");
+    }
+    let client = MasterClient::new(&bound, security).map_err(|e| e.to_string())?;
+    let code = match cli.command {
+        Some(cmd) => {
+            if let Some(w) = &worker {
+                cli::wait_registered(&client, w.worker.id()).await;
+            }
+            cli::execute(&client, cmd, cli.json).await
+        }
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            cli::repl(&client, cli.json).await?;
+            std::process::ExitCode::SUCCESS
+        }
+        None => {
+            common::terminated().await;
+            std::process::ExitCode::SUCCESS
+        }
+    };
+    if let Some(w) = worker {
+        w.shutdown().await;
+    }
+    let _ = stop.send(true);
+    let _ = server.await;
+    master.shutdown().await;
+    Ok(code)
+}
+
+/// The dev cluster's worker: this machine's cores and memory, local processes.
+async fn dev_worker(master: &str, security: &Security) -> Result<common::RunningWorker, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0);
+    let capacity = Resources::new(cores, 4.0, 10.0, 0).map_err(|e| e.to_string())?;
+    let config = WorkerConfig::new(
+        WorkerId::new("dev-worker").map_err(|e| e.to_string())?,
+        address,
+        capacity,
+    );
+    common::spawn_worker(
+        config,
+        Arc::new(ProcessRuntime::new()),
+        master,
+        listener,
+        security.clone(),
+    )
+}

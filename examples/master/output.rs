@@ -1,0 +1,311 @@
+//! What the CLI prints: tables for people, JSON for scripts (`--json`).
+//! This is the only place in the project that prints for people.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write;
+
+use cloudai_core::master::{CancelOutcome, TaskView};
+use cloudai_core::model::{TaskId, TaskRecord, Timestamp};
+use cloudai_grpc::proto;
+use serde::Serialize;
+
+fn json_line<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+}
+
+fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+fn ago(t: Timestamp) -> String {
+    let s = now().saturating_since(t).as_secs();
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+/// An error, on stderr.
+pub(crate) fn error(msg: &str) {
+    eprintln!("error: {msg}");
+}
+
+/// A progress note for a long wait, on stderr.
+pub(crate) fn progress(msg: &str) {
+    eprintln!("{msg}");
+}
+
+/// Task output as it streams.
+pub(crate) fn raw(text: &str) {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+}
+
+/// A one-line confirmation.
+pub(crate) fn message(json: bool, msg: &str) {
+    if json {
+        json_line(&serde_json::json!({ "ok": true, "message": msg }));
+    } else {
+        println!("{msg}");
+    }
+}
+
+pub(crate) fn submitted(json: bool, id: &TaskId) {
+    if json {
+        json_line(&serde_json::json!({ "task_id": id }));
+    } else {
+        println!("task {id} submitted");
+    }
+}
+
+fn res(r: &Option<proto::Resources>) -> (f64, f64, u32) {
+    r.as_ref()
+        .map(|r| {
+            (
+                r.cpu_millis as f64 / 1000.0,
+                r.memory_mb as f64 / 1000.0,
+                r.gpus,
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct WorkerRow<'a> {
+    id: &'a str,
+    health: &'a str,
+    registered: bool,
+    address: Option<&'a str>,
+    cpu_allocated: f64,
+    cpu_capacity: f64,
+    memory_allocated_gb: f64,
+    memory_capacity_gb: f64,
+    gpus_allocated: u32,
+    gpus_capacity: u32,
+    tasks: &'a [String],
+    last_heartbeat_ms: Option<u64>,
+}
+
+pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
+    if json {
+        let rows: Vec<WorkerRow<'_>> = ws
+            .iter()
+            .map(|w| {
+                let (ca, ma, ga) = res(&w.allocated);
+                let (cc, mc, gc) = res(&w.capacity);
+                WorkerRow {
+                    id: &w.id,
+                    health: &w.health,
+                    registered: w.registered,
+                    address: w.address.as_deref(),
+                    cpu_allocated: ca,
+                    cpu_capacity: cc,
+                    memory_allocated_gb: ma,
+                    memory_capacity_gb: mc,
+                    gpus_allocated: ga,
+                    gpus_capacity: gc,
+                    tasks: &w.tasks,
+                    last_heartbeat_ms: w.last_heartbeat,
+                }
+            })
+            .collect();
+        return json_line(&rows);
+    }
+    if ws.is_empty() {
+        println!("no workers registered");
+        return;
+    }
+    println!(
+        "{:<2} {:<16} {:<9} {:<22} {:>11} {:>13} {:>7} {:>5}  LAST HEARTBEAT",
+        "", "WORKER", "STATUS", "ADDRESS", "CPU", "MEM GB", "GPU", "TASKS"
+    );
+    for w in ws {
+        let marker = match w.health.as_str() {
+            "active" => "●",
+            "lost" => "✗",
+            _ => "○",
+        };
+        let (ca, ma, ga) = res(&w.allocated);
+        let (cc, mc, gc) = res(&w.capacity);
+        println!(
+            "{marker:<2} {:<16} {:<9} {:<22} {:>11} {:>13} {:>7} {:>5}  {}",
+            w.id,
+            w.health,
+            w.address.as_deref().unwrap_or("-"),
+            format!("{ca}/{cc}"),
+            format!("{ma}/{mc}"),
+            format!("{ga}/{gc}"),
+            w.tasks.len(),
+            w.last_heartbeat
+                .map(|t| ago(Timestamp::from_millis(t)))
+                .unwrap_or_else(|| "never".into()),
+        );
+    }
+}
+
+pub(crate) fn tasks(json: bool, ts: &[TaskRecord]) {
+    if json {
+        return json_line(&ts);
+    }
+    if ts.is_empty() {
+        println!("no tasks");
+        return;
+    }
+    println!(
+        "{:<28} {:<10} {:<14} {:<18} {:>5} {:>6} {:<9} REASON",
+        "TASK", "STATUS", "WORKER", "IMAGE", "CPU", "MEM", "AGE"
+    );
+    for t in ts {
+        println!(
+            "{:<28} {:<10} {:<14} {:<18} {:>5} {:>6} {:<9} {}",
+            t.id,
+            t.status,
+            t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-"),
+            t.spec.image,
+            t.spec.resources.cpu_cores(),
+            t.spec.resources.memory_gb(),
+            ago(t.created_at),
+            t.reason.as_deref().unwrap_or(""),
+        );
+    }
+}
+
+pub(crate) fn task(json: bool, v: &TaskView) {
+    if json {
+        return json_line(
+            &serde_json::json!({ "task": v.task, "result": v.result, "waiting": v.waiting }),
+        );
+    }
+    let t = &v.task;
+    println!("task      {}", t.id);
+    println!("status    {}", t.status);
+    println!("image     {}", t.spec.image);
+    println!(
+        "command   {}",
+        shlex::try_join(t.spec.command.iter().map(String::as_str)).unwrap_or_default()
+    );
+    println!("resources {}", t.spec.resources);
+    println!(
+        "worker    {} (attempt {})",
+        t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-"),
+        t.attempt
+    );
+    if let Some(r) = &t.reason {
+        println!("reason    {r}");
+    }
+    if let Some(w) = &v.waiting {
+        println!("waiting   {w}");
+    }
+    if let Some(r) = &v.result {
+        println!(
+            "exit code {}",
+            r.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+        if let Some(m) = &r.message {
+            println!("message   {m}");
+        }
+        println!(
+            "--- logs{} ---",
+            if r.logs_truncated {
+                " (truncated: the end is kept)"
+            } else {
+                ""
+            }
+        );
+        print!("{}", r.logs);
+        if !r.logs.ends_with('\n') && !r.logs.is_empty() {
+            println!();
+        }
+    }
+}
+
+pub(crate) fn finished(v: &TaskView) {
+    let code = v
+        .result
+        .as_ref()
+        .and_then(|r| r.exit_code)
+        .map(|c| format!(", exit code {c}"))
+        .unwrap_or_default();
+    let why = v
+        .task
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    eprintln!("task {} {}{code}{why}", v.task.id, v.task.status);
+}
+
+pub(crate) fn cancelled(json: bool, done: &[(TaskId, CancelOutcome)]) {
+    if json {
+        let rows: Vec<_> = done
+            .iter()
+            .map(|(id, o)| match o {
+                CancelOutcome::Dequeued => serde_json::json!({ "task_id": id, "outcome": "dequeued" }),
+                CancelOutcome::Stopped { worker } => serde_json::json!({ "task_id": id, "outcome": "stopped", "worker": worker }),
+                CancelOutcome::StopPending { worker, error } => {
+                    serde_json::json!({ "task_id": id, "outcome": "stop_pending", "worker": worker, "error": error })
+                }
+            })
+            .collect();
+        return json_line(&rows);
+    }
+    if done.is_empty() {
+        println!("nothing to cancel");
+    }
+    for (id, o) in done {
+        match o {
+            CancelOutcome::Dequeued => println!("task {id} cancelled (it had not started)"),
+            CancelOutcome::Stopped { worker } => {
+                println!("task {id} cancelled; stopped on {worker}")
+            }
+            CancelOutcome::StopPending { worker, error } => {
+                println!("task {id} cancelled; {worker} unreachable ({error}), it will be stopped when the worker is back")
+            }
+        }
+    }
+}
+
+pub(crate) fn reconciled(json: bool, r: &proto::ReconcileReply) {
+    if json {
+        let fixes: Vec<_> = r
+            .corrections
+            .iter()
+            .map(|c| serde_json::json!({ "worker": c.worker, "cpu_before": res(&c.before).0, "cpu_after": res(&c.after).0, "added": c.added, "removed": c.removed }))
+            .collect();
+        return json_line(
+            &serde_json::json!({ "corrections": fixes, "unknown_workers": r.unknown_workers, "overcommitted": r.overcommitted }),
+        );
+    }
+    if r.corrections.is_empty() && r.unknown_workers.is_empty() {
+        println!("allocations match running tasks; nothing to fix");
+    }
+    for c in &r.corrections {
+        let (b, a) = (res(&c.before), res(&c.after));
+        println!(
+            "fixed {}: CPU {}→{}, memory {}→{} GB (+{} -{} tasks)",
+            c.worker,
+            b.0,
+            a.0,
+            b.1,
+            a.1,
+            c.added.len(),
+            c.removed.len()
+        );
+    }
+    for u in &r.unknown_workers {
+        println!("running task on an unknown worker: {u}");
+    }
+    for w in &r.overcommitted {
+        println!("overcommitted: {w} runs more than its capacity");
+    }
+}

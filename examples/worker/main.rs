@@ -1,0 +1,168 @@
+//! `cloudai-worker`: a CloudAI-rs worker. Registers with a master, runs the
+//! tasks it is given, and on SIGINT/SIGTERM reports its running tasks as
+//! failed and stops them before exiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use cloudai_core::model::{Resources, WorkerId};
+use cloudai_core::process::ProcessRuntime;
+use cloudai_core::worker::WorkerConfig;
+use cloudai_examples as common;
+use tracing::info;
+
+/// Runs CloudAI-rs tasks for a master.
+#[derive(Debug, Parser)]
+#[command(name = "cloudai-worker", version)]
+struct Cli {
+    /// The master's address (host:port).
+    #[arg(long, env = "CLOUDAI_MASTER", default_value = "127.0.0.1:50051")]
+    master: String,
+    /// Address to listen on for the master's calls.
+    #[arg(long, env = "CLOUDAI_WORKER_LISTEN", default_value = "127.0.0.1:50052")]
+    listen: String,
+    /// Address the master should use to reach this worker (default: the listen address).
+    #[arg(long, env = "CLOUDAI_WORKER_ADVERTISE")]
+    advertise: Option<String>,
+    /// This worker's id (default: the host name).
+    #[arg(long, env = "CLOUDAI_WORKER_ID")]
+    id: Option<String>,
+    /// How tasks run: `process` (local processes).
+    #[arg(long, env = "CLOUDAI_RUNTIME", default_value = "process")]
+    runtime: String,
+    /// CPU cores offered (default: detected).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Memory offered, GB (default: detected).
+    #[arg(long)]
+    mem: Option<f64>,
+    /// Disk offered, GB (default: 100).
+    #[arg(long, default_value_t = 100.0)]
+    disk: f64,
+    /// GPUs offered (default: `nvidia-smi -L` count, else 0).
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Heartbeat interval until the master names one, seconds.
+    #[arg(long, default_value = "5", value_parser = common::seconds)]
+    heartbeat_interval: Duration,
+    /// Longest cancel grace honoured, seconds.
+    #[arg(long, default_value = "30", value_parser = common::seconds)]
+    max_grace: Duration,
+    /// Bound on reporting running tasks at shutdown, seconds.
+    #[arg(long, default_value = "5", value_parser = common::seconds)]
+    shutdown_timeout: Duration,
+    /// Log as JSON.
+    #[arg(long)]
+    log_json: bool,
+    #[command(flatten)]
+    security: common::SecurityArgs,
+}
+
+fn detected_cores() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0)
+}
+
+fn detected_memory_gb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|kb| (kb / 1e6 * 10.0).floor() / 10.0)
+        .unwrap_or(1.0)
+}
+
+fn detected_gpus() -> u32 {
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count() as u32
+        })
+        .unwrap_or(0)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    common::init_logging(cli.log_json, "info");
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let security = cli.security.resolve(None)?;
+    if cli.runtime != "process" {
+        return Err(format!(
+            "unknown runtime {:?}: this build supports `process`",
+            cli.runtime
+        ));
+    }
+    let id = WorkerId::new(cli.id.clone().unwrap_or_else(host_name)).map_err(|e| e.to_string())?;
+    let capacity = Resources::new(
+        cli.cpu.unwrap_or_else(detected_cores),
+        cli.mem.unwrap_or_else(detected_memory_gb),
+        cli.disk,
+        cli.gpus.unwrap_or_else(detected_gpus),
+    )
+    .map_err(|e| format!("capacity: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&cli.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let mut config = WorkerConfig::new(
+        id.clone(),
+        cli.advertise.clone().unwrap_or(bound.clone()),
+        capacity,
+    );
+    config.heartbeat_interval = cli.heartbeat_interval;
+    config.max_grace = cli.max_grace;
+    config.shutdown_timeout = cli.shutdown_timeout;
+    info!(worker = %id, listen = %bound, master = %cli.master, %capacity, runtime = %cli.runtime, "worker starting");
+    let worker = common::spawn_worker(
+        config,
+        Arc::new(ProcessRuntime::new()),
+        &cli.master,
+        listener,
+        security,
+    )?;
+    common::terminated().await;
+    info!("signal received; shutting down");
+    let summary = worker.shutdown().await;
+    info!(
+        reported = summary.reported,
+        unreported = summary.unreported,
+        stopped = summary.stopped,
+        "worker stopped"
+    );
+    Ok(())
+}
