@@ -178,7 +178,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             force,
         } => {
             let bulk = worker.is_some() || !status.is_empty() || all;
-            if ids.is_empty() == !bulk {
+            if ids.is_empty() != bulk {
                 return Err(Error::Conflict(
                     "name task ids, or one of --worker, --status, --all".into(),
                 ));
