@@ -1,6 +1,11 @@
 //! What the example binaries share: security flags, logging, small parsers,
 //! and starting a worker (the worker binary and the master's `--dev` mode).
 
+/// The README's Rust examples, compiled and run as doc-tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

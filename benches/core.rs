@@ -1,0 +1,80 @@
+//! Criterion benches of the pure core: the operations on the master's hot
+//! path. `cargo bench -p cloudai-bench --bench core`.
+
+use std::hint::black_box;
+
+use cloudai_core::ledger::Ledger;
+use cloudai_core::lifecycle::{decide, Reported, TaskEvent};
+use cloudai_core::liveness::{Liveness, LivenessConfig};
+use cloudai_core::model::{
+    Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId,
+};
+use cloudai_core::placement::{place, Candidate, Policy};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn lifecycle(c: &mut Criterion) {
+    let spec = TaskSpec::new("img", vec![], Resources::new(1.0, 1.0, 0.0, 0).unwrap());
+    let mut task = TaskRecord::new(TaskId::new("t").unwrap(), spec, Timestamp::ZERO);
+    task.status = TaskStatus::Running;
+    task.worker = Some(WorkerId::new("w").unwrap());
+    task.attempt = 1;
+    let report = TaskEvent::Report {
+        worker: WorkerId::new("w").unwrap(),
+        attempt: 1,
+        outcome: Reported::Completed,
+        message: None,
+    };
+    c.bench_function("lifecycle::decide report", |b| {
+        b.iter(|| decide(black_box(Some(&task)), black_box(&report)))
+    });
+}
+
+fn ledger(c: &mut Criterion) {
+    let mut l = Ledger::new();
+    let w = WorkerId::new("w").unwrap();
+    l.set_capacity(w.clone(), Resources::new(1e6, 1e6, 0.0, 0).unwrap());
+    let t = TaskId::new("t").unwrap();
+    let req = Resources::new(1.0, 1.0, 0.0, 0).unwrap();
+    c.bench_function("ledger reserve+release", |b| {
+        b.iter(|| {
+            l.reserve(&w, &t, req).unwrap();
+            black_box(l.release(&t));
+        })
+    });
+}
+
+fn placement(c: &mut Criterion) {
+    let candidates: Vec<Candidate> = (0..100)
+        .map(|i| Candidate {
+            id: WorkerId::new(format!("w{i:03}")).unwrap(),
+            active: i % 10 != 0,
+            capacity: Resources::new(64.0, 256.0, 1000.0, 4).unwrap(),
+            available: Resources::new((i % 64) as f64, 128.0, 500.0, (i % 5) as u32).unwrap(),
+        })
+        .collect();
+    let req = Resources::new(2.0, 4.0, 10.0, 0).unwrap();
+    for policy in Policy::ALL {
+        let mut s = policy.build();
+        c.bench_function(&format!("place among 100 workers: {}", s.name()), |b| {
+            b.iter(|| black_box(place(s.as_mut(), &req, &candidates)))
+        });
+    }
+}
+
+fn liveness(c: &mut Criterion) {
+    let mut l = Liveness::new(LivenessConfig::default());
+    let ids: Vec<WorkerId> = (0..1000)
+        .map(|i| WorkerId::new(format!("w{i}")).unwrap())
+        .collect();
+    let mut now = 0u64;
+    c.bench_function("liveness heartbeat (1000 workers tracked)", |b| {
+        b.iter(|| {
+            now += 1;
+            let w = &ids[(now % 1000) as usize];
+            black_box(l.heartbeat(w, Timestamp::from_millis(now)))
+        })
+    });
+}
+
+criterion_group!(benches, lifecycle, ledger, placement, liveness);
+criterion_main!(benches);

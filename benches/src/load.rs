@@ -1,0 +1,177 @@
+//! End-to-end load driver: trivial tasks per second through a dev-mode
+//! cluster (the real `cloudai-master --dev` binary: master + one local
+//! worker over gRPC on loopback, process runtime), or through any running
+//! master given with `--master`.
+//!
+//! ```sh
+//! cargo build --release -p cloudai-examples
+//! cargo run --release -p cloudai-bench --bin load -- --tasks 2000 --concurrency 64
+//! ```
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cloudai_core::model::{Resources, TaskSpec, TaskStatus};
+use cloudai_core::store::TaskFilter;
+use cloudai_grpc::{MasterClient, Security, Token};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Semaphore;
+
+/// Submits trivial tasks and measures how many complete per second.
+#[derive(Debug, Parser)]
+struct Args {
+    /// How many tasks.
+    #[arg(long, default_value_t = 1000)]
+    tasks: usize,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// CPU each task asks for (small, so many run at once).
+    #[arg(long, default_value_t = 0.01)]
+    cpu: f64,
+    /// The command each task runs.
+    #[arg(long, default_value = "true")]
+    command: String,
+    /// A running master to load (default: start `cloudai-master --dev`).
+    #[arg(long)]
+    master: Option<String>,
+    /// Token for `--master`.
+    #[arg(long, env = "CLOUDAI_TOKEN")]
+    token: Option<String>,
+    /// The master binary for dev mode.
+    #[arg(long, default_value = "target/release/cloudai-master")]
+    master_bin: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let token = args
+        .token
+        .clone()
+        .unwrap_or_else(|| "load-driver-token".into());
+    let (address, mut child) = match &args.master {
+        Some(a) => (a.clone(), None),
+        None => {
+            let (a, c) = start_dev(&args.master_bin, &token).await?;
+            (a, Some(c))
+        }
+    };
+    let security = Security {
+        token: Some(Token::new(token)?),
+        tls: None,
+    };
+    let client = MasterClient::new(&address, security).map_err(|e| e.to_string())?;
+    wait_for_worker(&client).await?;
+    let outcome = drive(&client, &args).await;
+    if let Some(c) = child.as_mut() {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    let (elapsed, completed, failed) = outcome?;
+    let rate = completed as f64 / elapsed.as_secs_f64();
+    println!(
+        "{} tasks (`{}`), concurrency {}: {completed} completed, {failed} failed in {:.2} s = {rate:.1} tasks/s",
+        args.tasks,
+        args.command,
+        args.concurrency,
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts `cloudai-master --dev` and reads its address from its JSON log.
+async fn start_dev(bin: &str, token: &str) -> Result<(String, tokio::process::Child), String> {
+    let mut child = tokio::process::Command::new(bin)
+        .args(["--dev", "--listen", "127.0.0.1:0", "--log-json", "--token", token])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {bin} (build it with `cargo build --release -p cloudai-examples`): {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Ok(Some(line)) = lines.next_line().await else {
+            break;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["fields"]["message"] == "master listening" {
+            let address = v["fields"]["address"]
+                .as_str()
+                .ok_or("no address in log")?
+                .to_string();
+            // Keep draining the log so the master never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok((address, child));
+        }
+    }
+    Err("the dev master did not report its address".into())
+}
+
+async fn wait_for_worker(client: &MasterClient) -> Result<(), String> {
+    for _ in 0..200 {
+        if let Ok(ws) = client.workers().await {
+            if ws.iter().any(|w| w.registered && w.health == "active") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("no worker registered".into())
+}
+
+async fn drive(client: &MasterClient, args: &Args) -> Result<(Duration, usize, usize), String> {
+    let resources = Resources::new(args.cpu, 0.001, 0.0, 0).map_err(|e| e.to_string())?;
+    let spec = TaskSpec::new(
+        "busybox",
+        vec!["sh".into(), "-c".into(), args.command.clone()],
+        resources,
+    );
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let start = Instant::now();
+    let mut submits = tokio::task::JoinSet::new();
+    for _ in 0..args.tasks {
+        let permit = gate
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (c, s) = (client.clone(), spec.clone());
+        submits.spawn(async move {
+            let r = c.submit(s).await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = submits.join_next().await {
+        r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    let ended = TaskFilter::status([TaskStatus::Completed, TaskStatus::Failed]);
+    loop {
+        let done = client.tasks(&ended).await.map_err(|e| e.to_string())?;
+        if done.len() >= args.tasks {
+            let failed = done
+                .iter()
+                .filter(|t| t.status == TaskStatus::Failed)
+                .count();
+            return Ok((start.elapsed(), done.len() - failed, failed));
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(format!(
+                "only {} of {} tasks ended within 10 minutes",
+                done.len(),
+                args.tasks
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
