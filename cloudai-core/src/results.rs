@@ -94,8 +94,16 @@ pub fn decide(
     if existing.is_some() {
         return ResultDecision::Ignore(ResultIgnored::Duplicate);
     }
+    // When the recorded outcome is not what the worker saw (a cancel or a
+    // worker loss came first), the message explains the recorded outcome.
+    let message = if incoming.status == task.status {
+        incoming.message
+    } else {
+        task.reason.clone().or(incoming.message)
+    };
     ResultDecision::Store(TaskResult {
         status: task.status,
+        message,
         ..incoming
     })
 }
@@ -109,6 +117,7 @@ mod tests {
         let spec = TaskSpec::new("img", vec![], Resources::ZERO);
         let mut t = TaskRecord::new(TaskId::new("t").unwrap(), spec, Timestamp::ZERO);
         t.status = status;
+        t.reason = Some(format!("{status} by user"));
         t.worker = Some(WorkerId::new("a").unwrap());
         t.attempt = 1;
         t
@@ -141,6 +150,11 @@ mod tests {
         assert_eq!(
             (r.status, r.logs.as_str()),
             (TaskStatus::Cancelled, "real logs")
+        );
+        assert_eq!(
+            r.message.as_deref(),
+            Some("cancelled by user"),
+            "the message explains the recorded outcome"
         );
     }
 

@@ -311,7 +311,11 @@ impl Worker {
             Ok(c) => c,
             Err(e) => {
                 warn!(task = %run.task, error = %e, "task could not start");
-                let stop = locked(&self.inner.runs).remove(&run).and_then(|s| s.stop);
+                let slot = locked(&self.inner.runs).remove(&run);
+                let (stop, started_at) = (
+                    slot.as_ref().and_then(|s| s.stop),
+                    slot.map(|s| s.started_at),
+                );
                 if stop.is_none() {
                     let result = self.result(
                         &run,
@@ -319,6 +323,7 @@ impl Worker {
                         None,
                         String::new(),
                         Some(format!("could not start: {e}")),
+                        started_at,
                     );
                     self.deliver(run, result).await;
                 }
@@ -345,7 +350,11 @@ impl Worker {
         if let Err(e) = self.inner.runtime.remove(&container).await {
             warn!(task = %run.task, error = %e, "could not remove container");
         }
-        let stop = locked(&self.inner.runs).remove(&run).and_then(|s| s.stop);
+        let slot = locked(&self.inner.runs).remove(&run);
+        let (stop, started_at) = (
+            slot.as_ref().and_then(|s| s.stop),
+            slot.map(|s| s.started_at),
+        );
         let (status, message) = match (stop, &exit) {
             (Some((StopKind::Shutdown | StopKind::Drop, _)), _) => return,
             (Some((StopKind::Cancel, _)), _) => {
@@ -359,7 +368,7 @@ impl Worker {
             ),
         };
         let code = exit.as_ref().ok().and_then(|e| e.code);
-        let mut result = self.result(&run, status, code, logs.text, message);
+        let mut result = self.result(&run, status, code, logs.text, message, started_at);
         result.logs_truncated = logs.truncated;
         info!(task = %run.task, attempt = run.attempt, %status, code = ?code, "task ended");
         self.deliver(run, result).await;
@@ -372,8 +381,8 @@ impl Worker {
         exit_code: Option<i32>,
         logs: String,
         message: Option<String>,
+        started_at: Option<Timestamp>,
     ) -> TaskResult {
-        let started_at = locked(&self.inner.runs).get(run).map(|s| s.started_at);
         TaskResult {
             task_id: run.task.clone(),
             worker_id: self.inner.config.id.clone(),
@@ -508,13 +517,13 @@ impl Worker {
     pub async fn shutdown(&self) -> ShutdownSummary {
         let cfg = &self.inner.config;
         self.inner.closing.store(true, Ordering::SeqCst);
-        let runs: Vec<(RunningTask, Option<ContainerId>)> = {
+        let runs: Vec<(RunningTask, Timestamp)> = {
             let mut runs = locked(&self.inner.runs);
             runs.iter_mut()
                 .map(|(run, slot)| {
                     slot.stop
                         .get_or_insert((StopKind::Shutdown, cfg.shutdown_grace));
-                    (run.clone(), slot.container.clone())
+                    (run.clone(), slot.started_at)
                 })
                 .collect()
         };
@@ -524,13 +533,14 @@ impl Worker {
         );
         let mut reports: Vec<(RunningTask, TaskResult)> =
             locked(&self.inner.outbox).clone().into_iter().collect();
-        for (run, _) in &runs {
+        for (run, started_at) in &runs {
             let r = self.result(
                 run,
                 TaskStatus::Failed,
                 None,
                 String::new(),
                 Some(SHUTDOWN_MESSAGE.into()),
+                Some(*started_at),
             );
             reports.push((run.clone(), r));
         }

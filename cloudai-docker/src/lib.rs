@@ -1,0 +1,347 @@
+//! # cloudai-docker
+//!
+//! [`DockerRuntime`]: the CloudAI-rs [`ContainerRuntime`] on the Docker
+//! Engine API, through bollard. Containers get the task's labels
+//! (`cloudai.task_id`, `cloudai.worker_id`), its CPU (nano-CPUs), memory
+//! and GPU limits, env and command. Stop is SIGTERM, then SIGKILL after the
+//! grace (seed 001). Every step is idempotent: stopping or removing a
+//! container that is gone succeeds. The API version is negotiated with the
+//! daemon, so daemons as old as Docker 20.10 (API 1.41) work.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use cloudai_core::model::ValidationError;
+use cloudai_core::runtime::{
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
+};
+use cloudai_core::{Error, Result};
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+/// How long to try pulling a missing image before giving up (a registry
+/// that cannot be reached fails fast; a slow one should not block a task
+/// forever).
+const PULL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    /// Named in errors ("image X not present on worker W").
+    worker: String,
+}
+
+fn backend(e: DockerError) -> Error {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => Error::NotFound {
+            kind: "container",
+            id: message,
+        },
+        DockerError::IOError { .. }
+        | DockerError::HyperResponseError { .. }
+        | DockerError::RequestTimeoutError => {
+            Error::Unavailable(format!("Docker daemon unreachable: {e}"))
+        }
+        other => Error::Backend {
+            backend: "docker",
+            source: Box::new(other),
+        },
+    }
+}
+
+fn status_of(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Docker container names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn container_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl DockerRuntime {
+    /// Connects to the local daemon (`DOCKER_HOST` or the default socket),
+    /// negotiates the API version and pings it. An unreachable daemon is a
+    /// clear [`Error::Unavailable`].
+    pub async fn connect(worker: impl Into<String>) -> Result<DockerRuntime> {
+        let unreachable = |e: DockerError| {
+            Error::Unavailable(format!(
+                "no Docker daemon answers (is dockerd running and is DOCKER_HOST right?): {e}"
+            ))
+        };
+        let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
+        let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+            .await
+            .map_err(|_| Error::Unavailable("Docker daemon did not answer within 5 s".into()))?
+            .map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(DockerRuntime {
+            docker,
+            worker: worker.into(),
+        })
+    }
+
+    /// Makes sure `image` is present, pulling it only if it is not.
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(backend(e)),
+        }
+        let missing = |why: String| {
+            Error::InvalidInput(ValidationError::Invalid {
+                field: "image",
+                reason: format!(
+                    "image {image} not present on worker {} and could not be pulled: {why}",
+                    self.worker
+                ),
+            })
+        };
+        info!(%image, "image missing; trying to pull it");
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(step) = stream.next().await {
+                step.map_err(|e| missing(e.to_string()))?;
+            }
+            Ok::<(), Error>(())
+        };
+        tokio::time::timeout(PULL_TIMEOUT, pull)
+            .await
+            .map_err(|_| missing(format!("no answer within {PULL_TIMEOUT:?}")))?
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let limits = spec.limits;
+        let gpus = (limits.gpus > 0).then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                count: Some(i64::from(limits.gpus)),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]
+        });
+        let mb = |v: u64| i64::try_from(v.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let host = HostConfig {
+            nano_cpus: (limits.cpu_millis > 0).then(|| {
+                i64::try_from(limits.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+            }),
+            // Memory limit with no extra swap, so the limit is the limit.
+            memory: (limits.memory_mb > 0).then(|| mb(limits.memory_mb)),
+            memory_swap: (limits.memory_mb > 0).then(|| mb(limits.memory_mb)),
+            device_requests: gpus,
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(
+                spec.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<HashMap<_, _>>(),
+            ),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let name = container_name(&spec.name);
+        let options = || {
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            })
+        };
+        match self.docker.create_container(options(), body.clone()).await {
+            Ok(r) => Ok(r.id),
+            Err(e) if status_of(&e) == Some(409) => {
+                // A container of that name is left from an earlier run of
+                // this very assignment: replace it.
+                warn!(%name, "replacing a leftover container with the same name");
+                self.remove(&ContainerId(name.clone())).await?;
+                Ok(self
+                    .docker
+                    .create_container(options(), body)
+                    .await
+                    .map_err(backend)?
+                    .id)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
+        self.ensure_image(&spec.image).await?;
+        let id = self.create(spec).await?;
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            let _ = self.remove(&ContainerId(id.clone())).await;
+            return Err(match status_of(&e) {
+                Some(400) | Some(404) | Some(500) => {
+                    Error::InvalidInput(ValidationError::Invalid {
+                        field: "command",
+                        reason: format!("container did not start on worker {}: {e}", self.worker),
+                    })
+                }
+                _ => backend(e),
+            });
+        }
+        Ok(ContainerId(id))
+    }
+
+    async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
+        let options = WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        let mut stream = self.docker.wait_container(&id.0, Some(options));
+        let code = match stream.next().await {
+            Some(Ok(r)) => r.status_code,
+            // bollard reports a non-zero exit as this error.
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(backend(e)),
+            None => return Err(Error::Unavailable("Docker closed the wait stream".into())),
+        };
+        let inspected = self
+            .docker
+            .inspect_container(&id.0, None)
+            .await
+            .map_err(backend)?;
+        let oom_killed = inspected.state.and_then(|s| s.oom_killed).unwrap_or(false);
+        Ok(ExitStatus {
+            code: i32::try_from(code).ok(),
+            signal: None,
+            oom_killed,
+        })
+    }
+
+    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: "all".into(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(&id.0, Some(options));
+        let mut kept: VecDeque<u8> = VecDeque::new();
+        let mut truncated = false;
+        while let Some(chunk) = stream.next().await {
+            let bytes = chunk.map_err(backend)?.into_bytes();
+            kept.extend(bytes.iter());
+            if kept.len() > max_bytes {
+                truncated = true;
+                let extra = kept.len() - max_bytes;
+                kept.drain(..extra);
+            }
+        }
+        let bytes: Vec<u8> = kept.into();
+        Ok(Logs {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            truncated,
+        })
+    }
+
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        let t = i32::try_from(grace.as_secs_f64().ceil() as i64).unwrap_or(i32::MAX);
+        let options = StopContainerOptions {
+            t: Some(t),
+            ..Default::default()
+        };
+        match self.docker.stop_container(&id.0, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped; 404: gone.
+            Err(e) if matches!(status_of(&e), Some(304) | Some(404)) => Ok(()),
+            Err(e) => {
+                warn!(container = %id, error = %e, "graceful stop failed; killing");
+                match self
+                    .docker
+                    .kill_container(
+                        &id.0,
+                        Some(KillContainerOptions {
+                            signal: "SIGKILL".into(),
+                        }),
+                    )
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(k) if matches!(status_of(&k), Some(404) | Some(409)) => Ok(()),
+                    Err(k) => Err(backend(k)),
+                }
+            }
+        }
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(&id.0, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 404: gone; 409: removal already in progress.
+            Err(e) if matches!(status_of(&e), Some(404) | Some(409)) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(backend)?;
+        let mut out: Vec<ContainerInfo> = found
+            .into_iter()
+            .filter_map(|c| {
+                Some(ContainerInfo {
+                    id: ContainerId(c.id?),
+                    labels: c
+                        .labels
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect::<BTreeMap<_, _>>(),
+                    running: matches!(c.state, Some(ContainerSummaryStateEnum::RUNNING)),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
