@@ -12,6 +12,9 @@ use crate::Result;
 
 /// Label holding the task id on every container CloudAI-rs starts.
 pub const LABEL_TASK: &str = "cloudai.task_id";
+/// Label holding the attempt number, so a restarted worker can adopt the
+/// run.
+pub const LABEL_ATTEMPT: &str = "cloudai.attempt";
 /// Label holding the worker id on every container CloudAI-rs starts, used to
 /// find orphans after a crash.
 pub const LABEL_WORKER: &str = "cloudai.worker_id";

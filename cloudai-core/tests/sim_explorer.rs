@@ -155,6 +155,11 @@ async fn explore(seed: u64) {
                 let _ = c.master.reconcile().await.expect("reconcile");
             }
             82..=83 => c.master.reconnect_now(),
+            84..=88 => {
+                if let Some(w) = pick(&mut rng, &live) {
+                    c.kill_agent(&w);
+                }
+            }
             _ => {}
         }
         c.run_for(Duration::from_millis(rng.below(20_000))).await;

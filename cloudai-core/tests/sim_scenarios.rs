@@ -399,6 +399,57 @@ async fn seed002_crashed_worker_leaves_no_phantom_allocation() {
     c.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn killed_agent_restarts_and_adopts_its_running_containers() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(60, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.kill_agent(&wid("w1"));
+    assert_eq!(
+        c.host_containers(&wid("w1")),
+        1,
+        "the container outlives its agent"
+    );
+    c.run_for(Duration::from_secs(10)).await;
+    let w = c.restart_worker(&wid("w1")).await.unwrap();
+    assert_eq!(w.running().len(), 1, "the restarted agent adopted the run");
+    c.run_for(Duration::from_secs(60)).await;
+    let v = c.master.task(&t).await.unwrap();
+    assert_eq!(
+        v.task.status,
+        TaskStatus::Completed,
+        "the run survived the agent's crash: {:?}",
+        v.task.reason
+    );
+    assert_eq!(v.task.attempt, 1, "no second run was needed");
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphan_of_a_failed_over_task_is_stopped_when_the_agent_returns() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.kill_agent(&wid("w1"));
+    c.run_for(Duration::from_secs(125)).await;
+    assert_eq!(
+        status(&c, &t).await,
+        TaskStatus::Failed,
+        "failed over while the agent was down"
+    );
+    assert_eq!(c.host_containers(&wid("w1")), 1, "its container still runs");
+    c.restart_worker(&wid("w1")).await.unwrap();
+    c.run_for(Duration::from_secs(5)).await;
+    assert_eq!(
+        c.host_containers(&wid("w1")),
+        0,
+        "re-registration told the agent to stop the orphan"
+    );
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
 // ---- seed 003: inactivity detection ----------------------------------------
 
 #[tokio::test(start_paused = true)]

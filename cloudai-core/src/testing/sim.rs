@@ -475,6 +475,9 @@ pub struct SimCluster {
     pub clock: Clock,
     workers: BTreeMap<WorkerId, SimWorker>,
     capacities: BTreeMap<WorkerId, Resources>,
+    /// Each host's runtime outlives its agent (as Docker outlives a
+    /// `kill -9` of the worker).
+    runtimes: BTreeMap<WorkerId, Arc<FakeRuntime>>,
     seed: u64,
     checker: Checker,
 }
@@ -514,6 +517,7 @@ impl SimCluster {
             clock,
             workers: BTreeMap::new(),
             capacities: BTreeMap::new(),
+            runtimes: BTreeMap::new(),
             seed,
             checker,
         }
@@ -524,13 +528,17 @@ impl SimCluster {
         let wid = WorkerId::new(id).expect("valid worker id");
         let mut config = WorkerConfig::new(wid.clone(), format!("sim-{id}:1"), capacity);
         config.seed = self.seed ^ self.workers.len() as u64;
-        let runtime = Arc::new(FakeRuntime::new());
+        let runtime = self.runtimes.entry(wid.clone()).or_default().clone();
         let worker = Worker::new(
             config,
             runtime.clone(),
             self.net.link(wid.clone()),
             self.clock,
         );
+        worker
+            .adopt_orphans()
+            .await
+            .expect("the fake runtime lists");
         self.net.attach(worker.clone());
         self.checker.reachable(&wid);
         let (stop, rx) = watch::channel(false);
@@ -575,6 +583,21 @@ impl SimCluster {
             w.runtime.kill_all();
             self.net.detach(id);
         }
+    }
+
+    /// `kill -9` on the worker agent only: its containers keep running.
+    pub fn kill_agent(&mut self, id: &WorkerId) {
+        if let Some(w) = self.workers.remove(id) {
+            self.checker.unreachable(id);
+            w.worker.abort();
+            w.handle.abort();
+            self.net.detach(id);
+        }
+    }
+
+    /// Containers running on a host, whether or not its agent is alive.
+    pub fn host_containers(&self, id: &WorkerId) -> usize {
+        self.runtimes.get(id).map_or(0, |r| r.running())
     }
 
     /// SIGTERM to the worker: its shutdown path runs, then it exits.
@@ -706,12 +729,14 @@ impl SimCluster {
         }
         let r = self.master.reconcile().await.expect("reconcile");
         assert!(r.is_clean(), "seed {seed}: the ledger had drifted: {r:?}");
-        for (id, w) in &self.workers {
+        for (id, rt) in &self.runtimes {
             assert_eq!(
-                w.runtime.running(),
+                rt.running(),
                 0,
                 "seed {seed}: containers left running on {id}"
             );
+        }
+        for (id, w) in &self.workers {
             assert!(
                 w.worker.running().is_empty(),
                 "seed {seed}: {id} still tracks runs"

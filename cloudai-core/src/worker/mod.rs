@@ -19,10 +19,11 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
-use crate::model::{Resources, TaskResult, TaskSpec, TaskStatus, Timestamp, WorkerId};
+use crate::model::{Resources, TaskId, TaskResult, TaskSpec, TaskStatus, Timestamp, WorkerId};
 use crate::rng::SplitMix64;
 use crate::runtime::{
-    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, LABEL_TASK, LABEL_WORKER,
+    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, LABEL_ATTEMPT, LABEL_TASK,
+    LABEL_WORKER,
 };
 use crate::transport::{MasterInfo, Registration, RunningTask, WorkerToMaster};
 use crate::{Error, Result};
@@ -250,6 +251,53 @@ impl Worker {
         }
     }
 
+    /// Adopts the containers a previous run of this worker left behind (found
+    /// by the worker label): running ones are watched again and listed at
+    /// registration, where the master says which to keep and which to stop;
+    /// finished or unreadable ones are removed. Call before [`Worker::run`].
+    /// Returns how many runs were adopted.
+    pub async fn adopt_orphans(&self) -> Result<usize> {
+        let found = self
+            .inner
+            .runtime
+            .list(LABEL_WORKER, self.id().as_str())
+            .await?;
+        let mut adopted = 0;
+        for c in found {
+            let run = c
+                .labels
+                .get(LABEL_TASK)
+                .zip(c.labels.get(LABEL_ATTEMPT))
+                .and_then(|(t, a)| {
+                    Some(RunningTask {
+                        task: TaskId::new(t.as_str()).ok()?,
+                        attempt: a.parse().ok()?,
+                    })
+                });
+            match run {
+                Some(run) if c.running => {
+                    let slot = Slot {
+                        container: Some(c.id.clone()),
+                        stop: None,
+                        started_at: self.inner.clock.now(),
+                    };
+                    locked(&self.inner.runs).insert(run.clone(), slot);
+                    info!(task = %run.task, attempt = run.attempt, container = %c.id, "adopted a running container");
+                    let w = self.clone();
+                    locked(&self.inner.supervisors)
+                        .spawn(async move { w.watch(run, c.id, None).await });
+                    adopted += 1;
+                }
+                _ => {
+                    info!(container = %c.id, "removing a leftover container");
+                    let _ = self.inner.runtime.stop(&c.id, Duration::ZERO).await;
+                    self.inner.runtime.remove(&c.id).await?;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
     /// The master asks this worker to register with it (seed 004).
     pub fn master_register(&self, master: &MasterInfo) {
         info!(master = %master.id, address = %master.address, "master asked us to register");
@@ -303,6 +351,7 @@ impl Worker {
             limits: spec.resources,
             labels: [
                 (LABEL_TASK.to_string(), run.task.to_string()),
+                (LABEL_ATTEMPT.to_string(), run.attempt.to_string()),
                 (LABEL_WORKER.to_string(), cfg.id.to_string()),
             ]
             .into(),
@@ -330,6 +379,13 @@ impl Worker {
                 return;
             }
         };
+        self.watch(run, container, Some(spec.resources)).await;
+    }
+
+    /// Follows a started container to its end and reports it. `limits` is
+    /// known for runs this agent started, not for adopted ones.
+    async fn watch(&self, run: RunningTask, container: ContainerId, limits: Option<Resources>) {
+        let cfg = &self.inner.config;
         let pending_stop = {
             let mut runs = locked(&self.inner.runs);
             runs.get_mut(&run).and_then(|slot| {
@@ -361,7 +417,7 @@ impl Worker {
                 (TaskStatus::Cancelled, Some("stopped on cancel".to_string()))
             }
             (None, Ok(e)) if e.success() => (TaskStatus::Completed, None),
-            (None, Ok(e)) => (TaskStatus::Failed, Some(describe_exit(e, &spec))),
+            (None, Ok(e)) => (TaskStatus::Failed, Some(describe_exit(e, limits))),
             (None, Err(e)) => (
                 TaskStatus::Failed,
                 Some(format!("lost track of the container: {e}")),
@@ -604,12 +660,12 @@ impl Worker {
     }
 }
 
-fn describe_exit(e: &ExitStatus, spec: &TaskSpec) -> String {
+fn describe_exit(e: &ExitStatus, limits: Option<Resources>) -> String {
     if e.oom_killed {
-        format!(
-            "killed: exceeded its memory limit of {} GB",
-            spec.resources.memory_gb()
-        )
+        match limits {
+            Some(l) => format!("killed: exceeded its memory limit of {} GB", l.memory_gb()),
+            None => "killed: exceeded its memory limit".to_string(),
+        }
     } else if let Some(sig) = e.signal {
         format!("killed by signal {sig}")
     } else {
