@@ -119,8 +119,9 @@ pub struct RunningWorker {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Serves a worker on `listener` and starts its registration/heartbeat loop.
-pub fn spawn_worker(
+/// Serves a worker on `listener`, adopts the containers a previous run of
+/// it left behind, and starts its registration/heartbeat loop.
+pub async fn spawn_worker(
     config: cloudai_core::worker::WorkerConfig,
     runtime: std::sync::Arc<dyn cloudai_core::runtime::ContainerRuntime>,
     master_address: &str,
@@ -139,6 +140,10 @@ pub fn spawn_worker(
         link,
         cloudai_core::clock::Clock::system(),
     );
+    let adopted = worker.adopt_orphans().await.map_err(|e| format!("cannot list leftover containers: {e}"))?;
+    if adopted > 0 {
+        tracing::info!(adopted, "adopted running containers from a previous run");
+    }
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut server_rx = rx.clone();
     let serve = cloudai_grpc::serve_worker(worker.clone(), listener, security, async move {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::process::ProcessRuntime;
+use cloudai_core::runtime::ContainerRuntime;
+use cloudai_docker::DockerRuntime;
 use cloudai_core::worker::WorkerConfig;
 use cloudai_examples as common;
 use tracing::info;
@@ -28,8 +30,9 @@ struct Cli {
     /// This worker's id (default: the host name).
     #[arg(long, env = "CLOUDAI_WORKER_ID")]
     id: Option<String>,
-    /// How tasks run: `process` (local processes).
-    #[arg(long, env = "CLOUDAI_RUNTIME", default_value = "process")]
+    /// How tasks run: `docker`, `process` (local processes), or `auto`
+    /// (Docker when a daemon answers, else processes).
+    #[arg(long, env = "CLOUDAI_RUNTIME", default_value = "auto")]
     runtime: String,
     /// CPU cores offered (default: detected).
     #[arg(long)]
@@ -118,12 +121,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let security = cli.security.resolve(None)?;
-    if cli.runtime != "process" {
-        return Err(format!(
-            "unknown runtime {:?}: this build supports `process`",
-            cli.runtime
-        ));
-    }
+
     let id = WorkerId::new(cli.id.clone().unwrap_or_else(host_name)).map_err(|e| e.to_string())?;
     let capacity = Resources::new(
         cli.cpu.unwrap_or_else(detected_cores),
@@ -132,6 +130,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         cli.gpus.unwrap_or_else(detected_gpus),
     )
     .map_err(|e| format!("capacity: {e}"))?;
+    let runtime = choose_runtime(&cli.runtime, id.as_str()).await?;
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
@@ -147,14 +146,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.heartbeat_interval = cli.heartbeat_interval;
     config.max_grace = cli.max_grace;
     config.shutdown_timeout = cli.shutdown_timeout;
-    info!(worker = %id, listen = %bound, master = %cli.master, %capacity, runtime = %cli.runtime, "worker starting");
-    let worker = common::spawn_worker(
-        config,
-        Arc::new(ProcessRuntime::new()),
-        &cli.master,
-        listener,
-        security,
-    )?;
+    info!(worker = %id, listen = %bound, master = %cli.master, %capacity, runtime = runtime.name(), "worker starting");
+    let worker = common::spawn_worker(config, runtime, &cli.master, listener, security).await?;
     common::terminated().await;
     info!("signal received; shutting down");
     let summary = worker.shutdown().await;
@@ -165,4 +158,24 @@ async fn run(cli: Cli) -> Result<(), String> {
         "worker stopped"
     );
     Ok(())
+}
+
+/// The runtime named by `--runtime`; `auto` takes Docker when a daemon
+/// answers and local processes otherwise.
+async fn choose_runtime(name: &str, worker: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
+    match name {
+        "process" => Ok(Arc::new(ProcessRuntime::new())),
+        "docker" => Ok(Arc::new(DockerRuntime::connect(worker).await.map_err(|e| e.to_string())?)),
+        "auto" => match DockerRuntime::connect(worker).await {
+            Ok(docker) => {
+                info!("runtime: docker (a Docker daemon answers)");
+                Ok(Arc::new(docker))
+            }
+            Err(e) => {
+                info!(reason = %e, "runtime: process (no Docker daemon)");
+                Ok(Arc::new(ProcessRuntime::new()))
+            }
+        },
+        other => Err(format!("unknown runtime {other:?}: use docker, process or auto")),
+    }
 }
