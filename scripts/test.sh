@@ -1,6 +1,25 @@
 #!/usr/bin/env bash
 # The project's test command: every crate, every feature, doc-tests included.
-# Sets up whatever the tests need first, so it works on a fresh machine.
+# Sets up whatever the tests need first, so it works on a fresh machine:
+# the Docker test image (built FROM scratch with Debian's busybox-static)
+# and, unless CLOUDAI_TEST_MONGO_URI names a server, a MongoDB-wire server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --workspace --all-features "$@"
+
+scripts/docker-test-image.sh
+
+# --- MongoDB-wire test server ---
+# The cloudai-mongo tests and examples/tests/mongo_restart.rs need a server
+# speaking the MongoDB wire protocol. Unless CLOUDAI_TEST_MONGO_URI names
+# one, start nx-27017 (installed into target/nx-venv on first use) on a free
+# port, and stop it (removing its data) when this script exits.
+if [[ -z "${CLOUDAI_TEST_MONGO_URI:-}" ]]; then
+  mongo_pid_file=$(mktemp "${TMPDIR:-/tmp}/cloudai-mongo-test.XXXXXX")
+  trap 'scripts/mongo-test-server.sh --stop "$mongo_pid_file"' EXIT
+  CLOUDAI_TEST_MONGO_URI=$(scripts/mongo-test-server.sh --pid-file "$mongo_pid_file")
+  export CLOUDAI_TEST_MONGO_URI
+  echo "MongoDB-wire test server (nx-27017) at $CLOUDAI_TEST_MONGO_URI" >&2
+fi
+# --- end MongoDB-wire test server ---
+
+cargo test --workspace --all-features "$@"

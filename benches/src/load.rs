@@ -35,6 +35,12 @@ struct Args {
     /// The command each task runs.
     #[arg(long, default_value = "true")]
     command: String,
+    /// Memory each task asks for, GB (Docker's minimum limit is 6 MB).
+    #[arg(long, default_value_t = 0.01)]
+    mem: f64,
+    /// The image each task names (the process runtime ignores it).
+    #[arg(long, default_value = "busybox")]
+    image: String,
     /// A running master to load (default: start `cloudai-master --dev`).
     #[arg(long)]
     master: Option<String>,
@@ -130,9 +136,9 @@ async fn wait_for_worker(client: &MasterClient) -> Result<(), String> {
 }
 
 async fn drive(client: &MasterClient, args: &Args) -> Result<(Duration, usize, usize), String> {
-    let resources = Resources::new(args.cpu, 0.001, 0.0, 0).map_err(|e| e.to_string())?;
+    let resources = Resources::new(args.cpu, args.mem, 0.0, 0).map_err(|e| e.to_string())?;
     let spec = TaskSpec::new(
-        "busybox",
+        args.image.clone(),
         vec!["sh".into(), "-c".into(), args.command.clone()],
         resources,
     );
