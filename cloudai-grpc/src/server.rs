@@ -9,28 +9,42 @@ use cloudai_core::Error;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::server::Router;
 use tonic::transport::Server;
+use tonic::{Request, Status};
 
-use crate::auth;
+use crate::auth::{self, Token};
 use crate::client::MAX_MESSAGE;
 use crate::master_service::MasterService;
 use crate::proto::{master_server::MasterServer, worker_server::WorkerServer};
 use crate::security::Security;
 use crate::worker_service::WorkerService;
 
+/// Refuses every call that does not carry the token.
+#[derive(Clone)]
+struct TokenCheck(Option<Token>);
+
+impl Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        auth::check(self.0.as_ref(), req.metadata())?;
+        Ok(req)
+    }
+}
+
 fn builder(security: &Security) -> Result<Server, Error> {
     let mut b = Server::builder().tcp_nodelay(true);
     if let Some(tls) = security.server_tls() {
-        b = b.tls_config(tls).map_err(|e| Error::Backend {
-            backend: "tls",
-            source: Box::new(e),
-        })?;
+        b = b.tls_config(tls).map_err(|e| Error::Backend { backend: "tls", source: Box::new(e) })?;
     }
     Ok(b)
 }
 
-fn serve_error(e: tonic::transport::Error) -> Error {
-    Error::Unavailable(format!("gRPC server failed: {e}"))
+async fn serve(router: Router, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
 }
 
 /// Serves `master` on `listener` until `shutdown` completes.
@@ -40,19 +54,11 @@ pub async fn serve_master(
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let token = security.token.clone();
-    let inner = MasterServer::new(MasterService::new(master))
+    let service = MasterServer::new(MasterService::new(master))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let service = InterceptedService::new(inner, move |req: tonic::Request<()>| {
-        auth::check(token.as_ref(), req.metadata())?;
-        Ok(req)
-    });
-    builder(&security)?
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(serve_error)
+    let router = builder(&security)?.add_service(InterceptedService::new(service, TokenCheck(security.token.clone())));
+    serve(router, listener, shutdown).await
 }
 
 /// Serves `worker` on `listener` until `shutdown` completes.
@@ -62,17 +68,9 @@ pub async fn serve_worker(
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let token = security.token.clone();
-    let inner = WorkerServer::new(WorkerService::new(worker))
+    let service = WorkerServer::new(WorkerService::new(worker))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let service = InterceptedService::new(inner, move |req: tonic::Request<()>| {
-        auth::check(token.as_ref(), req.metadata())?;
-        Ok(req)
-    });
-    builder(&security)?
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(serve_error)
+    let router = builder(&security)?.add_service(InterceptedService::new(service, TokenCheck(security.token.clone())));
+    serve(router, listener, shutdown).await
 }
