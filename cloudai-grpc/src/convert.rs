@@ -60,6 +60,12 @@ pub fn from_status(s: Status) -> Error {
     };
     let (kind, id) = (meta(KIND), meta(ID));
     let msg = s.message().to_string();
+    // A failure below gRPC (refused or dropped connection, a TLS handshake
+    // refused, plain HTTP/2 against TLS) is reported under various codes:
+    // whatever the code, the peer cannot be talked to.
+    if is_transport(&s) {
+        return Error::Unavailable(format!("cannot talk to the peer: {s}"));
+    }
     match s.code() {
         Code::NotFound => Error::NotFound {
             kind: kind_of(kind.as_deref().unwrap_or("")),
@@ -83,11 +89,19 @@ pub fn from_status(s: Status) -> Error {
         }
         Code::DeadlineExceeded | Code::Cancelled => Error::Timeout(msg),
         Code::Unauthenticated | Code::PermissionDenied => Error::Unauthenticated(msg),
-        _ => Error::Backend {
-            backend: "grpc",
-            source: Box::new(s),
-        },
+        _ => Error::Backend { backend: "grpc", source: Box::new(s) },
     }
+}
+
+fn is_transport(s: &Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn strip(msg: &str, prefix: &str) -> String {
