@@ -193,12 +193,16 @@ impl DockerRuntime {
             }
             // 400: the daemon refuses the request itself (for example a
             // memory limit under its 6 MB minimum).
-            Err(DockerError::DockerResponseServerError { status_code: 400, message }) => {
-                Err(Error::InvalidInput(ValidationError::Invalid {
-                    field: "container",
-                    reason: format!("Docker refused the container on worker {}: {message}", self.worker),
-                }))
-            }
+            Err(DockerError::DockerResponseServerError {
+                status_code: 400,
+                message,
+            }) => Err(Error::InvalidInput(ValidationError::Invalid {
+                field: "container",
+                reason: format!(
+                    "Docker refused the container on worker {}: {message}",
+                    self.worker
+                ),
+            })),
             Err(e) => Err(backend(e)),
         }
     }

@@ -89,7 +89,10 @@ pub fn from_status(s: Status) -> Error {
         }
         Code::DeadlineExceeded | Code::Cancelled => Error::Timeout(msg),
         Code::Unauthenticated | Code::PermissionDenied => Error::Unauthenticated(msg),
-        _ => Error::Backend { backend: "grpc", source: Box::new(s) },
+        _ => Error::Backend {
+            backend: "grpc",
+            source: Box::new(s),
+        },
     }
 }
 

@@ -35,12 +35,19 @@ impl Interceptor for TokenCheck {
 fn builder(security: &Security) -> Result<Server, Error> {
     let mut b = Server::builder().tcp_nodelay(true);
     if let Some(tls) = security.server_tls() {
-        b = b.tls_config(tls).map_err(|e| Error::Backend { backend: "tls", source: Box::new(e) })?;
+        b = b.tls_config(tls).map_err(|e| Error::Backend {
+            backend: "tls",
+            source: Box::new(e),
+        })?;
     }
     Ok(b)
 }
 
-async fn serve(router: Router, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
@@ -57,7 +64,10 @@ pub async fn serve_master(
     let service = MasterServer::new(MasterService::new(master))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let router = builder(&security)?.add_service(InterceptedService::new(service, TokenCheck(security.token.clone())));
+    let router = builder(&security)?.add_service(InterceptedService::new(
+        service,
+        TokenCheck(security.token.clone()),
+    ));
     serve(router, listener, shutdown).await
 }
 
@@ -71,6 +81,9 @@ pub async fn serve_worker(
     let service = WorkerServer::new(WorkerService::new(worker))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let router = builder(&security)?.add_service(InterceptedService::new(service, TokenCheck(security.token.clone())));
+    let router = builder(&security)?.add_service(InterceptedService::new(
+        service,
+        TokenCheck(security.token.clone()),
+    ));
     serve(router, listener, shutdown).await
 }

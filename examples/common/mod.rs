@@ -140,7 +140,10 @@ pub async fn spawn_worker(
         link,
         cloudai_core::clock::Clock::system(),
     );
-    let adopted = worker.adopt_orphans().await.map_err(|e| format!("cannot list leftover containers: {e}"))?;
+    let adopted = worker
+        .adopt_orphans()
+        .await
+        .map_err(|e| format!("cannot list leftover containers: {e}"))?;
     if adopted > 0 {
         tracing::info!(adopted, "adopted running containers from a previous run");
     }

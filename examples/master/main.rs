@@ -21,6 +21,7 @@ use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::placement::Policy;
 use cloudai_core::process::ProcessRuntime;
+use cloudai_core::store::{TaskStore, WorkerRegistry};
 use cloudai_core::worker::WorkerConfig;
 use cloudai_examples as common;
 use cloudai_grpc::{MasterClient, Security, WorkerClients};
@@ -63,9 +64,12 @@ struct ServerArgs {
     /// The master's id; workers obey only the master they registered with.
     #[arg(long, env = "CLOUDAI_MASTER_ID", default_value = "master")]
     id: String,
-    /// Task and worker store: `memory`.
+    /// Task and worker store: `memory`, or a `mongodb://…` URI.
     #[arg(long, env = "CLOUDAI_STORE", default_value = "memory")]
     store: String,
+    /// MongoDB database, with `--store mongodb://…`.
+    #[arg(long, env = "CLOUDAI_MONGO_DB", default_value = "cloudai")]
+    mongo_db: String,
     /// Placement policy: round-robin, least-loaded, bin-pack, resource-aware.
     #[arg(long, env = "CLOUDAI_SCHEDULER", default_value = "resource-aware")]
     scheduler: Policy,
@@ -146,6 +150,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     if !dev && cli.command.is_some() {
         return Err("commands need --master HOST:PORT (a running master) or --dev".into());
     }
+    // Configuration and store first: a bad flag or an unreachable store is
+    // reported as such, before the port is taken.
+    let mut config = cli.server.config(String::new())?;
+    let (tasks, registry) = open_store(&cli.server).await?;
     let listen = cli.server.listen.clone().unwrap_or_else(|| {
         if dev {
             "127.0.0.1:0"
@@ -166,16 +174,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
         .advertise
         .clone()
         .unwrap_or_else(|| bound.clone());
-    let config = cli.server.config(advertise)?;
-    if cli.server.store != "memory" {
-        return Err(format!(
-            "unknown store {:?}: this build supports `memory`",
-            cli.server.store
-        ));
-    }
-    let store = Arc::new(MemoryStore::new());
+    config.advertise_address = advertise;
     let transport = Arc::new(WorkerClients::new(config.id.clone(), security.clone()));
-    let master = Master::start(config, store.clone(), store, transport, Clock::system())
+    let master = Master::start(config, tasks, registry, transport, Clock::system())
         .await
         .map_err(|e| e.to_string())?;
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -227,6 +228,30 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     Ok(code)
 }
 
+/// The task store and worker registry named by `--store`.
+async fn open_store(
+    args: &ServerArgs,
+) -> Result<(Arc<dyn TaskStore>, Arc<dyn WorkerRegistry>), String> {
+    if args.store == "memory" {
+        let store = Arc::new(MemoryStore::new());
+        return Ok((store.clone(), store));
+    }
+    if args.store.starts_with("mongodb://") || args.store.starts_with("mongodb+srv://") {
+        let config = cloudai_mongo::MongoConfig::new(args.store.clone(), args.mongo_db.clone());
+        let store = Arc::new(
+            cloudai_mongo::MongoStore::connect(config)
+                .await
+                .map_err(|e| format!("cannot open the MongoDB store: {e}"))?,
+        );
+        info!(database = %args.mongo_db, "using the MongoDB store");
+        return Ok((store.clone(), store));
+    }
+    Err(format!(
+        "unknown store {:?}: use `memory` or a `mongodb://…` URI",
+        args.store
+    ))
+}
+
 /// The dev cluster's worker: this machine's cores and memory, local processes.
 async fn dev_worker(master: &str, security: &Security) -> Result<common::RunningWorker, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -252,4 +277,5 @@ async fn dev_worker(master: &str, security: &Security) -> Result<common::Running
         listener,
         security.clone(),
     )
+    .await
 }

@@ -16,20 +16,36 @@ const IMAGE: &str = "cloudai-test-busybox:latest";
 /// Containers carrying this worker's label, running or not.
 fn containers(worker: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=cloudai.worker_id={worker}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=cloudai.worker_id={worker}"),
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 fn running(worker: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label=cloudai.worker_id={worker}")])
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=cloudai.worker_id={worker}"),
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Removes whatever a failed test left behind.
@@ -38,7 +54,10 @@ struct Sweep(String);
 impl Drop for Sweep {
     fn drop(&mut self) {
         for id in containers(&self.0) {
-            let _ = Command::new("docker").args(["rm", "-f", &id]).stdout(Stdio::null()).status();
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &id])
+                .stdout(Stdio::null())
+                .status();
         }
     }
 }
@@ -54,30 +73,53 @@ fn docker_cluster(test: &str) -> (Cluster, String, usize, Sweep) {
 }
 
 fn submit(c: &Cluster, worker: &str, mem: &str, script: &str) -> String {
-    c.submit(&["--on", worker, "--cpu", "0.5", "--mem", mem, "--grace", "1", IMAGE, "--", "sh", "-c", script])
+    c.submit(&[
+        "--on", worker, "--cpu", "0.5", "--mem", mem, "--grace", "1", IMAGE, "--", "sh", "-c",
+        script,
+    ])
 }
 
 #[test]
 fn docker_cancel_stops_and_removes_the_container() {
     let (c, w, _, _sweep) = docker_cluster("dcancel");
     let t = submit(&c, &w, "0.1", "sleep 300");
-    until(EVENTUALLY, "container running", || (running(&w).len() == 1).then_some(()));
+    until(EVENTUALLY, "container running", || {
+        (running(&w).len() == 1).then_some(())
+    });
     let begin = Instant::now();
     let out = c.cli(&["cancel", &t]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(c.status(&t), "cancelled");
-    assert_eq!(cpu_allocated(&c.worker(&w)), 0.0, "resources released at once");
-    until(Duration::from_secs(4), "container removed within grace + 3 s", || containers(&w).is_empty().then_some(()));
-    assert!(begin.elapsed() < Duration::from_secs(5), "{:?}", begin.elapsed());
+    assert_eq!(
+        cpu_allocated(&c.worker(&w)),
+        0.0,
+        "resources released at once"
+    );
+    until(
+        Duration::from_secs(4),
+        "container removed within grace + 3 s",
+        || containers(&w).is_empty().then_some(()),
+    );
+    assert!(
+        begin.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        begin.elapsed()
+    );
 }
 
 #[test]
 fn docker_sigterm_fails_running_tasks_and_removes_their_containers() {
     let (mut c, w, idx, _sweep) = docker_cluster("dsigterm");
     let tasks: Vec<String> = (0..3).map(|_| submit(&c, &w, "0.1", "sleep 300")).collect();
-    until(EVENTUALLY, "three containers running", || (running(&w).len() == 3).then_some(()));
+    until(EVENTUALLY, "three containers running", || {
+        (running(&w).len() == 3).then_some(())
+    });
     signal(c.workers[idx].child.id(), "TERM");
-    let status = wait_exit(&mut c.workers[idx].child, Duration::from_secs(15), "worker exits");
+    let status = wait_exit(
+        &mut c.workers[idx].child,
+        Duration::from_secs(15),
+        "worker exits",
+    );
     assert!(status.success(), "{status:?}");
     for t in &tasks {
         let v = c.show(t);
@@ -85,14 +127,20 @@ fn docker_sigterm_fails_running_tasks_and_removes_their_containers() {
         assert_eq!(v["result"]["message"], SHUTDOWN_MESSAGE, "{v}");
     }
     assert_eq!(cpu_allocated(&c.worker(&w)), 0.0);
-    assert!(containers(&w).is_empty(), "containers left: {:?}", containers(&w));
+    assert!(
+        containers(&w).is_empty(),
+        "containers left: {:?}",
+        containers(&w)
+    );
 }
 
 #[test]
 fn docker_worker_killed_and_restarted_adopts_its_running_container() {
     let (mut c, w, idx, _sweep) = docker_cluster("dadopt");
     let t = submit(&c, &w, "0.1", "sleep 4; echo finished-after-restart");
-    until(EVENTUALLY, "container running", || (running(&w).len() == 1).then_some(()));
+    until(EVENTUALLY, "container running", || {
+        (running(&w).len() == 1).then_some(())
+    });
     c.workers[idx].child.kill().expect("kill -9 the worker");
     let _ = c.workers[idx].child.wait();
     assert_eq!(running(&w).len(), 1, "the container outlives the worker");
@@ -103,23 +151,40 @@ fn docker_worker_killed_and_restarted_adopts_its_running_container() {
         (v["task"]["status"] != "running").then_some(v)
     });
     assert_eq!(v["task"]["status"], "completed", "{v}");
-    assert_eq!(v["task"]["attempt"], 1, "the adopted run finished; no second run: {v}");
-    assert!(v["result"]["logs"].as_str().unwrap_or("").contains("finished-after-restart"), "{v}");
-    until(Duration::from_secs(5), "no container left", || containers(&w).is_empty().then_some(()));
+    assert_eq!(
+        v["task"]["attempt"], 1,
+        "the adopted run finished; no second run: {v}"
+    );
+    assert!(
+        v["result"]["logs"]
+            .as_str()
+            .unwrap_or("")
+            .contains("finished-after-restart"),
+        "{v}"
+    );
+    until(Duration::from_secs(5), "no container left", || {
+        containers(&w).is_empty().then_some(())
+    });
 }
 
 #[test]
 fn docker_orphan_of_a_failed_over_task_is_removed_when_the_worker_returns() {
     let (mut c, w, idx, _sweep) = docker_cluster("dorphan");
     let t = submit(&c, &w, "0.1", "sleep 300");
-    until(EVENTUALLY, "container running", || (running(&w).len() == 1).then_some(()));
+    until(EVENTUALLY, "container running", || {
+        (running(&w).len() == 1).then_some(())
+    });
     c.workers[idx].child.kill().expect("kill -9 the worker");
     let _ = c.workers[idx].child.wait();
-    until(EVENTUALLY, "task failed over", || (c.status(&t) == "failed").then_some(()));
+    until(EVENTUALLY, "task failed over", || {
+        (c.status(&t) == "failed").then_some(())
+    });
     assert_eq!(running(&w).len(), 1, "the orphan still runs");
     c.spawn_worker(&w, 4.0);
     c.wait_active(&[&w]);
-    until(EVENTUALLY, "orphan stopped and removed", || containers(&w).is_empty().then_some(()));
+    until(EVENTUALLY, "orphan stopped and removed", || {
+        containers(&w).is_empty().then_some(())
+    });
     assert_eq!(c.status(&t), "failed");
 }
 
@@ -127,12 +192,20 @@ fn docker_orphan_of_a_failed_over_task_is_removed_when_the_worker_returns() {
 fn docker_memory_limit_is_enforced_and_reported() {
     let (c, w, _, _sweep) = docker_cluster("doom");
     // `tail` keeps the whole newline-free stream in memory: far over 20 MB.
-    let t = submit(&c, &w, "0.02", "head -c 200000000 /dev/zero | tail > /dev/null");
+    let t = submit(
+        &c,
+        &w,
+        "0.02",
+        "head -c 200000000 /dev/zero | tail > /dev/null",
+    );
     let v = until(EVENTUALLY, "task ended", || {
         let v = c.show(&t);
         (v["task"]["status"] != "running" && v["task"]["status"] != "pending").then_some(v)
     });
     assert_eq!(v["task"]["status"], "failed", "{v}");
     let message = v["result"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("memory limit"), "the reason names the limit: {v}");
+    assert!(
+        message.contains("memory limit"),
+        "the reason names the limit: {v}"
+    );
 }

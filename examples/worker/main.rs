@@ -9,8 +9,8 @@ use clap::Parser;
 use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::process::ProcessRuntime;
 use cloudai_core::runtime::ContainerRuntime;
-use cloudai_docker::DockerRuntime;
 use cloudai_core::worker::WorkerConfig;
+use cloudai_docker::DockerRuntime;
 use cloudai_examples as common;
 use tracing::info;
 
@@ -165,7 +165,11 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn choose_runtime(name: &str, worker: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
     match name {
         "process" => Ok(Arc::new(ProcessRuntime::new())),
-        "docker" => Ok(Arc::new(DockerRuntime::connect(worker).await.map_err(|e| e.to_string())?)),
+        "docker" => Ok(Arc::new(
+            DockerRuntime::connect(worker)
+                .await
+                .map_err(|e| e.to_string())?,
+        )),
         "auto" => match DockerRuntime::connect(worker).await {
             Ok(docker) => {
                 info!("runtime: docker (a Docker daemon answers)");
@@ -176,6 +180,8 @@ async fn choose_runtime(name: &str, worker: &str) -> Result<Arc<dyn ContainerRun
                 Ok(Arc::new(ProcessRuntime::new()))
             }
         },
-        other => Err(format!("unknown runtime {other:?}: use docker, process or auto")),
+        other => Err(format!(
+            "unknown runtime {other:?}: use docker, process or auto"
+        )),
     }
 }

@@ -528,11 +528,19 @@ impl Worker {
         let cfg = &self.inner.config;
         let mut failures = 0u32;
         loop {
+            // Results that ended while the master was away go first; runs
+            // whose result is still unacknowledged are listed with the
+            // running ones, so the master does not fail them as vanished.
+            self.flush_outbox().await;
+            let mut running = self.running();
+            running.extend(locked(&self.inner.outbox).keys().cloned());
+            running.sort();
+            running.dedup();
             let registration = Registration {
                 worker: cfg.id.clone(),
                 address: cfg.advertise_address.clone(),
                 capacity: cfg.capacity,
-                running: self.running(),
+                running,
             };
             let call = self.inner.master.register(&registration);
             match tokio::time::timeout(cfg.rpc_timeout, call).await {

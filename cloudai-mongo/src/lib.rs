@@ -1,0 +1,642 @@
+//! [`MongoStore`]: CloudAI-rs's [`TaskStore`] and [`WorkerRegistry`] on
+//! MongoDB, through the official `mongodb` driver (tokio).
+//!
+//! ```no_run
+//! # async fn demo() -> cloudai_core::Result<()> {
+//! use std::sync::Arc;
+//! use cloudai_mongo::{MongoConfig, MongoStore};
+//!
+//! let store = Arc::new(MongoStore::connect(MongoConfig::new("mongodb://127.0.0.1:27017", "cloudai")).await?);
+//! // `store` is both the master's TaskStore and its WorkerRegistry.
+//! # Ok(()) }
+//! ```
+//!
+//! # Schema
+//!
+//! | collection | `_id` | holds |
+//! |---|---|---|
+//! | [`TASKS`] | task id | the task: spec, `status`, the assignment (`worker`, `attempt`), `reason`, times |
+//! | [`RESULTS`] | task id | the one result of a task |
+//! | [`WORKERS`] | worker id | address, capacity, `registered_at`, `last_heartbeat`, telemetry |
+//! | [`ASSIGNMENTS`] | generated | append-only placement history `{task_id, worker, attempt, at}` |
+//!
+//! Numbers are int64 (timestamps in milliseconds since the epoch). Indexes,
+//! created by [`MongoStore::connect`]: TASKS on `status`, on `worker` and on
+//! `created_at`; ASSIGNMENTS on `task_id`. The task id as `_id` is the unique
+//! index that makes task and result inserts insert-if-absent.
+//!
+//! # Guarantees
+//!
+//! - [`TaskStore::update_status`] is one filtered `findOneAndUpdate`
+//!   (`_id`, `status ∈ allowed_from`, and the expected worker and attempt):
+//!   the status and the assignment change in the same single-document write,
+//!   so the compare-and-set holds with any number of masters or callers.
+//! - [`TaskStore::insert_result`] is an `insertOne` on `_id`; a duplicate
+//!   key means another result was first.
+//! - A worker's `last_heartbeat` only moves forward: each write is
+//!   conditional on the stored value being older or absent.
+//!
+//! # Errors
+//!
+//! Server selection, network and shutdown errors become
+//! [`Error::Unavailable`] (the driver reconnects by itself; the next call
+//! after the server is back succeeds); an operation that outlives
+//! [`MongoConfig::operation_timeout`] becomes [`Error::Timeout`] (its outcome
+//! is unknown); other driver errors become [`Error::Backend`].
+
+mod errors;
+mod records;
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudai_core::model::{
+    Heartbeat, TaskId, TaskRecord, TaskResult, Timestamp, ValidationError, WorkerId, WorkerRecord,
+};
+use cloudai_core::store::{
+    Assignment, CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
+};
+use cloudai_core::{Error, Result};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use records::{AssignmentDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc, WorkerDoc};
+
+/// Tasks: `_id` is the task id.
+pub const TASKS: &str = "TASKS";
+/// Results: `_id` is the task id.
+pub const RESULTS: &str = "RESULTS";
+/// Append-only placement history.
+pub const ASSIGNMENTS: &str = "ASSIGNMENTS";
+/// Workers: `_id` is the worker id.
+pub const WORKERS: &str = "WORKERS";
+
+/// How many times [`TaskStore::update_status`] re-tries its compare-and-set
+/// when the record changed between a rejected write and the read that
+/// explains it (so that a `Rejected` always carries a record the guard
+/// refuses). Reached only under a pathological write storm on one task.
+const CAS_RETRIES: usize = 64;
+/// How many heartbeat writes run at once within one batch.
+const HEARTBEAT_CONCURRENCY: usize = 16;
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoConfig {
+    /// A `mongodb://` connection string. Options it sets itself (for example
+    /// `serverSelectionTimeoutMS`) win over the fields below.
+    /// (`mongodb+srv://` needs DNS SRV look-ups, which this build leaves out.)
+    pub uri: String,
+    /// The database holding the four collections.
+    pub database: String,
+    /// Bound on opening one connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Bound on finding a usable server for an operation (default 5 s). While
+    /// the database is down, each call fails with [`Error::Unavailable`]
+    /// after this long.
+    pub server_selection_timeout: Duration,
+    /// Bound on one whole store call, for a server that accepts connections
+    /// but does not answer (default 30 s). Past it the call fails with
+    /// [`Error::Timeout`]: the write may or may not have happened.
+    pub operation_timeout: Duration,
+}
+
+impl MongoConfig {
+    /// The default database name.
+    pub const DEFAULT_DATABASE: &'static str = "cloudai";
+
+    /// `uri` and `database` with the default timeouts.
+    pub fn new(uri: impl Into<String>, database: impl Into<String>) -> Self {
+        MongoConfig {
+            uri: uri.into(),
+            database: database.into(),
+            connect_timeout: Duration::from_secs(5),
+            server_selection_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        MongoConfig::new("mongodb://127.0.0.1:27017", Self::DEFAULT_DATABASE)
+    }
+}
+
+/// One entry of the placement history (see [`MongoStore::assignment_history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignmentEntry {
+    /// The worker the task was placed on.
+    pub worker: WorkerId,
+    /// The attempt this placement started.
+    pub attempt: u32,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Tasks, results and workers in one MongoDB database. Cheap to share as
+/// `Arc<MongoStore>`; it holds one driver [`Client`] (a connection pool
+/// that reconnects by itself) and no other state, so nothing goes stale
+/// while the server is away.
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    db: Database,
+    tasks: Collection<TaskDoc>,
+    results: Collection<ResultDoc>,
+    assignments: Collection<AssignmentDoc>,
+    workers: Collection<WorkerDoc>,
+    /// `host:port` list for messages (never the URI, which may hold a password).
+    hosts: String,
+    operation_timeout: Duration,
+}
+
+fn check_database_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(ValidationError::Empty {
+            field: "MongoDB database",
+        }
+        .into());
+    }
+    if name.len() > 63 {
+        return Err(ValidationError::TooLarge {
+            field: "MongoDB database",
+            value: format!("{} bytes", name.len()),
+            limit: "63 bytes".into(),
+        }
+        .into());
+    }
+    if let Some(found) = name
+        .chars()
+        .find(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
+    {
+        return Err(ValidationError::BadCharacter {
+            field: "MongoDB database",
+            found,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl MongoStore {
+    /// Connects, checks that the server answers (`ping`) and creates the
+    /// indexes. [`Error::Unavailable`] if no server answers within the
+    /// server selection timeout; [`Error::InvalidInput`] for a malformed URI
+    /// or database name.
+    pub async fn connect(config: MongoConfig) -> Result<MongoStore> {
+        check_database_name(&config.database)?;
+        let mut options = ClientOptions::parse(config.uri.as_str())
+            .await
+            .map_err(|e| {
+                Error::InvalidInput(ValidationError::Invalid {
+                    field: "MongoDB URI",
+                    reason: e.kind.to_string(),
+                })
+            })?;
+        options
+            .connect_timeout
+            .get_or_insert(config.connect_timeout);
+        options
+            .server_selection_timeout
+            .get_or_insert(config.server_selection_timeout);
+        options.app_name.get_or_insert_with(|| "cloudai".into());
+        let hosts = options
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = Client::with_options(options).map_err(|e| errors::map(e, &hosts))?;
+        let db = client.database(&config.database);
+        let store = MongoStore {
+            tasks: db.collection(TASKS),
+            results: db.collection(RESULTS),
+            assignments: db.collection(ASSIGNMENTS),
+            workers: db.collection(WORKERS),
+            db,
+            hosts,
+            operation_timeout: config.operation_timeout,
+        };
+        store.op(store.db.run_command(doc! { "ping": 1 })).await?;
+        store.create_indexes().await?;
+        debug!(hosts = %store.hosts, database = %config.database, "connected to MongoDB");
+        Ok(store)
+    }
+
+    async fn create_indexes(&self) -> Result<()> {
+        // No compound index that includes `_id`: nx-27017 (the test server)
+        // then refuses every insert. Ties in `list_tasks` order are few.
+        for key in ["status", "worker", "created_at"] {
+            self.op(self
+                .tasks
+                .create_index(IndexModel::builder().keys(doc! { key: 1 }).build()))
+                .await?;
+        }
+        self.op(self
+            .assignments
+            .create_index(IndexModel::builder().keys(doc! { "task_id": 1 }).build()))
+            .await?;
+        Ok(())
+    }
+
+    /// The database's name.
+    pub fn database_name(&self) -> &str {
+        self.db.name()
+    }
+
+    /// Drops the whole database (tests, benchmarks).
+    pub async fn drop_database(&self) -> Result<()> {
+        self.op(self.db.drop()).await
+    }
+
+    /// The placement history of a task, oldest first. For audits and
+    /// tests only: it is written best-effort after each assignment and never
+    /// used for decisions.
+    pub async fn assignment_history(&self, id: &TaskId) -> Result<Vec<AssignmentEntry>> {
+        let mut cursor = self
+            .op(self
+                .assignments
+                .find(doc! { "task_id": id.as_str() })
+                .sort(doc! { "attempt": 1 }))
+            .await?;
+        let mut out = Vec::new();
+        while self.op(cursor.advance()).await? {
+            let d = self.driver(cursor.deserialize_current())?;
+            out.push(AssignmentEntry {
+                worker: d.worker,
+                attempt: u32::try_from(d.attempt).map_err(records::corrupt)?,
+                at: Timestamp::from_millis(u64::try_from(d.at).map_err(records::corrupt)?),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs one driver operation under the operation timeout, keeping the
+    /// driver's error for the caller to inspect (duplicate keys).
+    async fn raw<T, F>(&self, f: F) -> Result<mongodb::error::Result<T>>
+    where
+        F: IntoFuture<Output = mongodb::error::Result<T>>,
+    {
+        tokio::time::timeout(self.operation_timeout, f.into_future())
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "MongoDB at {} did not answer within {:?}",
+                    self.hosts, self.operation_timeout
+                ))
+            })
+    }
+
+    /// Runs one driver operation with every error mapped.
+    async fn op<T, F>(&self, f: F) -> Result<T>
+    where
+        F: IntoFuture<Output = mongodb::error::Result<T>>,
+    {
+        self.raw(f).await?.map_err(|e| errors::map(e, &self.hosts))
+    }
+
+    fn driver<T>(&self, r: mongodb::error::Result<T>) -> Result<T> {
+        r.map_err(|e| errors::map(e, &self.hosts))
+    }
+
+    async fn find_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        self.op(self.tasks.find_one(doc! { "_id": id.as_str() }))
+            .await?
+            .map(TaskDoc::into_core)
+            .transpose()
+    }
+
+    async fn record_assignment(&self, id: &TaskId, worker: &WorkerId, attempt: u32, at: i64) {
+        let entry = AssignmentDoc {
+            task_id: id.clone(),
+            worker: worker.clone(),
+            attempt: i64::from(attempt),
+            at,
+        };
+        if let Err(e) = self.op(self.assignments.insert_one(entry)).await {
+            warn!(task = %id, %worker, attempt, error = %e, "could not append to the assignment history");
+        }
+    }
+
+    /// One heartbeat, written only if it is not older than the stored one.
+    /// Returns whether a worker document took it.
+    ///
+    /// Conditional writes (`last_heartbeat <= at`; else, for a first beat,
+    /// `last_heartbeat == null`; else `<= at` once more) instead of one
+    /// `$or` filter, which nx-27017 evaluates wrongly with `null`. Each write
+    /// is a compare-and-set, so the time never moves backwards. The third
+    /// try covers a concurrent first beat landing between the first two: a
+    /// stored time never goes back to `null`, so after it a miss means the
+    /// stored beat is newer (or the worker is unknown). The usual case, a
+    /// worker that has beaten before, costs one write.
+    async fn beat(
+        workers: &Collection<WorkerDoc>,
+        beat: &Heartbeat,
+    ) -> Result<mongodb::error::Result<bool>> {
+        let at = records::ts("heartbeat time", beat.at)?;
+        let telemetry = mongodb::bson::serialize_to_bson(&TelemetryDoc::from_core(
+            &beat.telemetry,
+        )?)
+        .map_err(|e| Error::Backend {
+            backend: "mongodb",
+            source: Box::new(e),
+        })?;
+        let update = doc! { "$set": { "last_heartbeat": at, "telemetry": telemetry } };
+        let id = beat.worker.as_str();
+        let newer = doc! { "_id": id, "last_heartbeat": { "$lte": at } };
+        let first = doc! { "_id": id, "last_heartbeat": Bson::Null };
+        for filter in [newer.clone(), first, newer] {
+            match workers.update_one(filter, update.clone()).await {
+                Ok(r) if r.matched_count > 0 => return Ok(Ok(true)),
+                Ok(_) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(false))
+    }
+}
+
+#[async_trait]
+impl TaskStore for MongoStore {
+    async fn insert_task(&self, task: TaskRecord) -> Result<()> {
+        let doc = TaskDoc::from_core(&task)?;
+        match self.raw(self.tasks.insert_one(doc)).await? {
+            Ok(_) => Ok(()),
+            Err(e) if errors::is_duplicate_key(&e) => Err(Error::AlreadyExists {
+                kind: "task",
+                id: task.id.to_string(),
+            }),
+            Err(e) => Err(errors::map(e, &self.hosts)),
+        }
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        self.find_task(id).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let mut query = Document::new();
+        if !filter.statuses.is_empty() {
+            let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+            query.insert("status", doc! { "$in": statuses });
+        }
+        if let Some(w) = &filter.worker {
+            query.insert("worker", w.as_str());
+        }
+        let mut cursor = self
+            .op(self
+                .tasks
+                .find(query)
+                .sort(doc! { "created_at": 1, "_id": 1 }))
+            .await?;
+        let mut out = Vec::new();
+        while self.op(cursor.advance()).await? {
+            out.push(self.driver(cursor.deserialize_current())?.into_core()?);
+        }
+        Ok(out)
+    }
+
+    async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
+        let at = records::ts("change time", change.at)?;
+        let allowed: Vec<&str> = change.allowed_from.iter().map(|s| s.as_str()).collect();
+        let mut filter = doc! { "_id": id.as_str(), "status": { "$in": allowed } };
+        if let Some(w) = &change.expected_worker {
+            filter.insert("worker", w.as_str());
+        }
+        if let Some(a) = change.expected_attempt {
+            filter.insert("attempt", i64::from(a));
+        }
+        // Exactly what `StatusChange::apply_to` does, as one update.
+        let mut set = doc! { "status": change.to.as_str(), "updated_at": at };
+        let mut unset = Document::new();
+        let mut update = Document::new();
+        match &change.assignment {
+            Assignment::Keep => {}
+            Assignment::Set(w) => {
+                set.insert("worker", w.as_str());
+                update.insert("$inc", doc! { "attempt": 1_i64 });
+            }
+            Assignment::Clear => {
+                unset.insert("worker", "");
+            }
+        }
+        match &change.reason {
+            Some(r) => {
+                set.insert("reason", r.as_str());
+            }
+            None => {
+                unset.insert("reason", "");
+            }
+        }
+        if change.to.is_terminal() {
+            set.insert("finished_at", at);
+        }
+        update.insert("$set", set);
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        for _ in 0..CAS_RETRIES {
+            let before = self
+                .op(self
+                    .tasks
+                    .find_one_and_update(filter.clone(), update.clone())
+                    .return_document(ReturnDocument::Before))
+                .await?;
+            if let Some(before) = before {
+                let before = before.into_core()?;
+                if let Assignment::Set(w) = &change.assignment {
+                    self.record_assignment(id, w, before.attempt.saturating_add(1), at)
+                        .await;
+                }
+                return Ok(CasOutcome::Applied { before });
+            }
+            let current = self
+                .find_task(id)
+                .await?
+                .ok_or_else(|| Error::not_found("task", id))?;
+            if !change.admits(&current) {
+                return Ok(CasOutcome::Rejected { current });
+            }
+            // The task changed between the write and the read into a state
+            // the guard admits: the write did not happen, so try it again.
+        }
+        Err(Error::Conflict(format!(
+            "task {id} changed under {CAS_RETRIES} consecutive compare-and-set attempts"
+        )))
+    }
+
+    async fn insert_result(&self, result: TaskResult) -> Result<InsertOutcome> {
+        let doc = ResultDoc::from_core(&result)?;
+        match self.raw(self.results.insert_one(doc)).await? {
+            Ok(_) => Ok(InsertOutcome::Inserted),
+            Err(e) if errors::is_duplicate_key(&e) => Ok(InsertOutcome::AlreadyPresent),
+            Err(e) => Err(errors::map(e, &self.hosts)),
+        }
+    }
+
+    async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
+        self.op(self.results.find_one(doc! { "_id": id.as_str() }))
+            .await?
+            .map(ResultDoc::into_core)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for MongoStore {
+    async fn upsert_worker(&self, worker: WorkerRecord) -> Result<WorkerRecord> {
+        let doc = WorkerDoc::from_core(&worker)?;
+        let capacity = mongodb::bson::serialize_to_bson(&ResourcesDoc::from_core(
+            &worker.capacity,
+        )?)
+        .map_err(|e| Error::Backend {
+            backend: "mongodb",
+            source: Box::new(e),
+        })?;
+        let mut set = doc! { "capacity": capacity };
+        let mut update = Document::new();
+        match &worker.address {
+            Some(a) => {
+                set.insert("address", a.as_str());
+            }
+            None => {
+                update.insert("$unset", doc! { "address": "" });
+            }
+        }
+        update.insert("$set", set);
+        // Insert, or update address and capacity of the known worker. Not an
+        // upsert with `$setOnInsert` (one round trip on MongoDB), because
+        // nx-27017 ignores `$setOnInsert`. The loop covers a removal between
+        // the refused insert and the update.
+        for _ in 0..CAS_RETRIES {
+            match self.raw(self.workers.insert_one(doc.clone())).await? {
+                Ok(_) => return Ok(worker),
+                Err(e) if errors::is_duplicate_key(&e) => {}
+                Err(e) => return Err(errors::map(e, &self.hosts)),
+            }
+            let stored = self
+                .op(self
+                    .workers
+                    .find_one_and_update(doc! { "_id": worker.id.as_str() }, update.clone())
+                    .return_document(ReturnDocument::After))
+                .await?;
+            if let Some(stored) = stored {
+                return stored.into_core();
+            }
+        }
+        Err(Error::Conflict(format!(
+            "worker {} was removed and re-added under {CAS_RETRIES} consecutive upserts",
+            worker.id
+        )))
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        self.op(self.workers.find_one(doc! { "_id": id.as_str() }))
+            .await?
+            .map(WorkerDoc::into_core)
+            .transpose()
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        let mut cursor = self
+            .op(self.workers.find(doc! {}).sort(doc! { "_id": 1 }))
+            .await?;
+        let mut out = Vec::new();
+        while self.op(cursor.advance()).await? {
+            out.push(self.driver(cursor.deserialize_current())?.into_core()?);
+        }
+        Ok(out)
+    }
+
+    async fn remove_worker(&self, id: &WorkerId) -> Result<()> {
+        let r = self
+            .op(self.workers.delete_one(doc! { "_id": id.as_str() }))
+            .await?;
+        if r.deleted_count == 0 {
+            return Err(Error::not_found("worker", id));
+        }
+        Ok(())
+    }
+
+    async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<Vec<WorkerId>> {
+        // The newest beat per worker (the later one on a tie, as in memory),
+        // workers in order of first appearance.
+        let mut order: Vec<&WorkerId> = Vec::new();
+        let mut newest: HashMap<&WorkerId, &Heartbeat> = HashMap::new();
+        for b in beats {
+            match newest.get(&b.worker) {
+                None => {
+                    order.push(&b.worker);
+                    newest.insert(&b.worker, b);
+                }
+                Some(seen) if seen.at <= b.at => {
+                    newest.insert(&b.worker, b);
+                }
+                Some(_) => {}
+            }
+        }
+        let mut missed: Vec<WorkerId> = Vec::new();
+        let mut running = JoinSet::new();
+        let mut queue = order.iter().map(|w| (*newest[w]).clone());
+        let mut results: HashMap<WorkerId, bool> = HashMap::new();
+        let operation_timeout = self.operation_timeout;
+        loop {
+            while running.len() < HEARTBEAT_CONCURRENCY {
+                let Some(beat) = queue.next() else { break };
+                let workers = self.workers.clone();
+                running.spawn(async move {
+                    let r =
+                        tokio::time::timeout(operation_timeout, Self::beat(&workers, &beat)).await;
+                    (beat.worker, r)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (worker, r) = joined.map_err(|e| Error::Backend {
+                backend: "mongodb",
+                source: Box::new(e),
+            })?;
+            let took = r
+                .map_err(|_| {
+                    Error::Timeout(format!(
+                        "MongoDB at {} did not answer within {:?}",
+                        self.hosts, operation_timeout
+                    ))
+                })??
+                .map_err(|e| errors::map(e, &self.hosts))?;
+            results.insert(worker, took);
+        }
+        for w in order {
+            if results.get(w) == Some(&false) {
+                missed.push(w.clone());
+            }
+        }
+        if missed.is_empty() {
+            return Ok(missed);
+        }
+        // A beat that took no document is either older than the stored one
+        // or from an unregistered worker: ask which ids exist.
+        let ids: Vec<&str> = missed.iter().map(|w| w.as_str()).collect();
+        let mut cursor = self
+            .op(self
+                .workers
+                .clone_with_type::<Document>()
+                .find(doc! { "_id": { "$in": ids } })
+                .projection(doc! { "_id": 1 }))
+            .await?;
+        let mut known = Vec::new();
+        while self.op(cursor.advance()).await? {
+            let d = self.driver(cursor.deserialize_current())?;
+            if let Ok(id) = d.get_str("_id") {
+                known.push(id.to_owned());
+            }
+        }
+        missed.retain(|w| !known.iter().any(|k| k == w.as_str()));
+        Ok(missed)
+    }
+}

@@ -1,0 +1,442 @@
+//! The documents as stored, one private struct per collection, and their
+//! conversions to and from the core records.
+//!
+//! Every number is a BSON int64 (timestamps in milliseconds, resource
+//! amounts in their integer units, attempts). bson would serialize the core
+//! records' `u64` fields as int64 itself, but only while they fit and with
+//! an opaque error when they do not; the explicit mapping here refuses an
+//! out-of-range value as invalid input on the way in and a negative or
+//! malformed one as a corrupt document on the way out, and keeps the stored
+//! field names independent of the core's serde attributes.
+
+use cloudai_core::model::{
+    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
+    ValidationError, WorkerId, WorkerRecord,
+};
+use cloudai_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// A stored number that did not fit the record (negative, too large).
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: "mongodb",
+        source: format!("corrupt document: {what}").into(),
+    }
+}
+
+/// `u64` → int64, refusing values above `i64::MAX`.
+pub(crate) fn to_i64(field: &'static str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| {
+        Error::InvalidInput(ValidationError::TooLarge {
+            field,
+            value: v.to_string(),
+            limit: i64::MAX.to_string(),
+        })
+    })
+}
+
+fn to_u64(field: &str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{field} is {v}")))
+}
+
+fn to_u32(field: &str, v: i64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| corrupt(format!("{field} is {v}")))
+}
+
+pub(crate) fn ts(field: &'static str, t: Timestamp) -> Result<i64> {
+    to_i64(field, t.as_millis())
+}
+
+fn from_ts(field: &str, v: i64) -> Result<Timestamp> {
+    to_u64(field, v).map(Timestamp::from_millis)
+}
+
+/// Resource amounts (capacity or request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ResourcesDoc {
+    cpu_millis: i64,
+    memory_mb: i64,
+    storage_mb: i64,
+    gpus: i64,
+}
+
+impl ResourcesDoc {
+    pub(crate) fn from_core(r: &Resources) -> Result<Self> {
+        Ok(ResourcesDoc {
+            cpu_millis: to_i64("cpu millicores", r.cpu_millis)?,
+            memory_mb: to_i64("memory MB", r.memory_mb)?,
+            storage_mb: to_i64("storage MB", r.storage_mb)?,
+            gpus: i64::from(r.gpus),
+        })
+    }
+
+    fn into_core(self) -> Result<Resources> {
+        let r = Resources {
+            cpu_millis: to_u64("cpu_millis", self.cpu_millis)?,
+            memory_mb: to_u64("memory_mb", self.memory_mb)?,
+            storage_mb: to_u64("storage_mb", self.storage_mb)?,
+            gpus: to_u32("gpus", self.gpus)?,
+        };
+        r.validate().map_err(corrupt)?;
+        Ok(r)
+    }
+}
+
+/// One environment variable. The environment is stored as an array of
+/// these rather than as a sub-document, because variable names may contain
+/// `.` or start with `$`, which MongoDB field names should not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EnvVar {
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SpecDoc {
+    image: String,
+    command: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    resources: ResourcesDoc,
+    cancel_grace_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin: Option<WorkerId>,
+}
+
+impl SpecDoc {
+    fn from_core(s: &TaskSpec) -> Result<Self> {
+        Ok(SpecDoc {
+            image: s.image.clone(),
+            command: s.command.clone(),
+            env: s
+                .env
+                .iter()
+                .map(|(name, value)| EnvVar {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            resources: ResourcesDoc::from_core(&s.resources)?,
+            cancel_grace_ms: to_i64(
+                "cancel grace",
+                u64::try_from(s.cancel_grace.as_millis()).unwrap_or(u64::MAX),
+            )?,
+            pin: s.pin.clone(),
+        })
+    }
+
+    fn into_core(self) -> Result<TaskSpec> {
+        Ok(TaskSpec {
+            image: self.image,
+            command: self.command,
+            env: self.env.into_iter().map(|v| (v.name, v.value)).collect(),
+            resources: self.resources.into_core()?,
+            cancel_grace: std::time::Duration::from_millis(to_u64(
+                "cancel_grace_ms",
+                self.cancel_grace_ms,
+            )?),
+            pin: self.pin,
+        })
+    }
+}
+
+/// A TASKS document: `_id` is the task id; the assignment (`worker`,
+/// `attempt`) sits beside the status so both change in one write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TaskDoc {
+    #[serde(rename = "_id")]
+    id: TaskId,
+    spec: SpecDoc,
+    status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worker: Option<WorkerId>,
+    #[serde(default)]
+    attempt: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_at: Option<i64>,
+}
+
+impl TaskDoc {
+    pub(crate) fn from_core(t: &TaskRecord) -> Result<Self> {
+        Ok(TaskDoc {
+            id: t.id.clone(),
+            spec: SpecDoc::from_core(&t.spec)?,
+            status: t.status,
+            worker: t.worker.clone(),
+            attempt: i64::from(t.attempt),
+            reason: t.reason.clone(),
+            created_at: ts("created_at", t.created_at)?,
+            updated_at: ts("updated_at", t.updated_at)?,
+            finished_at: t.finished_at.map(|f| ts("finished_at", f)).transpose()?,
+        })
+    }
+
+    pub(crate) fn into_core(self) -> Result<TaskRecord> {
+        Ok(TaskRecord {
+            id: self.id,
+            spec: self.spec.into_core()?,
+            status: self.status,
+            worker: self.worker,
+            attempt: to_u32("attempt", self.attempt)?,
+            reason: self.reason,
+            created_at: from_ts("created_at", self.created_at)?,
+            updated_at: from_ts("updated_at", self.updated_at)?,
+            finished_at: self
+                .finished_at
+                .map(|f| from_ts("finished_at", f))
+                .transpose()?,
+        })
+    }
+}
+
+/// A RESULTS document: `_id` is the task id, so the unique `_id` index makes
+/// the insert insert-if-absent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ResultDoc {
+    #[serde(rename = "_id")]
+    task_id: TaskId,
+    worker_id: WorkerId,
+    #[serde(default)]
+    attempt: i64,
+    status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    logs: String,
+    #[serde(default)]
+    logs_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<i64>,
+    finished_at: i64,
+}
+
+impl ResultDoc {
+    pub(crate) fn from_core(r: &TaskResult) -> Result<Self> {
+        Ok(ResultDoc {
+            task_id: r.task_id.clone(),
+            worker_id: r.worker_id.clone(),
+            attempt: i64::from(r.attempt),
+            status: r.status,
+            exit_code: r.exit_code,
+            logs: r.logs.clone(),
+            logs_truncated: r.logs_truncated,
+            message: r.message.clone(),
+            started_at: r.started_at.map(|s| ts("started_at", s)).transpose()?,
+            finished_at: ts("finished_at", r.finished_at)?,
+        })
+    }
+
+    pub(crate) fn into_core(self) -> Result<TaskResult> {
+        Ok(TaskResult {
+            task_id: self.task_id,
+            worker_id: self.worker_id,
+            attempt: to_u32("attempt", self.attempt)?,
+            status: self.status,
+            exit_code: self.exit_code,
+            logs: self.logs,
+            logs_truncated: self.logs_truncated,
+            message: self.message,
+            started_at: self
+                .started_at
+                .map(|s| from_ts("started_at", s))
+                .transpose()?,
+            finished_at: from_ts("finished_at", self.finished_at)?,
+        })
+    }
+}
+
+/// Heartbeat telemetry inside a WORKERS document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TelemetryDoc {
+    cpu_percent: f64,
+    memory_used_mb: i64,
+    running_tasks: i64,
+}
+
+impl TelemetryDoc {
+    pub(crate) fn from_core(t: &Telemetry) -> Result<Self> {
+        Ok(TelemetryDoc {
+            cpu_percent: f64::from(t.cpu_percent),
+            memory_used_mb: to_i64("memory used MB", t.memory_used_mb)?,
+            running_tasks: i64::from(t.running_tasks),
+        })
+    }
+
+    fn into_core(self) -> Result<Telemetry> {
+        Ok(Telemetry {
+            // Stored from an f32, so the narrowing is exact.
+            cpu_percent: self.cpu_percent as f32,
+            memory_used_mb: to_u64("memory_used_mb", self.memory_used_mb)?,
+            running_tasks: to_u32("running_tasks", self.running_tasks)?,
+        })
+    }
+}
+
+/// A WORKERS document: `_id` is the worker id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerDoc {
+    #[serde(rename = "_id")]
+    id: WorkerId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    capacity: ResourcesDoc,
+    registered_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_heartbeat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    telemetry: Option<TelemetryDoc>,
+}
+
+impl WorkerDoc {
+    pub(crate) fn from_core(w: &WorkerRecord) -> Result<Self> {
+        Ok(WorkerDoc {
+            id: w.id.clone(),
+            address: w.address.clone(),
+            capacity: ResourcesDoc::from_core(&w.capacity)?,
+            registered_at: ts("registered_at", w.registered_at)?,
+            last_heartbeat: w
+                .last_heartbeat
+                .map(|h| ts("last_heartbeat", h))
+                .transpose()?,
+            telemetry: w
+                .telemetry
+                .as_ref()
+                .map(TelemetryDoc::from_core)
+                .transpose()?,
+        })
+    }
+
+    pub(crate) fn into_core(self) -> Result<WorkerRecord> {
+        Ok(WorkerRecord {
+            id: self.id,
+            address: self.address,
+            capacity: self.capacity.into_core()?,
+            registered_at: from_ts("registered_at", self.registered_at)?,
+            last_heartbeat: self
+                .last_heartbeat
+                .map(|h| from_ts("last_heartbeat", h))
+                .transpose()?,
+            telemetry: self.telemetry.map(TelemetryDoc::into_core).transpose()?,
+        })
+    }
+}
+
+/// One ASSIGNMENTS entry: an append-only history of placements, written
+/// after the TASKS update that made them and never read for decisions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AssignmentDoc {
+    pub(crate) task_id: TaskId,
+    pub(crate) worker: WorkerId,
+    pub(crate) attempt: i64,
+    pub(crate) at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{self, Bson};
+
+    fn record() -> TaskRecord {
+        let mut spec = TaskSpec::new(
+            "busybox",
+            vec!["sh".into(), "-c".into(), "echo hi".into()],
+            Resources::new(1.5, 0.25, 10.0, 2).unwrap(),
+        );
+        spec.env.insert("A.B".into(), "dotted".into());
+        spec.env.insert("$X".into(), "dollar".into());
+        spec.pin = Some(WorkerId::new("w-1").unwrap());
+        let mut t = TaskRecord::new(TaskId::new("t-1").unwrap(), spec, Timestamp::from_millis(7));
+        t.status = TaskStatus::Running;
+        t.worker = Some(WorkerId::new("w-1").unwrap());
+        t.attempt = 3;
+        t.reason = Some("why".into());
+        t.finished_at = Some(Timestamp::from_millis(9));
+        t
+    }
+
+    #[test]
+    fn task_documents_round_trip_with_int64_numbers() {
+        let t = record();
+        let doc = bson::serialize_to_document(&TaskDoc::from_core(&t).unwrap()).unwrap();
+        assert_eq!(doc.get("_id"), Some(&Bson::String("t-1".into())));
+        assert_eq!(doc.get("status"), Some(&Bson::String("running".into())));
+        assert_eq!(doc.get("attempt"), Some(&Bson::Int64(3)));
+        assert_eq!(doc.get("created_at"), Some(&Bson::Int64(7)));
+        let res = doc
+            .get_document("spec")
+            .unwrap()
+            .get_document("resources")
+            .unwrap();
+        assert_eq!(res.get("cpu_millis"), Some(&Bson::Int64(1500)));
+        assert_eq!(res.get("gpus"), Some(&Bson::Int64(2)));
+        let back: TaskDoc = bson::deserialize_from_document(doc).unwrap();
+        assert_eq!(back.into_core().unwrap(), t);
+    }
+
+    #[test]
+    fn absent_optionals_and_int32_numbers_read_back() {
+        let t = TaskRecord::new(
+            TaskId::new("t-2").unwrap(),
+            TaskSpec::new("img", vec![], Resources::ZERO),
+            Timestamp::from_millis(1),
+        );
+        let mut doc = bson::serialize_to_document(&TaskDoc::from_core(&t).unwrap()).unwrap();
+        assert!(!doc.contains_key("worker") && !doc.contains_key("reason"));
+        doc.insert("attempt", Bson::Int32(0));
+        let back: TaskDoc = bson::deserialize_from_document(doc).unwrap();
+        assert_eq!(back.into_core().unwrap(), t);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_both_ways() {
+        let mut t = record();
+        t.created_at = Timestamp::from_millis(u64::MAX);
+        assert!(matches!(
+            TaskDoc::from_core(&t),
+            Err(Error::InvalidInput(ValidationError::TooLarge { .. }))
+        ));
+        let mut doc = bson::serialize_to_document(&TaskDoc::from_core(&record()).unwrap()).unwrap();
+        doc.insert("attempt", Bson::Int64(-1));
+        let back: TaskDoc = bson::deserialize_from_document(doc).unwrap();
+        assert!(matches!(back.into_core(), Err(Error::Backend { .. })));
+    }
+
+    #[test]
+    fn worker_and_result_documents_round_trip() {
+        let mut w = WorkerRecord::new(
+            WorkerId::new("w").unwrap(),
+            Some("127.0.0.1:1".into()),
+            Resources::new(4.0, 8.0, 100.0, 1).unwrap(),
+            Timestamp::from_millis(3),
+        );
+        w.last_heartbeat = Some(Timestamp::from_millis(5));
+        w.telemetry = Some(Telemetry {
+            cpu_percent: 12.3,
+            memory_used_mb: 1 << 40,
+            running_tasks: 4,
+        });
+        let doc = bson::serialize_to_document(&WorkerDoc::from_core(&w).unwrap()).unwrap();
+        let back: WorkerDoc = bson::deserialize_from_document(doc).unwrap();
+        assert_eq!(back.into_core().unwrap(), w);
+        let r = TaskResult {
+            task_id: TaskId::new("t").unwrap(),
+            worker_id: WorkerId::new("w").unwrap(),
+            attempt: 2,
+            status: TaskStatus::Failed,
+            exit_code: Some(-9),
+            logs: "out".into(),
+            logs_truncated: true,
+            message: Some("m".into()),
+            started_at: None,
+            finished_at: Timestamp::from_millis(8),
+        };
+        let doc = bson::serialize_to_document(&ResultDoc::from_core(&r).unwrap()).unwrap();
+        let back: ResultDoc = bson::deserialize_from_document(doc).unwrap();
+        assert_eq!(back.into_core().unwrap(), r);
+    }
+}
