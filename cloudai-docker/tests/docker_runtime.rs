@@ -26,3 +26,29 @@ async fn docker_runtime_conforms() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_a_clear_error_naming_the_worker() {
+    use cloudai_core::runtime::ContainerSpec;
+    let rt = DockerRuntime::connect("w-7")
+        .await
+        .expect("a Docker daemon (run ./scripts/test.sh)");
+    let spec = ContainerSpec {
+        name: format!("cloudai-missing-image-{}", std::process::id()),
+        image: "cloudai-no-such-image:never".into(),
+        command: vec!["true".into()],
+        env: Default::default(),
+        limits: cloudai_core::model::Resources::new(0.1, 0.01, 0.0, 0).unwrap(),
+        labels: Default::default(),
+    };
+    let err = rt.start(&spec).await.expect_err("no such image");
+    assert!(
+        matches!(err, cloudai_core::Error::InvalidInput(_)),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("image cloudai-no-such-image:never not present on worker w-7"),
+        "{msg}"
+    );
+}
