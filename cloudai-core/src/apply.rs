@@ -93,6 +93,13 @@ pub async fn record_report(
     result: TaskResult,
     now: Timestamp,
 ) -> Result<ReportOutcome> {
+    let status = apply_event(store, &result.task_id, &report_event(&result)?, now).await?;
+    let result = store_result(store, &status, result).await?;
+    Ok(ReportOutcome { status, result })
+}
+
+/// The lifecycle event a worker's report stands for.
+pub fn report_event(result: &TaskResult) -> Result<TaskEvent> {
     let outcome = match result.status {
         TaskStatus::Completed => Reported::Completed,
         TaskStatus::Failed => Reported::Failed,
@@ -108,31 +115,35 @@ pub async fn record_report(
             .into())
         }
     };
-    let event = TaskEvent::Report {
+    Ok(TaskEvent::Report {
         worker: result.worker_id.clone(),
         attempt: result.attempt,
         outcome,
         message: result.message.clone(),
-    };
-    let status = apply_event(store, &result.task_id, &event, now).await?;
-    let task = match &status {
+    })
+}
+
+/// Stores a report's result after its status event was applied (`status`),
+/// insert-if-absent. A store error comes back as `Err`, so the reporter
+/// retries; the retry's status event is then refused and only this step
+/// runs again.
+pub async fn store_result(
+    store: &dyn TaskStore,
+    status: &Applied,
+    result: TaskResult,
+) -> Result<std::result::Result<(), ResultIgnored>> {
+    let task = match status {
         Applied::Changed { task, .. }
         | Applied::Refused {
             task: Some(task), ..
         } => task,
-        Applied::Refused { task: None, .. } => {
-            return Ok(ReportOutcome {
-                status,
-                result: Err(ResultIgnored::UnknownTask),
-            });
-        }
+        Applied::Refused { task: None, .. } => return Ok(Err(ResultIgnored::UnknownTask)),
     };
-    let result = match results::decide(Some(task), None, result) {
+    Ok(match results::decide(Some(task), None, result) {
         ResultDecision::Ignore(why) => Err(why),
         ResultDecision::Store(r) => match store.insert_result(r).await? {
             InsertOutcome::Inserted => Ok(()),
             InsertOutcome::AlreadyPresent => Err(ResultIgnored::Duplicate),
         },
-    };
-    Ok(ReportOutcome { status, result })
+    })
 }

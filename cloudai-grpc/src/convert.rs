@@ -18,6 +18,18 @@ use crate::proto;
 const KIND: &str = "x-cloudai-kind";
 const ID: &str = "x-cloudai-id";
 
+/// Runs a service call on its own task. When a client gives up, tonic drops
+/// the handler; a change the call started (a placement, a stop, a release)
+/// still runs to its end instead of stopping halfway.
+pub async fn detached<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(call)
+        .await
+        .map_err(|e| Status::internal(format!("request task failed: {e}")))?
+        .map_err(to_status)
+}
+
 /// A core error as a gRPC status with the matching code.
 pub fn to_status(e: Error) -> Status {
     let msg = e.to_string();

@@ -9,7 +9,7 @@ use cloudai_core::transport::Registration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, to_status};
+use crate::convert::{self, detached, to_status};
 use crate::proto::{self, master_server};
 
 /// How much output `StreamLogs` reads per poll.
@@ -54,11 +54,8 @@ impl master_server::Master for MasterService {
                 .map(|x| convert::run(Some(x)))
                 .collect::<Result<_, _>>()?,
         };
-        let reply = self
-            .master
-            .register(registration)
-            .await
-            .map_err(to_status)?;
+        let m = self.master.clone();
+        let reply = detached(async move { m.register(registration).await }).await?;
         Ok(Response::new(proto::RegisterReply {
             stop: reply.stop.into_iter().map(Into::into).collect(),
             heartbeat_interval_ms: u64::try_from(reply.heartbeat_interval.as_millis())
@@ -73,11 +70,10 @@ impl master_server::Master for MasterService {
     ) -> Reply<proto::HeartbeatReply> {
         let r = req.into_inner();
         let worker = convert::worker_id(&r.worker_id)?;
-        let reply = self
-            .master
-            .heartbeat(&worker, convert::telemetry(r.telemetry))
-            .await
-            .map_err(to_status)?;
+        let m = self.master.clone();
+        let reply =
+            detached(async move { m.heartbeat(&worker, convert::telemetry(r.telemetry)).await })
+                .await?;
         Ok(Response::new(proto::HeartbeatReply {
             register_again: reply.register_again,
         }))
@@ -85,20 +81,23 @@ impl master_server::Master for MasterService {
 
     async fn report(&self, req: Request<proto::TaskResult>) -> Reply<proto::Empty> {
         let result = convert::result(req.into_inner())?;
-        self.master.report(result).await.map_err(to_status)?;
+        let m = self.master.clone();
+        detached(async move { m.report(result).await }).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn submit(&self, req: Request<proto::SubmitRequest>) -> Reply<proto::SubmitReply> {
         let spec = convert::spec(req.into_inner().spec)?;
-        let id = self.master.submit(spec).await.map_err(to_status)?;
+        let m = self.master.clone();
+        let id = detached(async move { m.submit(spec).await }).await?;
         Ok(Response::new(proto::SubmitReply { task_id: id.into() }))
     }
 
     async fn cancel(&self, req: Request<proto::CancelRequest>) -> Reply<proto::CancelOutcome> {
         let r = req.into_inner();
         let id = convert::task_id(&r.task_id)?;
-        let outcome = self.master.cancel(&id, r.force).await.map_err(to_status)?;
+        let (m, t) = (self.master.clone(), id.clone());
+        let outcome = detached(async move { m.cancel(&t, r.force).await }).await?;
         Ok(Response::new((id, outcome).into()))
     }
 
@@ -108,11 +107,8 @@ impl master_server::Master for MasterService {
     ) -> Reply<proto::CancelManyReply> {
         let r = req.into_inner();
         let f = filter(&r.statuses, r.worker.as_deref())?;
-        let done = self
-            .master
-            .cancel_all(&f, r.force)
-            .await
-            .map_err(to_status)?;
+        let m = self.master.clone();
+        let done = detached(async move { m.cancel_all(&f, r.force).await }).await?;
         Ok(Response::new(proto::CancelManyReply {
             cancelled: done.into_iter().map(Into::into).collect(),
         }))
@@ -147,15 +143,14 @@ impl master_server::Master for MasterService {
 
     async fn pre_register(&self, req: Request<proto::PreRegisterRequest>) -> Reply<proto::Empty> {
         let r = req.into_inner();
-        self.master
-            .pre_register(convert::worker_id(&r.worker_id)?, r.address)
-            .await
-            .map_err(to_status)?;
+        let (m, id) = (self.master.clone(), convert::worker_id(&r.worker_id)?);
+        detached(async move { m.pre_register(id, r.address).await }).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn reconcile(&self, _req: Request<proto::Empty>) -> Reply<proto::ReconcileReply> {
-        let r = self.master.reconcile().await.map_err(to_status)?;
+        let m = self.master.clone();
+        let r = detached(async move { m.reconcile().await }).await?;
         Ok(Response::new(proto::ReconcileReply {
             corrections: r
                 .corrections

@@ -8,7 +8,7 @@ use cloudai_core::worker::Worker;
 use tonic::{Request, Response, Status};
 
 use crate::auth::MASTER_HEADER;
-use crate::convert::{self, to_status};
+use crate::convert::{self, detached, to_status};
 use crate::proto::{self, worker_server};
 
 /// Serves [`Worker`] over gRPC.
@@ -77,10 +77,8 @@ impl worker_server::Worker for WorkerService {
         self.check_master(&req)?;
         let r = req.into_inner();
         let run = convert::run(r.run)?;
-        self.worker
-            .cancel(&run, Duration::from_millis(r.grace_ms))
-            .await
-            .map_err(to_status)?;
+        let w = self.worker.clone();
+        detached(async move { w.cancel(&run, Duration::from_millis(r.grace_ms)).await }).await?;
         Ok(Response::new(proto::Empty {}))
     }
 

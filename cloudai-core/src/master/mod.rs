@@ -6,6 +6,10 @@
 //! any number of concurrent callers. The in-memory [`state`] (ledger,
 //! liveness, queue, reconnection schedule) sits under one mutex that is never
 //! held across an `.await`.
+//!
+//! Let each call run to completion: dropping one of its futures midway (a
+//! caller that gives up) can leave a multi-step change half done. The gRPC
+//! layer runs every call on its own task for this reason.
 
 mod driver;
 mod state;
@@ -19,7 +23,7 @@ use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::apply::{apply_event, record_report, Applied};
+use crate::apply::{apply_event, Applied};
 use crate::backoff::{Backoff, ReconnectSchedule};
 use crate::clock::Clock;
 use crate::ledger::{Ledger, Reconciliation};
@@ -398,7 +402,7 @@ impl Master {
         };
         let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
         let here: BTreeSet<RunningTask> = running_here.iter().map(run_of).collect();
-        let stop: Vec<RunningTask> = reg
+        let mut stop: BTreeSet<RunningTask> = reg
             .running
             .iter()
             .filter(|r| !here.contains(*r))
@@ -420,7 +424,9 @@ impl Master {
             st.ledger.set_capacity(id.clone(), reg.capacity);
             let revived = st.liveness.heartbeat(&id, now);
             st.reconnect.remove(&id);
-            st.stops.remove(&id);
+            // Owed stops go out in the reply: the worker stops those runs,
+            // or remembers them so a late assignment cannot start them.
+            stop.extend(st.stops.remove(&id).unwrap_or_default().into_keys());
             let info = st.workers.entry(id.clone()).or_insert(WorkerInfo {
                 address: None,
                 session: false,
@@ -440,6 +446,9 @@ impl Master {
         self.inner.wake.notify_one();
         info!(worker = %id, address = %reg.address, capacity = %reg.capacity, listed = reg.running.len(),
               stop = stop.len(), failed = missing.len(), "worker registered");
+        // Runs failed here as vanished are stopped too, in case their
+        // assignment is still on its way to the worker.
+        stop.extend(missing.iter().cloned());
         for run in missing {
             let event = TaskEvent::Report {
                 worker: id.clone(),
@@ -453,7 +462,7 @@ impl Master {
         }
         self.schedule().await;
         Ok(RegistrationReply {
-            stop,
+            stop: stop.into_iter().collect(),
             heartbeat_interval: self.inner.config.heartbeat_interval,
             master_id: self.inner.config.id.clone(),
         })
@@ -724,7 +733,12 @@ impl Master {
                 }
                 // Finished meanwhile: nothing to cancel.
                 Err(Error::Conflict(_)) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Stops already under way still finish (and are kept
+                    // for retry if they fail).
+                    stops.detach_all();
+                    return Err(e);
+                }
             }
         }
         while let Some(joined) = stops.join_next().await {
@@ -788,6 +802,11 @@ impl Master {
     ) -> CancelOutcome {
         let task = &run.task;
         let Some(to) = self.endpoint(worker) else {
+            self.state()
+                .stops
+                .entry(worker.clone())
+                .or_default()
+                .insert(run.clone(), grace);
             return CancelOutcome::StopPending {
                 worker: worker.clone(),
                 error: "worker has no address".into(),
@@ -844,21 +863,21 @@ impl Master {
     /// wins) and the result (the first one wins). Repeats are harmless.
     pub async fn report(&self, result: TaskResult) -> Result<()> {
         let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
-        let out = record_report(self.inner.store.as_ref(), result, self.now()).await?;
-        match &out.status {
-            Applied::Changed {
-                task: t,
-                transition,
-            } => {
-                info!(task = %task, worker = %worker, status = %transition.to, "task finished");
-                self.after_change(t, transition.from, &transition.effects)
-                    .await;
+        let event = crate::apply::report_event(&result)?;
+        // The transition and its effects (the release) first; the result
+        // after, so a failed result write cannot strand the allocation.
+        let status = self.apply(&task, event).await?;
+        match &status {
+            Applied::Changed { transition, .. } => {
+                info!(task = %task, worker = %worker, status = %transition.to, "task finished")
             }
             Applied::Refused { refusal, .. } => {
                 debug!(task = %task, worker = %worker, %refusal, "report ignored")
             }
         }
-        if let Err(why) = out.result {
+        if let Err(why) =
+            crate::apply::store_result(self.inner.store.as_ref(), &status, result).await?
+        {
             debug!(task = %task, worker = %worker, %why, "result not stored");
         }
         Ok(())
@@ -991,6 +1010,9 @@ impl Master {
                 match &applied {
                     Ok(Applied::Changed { .. }) => {
                         st.sending.insert(id.clone());
+                        // The reservation moves from `placing` to the store's
+                        // running set: a concurrent reconcile must retry.
+                        st.epoch += 1;
                     }
                     // Cancelled while being placed, or the store failed.
                     _ => {
@@ -1012,12 +1034,26 @@ impl Master {
                 }
                 Ok(Applied::Refused { .. }) => {}
                 Err(e) => {
-                    warn!(task = %id, error = %e, "could not record assignment; task stays queued");
-                    if let Ok(Some(task)) = self.inner.store.get_task(&id).await {
-                        if task.status == TaskStatus::Pending {
+                    // The write may or may not have landed: read until the
+                    // store answers, then send (it landed) or requeue.
+                    warn!(task = %id, error = %e, "assignment write failed; checking whether it landed");
+                    let task = self.surely(|| self.inner.store.get_task(&id)).await;
+                    match task {
+                        Some(t)
+                            if t.status == TaskStatus::Running
+                                && t.worker.as_ref() == Some(&worker) =>
+                        {
                             self.state()
-                                .enqueue(&task, Some(format!("store error: {e}")));
+                                .ledger
+                                .reserve(&worker, &t.id, t.spec.resources)
+                                .ok();
+                            self.state().sending.insert(id.clone());
+                            self.spawn_send(t, worker);
                         }
+                        Some(t) if t.status == TaskStatus::Pending => {
+                            self.state().enqueue(&t, Some(format!("store error: {e}")));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1080,8 +1116,31 @@ impl Master {
                 }
             }
         };
-        if let Err(e) = self.apply(&id, event).await {
-            warn!(task = %id, error = %e, "could not record failed delivery; reconciliation will repair");
+        let _: Applied = self.surely(|| self.apply(&id, event.clone())).await;
+    }
+
+    /// Retries a store operation that must not be dropped (a requeue, a
+    /// failure, a worker loss) with backoff until the store answers.
+    async fn surely<T, F, Fut>(&self, op: F) -> T
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut failures = 0;
+        loop {
+            match op().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    failures += 1;
+                    let delay = {
+                        let mut st = self.state();
+                        let jitter = st.jitter();
+                        self.inner.config.backoff.delay(failures, jitter)
+                    };
+                    warn!(error = %e, retry_in = ?delay, "store write must not be lost; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
         }
     }
 
@@ -1099,25 +1158,12 @@ impl Master {
             statuses: vec![TaskStatus::Running],
             worker: Some(worker.clone()),
         };
-        let tasks = match self.inner.store.list_tasks(&filter).await {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(worker = %worker, error = %e, "could not list the lost worker's tasks; reconciliation will repair");
-                return;
-            }
-        };
+        let tasks = self.surely(|| self.inner.store.list_tasks(&filter)).await;
         for t in tasks {
-            if let Err(e) = self
-                .apply(
-                    &t.id,
-                    TaskEvent::WorkerLost {
-                        worker: worker.clone(),
-                    },
-                )
-                .await
-            {
-                warn!(task = %t.id, error = %e, "could not fail task of lost worker");
-            }
+            let lost = TaskEvent::WorkerLost {
+                worker: worker.clone(),
+            };
+            let _: Applied = self.surely(|| self.apply(&t.id, lost.clone())).await;
         }
     }
 

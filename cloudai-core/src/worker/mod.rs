@@ -204,13 +204,16 @@ impl Worker {
             )));
         }
         spec.validate()?;
-        if locked(&self.inner.tombstones).0.contains(&run) {
-            info!(task = %run.task, attempt = run.attempt, "assignment arrived after its stop; not starting it");
-            return Ok(());
-        }
         {
+            // Lock order: runs, then tombstones (as in `stop_run`), so a stop
+            // racing this assignment either finds the slot or leaves a
+            // tombstone that is seen here.
             let mut runs = locked(&self.inner.runs);
             if runs.contains_key(&run) {
+                return Ok(());
+            }
+            if locked(&self.inner.tombstones).0.contains(&run) {
+                info!(task = %run.task, attempt = run.attempt, "assignment arrived after its stop; not starting it");
                 return Ok(());
             }
             runs.insert(
@@ -224,7 +227,7 @@ impl Worker {
         }
         info!(task = %run.task, attempt = run.attempt, image = %spec.image, "task accepted");
         let w = self.clone();
-        locked(&self.inner.supervisors).spawn(async move { w.supervise(run, spec).await });
+        self.spawn_supervisor(async move { w.supervise(run, spec).await });
         Ok(())
     }
 
@@ -284,8 +287,7 @@ impl Worker {
                     locked(&self.inner.runs).insert(run.clone(), slot);
                     info!(task = %run.task, attempt = run.attempt, container = %c.id, "adopted a running container");
                     let w = self.clone();
-                    locked(&self.inner.supervisors)
-                        .spawn(async move { w.watch(run, c.id, None).await });
+                    self.spawn_supervisor(async move { w.watch(run, c.id, None).await });
                     adopted += 1;
                 }
                 _ => {
@@ -309,7 +311,6 @@ impl Worker {
             let mut runs = locked(&self.inner.runs);
             match runs.get_mut(run) {
                 None => {
-                    drop(runs);
                     self.tombstone(run.clone());
                     return Ok(());
                 }
@@ -327,6 +328,16 @@ impl Worker {
         Ok(())
     }
 
+    /// Spawns a run's supervisor, reaping the finished ones first so the
+    /// set does not grow with every task the worker ever ran.
+    fn spawn_supervisor(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut set = locked(&self.inner.supervisors);
+        while set.try_join_next().is_some() {}
+        set.spawn(f);
+    }
+
+    /// Remembers a run stopped before it started. Called with the `runs`
+    /// lock held (see `assign`).
     fn tombstone(&self, run: RunningTask) {
         let mut t = locked(&self.inner.tombstones);
         if t.0.insert(run.clone()) {
@@ -466,7 +477,9 @@ impl Worker {
         let answer = tokio::time::timeout(self.inner.config.rpc_timeout, call).await;
         let done = match answer {
             Ok(Ok(())) => true,
-            Ok(Err(e)) if !e.is_transient() => {
+            // Only a definite refusal drops the report; a master-side
+            // failure (its store, say) is retried like an outage.
+            Ok(Err(e @ (Error::InvalidInput(_) | Error::NotFound { .. } | Error::Conflict(_)))) => {
                 warn!(task = %run.task, error = %e, "master refused the report; dropping it");
                 true
             }
@@ -639,7 +652,7 @@ impl Worker {
                     .map(|(r, s)| (r.clone(), s.container.clone()))
                     .collect();
                 if left.is_empty() || tokio::time::Instant::now() >= deadline {
-                    break runs.len() - left.len();
+                    break runs.len().saturating_sub(left.len());
                 }
                 for (run, container) in left {
                     if let Some(c) = container.filter(|_| stopping.insert(run.clone())) {
