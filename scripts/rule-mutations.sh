@@ -22,6 +22,11 @@ PY
     echo "MISSING  $label: pattern not found in $file (update this script)"; survived=1
     rm -f "$backup"; return
   fi
+  # A mutation that does not compile proves nothing: say so and fail.
+  if ! cargo test -q --no-run -p cloudai-core --all-features >/dev/null 2>&1; then
+    echo "INVALID  $label: the mutated code does not compile (update this script)"; survived=1
+    cp "$backup" "$file"; rm -f "$backup"; return
+  fi
   # A mutation may make a simulation spin without advancing virtual time:
   # a hang counts as caught, after a bounded wait.
   if timeout 300 cargo test -q --no-fail-fast -p cloudai-core --all-features >/dev/null 2>&1; then
@@ -51,7 +56,7 @@ mutate cloudai-core/src/memory.rs "results not deduplicated" \
 mutate cloudai-core/src/memory.rs "heartbeat time moves backwards" \
   'Some(w) if w.last_heartbeat.is_some_and(|last| last > beat.at) => {}' 'Some(w) if false => {}'
 mutate cloudai-core/src/results.rs "stored result keeps the reporter's status" \
-  $'        status: task.status,\n        ..incoming' $'        ..incoming'
+  $'        status: task.status,\n        message,\n        ..incoming' $'        message,\n        ..incoming'
 mutate cloudai-core/src/ledger.rs "release leaks the allocation" \
   $'            .get_mut(&worker)\n            .and_then(|a| a.remove(task))?;' \
   $'            .get(&worker)\n            .and_then(|a| a.tasks.get(task).copied())?;'
@@ -70,9 +75,6 @@ mutate cloudai-core/src/master/mod.rs "re-registration keeps tasks the worker no
                         && !st.sending.contains(&r.task)' '                    false
                         && !st.sending.contains(&r.task)'
 mutate cloudai-core/src/worker/mod.rs "shutdown leaves containers running" \
-  '                if let Some(c) = container {
-                    let _ = self.inner.runtime.stop(c, cfg.shutdown_grace).await;' \
-  '                if let Some(c) = container.as_ref().filter(|_| false) {
-                    let _ = self.inner.runtime.stop(c, cfg.shutdown_grace).await;'
+  'container.filter(|_| stopping.insert(run.clone()))' 'container.filter(|_| stopping.insert(run.clone()) && false)'
 
 exit $survived
