@@ -13,12 +13,13 @@ use common::*;
 
 const IMAGE: &str = "cloudai-test-busybox:latest";
 
-/// Containers carrying this worker's label, running or not.
-fn containers(worker: &str) -> Vec<String> {
+/// Containers carrying this worker's label; with `all`, stopped ones too.
+fn listed(worker: &str, all: bool) -> Vec<String> {
+    let flags = if all { "-aq" } else { "-q" };
     let out = Command::new("docker")
         .args([
             "ps",
-            "-aq",
+            flags,
             "--filter",
             &format!("label=cloudai.worker_id={worker}"),
         ])
@@ -31,21 +32,12 @@ fn containers(worker: &str) -> Vec<String> {
         .collect()
 }
 
+fn containers(worker: &str) -> Vec<String> {
+    listed(worker, true)
+}
+
 fn running(worker: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=cloudai.worker_id={worker}"),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    listed(worker, false)
 }
 
 /// Removes whatever a failed test left behind.

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cloudai_core::model::TaskId;
@@ -36,55 +34,21 @@ const TIMING: Timing = Timing {
     lost_after: 6.0,
 };
 
-/// Starts a master on `listen` with the MongoDB store; returns it once it
-/// logs "master listening" (with the bound address).
-fn spawn_master(c: &Cluster, listen: &str, uri: &str, db: &str, name: &str) -> (Proc, String) {
-    let mut cmd = Command::new(MASTER_BIN);
-    clean_env(&mut cmd);
-    cmd.args(["--listen", listen, "--token", &c.token, "--log-json"])
-        .args(["--store", uri, "--mongo-db", db])
-        .args([
-            "--heartbeat-interval",
-            &TIMING.heartbeat_interval.to_string(),
-        ])
-        .args(["--heartbeat-timeout", &TIMING.heartbeat_timeout.to_string()])
-        .args(["--lost-after", &TIMING.lost_after.to_string()])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn cloudai-master");
-    let log = Log::default();
-    let (tx, rx) = mpsc::channel::<String>();
-    drain(
-        child.stderr.take().expect("piped stderr"),
-        log.clone(),
-        move |line| {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                return;
-            };
-            if v["fields"]["message"] == "master listening" {
-                if let Some(a) = v["fields"]["address"].as_str() {
-                    let _ = tx.send(a.to_string());
-                }
-            }
-        },
-    );
-    let proc = Proc {
-        name: name.into(),
-        child,
-        log,
-    };
-    match rx.recv_timeout(EVENTUALLY) {
-        Ok(address) => (proc, address),
-        Err(_) => {
-            let lines = log_lines(&proc.log);
-            let mut proc = proc;
-            let _ = proc.child.kill();
-            let _ = proc.child.wait();
-            panic!("{name} did not start listening: {lines:#?}");
-        }
-    }
+/// A master on the Mongo store `uri`/`db`, listening on `listen`.
+fn spawn_mongo_master(
+    c: &Cluster,
+    listen: &str,
+    uri: &str,
+    db: &str,
+    name: &str,
+) -> (Proc, String) {
+    spawn_master(
+        &c.token,
+        listen,
+        TIMING,
+        &["--store", uri, "--mongo-db", db],
+        name,
+    )
 }
 
 fn log_has(lines: &[String], message: &str) -> Option<Value> {
@@ -158,7 +122,7 @@ fn master_restarts_on_mongo_without_losing_or_duplicating_tasks() {
     c.master.child.kill().expect("kill -9 the master");
     let _ = c.master.child.wait();
     std::thread::sleep(Duration::from_millis(2500));
-    let (master, again) = spawn_master(&c, &address, &uri, &db, "master (restarted)");
+    let (master, again) = spawn_mongo_master(&c, &address, &uri, &db, "master (restarted)");
     assert_eq!(again, address, "restarted on the same address");
     c.master = master;
 

@@ -243,55 +243,16 @@ impl Cluster {
     pub fn start_with(test: &str, timing: Timing, extra: &[&str]) -> Cluster {
         let tag = format!("{test}-{}", std::process::id());
         let token = format!("tok-{tag}");
-        let mut cmd = Command::new(MASTER_BIN);
-        clean_env(&mut cmd);
-        cmd.args(["--listen", "127.0.0.1:0", "--token", &token, "--log-json"])
-            .args([
-                "--heartbeat-interval",
-                &timing.heartbeat_interval.to_string(),
-            ])
-            .args(["--heartbeat-timeout", &timing.heartbeat_timeout.to_string()])
-            .args(["--lost-after", &timing.lost_after.to_string()])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn cloudai-master");
-        let log = Log::default();
-        let (tx, rx) = mpsc::channel::<String>();
-        drain(
-            child.stderr.take().expect("piped stderr"),
-            log.clone(),
-            move |line| {
-                let Ok(v) = serde_json::from_str::<Value>(line) else {
-                    return;
-                };
-                if v["fields"]["message"] == "master listening" {
-                    if let Some(a) = v["fields"]["address"].as_str() {
-                        let _ = tx.send(a.to_string());
-                    }
-                }
-            },
-        );
-        let mut cluster = Cluster {
+        let (master, address) = spawn_master(&token, "127.0.0.1:0", timing, extra, "master");
+        Cluster {
             tag,
             token,
-            address: String::new(),
-            master: Proc {
-                name: "master".into(),
-                child,
-                log,
-            },
+            address,
+            master,
             workers: Vec::new(),
             pidfiles: Vec::new(),
             runtime: "process",
-        };
-        // The guard exists now: a panic below still kills the master.
-        cluster.address = rx
-            .recv_timeout(EVENTUALLY)
-            .expect("the master logs \"master listening\" with its address");
-        cluster
+        }
     }
 
     /// A worker id unique to this test run.
@@ -445,3 +406,60 @@ pub fn cpu_allocated(w: &Value) -> f64 {
 }
 
 // ---- the tests -------------------------------------------------------------
+
+/// Starts `cloudai-master` on `listen` with `timing` and `extra` flags and
+/// returns it with the address it logs in its "master listening" line. A
+/// master that does not start listening is killed and its log shown.
+pub fn spawn_master(
+    token: &str,
+    listen: &str,
+    timing: Timing,
+    extra: &[&str],
+    name: &str,
+) -> (Proc, String) {
+    let mut cmd = Command::new(MASTER_BIN);
+    clean_env(&mut cmd);
+    cmd.args(["--listen", listen, "--token", token, "--log-json"])
+        .args([
+            "--heartbeat-interval",
+            &timing.heartbeat_interval.to_string(),
+        ])
+        .args(["--heartbeat-timeout", &timing.heartbeat_timeout.to_string()])
+        .args(["--lost-after", &timing.lost_after.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn cloudai-master");
+    let log = Log::default();
+    let (tx, rx) = mpsc::channel::<String>();
+    drain(
+        child.stderr.take().expect("piped stderr"),
+        log.clone(),
+        move |line| {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                return;
+            };
+            if v["fields"]["message"] == "master listening" {
+                if let Some(a) = v["fields"]["address"].as_str() {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        },
+    );
+    let mut proc = Proc {
+        name: name.into(),
+        child,
+        log,
+    };
+    match rx.recv_timeout(EVENTUALLY) {
+        Ok(address) => (proc, address),
+        Err(_) => {
+            let lines = log_lines(&proc.log);
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+            panic!("{name} did not start listening: {lines:#?}");
+        }
+    }
+}
