@@ -26,8 +26,8 @@ use crate::clock::Clock;
 use crate::master::{Master, MasterConfig, MasterEvent};
 use crate::memory::MemoryStore;
 use crate::model::{
-    Resources, TaskId, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError,
-    WorkerId,
+    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
+    ValidationError, WorkerId,
 };
 use crate::rng::SplitMix64;
 use crate::runtime::{
@@ -640,7 +640,8 @@ impl SimCluster {
     }
 
     /// Checks what must hold at every instant; panics naming the seed.
-    pub async fn check(&mut self) {
+    /// Returns the tasks it checked.
+    pub async fn check(&mut self) -> Vec<TaskRecord> {
         let seed = self.seed;
         let tasks = self
             .store
@@ -695,19 +696,15 @@ impl SimCluster {
         }
         let violations = std::mem::take(&mut *locked(&self.checker.violations));
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+        tasks
     }
 
     /// Checks the end state once the cluster is quiet: every task ended
     /// exactly once, nothing is allocated, reconciliation finds nothing to
     /// fix, and no container is left running.
     pub async fn check_quiescent(&mut self) {
-        self.check().await;
+        let tasks = self.check().await;
         let seed = self.seed;
-        let tasks = self
-            .store
-            .list_tasks(&TaskFilter::default())
-            .await
-            .expect("list");
         for t in &tasks {
             assert!(
                 t.status.is_terminal(),
