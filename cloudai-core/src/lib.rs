@@ -52,6 +52,7 @@ pub mod results;
 pub mod rng;
 pub mod runtime;
 pub mod store;
+mod sync;
 pub mod transport;
 pub mod worker;
 

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Resources;
+pub use crate::model::{ExitStatus, Logs};
 use crate::Result;
 
 /// Label holding the task id on every container CloudAI-rs starts.
@@ -44,33 +45,6 @@ pub struct ContainerSpec {
     pub limits: Resources,
     /// Labels to attach (see [`LABEL_TASK`], [`LABEL_WORKER`]).
     pub labels: BTreeMap<String, String>,
-}
-
-/// How a container ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ExitStatus {
-    /// Exit code, if it exited normally.
-    pub code: Option<i32>,
-    /// Signal that ended it, if any.
-    pub signal: Option<i32>,
-    /// Whether it was killed for exceeding its memory limit.
-    pub oom_killed: bool,
-}
-
-impl ExitStatus {
-    /// Exit code 0.
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-/// Captured output, bounded.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Logs {
-    /// stdout and stderr, as text (invalid UTF-8 replaced).
-    pub text: String,
-    /// Whether output past the bound was dropped.
-    pub truncated: bool,
 }
 
 /// A container found by [`ContainerRuntime::list`].

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Resources, TaskId, TaskResult, TaskSpec, Telemetry, WorkerId};
-use crate::runtime::Logs;
+pub use crate::model::RunningTask;
+use crate::model::{Logs, Resources, TaskResult, TaskSpec, Telemetry, WorkerId};
 use crate::Result;
 
 /// Where a master reaches a worker.
@@ -30,15 +30,6 @@ pub struct MasterInfo {
     pub id: String,
     /// Where workers reach it.
     pub address: String,
-}
-
-/// One assignment of a task: the task and its attempt number.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RunningTask {
-    /// The task.
-    pub task: TaskId,
-    /// Which assignment of it (see [`crate::model::TaskRecord::attempt`]).
-    pub attempt: u32,
 }
 
 /// A worker announcing itself to a master.
@@ -77,7 +68,7 @@ pub struct HeartbeatReply {
 /// Calls a master makes to a worker.
 #[async_trait]
 pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
-    /// Asks the worker to register with this master (seed 004).
+    /// Asks the worker to register with this master (when it reconnects to an inactive worker, or is told of a new one).
     async fn master_register(&self, to: &WorkerEndpoint, master: &MasterInfo) -> Result<()>;
 
     /// Hands the worker assignment `run` of a task. Repeats are harmless.

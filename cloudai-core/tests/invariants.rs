@@ -181,9 +181,7 @@ impl Model {
                                 "release must match reserve"
                             )
                         }
-                        Effect::SendAssignment { .. }
-                        | Effect::StopOnWorker { .. }
-                        | Effect::StoreResult => {}
+                        Effect::SendAssignment { .. } | Effect::StopOnWorker { .. } => {}
                     }
                 }
             }
@@ -431,7 +429,8 @@ async fn replay(history: &[Replay]) -> Arc<MemoryStore> {
                 let _: Applied = apply_event(store.as_ref(), id, e, now).await.unwrap();
             }
             Replay::Report(r) => {
-                let _ = record_report(store.as_ref(), r.clone(), now).await.unwrap();
+                let out = record_report(store.as_ref(), r.clone(), now).await.unwrap();
+                let _ = out.result.expect("result write");
             }
         }
     }

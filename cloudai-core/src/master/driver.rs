@@ -1,6 +1,8 @@
-//! The master's driver: one task that sleeps until the next deadline
-//! (liveness, reconnection, heartbeat flush, periodic reconcile) and acts on
-//! it, so a dead worker is noticed at its deadline, not on a coarse tick.
+//! The master's driver: the one loop that performs the work state changes
+//! made owed (a placement pass, assignments to send, stops to deliver), then
+//! sleeps until the next deadline (liveness, reconnection, heartbeat flush,
+//! periodic reconcile) or until it is woken, and acts on what is due. A
+//! dead worker is noticed at its deadline, not on a coarse tick.
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -14,34 +16,27 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
     let mut next_flush = start.saturating_add(config.heartbeat_flush);
     let mut next_reconcile = config.reconcile_interval.map(|i| start.saturating_add(i));
     loop {
-        let deadline = {
-            let st = master.state();
-            [
-                st.liveness.next_deadline(),
-                st.reconnect.next_deadline(),
-                Some(next_flush),
-                next_reconcile,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(next_flush)
-        };
+        perform_owed(&master);
+        let deadline = [
+            master.state().next_deadline(),
+            Some(next_flush),
+            next_reconcile,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(next_flush);
         tokio::select! {
             _ = tokio::time::sleep_until(master.inner.clock.instant_at(deadline)) => {}
             _ = master.inner.wake.notified() => {}
             _ = shutdown.changed() => break,
         }
         let now = master.now();
-        let (events, due) = {
-            let mut st = master.state();
-            (st.liveness.expire(now), st.reconnect.due(now))
-        };
+        let (events, due) = master.state().expire(now);
         for event in events {
             match event {
                 LivenessEvent::Inactive(worker) => {
                     warn!(worker = %worker, timeout = ?config.liveness.timeout, "worker inactive: no heartbeat");
-                    master.state().reconnect.add(worker.clone(), now);
                     master.emit(MasterEvent::Worker {
                         id: worker,
                         health: Health::Inactive,
@@ -51,12 +46,6 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
             }
         }
         for worker in due {
-            {
-                // Keep retrying until the worker registers (which removes it).
-                let mut st = master.state();
-                let jitter = st.jitter();
-                let _ = st.reconnect.failed(&worker, now, jitter);
-            }
             let m = master.clone();
             tokio::spawn(async move { m.attempt_reconnect(worker).await });
         }
@@ -81,11 +70,26 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
     flush_heartbeats(&master).await;
 }
 
+/// Performs what is owed: the placement pass here, deliveries each on a
+/// task of its own.
+fn perform_owed(master: &Master) {
+    let owed = master.state().take_owed();
+    if owed.queue_pass {
+        master.place_queued();
+    }
+    for (task, worker) in owed.sends {
+        let m = master.clone();
+        tokio::spawn(async move { m.send_assignment(task, worker).await });
+    }
+    for (worker, run, grace) in owed.stops {
+        let m = master.clone();
+        tokio::spawn(async move { m.deliver_stop(worker, run, grace).await });
+    }
+}
+
 /// Writes the coalesced heartbeats in one batch.
 async fn flush_heartbeats(master: &Master) {
-    let beats: Vec<_> = std::mem::take(&mut master.state().beats)
-        .into_values()
-        .collect();
+    let beats = master.state().take_beats();
     if beats.is_empty() {
         return;
     }
@@ -98,10 +102,7 @@ async fn flush_heartbeats(master: &Master) {
             // Liveness lives in memory; the registry copy is for display and
             // restarts, so a failed write is retried with the next batch.
             warn!(error = %e, "could not record heartbeats");
-            let mut st = master.state();
-            for b in beats {
-                st.beats.entry(b.worker.clone()).or_insert(b);
-            }
+            master.state().restore_beats(beats);
         }
     }
 }

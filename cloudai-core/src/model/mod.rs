@@ -1,10 +1,12 @@
-//! The domain model: ids, resources, task and worker records, timestamps.
+//! The domain model: ids, resources, task and worker records, runs,
+//! timestamps.
 //!
 //! Everything here is plain data with serde support; validation happens once,
 //! at construction, so the rest of the crate handles only valid values.
 
 mod ids;
 mod resources;
+mod run;
 mod task;
 mod time;
 mod validation;
@@ -12,6 +14,7 @@ mod worker;
 
 pub use ids::{TaskId, WorkerId};
 pub use resources::Resources;
+pub use run::{ExitStatus, Logs, RunningTask};
 pub use task::{TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
 pub use time::Timestamp;
 pub use validation::ValidationError;

@@ -442,12 +442,10 @@ pub async fn race_cancel_against_reports(store: Arc<dyn TaskStore>) {
                     result(&id, &w, status, logs),
                     Timestamp::from_millis(100),
                 )
-                .await;
-                (
-                    id,
-                    kind,
-                    matches!(r.expect("report").status, Applied::Changed { .. }),
-                )
+                .await
+                .expect("report");
+                assert!(r.result.is_ok(), "result write failed: {:?}", r.result);
+                (id, kind, matches!(r.status, Applied::Changed { .. }))
             });
         }
     }

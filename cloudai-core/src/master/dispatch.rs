@@ -1,0 +1,153 @@
+//! Dispatch: accepting tasks, placing queued ones on workers, writing the
+//! assignments and delivering them.
+//!
+//! A placement pass runs in the driver; each pick's assignment is written
+//! and sent on a task of its own, so a slow store or worker holds up
+//! neither the driver nor other placements.
+
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, info, warn};
+
+use super::Master;
+use crate::apply::Applied;
+use crate::lifecycle::{Reported, TaskEvent};
+use crate::model::{RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId};
+use crate::{Error, Result};
+
+impl Master {
+    fn new_task_id(&self, now: Timestamp) -> TaskId {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        TaskId::new(format!("task-{}-{n}", now.as_millis())).expect("generated ids are valid")
+    }
+
+    /// Accepts a task. With `spec.pin` it runs only on that worker; else the
+    /// scheduler places it. Either way it waits in the queue, with a reason,
+    /// until a worker has room.
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
+        spec.validate()?;
+        if let Some(pin) = &spec.pin {
+            if !self.state().knows(pin) {
+                return Err(Error::not_found("worker", pin));
+            }
+        }
+        let now = self.now();
+        let task = loop {
+            let task = TaskRecord::new(self.new_task_id(now), spec.clone(), now);
+            match self.inner.store.insert_task(task.clone()).await {
+                Ok(()) => break task,
+                Err(Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        info!(task = %task.id, image = %spec.image, resources = %spec.resources, "task submitted");
+        let pass = {
+            let mut st = self.state();
+            st.enqueue(&task, None);
+            st.owe_queue_pass();
+            let pass = st.next_pass();
+            self.done(st);
+            pass
+        };
+        // Return once a placement pass has seen the task, so that `task`
+        // shows where it went or why it waits.
+        let mut passes = self.inner.passes.subscribe();
+        self.until_shutdown(passes.wait_for(|done| *done >= pass))
+            .await;
+        Ok(task.id)
+    }
+
+    /// A placement pass (run by the driver): reserves room for every queued
+    /// task that fits and starts writing each assignment.
+    pub(super) fn place_queued(&self) {
+        let (picks, pass) = self.state().pick_placements(self.now());
+        self.inner.passes.send_replace(pass);
+        for (id, worker) in picks {
+            let m = self.clone();
+            tokio::spawn(async move { m.assign(id, worker).await });
+        }
+    }
+
+    /// Writes one placement's assignment. Executing the stored transition
+    /// confirms the reservation and owes the send.
+    async fn assign(&self, id: TaskId, worker: WorkerId) {
+        let event = TaskEvent::Assign {
+            worker: worker.clone(),
+        };
+        match self.apply(&id, event.clone()).await {
+            Ok(Applied::Changed { .. }) => debug!(task = %id, worker = %worker, "task assigned"),
+            // Cancelled while being placed.
+            Ok(Applied::Refused { .. }) => self.state().unreserve(&id),
+            Err(e) => {
+                // The write may or may not have landed: read until the
+                // store answers, then carry it out (it landed) or requeue.
+                warn!(task = %id, error = %e, "assignment write failed; checking whether it landed");
+                let task = self.surely(|| self.inner.store.get_task(&id)).await;
+                match task {
+                    Some(t)
+                        if t.status == TaskStatus::Running
+                            && t.worker.as_ref() == Some(&worker) =>
+                    {
+                        // An assignment's effects depend only on the task's
+                        // request and the worker, both known here.
+                        self.execute(&t, TaskStatus::Pending, &event.effects(&t));
+                    }
+                    Some(t) if t.status == TaskStatus::Pending => {
+                        let mut st = self.state();
+                        st.unreserve(&id);
+                        st.enqueue(&t, Some(format!("store error: {e}")));
+                    }
+                    _ => self.state().unreserve(&id),
+                }
+            }
+        }
+    }
+
+    /// Sends a stored assignment (run by the driver on a task of its own).
+    /// A definite refusal fails the task; no answer puts it back in the
+    /// queue (and tells the worker to drop it, in case it did arrive).
+    pub(super) async fn send_assignment(&self, task: TaskRecord, worker: WorkerId) {
+        let id = task.id.clone();
+        let run = RunningTask {
+            task: id.clone(),
+            attempt: task.attempt,
+        };
+        let result = match self.endpoint(&worker) {
+            None => Err(Error::Unavailable(format!(
+                "worker {worker} has no address"
+            ))),
+            Some(to) => {
+                let call = self.inner.transport.assign(&to, &run, &task.spec);
+                match tokio::time::timeout(self.inner.config.assign_timeout, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout(format!(
+                        "worker {worker} did not accept the task in time"
+                    ))),
+                }
+            }
+        };
+        self.state().sent(&id);
+        let event = match result {
+            Ok(()) => return,
+            Err(e) if e.is_transient() => {
+                warn!(task = %id, worker = %worker, error = %e, "assignment not delivered; requeueing");
+                self.state().mark_unreachable(&worker);
+                TaskEvent::Requeue {
+                    worker,
+                    attempt: run.attempt,
+                    reason: e.to_string(),
+                }
+            }
+            Err(e) => {
+                warn!(task = %id, worker = %worker, error = %e, "worker refused the task");
+                TaskEvent::Report {
+                    worker: worker.clone(),
+                    attempt: run.attempt,
+                    outcome: Reported::Failed,
+                    message: Some(format!("worker {worker} refused the task: {e}")),
+                }
+            }
+        };
+        let _: Applied = self.surely(|| self.apply(&id, event.clone())).await;
+    }
+}

@@ -1,0 +1,209 @@
+//! Membership: workers registering, being named by an operator, sending
+//! heartbeats, being reconnected while inactive, and being declared lost.
+
+use std::collections::BTreeSet;
+
+use tracing::{debug, info, warn};
+
+use super::{Master, MasterEvent};
+use crate::apply::Applied;
+use crate::lifecycle::{Reported, TaskEvent};
+use crate::liveness::Health;
+use crate::model::{
+    Resources, RunningTask, TaskStatus, Telemetry, ValidationError, WorkerId, WorkerRecord,
+};
+use crate::store::TaskFilter;
+use crate::transport::{HeartbeatReply, MasterInfo, Registration, RegistrationReply};
+use crate::Result;
+
+fn validate_address(address: &str) -> Result<()> {
+    if address.trim().is_empty() {
+        return Err(ValidationError::Empty {
+            field: "worker address",
+        }
+        .into());
+    }
+    if address.len() > 256 || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ValidationError::Invalid {
+            field: "worker address",
+            reason: format!("{address:?} is not a host:port address"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn running_on(worker: &WorkerId) -> TaskFilter {
+    TaskFilter {
+        statuses: vec![TaskStatus::Running],
+        worker: Some(worker.clone()),
+    }
+}
+
+impl Master {
+    /// Registers a worker that introduced itself (worker-initiated, or after
+    /// a `master_register` call). Two-way reconciliation: of the tasks the
+    /// worker lists, those not running there in the store come back in
+    /// `stop`; tasks the store has running there that the worker no longer
+    /// lists are failed.
+    pub async fn register(&self, reg: Registration) -> Result<RegistrationReply> {
+        validate_address(&reg.address)?;
+        reg.capacity.validate()?;
+        let now = self.now();
+        let id = reg.worker.clone();
+        self.inner
+            .registry
+            .upsert_worker(WorkerRecord::new(
+                id.clone(),
+                Some(reg.address.clone()),
+                reg.capacity,
+                now,
+            ))
+            .await?;
+        let running_here = self.inner.store.list_tasks(&running_on(&id)).await?;
+        let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
+        let here: BTreeSet<RunningTask> = running_here
+            .iter()
+            .map(|t| RunningTask {
+                task: t.id.clone(),
+                attempt: t.attempt,
+            })
+            .collect();
+        let mut stop: BTreeSet<RunningTask> = reg
+            .running
+            .iter()
+            .filter(|r| !here.contains(*r))
+            .cloned()
+            .collect();
+        let (missing, revived, owed) = {
+            let mut st = self.state();
+            let missing: Vec<RunningTask> = here
+                .iter()
+                .filter(|r| !listed.contains(r) && !st.in_flight(&r.task))
+                .cloned()
+                .collect();
+            let (revived, owed) = st.register(&id, &reg.address, reg.capacity, now);
+            self.done(st);
+            (missing, revived, owed)
+        };
+        // Owed stops go out in the reply: the worker stops those runs, or
+        // remembers them so a late assignment cannot start them.
+        stop.extend(owed);
+        if revived {
+            self.emit(MasterEvent::Worker {
+                id: id.clone(),
+                health: Health::Active,
+            });
+        }
+        info!(worker = %id, address = %reg.address, capacity = %reg.capacity, listed = reg.running.len(),
+              stop = stop.len(), failed = missing.len(), "worker registered");
+        // Runs failed here as vanished are stopped too, in case their
+        // assignment is still on its way to the worker.
+        stop.extend(missing.iter().cloned());
+        for run in missing {
+            let event = TaskEvent::Report {
+                worker: id.clone(),
+                attempt: run.attempt,
+                outcome: Reported::Failed,
+                message: Some(format!(
+                    "worker {id} re-registered without this task (it restarted)"
+                )),
+            };
+            let _: Applied = self.apply(&run.task, event).await?;
+        }
+        Ok(RegistrationReply {
+            stop: stop.into_iter().collect(),
+            heartbeat_interval: self.inner.config.heartbeat_interval,
+            master_id: self.inner.config.id.clone(),
+        })
+    }
+
+    /// Pre-registers a worker by address (the operator's
+    /// `register <id> <ip:port>`); the master then asks it to register,
+    /// retrying with backoff until it answers.
+    pub async fn pre_register(&self, id: WorkerId, address: String) -> Result<()> {
+        validate_address(&address)?;
+        let now = self.now();
+        let record = match self.inner.registry.get_worker(&id).await? {
+            Some(mut known) => {
+                known.address = Some(address.clone());
+                known
+            }
+            None => WorkerRecord::new(id.clone(), Some(address.clone()), Resources::ZERO, now),
+        };
+        let stored = self.inner.registry.upsert_worker(record).await?;
+        self.state().pre_register(&stored, now);
+        info!(worker = %id, %address, "worker pre-registered; will connect");
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Takes a heartbeat. It costs no store write of its own: the newest
+    /// beat per worker is kept and written in one batch per flush interval.
+    pub async fn heartbeat(
+        &self,
+        worker: &WorkerId,
+        telemetry: Telemetry,
+    ) -> Result<HeartbeatReply> {
+        let mut st = self.state();
+        let Some(revived) = st.heartbeat(worker, telemetry, self.now()) else {
+            return Ok(HeartbeatReply {
+                register_again: true,
+            });
+        };
+        self.done(st);
+        if revived {
+            info!(worker = %worker, "worker active again");
+            self.emit(MasterEvent::Worker {
+                id: worker.clone(),
+                health: Health::Active,
+            });
+        }
+        Ok(HeartbeatReply::default())
+    }
+
+    /// Makes every reconnection attempt due now (the CLI's `reconnect`).
+    pub fn reconnect_now(&self) {
+        let now = self.now();
+        self.state().reconnect_all_now(now);
+        self.inner.wake.notify_one();
+    }
+
+    /// Fails every task still running on a lost worker.
+    pub(super) async fn worker_lost(&self, worker: &WorkerId) {
+        warn!(worker = %worker, "worker lost; failing its tasks");
+        self.emit(MasterEvent::Worker {
+            id: worker.clone(),
+            health: Health::Lost,
+        });
+        self.state().end_session(worker);
+        let filter = running_on(worker);
+        let tasks = self.surely(|| self.inner.store.list_tasks(&filter)).await;
+        for t in tasks {
+            let lost = TaskEvent::WorkerLost {
+                worker: worker.clone(),
+            };
+            let _: Applied = self.surely(|| self.apply(&t.id, lost.clone())).await;
+        }
+    }
+
+    /// Asks an inactive worker to register again.
+    pub(super) async fn attempt_reconnect(&self, worker: WorkerId) {
+        let Some(to) = self.endpoint(&worker) else {
+            self.state().stop_reconnecting(&worker);
+            return;
+        };
+        let master = MasterInfo {
+            id: self.inner.config.id.clone(),
+            address: self.inner.config.advertise_address.clone(),
+        };
+        let call = self.inner.transport.master_register(&to, &master);
+        match tokio::time::timeout(self.inner.config.reconnect_timeout, call).await {
+            Ok(Ok(())) => {
+                info!(worker = %worker, "reconnected to worker; awaiting its registration")
+            }
+            Ok(Err(e)) => debug!(worker = %worker, error = %e, "reconnect attempt failed"),
+            Err(_) => debug!(worker = %worker, "reconnect attempt timed out"),
+        }
+    }
+}

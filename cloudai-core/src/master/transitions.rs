@@ -1,0 +1,114 @@
+//! Applying lifecycle events, and carrying out every effect they return.
+//!
+//! [`Master::execute`] is the one place effects happen: an exhaustive
+//! `match` over [`Effect`], so a new effect is a compile error until it is
+//! handled. Effects that need I/O (an assignment to send, a stop to
+//! deliver, a placement pass) are recorded as owed in the state; the driver
+//! performs them.
+
+use tracing::{debug, info, warn};
+
+use super::{Master, MasterEvent};
+use crate::apply::{apply_event, record_report, Applied};
+use crate::ledger::Reconciliation;
+use crate::lifecycle::{Effect, TaskEvent};
+use crate::model::{RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus};
+use crate::store::TaskFilter;
+use crate::{Error, Result};
+
+impl Master {
+    /// Applies an event with one compare-and-set and executes its effects.
+    pub(super) async fn apply(&self, id: &TaskId, event: TaskEvent) -> Result<Applied> {
+        let applied = apply_event(self.inner.store.as_ref(), id, &event, self.now()).await?;
+        if let Applied::Changed { task, transition } = &applied {
+            self.execute(task, transition.from, &transition.effects);
+        }
+        Ok(applied)
+    }
+
+    /// Carries out the effects of a stored change of `task` from `from`.
+    pub(super) fn execute(&self, task: &TaskRecord, from: TaskStatus, effects: &[Effect]) {
+        self.emit(MasterEvent::Task {
+            id: task.id.clone(),
+            from,
+            to: task.status,
+            worker: task.worker.clone(),
+        });
+        let mut st = self.state();
+        st.track_queue(task, from);
+        for effect in effects {
+            match effect {
+                Effect::Reserve { worker, resources } => {
+                    if let Err(e) = st.hold(&task.id, worker, *resources) {
+                        // Only an uncertain write can get here; reconcile
+                        // reports the worker as overcommitted.
+                        warn!(task = %task.id, error = %e, "assigned task does not fit its worker's ledger");
+                    }
+                }
+                Effect::Release { .. } => {
+                    st.release(&task.id);
+                }
+                Effect::SendAssignment { worker } => st.owe_send(task.clone(), worker.clone()),
+                Effect::StopOnWorker {
+                    worker,
+                    attempt,
+                    grace,
+                } => {
+                    let run = RunningTask {
+                        task: task.id.clone(),
+                        attempt: *attempt,
+                    };
+                    st.owe_stop(worker.clone(), run, *grace);
+                }
+            }
+        }
+        self.done(st);
+    }
+
+    /// Takes a worker's report: the transition (a cancel that came first
+    /// wins) and the result (the first one wins), through
+    /// [`record_report`]. Repeats are harmless.
+    pub async fn report(&self, result: TaskResult) -> Result<()> {
+        let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
+        let outcome = record_report(self.inner.store.as_ref(), result, self.now()).await?;
+        // The transition's effects (the release) run even when the result
+        // write failed, so a failed write cannot strand the allocation.
+        match &outcome.status {
+            Applied::Changed {
+                task: t,
+                transition,
+            } => {
+                self.execute(t, transition.from, &transition.effects);
+                info!(task = %task, worker = %worker, status = %transition.to, "task finished")
+            }
+            Applied::Refused { refusal, .. } => {
+                debug!(task = %task, worker = %worker, %refusal, "report ignored")
+            }
+        }
+        if let Err(why) = outcome.result? {
+            debug!(task = %task, worker = %worker, %why, "result not stored");
+        }
+        Ok(())
+    }
+
+    /// Recomputes every allocation from the tasks the store says are running
+    /// (the operator's `fix-resources`) and returns the corrections made.
+    pub async fn reconcile(&self) -> Result<Reconciliation> {
+        for _ in 0..16 {
+            let epoch = self.state().epoch();
+            let running = self
+                .inner
+                .store
+                .list_tasks(&TaskFilter::status([TaskStatus::Running]))
+                .await?;
+            let mut st = self.state();
+            if let Some(report) = st.reconcile(epoch, running) {
+                self.done(st);
+                return Ok(report);
+            }
+        }
+        Err(Error::Unavailable(
+            "tasks kept changing during reconciliation; try again".into(),
+        ))
+    }
+}

@@ -1,0 +1,110 @@
+//! Read models: workers with their live status, tasks with their result
+//! and queue reason, logs.
+
+use super::Master;
+use crate::liveness::Health;
+use crate::model::{
+    Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry, Timestamp,
+    WorkerId,
+};
+use crate::store::TaskFilter;
+use crate::{Error, Result};
+
+/// A worker as the master sees it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    /// The worker.
+    pub id: WorkerId,
+    /// Where it is reached.
+    pub address: Option<String>,
+    /// Health from heartbeat deadlines, at the time of the call.
+    pub health: Health,
+    /// Whether it registered with this master since the master started.
+    pub registered: bool,
+    /// Everything it offers.
+    pub capacity: Resources,
+    /// Sum of its running tasks' requests.
+    pub allocated: Resources,
+    /// What is free.
+    pub available: Resources,
+    /// Tasks holding resources on it.
+    pub tasks: Vec<TaskId>,
+    /// Its last heartbeat.
+    pub last_heartbeat: Option<Timestamp>,
+    /// Telemetry from that heartbeat.
+    pub telemetry: Option<Telemetry>,
+}
+
+/// A task with its result and, if queued, why it waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskView {
+    /// The task.
+    pub task: TaskRecord,
+    /// Its result, once reported.
+    pub result: Option<TaskResult>,
+    /// Why it is still pending.
+    pub waiting: Option<String>,
+}
+
+impl Master {
+    /// Every known worker with its live status and allocation.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let now = self.now();
+        self.state().worker_views(now)
+    }
+
+    /// The task with its result and queue reason.
+    pub async fn task(&self, id: &TaskId) -> Result<TaskView> {
+        let task = self
+            .inner
+            .store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| Error::not_found("task", id))?;
+        let result = self.inner.store.get_result(id).await?;
+        let waiting = (task.status == TaskStatus::Pending)
+            .then(|| self.state().waiting_reason(&task))
+            .flatten();
+        Ok(TaskView {
+            task,
+            result,
+            waiting,
+        })
+    }
+
+    /// A task's output: live from its worker while it runs, else from its
+    /// stored result. `None` while it is pending or when nothing was kept.
+    pub async fn logs(&self, id: &TaskId, max_bytes: usize) -> Result<Option<Logs>> {
+        let view = self.task(id).await?;
+        if let Some(r) = view.result {
+            return Ok(Some(Logs {
+                text: r.logs,
+                truncated: r.logs_truncated,
+            }));
+        }
+        let (TaskStatus::Running, Some(worker)) = (view.task.status, view.task.worker) else {
+            return Ok(None);
+        };
+        let Some(to) = self.endpoint(&worker) else {
+            return Ok(None);
+        };
+        let run = RunningTask {
+            task: id.clone(),
+            attempt: view.task.attempt,
+        };
+        let call = self.inner.transport.logs(&to, &run, max_bytes);
+        match tokio::time::timeout(self.inner.config.reconnect_timeout, call).await {
+            Ok(Ok(logs)) => Ok(Some(logs)),
+            Ok(Err(Error::NotFound { .. })) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout(format!(
+                "worker {worker} did not send logs in time"
+            ))),
+        }
+    }
+
+    /// Tasks passing `filter`, oldest first.
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        self.inner.store.list_tasks(filter).await
+    }
+}
