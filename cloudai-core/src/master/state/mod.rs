@@ -8,21 +8,21 @@
 //! change bumps the reconcile epoch; a task is in `placing` exactly while
 //! its placement holds an unconfirmed reservation).
 
+mod placement;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-use tracing::warn;
 
 use super::owed_stops::{Delivery, OwedStops, Wait};
 use super::views::WorkerView;
 use crate::backoff::ReconnectSchedule;
-use crate::ledger::{Ledger, LedgerError, Reconciliation};
+use crate::ledger::Ledger;
 use crate::liveness::{Health, Liveness, LivenessEvent};
 use crate::model::{
     Heartbeat, Resources, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp, WorkerId,
     WorkerRecord,
 };
-use crate::placement::{place, Candidate, Placement, Scheduler};
+use crate::placement::Scheduler;
 use crate::rng::SplitMix64;
 
 use super::MasterConfig;
@@ -49,17 +49,17 @@ struct Queued {
 
 /// Work that state changes made owed; the driver performs it.
 #[derive(Debug, Default)]
-pub(super) struct Owed {
+pub(in crate::master) struct Owed {
     /// Queued tasks may fit now: run a placement pass.
-    pub(super) queue_pass: bool,
+    pub(in crate::master) queue_pass: bool,
     /// Assignments stored and not yet sent.
-    pub(super) sends: Vec<(TaskRecord, WorkerId)>,
+    pub(in crate::master) sends: Vec<(TaskRecord, WorkerId)>,
     /// Stops to deliver now.
-    pub(super) stops: Vec<(WorkerId, RunningTask, Duration)>,
+    pub(in crate::master) stops: Vec<(WorkerId, RunningTask, Duration)>,
 }
 
 #[derive(Debug)]
-pub(super) struct State {
+pub(in crate::master) struct State {
     ledger: Ledger,
     liveness: Liveness,
     reconnect: ReconnectSchedule,
@@ -86,7 +86,7 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(config: &MasterConfig) -> State {
+    pub(in crate::master) fn new(config: &MasterConfig) -> State {
         State {
             ledger: Ledger::new(),
             liveness: Liveness::new(config.liveness),
@@ -111,7 +111,7 @@ impl State {
     /// A worker from the registry at start: it gets the benefit of the
     /// doubt (a heartbeat now) and, if it has an address, is asked to
     /// register again.
-    pub(super) fn load_worker(&mut self, w: WorkerRecord, now: Timestamp) {
+    pub(in crate::master) fn load_worker(&mut self, w: WorkerRecord, now: Timestamp) {
         self.ledger.set_capacity(w.id.clone(), w.capacity);
         let _ = self.liveness.heartbeat(&w.id, now);
         if w.address.is_some() {
@@ -130,7 +130,7 @@ impl State {
     /// A worker registered: it is active, placeable, and takes the stops
     /// owed to it in the reply. Returns whether it was revived, and those
     /// stops.
-    pub(super) fn register(
+    pub(in crate::master) fn register(
         &mut self,
         id: &WorkerId,
         address: &str,
@@ -150,7 +150,7 @@ impl State {
 
     /// A worker named by an operator before it registers: the master will
     /// ask it to register, with backoff.
-    pub(super) fn pre_register(&mut self, w: &WorkerRecord, now: Timestamp) {
+    pub(in crate::master) fn pre_register(&mut self, w: &WorkerRecord, now: Timestamp) {
         if self.ledger.capacity(&w.id).is_none() {
             self.ledger.set_capacity(w.id.clone(), w.capacity);
         }
@@ -163,7 +163,7 @@ impl State {
     /// here, or no session since the master started); else whether it was
     /// revived. Its parked stops become due, and a revived worker may take
     /// queued tasks.
-    pub(super) fn heartbeat(
+    pub(in crate::master) fn heartbeat(
         &mut self,
         worker: &WorkerId,
         telemetry: Telemetry,
@@ -190,7 +190,7 @@ impl State {
     }
 
     /// The worker's session ended (it was declared lost).
-    pub(super) fn end_session(&mut self, worker: &WorkerId) {
+    pub(in crate::master) fn end_session(&mut self, worker: &WorkerId) {
         if let Some(info) = self.workers.get_mut(worker) {
             info.session = false;
         }
@@ -198,17 +198,17 @@ impl State {
 
     /// A delivery to the worker failed: place nothing there until it is
     /// heard from.
-    pub(super) fn mark_unreachable(&mut self, worker: &WorkerId) {
+    pub(in crate::master) fn mark_unreachable(&mut self, worker: &WorkerId) {
         if let Some(info) = self.workers.get_mut(worker) {
             info.unreachable = true;
         }
     }
 
-    pub(super) fn knows(&self, worker: &WorkerId) -> bool {
+    pub(in crate::master) fn knows(&self, worker: &WorkerId) -> bool {
         self.workers.contains_key(worker)
     }
 
-    pub(super) fn address(&self, worker: &WorkerId) -> Option<String> {
+    pub(in crate::master) fn address(&self, worker: &WorkerId) -> Option<String> {
         self.workers.get(worker)?.address.clone()
     }
 
@@ -220,7 +220,7 @@ impl State {
             && self.liveness.health(worker, now) == Some(Health::Active)
     }
 
-    pub(super) fn worker_views(&self, now: Timestamp) -> Vec<WorkerView> {
+    pub(in crate::master) fn worker_views(&self, now: Timestamp) -> Vec<WorkerView> {
         self.workers
             .iter()
             .map(|(id, info)| WorkerView {
@@ -240,7 +240,7 @@ impl State {
 
     // ---- deadlines: liveness, reconnection, heartbeat batches ----------
 
-    pub(super) fn next_deadline(&self) -> Option<Timestamp> {
+    pub(in crate::master) fn next_deadline(&self) -> Option<Timestamp> {
         [
             self.liveness.next_deadline(),
             self.reconnect.next_deadline(),
@@ -253,7 +253,10 @@ impl State {
     /// Liveness events due at `now`, and the workers due a reconnection
     /// attempt (each rescheduled with backoff until it registers). A worker
     /// turning inactive starts being reconnected.
-    pub(super) fn expire(&mut self, now: Timestamp) -> (Vec<LivenessEvent>, Vec<WorkerId>) {
+    pub(in crate::master) fn expire(
+        &mut self,
+        now: Timestamp,
+    ) -> (Vec<LivenessEvent>, Vec<WorkerId>) {
         let events = self.liveness.expire(now);
         let due = self.reconnect.due(now);
         for worker in &due {
@@ -269,239 +272,80 @@ impl State {
         (events, due)
     }
 
-    pub(super) fn stop_reconnecting(&mut self, worker: &WorkerId) {
+    pub(in crate::master) fn stop_reconnecting(&mut self, worker: &WorkerId) {
         self.reconnect.remove(worker);
     }
 
-    pub(super) fn reconnect_all_now(&mut self, now: Timestamp) {
+    pub(in crate::master) fn reconnect_all_now(&mut self, now: Timestamp) {
         self.reconnect.all_due_now(now);
     }
 
-    pub(super) fn take_beats(&mut self) -> Vec<Heartbeat> {
+    pub(in crate::master) fn take_beats(&mut self) -> Vec<Heartbeat> {
         std::mem::take(&mut self.beats).into_values().collect()
     }
 
     /// Puts back beats whose write failed, unless newer ones arrived.
-    pub(super) fn restore_beats(&mut self, beats: Vec<Heartbeat>) {
+    pub(in crate::master) fn restore_beats(&mut self, beats: Vec<Heartbeat>) {
         for b in beats {
             self.beats.entry(b.worker.clone()).or_insert(b);
         }
     }
 
     /// A random number in `[0, 1)` for backoff jitter.
-    pub(super) fn jitter(&mut self) -> f64 {
+    pub(in crate::master) fn jitter(&mut self) -> f64 {
         self.rng.next_f64()
-    }
-
-    // ---- the queue and the ledger ---------------------------------------
-
-    /// Keeps the queue a mirror of the store's pending tasks across a
-    /// change from `from` to `task.status`.
-    pub(super) fn track_queue(&mut self, task: &TaskRecord, from: crate::model::TaskStatus) {
-        use crate::model::TaskStatus::Pending;
-        if from == Pending {
-            self.queue.remove(&(task.created_at, task.id.clone()));
-        }
-        if task.status == Pending {
-            self.enqueue(task, None);
-            self.queue_pass = true;
-        }
-    }
-
-    pub(super) fn enqueue(&mut self, task: &TaskRecord, reason: Option<String>) {
-        self.queue.insert(
-            (task.created_at, task.id.clone()),
-            Queued {
-                resources: task.spec.resources,
-                pin: task.spec.pin.clone(),
-                reason,
-            },
-        );
-    }
-
-    /// Why a pending task still waits, if a placement pass said.
-    pub(super) fn waiting_reason(&self, task: &TaskRecord) -> Option<String> {
-        self.queue
-            .get(&(task.created_at, task.id.clone()))?
-            .reason
-            .clone()
-    }
-
-    /// Whether the task's assignment is being placed or sent, so the worker
-    /// may not list it yet.
-    pub(super) fn in_flight(&self, task: &TaskId) -> bool {
-        self.sending.contains(task) || self.placing.contains(task)
-    }
-
-    /// The number of the first placement pass that will see a task queued
-    /// now.
-    pub(super) fn next_pass(&self) -> u64 {
-        self.passes + 1
-    }
-
-    /// A placement pass: picks a worker for every queued task that fits now,
-    /// oldest first, and reserves its resources at once so concurrent passes
-    /// cannot double-book. Tasks that do not fit keep their place with the
-    /// reason. Returns the picks and the pass's number.
-    pub(super) fn pick_placements(&mut self, now: Timestamp) -> (Vec<(TaskId, WorkerId)>, u64) {
-        self.passes += 1;
-        let mut picks = Vec::new();
-        let keys: Vec<(Timestamp, TaskId)> = self.queue.keys().cloned().collect();
-        for key in keys {
-            let (resources, pin) = {
-                let q = &self.queue[&key];
-                (q.resources, q.pin.clone())
-            };
-            let candidates = self.candidates(now, pin.as_ref());
-            match place(self.scheduler.as_mut(), &resources, &candidates) {
-                Placement::On(worker) => {
-                    if self.ledger.reserve(&worker, &key.1, resources).is_ok() {
-                        self.epoch += 1;
-                        self.queue.remove(&key);
-                        self.placing.insert(key.1.clone());
-                        picks.push((key.1, worker));
-                    }
-                }
-                Placement::Wait(reason) => {
-                    let reason = match &pin {
-                        Some(p) => format!("waiting for worker {p}: {reason}"),
-                        None => reason.to_string(),
-                    };
-                    if let Some(q) = self.queue.get_mut(&key) {
-                        q.reason = Some(reason);
-                    }
-                }
-            }
-        }
-        (picks, self.passes)
-    }
-
-    fn candidates(&self, now: Timestamp, pin: Option<&WorkerId>) -> Vec<Candidate> {
-        self.workers
-            .keys()
-            .filter(|id| pin.is_none_or(|p| p == *id))
-            .filter_map(|id| {
-                Some(Candidate {
-                    id: id.clone(),
-                    active: self.placeable(id, now),
-                    capacity: self.ledger.capacity(id)?,
-                    available: self.ledger.available(id)?,
-                })
-            })
-            .collect()
-    }
-
-    /// The ledger holds `task`'s resources on `worker` from now on: the
-    /// reservation its placement made is confirmed, or one is made (an
-    /// assignment whose write was uncertain). Either way the reservation
-    /// now stands for a stored assignment, so a concurrent reconcile must
-    /// retry.
-    pub(super) fn hold(
-        &mut self,
-        task: &TaskId,
-        worker: &WorkerId,
-        resources: Resources,
-    ) -> Result<(), LedgerError> {
-        self.placing.remove(task);
-        self.epoch += 1;
-        match self.ledger.reservation(task) {
-            Some((w, _)) if w == worker => Ok(()),
-            _ => self.ledger.reserve(worker, task, resources),
-        }
-    }
-
-    /// A placement whose assignment was not stored gives its reservation
-    /// back.
-    pub(super) fn unreserve(&mut self, task: &TaskId) {
-        if self.placing.remove(task) {
-            self.release(task);
-        }
-    }
-
-    /// Frees the task's resources; `Some` if it held any.
-    pub(super) fn release(&mut self, task: &TaskId) -> Option<(WorkerId, Resources)> {
-        let released = self.ledger.release(task);
-        if released.is_some() {
-            self.epoch += 1;
-            self.queue_pass = true;
-        }
-        released
-    }
-
-    pub(super) fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Rebuilds allocations from the store's running tasks, read when the
-    /// epoch was `epoch`; `None` if the ledger changed since (retry).
-    pub(super) fn reconcile(
-        &mut self,
-        epoch: u64,
-        running: Vec<TaskRecord>,
-    ) -> Option<Reconciliation> {
-        if self.epoch != epoch {
-            return None;
-        }
-        let mut truth: Vec<(TaskId, WorkerId, Resources)> = running
-            .into_iter()
-            .filter_map(|t| Some((t.id, t.worker?, t.spec.resources)))
-            .collect();
-        // Reservations whose `Assign` is not stored yet are real too.
-        for id in &self.placing {
-            if let Some((w, req)) = self.ledger.reservation(id) {
-                truth.push((id.clone(), w.clone(), req));
-            }
-        }
-        let report = self.ledger.reconcile(truth);
-        self.epoch += 1;
-        if !report.corrections.is_empty() {
-            self.queue_pass = true;
-        }
-        for c in &report.corrections {
-            warn!(worker = %c.worker, correction = %c, "allocation corrected");
-        }
-        for (task, worker) in &report.unknown_workers {
-            warn!(task = %task, worker = %worker, "running task on an unknown worker");
-        }
-        Some(report)
     }
 
     // ---- owed work -------------------------------------------------------
 
-    pub(super) fn owe_queue_pass(&mut self) {
+    pub(in crate::master) fn owe_queue_pass(&mut self) {
         self.queue_pass = true;
     }
 
     /// A stored assignment is owed to its worker.
-    pub(super) fn owe_send(&mut self, task: TaskRecord, worker: WorkerId) {
+    pub(in crate::master) fn owe_send(&mut self, task: TaskRecord, worker: WorkerId) {
         self.sending.insert(task.id.clone());
         self.sends.push((task, worker));
     }
 
     /// The assignment's delivery ended, either way.
-    pub(super) fn sent(&mut self, task: &TaskId) {
+    pub(in crate::master) fn sent(&mut self, task: &TaskId) {
         self.sending.remove(task);
     }
 
-    pub(super) fn owe_stop(&mut self, worker: WorkerId, run: RunningTask, grace: Duration) {
+    pub(in crate::master) fn owe_stop(
+        &mut self,
+        worker: WorkerId,
+        run: RunningTask,
+        grace: Duration,
+    ) {
         self.stops.owe(worker, run, grace);
     }
 
-    pub(super) fn settle_stop(&mut self, worker: &WorkerId, run: &RunningTask, outcome: Delivery) {
+    pub(in crate::master) fn settle_stop(
+        &mut self,
+        worker: &WorkerId,
+        run: &RunningTask,
+        outcome: Delivery,
+    ) {
         self.stops.settle(worker, run, outcome);
     }
 
-    pub(super) fn wait_for_stop(&mut self, worker: &WorkerId, run: &RunningTask) -> Wait {
+    pub(in crate::master) fn wait_for_stop(
+        &mut self,
+        worker: &WorkerId,
+        run: &RunningTask,
+    ) -> Wait {
         self.stops.wait(worker, run)
     }
 
     /// Whether anything is owed that the driver should perform now.
-    pub(super) fn owes_work(&self) -> bool {
+    pub(in crate::master) fn owes_work(&self) -> bool {
         self.queue_pass || !self.sends.is_empty() || self.stops.any_due()
     }
 
     /// Everything owed now, for the driver.
-    pub(super) fn take_owed(&mut self) -> Owed {
+    pub(in crate::master) fn take_owed(&mut self) -> Owed {
         Owed {
             queue_pass: std::mem::take(&mut self.queue_pass),
             sends: std::mem::take(&mut self.sends),

@@ -1,0 +1,185 @@
+//! The queue and the ledger: placement passes, reservations and their
+//! confirmation, releases, and reconciliation. Every ledger change bumps
+//! the epoch here, so a reconcile that read the store before it retries.
+
+use tracing::warn;
+
+use super::{Queued, State};
+use crate::ledger::{LedgerError, Reconciliation};
+use crate::model::{Resources, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId};
+use crate::placement::{place, Candidate, Placement};
+
+impl State {
+    /// Keeps the queue a mirror of the store's pending tasks across a
+    /// change from `from` to `task.status`.
+    pub(in crate::master) fn track_queue(&mut self, task: &TaskRecord, from: TaskStatus) {
+        if from == TaskStatus::Pending {
+            self.queue.remove(&(task.created_at, task.id.clone()));
+        }
+        if task.status == TaskStatus::Pending {
+            self.enqueue(task, None);
+            self.queue_pass = true;
+        }
+    }
+
+    pub(in crate::master) fn enqueue(&mut self, task: &TaskRecord, reason: Option<String>) {
+        self.queue.insert(
+            (task.created_at, task.id.clone()),
+            Queued {
+                resources: task.spec.resources,
+                pin: task.spec.pin.clone(),
+                reason,
+            },
+        );
+    }
+
+    /// Why a pending task still waits, if a placement pass said.
+    pub(in crate::master) fn waiting_reason(&self, task: &TaskRecord) -> Option<String> {
+        self.queue
+            .get(&(task.created_at, task.id.clone()))?
+            .reason
+            .clone()
+    }
+
+    /// Whether the task's assignment is being placed or sent, so the worker
+    /// may not list it yet.
+    pub(in crate::master) fn in_flight(&self, task: &TaskId) -> bool {
+        self.sending.contains(task) || self.placing.contains(task)
+    }
+
+    /// The number of the first placement pass that will see a task queued
+    /// now.
+    pub(in crate::master) fn next_pass(&self) -> u64 {
+        self.passes + 1
+    }
+
+    /// A placement pass: picks a worker for every queued task that fits now,
+    /// oldest first, and reserves its resources at once so concurrent passes
+    /// cannot double-book. Tasks that do not fit keep their place with the
+    /// reason. Returns the picks and the pass's number.
+    pub(in crate::master) fn pick_placements(
+        &mut self,
+        now: Timestamp,
+    ) -> (Vec<(TaskId, WorkerId)>, u64) {
+        self.passes += 1;
+        let mut picks = Vec::new();
+        let keys: Vec<(Timestamp, TaskId)> = self.queue.keys().cloned().collect();
+        for key in keys {
+            let (resources, pin) = {
+                let q = &self.queue[&key];
+                (q.resources, q.pin.clone())
+            };
+            let candidates = self.candidates(now, pin.as_ref());
+            match place(self.scheduler.as_mut(), &resources, &candidates) {
+                Placement::On(worker) => {
+                    if self.ledger.reserve(&worker, &key.1, resources).is_ok() {
+                        self.epoch += 1;
+                        self.queue.remove(&key);
+                        self.placing.insert(key.1.clone());
+                        picks.push((key.1, worker));
+                    }
+                }
+                Placement::Wait(reason) => {
+                    let reason = match &pin {
+                        Some(p) => format!("waiting for worker {p}: {reason}"),
+                        None => reason.to_string(),
+                    };
+                    if let Some(q) = self.queue.get_mut(&key) {
+                        q.reason = Some(reason);
+                    }
+                }
+            }
+        }
+        (picks, self.passes)
+    }
+
+    fn candidates(&self, now: Timestamp, pin: Option<&WorkerId>) -> Vec<Candidate> {
+        self.workers
+            .keys()
+            .filter(|id| pin.is_none_or(|p| p == *id))
+            .filter_map(|id| {
+                Some(Candidate {
+                    id: id.clone(),
+                    active: self.placeable(id, now),
+                    capacity: self.ledger.capacity(id)?,
+                    available: self.ledger.available(id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The ledger holds `task`'s resources on `worker` from now on: the
+    /// reservation its placement made is confirmed, or one is made (an
+    /// assignment whose write was uncertain). Either way the reservation
+    /// now stands for a stored assignment, so a concurrent reconcile must
+    /// retry.
+    pub(in crate::master) fn hold(
+        &mut self,
+        task: &TaskId,
+        worker: &WorkerId,
+        resources: Resources,
+    ) -> Result<(), LedgerError> {
+        self.placing.remove(task);
+        self.epoch += 1;
+        match self.ledger.reservation(task) {
+            Some((w, _)) if w == worker => Ok(()),
+            _ => self.ledger.reserve(worker, task, resources),
+        }
+    }
+
+    /// A placement whose assignment was not stored gives its reservation
+    /// back.
+    pub(in crate::master) fn unreserve(&mut self, task: &TaskId) {
+        if self.placing.remove(task) {
+            self.release(task);
+        }
+    }
+
+    /// Frees the task's resources; `Some` if it held any.
+    pub(in crate::master) fn release(&mut self, task: &TaskId) -> Option<(WorkerId, Resources)> {
+        let released = self.ledger.release(task);
+        if released.is_some() {
+            self.epoch += 1;
+            self.queue_pass = true;
+        }
+        released
+    }
+
+    pub(in crate::master) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Rebuilds allocations from the store's running tasks, read when the
+    /// epoch was `epoch`; `None` if the ledger changed since (retry).
+    pub(in crate::master) fn reconcile(
+        &mut self,
+        epoch: u64,
+        running: Vec<TaskRecord>,
+    ) -> Option<Reconciliation> {
+        if self.epoch != epoch {
+            return None;
+        }
+        let mut truth: Vec<(TaskId, WorkerId, Resources)> = running
+            .into_iter()
+            .filter_map(|t| Some((t.id, t.worker?, t.spec.resources)))
+            .collect();
+        // Reservations whose `Assign` is not stored yet are real too.
+        for id in &self.placing {
+            if let Some((w, req)) = self.ledger.reservation(id) {
+                truth.push((id.clone(), w.clone(), req));
+            }
+        }
+        let report = self.ledger.reconcile(truth);
+        self.epoch += 1;
+        if !report.corrections.is_empty() {
+            self.queue_pass = true;
+        }
+        for c in &report.corrections {
+            warn!(worker = %c.worker, correction = %c, "allocation corrected");
+        }
+        for (task, worker) in &report.unknown_workers {
+            warn!(task = %task, worker = %worker, "running task on an unknown worker");
+        }
+        Some(report)
+    }
+}

@@ -1,0 +1,219 @@
+//! The worker's table of runs: what runs here, what was stopped before it
+//! started, and the supervisors that follow each run.
+//!
+//! One lock guards all three, so an assignment and a stop that race see
+//! each other: the stop either finds the slot or leaves a tombstone the
+//! assignment sees.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use crate::model::{RunningTask, Timestamp};
+use crate::runtime::ContainerId;
+
+/// How many stopped-before-started runs the worker remembers, so a late
+/// assignment for one of them is not run.
+const TOMBSTONES: usize = 4096;
+
+/// Why a run is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopKind {
+    /// The user cancelled: report `cancelled` with the logs.
+    Cancel,
+    /// The master says the run is not (or no longer) this worker's: no report.
+    Drop,
+    /// The worker is shutting down: `shutdown` reports it.
+    Shutdown,
+}
+
+/// One run.
+#[derive(Debug)]
+pub(super) struct Slot {
+    /// Set once the runtime started it.
+    pub(super) container: Option<ContainerId>,
+    /// The first stop asked for, if any.
+    pub(super) stop: Option<(StopKind, Duration)>,
+    pub(super) started_at: Timestamp,
+}
+
+/// What [`Runs::admit`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// A new run: start it.
+    Start,
+    /// Already here (a repeated assignment).
+    Repeat,
+    /// Stopped before its assignment arrived: do not start it.
+    Tombstoned,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Runs {
+    slots: BTreeMap<RunningTask, Slot>,
+    tombstones: BTreeSet<RunningTask>,
+    /// Tombstones oldest first, to forget the oldest past the bound.
+    tombstone_order: VecDeque<RunningTask>,
+    supervisors: JoinSet<()>,
+}
+
+impl Runs {
+    pub(super) fn admit(&mut self, run: &RunningTask, now: Timestamp) -> Admit {
+        if self.slots.contains_key(run) {
+            return Admit::Repeat;
+        }
+        if self.tombstones.contains(run) {
+            return Admit::Tombstoned;
+        }
+        self.insert(run.clone(), None, now);
+        Admit::Start
+    }
+
+    /// A run found already running (adopted after a restart).
+    pub(super) fn insert(
+        &mut self,
+        run: RunningTask,
+        container: Option<ContainerId>,
+        now: Timestamp,
+    ) {
+        self.slots.insert(
+            run,
+            Slot {
+                container,
+                stop: None,
+                started_at: now,
+            },
+        );
+    }
+
+    /// Asks for `run` to stop (the first request wins). Returns its
+    /// container if it started; a run not here is tombstoned.
+    pub(super) fn stop(
+        &mut self,
+        run: &RunningTask,
+        kind: StopKind,
+        grace: Duration,
+    ) -> Option<ContainerId> {
+        match self.slots.get_mut(run) {
+            None => {
+                self.tombstone(run.clone());
+                None
+            }
+            Some(slot) => {
+                slot.stop.get_or_insert((kind, grace));
+                slot.container.clone()
+            }
+        }
+    }
+
+    fn tombstone(&mut self, run: RunningTask) {
+        if self.tombstones.insert(run.clone()) {
+            self.tombstone_order.push_back(run);
+            if self.tombstone_order.len() > TOMBSTONES {
+                if let Some(old) = self.tombstone_order.pop_front() {
+                    self.tombstones.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The runtime started `run`: returns a stop asked for meanwhile.
+    pub(super) fn started(
+        &mut self,
+        run: &RunningTask,
+        container: ContainerId,
+    ) -> Option<(StopKind, Duration)> {
+        let slot = self.slots.get_mut(run)?;
+        slot.container = Some(container);
+        slot.stop
+    }
+
+    /// The run ended; its slot, if it was still here.
+    pub(super) fn finish(&mut self, run: &RunningTask) -> Option<Slot> {
+        self.slots.remove(run)
+    }
+
+    pub(super) fn container(&self, run: &RunningTask) -> Option<ContainerId> {
+        self.slots.get(run)?.container.clone()
+    }
+
+    pub(super) fn list(&self) -> Vec<RunningTask> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// Every run with its container, if started.
+    pub(super) fn containers(&self) -> Vec<(RunningTask, Option<ContainerId>)> {
+        self.slots
+            .iter()
+            .map(|(r, s)| (r.clone(), s.container.clone()))
+            .collect()
+    }
+
+    /// Marks every run as stopping for shutdown (unless a stop was already
+    /// asked for) and returns them with their start times.
+    pub(super) fn stop_all_for_shutdown(
+        &mut self,
+        grace: Duration,
+    ) -> Vec<(RunningTask, Timestamp)> {
+        self.slots
+            .iter_mut()
+            .map(|(run, slot)| {
+                slot.stop.get_or_insert((StopKind::Shutdown, grace));
+                (run.clone(), slot.started_at)
+            })
+            .collect()
+    }
+
+    /// Spawns a run's supervisor, reaping the finished ones first so the
+    /// set does not grow with every task the worker ever ran.
+    pub(super) fn supervise(&mut self, f: impl Future<Output = ()> + Send + 'static) {
+        while self.supervisors.try_join_next().is_some() {}
+        self.supervisors.spawn(f);
+    }
+
+    pub(super) fn abort_supervisors(&mut self) {
+        self.supervisors.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskId;
+
+    fn run(t: &str) -> RunningTask {
+        RunningTask {
+            task: TaskId::new(t).unwrap(),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_stop_before_the_assignment_keeps_it_from_starting() {
+        let mut r = Runs::default();
+        assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO), Admit::Tombstoned);
+    }
+
+    #[test]
+    fn a_stop_while_starting_is_handed_to_the_supervisor() {
+        let mut r = Runs::default();
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO), Admit::Start);
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO), Admit::Repeat);
+        assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
+        let pending = r.started(&run("t"), ContainerId("c".into()));
+        assert_eq!(pending, Some((StopKind::Cancel, Duration::ZERO)));
+    }
+
+    #[test]
+    fn tombstones_are_bounded() {
+        let mut r = Runs::default();
+        for i in 0..=TOMBSTONES {
+            let _ = r.stop(&run(&format!("t{i}")), StopKind::Drop, Duration::ZERO);
+        }
+        assert_eq!(r.tombstones.len(), TOMBSTONES);
+        assert_eq!(r.admit(&run("t0"), Timestamp::ZERO), Admit::Start);
+    }
+}
