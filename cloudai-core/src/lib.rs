@@ -40,6 +40,7 @@ pub mod apply;
 pub mod backoff;
 pub mod clock;
 mod error;
+pub mod host;
 pub mod ledger;
 pub mod lifecycle;
 pub mod liveness;

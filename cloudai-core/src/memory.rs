@@ -3,7 +3,9 @@
 //! every other backend (it runs the same conformance suites).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 use async_trait::async_trait;
 
@@ -20,12 +22,6 @@ pub struct MemoryStore {
     tasks: Mutex<HashMap<TaskId, TaskRecord>>,
     results: Mutex<HashMap<TaskId, TaskResult>>,
     workers: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
-}
-
-/// Every critical section leaves the maps consistent, so a panic elsewhere
-/// while holding the lock cannot have left half a change behind.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryStore {

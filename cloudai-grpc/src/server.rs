@@ -8,9 +8,8 @@ use cloudai_core::worker::Worker;
 use cloudai_core::Error;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::server::Router;
+use tonic::service::interceptor::InterceptorLayer;
+use tonic::service::{Interceptor, Routes};
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
@@ -32,23 +31,24 @@ impl Interceptor for TokenCheck {
     }
 }
 
-fn builder(security: &Security) -> Result<Server, Error> {
-    let mut b = Server::builder().tcp_nodelay(true);
+/// Serves `routes` on `listener` with the token checked on every call,
+/// until `shutdown` completes: the one serve path of both services.
+async fn serve(
+    routes: Routes,
+    listener: TcpListener,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let mut builder = Server::builder().tcp_nodelay(true);
     if let Some(tls) = security.server_tls() {
-        b = b.tls_config(tls).map_err(|e| Error::Backend {
+        builder = builder.tls_config(tls).map_err(|e| Error::Backend {
             backend: "tls",
             source: Box::new(e),
         })?;
     }
-    Ok(b)
-}
-
-async fn serve(
-    router: Router,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
-    router
+    builder
+        .layer(InterceptorLayer::new(TokenCheck(security.token.clone())))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
@@ -64,11 +64,7 @@ pub async fn serve_master(
     let service = MasterServer::new(MasterService::new(master))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let router = builder(&security)?.add_service(InterceptedService::new(
-        service,
-        TokenCheck(security.token.clone()),
-    ));
-    serve(router, listener, shutdown).await
+    serve(Routes::new(service), listener, security, shutdown).await
 }
 
 /// Serves `worker` on `listener` until `shutdown` completes.
@@ -81,9 +77,5 @@ pub async fn serve_worker(
     let service = WorkerServer::new(WorkerService::new(worker))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let router = builder(&security)?.add_service(InterceptedService::new(
-        service,
-        TokenCheck(security.token.clone()),
-    ));
-    serve(router, listener, shutdown).await
+    serve(Routes::new(service), listener, security, shutdown).await
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use cloudai_core::host;
 use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::process::ProcessRuntime;
 use cloudai_core::runtime::ContainerRuntime;
@@ -63,23 +64,12 @@ struct Cli {
 }
 
 fn detected_cores() -> f64 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as f64)
-        .unwrap_or(1.0)
+    host::cores() as f64
 }
 
 fn detected_memory_gb() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|kb| (kb / 1e6 * 10.0).floor() / 10.0)
+    host::memory_total_kb()
+        .map(|kb| (kb as f64 / 1e6 * 10.0).floor() / 10.0)
         .unwrap_or(1.0)
 }
 
@@ -99,11 +89,7 @@ fn detected_gpus() -> u32 {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into())
+    host::name().unwrap_or_else(|| "worker".into())
 }
 
 #[tokio::main]

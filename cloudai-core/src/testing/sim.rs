@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,16 +34,13 @@ use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
 };
 use crate::store::{TaskFilter, TaskStore};
+use crate::sync::lock;
 use crate::transport::{
     HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask,
     WorkerEndpoint, WorkerToMaster,
 };
 use crate::worker::{ShutdownSummary, Worker, WorkerConfig};
 use crate::{Error, Result};
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Message faults, per message, independently.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,32 +103,32 @@ impl SimNet {
 
     /// Changes the faults from now on.
     pub fn set_faults(&self, faults: Faults) {
-        *locked(&self.faults) = faults;
+        *lock(&self.faults) = faults;
     }
 
     /// Connects the master.
     pub fn set_master(&self, master: Master) {
-        *locked(&self.master) = Some(master);
+        *lock(&self.master) = Some(master);
     }
 
     /// Connects a worker agent (it becomes reachable).
     pub fn attach(&self, worker: Worker) {
-        locked(&self.workers).insert(worker.id().clone(), worker);
+        lock(&self.workers).insert(worker.id().clone(), worker);
     }
 
     /// Disconnects a worker agent (a crashed or stopped process).
     pub fn detach(&self, id: &WorkerId) {
-        locked(&self.workers).remove(id);
+        lock(&self.workers).remove(id);
     }
 
     /// Cuts a worker off from the master, both ways.
     pub fn partition(&self, id: &WorkerId) {
-        locked(&self.partitioned).insert(id.clone());
+        lock(&self.partitioned).insert(id.clone());
     }
 
     /// Restores a worker's link.
     pub fn heal(&self, id: &WorkerId) {
-        locked(&self.partitioned).remove(id);
+        lock(&self.partitioned).remove(id);
     }
 
     /// The worker side of the link for `worker`.
@@ -143,14 +140,14 @@ impl SimNet {
     }
 
     fn worker(&self, id: &WorkerId) -> Result<Worker> {
-        locked(&self.workers)
+        lock(&self.workers)
             .get(id)
             .cloned()
             .ok_or_else(|| Error::Unavailable(format!("{id}: connection refused")))
     }
 
     fn master(&self) -> Result<Master> {
-        locked(&self.master)
+        lock(&self.master)
             .clone()
             .ok_or_else(|| Error::Unavailable("master: connection refused".into()))
     }
@@ -162,8 +159,8 @@ impl SimNet {
         Fut: Future<Output = Result<T>>,
     {
         let (delay, lose_request, lose_response, twice) = {
-            let f = *locked(&self.faults);
-            let mut rng = locked(&self.rng);
+            let f = *lock(&self.faults);
+            let mut rng = lock(&self.rng);
             let delay = f.max_delay.mul_f64(rng.next_f64());
             (
                 delay,
@@ -173,7 +170,7 @@ impl SimNet {
             )
         };
         tokio::time::sleep(delay).await;
-        if locked(&self.partitioned).contains(worker) {
+        if lock(&self.partitioned).contains(worker) {
             return Err(Error::Unavailable(format!("{worker}: network partitioned")));
         }
         if lose_request {
@@ -312,7 +309,7 @@ impl FakeRuntime {
 
     /// Containers still running (for leak checks).
     pub fn running(&self) -> usize {
-        locked(&self.containers)
+        lock(&self.containers)
             .values()
             .filter(|c| c.exit.borrow().is_none())
             .count()
@@ -320,13 +317,13 @@ impl FakeRuntime {
 
     /// Kills every container at once (a host crash).
     pub fn kill_all(&self) {
-        for c in locked(&self.containers).values() {
+        for c in lock(&self.containers).values() {
             let _ = c.signal.send(Some(9));
         }
     }
 
     fn get(&self, id: &ContainerId) -> Result<Handles> {
-        let all = locked(&self.containers);
+        let all = lock(&self.containers);
         let c = all
             .get(id)
             .ok_or_else(|| Error::not_found("container", id))?;
@@ -373,17 +370,17 @@ impl ContainerRuntime for FakeRuntime {
                     changed = sig_rx.changed() => {
                         let sig = if changed.is_ok() { *sig_rx.borrow_and_update() } else { Some(9) };
                         match sig {
-                            Some(15) if program.ignores_term => locked(&out).push_str("ignoring SIGTERM\n"),
+                            Some(15) if program.ignores_term => lock(&out).push_str("ignoring SIGTERM\n"),
                             Some(s) => break ExitStatus { code: None, signal: Some(s), oom_killed: false },
                             None => {}
                         }
                     }
                 }
             };
-            locked(&out).push_str(&format!("exited {status:?}\n"));
+            lock(&out).push_str(&format!("exited {status:?}\n"));
             let _ = exit_tx.send(Some(status));
         });
-        locked(&self.containers).insert(
+        lock(&self.containers).insert(
             id.clone(),
             FakeContainer {
                 labels: spec.labels.clone(),
@@ -401,11 +398,11 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
-        let all = locked(&self.containers);
+        let all = lock(&self.containers);
         let c = all
             .get(id)
             .ok_or_else(|| Error::not_found("container", id))?;
-        let text = locked(&c.log).clone();
+        let text = lock(&c.log).clone();
         let cut = text.len().saturating_sub(max_bytes);
         let start = (cut..=text.len())
             .find(|i| text.is_char_boundary(*i))
@@ -435,14 +432,14 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn remove(&self, id: &ContainerId) -> Result<()> {
-        if let Some(c) = locked(&self.containers).remove(id) {
+        if let Some(c) = lock(&self.containers).remove(id) {
             let _ = c.signal.send(Some(9));
         }
         Ok(())
     }
 
     async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
-        Ok(locked(&self.containers)
+        Ok(lock(&self.containers)
             .iter()
             .filter(|(_, c)| c.labels.get(key).is_some_and(|v| v == value))
             .map(|(id, c)| ContainerInfo {
@@ -694,7 +691,7 @@ impl SimCluster {
                 w.id
             );
         }
-        let violations = std::mem::take(&mut *locked(&self.checker.violations));
+        let violations = std::mem::take(&mut *lock(&self.checker.violations));
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
         tasks
     }
@@ -787,11 +784,11 @@ impl Checker {
                         worker: Some(w),
                         ..
                     }) => {
-                        if let Some(at) = locked(&since).get(&w) {
+                        if let Some(at) = lock(&since).get(&w) {
                             // A heartbeat sent just before the cut may still
                             // arrive up to `max_delay` later.
                             if at.elapsed() > timeout + max_delay + Duration::from_millis(1) {
-                                locked(&found).push(format!(
+                                lock(&found).push(format!(
                                     "task {id} placed on {w}, unreachable for {:?}",
                                     at.elapsed()
                                 ));
@@ -812,12 +809,12 @@ impl Checker {
     }
 
     fn unreachable(&self, id: &WorkerId) {
-        locked(&self.unreachable_since)
+        lock(&self.unreachable_since)
             .entry(id.clone())
             .or_insert_with(Instant::now);
     }
 
     fn reachable(&self, id: &WorkerId) {
-        locked(&self.unreachable_since).remove(id);
+        lock(&self.unreachable_since).remove(id);
     }
 }
