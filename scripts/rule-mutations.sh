@@ -37,15 +37,15 @@ PY
   cp "$backup" "$file"; rm -f "$backup"
 }
 
-mutate cloudai-core/src/lifecycle.rs "a late report may overwrite cancelled" \
+mutate cloudai-core/src/lifecycle/mod.rs "a late report may overwrite cancelled" \
   'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running];' \
   'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running, TaskStatus::Cancelled];'
-mutate cloudai-core/src/lifecycle.rs "a cancel may overwrite completed" \
+mutate cloudai-core/src/lifecycle/mod.rs "a cancel may overwrite completed" \
   'const CANCELLABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running];' \
   'const CANCELLABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running, TaskStatus::Completed];'
-mutate cloudai-core/src/lifecycle.rs "reports accepted from any worker" \
+mutate cloudai-core/src/lifecycle/mod.rs "reports accepted from any worker" \
   'if task.worker.as_ref() != Some(claimed) {' 'if false {'
-mutate cloudai-core/src/store.rs "reports about an earlier attempt apply" \
+mutate cloudai-core/src/lifecycle/change.rs "reports about an earlier attempt apply" \
   '            && self.expected_attempt.is_none_or(|a| task.attempt == a)' ''
 mutate cloudai-core/src/results.rs "results of an earlier attempt are stored" \
   'if incoming.attempt != task.attempt {' 'if false {'
@@ -65,16 +65,30 @@ mutate cloudai-core/src/placement.rs "placement ignores inactive workers" \
 mutate cloudai-core/src/liveness.rs "inactive one tick late" \
   'let d = past(now, self.config.timeout);' 'let d = past(now, self.config.timeout).saturating_add(Duration::from_millis(1));'
 
-# Service rules, caught by the simulation (scenarios and fault explorer).
-mutate cloudai-core/src/master/mod.rs "master never releases resources" \
-  'Effect::Release { .. } => freed |= st.release(&task.id).is_some(),' 'Effect::Release { .. } => {}'
-mutate cloudai-core/src/master/state.rs "placement ignores liveness" \
+# Service rules, caught by the simulation (scenarios and fault explorer)
+# and by the services' unit tests.
+mutate cloudai-core/src/master/transitions.rs "master never releases resources" \
+  $'                Effect::Release { .. } => {\n                    st.release(&task.id);\n                }' \
+  'Effect::Release { .. } => {}'
+mutate cloudai-core/src/master/transitions.rs "the executor skips sending assignments" \
+  'Effect::SendAssignment { worker } => st.owe_send(task.clone(), worker.clone()),' \
+  'Effect::SendAssignment { .. } => {}'
+mutate cloudai-core/src/master/transitions.rs "the executor skips stops" \
+  'st.owe_stop(worker.clone(), run, *grace);' 'let _ = (worker, run, grace);'
+mutate cloudai-core/src/master/state/mod.rs "placement ignores liveness" \
   '&& self.liveness.health(worker, now) == Some(Health::Active)' ''
-mutate cloudai-core/src/master/mod.rs "re-registration keeps tasks the worker no longer has" \
-  '                    !listed.contains(r)
-                        && !st.sending.contains(&r.task)' '                    false
-                        && !st.sending.contains(&r.task)'
-mutate cloudai-core/src/worker/mod.rs "shutdown leaves containers running" \
+mutate cloudai-core/src/master/owed_stops.rs "a stop that failed to arrive is never retried" \
+  'Err(why) => owed.phase = Phase::Parked(why),' 'Err(_) => {}'
+mutate cloudai-core/src/master/state/mod.rs "a heartbeat does not retry owed stops" \
+  '        self.stops.retry(worker);' ''
+mutate cloudai-core/src/master/dispatch.rs "a placement cancelled meanwhile keeps its reservation" \
+  'Ok(Applied::Refused { .. }) => self.state().unreserve(&id),' 'Ok(Applied::Refused { .. }) => {}'
+mutate cloudai-core/src/master/membership.rs "re-registration keeps tasks the worker no longer has" \
+  '.filter(|r| !listed.contains(r) && !st.in_flight(&r.task))' \
+  '.filter(|r| false && !st.in_flight(&r.task))'
+mutate cloudai-core/src/worker/runs.rs "a run stopped before its assignment still starts" \
+  'if self.tombstones.contains(run) {' 'if false {'
+mutate cloudai-core/src/worker/shutdown.rs "shutdown leaves containers running" \
   'container.filter(|_| stopping.insert(run.clone()))' 'container.filter(|_| stopping.insert(run.clone()) && false)'
 
 exit $survived

@@ -1,4 +1,5 @@
-//! Reconnection backoff with jitter (seed 004's "future improvement").
+//! Reconnection backoff with jitter (reconnection to inactive workers, with the backoff the original design
+//! listed as a future improvement).
 //!
 //! Randomness is an input (`jitter` in `[0, 1)`), so the schedule is pure
 //! and a simulation replays it from a seed.
@@ -20,7 +21,7 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 1 s doubling up to the seed's 30 s interval.
+    /// 1 s doubling up to the original system's 30 s reconnection interval.
     fn default() -> Self {
         Backoff {
             initial: Duration::from_secs(1),

@@ -5,7 +5,7 @@
 //! beside the per-task map it is computed from and changed only together
 //! with it. There is no free-standing counter to drift, and
 //! [`Ledger::reconcile`] rebuilds everything from the store's list of
-//! running tasks, returning each correction it made (seed: `fix-resources`).
+//! running tasks, returning each correction it made (the operator's `fix-resources`).
 
 use std::collections::BTreeMap;
 use std::fmt;

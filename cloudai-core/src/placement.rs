@@ -176,7 +176,7 @@ impl Scheduler for BinPack {
     }
 }
 
-/// The seeds' resource-aware policy, made explicit: prefer the worker whose
+/// The original system's resource-aware policy, made explicit: prefer the worker whose
 /// free resources have the shape of the request (alignment of request and
 /// free share per dimension, as in Tetris-style packers), and keep GPU
 /// workers free for GPU tasks.

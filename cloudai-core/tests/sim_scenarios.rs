@@ -50,7 +50,7 @@ async fn until<F: AsyncFn() -> bool>(limit: Duration, what: &str, f: F) {
     }
 }
 
-// ---- seed 000: resource release on worker shutdown ----------------------
+// ---- resource release on worker shutdown -------------------------------
 
 async fn shutdown_with(n: usize) {
     let mut c = cluster(&[("tessa", 8.0)]).await;
@@ -122,7 +122,7 @@ async fn seed000_ctrl_c_with_no_tasks_and_master_unreachable_still_exits_in_time
     c.stop().await;
 }
 
-// ---- seed 001: task cancellation -----------------------------------------
+// ---- task cancellation --------------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn seed001_cancel_a_running_task() {
@@ -304,7 +304,7 @@ async fn seed001_bulk_cancel_by_worker_and_by_status() {
     c.stop().await;
 }
 
-// ---- seed 002: resource reconciliation ------------------------------------
+// ---- resource reconciliation ---------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn seed002_master_restart_reconciles_allocations_from_the_store() {
@@ -450,7 +450,7 @@ async fn orphan_of_a_failed_over_task_is_stopped_when_the_agent_returns() {
     c.stop().await;
 }
 
-// ---- seed 003: inactivity detection ----------------------------------------
+// ---- worker inactivity detection ---------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn seed003_stopped_worker_turns_inactive_at_the_deadline_and_gets_no_tasks() {
@@ -528,7 +528,7 @@ async fn queued_task_is_placed_when_a_running_task_ends() {
     c.stop().await;
 }
 
-// ---- seed 004: reconnection ---------------------------------------------------
+// ---- worker reconnection --------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn seed004_pre_registered_offline_worker_comes_back() {

@@ -4,7 +4,7 @@
 //! Engine API, through bollard. Containers get the task's labels
 //! (`cloudai.task_id`, `cloudai.worker_id`), its CPU (nano-CPUs), memory
 //! and GPU limits, env and command. Stop is SIGTERM, then SIGKILL after the
-//! grace (seed 001). Every step is idempotent: stopping or removing a
+//! grace (a cancel's grace period). Every step is idempotent: stopping or removing a
 //! container that is gone succeeds. The API version is negotiated with the
 //! daemon, so daemons as old as Docker 20.10 (API 1.41) work.
 

@@ -6,8 +6,8 @@ use crate::backoff::Backoff;
 use crate::liveness::LivenessConfig;
 use crate::placement::Policy;
 
-/// Master settings. Every timeout of the seeds is here, with their values
-/// as defaults.
+/// Master settings. Every timeout of the original system is here, with its
+/// value as the default.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
     /// The master's id, sent to workers.

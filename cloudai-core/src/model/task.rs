@@ -39,7 +39,7 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
-    /// Default grace between SIGTERM and SIGKILL on cancel (seed: 10 s).
+    /// Default grace between SIGTERM and SIGKILL on cancel (10 s, as in the original system).
     pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
     /// A spec with no env and the default grace.
