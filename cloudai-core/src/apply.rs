@@ -152,3 +152,82 @@ async fn store_result(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::model::{Resources, TaskSpec, WorkerId};
+    use crate::store::{StatusChange, TaskFilter};
+
+    /// A memory store whose result writes fail, as a store outage would.
+    #[derive(Debug, Default)]
+    struct ResultsDown(MemoryStore);
+
+    #[async_trait]
+    impl TaskStore for ResultsDown {
+        async fn insert_task(&self, task: TaskRecord) -> Result<()> {
+            self.0.insert_task(task).await
+        }
+        async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+            self.0.get_task(id).await
+        }
+        async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+            self.0.list_tasks(filter).await
+        }
+        async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
+            self.0.update_status(id, change).await
+        }
+        async fn insert_result(&self, _: TaskResult) -> Result<InsertOutcome> {
+            Err(Error::Unavailable("results collection is down".into()))
+        }
+        async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
+            self.0.get_result(id).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
+        let store = ResultsDown::default();
+        let id = TaskId::new("t").unwrap();
+        let worker = WorkerId::new("w").unwrap();
+        let spec = TaskSpec::new("img", vec![], Resources::new(1.0, 1.0, 0.0, 0).unwrap());
+        store
+            .insert_task(TaskRecord::new(id.clone(), spec, Timestamp::ZERO))
+            .await
+            .unwrap();
+        let assign = TaskEvent::Assign {
+            worker: worker.clone(),
+        };
+        let _: Applied = apply_event(&store, &id, &assign, Timestamp::ZERO)
+            .await
+            .unwrap();
+        let report = TaskResult {
+            task_id: id.clone(),
+            worker_id: worker,
+            attempt: 1,
+            status: TaskStatus::Completed,
+            exit_code: Some(0),
+            logs: String::new(),
+            logs_truncated: false,
+            message: None,
+            started_at: None,
+            finished_at: Timestamp::from_millis(5),
+        };
+        let out = record_report(&store, report, Timestamp::from_millis(5))
+            .await
+            .expect("the transition was written");
+        let Applied::Changed { transition, .. } = &out.status else {
+            panic!("the report applies: {:?}", out.status)
+        };
+        assert_eq!(transition.to, TaskStatus::Completed);
+        assert!(!transition.effects.is_empty(), "the release is handed back");
+        assert!(
+            matches!(out.result, Err(Error::Unavailable(_))),
+            "the reporter is told to retry: {:?}",
+            out.result
+        );
+    }
+}

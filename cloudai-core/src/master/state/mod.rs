@@ -25,7 +25,7 @@ use crate::model::{
 use crate::placement::Scheduler;
 use crate::rng::SplitMix64;
 
-use super::MasterConfig;
+use crate::master::config::MasterConfig;
 
 /// What the master knows about a worker beyond the ledger and liveness.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,113 @@
+//! Master races that need a store slower than the memory store: changes
+//! that land while an assignment write is on its way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudai_core::clock::Clock;
+use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
+use cloudai_core::memory::MemoryStore;
+use cloudai_core::model::{
+    Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Timestamp,
+    WorkerId,
+};
+use cloudai_core::store::{CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
+use cloudai_core::transport::{MasterInfo, MasterToWorker, Registration, WorkerEndpoint};
+use cloudai_core::Result;
+
+/// A memory store whose assignment writes take a second.
+#[derive(Debug, Default)]
+struct SlowAssignments(MemoryStore);
+
+#[async_trait]
+impl TaskStore for SlowAssignments {
+    async fn insert_task(&self, task: TaskRecord) -> Result<()> {
+        self.0.insert_task(task).await
+    }
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        self.0.get_task(id).await
+    }
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        self.0.list_tasks(filter).await
+    }
+    async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
+        if change.to == TaskStatus::Running {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.0.update_status(id, change).await
+    }
+    async fn insert_result(&self, result: TaskResult) -> Result<InsertOutcome> {
+        self.0.insert_result(result).await
+    }
+    async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
+        self.0.get_result(id).await
+    }
+}
+
+/// Workers that accept everything.
+#[derive(Debug)]
+struct Accepting;
+
+#[async_trait]
+impl MasterToWorker for Accepting {
+    async fn master_register(&self, _: &WorkerEndpoint, _: &MasterInfo) -> Result<()> {
+        Ok(())
+    }
+    async fn assign(&self, _: &WorkerEndpoint, _: &RunningTask, _: &TaskSpec) -> Result<()> {
+        Ok(())
+    }
+    async fn cancel(&self, _: &WorkerEndpoint, _: &RunningTask, _: Duration) -> Result<()> {
+        Ok(())
+    }
+    async fn logs(&self, _: &WorkerEndpoint, _: &RunningTask, _: usize) -> Result<Logs> {
+        Ok(Logs::default())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() {
+    let registry = Arc::new(MemoryStore::new());
+    let master = Master::start(
+        MasterConfig::default(),
+        Arc::new(SlowAssignments::default()),
+        registry,
+        Arc::new(Accepting),
+        Clock::starting_at(Timestamp::from_millis(1_700_000_000_000)),
+    )
+    .await
+    .unwrap();
+    let worker = WorkerId::new("w1").unwrap();
+    let _ = master
+        .register(Registration {
+            worker: worker.clone(),
+            address: "w1:1".into(),
+            capacity: Resources::new(2.0, 2.0, 0.0, 0).unwrap(),
+            running: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let spec = TaskSpec::new("img", vec![], Resources::new(1.0, 1.0, 0.0, 0).unwrap());
+    let id = master.submit(spec).await.unwrap();
+    // Placed: its room is reserved while the assignment is being written.
+    assert_eq!(master.workers()[0].tasks, vec![id.clone()]);
+
+    let out = master.cancel(&id, false).await.unwrap();
+    assert_eq!(
+        out,
+        CancelOutcome::Dequeued,
+        "the assignment had not landed"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let task = master.task(&id).await.unwrap().task;
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    let w = &master.workers()[0];
+    assert_eq!(
+        w.allocated,
+        Resources::ZERO,
+        "the reservation was given back"
+    );
+    assert!(w.tasks.is_empty(), "{:?}", w.tasks);
+    master.shutdown().await;
+}
