@@ -240,13 +240,13 @@ async fn seed001_force_cancel_skips_the_grace_period() {
     );
     c.run_for(Duration::from_secs(1)).await;
     let begin = tokio::time::Instant::now();
-    c.master.cancel(&a, false).await.unwrap();
+    c.master.cancel_and_wait(&a, false).await.unwrap();
     assert!(
         begin.elapsed() >= TaskSpec::DEFAULT_CANCEL_GRACE,
         "graceful cancel waits out the grace"
     );
     let begin = tokio::time::Instant::now();
-    c.master.cancel(&b, true).await.unwrap();
+    c.master.cancel_and_wait(&b, true).await.unwrap();
     assert!(
         begin.elapsed() < Duration::from_secs(1),
         "force cancel kills at once"

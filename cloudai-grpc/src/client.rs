@@ -78,11 +78,13 @@ impl MasterClient {
         convert::task_id(&r.into_inner().task_id).map_err(bad_reply)
     }
 
-    /// Cancels a task.
-    pub async fn cancel(&self, id: &TaskId, force: bool) -> Result<CancelOutcome> {
+    /// Cancels a task. With `wait`, the answer waits for the worker's
+    /// confirmation; without, it comes after a brief wait.
+    pub async fn cancel(&self, id: &TaskId, force: bool, wait: bool) -> Result<CancelOutcome> {
         let req = proto::CancelRequest {
             task_id: id.to_string(),
             force,
+            wait,
         };
         let r = self.c().cancel(self.req(req)).await.map_err(from_status)?;
         Ok(convert::cancel_outcome(r.into_inner())
@@ -90,16 +92,19 @@ impl MasterClient {
             .1)
     }
 
-    /// Cancels every pending or running task passing `filter`.
+    /// Cancels every pending or running task passing `filter` (`wait` as
+    /// for [`MasterClient::cancel`]).
     pub async fn cancel_many(
         &self,
         filter: &TaskFilter,
         force: bool,
+        wait: bool,
     ) -> Result<Vec<(TaskId, CancelOutcome)>> {
         let req = proto::CancelManyRequest {
             statuses: filter.statuses.iter().map(ToString::to_string).collect(),
             worker: filter.worker.as_ref().map(ToString::to_string),
             force,
+            wait,
         };
         let r = self
             .c()

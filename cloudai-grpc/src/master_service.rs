@@ -97,7 +97,14 @@ impl master_server::Master for MasterService {
         let r = req.into_inner();
         let id = convert::task_id(&r.task_id)?;
         let (m, t) = (self.master.clone(), id.clone());
-        let outcome = detached(async move { m.cancel(&t, r.force).await }).await?;
+        let outcome = detached(async move {
+            if r.wait {
+                m.cancel_and_wait(&t, r.force).await
+            } else {
+                m.cancel(&t, r.force).await
+            }
+        })
+        .await?;
         Ok(Response::new((id, outcome).into()))
     }
 
@@ -108,7 +115,14 @@ impl master_server::Master for MasterService {
         let r = req.into_inner();
         let f = filter(&r.statuses, r.worker.as_deref())?;
         let m = self.master.clone();
-        let done = detached(async move { m.cancel_all(&f, r.force).await }).await?;
+        let done = detached(async move {
+            if r.wait {
+                m.cancel_all_and_wait(&f, r.force).await
+            } else {
+                m.cancel_all(&f, r.force).await
+            }
+        })
+        .await?;
         Ok(Response::new(proto::CancelManyReply {
             cancelled: done.into_iter().map(Into::into).collect(),
         }))

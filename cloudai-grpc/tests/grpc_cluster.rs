@@ -172,7 +172,7 @@ async fn cancel_stops_the_process_and_frees_resources_at_once() {
         !w.worker.running().is_empty()
     })
     .await;
-    let out = cl.cancel(&t, false).await.unwrap();
+    let out = cl.cancel(&t, false, true).await.unwrap();
     assert_eq!(
         out,
         CancelOutcome::Stopped {
@@ -188,13 +188,13 @@ async fn cancel_stops_the_process_and_frees_resources_at_once() {
         "released at once"
     );
     assert!(w.worker.running().is_empty(), "stopped when cancel returns");
-    let err = cl.cancel(&t, false).await.unwrap_err();
+    let err = cl.cancel(&t, false, false).await.unwrap_err();
     assert!(
         matches!(&err, Error::Conflict(m) if m.contains("already cancelled")),
         "{err:?}"
     );
     let err = cl
-        .cancel(&TaskId::new("task-999999").unwrap(), false)
+        .cancel(&TaskId::new("task-999999").unwrap(), false, false)
         .await
         .unwrap_err();
     assert!(
@@ -327,7 +327,7 @@ async fn cancel_with_the_worker_unreachable_succeeds_with_stop_pending() {
     .await;
     let _ = w.stop.send(true);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let out = cl.cancel(&t, false).await.unwrap();
+    let out = cl.cancel(&t, false, false).await.unwrap();
     assert!(matches!(out, CancelOutcome::StopPending { .. }), "{out:?}");
     assert_eq!(
         cl.task(&t).await.unwrap().task.status,
@@ -359,5 +359,46 @@ async fn monitor_streams_output_until_the_task_ends() {
         text.contains("first") && text.contains("second"),
         "{text:?}"
     );
+    let _ = c.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_report_answers_failed_precondition_with_the_reason() {
+    use cloudai_core::model::{TaskResult, Timestamp};
+    use cloudai_core::transport::WorkerToMaster;
+
+    let c = start_master().await;
+    let _w = start_worker(&c, "w1", 2.0).await;
+    let cl = client(&c);
+    let t = cl.submit(sh("sleep 30")).await.unwrap();
+    wait_status(&cl, &t, TaskStatus::Running).await;
+    let report = |task: &TaskId, worker: &str, attempt: u32| TaskResult {
+        task_id: task.clone(),
+        worker_id: WorkerId::new(worker).unwrap(),
+        attempt,
+        status: TaskStatus::Failed,
+        exit_code: Some(1),
+        logs: "forged".into(),
+        logs_truncated: false,
+        message: None,
+        started_at: None,
+        finished_at: Timestamp::from_millis(1),
+    };
+    let unknown = TaskId::new("task-0-0").unwrap();
+    for (r, reason) in [
+        (report(&unknown, "w1", 1), "unknown task"),
+        (report(&t, "w2", 1), "assigned to w1, not w2"),
+        (report(&t, "w1", 0), "attempt 0, the task is on attempt 1"),
+    ] {
+        // Only FAILED_PRECONDITION comes back as `Conflict`.
+        match cl.report(&r).await {
+            Err(Error::Conflict(msg)) => assert!(msg.contains(reason), "{msg}"),
+            other => panic!("report {r:?} answered {other:?}"),
+        }
+    }
+    let view = cl.task(&t).await.unwrap();
+    assert_eq!(view.task.status, TaskStatus::Running, "nothing changed");
+    assert!(view.result.is_none());
+    cl.cancel(&t, true, false).await.unwrap();
     let _ = c.stop.send(true);
 }

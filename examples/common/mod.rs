@@ -95,18 +95,13 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// A random hex token from the OS (dev mode).
-pub fn random_token() -> String {
-    use std::io::Read;
+/// A random hex token from the OS random source (dev mode). There is no
+/// fallback: a guessable token is worse than none starting.
+pub fn random_token() -> Result<String, String> {
     let mut bytes = [0u8; 16];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut bytes)
+        .map_err(|e| format!("cannot make a dev token: the OS random source failed: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A worker agent served over gRPC and registered with its master.

@@ -60,6 +60,11 @@ pub(crate) enum Command {
         /// SIGKILL at once, without the grace period.
         #[arg(long)]
         force: bool,
+        /// Wait until the worker confirms the stop (up to the master's
+        /// cancel timeout); without it the answer comes after about a
+        /// second, with the stop still on its way if unconfirmed.
+        #[arg(long)]
+        wait: bool,
     },
     /// Follow a task's output until it ends.
     Monitor {
@@ -176,6 +181,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             status,
             all,
             force,
+            wait,
         } => {
             let bulk = worker.is_some() || !status.is_empty() || all;
             if ids.is_empty() != bulk {
@@ -183,7 +189,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                     "name task ids, or one of --worker, --status, --all".into(),
                 ));
             }
-            if !json {
+            if !json && wait {
                 output::progress(
                     "cancelling (the worker gets up to the grace period to stop each task)...",
                 );
@@ -193,12 +199,12 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                     statuses: statuses(&status)?,
                     worker: worker.map(WorkerId::new).transpose()?,
                 };
-                client.cancel_many(&filter, force).await?
+                client.cancel_many(&filter, force, wait).await?
             } else {
                 let mut done = Vec::new();
                 for id in ids {
                     let id = TaskId::new(id)?;
-                    let outcome = client.cancel(&id, force).await?;
+                    let outcome = client.cancel(&id, force, wait).await?;
                     done.push((id, outcome));
                 }
                 done

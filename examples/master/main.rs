@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use cloudai_core::clock::Clock;
 use cloudai_core::liveness::LivenessConfig;
-use cloudai_core::master::{Master, MasterConfig};
+use cloudai_core::master::{ConfigError, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::placement::Policy;
@@ -98,10 +98,7 @@ struct ServerArgs {
 
 impl ServerArgs {
     fn config(&self, advertise: String) -> Result<MasterConfig, String> {
-        if self.lost_after <= self.heartbeat_timeout {
-            return Err("--lost-after must be longer than --heartbeat-timeout".into());
-        }
-        Ok(MasterConfig {
+        let config = MasterConfig {
             id: self.id.clone(),
             advertise_address: advertise,
             liveness: LivenessConfig {
@@ -115,7 +112,16 @@ impl ServerArgs {
             reconnect_timeout: self.reconnect_timeout,
             policy: self.scheduler,
             ..MasterConfig::default()
-        })
+        };
+        config.check().map_err(|e| match e {
+            ConfigError::IntervalNotBelowTimeout { interval, timeout } => format!(
+                "--heartbeat-interval ({interval:?}) must be shorter than --heartbeat-timeout ({timeout:?}): every worker would turn inactive between two beats"
+            ),
+            ConfigError::TimeoutNotBelowLoss { timeout, lost_after } => format!(
+                "--lost-after ({lost_after:?}) must be longer than --heartbeat-timeout ({timeout:?})"
+            ),
+        })?;
+        Ok(config)
     }
 }
 
@@ -145,7 +151,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
         };
     }
     let dev = cli.server.dev;
-    let generated = dev.then(common::random_token);
+    let generated = dev.then(common::random_token).transpose()?;
     let security = cli.security.resolve(generated)?;
     if !dev && cli.command.is_some() {
         return Err("commands need --master HOST:PORT (a running master) or --dev".into());

@@ -269,7 +269,7 @@ pub(crate) fn cancelled(json: bool, done: &[(TaskId, CancelOutcome)]) {
                 println!("task {id} cancelled; stopped on {worker}")
             }
             CancelOutcome::StopPending { worker, error } => {
-                println!("task {id} cancelled; {worker} unreachable ({error}), it will be stopped when the worker is back")
+                println!("task {id} cancelled; {worker} has not confirmed the stop ({error}); it goes out in the background, or when the worker is back")
             }
         }
     }

@@ -88,7 +88,7 @@ fn cancel_stops_the_process_and_frees_resources() {
     assert_eq!(cpu_allocated(&c.worker(&w)), 1.0);
 
     let t0 = Instant::now();
-    let v = c.json(&["cancel", &id]);
+    let v = c.json(&["cancel", "--wait", &id]);
     let rows = v.as_array().expect("cancel --json is an array");
     assert_eq!(rows.len(), 1, "{v}");
     assert_eq!(rows[0]["task_id"], id.as_str(), "{v}");
@@ -322,6 +322,44 @@ fn frozen_worker_is_lost_and_told_to_stop_its_run_when_it_thaws() {
     assert!(out.stdout.contains("after-thaw"), "{out:?}");
 }
 
+/// Cancelling a task on a frozen (SIGSTOP) worker answers in about a
+/// second, with the stop owed, instead of after the cancel timeout; once
+/// the worker thaws (SIGCONT) the stop reaches it and the task's process
+/// dies.
+#[test]
+fn cancel_on_a_frozen_worker_answers_at_once_and_the_stop_follows() {
+    // Liveness slow enough that the frozen worker is only silent here.
+    let timing = Timing {
+        heartbeat_interval: 0.3,
+        heartbeat_timeout: 20.0,
+        lost_after: 60.0,
+    };
+    let mut c = Cluster::start_with("frozen-cancel", timing, &["--cancel-timeout", "30"]);
+    let w = c.id("w");
+    let idx = c.spawn_worker(&w, 2.0);
+    c.wait_active(&[&w]);
+    let (id, pidfile) = c.submit_sleep(&w, "1");
+    let pid = c.wait_sleeping(&id, &pidfile);
+
+    let worker_pid = c.workers[idx].child.id();
+    signal(worker_pid, "STOP");
+    let t0 = Instant::now();
+    let v = c.json(&["cancel", &id]);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(10), "cancel took {took:?}");
+    assert_eq!(v[0]["outcome"], "stop_pending", "{v}");
+    assert_eq!(c.status(&id), "cancelled");
+    assert_eq!(cpu_allocated(&c.worker(&w)), 0.0, "released at once");
+    assert!(pid_alive(pid), "the frozen worker has not stopped it yet");
+
+    signal(worker_pid, "CONT");
+    until(
+        Duration::from_secs(40),
+        "the cancelled task's sleep is gone after the thaw",
+        || (!pid_alive(pid)).then_some(()),
+    );
+}
+
 /// Calls with a wrong or missing token are refused and change nothing; a
 /// worker with a wrong token never registers.
 #[test]
@@ -472,4 +510,19 @@ fn master_refuses_to_start_without_a_token() {
     let out = run_bounded(&mut cmd, Duration::from_secs(10)).expect("run the master");
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--lost-after"), "{out:?}");
+
+    // Workers told to beat every 10 s with a 3 s timeout would flap.
+    let mut cmd = Command::new(MASTER_BIN);
+    cmd.args(["--listen", "127.0.0.1:0", "--token", "t"]).args([
+        "--heartbeat-interval",
+        "10",
+        "--heartbeat-timeout",
+        "3",
+    ]);
+    let out = run_bounded(&mut cmd, Duration::from_secs(10)).expect("run the master");
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("--heartbeat-interval") && out.stderr.contains("--heartbeat-timeout"),
+        "{out:?}"
+    );
 }

@@ -6,6 +6,27 @@ use crate::backoff::Backoff;
 use crate::liveness::LivenessConfig;
 use crate::placement::Policy;
 
+/// Timings that do not fit together, found by [`MasterConfig::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Workers would turn inactive between two heartbeats.
+    #[error("the heartbeat interval ({interval:?}) must be shorter than the heartbeat timeout ({timeout:?}), or every worker turns inactive between two beats")]
+    IntervalNotBelowTimeout {
+        /// The heartbeat interval.
+        interval: Duration,
+        /// The heartbeat timeout.
+        timeout: Duration,
+    },
+    /// Workers would be lost before (or as) they turn inactive.
+    #[error("the heartbeat timeout ({timeout:?}) must be shorter than the loss threshold ({lost_after:?}): a worker turns inactive before it is lost")]
+    TimeoutNotBelowLoss {
+        /// The heartbeat timeout.
+        timeout: Duration,
+        /// Silence after which a worker is lost.
+        lost_after: Duration,
+    },
+}
+
 /// Master settings. Every timeout of the original system is here, with its
 /// value as the default.
 #[derive(Debug, Clone)]
@@ -24,6 +45,9 @@ pub struct MasterConfig {
     pub reconcile_interval: Option<Duration>,
     /// Deadline for a worker to confirm a cancel (30 s).
     pub cancel_timeout: Duration,
+    /// How long a cancel waits for that confirmation before answering
+    /// that the stop is owed (1 s); the stop goes out either way.
+    pub cancel_wait: Duration,
     /// Deadline for a worker to accept an assignment (10 s).
     pub assign_timeout: Duration,
     /// Deadline for one reconnection attempt (3 s).
@@ -46,11 +70,71 @@ impl Default for MasterConfig {
             heartbeat_flush: Duration::from_secs(1),
             reconcile_interval: Some(Duration::from_secs(300)),
             cancel_timeout: Duration::from_secs(30),
+            cancel_wait: Duration::from_secs(1),
             assign_timeout: Duration::from_secs(10),
             reconnect_timeout: Duration::from_secs(3),
             backoff: Backoff::default(),
             policy: Policy::default(),
             seed: 0x5eed,
         }
+    }
+}
+
+impl MasterConfig {
+    /// Checks that the liveness timings fit together; [`super::Master::start`]
+    /// refuses a configuration that fails.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let (interval, timeout, lost_after) = (
+            self.heartbeat_interval,
+            self.liveness.timeout,
+            self.liveness.lost_after,
+        );
+        if timeout >= lost_after {
+            return Err(ConfigError::TimeoutNotBelowLoss {
+                timeout,
+                lost_after,
+            });
+        }
+        if interval >= timeout {
+            return Err(ConfigError::IntervalNotBelowTimeout { interval, timeout });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_fit_together() {
+        assert_eq!(MasterConfig::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn an_interval_not_below_the_timeout_is_refused() {
+        let mut c = MasterConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            ..MasterConfig::default()
+        };
+        c.liveness.timeout = Duration::from_secs(3);
+        assert!(matches!(
+            c.check(),
+            Err(ConfigError::IntervalNotBelowTimeout { .. })
+        ));
+        c.heartbeat_interval = c.liveness.timeout;
+        assert!(c.check().is_err(), "equal is refused too");
+    }
+
+    #[test]
+    fn a_timeout_not_below_the_loss_threshold_is_refused() {
+        let mut c = MasterConfig::default();
+        c.liveness.timeout = Duration::from_secs(200);
+        assert!(matches!(
+            c.check(),
+            Err(ConfigError::TimeoutNotBelowLoss { .. })
+        ));
+        c.liveness.timeout = c.liveness.lost_after;
+        assert!(c.check().is_err(), "equal is refused too");
     }
 }

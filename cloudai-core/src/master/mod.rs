@@ -42,14 +42,14 @@ use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::liveness::Health;
-use crate::model::{TaskId, TaskStatus, Timestamp, WorkerId};
+use crate::model::{TaskId, TaskStatus, Timestamp, ValidationError, WorkerId};
 use crate::rng::SplitMix64;
 use crate::store::{TaskFilter, TaskStore, WorkerRegistry};
 use crate::sync::lock;
 use crate::transport::{MasterToWorker, WorkerEndpoint};
 use crate::Result;
 
-pub use config::MasterConfig;
+pub use config::{ConfigError, MasterConfig};
 pub use stops::CancelOutcome;
 pub use views::{TaskView, WorkerView};
 
@@ -121,6 +121,10 @@ impl Master {
         transport: Arc<dyn MasterToWorker>,
         clock: Clock,
     ) -> Result<Master> {
+        config.check().map_err(|e| ValidationError::Invalid {
+            field: "master config",
+            reason: e.to_string(),
+        })?;
         let master = Master {
             inner: Arc::new(Inner {
                 next_id: AtomicU64::new(

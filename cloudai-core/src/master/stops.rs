@@ -2,7 +2,9 @@
 //!
 //! A cancel is optimistic: `cancelled` and the released resources are
 //! recorded first; the stop it makes owed is then delivered by the driver
-//! like every other stop, and the cancel waits for that delivery's outcome
+//! like every other stop. The cancel answers once the worker confirms, or
+//! after a brief wait ([`super::MasterConfig::cancel_wait`]) with the stop
+//! still owed; the `…_and_wait` variants wait for the delivery's outcome
 //! (bounded by the cancel deadline). A stop that cannot be delivered stays
 //! owed until its worker is heard from again.
 
@@ -29,8 +31,9 @@ pub enum CancelOutcome {
         /// The worker.
         worker: WorkerId,
     },
-    /// The worker could not be reached; the stop is delivered when it is
-    /// heard from again (or when it re-registers).
+    /// The worker has not confirmed: it could not be reached (the stop is
+    /// delivered when it is heard from again, or when it re-registers), or
+    /// it did not answer within the wait (the stop is still on its way).
     StopPending {
         /// The worker.
         worker: WorkerId,
@@ -41,23 +44,62 @@ pub enum CancelOutcome {
 
 impl Master {
     /// Cancels a task: `cancelled` is recorded and resources are released
-    /// first; then the worker is told to stop it within the cancel
-    /// deadline. An unreachable worker does not fail the cancel: the stop is
-    /// delivered when the worker is heard from again.
+    /// first; then the worker is told to stop it. Answers once the worker
+    /// confirms, or after the brief cancel wait with the stop owed: an
+    /// unreachable worker never holds the caller up, and gets the stop when
+    /// it is heard from again.
     pub async fn cancel(&self, id: &TaskId, force: bool) -> Result<CancelOutcome> {
-        match self.record_cancel(id, force).await? {
-            None => Ok(CancelOutcome::Dequeued),
-            Some((worker, run)) => Ok(self.stop_outcome(worker, &run).await),
-        }
+        self.cancel_one(id, force, Some(self.inner.config.cancel_wait))
+            .await
+    }
+
+    /// [`Master::cancel`], waiting for the worker's confirmation (or the
+    /// failure of its delivery, at the cancel deadline).
+    pub async fn cancel_and_wait(&self, id: &TaskId, force: bool) -> Result<CancelOutcome> {
+        self.cancel_one(id, force, None).await
     }
 
     /// Cancels every pending or running task passing `filter` (bulk cancel:
     /// all tasks on a worker, all tasks in a status). All cancels are
-    /// recorded first; their stops go out in parallel.
+    /// recorded first; their stops go out in parallel, each answered as by
+    /// [`Master::cancel`].
     pub async fn cancel_all(
         &self,
         filter: &TaskFilter,
         force: bool,
+    ) -> Result<Vec<(TaskId, CancelOutcome)>> {
+        self.cancel_many(filter, force, Some(self.inner.config.cancel_wait))
+            .await
+    }
+
+    /// [`Master::cancel_all`], waiting for every worker's confirmation.
+    pub async fn cancel_all_and_wait(
+        &self,
+        filter: &TaskFilter,
+        force: bool,
+    ) -> Result<Vec<(TaskId, CancelOutcome)>> {
+        self.cancel_many(filter, force, None).await
+    }
+
+    /// One cancel; `wait` bounds the wait for the stop (`None`: until its
+    /// delivery ends).
+    async fn cancel_one(
+        &self,
+        id: &TaskId,
+        force: bool,
+        wait: Option<Duration>,
+    ) -> Result<CancelOutcome> {
+        match self.record_cancel(id, force).await? {
+            None => Ok(CancelOutcome::Dequeued),
+            Some((worker, run)) => Ok(self.stop_outcome(worker, &run, wait).await),
+        }
+    }
+
+    async fn cancel_many(
+        &self,
+        filter: &TaskFilter,
+        force: bool,
+        wait: Option<Duration>,
     ) -> Result<Vec<(TaskId, CancelOutcome)>> {
         let live = [TaskStatus::Pending, TaskStatus::Running];
         let statuses: Vec<TaskStatus> = if filter.statuses.is_empty() {
@@ -88,7 +130,7 @@ impl Master {
                 Ok(None) => done.push((t.id, CancelOutcome::Dequeued)),
                 Ok(Some((worker, run))) => {
                     let m = self.clone();
-                    stops.spawn(async move { (t.id, m.stop_outcome(worker, &run).await) });
+                    stops.spawn(async move { (t.id, m.stop_outcome(worker, &run, wait).await) });
                 }
                 // Finished meanwhile: nothing to cancel.
                 Err(Error::Conflict(_)) | Err(Error::NotFound { .. }) => {}
@@ -142,16 +184,38 @@ impl Master {
         }
     }
 
-    /// Waits for the first delivery of an owed stop.
-    async fn stop_outcome(&self, worker: WorkerId, run: &RunningTask) -> CancelOutcome {
+    /// Waits, at most `limit` (`None`: until it ends), for the first
+    /// delivery of an owed stop.
+    async fn stop_outcome(
+        &self,
+        worker: WorkerId,
+        run: &RunningTask,
+        limit: Option<Duration>,
+    ) -> CancelOutcome {
         let wait = self.state().wait_for_stop(&worker, run);
         let delivery = match wait {
             Wait::Delivered => Ok(()),
             Wait::Parked(why) => Err(why),
-            Wait::Pending(rx) => match self.until_shutdown(rx).await {
-                Some(Ok(delivery)) => delivery,
-                _ => Err("the master is shutting down".into()),
-            },
+            Wait::Pending(rx) => {
+                let delivered = async {
+                    match self.until_shutdown(rx).await {
+                        Some(Ok(delivery)) => delivery,
+                        _ => Err("the master is shutting down".into()),
+                    }
+                };
+                match limit {
+                    None => delivered.await,
+                    Some(limit) => {
+                        tokio::time::timeout(limit, delivered)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(format!(
+                                    "not confirmed within {limit:?}; the stop is on its way"
+                                ))
+                            })
+                    }
+                }
+            }
         };
         match delivery {
             Ok(()) => CancelOutcome::Stopped { worker },

@@ -67,28 +67,39 @@ impl Master {
 
     /// Takes a worker's report: the transition (a cancel that came first
     /// wins) and the result (the first one wins), through
-    /// [`record_report`]. Repeats are harmless.
+    /// [`record_report`]. A report the task's record refuses (another
+    /// worker's, an earlier attempt's, an unknown or already-final task's)
+    /// is answered with [`Error::Conflict`] and its reason, so the worker
+    /// can tell it from success; a failed store write is answered with the
+    /// store's error, so the worker retries.
     pub async fn report(&self, result: TaskResult) -> Result<()> {
         let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
         let outcome = record_report(self.inner.store.as_ref(), result, self.now()).await?;
         // The transition's effects (the release) run even when the result
         // write failed, so a failed write cannot strand the allocation.
-        match &outcome.status {
+        let refusal = match outcome.status {
             Applied::Changed {
                 task: t,
                 transition,
             } => {
-                self.execute(t, transition.from, &transition.effects);
-                info!(task = %task, worker = %worker, status = %transition.to, "task finished")
+                self.execute(&t, transition.from, &transition.effects);
+                info!(task = %task, worker = %worker, status = %transition.to, "task finished");
+                None
             }
-            Applied::Refused { refusal, .. } => {
-                debug!(task = %task, worker = %worker, %refusal, "report ignored")
-            }
-        }
+            Applied::Refused { refusal, .. } => Some(refusal),
+        };
         if let Err(why) = outcome.result? {
             debug!(task = %task, worker = %worker, %why, "result not stored");
         }
-        Ok(())
+        match refusal {
+            None => Ok(()),
+            Some(refusal) => {
+                info!(task = %task, worker = %worker, %refusal, "report refused");
+                Err(Error::Conflict(format!(
+                    "report about task {task} refused: {refusal}"
+                )))
+            }
+        }
     }
 
     /// Recomputes every allocation from the tasks the store says are running
