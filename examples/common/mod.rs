@@ -175,15 +175,15 @@ impl RunningWorker {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub async fn terminated() {
+/// Waits for SIGINT or SIGTERM; returns the signal's number.
+pub async fn terminated() -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => 2,
+        _ = term.recv() => 15,
     }
 }

@@ -209,29 +209,51 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
         info!(master = %bound, token = %token.trim_start_matches("Bearer "), "dev cluster up: one master, one local worker");
     }
     let client = MasterClient::new(&bound, security).map_err(|e| e.to_string())?;
-    let code = match cli.command {
-        Some(cmd) => {
-            if let Some(w) = &worker {
-                cli::wait_registered(&client, w.worker.id()).await;
+    let session = async {
+        match cli.command {
+            Some(cmd) => {
+                if let Some(w) = &worker {
+                    cli::wait_registered(&client, w.worker.id()).await;
+                }
+                Ok(cli::execute(&client, cmd, cli.json).await)
             }
-            cli::execute(&client, cmd, cli.json).await
-        }
-        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
-            cli::repl(&client, cli.json).await?;
-            std::process::ExitCode::SUCCESS
-        }
-        None => {
-            common::terminated().await;
-            std::process::ExitCode::SUCCESS
+            None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                cli::repl(&client, cli.json)
+                    .await
+                    .map(|_| std::process::ExitCode::SUCCESS)
+            }
+            None => {
+                common::terminated().await;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
         }
     };
+    // In dev mode a signal ends the command or the REPL and shuts the
+    // cluster down as the worker binary does: running tasks are reported
+    // failed and their processes stopped, so none outlives the cluster.
+    let signalled = if dev {
+        tokio::select! {
+            code = session => Err(code),
+            signal = common::terminated() => Ok(signal),
+        }
+    } else {
+        Err(session.await)
+    };
+    if let Ok(signal) = signalled {
+        info!(signal, "signal received; shutting the dev cluster down");
+    }
     if let Some(w) = worker {
         w.shutdown().await;
     }
     let _ = stop.send(true);
     let _ = server.await;
     master.shutdown().await;
-    Ok(code)
+    match signalled {
+        // Exit at once, as a shell reports a signal: a REPL may still hold
+        // a thread blocked reading the terminal.
+        Ok(signal) => std::process::exit(128 + signal),
+        Err(code) => code,
+    }
 }
 
 /// The task store and worker registry named by `--store`.

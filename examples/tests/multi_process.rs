@@ -360,6 +360,44 @@ fn cancel_on_a_frozen_worker_answers_at_once_and_the_stop_follows() {
     );
 }
 
+/// SIGINT on the README's first command (`--dev run`) shuts the dev
+/// cluster down as the worker binary does: the task's process does not
+/// outlive it, and the exit code says which signal ended it.
+#[test]
+fn sigint_on_a_dev_run_leaves_no_process() {
+    /// Kills the dev cluster if the test fails before it exits.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pidfile = std::env::temp_dir().join(format!("cloudai-devint-{}.pid", std::process::id()));
+    let _ = std::fs::remove_file(&pidfile);
+    let script = format!("echo $$ > {}; exec sleep 43", pidfile.display());
+    let mut cmd = Command::new(MASTER_BIN);
+    clean_env(&mut cmd);
+    cmd.args(["--dev", "run", "busybox", "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut dev = Guard(cmd.spawn().expect("spawn the dev cluster"));
+    let pid = until(EVENTUALLY, "the task's sleep started", || {
+        read_pid(&pidfile).filter(|p| is_sleep(*p))
+    });
+
+    signal(dev.0.id(), "INT");
+    let status = wait_exit(&mut dev.0, Duration::from_secs(20), "the dev cluster");
+    let alive = pid_alive(pid);
+    if alive {
+        signal(pid, "KILL");
+    }
+    let _ = std::fs::remove_file(&pidfile);
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(!alive, "the task's sleep outlived the dev cluster");
+}
+
 /// Calls with a wrong or missing token are refused and change nothing; a
 /// worker with a wrong token never registers.
 #[test]
