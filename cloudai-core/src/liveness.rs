@@ -22,7 +22,7 @@ pub struct LivenessConfig {
 }
 
 impl Default for LivenessConfig {
-    /// Seed values: inactive after 30 s; lost after 2 min.
+    /// The original system's values: inactive after 30 s; lost after 2 min.
     fn default() -> Self {
         LivenessConfig {
             timeout: Duration::from_secs(30),
@@ -58,6 +58,8 @@ struct Entry {
     /// moves it one step further.
     health: Health,
     deadline: Option<Timestamp>,
+    /// Said it is leaving and has not sent a heartbeat since.
+    left: bool,
 }
 
 /// Heartbeat deadlines for every tracked worker.
@@ -90,6 +92,7 @@ impl Liveness {
             last: None,
             health: Health::Inactive,
             deadline: None,
+            left: false,
         });
     }
 
@@ -110,10 +113,30 @@ impl Liveness {
         }
         entry.last = Some(now);
         entry.health = Health::Active;
+        entry.left = false;
         let d = past(now, self.config.timeout);
         entry.deadline = Some(d);
         self.deadlines.insert((d, worker.clone()));
         revived
+    }
+
+    /// The worker said it is leaving: it turns inactive now (the deadline
+    /// moves to `now`, so [`Liveness::expire`] reports it at once) and is
+    /// still lost at its usual time if it is not heard from again. Returns
+    /// whether it was active.
+    pub fn leave(&mut self, worker: &WorkerId, now: Timestamp) -> bool {
+        let Some(entry) = self.workers.get_mut(worker) else {
+            return false;
+        };
+        if entry.health != Health::Active {
+            return false;
+        }
+        if let Some(d) = entry.deadline.replace(now) {
+            self.deadlines.remove(&(d, worker.clone()));
+        }
+        entry.left = true;
+        self.deadlines.insert((now, worker.clone()));
+        true
     }
 
     /// Stops tracking a worker.
@@ -134,6 +157,7 @@ impl Liveness {
             None => Health::Inactive,
             Some(last) if now.saturating_since(last) > self.config.lost_after => Health::Lost,
             Some(last) if now.saturating_since(last) > self.config.timeout => Health::Inactive,
+            Some(_) if entry.left => Health::Inactive,
             Some(_) => Health::Active,
         })
     }
@@ -190,6 +214,23 @@ fn past(t: Timestamp, d: Duration) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leaving_worker_is_inactive_at_once_and_lost_on_time() {
+        let mut l = tracker();
+        let _ = l.heartbeat(&w("a"), at(0));
+        assert!(l.leave(&w("a"), at(10)));
+        assert_eq!(l.health(&w("a"), at(10)), Some(Health::Inactive));
+        assert_eq!(l.next_deadline(), Some(at(10)));
+        assert_eq!(l.expire(at(10)), vec![LivenessEvent::Inactive(w("a"))]);
+        let lost_at = past(at(0), l.config().lost_after);
+        assert_eq!(l.next_deadline(), Some(lost_at));
+        assert_eq!(l.expire(lost_at), vec![LivenessEvent::Lost(w("a"))]);
+        // Coming back makes it active again.
+        assert!(l.heartbeat(&w("a"), lost_at));
+        assert_eq!(l.health(&w("a"), lost_at), Some(Health::Active));
+        assert!(!l.leave(&w("b"), lost_at), "unknown workers are ignored");
+    }
 
     fn w(s: &str) -> WorkerId {
         WorkerId::new(s).unwrap()

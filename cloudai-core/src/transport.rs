@@ -94,4 +94,8 @@ pub trait WorkerToMaster: Send + Sync + std::fmt::Debug {
 
     /// Reports how a task ended. Safe to repeat: the master keeps the first.
     async fn report(&self, result: &TaskResult) -> Result<()>;
+
+    /// Says the worker is shutting down: the master places nothing more on
+    /// it from now on.
+    async fn leave(&self, worker: &WorkerId) -> Result<()>;
 }

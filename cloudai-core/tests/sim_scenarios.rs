@@ -88,6 +88,37 @@ async fn shutdown_with(n: usize) {
     c.stop().await;
 }
 
+/// A worker that shuts down gracefully says it is leaving: it shows as
+/// inactive at once, and the room its tasks free is not placed on it again.
+#[tokio::test(start_paused = true)]
+async fn a_leaving_worker_is_inactive_at_once_and_gets_no_new_tasks() {
+    let mut c = cluster(&[("leaving", 4.0), ("staying", 4.0)]).await;
+    let running = c.master.submit(fake_task(300, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    let on = c.master.task(&running).await.unwrap().task.worker.unwrap();
+    let other = if on == wid("leaving") {
+        "staying"
+    } else {
+        "leaving"
+    };
+    c.shutdown_worker(&on).await.unwrap();
+    let v = view(&c, on.as_str());
+    assert_eq!(
+        v.health,
+        Health::Inactive,
+        "inactive at once, not at the timeout"
+    );
+    assert!(!v.registered);
+    for _ in 0..3 {
+        let t = c.master.submit(fake_task(300, 0, 1.0)).await.unwrap();
+        let task = c.master.task(&t).await.unwrap().task;
+        assert_eq!(task.worker, Some(wid(other)), "{task:?}");
+        assert_eq!(task.reason, None, "placed once, not requeued");
+    }
+    c.check().await;
+    c.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn seed000_ctrl_c_with_one_running_task_reports_it_failed() {
     shutdown_with(1).await;

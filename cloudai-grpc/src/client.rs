@@ -256,6 +256,14 @@ impl WorkerToMaster for MasterClient {
             .map_err(from_status)?;
         Ok(())
     }
+
+    async fn leave(&self, worker: &WorkerId) -> Result<()> {
+        let req = proto::LeaveRequest {
+            worker_id: worker.to_string(),
+        };
+        self.c().leave(self.req(req)).await.map_err(from_status)?;
+        Ok(())
+    }
 }
 
 /// The master's connections to its workers, one lazily connected channel

@@ -86,6 +86,12 @@ impl master_server::Master for MasterService {
         Ok(Response::new(proto::Empty {}))
     }
 
+    async fn leave(&self, req: Request<proto::LeaveRequest>) -> Reply<proto::Empty> {
+        let worker = convert::worker_id(&req.into_inner().worker_id)?;
+        self.master.leave(&worker).map_err(to_status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
     async fn submit(&self, req: Request<proto::SubmitRequest>) -> Reply<proto::SubmitReply> {
         let spec = convert::spec(req.into_inner().spec)?;
         let m = self.master.clone();

@@ -398,6 +398,44 @@ fn sigint_on_a_dev_run_leaves_no_process() {
     assert!(!alive, "the task's sleep outlived the dev cluster");
 }
 
+/// A worker stopped with SIGTERM tells the master it is leaving: it shows
+/// as inactive at once (well before the 20 s heartbeat timeout), and new
+/// tasks go to the other worker without a requeue.
+#[test]
+fn a_worker_that_shuts_down_is_inactive_at_once_and_gets_no_tasks() {
+    let timing = Timing {
+        heartbeat_interval: 0.3,
+        heartbeat_timeout: 20.0,
+        lost_after: 60.0,
+    };
+    let mut c = Cluster::start("leave", timing);
+    let (leaving, staying) = (c.id("leaving"), c.id("staying"));
+    let idx = c.spawn_worker(&leaving, 2.0);
+    c.spawn_worker(&staying, 2.0);
+    c.wait_active(&[&leaving, &staying]);
+
+    let t0 = Instant::now();
+    signal(c.workers[idx].child.id(), "TERM");
+    wait_exit(
+        &mut c.workers[idx].child,
+        Duration::from_secs(10),
+        "the leaving worker",
+    );
+    let wv = c.worker(&leaving);
+    assert_eq!(wv["health"], "inactive", "{wv}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    for _ in 0..3 {
+        let id = c.submit(&["--cpu", "0.5", "busybox", "--", "true"]);
+        let view = until(EVENTUALLY, "task completed", || {
+            let v = c.show(&id);
+            (v["task"]["status"] == "completed").then_some(v)
+        });
+        assert_eq!(view["task"]["worker"], staying.as_str(), "{view}");
+        assert_eq!(view["task"]["attempt"], 1, "placed once: {view}");
+    }
+}
+
 /// Calls with a wrong or missing token are refused and change nothing; a
 /// worker with a wrong token never registers.
 #[test]

@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::store::TaskFilter;
 use crate::transport::{HeartbeatReply, MasterInfo, Registration, RegistrationReply};
-use crate::Result;
+use crate::{Error, Result};
 
 fn validate_address(address: &str) -> Result<()> {
     if address.trim().is_empty() {
@@ -160,6 +160,21 @@ impl Master {
             });
         }
         Ok(HeartbeatReply::default())
+    }
+
+    /// A worker says it is shutting down: nothing more is placed on it, and
+    /// it shows as inactive at once (its driver deadline fires now). Its
+    /// running tasks end through its reports, or through its loss at the
+    /// usual deadline if those never arrive.
+    pub fn leave(&self, worker: &WorkerId) -> Result<()> {
+        if !self.state().knows(worker) {
+            return Err(Error::not_found("worker", worker));
+        }
+        if self.state().leave(worker, self.now()) {
+            info!(worker = %worker, "worker is leaving; placing nothing more on it");
+        }
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// Makes every reconnection attempt due now (the CLI's `reconnect`).

@@ -244,6 +244,13 @@ impl WorkerToMaster for SimLink {
             .carry(&self.worker, || m.report(result.clone()))
             .await
     }
+
+    async fn leave(&self, worker: &WorkerId) -> Result<()> {
+        let m = self.net.master()?;
+        self.net
+            .carry(&self.worker, || async { m.leave(worker) })
+            .await
+    }
 }
 
 // ---- fake runtime -------------------------------------------------------

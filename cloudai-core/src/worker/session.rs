@@ -41,6 +41,10 @@ impl Worker {
     /// when the master asks (a restarted master, or `master_register`).
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         loop {
+            // A worker that is shutting down has told its master it left.
+            if self.closing() {
+                return;
+            }
             let Some(interval) = self.register(&mut shutdown).await else {
                 return;
             };

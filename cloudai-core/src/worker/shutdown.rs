@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Worker, SHUTDOWN_MESSAGE};
 use crate::model::TaskStatus;
@@ -50,14 +50,24 @@ impl Worker {
             reports.push((run.clone(), r));
         }
         let total = reports.len();
+        let reported_by = tokio::time::Instant::now() + cfg.shutdown_timeout;
         let report_all = async {
+            // First say we are leaving, so the resources the reports free
+            // are not placed here again; a master that does not answer
+            // soon gets the reports anyway, within the same bound.
+            let leave = self.inner.master.leave(&cfg.id);
+            match tokio::time::timeout(cfg.shutdown_timeout / 4, leave).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "could not tell the master we are leaving"),
+                Err(_) => warn!("the master did not answer our leaving in time"),
+            }
             let mut set = JoinSet::new();
             for (run, result) in reports {
                 let w = self.clone();
                 set.spawn(async move { w.send_report(run, result).await });
             }
             let mut acked = 0;
-            let bounded = tokio::time::timeout(cfg.shutdown_timeout, async {
+            let bounded = tokio::time::timeout_at(reported_by, async {
                 while let Some(done) = set.join_next().await {
                     if matches!(done, Ok(true)) {
                         acked += 1;

@@ -189,7 +189,14 @@ impl State {
         Some(revived)
     }
 
-    /// The worker's session ended (it was declared lost).
+    /// The worker said it is leaving: no more placements there, and it is
+    /// inactive from now on. Returns whether it was active.
+    pub(in crate::master) fn leave(&mut self, worker: &WorkerId, now: Timestamp) -> bool {
+        self.end_session(worker);
+        self.liveness.leave(worker, now)
+    }
+
+    /// The worker's session ended (it was declared lost, or it left).
     pub(in crate::master) fn end_session(&mut self, worker: &WorkerId) {
         if let Some(info) = self.workers.get_mut(worker) {
             info.session = false;
