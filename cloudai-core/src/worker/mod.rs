@@ -99,6 +99,8 @@ struct Inner {
     /// Set once shutdown (or abort) began: no new assignments.
     closing: AtomicBool,
     register_now: Notify,
+    /// Woken whenever a run leaves the runs table.
+    run_ended: Notify,
 }
 
 /// A worker agent. Cheap to clone; all clones drive the same worker.
@@ -138,6 +140,7 @@ impl Worker {
                 }),
                 closing: AtomicBool::new(false),
                 register_now: Notify::new(),
+                run_ended: Notify::new(),
             }),
         }
     }

@@ -135,6 +135,10 @@ impl Runs {
         self.slots.remove(run)
     }
 
+    pub(super) fn contains(&self, run: &RunningTask) -> bool {
+        self.slots.contains_key(run)
+    }
+
     pub(super) fn container(&self, run: &RunningTask) -> Option<ContainerId> {
         self.slots.get(run)?.container.clone()
     }

@@ -15,6 +15,10 @@ use crate::runtime::{ContainerId, ContainerSpec, LABEL_ATTEMPT, LABEL_TASK, LABE
 use crate::sync::lock;
 use crate::{Error, Result};
 
+/// How long a cancel waits, after the stop, for the run's supervisor to
+/// collect its logs and remove it.
+const RUN_END_WAIT: Duration = Duration::from_secs(5);
+
 impl Worker {
     /// Accepts assignment `run` and starts it. Repeats are no-ops; a run
     /// stopped before its assignment arrived is not started.
@@ -42,15 +46,28 @@ impl Worker {
     }
 
     /// Stops run `run`: SIGTERM, then SIGKILL after `grace` (capped at the
-    /// configured maximum). Returns once it is stopped. A run this worker
-    /// does not have is remembered, so its assignment will not start it.
+    /// configured maximum). Returns once it is stopped and its supervisor
+    /// has collected its end (bounded by [`RUN_END_WAIT`] past the stop),
+    /// so the run is no longer listed. A run this worker does not have is
+    /// remembered, so its assignment will not start it.
     pub async fn cancel(&self, run: &RunningTask, grace: Duration) -> Result<()> {
         self.stop_run(
             run,
             StopKind::Cancel,
             grace.min(self.inner.config.max_grace),
         )
-        .await
+        .await?;
+        let gone = async {
+            loop {
+                let ended = self.inner.run_ended.notified();
+                if !lock(&self.inner.runs).contains(run) {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        let _ = tokio::time::timeout(RUN_END_WAIT, gone).await;
+        Ok(())
     }
 
     /// The output of run `run` so far, at most `max_bytes`.
@@ -139,6 +156,7 @@ impl Worker {
             Err(e) => {
                 warn!(task = %run.task, error = %e, "task could not start");
                 let slot = lock(&self.inner.runs).finish(&run);
+                self.inner.run_ended.notify_waiters();
                 if slot.as_ref().and_then(|s| s.stop).is_none() {
                     let result = self.result(
                         &run,
@@ -174,6 +192,7 @@ impl Worker {
             warn!(task = %run.task, error = %e, "could not remove container");
         }
         let slot = lock(&self.inner.runs).finish(&run);
+        self.inner.run_ended.notify_waiters();
         let (stop, started_at) = (
             slot.as_ref().and_then(|s| s.stop),
             slot.map(|s| s.started_at),
