@@ -47,7 +47,7 @@ impl Worker {
 
     /// Stops run `run`: SIGTERM, then SIGKILL after `grace` (capped at the
     /// configured maximum). Returns once it is stopped and its supervisor
-    /// has collected its end (bounded by [`RUN_END_WAIT`] past the stop),
+    /// has collected its end (at most 5 s past the stop),
     /// so the run is no longer listed. A run this worker does not have is
     /// remembered, so its assignment will not start it.
     pub async fn cancel(&self, run: &RunningTask, grace: Duration) -> Result<()> {
