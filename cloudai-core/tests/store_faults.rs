@@ -1,11 +1,14 @@
-//! Master races that need a store slower than the memory store: changes
-//! that land while an assignment write is on its way.
+//! Behaviour under store faults the memory store never shows: a slow
+//! assignment write (a cancel lands meanwhile) and a failing result write
+//! (the report path keeps the transition).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudai_core::apply::{apply_event, record_report, Applied};
 use cloudai_core::clock::Clock;
+use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
@@ -14,34 +17,43 @@ use cloudai_core::model::{
 };
 use cloudai_core::store::{CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
 use cloudai_core::transport::{MasterInfo, MasterToWorker, Registration, WorkerEndpoint};
-use cloudai_core::Result;
+use cloudai_core::{Error, Result};
 
-/// A memory store whose assignment writes take a second.
+/// A memory store with injected faults.
 #[derive(Debug, Default)]
-struct SlowAssignments(MemoryStore);
+struct Faulty {
+    store: MemoryStore,
+    /// Assignment writes take a second.
+    slow_assignments: bool,
+    /// Result writes fail, as in an outage.
+    results_down: bool,
+}
 
 #[async_trait]
-impl TaskStore for SlowAssignments {
+impl TaskStore for Faulty {
     async fn insert_task(&self, task: TaskRecord) -> Result<()> {
-        self.0.insert_task(task).await
+        self.store.insert_task(task).await
     }
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        self.0.get_task(id).await
+        self.store.get_task(id).await
     }
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        self.0.list_tasks(filter).await
+        self.store.list_tasks(filter).await
     }
     async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
-        if change.to == TaskStatus::Running {
+        if self.slow_assignments && change.to == TaskStatus::Running {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.0.update_status(id, change).await
+        self.store.update_status(id, change).await
     }
     async fn insert_result(&self, result: TaskResult) -> Result<InsertOutcome> {
-        self.0.insert_result(result).await
+        if self.results_down {
+            return Err(Error::Unavailable("results collection is down".into()));
+        }
+        self.store.insert_result(result).await
     }
     async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
-        self.0.get_result(id).await
+        self.store.get_result(id).await
     }
 }
 
@@ -70,7 +82,10 @@ async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() 
     let registry = Arc::new(MemoryStore::new());
     let master = Master::start(
         MasterConfig::default(),
-        Arc::new(SlowAssignments::default()),
+        Arc::new(Faulty {
+            slow_assignments: true,
+            ..Faulty::default()
+        }),
         registry,
         Arc::new(Accepting),
         Clock::starting_at(Timestamp::from_millis(1_700_000_000_000)),
@@ -110,4 +125,50 @@ async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() 
     );
     assert!(w.tasks.is_empty(), "{:?}", w.tasks);
     master.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
+    let store = Faulty {
+        results_down: true,
+        ..Faulty::default()
+    };
+    let id = TaskId::new("t").unwrap();
+    let worker = WorkerId::new("w").unwrap();
+    let spec = TaskSpec::new("img", vec![], Resources::new(1.0, 1.0, 0.0, 0).unwrap());
+    store
+        .insert_task(TaskRecord::new(id.clone(), spec, Timestamp::ZERO))
+        .await
+        .unwrap();
+    let assign = TaskEvent::Assign {
+        worker: worker.clone(),
+    };
+    let _: Applied = apply_event(&store, &id, &assign, Timestamp::ZERO)
+        .await
+        .unwrap();
+    let report = TaskResult {
+        task_id: id.clone(),
+        worker_id: worker,
+        attempt: 1,
+        status: TaskStatus::Completed,
+        exit_code: Some(0),
+        logs: String::new(),
+        logs_truncated: false,
+        message: None,
+        started_at: None,
+        finished_at: Timestamp::from_millis(5),
+    };
+    let out = record_report(&store, report, Timestamp::from_millis(5))
+        .await
+        .expect("the transition was written");
+    let Applied::Changed { transition, .. } = &out.status else {
+        panic!("the report applies: {:?}", out.status)
+    };
+    assert_eq!(transition.to, TaskStatus::Completed);
+    assert!(!transition.effects.is_empty(), "the release is handed back");
+    assert!(
+        matches!(out.result, Err(Error::Unavailable(_))),
+        "the reporter is told to retry: {:?}",
+        out.result
+    );
 }
