@@ -88,8 +88,12 @@ mutate cloudai-core/src/master/membership.rs "re-registration keeps tasks the wo
   '.filter(|r| false && !st.in_flight(&r.task))'
 mutate cloudai-core/src/worker/runs.rs "a run stopped before its assignment still starts" \
   'if self.tombstones.contains(run) {' 'if false {'
+mutate cloudai-core/src/master/membership.rs "a registration from another instance takes a live id" \
+  'Ok(Ok(answer)) if answer.id == reg.worker && answer.instance == held => {' 'Ok(Ok(answer)) if false => {'
+mutate cloudai-core/src/worker/mod.rs "a worker obeys calls meant for another" \
+  'if *worker == cfg.id && instance.is_none_or(|i| *i == cfg.instance) {' 'if true {'
 mutate cloudai-core/src/worker/shutdown.rs "a shutting-down worker does not say it is leaving" \
-  'let leave = self.inner.master.leave(&cfg.id);' 'let leave = async { Ok::<(), crate::Error>(()) };'
+  'let leave = self.inner.master.leave(&me);' 'let leave = async { Ok::<(), crate::Error>(()) };'
 mutate cloudai-core/src/worker/shutdown.rs "shutdown leaves containers running" \
   'container.filter(|_| stopping.insert(run.clone()))' 'container.filter(|_| stopping.insert(run.clone()) && false)'
 

@@ -22,8 +22,8 @@ use cloudai_core::lifecycle::{Reported, TaskEvent};
 use cloudai_core::master::{Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
-    Heartbeat, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Timestamp, WorkerId, WorkerRecord,
+    Drain, Heartbeat, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
+    Telemetry, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
 };
 use cloudai_core::runtime::Logs;
 use cloudai_core::store::{CasOutcome, InsertOutcome, TaskStore, WorkerRegistry};
@@ -98,6 +98,10 @@ fn task_id(i: usize) -> TaskId {
 
 fn worker_id(i: usize) -> WorkerId {
     WorkerId::new(format!("bench-w{i}")).expect("valid id")
+}
+
+fn instance(i: usize) -> InstanceId {
+    InstanceId::new(format!("bench-i{i}")).expect("valid instance")
 }
 
 /// Runs `op(i)` for `i in 0..n` over `callers` concurrent callers; returns
@@ -313,6 +317,9 @@ impl WorkerRegistry for Counting {
     async fn remove_worker(&self, id: &WorkerId) -> Result<()> {
         self.inner.remove_worker(id).await
     }
+    async fn set_drain(&self, id: &WorkerId, drain: Option<Drain>) -> Result<()> {
+        self.inner.set_drain(id, drain).await
+    }
     async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<Vec<WorkerId>> {
         let started = Instant::now();
         let r = self.inner.record_heartbeats(beats).await;
@@ -342,6 +349,9 @@ impl MasterToWorker for Unreachable {
     async fn logs(&self, _: &WorkerEndpoint, _: &RunningTask, _: usize) -> Result<Logs> {
         Err(Error::Unavailable("benchmark workers take no calls".into()))
     }
+    async fn identify(&self, _: &WorkerEndpoint) -> Result<WorkerIdentity> {
+        Err(Error::Unavailable("benchmark workers take no calls".into()))
+    }
 }
 
 async fn heartbeat_phase(args: &Args) -> Result<(), String> {
@@ -366,6 +376,7 @@ async fn heartbeat_phase(args: &Args) -> Result<(), String> {
         master
             .register(Registration {
                 worker: worker_id(w),
+                instance: instance(w),
                 address: format!("127.0.0.1:{}", 20_000 + w),
                 capacity: Resources::new(4.0, 4.0, 0.0, 0).map_err(|e| e.to_string())?,
                 running: vec![],
@@ -390,7 +401,13 @@ async fn heartbeat_phase(args: &Args) -> Result<(), String> {
             let mut i = k;
             while started.elapsed() < window {
                 let reply = master
-                    .heartbeat(&worker_id(i % workers), Telemetry::default())
+                    .heartbeat(
+                        &WorkerIdentity {
+                            id: worker_id(i % workers),
+                            instance: instance(i % workers),
+                        },
+                        Telemetry::default(),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 if reply.register_again {

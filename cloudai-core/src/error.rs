@@ -30,6 +30,10 @@ pub enum Error {
         /// Its id.
         id: String,
     },
+    /// The identity is held by someone live (a worker id whose current
+    /// session answers from another instance); the message names who.
+    #[error("in use: {0}")]
+    InUse(String),
     /// The request is valid but the current state forbids it
     /// (for example, cancelling a task that already completed).
     #[error("conflict: {0}")]

@@ -9,7 +9,7 @@ use crate::sync::lock;
 
 use async_trait::async_trait;
 
-use crate::model::{Heartbeat, TaskId, TaskRecord, TaskResult, WorkerId, WorkerRecord};
+use crate::model::{Drain, Heartbeat, TaskId, TaskRecord, TaskResult, WorkerId, WorkerRecord};
 use crate::store::{
     CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
 };
@@ -96,6 +96,7 @@ impl WorkerRegistry for MemoryStore {
             Some(known) => {
                 known.address = worker.address;
                 known.capacity = worker.capacity;
+                known.instance = worker.instance;
                 known.clone()
             }
             None => {
@@ -108,6 +109,15 @@ impl WorkerRegistry for MemoryStore {
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
         Ok(lock(&self.workers).get(id).cloned())
+    }
+
+    async fn set_drain(&self, id: &WorkerId, drain: Option<Drain>) -> Result<()> {
+        let mut workers = lock(&self.workers);
+        let known = workers
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found("worker", id))?;
+        known.drain = drain;
+        Ok(())
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {

@@ -11,7 +11,9 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 
 pub use crate::lifecycle::{Assignment, StatusChange};
-use crate::model::{Heartbeat, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId, WorkerRecord};
+use crate::model::{
+    Drain, Heartbeat, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId, WorkerRecord,
+};
 use crate::Result;
 
 /// The result of [`TaskStore::update_status`].
@@ -95,10 +97,14 @@ pub trait TaskStore: Send + Sync + Debug {
 /// Registered workers and their liveness fields.
 #[async_trait]
 pub trait WorkerRegistry: Send + Sync + Debug {
-    /// Registers a worker, or updates the address and capacity of a known one
-    /// (keeping its `registered_at`, last heartbeat and telemetry). Returns
-    /// the stored record.
+    /// Registers a worker, or updates the address, capacity and instance of
+    /// a known one (keeping its `registered_at`, last heartbeat, telemetry
+    /// and drain). Returns the stored record.
     async fn upsert_worker(&self, worker: WorkerRecord) -> Result<WorkerRecord>;
+
+    /// Sets or clears a worker's drain. [`crate::Error::NotFound`] if
+    /// unknown.
+    async fn set_drain(&self, id: &WorkerId, drain: Option<Drain>) -> Result<()>;
 
     /// The worker, if registered.
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>>;

@@ -11,14 +11,21 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::RunningTask;
-use crate::model::{Logs, Resources, TaskResult, TaskSpec, Telemetry, WorkerId};
+use crate::model::{
+    InstanceId, Logs, Resources, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
+};
 use crate::Result;
 
-/// Where a master reaches a worker.
+/// Where a master reaches a worker, and whom it expects there: every call
+/// names the worker, so one that now answers at that address refuses a
+/// call meant for another.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WorkerEndpoint {
     /// The worker's id.
     pub id: WorkerId,
+    /// Its instance, once it registered (unknown for a worker an operator
+    /// named by address).
+    pub instance: Option<InstanceId>,
     /// Its address (`host:port`).
     pub address: String,
 }
@@ -37,6 +44,9 @@ pub struct MasterInfo {
 pub struct Registration {
     /// The worker's id.
     pub worker: WorkerId,
+    /// Its instance: a registration from another instance while this id's
+    /// session is live is refused.
+    pub instance: InstanceId,
     /// Where the master reaches it.
     pub address: String,
     /// What it offers.
@@ -60,8 +70,9 @@ pub struct RegistrationReply {
 /// The master's answer to a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HeartbeatReply {
-    /// The master does not know this worker (it restarted without a
-    /// persistent store): register again.
+    /// The master has no session with this instance (it restarted without
+    /// a persistent store, or another instance registered since): register
+    /// again.
     pub register_again: bool,
 }
 
@@ -81,6 +92,10 @@ pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
 
     /// The output of a run so far, at most `max_bytes` (the end is kept).
     async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs>;
+
+    /// Who answers at `to.address` (the probe that decides whether a
+    /// worker's session is still live). Names nobody, so nobody refuses it.
+    async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity>;
 }
 
 /// Calls a worker makes to its master.
@@ -90,12 +105,16 @@ pub trait WorkerToMaster: Send + Sync + std::fmt::Debug {
     async fn register(&self, registration: &Registration) -> Result<RegistrationReply>;
 
     /// Sends a heartbeat with telemetry.
-    async fn heartbeat(&self, worker: &WorkerId, telemetry: &Telemetry) -> Result<HeartbeatReply>;
+    async fn heartbeat(
+        &self,
+        worker: &WorkerIdentity,
+        telemetry: &Telemetry,
+    ) -> Result<HeartbeatReply>;
 
     /// Reports how a task ended. Safe to repeat: the master keeps the first.
     async fn report(&self, result: &TaskResult) -> Result<()>;
 
     /// Says the worker is shutting down: the master places nothing more on
     /// it from now on.
-    async fn leave(&self, worker: &WorkerId) -> Result<()>;
+    async fn leave(&self, worker: &WorkerIdentity) -> Result<()>;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, MasterConfig, WorkerView};
-use cloudai_core::model::{Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::model::{InstanceId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
 use cloudai_core::store::{TaskFilter, TaskStore};
 use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
 use cloudai_core::worker::SHUTDOWN_MESSAGE;
@@ -115,6 +115,51 @@ async fn a_leaving_worker_is_inactive_at_once_and_gets_no_new_tasks() {
         assert_eq!(task.worker, Some(wid(other)), "{task:?}");
         assert_eq!(task.reason, None, "placed once, not requeued");
     }
+    c.check().await;
+    c.stop().await;
+}
+
+/// A second agent under a live worker's id (another instance, another
+/// address) is refused, naming the live address; the live worker keeps
+/// its task and its address. Once the live one's host is gone, the same
+/// agent is taken.
+#[tokio::test(start_paused = true)]
+async fn an_impostor_is_refused_while_the_worker_is_live() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(60, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Running);
+    let refusal = c
+        .start_impostor("w1", cap(4.0), Duration::from_secs(20))
+        .await
+        .expect("refused");
+    assert!(
+        matches!(&refusal, Error::InUse(m) if m.contains("sim-w1:1")),
+        "names the live address: {refusal:?}"
+    );
+    let v = view(&c, "w1");
+    assert_eq!(v.address.as_deref(), Some("sim-w1:1"));
+    assert_eq!(v.health, Health::Active);
+    let live = c.worker("w1").unwrap();
+    assert!(live.check_addressed(&wid("w1"), None).is_ok());
+    let other = InstanceId::new("impostor-w1").unwrap();
+    for (id, instance) in [(wid("w2"), None), (wid("w1"), Some(&other))] {
+        let refused = live.check_addressed(&id, instance);
+        assert!(
+            matches!(refused, Err(Error::Unavailable(_))),
+            "a call meant for {id} {instance:?}: {refused:?}"
+        );
+    }
+    c.run_for(Duration::from_secs(61)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Completed, "kept its task");
+    c.crash_worker(&wid("w1"));
+    let taken = c
+        .start_impostor("w1", cap(4.0), Duration::from_secs(20))
+        .await;
+    assert!(
+        taken.is_none(),
+        "a dead session does not hold the id: {taken:?}"
+    );
     c.check().await;
     c.stop().await;
 }

@@ -12,8 +12,8 @@ use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
-    Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Timestamp,
-    WorkerId,
+    InstanceId, Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
+    Timestamp, WorkerId, WorkerIdentity,
 };
 use cloudai_core::store::{CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
 use cloudai_core::transport::{MasterInfo, MasterToWorker, Registration, WorkerEndpoint};
@@ -75,6 +75,12 @@ impl MasterToWorker for Accepting {
     async fn logs(&self, _: &WorkerEndpoint, _: &RunningTask, _: usize) -> Result<Logs> {
         Ok(Logs::default())
     }
+    async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity> {
+        Ok(WorkerIdentity {
+            id: to.id.clone(),
+            instance: InstanceId::new("accepting").expect("valid"),
+        })
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -96,6 +102,7 @@ async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() 
     let _ = master
         .register(Registration {
             worker: worker.clone(),
+            instance: InstanceId::new("w1-instance").unwrap(),
             address: "w1:1".into(),
             capacity: Resources::new(2.0, 2.0, 0.0, 0).unwrap(),
             running: Vec::new(),

@@ -4,12 +4,17 @@
 
 use std::fmt;
 
+use cloudai_core::model::{InstanceId, WorkerId};
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 /// Header naming the calling master on master→worker calls.
 pub const MASTER_HEADER: &str = "x-cloudai-master";
+/// Header naming the worker a master→worker call is meant for.
+pub const WORKER_HEADER: &str = "x-cloudai-worker";
+/// Header naming that worker's instance, once the master knows it.
+pub const INSTANCE_HEADER: &str = "x-cloudai-instance";
 
 /// A shared cluster secret. Its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -68,6 +73,37 @@ pub(crate) fn sign<T>(req: &mut Request<T>, token: Option<&Token>, master: Optio
     if let Some(m) = master.and_then(|m| m.parse().ok()) {
         req.metadata_mut().insert(MASTER_HEADER, m);
     }
+}
+
+/// Names the worker (and instance) a master→worker request is meant for.
+pub(crate) fn address_to<T>(
+    req: &mut Request<T>,
+    worker: &WorkerId,
+    instance: Option<&InstanceId>,
+) {
+    if let Ok(v) = worker.as_str().parse() {
+        req.metadata_mut().insert(WORKER_HEADER, v);
+    }
+    if let Some(v) = instance.and_then(|i| i.as_str().parse().ok()) {
+        req.metadata_mut().insert(INSTANCE_HEADER, v);
+    }
+}
+
+/// The worker (and instance) a request names; refused if it names none.
+pub(crate) fn addressee(metadata: &MetadataMap) -> Result<(WorkerId, Option<InstanceId>), Status> {
+    let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    let worker = header(WORKER_HEADER).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "a call to a worker must name it ({WORKER_HEADER}: <worker id>)"
+        ))
+    })?;
+    let worker = WorkerId::new(worker)
+        .map_err(|e| Status::invalid_argument(format!("{WORKER_HEADER}: {e}")))?;
+    let instance = header(INSTANCE_HEADER)
+        .map(InstanceId::new)
+        .transpose()
+        .map_err(|e| Status::invalid_argument(format!("{INSTANCE_HEADER}: {e}")))?;
+    Ok((worker, instance))
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudai_core::master::{CancelOutcome, TaskView};
-use cloudai_core::model::{TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry, WorkerId};
+use cloudai_core::model::{
+    TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
+};
 use cloudai_core::runtime::Logs;
 use cloudai_core::store::TaskFilter;
 use cloudai_core::transport::{
@@ -18,7 +20,7 @@ use cloudai_core::{Error, Result};
 use tonic::transport::Channel;
 use tonic::Request;
 
-use crate::auth::sign;
+use crate::auth::{address_to, sign};
 use crate::convert::{self, from_status};
 use crate::proto::{self, master_client, worker_client};
 use crate::security::Security;
@@ -207,6 +209,7 @@ impl WorkerToMaster for MasterClient {
     async fn register(&self, registration: &Registration) -> Result<RegistrationReply> {
         let req = proto::RegisterRequest {
             worker_id: registration.worker.to_string(),
+            instance: registration.instance.to_string(),
             address: registration.address.clone(),
             capacity: Some(registration.capacity.into()),
             running: registration
@@ -233,9 +236,14 @@ impl WorkerToMaster for MasterClient {
         })
     }
 
-    async fn heartbeat(&self, worker: &WorkerId, telemetry: &Telemetry) -> Result<HeartbeatReply> {
+    async fn heartbeat(
+        &self,
+        worker: &WorkerIdentity,
+        telemetry: &Telemetry,
+    ) -> Result<HeartbeatReply> {
         let req = proto::HeartbeatRequest {
-            worker_id: worker.to_string(),
+            worker_id: worker.id.to_string(),
+            instance: worker.instance.to_string(),
             telemetry: Some(telemetry.clone().into()),
         };
         let r = self
@@ -257,9 +265,10 @@ impl WorkerToMaster for MasterClient {
         Ok(())
     }
 
-    async fn leave(&self, worker: &WorkerId) -> Result<()> {
+    async fn leave(&self, worker: &WorkerIdentity) -> Result<()> {
         let req = proto::LeaveRequest {
-            worker_id: worker.to_string(),
+            worker_id: worker.id.to_string(),
+            instance: worker.instance.to_string(),
         };
         self.c().leave(self.req(req)).await.map_err(from_status)?;
         Ok(())
@@ -300,9 +309,11 @@ impl WorkerClients {
             .max_encoding_message_size(MAX_MESSAGE))
     }
 
-    fn req<T>(&self, msg: T) -> Request<T> {
+    /// A request signed by this master and naming the worker it is for.
+    fn req<T>(&self, to: &WorkerEndpoint, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         sign(&mut r, self.security.token.as_ref(), Some(&self.master_id));
+        address_to(&mut r, &to.id, to.instance.as_ref());
         r
     }
 }
@@ -315,7 +326,7 @@ impl MasterToWorker for WorkerClients {
             address: master.address.clone(),
         };
         self.client(to)?
-            .master_register(self.req(req))
+            .master_register(self.req(to, req))
             .await
             .map_err(from_status)?;
         Ok(())
@@ -327,7 +338,7 @@ impl MasterToWorker for WorkerClients {
             spec: Some(spec.clone().into()),
         };
         self.client(to)?
-            .assign(self.req(req))
+            .assign(self.req(to, req))
             .await
             .map_err(from_status)?;
         Ok(())
@@ -339,7 +350,7 @@ impl MasterToWorker for WorkerClients {
             grace_ms: ms(grace),
         };
         self.client(to)?
-            .cancel(self.req(req))
+            .cancel(self.req(to, req))
             .await
             .map_err(from_status)?;
         Ok(())
@@ -352,7 +363,7 @@ impl MasterToWorker for WorkerClients {
         };
         let r = self
             .client(to)?
-            .logs(self.req(req))
+            .logs(self.req(to, req))
             .await
             .map_err(from_status)?
             .into_inner();
@@ -360,5 +371,21 @@ impl MasterToWorker for WorkerClients {
             text: r.text,
             truncated: r.truncated,
         })
+    }
+
+    async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity> {
+        let mut req = Request::new(proto::Empty {});
+        sign(
+            &mut req,
+            self.security.token.as_ref(),
+            Some(&self.master_id),
+        );
+        let r = self
+            .client(to)?
+            .identify(req)
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        convert::identity(&r.worker_id, &r.instance).map_err(bad_reply)
     }
 }

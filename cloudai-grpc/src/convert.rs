@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
 use cloudai_core::model::{
-    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
-    ValidationError, WorkerId,
+    InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
+    Timestamp, ValidationError, WorkerId, WorkerIdentity,
 };
 use cloudai_core::transport::RunningTask;
 use cloudai_core::Error;
@@ -35,7 +35,7 @@ pub fn to_status(e: Error) -> Status {
     let msg = e.to_string();
     let mut status = match &e {
         Error::NotFound { .. } => Status::not_found(msg),
-        Error::AlreadyExists { .. } => Status::already_exists(msg),
+        Error::AlreadyExists { .. } | Error::InUse(_) => Status::already_exists(msg),
         Error::Conflict(_) => Status::failed_precondition(msg),
         Error::InvalidInput(_) => Status::invalid_argument(msg),
         Error::Unavailable(_) => Status::unavailable(msg),
@@ -83,9 +83,12 @@ pub fn from_status(s: Status) -> Error {
             kind: kind_of(kind.as_deref().unwrap_or("")),
             id: id.unwrap_or(msg),
         },
-        Code::AlreadyExists => Error::AlreadyExists {
-            kind: kind_of(kind.as_deref().unwrap_or("")),
-            id: id.unwrap_or(msg),
+        Code::AlreadyExists => match (kind, id) {
+            (Some(kind), Some(id)) => Error::AlreadyExists {
+                kind: kind_of(&kind),
+                id,
+            },
+            _ => Error::InUse(strip(&msg, "in use: ")),
         },
         Code::FailedPrecondition => Error::Conflict(strip(&msg, "conflict: ")),
         Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(ValidationError::Invalid {
@@ -142,6 +145,19 @@ pub fn task_id(s: &str) -> Result<TaskId, Status> {
 /// A worker id from the wire.
 pub fn worker_id(s: &str) -> Result<WorkerId, Status> {
     valid(WorkerId::new(s))
+}
+
+/// A worker instance id from the wire.
+pub fn instance(s: &str) -> Result<InstanceId, Status> {
+    valid(InstanceId::new(s))
+}
+
+/// A worker's id and instance from the wire.
+pub fn identity(worker: &str, instance_id: &str) -> Result<WorkerIdentity, Status> {
+    Ok(WorkerIdentity {
+        id: worker_id(worker)?,
+        instance: instance(instance_id)?,
+    })
 }
 
 /// A status name from the wire.

@@ -46,6 +46,7 @@ impl master_server::Master for MasterService {
         let r = req.into_inner();
         let registration = Registration {
             worker: convert::worker_id(&r.worker_id)?,
+            instance: convert::instance(&r.instance)?,
             address: r.address,
             capacity: convert::resources(r.capacity, "capacity")?,
             running: r
@@ -69,7 +70,7 @@ impl master_server::Master for MasterService {
         req: Request<proto::HeartbeatRequest>,
     ) -> Reply<proto::HeartbeatReply> {
         let r = req.into_inner();
-        let worker = convert::worker_id(&r.worker_id)?;
+        let worker = convert::identity(&r.worker_id, &r.instance)?;
         let m = self.master.clone();
         let reply =
             detached(async move { m.heartbeat(&worker, convert::telemetry(r.telemetry)).await })
@@ -87,7 +88,8 @@ impl master_server::Master for MasterService {
     }
 
     async fn leave(&self, req: Request<proto::LeaveRequest>) -> Reply<proto::Empty> {
-        let worker = convert::worker_id(&req.into_inner().worker_id)?;
+        let r = req.into_inner();
+        let worker = convert::identity(&r.worker_id, &r.instance)?;
         self.master.leave(&worker).map_err(to_status)?;
         Ok(Response::new(proto::Empty {}))
     }

@@ -7,7 +7,7 @@ use cloudai_core::transport::MasterInfo;
 use cloudai_core::worker::Worker;
 use tonic::{Request, Response, Status};
 
-use crate::auth::MASTER_HEADER;
+use crate::auth::{addressee, MASTER_HEADER};
 use crate::convert::{self, detached, to_status};
 use crate::proto::{self, worker_server};
 
@@ -23,11 +23,17 @@ impl WorkerService {
         WorkerService { worker }
     }
 
-    /// Refuses calls from any master but the one this worker registered with.
-    /// Until the first registration reply arrives the worker knows no master
-    /// and accepts any caller holding the token (the master may assign work
-    /// while its reply is still in flight).
+    /// Refuses calls meant for another worker (see
+    /// [`Worker::check_addressed`]) and calls from any master but the one
+    /// this worker registered with. Until the first registration reply
+    /// arrives the worker knows no master and accepts any caller holding
+    /// the token (the master may assign work while its reply is still in
+    /// flight).
     fn check_master<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let (worker, instance) = addressee(req.metadata())?;
+        self.worker
+            .check_addressed(&worker, instance.as_ref())
+            .map_err(to_status)?;
         let Some(mine) = self.worker.master_id() else {
             return Ok(());
         };
@@ -51,6 +57,14 @@ type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl worker_server::Worker for WorkerService {
+    async fn identify(&self, _req: Request<proto::Empty>) -> Reply<proto::Identity> {
+        let me = self.worker.identity();
+        Ok(Response::new(proto::Identity {
+            worker_id: me.id.into(),
+            instance: me.instance.into(),
+        }))
+    }
+
     async fn master_register(
         &self,
         req: Request<proto::MasterRegisterRequest>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cloudai_core::clock::Clock;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
-use cloudai_core::model::{Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::model::{InstanceId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
 use cloudai_core::process::ProcessRuntime;
 use cloudai_core::store::TaskFilter;
 use cloudai_core::transport::{MasterToWorker, RunningTask, WorkerEndpoint};
@@ -303,6 +303,7 @@ async fn a_worker_obeys_only_its_own_master() {
     let stranger = WorkerClients::new("some-other-master", secure());
     let to = WorkerEndpoint {
         id: WorkerId::new("w1").unwrap(),
+        instance: None,
         address: w.address.clone(),
     };
     let run = RunningTask {
@@ -312,6 +313,37 @@ async fn a_worker_obeys_only_its_own_master() {
     let err = stranger.assign(&to, &run, &sh("true")).await.unwrap_err();
     assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
     assert!(w.worker.running().is_empty());
+    let _ = c.stop.send(true);
+}
+
+/// Every call names the worker it is for: one meant for another worker,
+/// or for another instance of this one, is refused (UNAVAILABLE: the
+/// worker the caller wants is not here), and the probe says who is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_calls_meant_for_another() {
+    let c = start_master().await;
+    let w = start_worker(&c, "w1", 2.0).await;
+    let me = w.worker.identity();
+    let link = WorkerClients::new("master", secure());
+    let run = RunningTask {
+        task: TaskId::new("t-x").unwrap(),
+        attempt: 1,
+    };
+    let at = |id: &str, instance: Option<&str>| WorkerEndpoint {
+        id: WorkerId::new(id).unwrap(),
+        instance: instance.map(|i| InstanceId::new(i).unwrap()),
+        address: w.address.clone(),
+    };
+    for to in [at("w2", None), at("w1", Some("another-instance"))] {
+        let err = link.assign(&to, &run, &sh("true")).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("this address serves worker w1")),
+            "{to:?}: {err:?}"
+        );
+    }
+    assert!(w.worker.running().is_empty(), "nothing started");
+    let answer = link.identify(&at("w2", None)).await.expect("identify");
+    assert_eq!(answer, me);
     let _ = c.stop.send(true);
 }
 

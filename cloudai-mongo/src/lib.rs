@@ -53,7 +53,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudai_core::model::{
-    Heartbeat, TaskId, TaskRecord, TaskResult, Timestamp, ValidationError, WorkerId, WorkerRecord,
+    Drain, Heartbeat, TaskId, TaskRecord, TaskResult, Timestamp, ValidationError, WorkerId,
+    WorkerRecord,
 };
 use cloudai_core::store::{
     Assignment, CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
@@ -65,7 +66,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use records::{AssignmentDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc, WorkerDoc};
+use records::{AssignmentDoc, DrainDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc, WorkerDoc};
 
 /// Tasks: `_id` is the task id.
 pub const TASKS: &str = "TASKS";
@@ -498,16 +499,19 @@ impl WorkerRegistry for MongoStore {
             source: Box::new(e),
         })?;
         let mut set = doc! { "capacity": capacity };
-        let mut update = Document::new();
+        let mut unset = Document::new();
         match &worker.address {
-            Some(a) => {
-                set.insert("address", a.as_str());
-            }
-            None => {
-                update.insert("$unset", doc! { "address": "" });
-            }
+            Some(a) => set.insert("address", a.as_str()),
+            None => unset.insert("address", ""),
+        };
+        match &worker.instance {
+            Some(i) => set.insert("instance", i.as_str()),
+            None => unset.insert("instance", ""),
+        };
+        let mut update = doc! { "$set": set };
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
         }
-        update.insert("$set", set);
         // Insert, or update address and capacity of the known worker. Not an
         // upsert with `$setOnInsert` (one round trip on MongoDB), because
         // nx-27017 ignores `$setOnInsert`. The loop covers a removal between
@@ -539,6 +543,29 @@ impl WorkerRegistry for MongoStore {
             .await?
             .map(WorkerDoc::into_core)
             .transpose()
+    }
+
+    async fn set_drain(&self, id: &WorkerId, drain: Option<Drain>) -> Result<()> {
+        let update = match drain {
+            Some(d) => {
+                let d =
+                    mongodb::bson::serialize_to_bson(&DrainDoc::from_core(&d)?).map_err(|e| {
+                        Error::Backend {
+                            backend: "mongodb",
+                            source: Box::new(e),
+                        }
+                    })?;
+                doc! { "$set": { "drain": d } }
+            }
+            None => doc! { "$unset": { "drain": "" } },
+        };
+        let r = self
+            .op(self.workers.update_one(doc! { "_id": id.as_str() }, update))
+            .await?;
+        if r.matched_count == 0 {
+            return Err(Error::not_found("worker", id));
+        }
+        Ok(())
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {

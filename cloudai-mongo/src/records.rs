@@ -10,8 +10,8 @@
 //! field names independent of the core's serde attributes.
 
 use cloudai_core::model::{
-    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
-    ValidationError, WorkerId, WorkerRecord,
+    Drain, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
+    Timestamp, ValidationError, WorkerId, WorkerRecord,
 };
 use cloudai_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -290,6 +290,37 @@ pub(crate) struct WorkerDoc {
     last_heartbeat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     telemetry: Option<TelemetryDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<InstanceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    drain: Option<DrainDoc>,
+}
+
+/// An operator's drain inside a WORKERS document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DrainDoc {
+    since: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline: Option<i64>,
+}
+
+impl DrainDoc {
+    pub(crate) fn from_core(d: &Drain) -> Result<Self> {
+        Ok(DrainDoc {
+            since: ts("drain since", d.since)?,
+            deadline: d.deadline.map(|t| ts("drain deadline", t)).transpose()?,
+        })
+    }
+
+    fn into_core(self) -> Result<Drain> {
+        Ok(Drain {
+            since: from_ts("drain since", self.since)?,
+            deadline: self
+                .deadline
+                .map(|t| from_ts("drain deadline", t))
+                .transpose()?,
+        })
+    }
 }
 
 impl WorkerDoc {
@@ -308,6 +339,8 @@ impl WorkerDoc {
                 .as_ref()
                 .map(TelemetryDoc::from_core)
                 .transpose()?,
+            instance: w.instance.clone(),
+            drain: w.drain.as_ref().map(DrainDoc::from_core).transpose()?,
         })
     }
 
@@ -322,6 +355,8 @@ impl WorkerDoc {
                 .map(|h| from_ts("last_heartbeat", h))
                 .transpose()?,
             telemetry: self.telemetry.map(TelemetryDoc::into_core).transpose()?,
+            instance: self.instance,
+            drain: self.drain.map(DrainDoc::into_core).transpose()?,
         })
     }
 }

@@ -6,8 +6,12 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod state_dir;
+
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use state_dir::{default_path as default_state_dir, StateDir};
 
 use clap::Args;
 use cloudai_grpc::{Security, Tls, Token};
@@ -111,6 +115,7 @@ pub struct RunningWorker {
     /// Where it listens.
     pub address: String,
     stop: tokio::sync::watch::Sender<bool>,
+    refused: tokio::sync::oneshot::Receiver<cloudai_core::Error>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -153,16 +158,31 @@ pub async fn spawn_worker(
         }
     });
     let w = worker.clone();
-    let run = tokio::spawn(async move { w.run(rx).await });
+    let (refusal, refused) = tokio::sync::oneshot::channel();
+    let run = tokio::spawn(async move {
+        if let Err(e) = w.run(rx).await {
+            let _ = refusal.send(e);
+        }
+    });
     Ok(RunningWorker {
         worker,
         address,
         stop,
+        refused,
         tasks: vec![served, run],
     })
 }
 
 impl RunningWorker {
+    /// Resolves with the master's refusal if it refuses this worker (its id
+    /// is live from another instance); pends while it is accepted.
+    pub async fn refused(&mut self) -> cloudai_core::Error {
+        match (&mut self.refused).await {
+            Ok(refusal) => refusal,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Seed 000: report running tasks as failed, stop their containers,
     /// then stop serving.
     pub async fn shutdown(self) -> cloudai_core::worker::ShutdownSummary {

@@ -253,6 +253,61 @@ fn killed_worker_goes_inactive_then_lost_and_can_come_back() {
     // it is not asserted on here and the guard kills it.
 }
 
+/// A second worker process under a live worker's id, with its own state
+/// directory, is refused with a message naming the live address and
+/// exits; one on the live worker's state directory is refused by its lock;
+/// `register <id> <other address>` of the live worker is refused. The
+/// first worker keeps its task and its address throughout.
+#[test]
+fn a_duplicate_worker_id_is_refused_and_the_first_keeps_its_task() {
+    let mut c = Cluster::start("dupid", FAST);
+    let w = c.id("w");
+    c.spawn_worker(&w, 2.0);
+    c.wait_active(&[&w]);
+    let (id, pidfile) = c.submit_sleep(&w, "1");
+    let pid = c.wait_sleeping(&id, &pidfile);
+    let live = c.worker(&w)["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    let token = c.token.clone();
+
+    let elsewhere = c.state_root.join("elsewhere");
+    let b = c.spawn_worker_in(&w, 2.0, &token, &elsewhere);
+    let status = wait_exit(&mut c.workers[b].child, EVENTUALLY, "the duplicate exits");
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    let said = log_lines(&c.workers[b].log).join("\n");
+    assert!(
+        said.contains("refused") && said.contains(&format!("is live at {live}")),
+        "names the live address: {said}"
+    );
+
+    let same = c.state_root.join(&w);
+    let d = c.spawn_worker_in(&w, 2.0, &token, &same);
+    let status = wait_exit(
+        &mut c.workers[d].child,
+        EVENTUALLY,
+        "the second process exits",
+    );
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    let said = log_lines(&c.workers[d].log).join("\n");
+    assert!(said.contains("in use by another worker process"), "{said}");
+
+    let out = c.cli(&["register", &w, "127.0.0.1:9"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("registered and active"), "{out:?}");
+
+    let v = c.worker(&w);
+    assert_eq!(v["address"], live.as_str(), "{v}");
+    assert_eq!(v["health"], "active", "{v}");
+    assert_eq!(c.status(&id), "running");
+    assert!(pid_alive(pid), "the task's process still runs");
+    c.cli(&["cancel", &id]);
+    until(EVENTUALLY, "the task's process ends", || {
+        (!pid_alive(pid)).then_some(())
+    });
+}
+
 /// A frozen worker (SIGSTOP) is declared lost and its task failed; thawed
 /// (SIGCONT), it is told to register again, re-registers, and is told to
 /// stop the run it still has, which then ends. The task stays failed.

@@ -31,6 +31,12 @@ struct Cli {
     /// This worker's id (default: the host name).
     #[arg(long, env = "CLOUDAI_WORKER_ID")]
     id: Option<String>,
+    /// Directory holding this worker's instance id and its runs' records;
+    /// one process at a time (default:
+    /// `$XDG_STATE_HOME/cloudai/worker-<id>`, else
+    /// `~/.local/state/cloudai/worker-<id>`).
+    #[arg(long, env = "CLOUDAI_WORKER_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// How tasks run: `docker`, `process` (local processes), or `auto`
     /// (Docker when a daemon answers, else processes).
     #[arg(long, env = "CLOUDAI_RUNTIME", default_value = "auto")]
@@ -109,6 +115,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     let security = cli.security.resolve(None)?;
 
     let id = WorkerId::new(cli.id.clone().unwrap_or_else(host_name)).map_err(|e| e.to_string())?;
+    let state_path = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| common::default_state_dir(&id));
+    let state = common::StateDir::open(&state_path)?;
     let capacity = Resources::new(
         cli.cpu.unwrap_or_else(detected_cores),
         cli.mem.unwrap_or_else(detected_memory_gb),
@@ -129,13 +140,20 @@ async fn run(cli: Cli) -> Result<(), String> {
         cli.advertise.clone().unwrap_or(bound.clone()),
         capacity,
     );
+    config.instance = state.instance().clone();
     config.heartbeat_interval = cli.heartbeat_interval;
     config.max_grace = cli.max_grace;
     config.shutdown_timeout = cli.shutdown_timeout;
-    info!(worker = %id, listen = %bound, master = %cli.master, %capacity, runtime = runtime.name(), "worker starting");
-    let worker = common::spawn_worker(config, runtime, &cli.master, listener, security).await?;
-    common::terminated().await;
-    info!("signal received; shutting down");
+    info!(worker = %id, instance = %state.instance(), state_dir = %state.path().display(), listen = %bound,
+          master = %cli.master, %capacity, runtime = runtime.name(), "worker starting");
+    let mut worker = common::spawn_worker(config, runtime, &cli.master, listener, security).await?;
+    let refusal = tokio::select! {
+        _ = common::terminated() => {
+            info!("signal received; shutting down");
+            None
+        }
+        refusal = worker.refused() => Some(refusal),
+    };
     let summary = worker.shutdown().await;
     info!(
         reported = summary.reported,
@@ -143,7 +161,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         stopped = summary.stopped,
         "worker stopped"
     );
-    Ok(())
+    match refusal {
+        Some(e) => Err(format!("the master refused this worker: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// The runtime named by `--runtime`; `auto` takes Docker when a daemon

@@ -10,10 +10,13 @@ use crate::apply::Applied;
 use crate::lifecycle::{Reported, TaskEvent};
 use crate::liveness::Health;
 use crate::model::{
-    Resources, RunningTask, TaskStatus, Telemetry, ValidationError, WorkerId, WorkerRecord,
+    Resources, RunningTask, TaskStatus, Telemetry, ValidationError, WorkerId, WorkerIdentity,
+    WorkerRecord,
 };
 use crate::store::TaskFilter;
-use crate::transport::{HeartbeatReply, MasterInfo, Registration, RegistrationReply};
+use crate::transport::{
+    HeartbeatReply, MasterInfo, Registration, RegistrationReply, WorkerEndpoint,
+};
 use crate::{Error, Result};
 
 fn validate_address(address: &str) -> Result<()> {
@@ -46,20 +49,23 @@ impl Master {
     /// worker lists, those not running there in the store come back in
     /// `stop`; tasks the store has running there that the worker no longer
     /// lists are failed.
+    ///
+    /// A registration from another instance while the id's current session
+    /// is live is refused with [`Error::InUse`] naming the live address.
     pub async fn register(&self, reg: Registration) -> Result<RegistrationReply> {
         validate_address(&reg.address)?;
         reg.capacity.validate()?;
+        self.check_identity(&reg).await?;
         let now = self.now();
         let id = reg.worker.clone();
-        self.inner
-            .registry
-            .upsert_worker(WorkerRecord::new(
-                id.clone(),
-                Some(reg.address.clone()),
-                reg.capacity,
-                now,
-            ))
-            .await?;
+        let who = WorkerIdentity {
+            id: id.clone(),
+            instance: reg.instance.clone(),
+        };
+        let mut record =
+            WorkerRecord::new(id.clone(), Some(reg.address.clone()), reg.capacity, now);
+        record.instance = Some(reg.instance.clone());
+        self.inner.registry.upsert_worker(record).await?;
         let running_here = self.inner.store.list_tasks(&running_on(&id)).await?;
         let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
         let here: BTreeSet<RunningTask> = running_here
@@ -82,7 +88,7 @@ impl Master {
                 .filter(|r| !listed.contains(r) && !st.in_flight(&r.task))
                 .cloned()
                 .collect();
-            let (revived, owed) = st.register(&id, &reg.address, reg.capacity, now);
+            let (revived, owed) = st.register(&who, &reg.address, reg.capacity, now);
             self.done(st);
             (missing, revived, owed)
         };
@@ -95,7 +101,7 @@ impl Master {
                 health: Health::Active,
             });
         }
-        info!(worker = %id, address = %reg.address, capacity = %reg.capacity, listed = reg.running.len(),
+        info!(worker = %id, instance = %reg.instance, address = %reg.address, capacity = %reg.capacity, listed = reg.running.len(),
               stop = stop.len(), failed = missing.len(), "worker registered");
         // Runs failed here as vanished are stopped too, in case their
         // assignment is still on its way to the worker.
@@ -118,14 +124,64 @@ impl Master {
         })
     }
 
+    /// The identity rule: a session is live while its registered address
+    /// answers with its instance. A registration from the same instance
+    /// (a restart with the same state directory, or a re-registration) is
+    /// always taken; one from another instance only if the current
+    /// session's address does not answer as that instance.
+    async fn check_identity(&self, reg: &Registration) -> Result<()> {
+        let (held, address) = {
+            let st = self.state();
+            (st.instance(&reg.worker), st.address(&reg.worker))
+        };
+        let (Some(held), Some(address)) = (held, address) else {
+            return Ok(());
+        };
+        if held == reg.instance {
+            return Ok(());
+        }
+        let to = WorkerEndpoint {
+            id: reg.worker.clone(),
+            instance: Some(held.clone()),
+            address: address.clone(),
+        };
+        let probe = self.inner.transport.identify(&to);
+        match tokio::time::timeout(self.inner.config.reconnect_timeout, probe).await {
+            Ok(Ok(answer)) if answer.id == reg.worker && answer.instance == held => {
+                warn!(worker = %reg.worker, live = %address, instance = %held, refused = %reg.instance,
+                      from = %reg.address, "refused a registration: the worker id is live elsewhere");
+                Err(Error::InUse(format!(
+                    "worker {} is live at {address} (instance {held}); stop that worker, or give this one another id",
+                    reg.worker
+                )))
+            }
+            answer => {
+                debug!(worker = %reg.worker, previous = %address, ?answer, "previous session is not live; taking the new instance");
+                Ok(())
+            }
+        }
+    }
+
     /// Pre-registers a worker by address (the operator's
     /// `register <id> <ip:port>`); the master then asks it to register,
-    /// retrying with backoff until it answers.
+    /// retrying with backoff until it answers. Refused with
+    /// [`Error::InUse`] while the id is registered and active: that would
+    /// re-point a live worker.
     pub async fn pre_register(&self, id: WorkerId, address: String) -> Result<()> {
         validate_address(&address)?;
         let now = self.now();
+        if self.state().in_session(&id, now) {
+            let at = self.state().address(&id).unwrap_or_default();
+            return Err(Error::InUse(format!(
+                "worker {id} is registered and active at {at}; it keeps its address while it is"
+            )));
+        }
         let record = match self.inner.registry.get_worker(&id).await? {
             Some(mut known) => {
+                if known.address.as_deref() != Some(address.as_str()) {
+                    // Whoever answers at the new address is a new instance.
+                    known.instance = None;
+                }
                 known.address = Some(address.clone());
                 known
             }
@@ -142,11 +198,12 @@ impl Master {
     /// beat per worker is kept and written in one batch per flush interval.
     pub async fn heartbeat(
         &self,
-        worker: &WorkerId,
+        who: &WorkerIdentity,
         telemetry: Telemetry,
     ) -> Result<HeartbeatReply> {
+        let worker = &who.id;
         let mut st = self.state();
-        let Some(revived) = st.heartbeat(worker, telemetry, self.now()) else {
+        let Some(revived) = st.heartbeat(who, telemetry, self.now()) else {
             return Ok(HeartbeatReply {
                 register_again: true,
             });
@@ -165,10 +222,22 @@ impl Master {
     /// A worker says it is shutting down: nothing more is placed on it, and
     /// it shows as inactive at once (its driver deadline fires now). Its
     /// running tasks end through its reports, or through its loss at the
-    /// usual deadline if those never arrive.
-    pub fn leave(&self, worker: &WorkerId) -> Result<()> {
-        if !self.state().knows(worker) {
-            return Err(Error::not_found("worker", worker));
+    /// usual deadline if those never arrive. Only the instance holding the
+    /// session may end it.
+    pub fn leave(&self, who: &WorkerIdentity) -> Result<()> {
+        let worker = &who.id;
+        let held = {
+            let st = self.state();
+            if !st.knows(worker) {
+                return Err(Error::not_found("worker", worker));
+            }
+            st.instance(worker)
+        };
+        if held.as_ref().is_some_and(|i| *i != who.instance) {
+            return Err(Error::Conflict(format!(
+                "instance {} does not hold worker {worker}'s session",
+                who.instance
+            )));
         }
         if self.state().leave(worker, self.now()) {
             info!(worker = %worker, "worker is leaving; placing nothing more on it");

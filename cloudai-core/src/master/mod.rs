@@ -223,9 +223,11 @@ impl Master {
     }
 
     fn endpoint(&self, worker: &WorkerId) -> Option<WorkerEndpoint> {
+        let st = self.state();
         Some(WorkerEndpoint {
             id: worker.clone(),
-            address: self.state().address(worker)?,
+            instance: st.instance(worker),
+            address: st.address(worker)?,
         })
     }
 

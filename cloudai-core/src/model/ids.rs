@@ -89,6 +89,25 @@ id_type!(
     WorkerId,
     "worker id"
 );
+id_type!(
+    /// Identifies one installation of a worker: it is kept in the worker's
+    /// state directory, so a restart keeps it and a second process given
+    /// the same worker id elsewhere has another.
+    InstanceId,
+    "worker instance"
+);
+
+impl InstanceId {
+    /// An instance id unique to this process, for a worker that keeps no
+    /// state directory (each start is a new instance).
+    pub fn ephemeral() -> InstanceId {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        InstanceId(format!("{:x}-{nanos:x}", std::process::id()))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -12,10 +12,10 @@ mod time;
 mod validation;
 mod worker;
 
-pub use ids::{TaskId, WorkerId};
+pub use ids::{InstanceId, TaskId, WorkerId};
 pub use resources::Resources;
 pub use run::{ExitStatus, Logs, RunningTask};
 pub use task::{TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
 pub use time::Timestamp;
 pub use validation::ValidationError;
-pub use worker::{Heartbeat, Telemetry, WorkerRecord};
+pub use worker::{Drain, Heartbeat, Telemetry, WorkerIdentity, WorkerRecord};

@@ -1,6 +1,32 @@
 use serde::{Deserialize, Serialize};
 
-use super::{Resources, Timestamp, WorkerId};
+use super::{InstanceId, Resources, Timestamp, WorkerId};
+
+/// Who answers at a worker's address: its id and instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkerIdentity {
+    /// The worker's id.
+    pub id: WorkerId,
+    /// The installation (state directory) behind it.
+    pub instance: InstanceId,
+}
+
+impl std::fmt::Display for WorkerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (instance {})", self.id, self.instance)
+    }
+}
+
+/// An operator's drain of a worker: nothing new is placed on it; its
+/// running tasks finish, or are stopped at the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// When the drain began.
+    pub since: Timestamp,
+    /// When tasks still running are stopped and failed as `drained`
+    /// (`None`: they may run to their end).
+    pub deadline: Option<Timestamp>,
+}
 
 /// What a worker reports about itself with each heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +56,12 @@ pub struct WorkerRecord {
     pub last_heartbeat: Option<Timestamp>,
     /// Telemetry from that heartbeat.
     pub telemetry: Option<Telemetry>,
+    /// The instance of its latest registration, if it ever registered.
+    #[serde(default)]
+    pub instance: Option<InstanceId>,
+    /// Set while an operator drains it.
+    #[serde(default)]
+    pub drain: Option<Drain>,
 }
 
 impl WorkerRecord {
@@ -42,6 +74,8 @@ impl WorkerRecord {
             registered_at: now,
             last_heartbeat: None,
             telemetry: None,
+            instance: None,
+            drain: None,
         }
     }
 }

@@ -26,8 +26,8 @@ use crate::clock::Clock;
 use crate::master::{Master, MasterConfig, MasterEvent};
 use crate::memory::MemoryStore;
 use crate::model::{
-    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
-    ValidationError, WorkerId,
+    InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
+    Timestamp, ValidationError, WorkerId, WorkerIdentity,
 };
 use crate::rng::SplitMix64;
 use crate::runtime::{
@@ -77,7 +77,8 @@ impl Faults {
 /// The in-process network.
 pub struct SimNet {
     master: Mutex<Option<Master>>,
-    workers: Mutex<BTreeMap<WorkerId, Worker>>,
+    /// Reachable worker agents by address.
+    workers: Mutex<BTreeMap<String, Worker>>,
     partitioned: Mutex<BTreeSet<WorkerId>>,
     faults: Mutex<Faults>,
     rng: Mutex<SplitMix64>,
@@ -111,14 +112,14 @@ impl SimNet {
         *lock(&self.master) = Some(master);
     }
 
-    /// Connects a worker agent (it becomes reachable).
+    /// Connects a worker agent (it becomes reachable at its address).
     pub fn attach(&self, worker: Worker) {
-        lock(&self.workers).insert(worker.id().clone(), worker);
+        lock(&self.workers).insert(worker.address().to_string(), worker);
     }
 
     /// Disconnects a worker agent (a crashed or stopped process).
-    pub fn detach(&self, id: &WorkerId) {
-        lock(&self.workers).remove(id);
+    pub fn detach(&self, worker: &Worker) {
+        lock(&self.workers).remove(worker.address());
     }
 
     /// Cuts a worker off from the master, both ways.
@@ -139,11 +140,13 @@ impl SimNet {
         })
     }
 
-    fn worker(&self, id: &WorkerId) -> Result<Worker> {
+    /// The agent listening at `to.address`; each call then checks that it
+    /// is the worker the caller names, as a real worker does.
+    fn worker(&self, to: &WorkerEndpoint) -> Result<Worker> {
         lock(&self.workers)
-            .get(id)
+            .get(&to.address)
             .cloned()
-            .ok_or_else(|| Error::Unavailable(format!("{id}: connection refused")))
+            .ok_or_else(|| Error::Unavailable(format!("{}: connection refused", to.address)))
     }
 
     fn master(&self) -> Result<Master> {
@@ -190,8 +193,9 @@ impl SimNet {
 #[async_trait]
 impl MasterToWorker for SimNet {
     async fn master_register(&self, to: &WorkerEndpoint, master: &MasterInfo) -> Result<()> {
-        let w = self.worker(&to.id)?;
+        let w = self.worker(to)?;
         self.carry(&to.id, || async {
+            w.check_addressed(&to.id, to.instance.as_ref())?;
             w.master_register(master);
             Ok(())
         })
@@ -199,19 +203,35 @@ impl MasterToWorker for SimNet {
     }
 
     async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()> {
-        let w = self.worker(&to.id)?;
-        self.carry(&to.id, || w.assign(run.clone(), spec.clone()))
-            .await
+        let w = self.worker(to)?;
+        self.carry(&to.id, || async {
+            w.check_addressed(&to.id, to.instance.as_ref())?;
+            w.assign(run.clone(), spec.clone()).await
+        })
+        .await
     }
 
     async fn cancel(&self, to: &WorkerEndpoint, run: &RunningTask, grace: Duration) -> Result<()> {
-        let w = self.worker(&to.id)?;
-        self.carry(&to.id, || w.cancel(run, grace)).await
+        let w = self.worker(to)?;
+        self.carry(&to.id, || async {
+            w.check_addressed(&to.id, to.instance.as_ref())?;
+            w.cancel(run, grace).await
+        })
+        .await
     }
 
     async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs> {
-        let w = self.worker(&to.id)?;
-        self.carry(&to.id, || w.logs(run, max_bytes)).await
+        let w = self.worker(to)?;
+        self.carry(&to.id, || async {
+            w.check_addressed(&to.id, to.instance.as_ref())?;
+            w.logs(run, max_bytes).await
+        })
+        .await
+    }
+
+    async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity> {
+        let w = self.worker(to)?;
+        self.carry(&to.id, || async { Ok(w.identity()) }).await
     }
 }
 
@@ -231,7 +251,11 @@ impl WorkerToMaster for SimLink {
             .await
     }
 
-    async fn heartbeat(&self, worker: &WorkerId, telemetry: &Telemetry) -> Result<HeartbeatReply> {
+    async fn heartbeat(
+        &self,
+        worker: &WorkerIdentity,
+        telemetry: &Telemetry,
+    ) -> Result<HeartbeatReply> {
         let m = self.net.master()?;
         self.net
             .carry(&self.worker, || m.heartbeat(worker, telemetry.clone()))
@@ -245,7 +269,7 @@ impl WorkerToMaster for SimLink {
             .await
     }
 
-    async fn leave(&self, worker: &WorkerId) -> Result<()> {
+    async fn leave(&self, worker: &WorkerIdentity) -> Result<()> {
         let m = self.net.master()?;
         self.net
             .carry(&self.worker, || async { m.leave(worker) })
@@ -464,7 +488,7 @@ struct SimWorker {
     worker: Worker,
     runtime: Arc<FakeRuntime>,
     stop: watch::Sender<bool>,
-    handle: JoinHandle<()>,
+    handle: JoinHandle<Result<()>>,
 }
 
 /// A master, its workers, the network and the store, all in one process.
@@ -532,6 +556,8 @@ impl SimCluster {
         let wid = WorkerId::new(id).expect("valid worker id");
         let mut config = WorkerConfig::new(wid.clone(), format!("sim-{id}:1"), capacity);
         config.seed = self.seed ^ self.workers.len() as u64;
+        // One instance per id, as a state directory kept across restarts.
+        config.instance = InstanceId::new(format!("sim-{id}")).expect("valid instance");
         let runtime = self.runtimes.entry(wid.clone()).or_default().clone();
         let worker = Worker::new(
             config,
@@ -561,6 +587,35 @@ impl SimCluster {
         worker
     }
 
+    /// Starts a second agent under the id of worker `id`, from another
+    /// instance at another address (a second process given the same
+    /// `--id`), and lets it try to register for up to `patience`. Returns
+    /// the master's refusal, or `None` if it was taken (it is then
+    /// stopped: its host and containers go away).
+    pub async fn start_impostor(
+        &mut self,
+        id: &str,
+        capacity: Resources,
+        patience: Duration,
+    ) -> Option<Error> {
+        let wid = WorkerId::new(id).expect("valid worker id");
+        let mut config = WorkerConfig::new(wid.clone(), format!("impostor-{id}:1"), capacity);
+        config.instance = InstanceId::new(format!("impostor-{id}")).expect("valid instance");
+        config.seed = !self.seed;
+        let runtime = Arc::new(FakeRuntime::default());
+        let worker = Worker::new(config, runtime.clone(), self.net.link(wid), self.clock);
+        self.net.attach(worker.clone());
+        let (_stop, rx) = watch::channel(false);
+        let outcome = tokio::time::timeout(patience, worker.run(rx)).await;
+        worker.abort();
+        runtime.kill_all();
+        self.net.detach(&worker);
+        match outcome {
+            Ok(Err(refusal)) => Some(refusal),
+            Ok(Ok(())) | Err(_) => None,
+        }
+    }
+
     /// The running worker agent `id`, if it runs.
     pub fn worker(&self, id: &str) -> Option<Worker> {
         self.workers
@@ -585,7 +640,7 @@ impl SimCluster {
             w.worker.abort();
             w.handle.abort();
             w.runtime.kill_all();
-            self.net.detach(id);
+            self.net.detach(&w.worker);
         }
     }
 
@@ -595,7 +650,7 @@ impl SimCluster {
             self.checker.unreachable(id);
             w.worker.abort();
             w.handle.abort();
-            self.net.detach(id);
+            self.net.detach(&w.worker);
         }
     }
 
@@ -611,7 +666,7 @@ impl SimCluster {
         let _ = w.stop.send(true);
         let _ = w.handle.await;
         self.checker.unreachable(id);
-        self.net.detach(id);
+        self.net.detach(&w.worker);
         Some((summary, w.runtime.running()))
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::worker_id;
-use crate::model::{Heartbeat, Resources, Telemetry, Timestamp, WorkerRecord};
+use crate::model::{Drain, Heartbeat, InstanceId, Resources, Telemetry, Timestamp, WorkerRecord};
 use crate::store::WorkerRegistry;
 use crate::Error;
 
@@ -21,6 +21,7 @@ where
     remove_unknown_is_not_found(new_registry().await).await;
     heartbeat_batches(new_registry().await).await;
     race_heartbeats(new_registry().await).await;
+    instance_and_drain_are_kept(new_registry().await).await;
 }
 
 fn worker(id: &str, cpu: f64, at: u64) -> WorkerRecord {
@@ -193,4 +194,41 @@ pub async fn race_heartbeats(reg: Arc<dyn WorkerRegistry>) {
             "w-{w}"
         );
     }
+}
+
+/// The instance follows each upsert; a drain is set and cleared on its own,
+/// survives upserts, and draining an unknown worker is not found.
+pub async fn instance_and_drain_are_kept(reg: Arc<dyn WorkerRegistry>) {
+    let mut w = worker("w-drain", 2.0, 1);
+    w.instance = Some(InstanceId::new("inst-1").expect("valid"));
+    reg.upsert_worker(w.clone()).await.expect("upsert");
+    let drain = Drain {
+        since: Timestamp::from_millis(5),
+        deadline: Some(Timestamp::from_millis(65)),
+    };
+    reg.set_drain(&w.id, Some(drain)).await.expect("drain");
+    w.instance = Some(InstanceId::new("inst-2").expect("valid"));
+    let stored = reg.upsert_worker(w.clone()).await.expect("upsert");
+    assert_eq!(stored.instance, w.instance, "upsert takes the new instance");
+    assert_eq!(stored.drain, Some(drain), "upsert keeps the drain");
+    let read = reg.get_worker(&w.id).await.expect("get").expect("known");
+    assert_eq!(
+        (read.instance, read.drain),
+        (w.instance.clone(), Some(drain))
+    );
+    let open_ended = Drain {
+        since: Timestamp::from_millis(7),
+        deadline: None,
+    };
+    reg.set_drain(&w.id, Some(open_ended)).await.expect("drain");
+    let read = reg.get_worker(&w.id).await.expect("get").expect("known");
+    assert_eq!(read.drain, Some(open_ended));
+    reg.set_drain(&w.id, None).await.expect("undrain");
+    let read = reg.get_worker(&w.id).await.expect("get").expect("known");
+    assert_eq!(read.drain, None);
+    let err = reg
+        .set_drain(&super::worker_id("w-nobody"), Some(drain))
+        .await
+        .expect_err("unknown worker");
+    assert!(matches!(err, Error::NotFound { .. }), "got {err:?}");
 }

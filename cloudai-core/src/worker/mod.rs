@@ -31,11 +31,12 @@ use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
-use crate::model::{Resources, RunningTask, WorkerId};
+use crate::model::{InstanceId, Resources, RunningTask, WorkerId, WorkerIdentity};
 use crate::rng::SplitMix64;
 use crate::runtime::ContainerRuntime;
 use crate::sync::lock;
 use crate::transport::WorkerToMaster;
+use crate::{Error, Result};
 
 pub use shutdown::ShutdownSummary;
 
@@ -47,6 +48,9 @@ pub const SHUTDOWN_MESSAGE: &str = "worker was terminated while task was running
 pub struct WorkerConfig {
     /// The worker's id.
     pub id: WorkerId,
+    /// This installation of it (kept in its state directory; a fresh one
+    /// per process by default).
+    pub instance: InstanceId,
     /// Where the master reaches this worker (`host:port`).
     pub advertise_address: String,
     /// What it offers to tasks.
@@ -74,6 +78,7 @@ impl WorkerConfig {
     pub fn new(id: WorkerId, advertise_address: impl Into<String>, capacity: Resources) -> Self {
         WorkerConfig {
             id,
+            instance: InstanceId::ephemeral(),
             advertise_address: advertise_address.into(),
             capacity,
             heartbeat_interval: Duration::from_secs(5),
@@ -148,6 +153,38 @@ impl Worker {
     /// The worker's id.
     pub fn id(&self) -> &WorkerId {
         &self.inner.config.id
+    }
+
+    /// Where the master reaches this worker.
+    pub fn address(&self) -> &str {
+        &self.inner.config.advertise_address
+    }
+
+    /// Who this worker is: its id and instance.
+    pub fn identity(&self) -> WorkerIdentity {
+        WorkerIdentity {
+            id: self.inner.config.id.clone(),
+            instance: self.inner.config.instance.clone(),
+        }
+    }
+
+    /// Refuses a call meant for another worker (another id, or this id's
+    /// other instance): the caller's view of who is at this address is
+    /// stale. [`Error::Unavailable`], since the worker it wants cannot be
+    /// reached here.
+    pub fn check_addressed(&self, worker: &WorkerId, instance: Option<&InstanceId>) -> Result<()> {
+        let cfg = &self.inner.config;
+        if *worker == cfg.id && instance.is_none_or(|i| *i == cfg.instance) {
+            return Ok(());
+        }
+        let wanted = match instance {
+            Some(i) => format!("{worker} (instance {i})"),
+            None => worker.to_string(),
+        };
+        Err(Error::Unavailable(format!(
+            "this address serves worker {}, not {wanted}",
+            self.identity()
+        )))
     }
 
     /// The runs this worker has now.

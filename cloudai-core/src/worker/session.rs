@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::runs::StopKind;
 use super::{telemetry, Worker};
 use crate::sync::lock;
 use crate::transport::{MasterInfo, Registration};
+use crate::{Error, Result};
 
 /// What the worker knows of its master, and its retry jitter.
 #[derive(Debug)]
@@ -39,27 +40,28 @@ impl Worker {
 
     /// Registers, then heartbeats until `shutdown` flips. Registers again
     /// when the master asks (a restarted master, or `master_register`).
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+    /// Ends with [`Error::InUse`] if the master refuses this instance
+    /// because another one holds the worker id: this process must not run
+    /// tasks under that id, and its caller should shut it down.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         loop {
             // A worker that is shutting down has told its master it left.
             if self.closing() {
-                return;
+                return Ok(());
             }
-            let Some(interval) = self.register(&mut shutdown).await else {
-                return;
+            let Some(interval) = self.register(&mut shutdown).await? else {
+                return Ok(());
             };
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
                     _ = self.inner.register_now.notified() => break,
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => return Ok(()),
                 }
                 self.flush_outbox().await;
                 let telemetry = telemetry::sample(self.running().len());
-                let call = self
-                    .inner
-                    .master
-                    .heartbeat(&self.inner.config.id, &telemetry);
+                let me = self.identity();
+                let call = self.inner.master.heartbeat(&me, &telemetry);
                 match tokio::time::timeout(self.inner.config.rpc_timeout, call).await {
                     Ok(Ok(reply)) if reply.register_again => break,
                     Ok(Ok(_)) => {}
@@ -71,8 +73,8 @@ impl Worker {
     }
 
     /// Registers with backoff until the master accepts; stops the runs it
-    /// names. `None` if shut down meanwhile.
-    async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Duration> {
+    /// names. `None` if shut down meanwhile; [`Error::InUse`] if refused.
+    async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Duration>> {
         let cfg = &self.inner.config;
         let mut failures = 0u32;
         loop {
@@ -86,6 +88,7 @@ impl Worker {
             running.dedup();
             let registration = Registration {
                 worker: cfg.id.clone(),
+                instance: cfg.instance.clone(),
                 address: cfg.advertise_address.clone(),
                 capacity: cfg.capacity,
                 running,
@@ -102,11 +105,15 @@ impl Worker {
                     }
                     lock(&self.inner.session).master_id = Some(reply.master_id.clone());
                     let interval = reply.heartbeat_interval;
-                    return Some(if interval.is_zero() {
+                    return Ok(Some(if interval.is_zero() {
                         cfg.heartbeat_interval
                     } else {
                         interval
-                    });
+                    }));
+                }
+                Ok(Err(e @ Error::InUse(_))) => {
+                    error!(worker = %cfg.id, instance = %cfg.instance, error = %e, "the master refused this worker: its id is live elsewhere");
+                    return Err(e);
                 }
                 Ok(Err(e)) => warn!(error = %e, "registration failed"),
                 Err(_) => warn!("registration timed out"),
@@ -116,7 +123,7 @@ impl Worker {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.inner.register_now.notified() => {}
-                _ = shutdown.changed() => return None,
+                _ = shutdown.changed() => return Ok(None),
             }
         }
     }

@@ -51,11 +51,12 @@ impl Worker {
         }
         let total = reports.len();
         let reported_by = tokio::time::Instant::now() + cfg.shutdown_timeout;
+        let me = self.identity();
         let report_all = async {
             // First say we are leaving, so the resources the reports free
             // are not placed here again; a master that does not answer
             // soon gets the reports anyway, within the same bound.
-            let leave = self.inner.master.leave(&cfg.id);
+            let leave = self.inner.master.leave(&me);
             match tokio::time::timeout(cfg.shutdown_timeout / 4, leave).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(error = %e, "could not tell the master we are leaving"),

@@ -194,6 +194,9 @@ pub struct Cluster {
     pub pidfiles: Vec<PathBuf>,
     /// The worker runtime (`--runtime`): `process` unless a test says otherwise.
     pub runtime: &'static str,
+    /// Holds each worker's `--state-dir` (`<root>/<worker id>` unless a
+    /// test names another); removed with the cluster.
+    pub state_root: PathBuf,
 }
 
 impl Drop for Cluster {
@@ -226,6 +229,7 @@ impl Drop for Cluster {
             }
             let _ = std::fs::remove_file(f);
         }
+        let _ = std::fs::remove_dir_all(&self.state_root);
     }
 }
 
@@ -245,13 +249,14 @@ impl Cluster {
         let token = format!("tok-{tag}");
         let (master, address) = spawn_master(&token, "127.0.0.1:0", timing, extra, "master");
         Cluster {
-            tag,
             token,
             address,
             master,
             workers: Vec::new(),
             pidfiles: Vec::new(),
             runtime: "process",
+            state_root: std::env::temp_dir().join(format!("cloudai-state-{tag}")),
+            tag,
         }
     }
 
@@ -260,17 +265,26 @@ impl Cluster {
         format!("{name}-{}", self.tag)
     }
 
-    /// Starts a worker process; returns its index in `workers`.
+    /// Starts a worker process with its own state directory; returns its
+    /// index in `workers`.
     pub fn spawn_worker(&mut self, id: &str, cpu: f64) -> usize {
         let token = self.token.clone();
         self.spawn_worker_with_token(id, cpu, &token)
     }
 
     pub fn spawn_worker_with_token(&mut self, id: &str, cpu: f64, token: &str) -> usize {
+        let state = self.state_root.join(id);
+        self.spawn_worker_in(id, cpu, token, &state)
+    }
+
+    /// Starts a worker process with state directory `state`.
+    pub fn spawn_worker_in(&mut self, id: &str, cpu: f64, token: &str, state: &Path) -> usize {
         let mut cmd = Command::new(WORKER_BIN);
         clean_env(&mut cmd);
         cmd.args(["--master", &self.address, "--listen", "127.0.0.1:0"])
             .args(["--id", id, "--token", token, "--runtime", self.runtime])
+            .arg("--state-dir")
+            .arg(state)
             .args(["--cpu", &cpu.to_string(), "--mem", "8"])
             .args(["--heartbeat-interval", "0.3", "--shutdown-timeout", "5"])
             .env("RUST_LOG", "info")

@@ -19,8 +19,8 @@ use crate::backoff::ReconnectSchedule;
 use crate::ledger::Ledger;
 use crate::liveness::{Health, Liveness, LivenessEvent};
 use crate::model::{
-    Heartbeat, Resources, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp, WorkerId,
-    WorkerRecord,
+    Heartbeat, InstanceId, Resources, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp,
+    WorkerId, WorkerIdentity, WorkerRecord,
 };
 use crate::placement::Scheduler;
 use crate::rng::SplitMix64;
@@ -31,6 +31,8 @@ use crate::master::config::MasterConfig;
 #[derive(Debug, Clone, Default)]
 struct WorkerInfo {
     address: Option<String>,
+    /// The instance of its latest registration.
+    instance: Option<InstanceId>,
     /// Registered with this master since it started (so it knows its tasks).
     session: bool,
     /// An assignment or stop just failed to reach it: no placements until
@@ -121,6 +123,7 @@ impl State {
             w.id,
             WorkerInfo {
                 address: w.address,
+                instance: w.instance,
                 telemetry: w.telemetry,
                 ..WorkerInfo::default()
             },
@@ -132,16 +135,18 @@ impl State {
     /// stops.
     pub(in crate::master) fn register(
         &mut self,
-        id: &WorkerId,
+        who: &WorkerIdentity,
         address: &str,
         capacity: Resources,
         now: Timestamp,
     ) -> (bool, Vec<RunningTask>) {
+        let id = &who.id;
         self.ledger.set_capacity(id.clone(), capacity);
         let revived = self.liveness.heartbeat(id, now);
         self.reconnect.remove(id);
         let info = self.workers.entry(id.clone()).or_default();
         info.address = Some(address.to_string());
+        info.instance = Some(who.instance.clone());
         info.session = true;
         info.unreachable = false;
         self.queue_pass = true;
@@ -156,20 +161,26 @@ impl State {
         }
         self.liveness.track(w.id.clone());
         self.reconnect.add(w.id.clone(), now);
-        self.workers.entry(w.id.clone()).or_default().address = w.address.clone();
+        let info = self.workers.entry(w.id.clone()).or_default();
+        info.address = w.address.clone();
+        info.instance = w.instance.clone();
     }
 
     /// Takes a heartbeat. `None` if the worker must register again (unknown
-    /// here, or no session since the master started); else whether it was
-    /// revived. Its parked stops become due, and a revived worker may take
-    /// queued tasks.
+    /// here, no session since the master started, or the session is
+    /// another instance's); else whether it was revived. Its parked stops
+    /// become due, and a revived worker may take queued tasks.
     pub(in crate::master) fn heartbeat(
         &mut self,
-        worker: &WorkerId,
+        who: &WorkerIdentity,
         telemetry: Telemetry,
         now: Timestamp,
     ) -> Option<bool> {
-        let info = self.workers.get_mut(worker).filter(|i| i.session)?;
+        let worker = &who.id;
+        let info = self
+            .workers
+            .get_mut(worker)
+            .filter(|i| i.session && i.instance.as_ref() == Some(&who.instance))?;
         info.unreachable = false;
         info.telemetry = Some(telemetry.clone());
         let revived = self.liveness.heartbeat(worker, now);
@@ -217,6 +228,16 @@ impl State {
 
     pub(in crate::master) fn address(&self, worker: &WorkerId) -> Option<String> {
         self.workers.get(worker)?.address.clone()
+    }
+
+    pub(in crate::master) fn instance(&self, worker: &WorkerId) -> Option<InstanceId> {
+        self.workers.get(worker)?.instance.clone()
+    }
+
+    /// Whether the worker is registered with this master and active now.
+    pub(in crate::master) fn in_session(&self, worker: &WorkerId, now: Timestamp) -> bool {
+        self.workers.get(worker).is_some_and(|w| w.session)
+            && self.liveness.health(worker, now) == Some(Health::Active)
     }
 
     /// Whether a worker may receive new tasks now.
