@@ -164,6 +164,89 @@ async fn an_impostor_is_refused_while_the_worker_is_live() {
     c.stop().await;
 }
 
+/// A drained worker gets nothing new; at the drain deadline its running
+/// task is stopped and failed as drained, its room released; the drain
+/// survives a master restart on the same store; undrained, it takes tasks
+/// again.
+#[tokio::test(start_paused = true)]
+async fn a_drained_worker_finishes_or_stops_its_tasks_and_gets_no_new_ones() {
+    let mut c = cluster(&[("w1", 4.0), ("w2", 4.0)]).await;
+    let long = c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+    let short = c.master.submit(fake_task(5, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    let on = |t: &TaskId| {
+        let m = c.master.clone();
+        let t = t.clone();
+        async move { m.task(&t).await.unwrap().task.worker.unwrap() }
+    };
+    let drained = on(&long).await;
+    let other = if drained == wid("w1") { "w2" } else { "w1" };
+    c.master
+        .drain(&drained, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(view(&c, drained.as_str()).drain_state(), Some("draining"));
+    for _ in 0..3 {
+        let t = c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+        assert_eq!(
+            on(&t).await,
+            wid(other),
+            "nothing new on the drained worker"
+        );
+    }
+    c.run_for(Duration::from_secs(10)).await;
+    assert_eq!(
+        status(&c, &short).await,
+        TaskStatus::Completed,
+        "tasks may finish"
+    );
+    assert_eq!(
+        status(&c, &long).await,
+        TaskStatus::Running,
+        "until the deadline"
+    );
+
+    c.run_for(Duration::from_secs(25)).await;
+    let task = c.master.task(&long).await.unwrap().task;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(
+        task.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("drained")),
+        "{task:?}"
+    );
+    let v = view(&c, drained.as_str());
+    assert_eq!(v.drain_state(), Some("drained"));
+    assert!(v.allocated.is_zero(), "{v:?}");
+    assert_eq!(c.host_containers(&drained), 0, "its run was stopped");
+
+    let m2 = cloudai_core::master::Master::start(
+        MasterConfig::default(),
+        c.store.clone(),
+        c.store.clone(),
+        c.net.clone(),
+        c.clock,
+    )
+    .await
+    .unwrap();
+    let after = m2.workers().into_iter().find(|w| w.id == drained).unwrap();
+    assert_eq!(after.drain, v.drain, "the drain survives a master restart");
+    m2.shutdown().await;
+
+    c.master.undrain(&drained).await.unwrap();
+    assert_eq!(view(&c, drained.as_str()).drain_state(), None);
+    let t = c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+    assert_eq!(
+        on(&t).await,
+        drained,
+        "takes tasks again (the other is fuller)"
+    );
+    let unknown = c.master.drain(&wid("nobody"), None).await.unwrap_err();
+    assert!(matches!(unknown, Error::NotFound { .. }), "{unknown:?}");
+    c.check().await;
+    c.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn seed000_ctrl_c_with_one_running_task_reports_it_failed() {
     shutdown_with(1).await;

@@ -173,6 +173,26 @@ impl MasterClient {
         Ok(())
     }
 
+    /// Drains a worker: nothing new is placed on it; with a deadline, tasks
+    /// still running on it then are stopped and failed as drained.
+    pub async fn drain(&self, id: &WorkerId, deadline: Option<Duration>) -> Result<()> {
+        let req = proto::DrainRequest {
+            worker_id: id.to_string(),
+            deadline_ms: deadline.map(ms),
+        };
+        self.c().drain(self.req(req)).await.map_err(from_status)?;
+        Ok(())
+    }
+
+    /// Ends a worker's drain.
+    pub async fn undrain(&self, id: &WorkerId) -> Result<()> {
+        let req = proto::WorkerRef {
+            worker_id: id.to_string(),
+        };
+        self.c().undrain(self.req(req)).await.map_err(from_status)?;
+        Ok(())
+    }
+
     /// Reconciles allocations; returns the corrections.
     pub async fn reconcile(&self) -> Result<proto::ReconcileReply> {
         Ok(self

@@ -389,6 +389,7 @@ pub fn task_view(v: proto::TaskView) -> Result<TaskView, Status> {
 
 impl From<WorkerView> for proto::WorkerView {
     fn from(w: WorkerView) -> Self {
+        let drain = w.drain_state().map(str::to_string);
         proto::WorkerView {
             id: w.id.into(),
             address: w.address,
@@ -399,6 +400,8 @@ impl From<WorkerView> for proto::WorkerView {
             available: Some(w.available.into()),
             tasks: w.tasks.into_iter().map(String::from).collect(),
             last_heartbeat: w.last_heartbeat.map(Timestamp::as_millis),
+            drain,
+            drain_deadline: w.drain.and_then(|d| d.deadline).map(Timestamp::as_millis),
             telemetry: w.telemetry.map(Into::into),
         }
     }

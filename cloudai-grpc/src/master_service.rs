@@ -94,6 +94,22 @@ impl master_server::Master for MasterService {
         Ok(Response::new(proto::Empty {}))
     }
 
+    async fn drain(&self, req: Request<proto::DrainRequest>) -> Reply<proto::Empty> {
+        let r = req.into_inner();
+        let worker = convert::worker_id(&r.worker_id)?;
+        let deadline = r.deadline_ms.map(Duration::from_millis);
+        let m = self.master.clone();
+        detached(async move { m.drain(&worker, deadline).await }).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn undrain(&self, req: Request<proto::WorkerRef>) -> Reply<proto::Empty> {
+        let worker = convert::worker_id(&req.into_inner().worker_id)?;
+        let m = self.master.clone();
+        detached(async move { m.undrain(&worker).await }).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
     async fn submit(&self, req: Request<proto::SubmitRequest>) -> Reply<proto::SubmitReply> {
         let spec = convert::spec(req.into_inner().spec)?;
         let m = self.master.clone();

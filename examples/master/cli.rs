@@ -71,6 +71,21 @@ pub(crate) enum Command {
         /// Task id.
         id: String,
     },
+    /// Place nothing more on a worker; its tasks may finish, or with
+    /// --deadline are stopped then and failed as drained.
+    Drain {
+        /// Worker id.
+        id: String,
+        /// Seconds from now after which tasks still running there are
+        /// stopped (with their grace) and failed as drained.
+        #[arg(long, value_parser = common::seconds)]
+        deadline: Option<Duration>,
+    },
+    /// End a worker's drain: it takes tasks again.
+    Undrain {
+        /// Worker id.
+        id: String,
+    },
     /// Recompute allocations from running tasks and show the fixes.
     #[command(alias = "fix-resources")]
     Reconcile,
@@ -212,6 +227,23 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             output::cancelled(json, &done);
         }
         Command::Monitor { id } => return follow(client, &TaskId::new(id)?, json).await,
+        Command::Drain { id, deadline } => {
+            let id = WorkerId::new(id)?;
+            client.drain(&id, deadline).await?;
+            let then = match deadline {
+                Some(d) => format!("; tasks still running in {d:?} will be stopped"),
+                None => "; its tasks may run to their end".into(),
+            };
+            output::message(json, &format!("worker {id} drained{then}"));
+        }
+        Command::Undrain { id } => {
+            let id = WorkerId::new(id)?;
+            client.undrain(&id).await?;
+            output::message(
+                json,
+                &format!("worker {id} undrained; it takes tasks again"),
+            );
+        }
         Command::Reconcile => output::reconciled(json, &client.reconcile().await?),
         Command::Reconnect => {
             client.reconnect().await?;

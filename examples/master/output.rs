@@ -82,6 +82,9 @@ fn res(r: &Option<proto::Resources>) -> (f64, f64, u32) {
 struct WorkerRow<'a> {
     id: &'a str,
     health: &'a str,
+    /// `draining` or `drained`, if an operator drains it.
+    drain: Option<&'a str>,
+    drain_deadline_ms: Option<u64>,
     registered: bool,
     address: Option<&'a str>,
     cpu_allocated: f64,
@@ -104,6 +107,8 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
                 WorkerRow {
                     id: &w.id,
                     health: &w.health,
+                    drain: w.drain.as_deref(),
+                    drain_deadline_ms: w.drain_deadline,
                     registered: w.registered,
                     address: w.address.as_deref(),
                     cpu_allocated: ca,
@@ -124,7 +129,7 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
         return;
     }
     println!(
-        "{:<2} {:<16} {:<9} {:<22} {:>11} {:>13} {:>7} {:>5}  LAST HEARTBEAT",
+        "{:<2} {:<16} {:<18} {:<22} {:>11} {:>13} {:>7} {:>5}  LAST HEARTBEAT",
         "", "WORKER", "STATUS", "ADDRESS", "CPU", "MEM GB", "GPU", "TASKS"
     );
     for w in ws {
@@ -136,9 +141,12 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
         let (ca, ma, ga) = res(&w.allocated);
         let (cc, mc, gc) = res(&w.capacity);
         println!(
-            "{marker:<2} {:<16} {:<9} {:<22} {:>11} {:>13} {:>7} {:>5}  {}",
+            "{marker:<2} {:<16} {:<18} {:<22} {:>11} {:>13} {:>7} {:>5}  {}",
             w.id,
-            w.health,
+            match &w.drain {
+                Some(drain) => format!("{}, {drain}", w.health),
+                None => w.health.clone(),
+            },
             w.address.as_deref().unwrap_or("-"),
             format!("{ca}/{cc}"),
             format!("{ma}/{mc}"),

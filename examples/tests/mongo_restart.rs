@@ -75,10 +75,13 @@ fn master_restarts_on_mongo_without_losing_or_duplicating_tasks() {
         &["--store", &uri, "--mongo-db", &db],
     );
     let address = c.address.clone();
-    let (w1, w2) = (c.id("w1"), c.id("w2"));
+    let (w1, w2, w3) = (c.id("w1"), c.id("w2"), c.id("w3"));
     c.spawn_worker(&w1, 2.0);
     c.spawn_worker(&w2, 2.0);
-    c.wait_active(&[&w1, &w2]);
+    c.spawn_worker(&w3, 2.0);
+    c.wait_active(&[&w1, &w2, &w3]);
+    // w3 is drained: no task may run there, before or after the restart.
+    assert_eq!(c.cli(&["drain", &w3]).code, 0);
 
     // 6 one-core tasks on 4 cores. The first four run: two long ones that
     // outlive the master's outage and two short ones that end during it;
@@ -130,8 +133,13 @@ fn master_restarts_on_mongo_without_losing_or_duplicating_tasks() {
         log_has(&log_lines(&c.master.log), "master loaded state")
     });
     assert_eq!(
-        loaded["fields"]["workers"], 2,
-        "both workers come from the store: {loaded}"
+        loaded["fields"]["workers"], 3,
+        "the workers come from the store: {loaded}"
+    );
+    assert_eq!(
+        c.worker(&w3)["drain"],
+        "drained",
+        "the drain survives the restart"
     );
     assert_eq!(
         loaded["fields"]["pending"], 2,
@@ -171,8 +179,15 @@ fn master_restarts_on_mongo_without_losing_or_duplicating_tasks() {
         );
     }
 
-    // Workers are back and hold nothing.
-    c.wait_active(&[&w1, &w2]);
+    // Workers are back and hold nothing; nothing ran on the drained one.
+    c.wait_active(&[&w1, &w2, &w3]);
+    for v in &views {
+        assert_ne!(
+            v["task"]["worker"],
+            w3.as_str(),
+            "placed on a drained worker: {v}"
+        );
+    }
     until(EVENTUALLY, "allocations back to zero", || {
         c.workers()
             .iter()
@@ -207,7 +222,11 @@ fn master_restarts_on_mongo_without_losing_or_duplicating_tasks() {
             let history = store.assignment_history(&id).await.expect("history");
             assert_eq!(history.len(), 1, "{id}: one placement: {history:?}");
         }
-        assert_eq!(store.list_workers().await.expect("workers").len(), 2);
+        let workers = store.list_workers().await.expect("workers");
+        assert_eq!(workers.len(), 3);
+        let drained: Vec<_> = workers.iter().filter(|w| w.drain.is_some()).collect();
+        assert_eq!(drained.len(), 1, "{workers:?}");
+        assert_eq!(drained[0].id.as_str(), w3);
         let _ = store.drop_database().await;
     });
 }

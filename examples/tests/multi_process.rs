@@ -308,6 +308,49 @@ fn a_duplicate_worker_id_is_refused_and_the_first_keeps_its_task() {
     });
 }
 
+/// `drain --deadline`: nothing new is placed on the worker; at the deadline
+/// its running task's process is stopped and the task failed as drained,
+/// its CPU released, and the worker shows `drained`; `undrain` makes it
+/// take tasks again.
+#[test]
+fn a_drained_worker_stops_its_tasks_at_the_deadline_and_takes_none() {
+    let mut c = Cluster::start("drain", FAST);
+    let (a, b) = (c.id("a"), c.id("b"));
+    c.spawn_worker(&a, 2.0);
+    c.spawn_worker(&b, 2.0);
+    c.wait_active(&[&a, &b]);
+    let (id, pidfile) = c.submit_sleep(&a, "1");
+    let pid = c.wait_sleeping(&id, &pidfile);
+
+    let out = c.cli(&["drain", &a, "--deadline", "3"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(c.worker(&a)["drain"], "draining");
+    for _ in 0..2 {
+        let t = c.submit(&["--cpu", "0.5", "busybox", "--", "sleep", "30"]);
+        assert_eq!(c.show(&t)["task"]["worker"], b.as_str(), "placed elsewhere");
+    }
+
+    let view = until(EVENTUALLY, "the task failed as drained", || {
+        let v = c.show(&id);
+        (v["task"]["status"] == "failed").then_some(v)
+    });
+    let reason = view["task"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("drained"), "{view}");
+    until(EVENTUALLY, "the task's process ends", || {
+        (!pid_alive(pid)).then_some(())
+    });
+    let wv = c.worker(&a);
+    assert_eq!(wv["drain"], "drained", "{wv}");
+    assert_eq!(cpu_allocated(&wv), 0.0, "{wv}");
+
+    assert_eq!(c.cli(&["undrain", &a]).code, 0);
+    assert_eq!(c.worker(&a)["drain"], Value::Null);
+    let t = c.submit(&["--on", &a, "busybox", "--", "true"]);
+    until(EVENTUALLY, "a task runs there again", || {
+        (c.status(&t) == "completed").then_some(())
+    });
+}
+
 /// A frozen worker (SIGSTOP) is declared lost and its task failed; thawed
 /// (SIGCONT), it is told to register again, re-registers, and is told to
 /// stop the run it still has, which then ends. The task stays failed.

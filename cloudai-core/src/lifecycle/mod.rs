@@ -81,6 +81,14 @@ pub enum TaskEvent {
         /// The lost worker.
         worker: WorkerId,
     },
+    /// The drain deadline of the task's worker passed with the task still
+    /// running: it is stopped (with its grace) and failed as drained.
+    Drained {
+        /// The drained worker.
+        worker: WorkerId,
+        /// The assignment to stop.
+        attempt: u32,
+    },
 }
 
 /// A side effect the caller must carry out after the transition is stored.
@@ -203,7 +211,7 @@ impl TaskEvent {
             TaskEvent::Requeue { .. } => TaskStatus::Pending,
             TaskEvent::Report { outcome, .. } => (*outcome).into(),
             TaskEvent::Cancel { .. } => TaskStatus::Cancelled,
-            TaskEvent::WorkerLost { .. } => TaskStatus::Failed,
+            TaskEvent::WorkerLost { .. } | TaskEvent::Drained { .. } => TaskStatus::Failed,
         }
     }
 
@@ -211,9 +219,10 @@ impl TaskEvent {
         match self {
             TaskEvent::Assign { .. } => FROM_PENDING,
             TaskEvent::Cancel { .. } => CANCELLABLE,
-            TaskEvent::Requeue { .. } | TaskEvent::Report { .. } | TaskEvent::WorkerLost { .. } => {
-                FROM_RUNNING
-            }
+            TaskEvent::Requeue { .. }
+            | TaskEvent::Report { .. }
+            | TaskEvent::WorkerLost { .. }
+            | TaskEvent::Drained { .. } => FROM_RUNNING,
         }
     }
 
@@ -223,16 +232,17 @@ impl TaskEvent {
         match self {
             TaskEvent::Requeue { worker, .. }
             | TaskEvent::Report { worker, .. }
-            | TaskEvent::WorkerLost { worker } => Some(worker),
+            | TaskEvent::WorkerLost { worker }
+            | TaskEvent::Drained { worker, .. } => Some(worker),
             TaskEvent::Assign { .. } | TaskEvent::Cancel { .. } => None,
         }
     }
 
     fn expected_attempt(&self) -> Option<u32> {
         match self {
-            TaskEvent::Requeue { attempt, .. } | TaskEvent::Report { attempt, .. } => {
-                Some(*attempt)
-            }
+            TaskEvent::Requeue { attempt, .. }
+            | TaskEvent::Report { attempt, .. }
+            | TaskEvent::Drained { attempt, .. } => Some(*attempt),
             _ => None,
         }
     }
@@ -247,6 +257,9 @@ impl TaskEvent {
             TaskEvent::WorkerLost { worker } => {
                 Some(format!("worker lost: {worker} stopped sending heartbeats"))
             }
+            TaskEvent::Drained { worker, .. } => Some(format!(
+                "drained: the drain deadline of worker {worker} passed"
+            )),
         }
     }
 
@@ -345,6 +358,17 @@ impl TaskEvent {
                     worker: worker.clone(),
                     attempt: task.attempt,
                     grace: Duration::ZERO,
+                },
+            ],
+            TaskEvent::Drained { worker, attempt } => vec![
+                Effect::Release {
+                    worker: worker.clone(),
+                    resources,
+                },
+                Effect::StopOnWorker {
+                    worker: worker.clone(),
+                    attempt: *attempt,
+                    grace: task.spec.cancel_grace,
                 },
             ],
             TaskEvent::Cancel { force } => match holder() {

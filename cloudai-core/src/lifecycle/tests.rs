@@ -59,6 +59,10 @@ fn terminal_states_absorb_every_event() {
         report("a", Reported::Failed),
         TaskEvent::Cancel { force: true },
         TaskEvent::WorkerLost { worker: w("a") },
+        TaskEvent::Drained {
+            worker: w("a"),
+            attempt: 1,
+        },
     ];
     for st in [
         TaskStatus::Completed,
@@ -182,6 +186,33 @@ fn worker_loss_fails_only_the_lost_workers_tasks() {
             &TaskEvent::WorkerLost { worker: w("b") }
         ),
         Decision::Refuse(Refusal::OtherWorker { .. })
+    ));
+}
+
+#[test]
+fn a_drain_deadline_fails_the_current_run_with_its_grace() {
+    let running = task(TaskStatus::Running, Some("a"));
+    let drained = |worker: &str, attempt| TaskEvent::Drained {
+        worker: w(worker),
+        attempt,
+    };
+    let Decision::Apply(t) = decide(Some(&running), &drained("a", running.attempt)) else {
+        panic!("refused")
+    };
+    assert_eq!(t.to, TaskStatus::Failed);
+    assert!(matches!(t.effects[0], Effect::Release { .. }));
+    assert!(
+        matches!(&t.effects[1], Effect::StopOnWorker { grace, .. } if *grace == running.spec.cancel_grace)
+    );
+    let reason = drained("a", 1).change(Timestamp::from_millis(1)).reason;
+    assert!(reason.is_some_and(|r| r.starts_with("drained")));
+    assert!(matches!(
+        decide(Some(&running), &drained("b", running.attempt)),
+        Decision::Refuse(Refusal::OtherWorker { .. })
+    ));
+    assert!(matches!(
+        decide(Some(&running), &drained("a", running.attempt + 1)),
+        Decision::Refuse(Refusal::StaleAttempt { .. })
     ));
 }
 

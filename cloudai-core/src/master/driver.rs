@@ -49,6 +49,10 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
             let m = master.clone();
             tokio::spawn(async move { m.attempt_reconnect(worker).await });
         }
+        let drains_due = master.state().drains_due(now);
+        for worker in drains_due {
+            master.drain_deadline_passed(&worker).await;
+        }
         if now >= next_flush {
             flush_heartbeats(&master).await;
             next_flush = now.saturating_add(config.heartbeat_flush);

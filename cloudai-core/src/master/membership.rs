@@ -36,7 +36,8 @@ fn validate_address(address: &str) -> Result<()> {
     Ok(())
 }
 
-fn running_on(worker: &WorkerId) -> TaskFilter {
+/// The tasks the store has running on `worker`.
+pub(super) fn running_on(worker: &WorkerId) -> TaskFilter {
     TaskFilter {
         statuses: vec![TaskStatus::Running],
         worker: Some(worker.clone()),

@@ -7,7 +7,8 @@
 //!
 //! | module | responsibility |
 //! |---|---|
-//! | `membership` | register, pre-register, heartbeat, reconnect, worker lost |
+//! | `membership` | register (and the identity rule), pre-register, heartbeat, leave, reconnect, worker lost |
+//! | `drain` | drain and undrain; the drain deadline |
 //! | `dispatch` | submit, placement passes, assignments and their delivery |
 //! | `stops` | cancel, bulk cancel, delivery of owed stops |
 //! | `transitions` | applying an event and executing every effect it returns; reports; reconcile |
@@ -25,6 +26,7 @@
 
 mod config;
 mod dispatch;
+mod drain;
 mod driver;
 mod membership;
 mod owed_stops;

@@ -4,8 +4,8 @@
 use super::Master;
 use crate::liveness::Health;
 use crate::model::{
-    Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry, Timestamp,
-    WorkerId,
+    Drain, Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry,
+    Timestamp, WorkerId,
 };
 use crate::store::TaskFilter;
 use crate::{Error, Result};
@@ -33,6 +33,22 @@ pub struct WorkerView {
     pub last_heartbeat: Option<Timestamp>,
     /// Telemetry from that heartbeat.
     pub telemetry: Option<Telemetry>,
+    /// Set while an operator drains it.
+    pub drain: Option<Drain>,
+}
+
+impl WorkerView {
+    /// `"draining"` while drained with tasks still on it, `"drained"` once
+    /// none are left; `None` if not drained.
+    pub fn drain_state(&self) -> Option<&'static str> {
+        self.drain.map(|_| {
+            if self.tasks.is_empty() {
+                "drained"
+            } else {
+                "draining"
+            }
+        })
+    }
 }
 
 /// A task with its result and, if queued, why it waits.

@@ -19,7 +19,7 @@ use crate::backoff::ReconnectSchedule;
 use crate::ledger::Ledger;
 use crate::liveness::{Health, Liveness, LivenessEvent};
 use crate::model::{
-    Heartbeat, InstanceId, Resources, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp,
+    Drain, Heartbeat, InstanceId, Resources, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp,
     WorkerId, WorkerIdentity, WorkerRecord,
 };
 use crate::placement::Scheduler;
@@ -33,6 +33,8 @@ struct WorkerInfo {
     address: Option<String>,
     /// The instance of its latest registration.
     instance: Option<InstanceId>,
+    /// Set while an operator drains it: nothing new is placed there.
+    drain: Option<Drain>,
     /// Registered with this master since it started (so it knows its tasks).
     session: bool,
     /// An assignment or stop just failed to reach it: no placements until
@@ -81,6 +83,8 @@ pub(in crate::master) struct State {
     passes: u64,
     /// Latest heartbeat per worker since the last flush (coalesced).
     beats: BTreeMap<WorkerId, Heartbeat>,
+    /// Drain deadlines not yet acted on.
+    drain_deadlines: BTreeSet<(Timestamp, WorkerId)>,
     /// Bumped on every ledger change; reconcile retries if it moves.
     epoch: u64,
     scheduler: Box<dyn Scheduler>,
@@ -102,6 +106,7 @@ impl State {
             queue_pass: false,
             passes: 0,
             beats: BTreeMap::new(),
+            drain_deadlines: BTreeSet::new(),
             epoch: 0,
             scheduler: config.policy.build(),
             rng: SplitMix64::new(config.seed),
@@ -119,11 +124,15 @@ impl State {
         if w.address.is_some() {
             self.reconnect.add(w.id.clone(), now);
         }
+        if let Some(at) = w.drain.and_then(|d| d.deadline) {
+            self.drain_deadlines.insert((at, w.id.clone()));
+        }
         self.workers.insert(
             w.id,
             WorkerInfo {
                 address: w.address,
                 instance: w.instance,
+                drain: w.drain,
                 telemetry: w.telemetry,
                 ..WorkerInfo::default()
             },
@@ -240,11 +249,31 @@ impl State {
             && self.liveness.health(worker, now) == Some(Health::Active)
     }
 
+    /// Sets or clears a worker's drain (the registry has it already).
+    /// Returns false if the worker is unknown. Undraining lets queued
+    /// tasks be placed there again.
+    pub(in crate::master) fn set_drain(&mut self, worker: &WorkerId, drain: Option<Drain>) -> bool {
+        let Some(info) = self.workers.get_mut(worker) else {
+            return false;
+        };
+        if let Some(at) = info.drain.and_then(|d| d.deadline) {
+            self.drain_deadlines.remove(&(at, worker.clone()));
+        }
+        if let Some(at) = drain.and_then(|d| d.deadline) {
+            self.drain_deadlines.insert((at, worker.clone()));
+        }
+        info.drain = drain;
+        if drain.is_none() {
+            self.queue_pass = true;
+        }
+        true
+    }
+
     /// Whether a worker may receive new tasks now.
     fn placeable(&self, worker: &WorkerId, now: Timestamp) -> bool {
         self.workers
             .get(worker)
-            .is_some_and(|w| w.session && !w.unreachable)
+            .is_some_and(|w| w.session && !w.unreachable && w.drain.is_none())
             && self.liveness.health(worker, now) == Some(Health::Active)
     }
 
@@ -262,6 +291,7 @@ impl State {
                 tasks: self.ledger.tasks_on(id).cloned().collect(),
                 last_heartbeat: self.liveness.last_heartbeat(id),
                 telemetry: info.telemetry.clone(),
+                drain: info.drain,
             })
             .collect()
     }
@@ -272,6 +302,7 @@ impl State {
         [
             self.liveness.next_deadline(),
             self.reconnect.next_deadline(),
+            self.drain_deadlines.first().map(|(at, _)| *at),
         ]
         .into_iter()
         .flatten()
@@ -298,6 +329,20 @@ impl State {
             }
         }
         (events, due)
+    }
+
+    /// Workers whose drain deadline passed by `now` (each reported once).
+    pub(in crate::master) fn drains_due(&mut self, now: Timestamp) -> Vec<WorkerId> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.drain_deadlines.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, worker)) = self.drain_deadlines.pop_first() {
+                due.push(worker);
+            }
+        }
+        due
     }
 
     pub(in crate::master) fn stop_reconnecting(&mut self, worker: &WorkerId) {
