@@ -46,6 +46,17 @@ fn meminfo_kb(field: &str) -> Option<u64> {
         .ok()
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`): with the pid, it names one process even after the
+/// pid is reused. `None` if there is no such process.
+pub fn process_start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields from the last ')'. Field 3 is the first after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +68,9 @@ mod tests {
             let total = memory_total_kb().expect("MemTotal");
             assert!(memory_used_kb().expect("MemAvailable") <= total);
             assert!(load_average().expect("loadavg") >= 0.0);
+            let me = i32::try_from(std::process::id()).expect("pid");
+            let started = process_start_ticks(me).expect("our own start time");
+            assert_eq!(process_start_ticks(me), Some(started), "stable");
         }
     }
 }

@@ -133,8 +133,7 @@ fn docker_worker_killed_and_restarted_adopts_its_running_container() {
     until(EVENTUALLY, "container running", || {
         (running(&w).len() == 1).then_some(())
     });
-    c.workers[idx].child.kill().expect("kill -9 the worker");
-    let _ = c.workers[idx].child.wait();
+    c.kill_worker(idx);
     assert_eq!(running(&w).len(), 1, "the container outlives the worker");
     c.spawn_worker(&w, 4.0);
     c.wait_active(&[&w]);
@@ -166,8 +165,7 @@ fn docker_orphan_of_a_failed_over_task_is_removed_when_the_worker_returns() {
     until(EVENTUALLY, "container running", || {
         (running(&w).len() == 1).then_some(())
     });
-    c.workers[idx].child.kill().expect("kill -9 the worker");
-    let _ = c.workers[idx].child.wait();
+    c.kill_worker(idx);
     until(EVENTUALLY, "task failed over", || {
         (c.status(&t) == "failed").then_some(())
     });

@@ -188,10 +188,9 @@ fn killed_worker_goes_inactive_then_lost_and_can_come_back() {
     let idx = c.spawn_worker(&w, 2.0);
     c.wait_active(&[&w]);
     let (id, pidfile) = c.submit_sleep(&w, "1");
-    c.wait_sleeping(&id, &pidfile);
+    let pid = c.wait_sleeping(&id, &pidfile);
 
-    c.workers[idx].child.kill().expect("kill -9 the worker");
-    let _ = c.workers[idx].child.wait();
+    c.kill_worker(idx);
 
     // Right after the kill: still active. The master's verdict is taken
     // during the call, so it is only conclusive if the call ended before
@@ -242,15 +241,69 @@ fn killed_worker_goes_inactive_then_lost_and_can_come_back() {
     assert_eq!(cpu_allocated(&wv), 0.0, "{wv}");
     assert_eq!(wv["tasks"], serde_json::json!([]), "{wv}");
 
-    // Restarted with the same id, it registers again.
+    // Restarted with the same id (and state directory), it registers
+    // again; it finds the old run through its supervisor, lists it, and is
+    // told to stop it: no process of the task is left.
     c.spawn_worker(&w, 2.0);
     c.wait_active(&[&w]);
     let wv = c.worker(&w);
     assert_eq!(cpu_allocated(&wv), 0.0, "{wv}");
     assert_eq!(c.status(&id), "failed");
-    // The old `sleep` survived the kill in its own process group; the
-    // process runtime has no way to find it again (a known limitation), so
-    // it is not asserted on here and the guard kills it.
+    until(EVENTUALLY, "the failed task's sleep is gone", || {
+        (!pid_alive(pid)).then_some(())
+    });
+}
+
+/// `kill -9` on a worker and a restart at once, on the same state
+/// directory: the new process re-attaches to the run's supervisor, the
+/// master keeps the task, and it completes with its own output.
+#[test]
+fn a_worker_restarted_after_kill_9_keeps_its_running_task() {
+    let mut c = Cluster::start("kill9-back", FAST);
+    let w = c.id("w");
+    let idx = c.spawn_worker(&w, 2.0);
+    c.wait_active(&[&w]);
+    let id = c.submit(&[
+        "--on",
+        &w,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; echo finished",
+    ]);
+    until(EVENTUALLY, "the task running", || {
+        (c.status(&id) == "running").then_some(())
+    });
+    c.kill_worker(idx);
+    c.spawn_worker(&w, 2.0);
+    let view = until(EVENTUALLY, "the task ends", || {
+        let v = c.show(&id);
+        (v["task"]["status"] != "running").then_some(v)
+    });
+    assert_eq!(view["task"]["status"], "completed", "{view}");
+    assert_eq!(view["task"]["attempt"], 1, "{view}");
+    assert_eq!(view["result"]["logs"], "finished\n", "{view}");
+}
+
+/// `kill -9` on a worker that never comes back: the run's supervisor kills
+/// the task's process group once no worker re-attached for the orphan
+/// timeout.
+#[test]
+fn a_task_whose_worker_never_returns_is_killed_by_its_supervisor() {
+    let mut c = Cluster::start("orphan", FAST);
+    c.worker_args = vec!["--orphan-timeout".into(), "1".into()];
+    let w = c.id("w");
+    let idx = c.spawn_worker(&w, 2.0);
+    c.wait_active(&[&w]);
+    let (id, pidfile) = c.submit_sleep(&w, "1");
+    let pid = c.wait_sleeping(&id, &pidfile);
+    c.kill_worker(idx);
+    until(
+        Duration::from_secs(10),
+        "the orphaned sleep is killed",
+        || (!pid_alive(pid)).then_some(()),
+    );
 }
 
 /// A second worker process under a live worker's id, with its own state

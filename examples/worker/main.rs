@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use cloudai_core::host;
 use cloudai_core::model::{Resources, WorkerId};
-use cloudai_core::process::ProcessRuntime;
+use cloudai_core::process::{supervisor, SupervisedProcessRuntime};
 use cloudai_core::runtime::ContainerRuntime;
 use cloudai_core::worker::WorkerConfig;
 use cloudai_docker::DockerRuntime;
@@ -62,6 +62,11 @@ struct Cli {
     /// Bound on reporting running tasks at shutdown, seconds.
     #[arg(long, default_value = "5", value_parser = common::seconds)]
     shutdown_timeout: Duration,
+    /// With `--runtime process`: how long a run's supervisor keeps the task
+    /// while no worker is attached (this worker died and did not come
+    /// back) before it kills it, seconds; match the master's --lost-after.
+    #[arg(long, default_value = "120", value_parser = common::seconds)]
+    orphan_timeout: Duration,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -98,8 +103,23 @@ fn host_name() -> String {
     host::name().unwrap_or_else(|| "worker".into())
 }
 
+/// The first argument that puts the binary in its supervisor mode (one run's
+/// supervisor; see `cloudai_core::process::supervisor`).
+const SUPERVISOR_MODE: &str = "__supervise";
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == SUPERVISOR_MODE) {
+        return match args.next() {
+            Some(dir) => supervisor::run(std::path::Path::new(&dir)),
+            None => std::process::ExitCode::from(2),
+        };
+    }
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn serve() -> std::process::ExitCode {
     let cli = Cli::parse();
     common::init_logging(cli.log_json, "info");
     match run(cli).await {
@@ -127,7 +147,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         cli.gpus.unwrap_or_else(detected_gpus),
     )
     .map_err(|e| format!("capacity: {e}"))?;
-    let runtime = choose_runtime(&cli.runtime, id.as_str()).await?;
+    let runtime = choose_runtime(&cli, id.as_str(), state.path()).await?;
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
@@ -168,10 +188,25 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// The runtime named by `--runtime`; `auto` takes Docker when a daemon
-/// answers and local processes otherwise.
-async fn choose_runtime(name: &str, worker: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
-    match name {
-        "process" => Ok(Arc::new(ProcessRuntime::new())),
+/// answers and local processes otherwise. Local processes run under
+/// supervisors, with their records in the state directory.
+async fn choose_runtime(
+    cli: &Cli,
+    worker: &str,
+    state: &std::path::Path,
+) -> Result<Arc<dyn ContainerRuntime>, String> {
+    let processes = || -> Result<Arc<dyn ContainerRuntime>, String> {
+        let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let runtime = SupervisedProcessRuntime::new(
+            state,
+            vec![me.into_os_string(), SUPERVISOR_MODE.into()],
+            cli.orphan_timeout,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Arc::new(runtime))
+    };
+    match cli.runtime.as_str() {
+        "process" => processes(),
         "docker" => Ok(Arc::new(
             DockerRuntime::connect(worker)
                 .await
@@ -184,7 +219,7 @@ async fn choose_runtime(name: &str, worker: &str) -> Result<Arc<dyn ContainerRun
             }
             Err(e) => {
                 info!(reason = %e, "runtime: process (no Docker daemon)");
-                Ok(Arc::new(ProcessRuntime::new()))
+                processes()
             }
         },
         other => Err(format!(

@@ -43,25 +43,29 @@ impl LogBuffer {
     }
 
     /// The last `max_bytes` bytes as text; `truncated` if anything before
-    /// them was ever dropped. A character cut in half at the start is
-    /// skipped rather than replaced.
+    /// them was ever dropped.
     pub(super) fn tail(&self, max_bytes: usize) -> Logs {
         let len = self.data.len();
         let n = len.min(max_bytes);
-        let truncated = self.truncated || n < len;
-        let mut bytes: Vec<u8> = self.data.range(len - n..).copied().collect();
-        if truncated {
-            let cut = bytes
-                .iter()
-                .take(3)
-                .take_while(|b| (**b & 0b1100_0000) == 0b1000_0000)
-                .count();
-            bytes.drain(..cut);
-        }
-        Logs {
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            truncated,
-        }
+        let bytes: Vec<u8> = self.data.range(len - n..).copied().collect();
+        as_text(bytes, self.truncated || n < len)
+    }
+}
+
+/// Output bytes as [`Logs`]. When `truncated`, a character cut in half at
+/// the start is skipped rather than replaced.
+pub(super) fn as_text(mut bytes: Vec<u8>, truncated: bool) -> Logs {
+    if truncated {
+        let cut = bytes
+            .iter()
+            .take(3)
+            .take_while(|b| (**b & 0b1100_0000) == 0b1000_0000)
+            .count();
+        bytes.drain(..cut);
+    }
+    Logs {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        truncated,
     }
 }
 

@@ -50,8 +50,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod log_buffer;
+mod record;
+mod supervised;
+pub mod supervisor;
 
 use log_buffer::LogBuffer;
+pub use supervised::SupervisedProcessRuntime;
 
 use crate::model::ValidationError;
 use crate::runtime::{
@@ -148,6 +152,22 @@ impl ProcessRuntime {
     }
 }
 
+/// Refuses a spec the process runtimes cannot run: no command (there is no
+/// image default to fall back to), or an empty program name.
+fn check_command(spec: &ContainerSpec) -> Result<()> {
+    match spec.command.first() {
+        None => Err(invalid_command(format!(
+            "the process runtime needs a command (the image {:?} is recorded, not run)",
+            spec.image
+        ))),
+        Some(program) if program.is_empty() => Err(ValidationError::Empty {
+            field: "command[0]",
+        }
+        .into()),
+        Some(_) => Ok(()),
+    }
+}
+
 fn invalid_command(reason: String) -> Error {
     Error::InvalidInput(ValidationError::Invalid {
         field: "command",
@@ -217,18 +237,10 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
+        check_command(spec)?;
         let Some((program, args)) = spec.command.split_first() else {
-            return Err(invalid_command(format!(
-                "the process runtime needs a command (the image {:?} is recorded, not run)",
-                spec.image
-            )));
+            return Err(invalid_command("empty command".into()));
         };
-        if program.is_empty() {
-            return Err(ValidationError::Empty {
-                field: "command[0]",
-            }
-            .into());
-        }
         let mut cmd = Command::new(program);
         cmd.args(args)
             .process_group(0)

@@ -104,6 +104,10 @@ struct Inner {
     /// Set once shutdown (or abort) began: no new assignments.
     closing: AtomicBool,
     register_now: Notify,
+    /// Held (write) while a registration is in flight and (read) while an
+    /// assignment is admitted: an order between the two, not a guard over
+    /// state, so it is taken before and apart from the locks above.
+    registering: tokio::sync::RwLock<()>,
     /// Woken whenever a run leaves the runs table.
     run_ended: Notify,
 }
@@ -145,6 +149,7 @@ impl Worker {
                 }),
                 closing: AtomicBool::new(false),
                 register_now: Notify::new(),
+                registering: tokio::sync::RwLock::new(()),
                 run_ended: Notify::new(),
             }),
         }

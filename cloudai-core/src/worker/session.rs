@@ -82,6 +82,9 @@ impl Worker {
             // whose result is still unacknowledged are listed with the
             // running ones, so the master does not fail them as vanished.
             self.flush_outbox().await;
+            // Assignments wait until the master has this registration, so
+            // every run it does not list started after the master saw it.
+            let registering = self.inner.registering.write().await;
             let mut running = self.running();
             running.extend(self.unacknowledged().into_iter().map(|(run, _)| run));
             running.sort();
@@ -118,6 +121,7 @@ impl Worker {
                 Ok(Err(e)) => warn!(error = %e, "registration failed"),
                 Err(_) => warn!("registration timed out"),
             }
+            drop(registering);
             failures += 1;
             let delay = cfg.backoff.delay(failures, self.jitter());
             tokio::select! {

@@ -30,6 +30,9 @@ impl Worker {
             )));
         }
         spec.validate()?;
+        // Not while a registration is on its way: it lists the runs as they
+        // were when it left, and the master would fail this one as vanished.
+        let _not_registering = self.inner.registering.read().await;
         let mut runs = lock(&self.inner.runs);
         match runs.admit(&run, self.inner.clock.now()) {
             Admit::Repeat => return Ok(()),

@@ -194,6 +194,8 @@ pub struct Cluster {
     pub pidfiles: Vec<PathBuf>,
     /// The worker runtime (`--runtime`): `process` unless a test says otherwise.
     pub runtime: &'static str,
+    /// Extra flags for every worker started from now on.
+    pub worker_args: Vec<String>,
     /// Holds each worker's `--state-dir` (`<root>/<worker id>` unless a
     /// test names another); removed with the cluster.
     pub state_root: PathBuf,
@@ -255,6 +257,7 @@ impl Cluster {
             workers: Vec::new(),
             pidfiles: Vec::new(),
             runtime: "process",
+            worker_args: Vec::new(),
             state_root: std::env::temp_dir().join(format!("cloudai-state-{tag}")),
             tag,
         }
@@ -285,6 +288,7 @@ impl Cluster {
             .args(["--id", id, "--token", token, "--runtime", self.runtime])
             .arg("--state-dir")
             .arg(state)
+            .args(&self.worker_args)
             .args(["--cpu", &cpu.to_string(), "--mem", "8"])
             .args(["--heartbeat-interval", "0.3", "--shutdown-timeout", "5"])
             .env("RUST_LOG", "info")
@@ -304,6 +308,13 @@ impl Cluster {
             log,
         });
         self.workers.len() - 1
+    }
+
+    /// `kill -9` on worker process `idx`, reaped.
+    pub fn kill_worker(&mut self, idx: usize) {
+        let child = &mut self.workers[idx].child;
+        child.kill().expect("kill -9 the worker");
+        let _ = child.wait();
     }
 
     /// Runs `cloudai-master --master ADDR --token T <args>`.

@@ -1,0 +1,415 @@
+//! [`SupervisedProcessRuntime`]: the process runtime for a worker that
+//! must not leave processes behind when it dies. Each run gets a directory
+//! under `<state dir>/runs/` (see `record`) and a supervisor process (see
+//! [`super::supervisor`]) that owns the task's process group.
+//!
+//! The rules are [`ProcessRuntime`](super::ProcessRuntime)'s (own process
+//! group; SIGTERM, grace, SIGKILL; clean environment; the image is
+//! ignored; limits are not enforced), plus:
+//!
+//! - **Runs outlive the worker, not its absence.** A runtime attaches to
+//!   every run it touches; [`list`](ContainerRuntime::list) finds the runs
+//!   an earlier worker started in the same state directory, so a restarted
+//!   worker adopts them. A run no worker attaches to for the orphan timeout
+//!   is killed by its supervisor.
+//! - **Output is kept whole on disk** (stdout and stderr interleaved in
+//!   write order) until the run is removed; `logs` returns its end.
+//! - **When the leader exits, its group goes with it**: processes it left
+//!   in the background are killed.
+//! - **Against pid reuse**, the runtime signals a group directly (when its
+//!   supervisor is gone) only while the recorded pid still has the recorded
+//!   start time.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use super::log_buffer::as_text;
+use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
+use super::{backend, check_command, invalid_command, signal_group, KILL_TIMEOUT};
+use crate::runtime::{
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
+};
+use crate::sync::lock;
+use crate::{Error, Result};
+
+/// How long `start` waits for the supervisor to start the task.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a run without a supervisor is looked at.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Makes ids unique within this process (the time makes them unique
+/// across restarts).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How a run ended, as its watcher publishes it.
+type Outcome = Option<std::result::Result<ExitStatus, String>>;
+
+/// A run this runtime is attached to.
+#[derive(Debug)]
+struct Attached {
+    started: Started,
+    ended: watch::Receiver<Outcome>,
+    /// Commands to the supervisor; `None` once it is gone.
+    commands: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+}
+
+/// Runs each task as a local process under a supervisor process that keeps
+/// it independent of the worker: runs survive the worker's death, a
+/// restarted worker finds them with `list`, and a run left with no worker
+/// attached for the orphan timeout is killed by its supervisor. Otherwise
+/// the rules of [`ProcessRuntime`](super::ProcessRuntime) apply.
+#[derive(Debug)]
+pub struct SupervisedProcessRuntime {
+    runs: PathBuf,
+    supervisor: Vec<OsString>,
+    orphan_timeout: Duration,
+    attached: Mutex<HashMap<ContainerId, Arc<Attached>>>,
+}
+
+impl SupervisedProcessRuntime {
+    /// A runtime keeping its runs under `<state_dir>/runs`, starting each
+    /// run's supervisor as `supervisor[0] supervisor[1..] <run dir>` (for
+    /// the worker binary: its own path and its supervisor-mode argument),
+    /// whose runs are killed after `orphan_timeout` with no worker
+    /// attached.
+    pub fn new(
+        state_dir: &Path,
+        supervisor: Vec<OsString>,
+        orphan_timeout: Duration,
+    ) -> Result<Self> {
+        if supervisor.is_empty() {
+            return Err(invalid_command("the supervisor command is empty".into()));
+        }
+        let runs = state_dir.join("runs");
+        std::fs::create_dir_all(&runs).map_err(backend)?;
+        Ok(SupervisedProcessRuntime {
+            runs,
+            supervisor,
+            orphan_timeout,
+            attached: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The directory of run `id`, if `id` can name one.
+    fn dir(&self, id: &ContainerId) -> Option<RunDir> {
+        let name = id.0.as_str();
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        plain.then(|| RunDir(self.runs.join(name)))
+    }
+
+    /// The attachment to run `id`, attaching now if this runtime has not
+    /// yet (a run an earlier worker started). `None` if there is no such
+    /// run.
+    async fn attach(&self, id: &ContainerId) -> Result<Option<Arc<Attached>>> {
+        if let Some(a) = lock(&self.attached).get(id) {
+            return Ok(Some(a.clone()));
+        }
+        let Some(dir) = self.dir(id).filter(|d| d.spec().exists()) else {
+            return Ok(None);
+        };
+        let Some(started) = read_json::<Started>(&dir.started()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let (tx, rx) = watch::channel(None);
+        let link = match dir.socket_via() {
+            Ok((_handle, socket)) => UnixStream::connect(socket).await.ok(),
+            Err(_) => None,
+        };
+        let (reader, writer) = match link {
+            Some(stream) => {
+                let (r, w) = stream.into_split();
+                (Some(r), Some(w))
+            }
+            None => (None, None),
+        };
+        let attached = Arc::new(Attached {
+            started,
+            ended: rx,
+            commands: tokio::sync::Mutex::new(writer),
+        });
+        tokio::spawn(async move {
+            if let Some(mut r) = reader {
+                // The supervisor sends nothing; EOF means it exited.
+                let mut sink = [0u8; 64];
+                while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+            tx.send_replace(Some(watch_end(&dir, started).await));
+        });
+        let mut map = lock(&self.attached);
+        Ok(Some(map.entry(id.clone()).or_insert(attached).clone()))
+    }
+
+    /// Sends a command line to the run's supervisor; false if it is gone.
+    async fn tell(&self, run: &Attached, command: &str) -> bool {
+        let mut commands = run.commands.lock().await;
+        let Some(w) = commands.as_mut() else {
+            return false;
+        };
+        if w.write_all(format!("{command}\n").as_bytes()).await.is_ok() {
+            return true;
+        }
+        *commands = None;
+        false
+    }
+
+    /// Signals the run's group directly, if its leader is still the
+    /// recorded process (the supervisor is gone).
+    fn signal_directly(run: &Attached, signal: Signal) -> Result<()> {
+        if run.started.alive() {
+            signal_group(run.started.pid, signal)?;
+        }
+        Ok(())
+    }
+
+    async fn start_run(&self, id: &ContainerId, dir: &RunDir, spec: &ContainerSpec) -> Result<()> {
+        std::fs::create_dir(&dir.0).map_err(backend)?;
+        let record = RunSpec {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            labels: spec.labels.clone(),
+            orphan_timeout: self.orphan_timeout,
+        };
+        write_json(&dir.spec(), &record).map_err(backend)?;
+        let log = std::fs::File::create(dir.log()).map_err(backend)?;
+        let mut supervisor = tokio::process::Command::new(&self.supervisor[0])
+            .args(&self.supervisor[1..])
+            .arg(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| {
+                backend(io::Error::new(
+                    e.kind(),
+                    format!("cannot start the supervisor {:?}: {e}", self.supervisor[0]),
+                ))
+            })?;
+        let waited = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                if let Some(e) = read_json::<StartError>(&dir.error()).map_err(backend)? {
+                    return Err(if e.invalid {
+                        invalid_command(e.message)
+                    } else {
+                        backend(io::Error::other(e.message))
+                    });
+                }
+                if dir.started().exists() {
+                    return Ok(());
+                }
+                if let Ok(Some(status)) = supervisor.try_wait() {
+                    let said = std::fs::read_to_string(dir.log()).unwrap_or_default();
+                    return Err(backend(io::Error::other(format!(
+                        "the supervisor of {id} exited ({status}) before starting the task: {}",
+                        said.trim()
+                    ))));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        // Tokio reaps the supervisor once it exits; it is not waited here.
+        drop(supervisor);
+        waited.unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "the supervisor of {id} did not start the task within {START_TIMEOUT:?}"
+            )))
+        })
+    }
+}
+
+/// Waits for the end of a run whose supervisor is gone (or about to be):
+/// its recorded exit, or, if the supervisor died without one, the end of
+/// the process itself.
+async fn watch_end(dir: &RunDir, started: Started) -> std::result::Result<ExitStatus, String> {
+    loop {
+        match read_json::<Ended>(&dir.ended()) {
+            Ok(Some(ended)) => return Ok(ended.status),
+            Ok(None) if !started.alive() => {
+                // The supervisor may be writing the record right now.
+                tokio::time::sleep(POLL).await;
+                return match read_json::<Ended>(&dir.ended()) {
+                    Ok(Some(ended)) => Ok(ended.status),
+                    _ => Err(format!(
+                        "the supervisor of {} ended without recording the task's exit",
+                        dir.0.display()
+                    )),
+                };
+            }
+            Ok(None) => tokio::time::sleep(POLL).await,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn fresh_id() -> ContainerId {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    ContainerId(format!("run-{nanos:x}-{:x}-{n}", std::process::id()))
+}
+
+/// The last `max_bytes` of a run's output file.
+fn tail(path: &Path, max_bytes: usize) -> io::Result<Logs> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Logs::default()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let n = len.min(u64::try_from(max_bytes).unwrap_or(u64::MAX));
+    file.seek(SeekFrom::Start(len - n))?;
+    let mut bytes = Vec::new();
+    file.take(n).read_to_end(&mut bytes)?;
+    Ok(as_text(bytes, n < len))
+}
+
+#[async_trait]
+impl ContainerRuntime for SupervisedProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
+        check_command(spec)?;
+        let id = fresh_id();
+        let dir = self
+            .dir(&id)
+            .ok_or_else(|| backend(io::Error::other(format!("bad run id {id}"))))?;
+        if let Err(e) = self.start_run(&id, &dir, spec).await {
+            let _ = std::fs::remove_dir_all(&dir.0);
+            return Err(e);
+        }
+        self.attach(&id)
+            .await?
+            .ok_or_else(|| backend(io::Error::other(format!("run {id} vanished as it started"))))?;
+        tracing::debug!(%id, name = %spec.name, image = %spec.image, "started supervised process");
+        Ok(id)
+    }
+
+    async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
+        let run = self
+            .attach(id)
+            .await?
+            .ok_or_else(|| Error::not_found("container", id))?;
+        let mut ended = run.ended.clone();
+        let outcome = ended.wait_for(Option::is_some).await;
+        match outcome.as_deref() {
+            Ok(Some(Ok(status))) => Ok(*status),
+            Ok(Some(Err(message))) => Err(backend(io::Error::other(message.clone()))),
+            Ok(None) | Err(_) => Err(Error::Unavailable(format!(
+                "container {id}: the task watching its supervisor is gone (runtime shut down?)"
+            ))),
+        }
+    }
+
+    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
+        let dir = self
+            .dir(id)
+            .filter(|d| d.spec().exists())
+            .ok_or_else(|| Error::not_found("container", id))?;
+        tail(&dir.output(), max_bytes).map_err(backend)
+    }
+
+    /// Unknown ids (never started, or already removed) succeed.
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        let Some(run) = self.attach(id).await? else {
+            return Ok(());
+        };
+        let mut ended = run.ended.clone();
+        if ended.borrow().is_some() {
+            return Ok(());
+        }
+        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        if !self.tell(&run, &format!("stop {ms}")).await {
+            Self::signal_directly(&run, Signal::SIGTERM)?;
+        }
+        let exited = |ended: &mut watch::Receiver<Outcome>, within| {
+            let mut ended = ended.clone();
+            async move {
+                tokio::time::timeout(within, ended.wait_for(Option::is_some))
+                    .await
+                    .is_ok()
+            }
+        };
+        if exited(&mut ended, grace + POLL).await {
+            return Ok(());
+        }
+        if !self.tell(&run, "kill").await {
+            Self::signal_directly(&run, Signal::SIGKILL)?;
+        }
+        if exited(&mut ended, KILL_TIMEOUT).await {
+            return Ok(());
+        }
+        Err(Error::Timeout(format!(
+            "container {id} (pid {}) still running {KILL_TIMEOUT:?} after SIGKILL",
+            run.started.pid
+        )))
+    }
+
+    /// Unknown ids (never started, or already removed) succeed.
+    async fn remove(&self, id: &ContainerId) -> Result<()> {
+        let Some(dir) = self.dir(id).filter(|d| d.0.exists()) else {
+            return Ok(());
+        };
+        if let Some(run) = self.attach(id).await? {
+            if !self.tell(&run, "kill").await {
+                Self::signal_directly(&run, Signal::SIGKILL)?;
+            }
+        }
+        lock(&self.attached).remove(id);
+        std::fs::remove_dir_all(&dir.0).map_err(backend)
+    }
+
+    async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
+        let entries = match std::fs::read_dir(&self.runs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(backend(e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let dir = RunDir(entry.path());
+            let spec = match read_json::<RunSpec>(&dir.spec()) {
+                Ok(Some(spec)) => spec,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(run = %dir.0.display(), error = %e, "skipping an unreadable run record");
+                    continue;
+                }
+            };
+            if spec.labels.get(key).is_none_or(|v| v != value) {
+                continue;
+            }
+            let started = read_json::<Started>(&dir.started()).ok().flatten();
+            let running = !dir.ended().exists() && started.is_some_and(|s| s.alive());
+            found.push(ContainerInfo {
+                id: ContainerId(entry.file_name().to_string_lossy().into_owned()),
+                labels: spec.labels,
+                running,
+            });
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+}

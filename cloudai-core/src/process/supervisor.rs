@@ -1,0 +1,208 @@
+//! The supervisor of one supervised run: a small process (the worker binary
+//! in its supervisor mode, in the manner of containerd-shim or Nomad's
+//! executor) that owns the task's process group, so the task's life does
+//! not hang on the worker's.
+//!
+//! - It leaves the worker's session (`setsid`), so neither a terminal's
+//!   Ctrl-C nor the worker's death reaches it, and starts the task as the
+//!   leader of a new process group, writing its output to the run's
+//!   `output` file and its pid and start time to `pid.json`.
+//! - Workers attach by connecting to `supervisor.sock` and send one
+//!   command per line: `stop <grace ms>` (SIGTERM to the group, SIGKILL
+//!   after the grace) or `kill`.
+//! - While no worker is attached (from the start, or since the last one
+//!   went away) an orphan timer runs: at the run's orphan timeout the
+//!   supervisor kills the group. So no task outlives the worker that
+//!   should watch it by more than that.
+//! - When the leader exits, the rest of its group is killed, the exit is
+//!   recorded in `exit.json`, and the supervisor exits; attached workers
+//!   see their connection close and read the record.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
+use super::{signal_group, to_exit_status};
+use crate::host::process_start_ticks;
+use crate::sync::lock;
+
+/// How often the supervisor looks at its task and its orphan timer.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Runs the supervisor for the run directory `dir` until its task ended.
+/// Failures go to the run's `supervisor.log`.
+pub fn run(dir: &Path) -> ExitCode {
+    // Its own session: terminal signals and the worker's end pass it by.
+    let _ = nix::unistd::setsid();
+    let dir = RunDir(dir.to_path_buf());
+    match supervise(&dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.log())
+                .and_then(|mut f| writeln!(f, "supervisor failed: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Who is attached, and since when nobody is.
+#[derive(Debug)]
+struct Attachments {
+    count: usize,
+    alone_since: Instant,
+}
+
+fn supervise(dir: &RunDir) -> io::Result<()> {
+    let spec: RunSpec = read_json(&dir.spec())?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "run.json is missing"))?;
+    // Bound before the task starts, so a worker can attach as soon as it
+    // sees `pid.json`.
+    let (_handle, socket) = dir.socket_via()?;
+    let listener = UnixListener::bind(socket)?;
+    let mut child = match spawn(&spec, dir) {
+        Ok(child) => child,
+        Err(e) => return write_json(&dir.error(), &e),
+    };
+    let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+    // Read before the child is reaped, so it is there even if it ended.
+    let start_ticks = process_start_ticks(pid).unwrap_or_default();
+    write_json(&dir.started(), &Started { pid, start_ticks })?;
+
+    let ended = Arc::new(AtomicBool::new(false));
+    let attachments = Arc::new(Mutex::new(Attachments {
+        count: 0,
+        alone_since: Instant::now(),
+    }));
+    {
+        let (ended, attachments) = (ended.clone(), attachments.clone());
+        std::thread::spawn(move || accept(listener, pid, ended, attachments));
+    }
+    let mut note = None;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let orphaned = {
+            let a = lock(&attachments);
+            a.count == 0 && a.alone_since.elapsed() >= spec.orphan_timeout
+        };
+        if orphaned && note.is_none() {
+            note = Some(format!(
+                "no worker attached for {:?}; the supervisor killed the task",
+                spec.orphan_timeout
+            ));
+            let _ = signal_group(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(TICK);
+    };
+    ended.store(true, Ordering::SeqCst);
+    // What the leader left behind in its group goes with it.
+    let _ = signal_group(pid, Signal::SIGKILL);
+    let _ = std::fs::remove_file(dir.socket());
+    write_json(
+        &dir.ended(),
+        &Ended {
+            status: to_exit_status(status),
+            note,
+        },
+    )
+}
+
+/// Starts the task as the leader of a new process group, its output
+/// appended to the run's `output` file.
+fn spawn(spec: &RunSpec, dir: &RunDir) -> Result<Child, StartError> {
+    let backend = |e: io::Error| StartError {
+        invalid: false,
+        message: format!("cannot open the output file: {e}"),
+    };
+    let output = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.output())
+        .map_err(backend)?;
+    let errors = output.try_clone().map_err(backend)?;
+    let Some((program, args)) = spec.command.split_first() else {
+        return Err(StartError {
+            invalid: true,
+            message: "empty command".into(),
+        });
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(output))
+        .stderr(Stdio::from(errors))
+        .env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.envs(&spec.env);
+    cmd.spawn().map_err(|e| StartError {
+        invalid: matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+        ),
+        message: format!("cannot run {program:?}: {e}"),
+    })
+}
+
+/// Takes attachments until the process exits.
+fn accept(
+    listener: UnixListener,
+    pid: i32,
+    ended: Arc<AtomicBool>,
+    attachments: Arc<Mutex<Attachments>>,
+) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        lock(&attachments).count += 1;
+        let (ended, attachments) = (ended.clone(), attachments.clone());
+        std::thread::spawn(move || {
+            serve(stream, pid, &ended);
+            let mut a = lock(&attachments);
+            a.count -= 1;
+            if a.count == 0 {
+                a.alone_since = Instant::now();
+            }
+        });
+    }
+}
+
+/// Obeys one attached worker's commands until it goes away.
+fn serve(stream: UnixStream, pid: i32, ended: &Arc<AtomicBool>) {
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { return };
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next().map(str::parse::<u64>)) {
+            (Some("stop"), Some(Ok(grace_ms))) => {
+                let _ = signal_group(pid, Signal::SIGTERM);
+                let ended = ended.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(grace_ms));
+                    if !ended.load(Ordering::SeqCst) {
+                        let _ = signal_group(pid, Signal::SIGKILL);
+                    }
+                });
+            }
+            (Some("kill"), None) => {
+                let _ = signal_group(pid, Signal::SIGKILL);
+            }
+            _ => {}
+        }
+    }
+}

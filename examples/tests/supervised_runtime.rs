@@ -1,0 +1,173 @@
+//! `SupervisedProcessRuntime` with the worker binary as each run's
+//! supervisor: the `ContainerRuntime` conformance suite, plus what only
+//! supervised runs do (outlive the runtime, be found again, die when
+//! orphaned).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudai_core::model::Resources;
+use cloudai_core::process::SupervisedProcessRuntime;
+use cloudai_core::runtime::{ContainerRuntime, ContainerSpec, LABEL_TASK};
+
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_cloudai-worker");
+const BOUND: Duration = Duration::from_secs(15);
+
+/// A fresh state directory for one runtime (or two sharing it).
+fn state_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "cloudai-supervised-{name}-{}-{n}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn runtime(dir: &Path, orphan_timeout: Duration) -> Arc<SupervisedProcessRuntime> {
+    let supervisor: Vec<OsString> = vec![WORKER_BIN.into(), "__supervise".into()];
+    Arc::new(SupervisedProcessRuntime::new(dir, supervisor, orphan_timeout).expect("runtime"))
+}
+
+fn spec(task: &str, script: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: task.into(),
+        image: "busybox".into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::new(),
+        limits: Resources::ZERO,
+        labels: BTreeMap::from([(LABEL_TASK.to_string(), task.to_string())]),
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Waits until the file holds a pid (written by the task's script).
+async fn pid_in(path: &Path) -> i32 {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until_dead(pid: i32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still alive after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    cloudai_core::testing::runtime::run_all(
+        || {
+            let dir = state_dir("conformance");
+            dirs.lock().unwrap().push(dir.clone());
+            async move { runtime(&dir, Duration::from_secs(60)) as Arc<dyn ContainerRuntime> }
+        },
+        "busybox",
+    )
+    .await;
+    for d in dirs.into_inner().unwrap() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A run outlives the runtime that started it (a killed worker); a new
+/// runtime on the same state directory finds it by label and gets its exit
+/// code and its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_finds_a_run_and_its_exit() {
+    let dir = state_dir("reattach");
+    let first = runtime(&dir, Duration::from_secs(60));
+    let id = first
+        .start(&spec("t-reattach", "sleep 1; echo done; exit 7"))
+        .await
+        .expect("start");
+    drop(first);
+
+    let second = runtime(&dir, Duration::from_secs(60));
+    let found = second.list(LABEL_TASK, "t-reattach").await.expect("list");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].id, id);
+    assert!(found[0].running, "{found:?}");
+    let status = tokio::time::timeout(BOUND, second.wait(&id))
+        .await
+        .expect("bounded")
+        .expect("wait");
+    assert_eq!(status.code, Some(7));
+    let logs = second.logs(&id, 1 << 20).await.expect("logs");
+    assert_eq!(logs.text, "done\n");
+    assert!(!second.list(LABEL_TASK, "t-reattach").await.unwrap()[0].running);
+    second.remove(&id).await.expect("remove");
+    assert!(second
+        .list(LABEL_TASK, "t-reattach")
+        .await
+        .unwrap()
+        .is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With no runtime attached for the orphan timeout, the supervisor kills
+/// the run's whole group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_run_is_killed_by_its_supervisor() {
+    let dir = state_dir("orphan");
+    let pidfile = dir.join("task.pid");
+    let rt = runtime(&dir, Duration::from_secs(1));
+    let script = format!("sleep 300 & echo $! > '{}'; wait", pidfile.display());
+    let id = rt.start(&spec("t-orphan", &script)).await.expect("start");
+    let background = pid_in(&pidfile).await;
+    drop(rt);
+    until_dead(background, BOUND).await;
+    let again = runtime(&dir, Duration::from_secs(60));
+    let status = tokio::time::timeout(BOUND, again.wait(&id))
+        .await
+        .expect("bounded")
+        .expect("wait");
+    assert_eq!(status.signal, Some(9), "{status:?}");
+    again.remove(&id).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A new runtime stops a run an earlier one started: the whole group goes,
+/// a background grandchild included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_stops_a_run_it_did_not_start() {
+    let dir = state_dir("stop");
+    let pidfile = dir.join("task.pid");
+    let first = runtime(&dir, Duration::from_secs(60));
+    let script = format!("sleep 300 & echo $! > '{}'; sleep 300", pidfile.display());
+    let id = first.start(&spec("t-stop", &script)).await.expect("start");
+    let background = pid_in(&pidfile).await;
+    drop(first);
+    let second = runtime(&dir, Duration::from_secs(60));
+    tokio::time::timeout(BOUND, second.stop(&id, Duration::from_millis(200)))
+        .await
+        .expect("bounded")
+        .expect("stop");
+    until_dead(background, BOUND).await;
+    second.remove(&id).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&dir);
+}
