@@ -93,7 +93,7 @@ mutate cloudai-core/src/master/membership.rs "a registration from another instan
 mutate cloudai-core/src/worker/mod.rs "a worker obeys calls meant for another" \
   'if *worker == cfg.id && instance.is_none_or(|i| *i == cfg.instance) {' 'if true {'
 mutate cloudai-core/src/master/state/mod.rs "tasks are placed on a drained worker" \
-  '.is_some_and(|w| w.session && !w.unreachable && w.drain.is_none())' '.is_some_and(|w| w.session && !w.unreachable)'
+  '.is_some_and(|w| !w.unreachable && w.drain.is_none())' '.is_some_and(|w| !w.unreachable)'
 mutate cloudai-core/src/master/driver.rs "a drain deadline stops nothing" \
   'master.drain_deadline_passed(&worker).await;' 'let _ = &worker;'
 mutate cloudai-core/src/worker/shutdown.rs "a shutting-down worker does not say it is leaving" \

@@ -271,10 +271,11 @@ impl State {
 
     /// Whether a worker may receive new tasks now.
     fn placeable(&self, worker: &WorkerId, now: Timestamp) -> bool {
-        self.workers
-            .get(worker)
-            .is_some_and(|w| w.session && !w.unreachable && w.drain.is_none())
-            && self.liveness.health(worker, now) == Some(Health::Active)
+        self.in_session(worker, now)
+            && self
+                .workers
+                .get(worker)
+                .is_some_and(|w| !w.unreachable && w.drain.is_none())
     }
 
     pub(in crate::master) fn worker_views(&self, now: Timestamp) -> Vec<WorkerView> {
