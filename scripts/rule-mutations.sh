@@ -92,6 +92,10 @@ mutate cloudai-core/src/master/membership.rs "a registration from another instan
   'Ok(Ok(answer)) if answer.id == reg.worker && answer.instance == held => {' 'Ok(Ok(answer)) if false => {'
 mutate cloudai-core/src/worker/mod.rs "a worker obeys calls meant for another" \
   'if *worker == cfg.id && instance.is_none_or(|i| *i == cfg.instance) {' 'if true {'
+mutate cloudai-core/src/master/state/placement.rs "a freed slot does not wake the tasks waiting for it" \
+  $'            self.epoch += 1;\n            self.queue.wake(worker);' '            self.epoch += 1;'
+mutate cloudai-core/src/master/state/queue.rs "a blocked class is tried before it is woken" \
+  '.filter(|(_, w)| w.blocked.is_none())' '.filter(|_| true)'
 mutate cloudai-core/src/master/state/mod.rs "tasks are placed on a drained worker" \
   '.is_some_and(|w| !w.unreachable && w.drain.is_none())' '.is_some_and(|w| !w.unreachable)'
 mutate cloudai-core/src/master/driver.rs "a drain deadline stops nothing" \

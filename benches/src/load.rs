@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cloudai_core::model::{Resources, TaskSpec, TaskStatus};
+use cloudai_core::model::{Resources, TaskSpec, TaskStatus, WorkerId};
 use cloudai_core::store::TaskFilter;
 use cloudai_grpc::{MasterClient, Security, Token};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -47,6 +47,10 @@ struct Args {
     /// Token for `--master`.
     #[arg(long, env = "CLOUDAI_TOKEN")]
     token: Option<String>,
+    /// Tasks parked first, pinned to a worker that never answers (they
+    /// wait throughout the measured run, which should not slow it).
+    #[arg(long, default_value_t = 0)]
+    parked: usize,
     /// The master binary for dev mode.
     #[arg(long, default_value = "target/release/cloudai-master")]
     master_bin: String,
@@ -72,6 +76,7 @@ async fn main() -> Result<(), String> {
     };
     let client = MasterClient::new(&address, security).map_err(|e| e.to_string())?;
     wait_for_worker(&client).await?;
+    park(&client, &args).await?;
     let outcome = drive(&client, &args).await;
     if let Some(c) = child.as_mut() {
         let _ = c.start_kill();
@@ -80,10 +85,11 @@ async fn main() -> Result<(), String> {
     let (elapsed, completed, failed) = outcome?;
     let rate = completed as f64 / elapsed.as_secs_f64();
     println!(
-        "{} tasks (`{}`), concurrency {}: {completed} completed, {failed} failed in {:.2} s = {rate:.1} tasks/s",
+        "{} tasks (`{}`), concurrency {}, {} parked: {completed} completed, {failed} failed in {:.2} s = {rate:.1} tasks/s",
         args.tasks,
         args.command,
         args.concurrency,
+        args.parked,
         elapsed.as_secs_f64()
     );
     Ok(())
@@ -135,17 +141,43 @@ async fn wait_for_worker(client: &MasterClient) -> Result<(), String> {
     Err("no worker registered".into())
 }
 
-async fn drive(client: &MasterClient, args: &Args) -> Result<(Duration, usize, usize), String> {
+/// Submits `--parked` tasks pinned to a registered worker that never
+/// answers (nothing listens at its address), before the measured run.
+async fn park(client: &MasterClient, args: &Args) -> Result<(), String> {
+    if args.parked == 0 {
+        return Ok(());
+    }
+    let nowhere = WorkerId::new("parked-nowhere").map_err(|e| e.to_string())?;
+    client
+        .pre_register(&nowhere, "127.0.0.1:9")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut spec = task_spec(args)?;
+    spec.pin = Some(nowhere);
+    submit_all(client, &spec, args.parked, args.concurrency).await?;
+    eprintln!("{} tasks parked", args.parked);
+    Ok(())
+}
+
+fn task_spec(args: &Args) -> Result<TaskSpec, String> {
     let resources = Resources::new(args.cpu, args.mem, 0.0, 0).map_err(|e| e.to_string())?;
-    let spec = TaskSpec::new(
+    Ok(TaskSpec::new(
         args.image.clone(),
         vec!["sh".into(), "-c".into(), args.command.clone()],
         resources,
-    );
-    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let start = Instant::now();
+    ))
+}
+
+/// Submits `n` copies of `spec`, `concurrency` at a time.
+async fn submit_all(
+    client: &MasterClient,
+    spec: &TaskSpec,
+    n: usize,
+    concurrency: usize,
+) -> Result<(), String> {
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut submits = tokio::task::JoinSet::new();
-    for _ in 0..args.tasks {
+    for _ in 0..n {
         let permit = gate
             .clone()
             .acquire_owned()
@@ -161,6 +193,13 @@ async fn drive(client: &MasterClient, args: &Args) -> Result<(Duration, usize, u
     while let Some(r) = submits.join_next().await {
         r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     }
+    Ok(())
+}
+
+async fn drive(client: &MasterClient, args: &Args) -> Result<(Duration, usize, usize), String> {
+    let spec = task_spec(args)?;
+    let start = Instant::now();
+    submit_all(client, &spec, args.tasks, args.concurrency).await?;
     let ended = TaskFilter::status([TaskStatus::Completed, TaskStatus::Failed]);
     loop {
         let done = client.tasks(&ended).await.map_err(|e| e.to_string())?;

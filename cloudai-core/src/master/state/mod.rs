@@ -9,6 +9,9 @@
 //! its placement holds an unconfirmed reservation).
 
 mod placement;
+mod queue;
+
+use queue::Queue;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -43,14 +46,6 @@ struct WorkerInfo {
     telemetry: Option<Telemetry>,
 }
 
-/// A pending task waiting for room.
-#[derive(Debug, Clone)]
-struct Queued {
-    resources: Resources,
-    pin: Option<WorkerId>,
-    reason: Option<String>,
-}
-
 /// Work that state changes made owed; the driver performs it.
 #[derive(Debug, Default)]
 pub(in crate::master) struct Owed {
@@ -68,8 +63,8 @@ pub(in crate::master) struct State {
     liveness: Liveness,
     reconnect: ReconnectSchedule,
     workers: BTreeMap<WorkerId, WorkerInfo>,
-    /// Pending tasks, oldest first.
-    queue: BTreeMap<(Timestamp, TaskId), Queued>,
+    /// Pending tasks, by class.
+    queue: Queue,
     /// Reserved in the ledger, `Assign` not yet stored.
     placing: BTreeSet<TaskId>,
     /// Assignments stored and not yet acknowledged (the worker may not list
@@ -98,7 +93,7 @@ impl State {
             liveness: Liveness::new(config.liveness),
             reconnect: ReconnectSchedule::new(config.backoff),
             workers: BTreeMap::new(),
-            queue: BTreeMap::new(),
+            queue: Queue::default(),
             placing: BTreeSet::new(),
             sending: BTreeSet::new(),
             sends: Vec::new(),
@@ -158,6 +153,7 @@ impl State {
         info.instance = Some(who.instance.clone());
         info.session = true;
         info.unreachable = false;
+        self.queue.wake(id);
         self.queue_pass = true;
         (revived, self.stops.take_for_registration(id))
     }
@@ -190,12 +186,15 @@ impl State {
             .workers
             .get_mut(worker)
             .filter(|i| i.session && i.instance.as_ref() == Some(&who.instance))?;
-        info.unreachable = false;
+        let was_unreachable = std::mem::replace(&mut info.unreachable, false);
         info.telemetry = Some(telemetry.clone());
         let revived = self.liveness.heartbeat(worker, now);
+        if revived || was_unreachable {
+            self.queue.wake(worker);
+            self.queue_pass = true;
+        }
         if revived {
             self.reconnect.remove(worker);
-            self.queue_pass = true;
         }
         self.beats.insert(
             worker.clone(),
@@ -264,6 +263,7 @@ impl State {
         }
         info.drain = drain;
         if drain.is_none() {
+            self.queue.wake(worker);
             self.queue_pass = true;
         }
         true

@@ -4,7 +4,8 @@
 
 use tracing::warn;
 
-use super::{Queued, State};
+use super::queue::Class;
+use super::State;
 use crate::ledger::{LedgerError, Reconciliation};
 use crate::model::{Resources, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId};
 use crate::placement::{place, Candidate, Placement};
@@ -14,7 +15,7 @@ impl State {
     /// change from `from` to `task.status`.
     pub(in crate::master) fn track_queue(&mut self, task: &TaskRecord, from: TaskStatus) {
         if from == TaskStatus::Pending {
-            self.queue.remove(&(task.created_at, task.id.clone()));
+            self.queue.remove(&task.id);
         }
         if task.status == TaskStatus::Pending {
             self.enqueue(task, None);
@@ -22,23 +23,19 @@ impl State {
         }
     }
 
-    pub(in crate::master) fn enqueue(&mut self, task: &TaskRecord, reason: Option<String>) {
-        self.queue.insert(
-            (task.created_at, task.id.clone()),
-            Queued {
-                resources: task.spec.resources,
-                pin: task.spec.pin.clone(),
-                reason,
-            },
-        );
+    /// Queues a pending task, with a note on why it (re)joined the queue.
+    pub(in crate::master) fn enqueue(&mut self, task: &TaskRecord, note: Option<String>) {
+        let class = Class {
+            resources: task.spec.resources,
+            pin: task.spec.pin.clone(),
+        };
+        self.queue
+            .insert(task.id.clone(), task.created_at, class, note);
     }
 
-    /// Why a pending task still waits, if a placement pass said.
+    /// Why a pending task still waits, if known.
     pub(in crate::master) fn waiting_reason(&self, task: &TaskRecord) -> Option<String> {
-        self.queue
-            .get(&(task.created_at, task.id.clone()))?
-            .reason
-            .clone()
+        self.queue.reason(&task.id)
     }
 
     /// Whether the task's assignment is being placed or sent, so the worker
@@ -53,43 +50,38 @@ impl State {
         self.passes + 1
     }
 
-    /// A placement pass: picks a worker for every queued task that fits now,
-    /// oldest first, and reserves its resources at once so concurrent passes
-    /// cannot double-book. Tasks that do not fit keep their place with the
-    /// reason. Returns the picks and the pass's number.
+    /// A placement pass: picks a worker for the oldest task of every class
+    /// of queued tasks that may fit, oldest first, and reserves its
+    /// resources at once so concurrent passes cannot double-book. A class
+    /// whose oldest task does not fit waits, with the reason, until room
+    /// appears where it could run (see `queue`). Returns the picks and the
+    /// pass's number.
     pub(in crate::master) fn pick_placements(
         &mut self,
         now: Timestamp,
     ) -> (Vec<(TaskId, WorkerId)>, u64) {
         self.passes += 1;
+        let mut queue = std::mem::take(&mut self.queue);
         let mut picks = Vec::new();
-        let keys: Vec<(Timestamp, TaskId)> = self.queue.keys().cloned().collect();
-        for key in keys {
-            let (resources, pin) = {
-                let q = &self.queue[&key];
-                (q.resources, q.pin.clone())
-            };
-            let candidates = self.candidates(now, pin.as_ref());
-            match place(self.scheduler.as_mut(), &resources, &candidates) {
+        queue.pass(|task, class| {
+            let candidates = self.candidates(now, class.pin.as_ref());
+            match place(self.scheduler.as_mut(), &class.resources, &candidates) {
                 Placement::On(worker) => {
-                    if self.ledger.reserve(&worker, &key.1, resources).is_ok() {
-                        self.epoch += 1;
-                        self.queue.remove(&key);
-                        self.placing.insert(key.1.clone());
-                        picks.push((key.1, worker));
-                    }
+                    self.ledger
+                        .reserve(&worker, task, class.resources)
+                        .map_err(|e| e.to_string())?;
+                    self.epoch += 1;
+                    self.placing.insert(task.clone());
+                    picks.push((task.clone(), worker));
+                    Ok(())
                 }
-                Placement::Wait(reason) => {
-                    let reason = match &pin {
-                        Some(p) => format!("waiting for worker {p}: {reason}"),
-                        None => reason.to_string(),
-                    };
-                    if let Some(q) = self.queue.get_mut(&key) {
-                        q.reason = Some(reason);
-                    }
-                }
+                Placement::Wait(reason) => Err(match &class.pin {
+                    Some(p) => format!("waiting for worker {p}: {reason}"),
+                    None => reason.to_string(),
+                }),
             }
-        }
+        });
+        self.queue = queue;
         (picks, self.passes)
     }
 
@@ -138,8 +130,9 @@ impl State {
     /// Frees the task's resources; `Some` if it held any.
     pub(in crate::master) fn release(&mut self, task: &TaskId) -> Option<(WorkerId, Resources)> {
         let released = self.ledger.release(task);
-        if released.is_some() {
+        if let Some((worker, _)) = &released {
             self.epoch += 1;
+            self.queue.wake(worker);
             self.queue_pass = true;
         }
         released
@@ -172,6 +165,7 @@ impl State {
         let report = self.ledger.reconcile(truth);
         self.epoch += 1;
         if !report.corrections.is_empty() {
+            self.queue.wake_all();
             self.queue_pass = true;
         }
         for c in &report.corrections {
