@@ -80,6 +80,9 @@ pub(in crate::master) struct State {
     beats: BTreeMap<WorkerId, Heartbeat>,
     /// Drain deadlines not yet acted on.
     drain_deadlines: BTreeSet<(Timestamp, WorkerId)>,
+    /// The worker placed on last: the next unpinned placement looks from
+    /// there on.
+    cursor: Option<WorkerId>,
     /// Bumped on every ledger change; reconcile retries if it moves.
     epoch: u64,
     scheduler: Box<dyn Scheduler>,
@@ -102,6 +105,7 @@ impl State {
             passes: 0,
             beats: BTreeMap::new(),
             drain_deadlines: BTreeSet::new(),
+            cursor: None,
             epoch: 0,
             scheduler: config.policy.build(),
             rng: SplitMix64::new(config.seed),

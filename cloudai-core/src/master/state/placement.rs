@@ -4,7 +4,12 @@
 
 use tracing::warn;
 
+use std::ops::Bound::{Excluded, Included, Unbounded};
+
 use super::queue::Class;
+
+/// How many workers with room an unpinned placement ranks at most.
+const SAMPLE: usize = 16;
 use super::State;
 use crate::ledger::{LedgerError, Reconciliation};
 use crate::model::{Resources, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId};
@@ -64,13 +69,14 @@ impl State {
         let mut queue = std::mem::take(&mut self.queue);
         let mut picks = Vec::new();
         queue.pass(|task, class| {
-            let candidates = self.candidates(now, class.pin.as_ref());
+            let candidates = self.candidates(now, class);
             match place(self.scheduler.as_mut(), &class.resources, &candidates) {
                 Placement::On(worker) => {
                     self.ledger
                         .reserve(&worker, task, class.resources)
                         .map_err(|e| e.to_string())?;
                     self.epoch += 1;
+                    self.cursor = Some(worker.clone());
                     self.placing.insert(task.clone());
                     picks.push((task.clone(), worker));
                     Ok(())
@@ -85,19 +91,45 @@ impl State {
         (picks, self.passes)
     }
 
-    fn candidates(&self, now: Timestamp, pin: Option<&WorkerId>) -> Vec<Candidate> {
-        self.workers
-            .keys()
-            .filter(|id| pin.is_none_or(|p| p == *id))
-            .filter_map(|id| {
-                Some(Candidate {
-                    id: id.clone(),
-                    active: self.placeable(id, now),
-                    capacity: self.ledger.capacity(id)?,
-                    available: self.ledger.available(id)?,
-                })
+    /// The workers a placement of `class` chooses among. A pinned task
+    /// sees its worker. Otherwise the walk starts after the worker placed
+    /// on last and stops at [`SAMPLE`] workers with room, as Nomad limits
+    /// its candidate nodes: a decision among 10,000 workers visits a few
+    /// dozen, and the policy ranks that sample. Only when no worker has
+    /// room are all of them returned, so the reason can say why (a class
+    /// then waits until woken, so that walk is not repeated per task).
+    fn candidates(&self, now: Timestamp, class: &Class) -> Vec<Candidate> {
+        let candidate = |id: &WorkerId| {
+            Some(Candidate {
+                id: id.clone(),
+                active: self.placeable(id, now),
+                capacity: self.ledger.capacity(id)?,
+                available: self.ledger.available(id)?,
             })
-            .collect()
+        };
+        if let Some(pin) = &class.pin {
+            return candidate(pin).into_iter().collect();
+        }
+        // From just after the cursor to the end, then from the start up to
+        // the cursor.
+        let after = match &self.cursor {
+            Some(c) => self.workers.range::<WorkerId, _>((Excluded(c), Unbounded)),
+            None => self.workers.range::<WorkerId, _>(..),
+        };
+        let upto = self
+            .cursor
+            .iter()
+            .flat_map(|c| self.workers.range::<WorkerId, _>((Unbounded, Included(c))));
+        let room: Vec<Candidate> = after
+            .chain(upto)
+            .filter_map(|(id, _)| candidate(id))
+            .filter(|c| c.active && class.resources.fits_within(&c.available))
+            .take(SAMPLE)
+            .collect();
+        if !room.is_empty() {
+            return room;
+        }
+        self.workers.keys().filter_map(candidate).collect()
     }
 
     /// The ledger holds `task`'s resources on `worker` from now on: the
