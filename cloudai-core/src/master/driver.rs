@@ -36,7 +36,11 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
         for event in events {
             match event {
                 LivenessEvent::Inactive(worker) => {
-                    warn!(worker = %worker, timeout = ?config.liveness.timeout, "worker inactive: no heartbeat");
+                    if master.state().left(&worker) {
+                        info!(worker = %worker, "worker inactive: it left");
+                    } else {
+                        warn!(worker = %worker, timeout = ?config.liveness.timeout, "worker inactive: no heartbeat");
+                    }
                     master.emit(MasterEvent::Worker {
                         id: worker,
                         health: Health::Inactive,

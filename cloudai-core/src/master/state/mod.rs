@@ -38,6 +38,8 @@ struct WorkerInfo {
     instance: Option<InstanceId>,
     /// Set while an operator drains it: nothing new is placed there.
     drain: Option<Drain>,
+    /// It said it was leaving, and has not registered since.
+    left: bool,
     /// Registered with this master since it started (so it knows its tasks).
     session: bool,
     /// An assignment or stop just failed to reach it: no placements until
@@ -155,6 +157,7 @@ impl State {
         let info = self.workers.entry(id.clone()).or_default();
         info.address = Some(address.to_string());
         info.instance = Some(who.instance.clone());
+        info.left = false;
         info.session = true;
         info.unreachable = false;
         self.queue.wake(id);
@@ -216,6 +219,9 @@ impl State {
     /// inactive from now on. Returns whether it was active.
     pub(in crate::master) fn leave(&mut self, worker: &WorkerId, now: Timestamp) -> bool {
         self.end_session(worker);
+        if let Some(info) = self.workers.get_mut(worker) {
+            info.left = true;
+        }
         self.liveness.leave(worker, now)
     }
 
@@ -232,6 +238,12 @@ impl State {
         if let Some(info) = self.workers.get_mut(worker) {
             info.unreachable = true;
         }
+    }
+
+    /// Whether the worker said it was leaving (and has not registered
+    /// since).
+    pub(in crate::master) fn left(&self, worker: &WorkerId) -> bool {
+        self.workers.get(worker).is_some_and(|w| w.left)
     }
 
     pub(in crate::master) fn knows(&self, worker: &WorkerId) -> bool {
