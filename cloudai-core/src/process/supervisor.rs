@@ -22,9 +22,8 @@ use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
-use super::{signal_group, to_exit_status};
+use super::{signal_group, task_command, to_exit_status};
 use crate::host::process_start_ticks;
 use crate::sync::lock;
 
@@ -141,24 +140,19 @@ fn spawn(spec: &RunSpec, dir: &RunDir) -> Result<Child, StartError> {
             message: "empty command".into(),
         });
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .process_group(0)
-        .stdin(Stdio::null())
+    task_command(program, args, &spec.env)
         .stdout(Stdio::from(output))
         .stderr(Stdio::from(errors))
-        .env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
-    }
-    cmd.envs(&spec.env);
-    cmd.spawn().map_err(|e| StartError {
-        invalid: matches!(
-            e.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
-        ),
-        message: format!("cannot run {program:?}: {e}"),
-    })
+        .spawn()
+        .map_err(|e| StartError {
+            invalid: matches!(
+                e.kind(),
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::InvalidInput
+            ),
+            message: format!("cannot run {program:?}: {e}"),
+        })
 }
 
 /// Takes attachments until the process exits.
