@@ -169,7 +169,9 @@ fn task_command(
         .map(std::ffi::OsString::from)
         .or_else(|| std::env::var_os("PATH"));
     let mut cmd = std::process::Command::new(resolve(program, path.as_deref()));
-    cmd.args(args)
+    // The program sees the name it was given as its `$0`, as with a shell.
+    cmd.arg0(program)
+        .args(args)
         .process_group(0)
         .stdin(Stdio::null())
         .env_clear();
