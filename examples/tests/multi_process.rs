@@ -102,9 +102,7 @@ fn cancel_stops_the_process_and_frees_resources() {
     assert_eq!(wv["tasks"], serde_json::json!([]), "{wv}");
 
     let deadline = Duration::from_secs_f64(grace + 1.0).saturating_sub(t0.elapsed());
-    until(deadline, "the cancelled task's sleep is gone", || {
-        (!pid_alive(pid)).then_some(())
-    });
+    until_gone(pid, deadline, "the cancelled task's sleep is gone");
 
     // A second cancel is a conflict, and the status does not move.
     let out = c.cli(&["cancel", &id]);
@@ -249,9 +247,7 @@ fn killed_worker_goes_inactive_then_lost_and_can_come_back() {
     let wv = c.worker(&w);
     assert_eq!(cpu_allocated(&wv), 0.0, "{wv}");
     assert_eq!(c.status(&id), "failed");
-    until(EVENTUALLY, "the failed task's sleep is gone", || {
-        (!pid_alive(pid)).then_some(())
-    });
+    until_gone(pid, EVENTUALLY, "the failed task's sleep is gone");
 }
 
 /// `kill -9` on a worker and a restart at once, on the same state
@@ -299,11 +295,7 @@ fn a_task_whose_worker_never_returns_is_killed_by_its_supervisor() {
     let (id, pidfile) = c.submit_sleep(&w, "1");
     let pid = c.wait_sleeping(&id, &pidfile);
     c.kill_worker(idx);
-    until(
-        Duration::from_secs(10),
-        "the orphaned sleep is killed",
-        || (!pid_alive(pid)).then_some(()),
-    );
+    until_gone(pid, Duration::from_secs(10), "the orphaned sleep is killed");
 }
 
 /// A second worker process under a live worker's id, with its own state
@@ -356,9 +348,7 @@ fn a_duplicate_worker_id_is_refused_and_the_first_keeps_its_task() {
     assert_eq!(c.status(&id), "running");
     assert!(pid_alive(pid), "the task's process still runs");
     c.cli(&["cancel", &id]);
-    until(EVENTUALLY, "the task's process ends", || {
-        (!pid_alive(pid)).then_some(())
-    });
+    until_gone(pid, EVENTUALLY, "the task's process ends");
 }
 
 /// `drain --deadline`: nothing new is placed on the worker; at the deadline
@@ -389,9 +379,7 @@ fn a_drained_worker_stops_its_tasks_at_the_deadline_and_takes_none() {
     });
     let reason = view["task"]["reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("drained"), "{view}");
-    until(EVENTUALLY, "the task's process ends", || {
-        (!pid_alive(pid)).then_some(())
-    });
+    until_gone(pid, EVENTUALLY, "the task's process ends");
     let wv = c.worker(&a);
     assert_eq!(wv["drain"], "drained", "{wv}");
     assert_eq!(cpu_allocated(&wv), 0.0, "{wv}");
@@ -436,10 +424,10 @@ fn frozen_worker_is_lost_and_told_to_stop_its_run_when_it_thaws() {
     let thawed = Instant::now();
     signal(worker_pid, "CONT");
     c.wait_active(&[&w]);
-    until(
+    until_gone(
+        pid,
         Duration::from_secs(10).saturating_sub(thawed.elapsed()),
         "the stale run's sleep is stopped after the worker thaws",
-        || (!pid_alive(pid)).then_some(()),
     );
 
     let view = c.show(&id);
@@ -504,10 +492,10 @@ fn cancel_on_a_frozen_worker_answers_at_once_and_the_stop_follows() {
     assert!(pid_alive(pid), "the frozen worker has not stopped it yet");
 
     signal(worker_pid, "CONT");
-    until(
+    until_gone(
+        pid,
         Duration::from_secs(40),
         "the cancelled task's sleep is gone after the thaw",
-        || (!pid_alive(pid)).then_some(()),
     );
 }
 

@@ -171,8 +171,12 @@ impl Master {
     pub async fn pre_register(&self, id: WorkerId, address: String) -> Result<()> {
         validate_address(&address)?;
         let now = self.now();
-        if self.state().in_session(&id, now) {
-            let at = self.state().address(&id).unwrap_or_default();
+        let live_at = {
+            let st = self.state();
+            st.in_session(&id, now)
+                .then(|| st.address(&id).unwrap_or_default())
+        };
+        if let Some(at) = live_at {
             return Err(Error::InUse(format!(
                 "worker {id} is registered and active at {at}; it keeps its address while it is"
             )));

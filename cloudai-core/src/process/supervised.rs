@@ -260,6 +260,13 @@ async fn watch_end(dir: &RunDir, started: Started) -> std::result::Result<ExitSt
     }
 }
 
+/// Whether the run's end is published within `within`.
+async fn ended_within(ended: &mut watch::Receiver<Outcome>, within: Duration) -> bool {
+    tokio::time::timeout(within, ended.wait_for(Option::is_some))
+        .await
+        .is_ok()
+}
+
 fn fresh_id() -> ContainerId {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -344,21 +351,13 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         if !self.tell(&run, &format!("stop {ms}")).await {
             Self::signal_directly(&run, Signal::SIGTERM)?;
         }
-        let exited = |ended: &mut watch::Receiver<Outcome>, within| {
-            let mut ended = ended.clone();
-            async move {
-                tokio::time::timeout(within, ended.wait_for(Option::is_some))
-                    .await
-                    .is_ok()
-            }
-        };
-        if exited(&mut ended, grace + POLL).await {
+        if ended_within(&mut ended, grace + POLL).await {
             return Ok(());
         }
         if !self.tell(&run, "kill").await {
             Self::signal_directly(&run, Signal::SIGKILL)?;
         }
-        if exited(&mut ended, KILL_TIMEOUT).await {
+        if ended_within(&mut ended, KILL_TIMEOUT).await {
             return Ok(());
         }
         Err(Error::Timeout(format!(

@@ -74,6 +74,11 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// Whether `pid` is (still) a `sleep` process, so the guard never kills a
 /// process that merely reused the pid.
+/// Waits until process `pid` is gone.
+pub fn until_gone(pid: u32, timeout: Duration, what: &str) {
+    until(timeout, what, || (!pid_alive(pid)).then_some(()));
+}
+
 pub fn is_sleep(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| c.starts_with(b"sleep\0"))
