@@ -9,16 +9,14 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cloudai_core::model::{Resources, TaskSpec, TaskStatus, WorkerId};
+use cloudai_bench::master_proc;
+use cloudai_bench::submit::{park, submit_all};
+use cloudai_core::model::{Resources, TaskSpec, TaskStatus};
 use cloudai_core::store::TaskFilter;
 use cloudai_grpc::{MasterClient, Security, Token};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::Semaphore;
 
 /// Submits trivial tasks and measures how many complete per second.
 #[derive(Debug, Parser)]
@@ -66,7 +64,8 @@ async fn main() -> Result<(), String> {
     let (address, mut child) = match &args.master {
         Some(a) => (a.clone(), None),
         None => {
-            let (a, c) = start_dev(&args.master_bin, &token).await?;
+            let dev = ["--dev".to_string()];
+            let (a, c) = master_proc::start(&args.master_bin, &dev, &token).await?;
             (a, Some(c))
         }
     };
@@ -76,7 +75,11 @@ async fn main() -> Result<(), String> {
     };
     let client = MasterClient::new(&address, security).map_err(|e| e.to_string())?;
     wait_for_worker(&client).await?;
-    park(&client, &args).await?;
+    let spec = task_spec(&args)?;
+    park(&client, &spec, args.parked, args.concurrency).await?;
+    if args.parked > 0 {
+        eprintln!("{} tasks parked", args.parked);
+    }
     let outcome = drive(&client, &args).await;
     if let Some(c) = child.as_mut() {
         let _ = c.start_kill();
@@ -95,40 +98,6 @@ async fn main() -> Result<(), String> {
     Ok(())
 }
 
-/// Starts `cloudai-master --dev` and reads its address from its JSON log.
-async fn start_dev(bin: &str, token: &str) -> Result<(String, tokio::process::Child), String> {
-    let mut child = tokio::process::Command::new(bin)
-        .args(["--dev", "--listen", "127.0.0.1:0", "--log-json", "--token", token])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {bin} (build it with `cargo build --release -p cloudai-examples`): {e}"))?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let Ok(Some(line)) = lines.next_line().await else {
-            break;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["fields"]["message"] == "master listening" {
-            let address = v["fields"]["address"]
-                .as_str()
-                .ok_or("no address in log")?
-                .to_string();
-            // Keep draining the log so the master never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Ok((address, child));
-        }
-    }
-    Err("the dev master did not report its address".into())
-}
-
 async fn wait_for_worker(client: &MasterClient) -> Result<(), String> {
     for _ in 0..200 {
         if let Ok(ws) = client.workers().await {
@@ -141,24 +110,6 @@ async fn wait_for_worker(client: &MasterClient) -> Result<(), String> {
     Err("no worker registered".into())
 }
 
-/// Submits `--parked` tasks pinned to a registered worker that never
-/// answers (nothing listens at its address), before the measured run.
-async fn park(client: &MasterClient, args: &Args) -> Result<(), String> {
-    if args.parked == 0 {
-        return Ok(());
-    }
-    let nowhere = WorkerId::new("parked-nowhere").map_err(|e| e.to_string())?;
-    client
-        .pre_register(&nowhere, "127.0.0.1:9")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut spec = task_spec(args)?;
-    spec.pin = Some(nowhere);
-    submit_all(client, &spec, args.parked, args.concurrency).await?;
-    eprintln!("{} tasks parked", args.parked);
-    Ok(())
-}
-
 fn task_spec(args: &Args) -> Result<TaskSpec, String> {
     let resources = Resources::new(args.cpu, args.mem, 0.0, 0).map_err(|e| e.to_string())?;
     Ok(TaskSpec::new(
@@ -166,34 +117,6 @@ fn task_spec(args: &Args) -> Result<TaskSpec, String> {
         vec!["sh".into(), "-c".into(), args.command.clone()],
         resources,
     ))
-}
-
-/// Submits `n` copies of `spec`, `concurrency` at a time.
-async fn submit_all(
-    client: &MasterClient,
-    spec: &TaskSpec,
-    n: usize,
-    concurrency: usize,
-) -> Result<(), String> {
-    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut submits = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let permit = gate
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| e.to_string())?;
-        let (c, s) = (client.clone(), spec.clone());
-        submits.spawn(async move {
-            let r = c.submit(s).await;
-            drop(permit);
-            r
-        });
-    }
-    while let Some(r) = submits.join_next().await {
-        r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 async fn drive(client: &MasterClient, args: &Args) -> Result<(Duration, usize, usize), String> {

@@ -89,8 +89,9 @@ pub(crate) fn address_to<T>(
     }
 }
 
-/// The worker (and instance) a request names; refused if it names none.
-pub(crate) fn addressee(metadata: &MetadataMap) -> Result<(WorkerId, Option<InstanceId>), Status> {
+/// The worker (and instance) a master→worker request names; refused if
+/// it names none. A listener shared by several workers routes by it.
+pub fn addressee(metadata: &MetadataMap) -> Result<(WorkerId, Option<InstanceId>), Status> {
     let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
     let worker = header(WORKER_HEADER).ok_or_else(|| {
         Status::invalid_argument(format!(

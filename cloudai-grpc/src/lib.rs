@@ -27,4 +27,4 @@ pub mod proto {
 pub use auth::Token;
 pub use client::{MasterClient, WorkerClients};
 pub use security::{Security, Tls};
-pub use server::{serve_master, serve_worker};
+pub use server::{serve, serve_master, serve_worker};

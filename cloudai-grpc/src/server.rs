@@ -32,8 +32,10 @@ impl Interceptor for TokenCheck {
 }
 
 /// Serves `routes` on `listener` with the token checked on every call,
-/// until `shutdown` completes: the one serve path of both services.
-async fn serve(
+/// until `shutdown` completes: the one serve path of both services, and of
+/// any other implementation of them (the worker swarm bench serves many
+/// simulated workers on one listener through it).
+pub async fn serve(
     routes: Routes,
     listener: TcpListener,
     security: Security,

@@ -1,0 +1,153 @@
+//! The worker swarm bench: N simulated workers (default 10,000) in one
+//! process, each a distinct worker to a real master over the real gRPC
+//! protocol, measuring the master: registration, heartbeats absorbed while
+//! idle, then submit, placement and completion rates with submit→running
+//! and submit→completed latencies, and the master's CPU and RSS.
+//!
+//! ```sh
+//! cargo build --release -p cloudai-examples -p cloudai-bench
+//! target/release/nodesim --workers 10000 --tasks 20000
+//! target/release/nodesim --workers 10000 --tasks 20000 --store mongodb://127.0.0.1:27017
+//! ```
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::time::Duration;
+
+use clap::Parser;
+use cloudai_bench::master_proc;
+use cloudai_bench::measure::{self, LoadConfig};
+use cloudai_bench::swarm::SwarmConfig;
+use cloudai_core::model::Resources;
+use cloudai_grpc::{MasterClient, Security, Token};
+
+/// Simulated workers against a real master.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Simulated workers.
+    #[arg(long, default_value_t = 10_000)]
+    workers: usize,
+    /// Workers sharing one listener.
+    #[arg(long, default_value_t = 100)]
+    per_listener: usize,
+    /// CPU each worker offers.
+    #[arg(long, default_value_t = 4.0)]
+    worker_cpu: f64,
+    /// Memory each worker offers, GB.
+    #[arg(long, default_value_t = 16.0)]
+    worker_mem: f64,
+    /// Runnable tasks submitted.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// CPU each task asks for.
+    #[arg(long, default_value_t = 0.5)]
+    task_cpu: f64,
+    /// Memory each task asks for, GB.
+    #[arg(long, default_value_t = 0.5)]
+    task_mem: f64,
+    /// How long a task runs on its simulated worker, ms (0: reported at once).
+    #[arg(long, default_value_t = 0)]
+    run_ms: u64,
+    /// Percent of tasks reported failed.
+    #[arg(long, default_value_t = 0)]
+    fail_percent: u8,
+    /// Tasks parked first on a worker that never answers.
+    #[arg(long, default_value_t = 0)]
+    parked: usize,
+    /// Seconds of heartbeats only, measured, before the load.
+    #[arg(long, default_value_t = 10.0)]
+    idle_secs: f64,
+    /// Heartbeat interval the master names, seconds.
+    #[arg(long, default_value = "1")]
+    heartbeat_interval: String,
+    /// The master's store: `memory` or a `mongodb://` URI.
+    #[arg(long, default_value = "memory")]
+    store: String,
+    /// The master binary to start.
+    #[arg(long, default_value = "target/release/cloudai-master")]
+    master_bin: String,
+    /// Load a running master instead (its pid, for CPU and RSS, with
+    /// `--master-pid`).
+    #[arg(long)]
+    master: Option<String>,
+    /// The running master's pid.
+    #[arg(long)]
+    master_pid: Option<i32>,
+    /// Token (generated for a master started here).
+    #[arg(long, env = "CLOUDAI_TOKEN")]
+    token: Option<String>,
+    /// Afterwards, check that every runnable task ended, no allocation is
+    /// left and reconcile finds nothing (exit 1 if not).
+    #[arg(long)]
+    check: bool,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let token = args.token.clone().unwrap_or_else(|| "nodesim-token".into());
+    let (address, pid, _child) = match &args.master {
+        Some(a) => (a.clone(), args.master_pid, None),
+        None => {
+            let flags: Vec<String> = [
+                "--store",
+                &args.store,
+                "--heartbeat-interval",
+                &args.heartbeat_interval,
+                "--heartbeat-timeout",
+                "30",
+                "--lost-after",
+                "120",
+            ]
+            .map(String::from)
+            .to_vec();
+            let (a, child) = master_proc::start(&args.master_bin, &flags, &token).await?;
+            let pid = child.id().and_then(|p| i32::try_from(p).ok());
+            (a, pid, Some(child))
+        }
+    };
+    let security = Security {
+        token: Some(Token::new(token)?),
+        tls: None,
+    };
+    let swarm = SwarmConfig {
+        workers: args.workers,
+        per_listener: args.per_listener,
+        capacity: Resources::new(args.worker_cpu, args.worker_mem, 100.0, 0)
+            .map_err(|e| e.to_string())?,
+        run_time: Duration::from_millis(args.run_ms),
+        fail_percent: args.fail_percent.min(100),
+        id_prefix: "sim-".into(),
+    };
+    let load = LoadConfig {
+        tasks: args.tasks,
+        concurrency: args.concurrency,
+        request: Resources::new(args.task_cpu, args.task_mem, 0.0, 0).map_err(|e| e.to_string())?,
+        parked: args.parked,
+        idle: Duration::from_secs_f64(args.idle_secs.max(0.0)),
+        deadline: Duration::from_secs(600),
+    };
+    eprintln!(
+        "master at {address} ({}); {} workers joining",
+        args.store, args.workers
+    );
+    let (report, swarm) = measure::run(&address, security.clone(), swarm, &load, pid).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if args.check {
+        let client = MasterClient::new(&address, security).map_err(|e| e.to_string())?;
+        let failed = (args.tasks as u64) * u64::from(args.fail_percent.min(100)) / 100;
+        measure::check(&client, &report, &swarm, failed).await?;
+        eprintln!("check: every runnable task ended, no allocation left, reconcile found nothing");
+    }
+    swarm.stop().await;
+    Ok(())
+}
