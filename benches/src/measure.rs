@@ -215,6 +215,9 @@ pub async fn run(
     let idle = if load.idle.is_zero() {
         None
     } else {
+        // The groups' first beats are spread over one interval: measure
+        // from when every worker beats.
+        tokio::time::sleep(swarm.heartbeat_interval()).await;
         let clock = PhaseClock::start(&swarm, master_pid);
         tokio::time::sleep(load.idle).await;
         Some(clock.end(&swarm))

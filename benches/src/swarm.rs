@@ -245,6 +245,11 @@ impl Swarm {
         self.shared.workers.keys()
     }
 
+    /// The heartbeat interval the master named.
+    pub fn heartbeat_interval(&self) -> Duration {
+        *lock(&self.shared.heartbeat_interval)
+    }
+
     /// Runs still in progress.
     pub fn running(&self) -> usize {
         lock(&self.shared.runs).len()

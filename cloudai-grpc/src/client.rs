@@ -2,7 +2,7 @@
 //! master) and [`WorkerClients`] (the master's way to its workers).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ use cloudai_core::transport::{
     WorkerEndpoint, WorkerToMaster,
 };
 use cloudai_core::{Error, Result};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Request;
 
@@ -46,6 +47,29 @@ fn bad_reply(e: tonic::Status) -> Error {
 pub struct MasterClient {
     client: master_client::MasterClient<Channel>,
     security: Security,
+    /// Open heartbeat streams not in use (a beat takes one, or opens one,
+    /// and puts it back once answered; one dropped midway is closed).
+    beats: Arc<Mutex<Vec<BeatStream>>>,
+}
+
+/// One `Heartbeats` stream: beats go out on `tx`, replies come back in
+/// order on `rx`.
+#[derive(Debug)]
+struct BeatStream {
+    tx: mpsc::Sender<proto::HeartbeatRequest>,
+    rx: tonic::Streaming<proto::HeartbeatReply>,
+}
+
+impl BeatStream {
+    async fn beat(&mut self, req: proto::HeartbeatRequest) -> Result<proto::HeartbeatReply> {
+        let closed = || Error::Unavailable("the master closed the heartbeat stream".into());
+        self.tx.send(req).await.map_err(|_| closed())?;
+        self.rx
+            .message()
+            .await
+            .map_err(from_status)?
+            .ok_or_else(closed)
+    }
 }
 
 impl MasterClient {
@@ -55,7 +79,24 @@ impl MasterClient {
         let client = master_client::MasterClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Ok(MasterClient { client, security })
+        Ok(MasterClient {
+            client,
+            security,
+            beats: Arc::default(),
+        })
+    }
+
+    /// Opens a heartbeat stream.
+    async fn open_beats(&self) -> Result<BeatStream> {
+        let (tx, rx) = mpsc::channel(1);
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let rx = self
+            .c()
+            .heartbeats(self.req(outbound))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(BeatStream { tx, rx })
     }
 
     fn req<T>(&self, msg: T) -> Request<T> {
@@ -266,14 +307,27 @@ impl WorkerToMaster for MasterClient {
             instance: worker.instance.to_string(),
             telemetry: Some(telemetry.clone().into()),
         };
-        let r = self
-            .c()
-            .heartbeat(self.req(req))
-            .await
-            .map_err(from_status)?
-            .into_inner();
+        // An idle stream may have died with its connection (the master
+        // restarted): then the beat goes once more, on a new stream.
+        let idle = self.beats.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let answered = match idle {
+            Some(mut s) => s.beat(req.clone()).await.ok().map(|reply| (s, reply)),
+            None => None,
+        };
+        let (stream, reply) = match answered {
+            Some(done) => done,
+            None => {
+                let mut s = self.open_beats().await?;
+                let reply = s.beat(req).await?;
+                (s, reply)
+            }
+        };
+        self.beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stream);
         Ok(HeartbeatReply {
-            register_again: r.register_again,
+            register_again: reply.register_again,
         })
     }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use cloudai_core::master::Master;
 use cloudai_core::store::TaskFilter;
 use cloudai_core::transport::Registration;
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{self, detached, to_status};
 use crate::proto::{self, master_server};
@@ -65,19 +65,31 @@ impl master_server::Master for MasterService {
         }))
     }
 
-    async fn heartbeat(
+    type HeartbeatsStream =
+        Pin<Box<dyn Stream<Item = Result<proto::HeartbeatReply, Status>> + Send>>;
+
+    /// Answers each beat in order. A beat only takes the state lock (its
+    /// store write is batched), so it is handled inline.
+    async fn heartbeats(
         &self,
-        req: Request<proto::HeartbeatRequest>,
-    ) -> Reply<proto::HeartbeatReply> {
-        let r = req.into_inner();
-        let worker = convert::identity(&r.worker_id, &r.instance)?;
-        let m = self.master.clone();
-        let reply =
-            detached(async move { m.heartbeat(&worker, convert::telemetry(r.telemetry)).await })
-                .await?;
-        Ok(Response::new(proto::HeartbeatReply {
-            register_again: reply.register_again,
-        }))
+        req: Request<Streaming<proto::HeartbeatRequest>>,
+    ) -> Reply<Self::HeartbeatsStream> {
+        let master = self.master.clone();
+        let replies = req.into_inner().then(move |beat| {
+            let m = master.clone();
+            async move {
+                let r = beat?;
+                let worker = convert::identity(&r.worker_id, &r.instance)?;
+                let reply = m
+                    .heartbeat(&worker, convert::telemetry(r.telemetry))
+                    .await
+                    .map_err(to_status)?;
+                Ok(proto::HeartbeatReply {
+                    register_again: reply.register_again,
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn report(&self, req: Request<proto::TaskResult>) -> Reply<proto::Empty> {
