@@ -9,7 +9,7 @@ use cloudai_core::liveness::{Liveness, LivenessConfig};
 use cloudai_core::model::{
     Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId,
 };
-use cloudai_core::placement::{place, Candidate, Policy};
+use cloudai_core::placement::{place, sample, walk_from, Candidate, Placement, Policy};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn lifecycle(c: &mut Criterion) {
@@ -61,6 +61,64 @@ fn placement(c: &mut Criterion) {
     }
 }
 
+/// The master's decision for an unpinned task among 10,000 workers: a
+/// sample walked from the worker placed on last through the ledger's
+/// free-capacity index, ranked by the policy. 9,000 workers are full (they
+/// are not in the index); each decision reserves its pick and releases the
+/// oldest reservation, so the cluster stays as full.
+fn placement_at_scale(c: &mut Criterion) {
+    let mut ledger = Ledger::new();
+    let capacity = Resources::new(4.0, 16.0, 100.0, 0).unwrap();
+    let req = Resources::new(0.5, 0.5, 0.0, 0).unwrap();
+    let ids: Vec<WorkerId> = (0..10_000)
+        .map(|i| WorkerId::new(format!("w{i:05}")).unwrap())
+        .collect();
+    let mut held = std::collections::VecDeque::new();
+    for (i, id) in ids.iter().enumerate() {
+        ledger.set_capacity(id.clone(), capacity);
+        let slots = if i % 10 == 0 { 4 } else { 8 };
+        for s in 0..slots {
+            let t = TaskId::new(format!("t{i}-{s}")).unwrap();
+            ledger.reserve(id, &t, req).unwrap();
+            if slots == 4 {
+                held.push_back(t);
+            }
+        }
+    }
+    for policy in Policy::ALL {
+        let mut s = policy.build();
+        let mut cursor: Option<WorkerId> = None;
+        let mut n = 0u64;
+        c.bench_function(
+            &format!("place among 10,000 workers (9,000 full): {}", s.name()),
+            |b| {
+                b.iter(|| {
+                    let walk = walk_from(ledger.open(), cursor.as_ref()).filter_map(|(id, _)| {
+                        Some(Candidate {
+                            id: id.clone(),
+                            active: true,
+                            capacity: ledger.capacity(id)?,
+                            available: ledger.available(id)?,
+                        })
+                    });
+                    let room = sample(&req, walk);
+                    let Placement::On(w) = place(s.as_mut(), &req, &room) else {
+                        panic!("no placement");
+                    };
+                    n += 1;
+                    let t = TaskId::new(format!("p{n}")).unwrap();
+                    ledger.reserve(&w, &t, req).unwrap();
+                    held.push_back(t);
+                    if let Some(old) = held.pop_front() {
+                        black_box(ledger.release(&old));
+                    }
+                    cursor = Some(w);
+                })
+            },
+        );
+    }
+}
+
 fn liveness(c: &mut Criterion) {
     let mut l = Liveness::new(LivenessConfig::default());
     let ids: Vec<WorkerId> = (0..1000)
@@ -76,5 +134,12 @@ fn liveness(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, lifecycle, ledger, placement, liveness);
+criterion_group!(
+    benches,
+    lifecycle,
+    ledger,
+    placement,
+    placement_at_scale,
+    liveness
+);
 criterion_main!(benches);

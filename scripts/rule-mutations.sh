@@ -60,6 +60,8 @@ mutate cloudai-core/src/results.rs "stored result keeps the reporter's status" \
 mutate cloudai-core/src/ledger.rs "release leaks the allocation" \
   $'            .get_mut(&worker)\n            .and_then(|a| a.remove(task))?;' \
   $'            .get(&worker)\n            .and_then(|a| a.tasks.get(task).copied())?;'
+mutate cloudai-core/src/ledger.rs "the free-capacity index misses a freed worker" \
+  $'            .and_then(|a| a.remove(task))?;\n        self.refresh(&worker);' '            .and_then(|a| a.remove(task))?;'
 mutate cloudai-core/src/placement.rs "placement ignores inactive workers" \
   'candidates.iter().filter(|c| c.active).collect()' 'candidates.iter().collect()'
 mutate cloudai-core/src/liveness.rs "inactive one tick late" \
@@ -96,6 +98,8 @@ mutate cloudai-core/src/master/state/placement.rs "a freed slot does not wake th
   $'            self.epoch += 1;\n            self.queue.wake(worker);' '            self.epoch += 1;'
 mutate cloudai-core/src/master/state/queue.rs "a blocked class is tried before it is woken" \
   '.filter(|(_, w)| w.blocked.is_none())' '.filter(|_| true)'
+mutate cloudai-core/src/master/state/queue.rs "a joining worker leaves classes no freed slot could fit asleep" \
+  '        self.wake_where(worker, |_| true);' '        self.wake_where(worker, |b| !b.needs_worker);'
 mutate cloudai-core/src/master/state/mod.rs "tasks are placed on a drained worker" \
   '.is_some_and(|w| !w.unreachable && w.drain.is_none())' '.is_some_and(|w| !w.unreachable)'
 mutate cloudai-core/src/master/driver.rs "a drain deadline stops nothing" \

@@ -6,6 +6,10 @@
 //! with it. There is no free-standing counter to drift, and
 //! [`Ledger::reconcile`] rebuilds everything from the store's list of
 //! running tasks, returning each correction it made (the operator's `fix-resources`).
+//!
+//! It also keeps a free-capacity index, [`Ledger::open`]: the workers with
+//! some CPU and some memory free, so that placement among thousands of
+//! full workers visits only those that can take anything.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -121,6 +125,9 @@ impl Reconciliation {
 pub struct Ledger {
     accounts: BTreeMap<WorkerId, Account>,
     holder: BTreeMap<TaskId, WorkerId>,
+    /// Workers with some CPU and some memory free, with what is free;
+    /// kept by `refresh` after every change to an account.
+    open: BTreeMap<WorkerId, Resources>,
 }
 
 impl Ledger {
@@ -131,7 +138,27 @@ impl Ledger {
 
     /// Adds a worker, or changes the capacity of a known one (its tasks stay).
     pub fn set_capacity(&mut self, worker: WorkerId, capacity: Resources) {
-        self.accounts.entry(worker).or_default().capacity = capacity;
+        self.accounts.entry(worker.clone()).or_default().capacity = capacity;
+        self.refresh(&worker);
+    }
+
+    /// Puts `worker` in the free-capacity index, or takes it out, as its
+    /// account now stands.
+    fn refresh(&mut self, worker: &WorkerId) {
+        let free = self.available(worker).unwrap_or_default();
+        if free.cpu_millis == 0 || free.memory_mb == 0 {
+            self.open.remove(worker);
+        } else if let Some(known) = self.open.get_mut(worker) {
+            *known = free;
+        } else {
+            self.open.insert(worker.clone(), free);
+        }
+    }
+
+    /// The workers with some CPU and some memory free, in id order, with
+    /// what is free: the only ones a request for both can fit.
+    pub fn open(&self) -> &BTreeMap<WorkerId, Resources> {
+        &self.open
     }
 
     /// Forgets a worker and returns the tasks that held resources on it.
@@ -144,6 +171,7 @@ impl Ledger {
         for t in &tasks {
             self.holder.remove(t);
         }
+        self.open.remove(worker);
         tasks
     }
 
@@ -174,6 +202,7 @@ impl Ledger {
         }
         account.insert(task.clone(), req);
         self.holder.insert(task.clone(), worker.clone());
+        self.refresh(worker);
         Ok(())
     }
 
@@ -185,6 +214,7 @@ impl Ledger {
             .accounts
             .get_mut(&worker)
             .and_then(|a| a.remove(task))?;
+        self.refresh(&worker);
         Some((worker, req))
     }
 
@@ -283,6 +313,9 @@ impl Ledger {
             .iter()
             .flat_map(|(w, a)| a.tasks.keys().map(move |t| (t.clone(), w.clone())))
             .collect();
+        for c in &out.corrections {
+            self.refresh(&c.worker);
+        }
         out.overcommitted = self
             .accounts
             .iter()

@@ -4,8 +4,16 @@
 //! eligible workers to the [`Scheduler`], so no policy can pick an inactive
 //! or full worker. When none is eligible, the reason comes back as a value
 //! the queue can show to the user.
+//!
+//! Among thousands of workers, the master ranks only a [`sample`]: the
+//! first [`SAMPLE`] workers with room along a walk ([`walk_from`] the
+//! worker placed on last), as Nomad limits its candidate nodes, so a
+//! decision costs a few dozen visits, not one per worker; [`no_room`]
+//! gives the reason when none has room.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::str::FromStr;
 
 use crate::model::{Resources, ValidationError, WorkerId};
@@ -93,6 +101,55 @@ pub fn place(
     }
     let i = scheduler.choose(request, &eligible).min(eligible.len() - 1);
     Placement::On(eligible[i].id.clone())
+}
+
+/// How many workers with room a sampled placement ranks at most.
+pub const SAMPLE: usize = 16;
+
+/// The first [`SAMPLE`] active workers with room for `request` that
+/// `walk` yields (empty if none has room). The walk runs to its end only
+/// when fewer have room.
+pub fn sample(request: &Resources, walk: impl IntoIterator<Item = Candidate>) -> Vec<Candidate> {
+    walk.into_iter()
+        .filter(|c| c.active && request.fits_within(&c.available))
+        .take(SAMPLE)
+        .collect()
+}
+
+/// Why `request` fits none of `walk` now, as [`place`] would say over the
+/// same workers. The walk stops at the first active worker that could
+/// ever hold it (then every one is busy), so in a full cluster this costs
+/// one visit; it runs to the end only when no active worker is big enough.
+pub fn no_room(request: &Resources, walk: impl IntoIterator<Item = Candidate>) -> NoCapacity {
+    let mut any_active = false;
+    for c in walk.into_iter().filter(|c| c.active) {
+        if request.fits_within(&c.capacity) {
+            return NoCapacity::AllBusy;
+        }
+        any_active = true;
+    }
+    if any_active {
+        NoCapacity::ExceedsEveryWorker
+    } else {
+        NoCapacity::NoActiveWorkers
+    }
+}
+
+/// Every worker of `workers` once, starting just after `cursor` and
+/// wrapping around, so successive placements start where the last one
+/// ended and spread over the cluster.
+pub fn walk_from<'a, V>(
+    workers: &'a BTreeMap<WorkerId, V>,
+    cursor: Option<&'a WorkerId>,
+) -> impl Iterator<Item = (&'a WorkerId, &'a V)> + 'a {
+    let (after, upto) = match cursor {
+        Some(c) => (
+            workers.range::<WorkerId, _>((Excluded(c), Unbounded)),
+            Some(workers.range::<WorkerId, _>((Unbounded, Included(c)))),
+        ),
+        None => (workers.range::<WorkerId, _>(..), None),
+    };
+    after.chain(upto.into_iter().flatten())
 }
 
 /// Share of capacity in use after adding `request`, on the most used
@@ -355,6 +412,52 @@ mod tests {
             place(&mut ResourceAware, &req(1.0, 1.0, 1), &cands),
             on("gpu")
         );
+    }
+
+    #[test]
+    fn a_sample_ranks_the_first_workers_with_room_along_the_walk() {
+        let ids: BTreeMap<WorkerId, ()> = (0..40)
+            .map(|i| (WorkerId::new(format!("w{i:02}")).unwrap(), ()))
+            .collect();
+        let start = WorkerId::new("w30").unwrap();
+        let walked: Vec<&str> = walk_from(&ids, Some(&start))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(walked.len(), 40, "every worker once");
+        assert_eq!((walked[0], walked[9], walked[39]), ("w31", "w00", "w30"));
+        // Every third worker is full; the rest have room.
+        let cands = || {
+            walk_from(&ids, Some(&start))
+                .enumerate()
+                .map(|(i, (id, _))| {
+                    let free = if i % 3 == 0 { 0.0 } else { 4.0 };
+                    cand(id.as_str(), true, (4.0, 4.0, 0), (free, free, 0))
+                })
+        };
+        let sample: Vec<Candidate> = cands()
+            .filter(|c| req(1.0, 1.0, 0).fits_within(&c.available))
+            .take(SAMPLE)
+            .collect();
+        assert_eq!(super::sample(&req(1.0, 1.0, 0), cands()), sample);
+    }
+
+    #[test]
+    fn without_room_the_reason_is_the_one_place_gives() {
+        let all = [
+            cand("a", false, (8.0, 8.0, 0), (8.0, 8.0, 0)),
+            cand("b", true, (2.0, 2.0, 0), (0.0, 0.0, 0)),
+        ];
+        for (request, list) in [
+            (req(1.0, 1.0, 0), &all[..1]),
+            (req(1.0, 1.0, 0), &all[..]),
+            (req(4.0, 1.0, 0), &all[..]),
+        ] {
+            assert!(sample(&request, list.iter().cloned()).is_empty());
+            assert_eq!(
+                Placement::Wait(no_room(&request, list.iter().cloned())),
+                place(&mut RoundRobin::default(), &request, list)
+            );
+        }
     }
 
     #[test]

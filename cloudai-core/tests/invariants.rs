@@ -410,6 +410,12 @@ impl Model {
                 Some(*cap),
                 "{w}: allocated + available ≠ capacity"
             );
+            let has_room = available.cpu_millis > 0 && available.memory_mb > 0;
+            assert_eq!(
+                self.ledger.open().get(w),
+                has_room.then_some(&available),
+                "{w}: the free-capacity index disagrees with the ledger ({available} free)"
+            );
         }
     }
 }

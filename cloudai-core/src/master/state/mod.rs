@@ -160,7 +160,7 @@ impl State {
         info.left = false;
         info.session = true;
         info.unreachable = false;
-        self.queue.wake(id);
+        self.queue.wake_joined(id);
         self.queue_pass = true;
         (revived, self.stops.take_for_registration(id))
     }
@@ -197,7 +197,7 @@ impl State {
         info.telemetry = Some(telemetry.clone());
         let revived = self.liveness.heartbeat(worker, now);
         if revived || was_unreachable {
-            self.queue.wake(worker);
+            self.queue.wake_joined(worker);
             self.queue_pass = true;
         }
         if revived {
@@ -279,7 +279,7 @@ impl State {
         }
         info.drain = drain;
         if drain.is_none() {
-            self.queue.wake(worker);
+            self.queue.wake_joined(worker);
             self.queue_pass = true;
         }
         true

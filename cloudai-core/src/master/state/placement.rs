@@ -4,16 +4,21 @@
 
 use tracing::warn;
 
-use std::ops::Bound::{Excluded, Included, Unbounded};
-
-use super::queue::Class;
-
-/// How many workers with room an unpinned placement ranks at most.
-const SAMPLE: usize = 16;
+use super::queue::{Blocked, Class};
 use super::State;
 use crate::ledger::{LedgerError, Reconciliation};
 use crate::model::{Resources, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId};
-use crate::placement::{place, Candidate, Placement};
+use crate::placement::{no_room, place, sample, walk_from, Candidate, NoCapacity, Placement};
+
+/// Why a class waits: only busy workers can be ended by a freed slot;
+/// otherwise a worker must join, return or be undrained.
+fn blocked(reason: &NoCapacity, pin: Option<&WorkerId>) -> Blocked {
+    let text = match pin {
+        Some(p) => format!("waiting for worker {p}: {reason}"),
+        None => reason.to_string(),
+    };
+    Blocked::new(text, *reason != NoCapacity::AllBusy)
+}
 
 impl State {
     /// Keeps the queue a mirror of the store's pending tasks across a
@@ -69,37 +74,42 @@ impl State {
         let mut queue = std::mem::take(&mut self.queue);
         let mut picks = Vec::new();
         queue.pass(|task, class| {
-            let candidates = self.candidates(now, class);
-            match place(self.scheduler.as_mut(), &class.resources, &candidates) {
+            let r = &class.resources;
+            let room = sample(r, self.candidates(now, class, false));
+            if room.is_empty() {
+                let reason = no_room(r, self.candidates(now, class, true));
+                return Err(blocked(&reason, class.pin.as_ref()));
+            }
+            match place(self.scheduler.as_mut(), r, &room) {
                 Placement::On(worker) => {
                     self.ledger
                         .reserve(&worker, task, class.resources)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| Blocked::new(e.to_string(), false))?;
                     self.epoch += 1;
                     self.cursor = Some(worker.clone());
                     self.placing.insert(task.clone());
                     picks.push((task.clone(), worker));
                     Ok(())
                 }
-                Placement::Wait(reason) => Err(match &class.pin {
-                    Some(p) => format!("waiting for worker {p}: {reason}"),
-                    None => reason.to_string(),
-                }),
+                Placement::Wait(reason) => Err(blocked(&reason, class.pin.as_ref())),
             }
         });
         self.queue = queue;
         (picks, self.passes)
     }
 
-    /// The workers a placement of `class` chooses among. A pinned task
-    /// sees its worker. Otherwise the walk starts after the worker placed
-    /// on last and stops at [`SAMPLE`] workers with room, as Nomad limits
-    /// its candidate nodes: a decision among 10,000 workers visits a few
-    /// dozen, and the policy ranks that sample. Only when no worker has
-    /// room are all of them returned, so the reason can say why (a class
-    /// then waits until woken, so that walk is not repeated per task).
-    fn candidates(&self, now: Timestamp, class: &Class) -> Vec<Candidate> {
-        let candidate = |id: &WorkerId| {
+    /// The workers a placement of `class` walks. A pinned task sees its
+    /// worker. Otherwise the walk starts after the worker placed on last
+    /// and goes round every worker if `all`, else round the ledger's
+    /// free-capacity index (workers with some CPU and memory free) when the
+    /// request asks for both; [`sample`] stops it at the sample's size.
+    fn candidates<'a>(
+        &'a self,
+        now: Timestamp,
+        class: &'a Class,
+        all: bool,
+    ) -> Box<dyn Iterator<Item = Candidate> + 'a> {
+        let candidate = move |id: &WorkerId| {
             Some(Candidate {
                 id: id.clone(),
                 active: self.placeable(id, now),
@@ -108,28 +118,15 @@ impl State {
             })
         };
         if let Some(pin) = &class.pin {
-            return candidate(pin).into_iter().collect();
+            return Box::new(candidate(pin).into_iter());
         }
-        // From just after the cursor to the end, then from the start up to
-        // the cursor.
-        let after = match &self.cursor {
-            Some(c) => self.workers.range::<WorkerId, _>((Excluded(c), Unbounded)),
-            None => self.workers.range::<WorkerId, _>(..),
-        };
-        let upto = self
-            .cursor
-            .iter()
-            .flat_map(|c| self.workers.range::<WorkerId, _>((Unbounded, Included(c))));
-        let room: Vec<Candidate> = after
-            .chain(upto)
-            .filter_map(|(id, _)| candidate(id))
-            .filter(|c| c.active && class.resources.fits_within(&c.available))
-            .take(SAMPLE)
-            .collect();
-        if !room.is_empty() {
-            return room;
+        let r = &class.resources;
+        let cursor = self.cursor.as_ref();
+        if !all && r.cpu_millis > 0 && r.memory_mb > 0 {
+            Box::new(walk_from(self.ledger.open(), cursor).filter_map(move |(id, _)| candidate(id)))
+        } else {
+            Box::new(walk_from(&self.workers, cursor).filter_map(move |(id, _)| candidate(id)))
         }
-        self.workers.keys().filter_map(candidate).collect()
     }
 
     /// The ledger holds `task`'s resources on `worker` from now on: the

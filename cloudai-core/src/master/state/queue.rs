@@ -6,8 +6,11 @@
 //! *class*. A placement pass walks the classes' oldest tasks in age order
 //! (FIFO with backfill across classes); a class whose oldest task does not
 //! fit is *blocked*, with the reason, and is not looked at again until a
-//! change that may make room for it *wakes* it: capacity freed or added on
-//! a worker wakes the unpinned classes and those pinned to that worker.
+//! change that may make room for it *wakes* it: capacity freed on a worker
+//! wakes the classes pinned to it and the unpinned ones that only wait for
+//! a busy worker; a worker joining, returning or being undrained also
+//! wakes the unpinned ones that no worker could hold (or that had no
+//! active worker), which no freed slot can help.
 //! This is Nomad's blocked evaluations applied to tasks: 100,000 tasks
 //! waiting for a worker that never answers cost a pass nothing.
 
@@ -26,6 +29,24 @@ pub(in crate::master) struct Class {
 /// A task's place in the queue: oldest first, ties by id.
 type Key = (Timestamp, TaskId);
 
+/// Why a class waits, and what can end the wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::master) struct Blocked {
+    reason: String,
+    /// No active worker could ever hold it, or none is active: a freed
+    /// slot cannot help, only a worker joining, returning or undrained.
+    needs_worker: bool,
+}
+
+impl Blocked {
+    pub(in crate::master) fn new(reason: String, needs_worker: bool) -> Self {
+        Blocked {
+            reason,
+            needs_worker,
+        }
+    }
+}
+
 /// The tasks of one class.
 #[derive(Debug, Default)]
 struct Waiting {
@@ -33,7 +54,7 @@ struct Waiting {
     tasks: BTreeMap<Key, Option<String>>,
     /// Why the class waits, while blocked: `None` means it is tried in
     /// the next pass.
-    blocked: Option<String>,
+    blocked: Option<Blocked>,
 }
 
 #[derive(Debug, Default)]
@@ -98,19 +119,33 @@ impl Queue {
     pub(in crate::master) fn reason(&self, id: &TaskId) -> Option<String> {
         let (class, at) = self.members.get(id)?;
         let waiting = self.classes.get(class)?;
-        waiting
-            .blocked
-            .clone()
-            .or_else(|| waiting.tasks.get(&(*at, id.clone())).cloned().flatten())
+        match &waiting.blocked {
+            Some(b) => Some(b.reason.clone()),
+            None => waiting.tasks.get(&(*at, id.clone())).cloned().flatten(),
+        }
     }
 
-    /// Room may have appeared on `worker`: its pinned classes and the
-    /// unpinned ones are tried again.
+    /// Room was freed on `worker`: its pinned classes, and the unpinned
+    /// ones waiting for a busy worker, are tried again.
     pub(in crate::master) fn wake(&mut self, worker: &WorkerId) {
+        self.wake_where(worker, |b| !b.needs_worker);
+    }
+
+    /// `worker` joined, came back, or takes tasks again: its pinned
+    /// classes and every unpinned one are tried again.
+    pub(in crate::master) fn wake_joined(&mut self, worker: &WorkerId) {
+        self.wake_where(worker, |_| true);
+    }
+
+    /// Unblocks `worker`'s pinned classes, and the unpinned ones whose
+    /// block `unpinned` says this ends.
+    fn wake_where(&mut self, worker: &WorkerId, unpinned: impl Fn(&Blocked) -> bool) {
         for pin in [None, Some(worker.clone())] {
             for class in self.by_pin.get(&pin).into_iter().flatten() {
                 if let Some(w) = self.classes.get_mut(class) {
-                    w.blocked = None;
+                    if pin.is_some() || w.blocked.as_ref().is_some_and(&unpinned) {
+                        w.blocked = None;
+                    }
                 }
             }
         }
@@ -125,11 +160,11 @@ impl Queue {
 
     /// A placement pass. `place` is asked for the oldest task of each
     /// class that is not blocked, oldest first; `Ok` takes the task out of
-    /// the queue (it was placed), `Err(reason)` blocks its class. Returns
+    /// the queue (it was placed), `Err` blocks its class. Returns
     /// the placed tasks in order.
     pub(in crate::master) fn pass(
         &mut self,
-        mut place: impl FnMut(&TaskId, &Class) -> Result<(), String>,
+        mut place: impl FnMut(&TaskId, &Class) -> Result<(), Blocked>,
     ) -> Vec<TaskId> {
         let mut heads: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
         let ready: Vec<Class> = self
@@ -178,6 +213,10 @@ mod tests {
         TaskId::new(format!("t{i:04}")).unwrap()
     }
 
+    fn busy(reason: &str) -> Blocked {
+        Blocked::new(reason.into(), false)
+    }
+
     fn class(cpu: f64, pin: Option<&str>) -> Class {
         Class {
             resources: Resources::new(cpu, 0.0, 0.0, 0).unwrap(),
@@ -206,7 +245,7 @@ mod tests {
         let placed = q.pass(|_, c| {
             asked += 1;
             if c.pin.is_some() {
-                Err("waiting for worker dead".into())
+                Err(busy("waiting for worker dead"))
             } else {
                 Ok(())
             }
@@ -229,7 +268,7 @@ mod tests {
         q.wake(&WorkerId::new("other").unwrap());
         let _ = q.pass(|_, _| {
             asked += 1;
-            Err("no".into())
+            Err(busy("no"))
         });
         assert_eq!(
             asked, 0,
@@ -250,17 +289,34 @@ mod tests {
             Some("store error".into()),
         );
         assert_eq!(q.reason(&t(1)).as_deref(), Some("store error"));
-        let _ = q.pass(|_, _| Err("all busy".into()));
+        let _ = q.pass(|_, _| Err(busy("all busy")));
         assert_eq!(q.reason(&t(1)).as_deref(), Some("all busy"));
         assert!(q.remove(&t(1)));
         assert!(!q.remove(&t(1)));
         assert_eq!(q.reason(&t(1)), None);
     }
 
+    #[test]
+    fn a_freed_slot_does_not_wake_a_class_no_worker_could_hold() {
+        let mut q = Queue::default();
+        q.insert(t(1), Timestamp::from_millis(1), class(64.0, None), None);
+        let mut asked = 0;
+        let mut too_big = |_: &TaskId, _: &Class| {
+            asked += 1;
+            Err(Blocked::new("request exceeds every worker".into(), true))
+        };
+        let _ = q.pass(&mut too_big);
+        q.wake(&WorkerId::new("w1").unwrap());
+        let _ = q.pass(&mut too_big);
+        assert_eq!(asked, 1, "a release cannot make a worker bigger");
+        q.wake_joined(&WorkerId::new("big").unwrap());
+        assert_eq!(q.pass(|_, _| Ok(())), vec![t(1)], "a joining worker may");
+    }
+
     /// A naive queue: every pass tries every task, oldest first.
     fn naive_pass(
         tasks: &mut BTreeMap<Key, Class>,
-        mut place: impl FnMut(&TaskId, &Class) -> Result<(), String>,
+        mut place: impl FnMut(&TaskId, &Class) -> Result<(), Blocked>,
     ) -> Vec<TaskId> {
         let mut placed = Vec::new();
         for ((at, id), class) in tasks.clone() {
@@ -274,43 +330,69 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Submit { cpu: u8, pin: Option<u8> },
-        Free { worker: u8, cpu: u8 },
+        Submit {
+            cpu: u8,
+            pin: Option<u8>,
+        },
+        /// Tasks on the worker end, freeing up to `cpu`.
+        Free {
+            worker: u8,
+            cpu: u8,
+        },
+        /// The worker comes back bigger.
+        Grow {
+            worker: u8,
+        },
         Pass,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (1u8..4, proptest::option::of(0u8..3)).prop_map(|(cpu, pin)| Op::Submit { cpu, pin }),
+            (1u8..7, proptest::option::of(0u8..3)).prop_map(|(cpu, pin)| Op::Submit { cpu, pin }),
             (0u8..3, 1u8..4).prop_map(|(worker, cpu)| Op::Free { worker, cpu }),
+            (0u8..3).prop_map(|worker| Op::Grow { worker }),
             Just(Op::Pass),
         ]
     }
 
-    /// First-fit over three workers' free CPU.
-    fn first_fit(free: &mut [u32; 3], class: &Class) -> Result<(), String> {
-        let need = u32::try_from(class.resources.cpu_millis / 1000).unwrap();
-        let fits = |w: usize, free: &[u32; 3]| free[w] >= need;
-        let chosen = match &class.pin {
-            Some(p) => {
-                let w: usize = p.as_str()[1..].parse().unwrap();
-                fits(w, free).then_some(w)
+    /// Three workers' capacity and free CPU.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Cluster {
+        capacity: [u32; 3],
+        free: [u32; 3],
+    }
+
+    impl Cluster {
+        /// First fit; a request no worker's capacity holds needs a worker.
+        fn place(&mut self, class: &Class) -> Result<(), Blocked> {
+            let need = u32::try_from(class.resources.cpu_millis / 1000).unwrap();
+            let workers: Vec<usize> = match &class.pin {
+                Some(p) => vec![p.as_str()[1..].parse().unwrap()],
+                None => (0..3).collect(),
+            };
+            match workers.iter().find(|w| self.free[**w] >= need) {
+                Some(w) => {
+                    self.free[*w] -= need;
+                    Ok(())
+                }
+                None => {
+                    let could = workers.iter().any(|w| self.capacity[*w] >= need);
+                    Err(Blocked::new("no room".into(), !could))
+                }
             }
-            None => (0..3).find(|w| fits(*w, free)),
-        };
-        let w = chosen.ok_or_else(|| "no room".to_string())?;
-        free[w] -= need;
-        Ok(())
+        }
     }
 
     proptest! {
-        /// Waking on every freed worker, the grouped queue places exactly
-        /// what a queue that retries every task would, in the same order.
+        /// Waking as the master does (a freed slot, a worker that grew),
+        /// the grouped queue places exactly what a queue that retries
+        /// every task would, in the same order.
         #[test]
         fn places_what_a_full_rescan_would(ops in proptest::collection::vec(op(), 1..120)) {
             let mut q = Queue::default();
             let mut naive: BTreeMap<Key, Class> = BTreeMap::new();
-            let (mut free_q, mut free_n) = ([4u32; 3], [4u32; 3]);
+            let start = Cluster { capacity: [4; 3], free: [4; 3] };
+            let (mut cq, mut cn) = (start, start);
             for (n, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Submit { cpu, pin } => {
@@ -320,15 +402,25 @@ mod tests {
                         naive.insert((at, t(n as u64)), c);
                     }
                     Op::Free { worker, cpu } => {
-                        free_q[usize::from(worker)] += u32::from(cpu);
-                        free_n[usize::from(worker)] += u32::from(cpu);
+                        let w = usize::from(worker);
+                        let freed = u32::from(cpu).min(cq.capacity[w] - cq.free[w]);
+                        cq.free[w] += freed;
+                        cn.free[w] += freed;
                         q.wake(&WorkerId::new(format!("w{worker}")).unwrap());
                     }
+                    Op::Grow { worker } => {
+                        let w = usize::from(worker);
+                        for c in [&mut cq, &mut cn] {
+                            c.capacity[w] += 2;
+                            c.free[w] += 2;
+                        }
+                        q.wake_joined(&WorkerId::new(format!("w{worker}")).unwrap());
+                    }
                     Op::Pass => {
-                        let a = q.pass(|_, c| first_fit(&mut free_q, c));
-                        let b = naive_pass(&mut naive, |_, c| first_fit(&mut free_n, c));
+                        let a = q.pass(|_, c| cq.place(c));
+                        let b = naive_pass(&mut naive, |_, c| cn.place(c));
                         prop_assert_eq!(a, b);
-                        prop_assert_eq!(free_q, free_n);
+                        prop_assert_eq!(cq, cn);
                     }
                 }
             }
