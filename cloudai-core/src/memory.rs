@@ -9,7 +9,9 @@ use crate::sync::lock;
 
 use async_trait::async_trait;
 
-use crate::model::{Drain, Heartbeat, TaskId, TaskRecord, TaskResult, WorkerId, WorkerRecord};
+use crate::model::{
+    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, WorkerId, WorkerRecord,
+};
 use crate::store::{
     CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
 };
@@ -19,9 +21,16 @@ use crate::{Error, Result};
 /// `Arc<MemoryStore>`. Locks are never held across an `.await`.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tasks: Mutex<HashMap<TaskId, TaskRecord>>,
+    tasks: Mutex<Tasks>,
     results: Mutex<HashMap<TaskId, TaskResult>>,
     workers: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
+}
+
+/// The tasks, with their counts by status kept beside them.
+#[derive(Debug, Default)]
+struct Tasks {
+    by_id: HashMap<TaskId, TaskRecord>,
+    counts: StatusCounts,
 }
 
 impl MemoryStore {
@@ -35,22 +44,24 @@ impl MemoryStore {
 impl TaskStore for MemoryStore {
     async fn insert_task(&self, task: TaskRecord) -> Result<()> {
         let mut tasks = lock(&self.tasks);
-        if tasks.contains_key(&task.id) {
+        if tasks.by_id.contains_key(&task.id) {
             return Err(Error::AlreadyExists {
                 kind: "task",
                 id: task.id.to_string(),
             });
         }
-        tasks.insert(task.id.clone(), task);
+        tasks.counts.add(task.status, 1);
+        tasks.by_id.insert(task.id.clone(), task);
         Ok(())
     }
 
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        Ok(lock(&self.tasks).get(id).cloned())
+        Ok(lock(&self.tasks).by_id.get(id).cloned())
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
         let mut out: Vec<TaskRecord> = lock(&self.tasks)
+            .by_id
             .values()
             .filter(|t| filter.matches(t))
             .cloned()
@@ -60,8 +71,10 @@ impl TaskStore for MemoryStore {
     }
 
     async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
-        let mut tasks = lock(&self.tasks);
+        let mut guard = lock(&self.tasks);
+        let tasks = &mut *guard;
         let task = tasks
+            .by_id
             .get_mut(id)
             .ok_or_else(|| Error::not_found("task", id))?;
         if !change.admits(task) {
@@ -71,6 +84,8 @@ impl TaskStore for MemoryStore {
         }
         let before = task.clone();
         change.apply_to(task);
+        tasks.counts.remove(before.status);
+        tasks.counts.add(task.status, 1);
         Ok(CasOutcome::Applied { before })
     }
 
@@ -85,6 +100,10 @@ impl TaskStore for MemoryStore {
 
     async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
         Ok(lock(&self.results).get(id).cloned())
+    }
+
+    async fn count_tasks(&self) -> Result<StatusCounts> {
+        Ok(lock(&self.tasks).counts)
     }
 }
 

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 
 pub use crate::lifecycle::{Assignment, StatusChange};
 use crate::model::{
-    Drain, Heartbeat, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId, WorkerRecord,
+    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId,
+    WorkerRecord,
 };
 use crate::Result;
 
@@ -92,6 +93,9 @@ pub trait TaskStore: Send + Sync + Debug {
 
     /// The task's result, if one is stored.
     async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>>;
+
+    /// How many tasks are in each status, without listing them.
+    async fn count_tasks(&self) -> Result<StatusCounts>;
 }
 
 /// Registered workers and their liveness fields.

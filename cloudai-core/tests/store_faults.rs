@@ -12,8 +12,8 @@ use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
-    InstanceId, Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
-    Timestamp, WorkerId, WorkerIdentity,
+    InstanceId, Logs, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult,
+    TaskSpec, TaskStatus, Timestamp, WorkerId, WorkerIdentity,
 };
 use cloudai_core::store::{CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
 use cloudai_core::transport::{MasterInfo, MasterToWorker, Registration, WorkerEndpoint};
@@ -54,6 +54,9 @@ impl TaskStore for Faulty {
     }
     async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
         self.store.get_result(id).await
+    }
+    async fn count_tasks(&self) -> Result<StatusCounts> {
+        self.store.count_tasks().await
     }
 }
 

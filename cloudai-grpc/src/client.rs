@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cloudai_core::master::{CancelOutcome, TaskView};
 use cloudai_core::model::{
-    TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
+    StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
 };
 use cloudai_core::runtime::Logs;
 use cloudai_core::store::TaskFilter;
@@ -177,6 +177,16 @@ impl MasterClient {
             .into_iter()
             .map(|t| convert::task(t).map_err(bad_reply))
             .collect()
+    }
+
+    /// How many tasks are in each status.
+    pub async fn task_counts(&self) -> Result<StatusCounts> {
+        let r = self
+            .c()
+            .count_tasks(self.req(proto::Empty {}))
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().into())
     }
 
     /// One task with its result.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
 use cloudai_core::model::{
-    InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Timestamp, ValidationError, WorkerId, WorkerIdentity,
+    InstanceId, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
+    Telemetry, Timestamp, ValidationError, WorkerId, WorkerIdentity,
 };
 use cloudai_core::transport::RunningTask;
 use cloudai_core::Error;
@@ -284,6 +284,30 @@ pub fn result(r: proto::TaskResult) -> Result<TaskResult, Status> {
         started_at: r.started_at.map(Timestamp::from_millis),
         finished_at: Timestamp::from_millis(r.finished_at),
     })
+}
+
+impl From<StatusCounts> for proto::TaskCounts {
+    fn from(c: StatusCounts) -> Self {
+        proto::TaskCounts {
+            pending: c.pending,
+            running: c.running,
+            completed: c.completed,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        }
+    }
+}
+
+impl From<proto::TaskCounts> for StatusCounts {
+    fn from(c: proto::TaskCounts) -> Self {
+        StatusCounts {
+            pending: c.pending,
+            running: c.running,
+            completed: c.completed,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        }
+    }
 }
 
 impl From<Telemetry> for proto::Telemetry {

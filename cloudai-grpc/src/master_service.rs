@@ -179,6 +179,11 @@ impl master_server::Master for MasterService {
         }))
     }
 
+    async fn count_tasks(&self, _req: Request<proto::Empty>) -> Reply<proto::TaskCounts> {
+        let counts = self.master.task_counts().await.map_err(to_status)?;
+        Ok(Response::new(counts.into()))
+    }
+
     async fn get_task(&self, req: Request<proto::TaskRef>) -> Reply<proto::TaskView> {
         let id = convert::task_id(&req.into_inner().task_id)?;
         Ok(Response::new(

@@ -53,8 +53,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudai_core::model::{
-    Drain, Heartbeat, TaskId, TaskRecord, TaskResult, Timestamp, ValidationError, WorkerId,
-    WorkerRecord,
+    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
+    ValidationError, WorkerId, WorkerRecord,
 };
 use cloudai_core::store::{
     Assignment, CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
@@ -484,6 +484,29 @@ impl TaskStore for MongoStore {
             .await?
             .map(ResultDoc::into_core)
             .transpose()
+    }
+
+    /// One `$group` by status: the server counts, no task is sent back.
+    async fn count_tasks(&self) -> Result<StatusCounts> {
+        let group = doc! { "$group": { "_id": "$status", "n": { "$sum": 1 } } };
+        let mut cursor = self.op(self.tasks.aggregate([group])).await?;
+        let mut counts = StatusCounts::default();
+        while self.op(cursor.advance()).await? {
+            let row = self.driver(cursor.deserialize_current())?;
+            let status: TaskStatus = row
+                .get_str("_id")
+                .map_err(|e| records::corrupt(format!("status count: {e}")))?
+                .parse()
+                .map_err(|e| records::corrupt(format!("status count: {e}")))?;
+            let n = match row.get("n") {
+                Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+                Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| records::corrupt(format!("status count: {row}")))?;
+            counts.add(status, n);
+        }
+        Ok(counts)
     }
 }
 

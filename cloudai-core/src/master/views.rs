@@ -4,8 +4,8 @@
 use super::Master;
 use crate::liveness::Health;
 use crate::model::{
-    Drain, Logs, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry,
-    Timestamp, WorkerId,
+    Drain, Logs, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
+    Telemetry, Timestamp, WorkerId,
 };
 use crate::store::TaskFilter;
 use crate::{Error, Result};
@@ -122,5 +122,11 @@ impl Master {
     /// Tasks passing `filter`, oldest first.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
         self.inner.store.list_tasks(filter).await
+    }
+
+    /// How many tasks are in each status (the store counts; nothing is
+    /// listed).
+    pub async fn task_counts(&self) -> Result<StatusCounts> {
+        self.inner.store.count_tasks().await
     }
 }

@@ -15,7 +15,7 @@ mod worker;
 pub use ids::{InstanceId, TaskId, WorkerId};
 pub use resources::Resources;
 pub use run::{ExitStatus, Logs, RunningTask};
-pub use task::{TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
+pub use task::{StatusCounts, TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
 pub use time::Timestamp;
 pub use validation::ValidationError;
 pub use worker::{Drain, Heartbeat, Telemetry, WorkerIdentity, WorkerRecord};

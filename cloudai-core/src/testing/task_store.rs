@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 use super::{pending_task, task_id, worker_id};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::lifecycle::TaskEvent;
-use crate::model::{TaskResult, TaskStatus, Timestamp, WorkerId};
+use crate::model::{StatusCounts, TaskResult, TaskStatus, Timestamp, WorkerId};
 use crate::store::{Assignment, CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
 use crate::Error;
 
@@ -25,6 +25,7 @@ where
     insert_and_get(new_store().await).await;
     duplicate_insert_is_refused(new_store().await).await;
     list_filters_and_orders(new_store().await).await;
+    counts_follow_inserts_and_changes(new_store().await).await;
     cas_applies_when_the_guard_holds(new_store().await).await;
     cas_rejects_a_status_outside_the_guard(new_store().await).await;
     cas_rejects_the_wrong_worker(new_store().await).await;
@@ -160,6 +161,70 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         .is_empty());
     let either = TaskFilter::status([TaskStatus::Pending, TaskStatus::Running]);
     assert_eq!(store.list_tasks(&either).await.expect("list").len(), 5);
+}
+
+/// The counts by status agree with what a full list holds.
+async fn assert_counts_agree_with_the_list(store: &dyn TaskStore) {
+    let mut listed = StatusCounts::default();
+    for t in store
+        .list_tasks(&TaskFilter::default())
+        .await
+        .expect("list")
+    {
+        listed.add(t.status, 1);
+    }
+    assert_eq!(
+        store.count_tasks().await.expect("count"),
+        listed,
+        "counts by status must agree with the tasks stored"
+    );
+}
+
+/// Counts by status follow inserts and applied changes; a rejected change
+/// and a refused insert count nothing.
+pub async fn counts_follow_inserts_and_changes(store: Arc<dyn TaskStore>) {
+    assert_eq!(
+        store.count_tasks().await.expect("count"),
+        StatusCounts::default()
+    );
+    for (id, at) in [("c-1", 1), ("c-2", 2), ("c-3", 3)] {
+        store
+            .insert_task(pending_task(id, at))
+            .await
+            .expect("insert");
+    }
+    let _ = store.insert_task(pending_task("c-1", 9)).await;
+    let w = worker_id("w-c");
+    assign(store.as_ref(), "c-1", &w).await;
+    assign(store.as_ref(), "c-2", &w).await;
+    let r = record_report(
+        store.as_ref(),
+        result("c-1", &w, TaskStatus::Completed, "ok"),
+        Timestamp::from_millis(20),
+    )
+    .await
+    .expect("report");
+    assert!(matches!(r.status, Applied::Changed { .. }));
+    // Already completed: the second report is refused and counts nothing.
+    let _ = record_report(
+        store.as_ref(),
+        result("c-1", &w, TaskStatus::Failed, "late"),
+        Timestamp::from_millis(30),
+    )
+    .await
+    .expect("report");
+    let counts = store.count_tasks().await.expect("count");
+    assert_eq!(
+        (
+            counts.pending,
+            counts.running,
+            counts.completed,
+            counts.total()
+        ),
+        (1, 1, 1, 3),
+        "{counts:?}"
+    );
+    assert_counts_agree_with_the_list(store.as_ref()).await;
 }
 
 /// A change whose guard holds is stored whole and returns the prior record.
@@ -488,6 +553,7 @@ pub async fn race_cancel_against_reports(store: Arc<dyn TaskStore>) {
             );
         }
     }
+    assert_counts_agree_with_the_list(store.as_ref()).await;
 }
 
 /// Concurrent inserts of results for the same tasks: exactly one wins each.
