@@ -53,6 +53,8 @@ mutate cloudai-core/src/memory.rs "store ignores the compare-and-set guard" \
   'if !change.admits(task) {' 'if false {'
 mutate cloudai-core/src/memory.rs "results not deduplicated" \
   'if results.contains_key(&result.task_id) {' 'if false {'
+mutate cloudai-core/src/memory.rs "the memory store's index keeps a task where it no longer is" \
+  '        tasks.index.track(&before, false);' ''
 mutate cloudai-core/src/memory.rs "heartbeat time moves backwards" \
   'Some(w) if w.last_heartbeat.is_some_and(|last| last > beat.at) => {}' 'Some(w) if false => {}'
 mutate cloudai-core/src/results.rs "stored result keeps the reporter's status" \

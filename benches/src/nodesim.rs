@@ -53,6 +53,9 @@ struct Args {
     /// Percent of tasks reported failed.
     #[arg(long, default_value_t = 0)]
     fail_percent: u8,
+    /// Worker ids are `<prefix><n>` (two swarms on one master need two).
+    #[arg(long, default_value = "sim-")]
+    id_prefix: String,
     /// Tasks parked first on a worker that never answers.
     #[arg(long, default_value_t = 0)]
     parked: usize,
@@ -122,7 +125,7 @@ async fn main() -> Result<(), String> {
             .map_err(|e| e.to_string())?,
         run_time: Duration::from_millis(args.run_ms),
         fail_percent: args.fail_percent.min(100),
-        id_prefix: "sim-".into(),
+        id_prefix: args.id_prefix.clone(),
     };
     let load = LoadConfig {
         tasks: args.tasks,

@@ -2,7 +2,7 @@
 //! memory, with the same compare-and-set and insert-if-absent semantics as
 //! every other backend (it runs the same conformance suites).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use crate::sync::lock;
@@ -10,7 +10,8 @@ use crate::sync::lock;
 use async_trait::async_trait;
 
 use crate::model::{
-    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, WorkerId, WorkerRecord,
+    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
+    WorkerId, WorkerRecord,
 };
 use crate::store::{
     CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
@@ -26,11 +27,46 @@ pub struct MemoryStore {
     workers: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
 }
 
-/// The tasks, with their counts by status kept beside them.
+/// The tasks, with what is kept beside them for cheap reads.
 #[derive(Debug, Default)]
 struct Tasks {
     by_id: HashMap<TaskId, TaskRecord>,
+    index: Index,
+}
+
+/// Kept by [`Index::track`] on every insert and applied change.
+#[derive(Debug, Default)]
+struct Index {
     counts: StatusCounts,
+    /// Running tasks by worker, oldest first: what a registration or a lost
+    /// worker asks for, read without a scan of every task.
+    running_on: HashMap<WorkerId, BTreeSet<(Timestamp, TaskId)>>,
+}
+
+impl Index {
+    /// Counts `task` in (`enters`) or out, as it is now.
+    fn track(&mut self, task: &TaskRecord, enters: bool) {
+        if enters {
+            self.counts.add(task.status, 1);
+        } else {
+            self.counts.remove(task.status);
+        }
+        let (TaskStatus::Running, Some(worker)) = (task.status, &task.worker) else {
+            return;
+        };
+        let key = (task.created_at, task.id.clone());
+        if enters {
+            self.running_on
+                .entry(worker.clone())
+                .or_default()
+                .insert(key);
+        } else if let Some(set) = self.running_on.get_mut(worker) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.running_on.remove(worker);
+            }
+        }
+    }
 }
 
 impl MemoryStore {
@@ -50,7 +86,7 @@ impl TaskStore for MemoryStore {
                 id: task.id.to_string(),
             });
         }
-        tasks.counts.add(task.status, 1);
+        tasks.index.track(&task, true);
         tasks.by_id.insert(task.id.clone(), task);
         Ok(())
     }
@@ -60,7 +96,14 @@ impl TaskStore for MemoryStore {
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        let mut out: Vec<TaskRecord> = lock(&self.tasks)
+        let tasks = lock(&self.tasks);
+        if let (Some(worker), [TaskStatus::Running]) = (&filter.worker, &filter.statuses[..]) {
+            let on = tasks.index.running_on.get(worker).into_iter().flatten();
+            return Ok(on
+                .filter_map(|(_, id)| tasks.by_id.get(id).cloned())
+                .collect());
+        }
+        let mut out: Vec<TaskRecord> = tasks
             .by_id
             .values()
             .filter(|t| filter.matches(t))
@@ -84,8 +127,8 @@ impl TaskStore for MemoryStore {
         }
         let before = task.clone();
         change.apply_to(task);
-        tasks.counts.remove(before.status);
-        tasks.counts.add(task.status, 1);
+        tasks.index.track(&before, false);
+        tasks.index.track(task, true);
         Ok(CasOutcome::Applied { before })
     }
 
@@ -103,7 +146,7 @@ impl TaskStore for MemoryStore {
     }
 
     async fn count_tasks(&self) -> Result<StatusCounts> {
-        Ok(lock(&self.tasks).counts)
+        Ok(lock(&self.tasks).index.counts)
     }
 }
 

@@ -150,6 +150,30 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         ids(store.list_tasks(&on_a).await.expect("list")),
         ["t-1", "t-3"]
     );
+    let running_on_a = TaskFilter {
+        statuses: vec![TaskStatus::Running],
+        worker: Some(a.clone()),
+    };
+    assert_eq!(
+        ids(store.list_tasks(&running_on_a).await.expect("list")),
+        ["t-1", "t-3"],
+        "running on a worker, oldest first"
+    );
+    let cancel = TaskEvent::Cancel { force: false };
+    let at = Timestamp::from_millis(90);
+    apply_event(store.as_ref(), &task_id("t-1"), &cancel, at)
+        .await
+        .expect("cancel");
+    assert_eq!(
+        ids(store.list_tasks(&running_on_a).await.expect("list")),
+        ["t-3"],
+        "a task that ended is no longer running there"
+    );
+    assert_eq!(
+        ids(store.list_tasks(&on_a).await.expect("list")),
+        ["t-1", "t-3"],
+        "it still ran there"
+    );
     let pending_on_a = TaskFilter {
         statuses: vec![TaskStatus::Pending],
         worker: Some(a),
@@ -160,7 +184,7 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         .expect("list")
         .is_empty());
     let either = TaskFilter::status([TaskStatus::Pending, TaskStatus::Running]);
-    assert_eq!(store.list_tasks(&either).await.expect("list").len(), 5);
+    assert_eq!(store.list_tasks(&either).await.expect("list").len(), 4);
 }
 
 /// The counts by status agree with what a full list holds.
