@@ -161,9 +161,10 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
     );
     let cancel = TaskEvent::Cancel { force: false };
     let at = Timestamp::from_millis(90);
-    apply_event(store.as_ref(), &task_id("t-1"), &cancel, at)
+    let cancelled = apply_event(store.as_ref(), &task_id("t-1"), &cancel, at)
         .await
         .expect("cancel");
+    assert!(matches!(cancelled, Applied::Changed { .. }));
     assert_eq!(
         ids(store.list_tasks(&running_on_a).await.expect("list")),
         ["t-3"],
