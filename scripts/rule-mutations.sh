@@ -105,7 +105,7 @@ mutate cloudai-core/src/master/state/queue.rs "a joining worker leaves classes n
 mutate cloudai-core/src/master/state/mod.rs "tasks are placed on a drained worker" \
   '.is_some_and(|w| !w.unreachable && w.drain.is_none())' '.is_some_and(|w| !w.unreachable)'
 mutate cloudai-core/src/master/driver.rs "a drain deadline stops nothing" \
-  'master.drain_deadline_passed(&worker).await;' 'let _ = &worker;'
+  'store_work.spawn(async move { m.drain_deadline_passed(&worker).await });' 'let _ = (&m, &worker);'
 mutate cloudai-core/src/worker/shutdown.rs "a shutting-down worker does not say it is leaving" \
   'let leave = self.inner.master.leave(&me);' 'let leave = async { Ok::<(), crate::Error>(()) };'
 mutate cloudai-core/src/worker/shutdown.rs "shutdown leaves containers running" \

@@ -97,7 +97,12 @@ async fn main() -> Result<(), String> {
     let (address, pid, _child) = match &args.master {
         Some(a) => (a.clone(), args.master_pid, None),
         None => {
+            // A fresh database each run: a master on MongoDB loads the
+            // workers an earlier run registered.
+            let db = format!("nodesim-{}", std::process::id());
             let flags: Vec<String> = [
+                "--mongo-db",
+                &db,
                 "--store",
                 &args.store,
                 "--heartbeat-interval",

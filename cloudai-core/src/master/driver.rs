@@ -2,7 +2,10 @@
 //! made owed (a placement pass, assignments to send, stops to deliver), then
 //! sleeps until the next deadline (liveness, reconnection, heartbeat flush,
 //! periodic reconcile) or until it is woken, and acts on what is due. A
-//! dead worker is noticed at its deadline, not on a coarse tick.
+//! dead worker is noticed at its deadline, not on a coarse tick. What is
+//! due and needs the store (a lost worker's failures, a drain deadline,
+//! the heartbeat batch, a reconcile) runs on a task of its own, so a slow
+//! store never holds up placement passes.
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -15,7 +18,11 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
     let start = master.now();
     let mut next_flush = start.saturating_add(config.heartbeat_flush);
     let mut next_reconcile = config.reconcile_interval.map(|i| start.saturating_add(i));
+    let mut store_work = tokio::task::JoinSet::new();
+    // At most one heartbeat batch in flight: beats keep coalescing meanwhile.
+    let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
+        while store_work.try_join_next().is_some() {}
         perform_owed(&master);
         let deadline = [
             master.state().next_deadline(),
@@ -46,7 +53,10 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
                         health: Health::Inactive,
                     });
                 }
-                LivenessEvent::Lost(worker) => master.worker_lost(&worker).await,
+                LivenessEvent::Lost(worker) => {
+                    let m = master.clone();
+                    store_work.spawn(async move { m.worker_lost(&worker).await });
+                }
             }
         }
         for worker in due {
@@ -55,27 +65,40 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
         }
         let drains_due = master.state().drains_due(now);
         for worker in drains_due {
-            master.drain_deadline_passed(&worker).await;
+            let m = master.clone();
+            store_work.spawn(async move { m.drain_deadline_passed(&worker).await });
         }
         if now >= next_flush {
-            flush_heartbeats(&master).await;
+            if flushing.as_ref().is_none_or(|f| f.is_finished()) {
+                let m = master.clone();
+                flushing = Some(tokio::spawn(async move { flush_heartbeats(&m).await }));
+            }
             next_flush = now.saturating_add(config.heartbeat_flush);
         }
         if let (Some(at), Some(every)) = (next_reconcile, config.reconcile_interval) {
             if now >= at {
-                match master.reconcile().await {
-                    Ok(r) if !r.is_clean() => info!(
-                        corrections = r.corrections.len(),
-                        "periodic reconciliation fixed allocations"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "periodic reconciliation failed"),
-                }
+                let m = master.clone();
+                store_work.spawn(async move { periodic_reconcile(&m).await });
                 next_reconcile = Some(now.saturating_add(every));
             }
         }
     }
+    while store_work.join_next().await.is_some() {}
+    if let Some(f) = flushing {
+        let _ = f.await;
+    }
     flush_heartbeats(&master).await;
+}
+
+async fn periodic_reconcile(master: &Master) {
+    match master.reconcile().await {
+        Ok(r) if !r.is_clean() => info!(
+            corrections = r.corrections.len(),
+            "periodic reconciliation fixed allocations"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "periodic reconciliation failed"),
+    }
 }
 
 /// Performs what is owed: the placement pass here, deliveries each on a
