@@ -85,10 +85,11 @@ fn placement_at_scale(c: &mut Criterion) {
             }
         }
     }
+    // Placements so far, across policies: each names a task of its own.
+    let mut n = 0u64;
     for policy in Policy::ALL {
         let mut s = policy.build();
         let mut cursor: Option<WorkerId> = None;
-        let mut n = 0u64;
         c.bench_function(
             &format!("place among 10,000 workers (9,000 full): {}", s.name()),
             |b| {
