@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cloudai_core::host;
-use cloudai_core::model::{Resources, TaskSpec, TaskStatus};
+use cloudai_core::model::{ArrayIndices, Resources, TaskSpec, TaskStatus};
 use cloudai_core::store::TaskFilter;
 use cloudai_grpc::{MasterClient, Security};
 use hdrhistogram::Histogram;
@@ -32,6 +32,9 @@ pub struct LoadConfig {
     pub idle: Duration,
     /// Give up waiting for the reports after this long.
     pub deadline: Duration,
+    /// Submit the runnable tasks as one array (one call, one store batch)
+    /// instead of one call each.
+    pub array: bool,
 }
 
 /// Master CPU (percent of one core) and heartbeats over one phase.
@@ -61,6 +64,8 @@ pub struct Report {
     pub tasks: usize,
     /// Tasks parked.
     pub parked: usize,
+    /// Whether the tasks went as one array.
+    pub array: bool,
     /// Submits answered per second.
     pub submits_per_s: f64,
     /// Assignments arriving per second, first submit to last assignment.
@@ -100,6 +105,7 @@ impl Report {
             "load": phase(&self.load),
             "tasks": self.tasks,
             "parked": self.parked,
+            "array": self.array,
             "submits_per_s": self.submits_per_s,
             "placements_per_s": self.placements_per_s,
             "tasks_per_s": self.tasks_per_s,
@@ -136,8 +142,13 @@ impl std::fmt::Display for Report {
         }
         writeln!(
             f,
-            "load: {} tasks ({} parked): submit {:.0}/s, placement {:.0}/s, completed {:.0} tasks/s",
-            self.tasks, self.parked, self.submits_per_s, self.placements_per_s, self.tasks_per_s
+            "load: {} tasks ({} parked{}): submit {:.0}/s, placement {:.0}/s, completed {:.0} tasks/s",
+            self.tasks,
+            self.parked,
+            if self.array { ", as one array" } else { "" },
+            self.submits_per_s,
+            self.placements_per_s,
+            self.tasks_per_s
         )?;
         let [r50, r99, rmax] = self.to_running_ms;
         let [c50, c99, cmax] = self.to_completed_ms;
@@ -227,7 +238,22 @@ pub async fn run(
 
     let clock = PhaseClock::start(&swarm, master_pid);
     let start = Instant::now();
-    let submitted = submit_all(&client, &spec, load.tasks, load.concurrency).await?;
+    let array = if load.array {
+        let indices: ArrayIndices = format!("1-{}", load.tasks.max(1))
+            .parse()
+            .map_err(|e: cloudai_core::model::ValidationError| e.to_string())?;
+        let (id, _) = client
+            .submit_array(spec.clone(), &indices)
+            .await
+            .map_err(|e| e.to_string())?;
+        Some(id)
+    } else {
+        None
+    };
+    let mut submitted = match &array {
+        Some(_) => Vec::new(),
+        None => submit_all(&client, &spec, load.tasks, load.concurrency).await?,
+    };
     let submits_per_s = load.tasks as f64 / start.elapsed().as_secs_f64();
     let stats = swarm.stats();
     while stats.ended() < load.tasks as u64 {
@@ -243,6 +269,15 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let phase = clock.end(&swarm);
+    if let Some(id) = array {
+        // One call submitted them all: each was sent when it began.
+        let filter = TaskFilter {
+            array: Some(id),
+            ..TaskFilter::default()
+        };
+        let tasks = client.tasks(&filter).await.map_err(|e| e.to_string())?;
+        submitted = tasks.into_iter().map(|t| (t.id, start)).collect();
+    }
 
     let mut to_running = histogram();
     let mut to_completed = histogram();
@@ -267,6 +302,7 @@ pub async fn run(
         load: phase,
         tasks: load.tasks,
         parked: load.parked,
+        array: load.array,
         submits_per_s,
         placements_per_s: per_s(last_assigned),
         tasks_per_s: per_s(last_reported),

@@ -53,6 +53,10 @@ struct Args {
     /// Percent of tasks reported failed.
     #[arg(long, default_value_t = 0)]
     fail_percent: u8,
+    /// Submit the tasks as one array (`task --array 1-N`) instead of one
+    /// call each.
+    #[arg(long)]
+    array: bool,
     /// Worker ids are `<prefix><n>` (two swarms on one master need two).
     #[arg(long, default_value = "sim-")]
     id_prefix: String,
@@ -139,6 +143,7 @@ async fn main() -> Result<(), String> {
         parked: args.parked,
         idle: Duration::from_secs_f64(args.idle_secs.max(0.0)),
         deadline: Duration::from_secs(600),
+        array: args.array,
     };
     eprintln!(
         "master at {address} ({}); {} workers joining",

@@ -61,6 +61,7 @@ async fn a_swarm_runs_every_runnable_task_and_leaves_the_cluster_clean() {
         parked: 200,
         idle: Duration::ZERO,
         deadline: Duration::from_secs(120),
+        array: false,
     };
     let (report, swarm) = measure::run(&address, security.clone(), swarm, &load, None)
         .await

@@ -22,6 +22,17 @@ pub enum Error {
         /// Its id.
         id: String,
     },
+    /// The object existed and was removed after the retention period
+    /// (a finished task: its id tells when it was created).
+    #[error("{kind} {id} has expired: finished {kind}s are kept for {}s", retention.as_secs())]
+    Expired {
+        /// What was looked up (`"task"`).
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// How long finished ones are kept.
+        retention: std::time::Duration,
+    },
     /// An object with this id exists already.
     #[error("{kind} {id} already exists")]
     AlreadyExists {

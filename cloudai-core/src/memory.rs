@@ -2,7 +2,7 @@
 //! memory, with the same compare-and-set and insert-if-absent semantics as
 //! every other backend (it runs the same conformance suites).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::sync::lock;
@@ -10,11 +10,11 @@ use crate::sync::lock;
 use async_trait::async_trait;
 
 use crate::model::{
-    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
+    ArrayId, Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
     WorkerId, WorkerRecord,
 };
 use crate::store::{
-    CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
+    CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
 };
 use crate::{Error, Result};
 
@@ -34,38 +34,104 @@ struct Tasks {
     index: Index,
 }
 
-/// Kept by [`Index::track`] on every insert and applied change.
+/// A task's place in creation order.
+type Key = (Timestamp, TaskId);
+
+/// Kept by [`Index::track`] on every insert, applied change and removal.
 #[derive(Debug, Default)]
 struct Index {
     counts: StatusCounts,
+    /// Every task, by creation: pages read from the newest end.
+    created: BTreeSet<Key>,
+    /// Tasks by status, by creation: a page of one status reads only those.
+    by_status: HashMap<TaskStatus, BTreeSet<Key>>,
+    /// Tasks by array, by creation.
+    by_array: HashMap<ArrayId, BTreeSet<Key>>,
+    /// Finished tasks by when they finished: retention reads the oldest.
+    finished: BTreeSet<(Timestamp, TaskId)>,
     /// Running tasks by worker, oldest first: what a registration or a lost
     /// worker asks for, read without a scan of every task.
-    running_on: HashMap<WorkerId, BTreeSet<(Timestamp, TaskId)>>,
+    running_on: HashMap<WorkerId, BTreeSet<Key>>,
+}
+
+/// Puts `key` in (`enters`) or takes it out of the set under `at`,
+/// dropping a set left empty.
+fn file<K: Eq + std::hash::Hash>(
+    sets: &mut HashMap<K, BTreeSet<Key>>,
+    at: K,
+    key: Key,
+    enters: bool,
+) {
+    if enters {
+        sets.entry(at).or_default().insert(key);
+    } else if let Some(set) = sets.get_mut(&at) {
+        set.remove(&key);
+        if set.is_empty() {
+            sets.remove(&at);
+        }
+    }
 }
 
 impl Index {
-    /// Counts `task` in (`enters`) or out, as it is now.
+    /// Files `task` in (`enters`) or out, as it is now.
     fn track(&mut self, task: &TaskRecord, enters: bool) {
-        if enters {
-            self.counts.add(task.status, 1);
-        } else {
-            self.counts.remove(task.status);
-        }
-        let (TaskStatus::Running, Some(worker)) = (task.status, &task.worker) else {
-            return;
-        };
         let key = (task.created_at, task.id.clone());
         if enters {
-            self.running_on
-                .entry(worker.clone())
-                .or_default()
-                .insert(key);
-        } else if let Some(set) = self.running_on.get_mut(worker) {
-            set.remove(&key);
-            if set.is_empty() {
-                self.running_on.remove(worker);
+            self.counts.add(task.status, 1);
+            self.created.insert(key.clone());
+        } else {
+            self.counts.remove(task.status);
+            self.created.remove(&key);
+        }
+        file(&mut self.by_status, task.status, key.clone(), enters);
+        if let Some(a) = &task.array {
+            file(&mut self.by_array, a.id.clone(), key.clone(), enters);
+        }
+        if let Some(at) = task.finished_at.filter(|_| task.status.is_terminal()) {
+            if enters {
+                self.finished.insert((at, task.id.clone()));
+            } else {
+                self.finished.remove(&(at, task.id.clone()));
             }
         }
+        if let (TaskStatus::Running, Some(worker)) = (task.status, &task.worker) {
+            file(&mut self.running_on, worker.clone(), key, enters);
+        }
+    }
+
+    /// The smallest index that holds every task `filter` can pass.
+    fn candidates(&self, filter: &TaskFilter) -> &BTreeSet<Key> {
+        static NONE: BTreeSet<Key> = BTreeSet::new();
+        if let Some(a) = &filter.array {
+            return self.by_array.get(a).unwrap_or(&NONE);
+        }
+        if let [one] = &filter.statuses[..] {
+            return self.by_status.get(one).unwrap_or(&NONE);
+        }
+        &self.created
+    }
+}
+
+impl Tasks {
+    fn insert(&mut self, task: TaskRecord) {
+        self.index.track(&task, true);
+        self.by_id.insert(task.id.clone(), task);
+    }
+
+    fn remove(&mut self, id: &TaskId) -> Option<TaskRecord> {
+        let task = self.by_id.remove(id)?;
+        self.index.track(&task, false);
+        Some(task)
+    }
+
+    fn taken(&self, id: &TaskId) -> Result<()> {
+        if self.by_id.contains_key(id) {
+            return Err(Error::AlreadyExists {
+                kind: "task",
+                id: id.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -80,14 +146,26 @@ impl MemoryStore {
 impl TaskStore for MemoryStore {
     async fn insert_task(&self, task: TaskRecord) -> Result<()> {
         let mut tasks = lock(&self.tasks);
-        if tasks.by_id.contains_key(&task.id) {
-            return Err(Error::AlreadyExists {
-                kind: "task",
-                id: task.id.to_string(),
-            });
+        tasks.taken(&task.id)?;
+        tasks.insert(task);
+        Ok(())
+    }
+
+    async fn insert_tasks(&self, batch: Vec<TaskRecord>) -> Result<()> {
+        let mut tasks = lock(&self.tasks);
+        let mut ids = HashSet::new();
+        for t in &batch {
+            tasks.taken(&t.id)?;
+            if !ids.insert(&t.id) {
+                return Err(Error::AlreadyExists {
+                    kind: "task",
+                    id: t.id.to_string(),
+                });
+            }
         }
-        tasks.index.track(&task, true);
-        tasks.by_id.insert(task.id.clone(), task);
+        for t in batch {
+            tasks.insert(t);
+        }
         Ok(())
     }
 
@@ -111,6 +189,27 @@ impl TaskStore for MemoryStore {
             .collect();
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
+    }
+
+    async fn page_tasks(
+        &self,
+        filter: &TaskFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        let tasks = lock(&self.tasks);
+        let keys = tasks.index.candidates(filter);
+        let older = match after {
+            Some(k) => keys.range(..(k.created_at, k.id.clone())),
+            None => keys.range::<Key, _>(..),
+        };
+        Ok(older
+            .rev()
+            .filter_map(|(_, id)| tasks.by_id.get(id))
+            .filter(|t| filter.matches(t))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
@@ -147,6 +246,24 @@ impl TaskStore for MemoryStore {
 
     async fn count_tasks(&self) -> Result<StatusCounts> {
         Ok(lock(&self.tasks).index.counts)
+    }
+
+    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        let mut tasks = lock(&self.tasks);
+        let due: Vec<TaskId> = tasks
+            .index
+            .finished
+            .iter()
+            .take_while(|(at, _)| *at < before)
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut results = lock(&self.results);
+        for id in &due {
+            results.remove(id);
+            tasks.remove(id);
+        }
+        Ok(due.len())
     }
 }
 

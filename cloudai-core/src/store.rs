@@ -12,8 +12,8 @@ use async_trait::async_trait;
 
 pub use crate::lifecycle::{Assignment, StatusChange};
 use crate::model::{
-    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId,
-    WorkerRecord,
+    ArrayId, Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
+    ValidationError, WorkerId, WorkerRecord,
 };
 use crate::Result;
 
@@ -43,13 +43,16 @@ pub enum InsertOutcome {
     AlreadyPresent,
 }
 
-/// Which tasks [`TaskStore::list_tasks`] returns.
+/// Which tasks [`TaskStore::list_tasks`] and [`TaskStore::page_tasks`]
+/// return.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskFilter {
     /// Only tasks in one of these statuses (empty: any status).
     pub statuses: Vec<TaskStatus>,
     /// Only tasks assigned to this worker.
     pub worker: Option<WorkerId>,
+    /// Only the tasks of this array.
+    pub array: Option<ArrayId>,
 }
 
 impl TaskFilter {
@@ -57,7 +60,7 @@ impl TaskFilter {
     pub fn status(statuses: impl IntoIterator<Item = TaskStatus>) -> Self {
         TaskFilter {
             statuses: statuses.into_iter().collect(),
-            worker: None,
+            ..TaskFilter::default()
         }
     }
 
@@ -68,6 +71,52 @@ impl TaskFilter {
                 .worker
                 .as_ref()
                 .is_none_or(|w| task.worker.as_ref() == Some(w))
+            && self
+                .array
+                .as_ref()
+                .is_none_or(|a| task.array.as_ref().map(|m| &m.id) == Some(a))
+    }
+}
+
+/// Where a page of tasks (newest first) continues: after the task created
+/// at `created_at` with id `id`, i.e. with the tasks older than it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PageKey {
+    /// The last task's creation time.
+    pub created_at: Timestamp,
+    /// The last task's id (ties on the time go by id, descending).
+    pub id: TaskId,
+}
+
+impl PageKey {
+    /// The key just after `task`.
+    pub fn after(task: &TaskRecord) -> Self {
+        PageKey {
+            created_at: task.created_at,
+            id: task.id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PageKey {
+    /// `<created_at ms>:<task id>`, the cursor clients pass back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.created_at.as_millis(), self.id)
+    }
+}
+
+impl std::str::FromStr for PageKey {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> std::result::Result<Self, ValidationError> {
+        let bad = || ValidationError::Invalid {
+            field: "page cursor",
+            reason: format!("{s:?} is not a cursor this master handed out"),
+        };
+        let (at, id) = s.split_once(':').ok_or_else(bad)?;
+        Ok(PageKey {
+            created_at: Timestamp::from_millis(at.parse().map_err(|_| bad())?),
+            id: TaskId::new(id).map_err(|_| bad())?,
+        })
     }
 }
 
@@ -77,11 +126,27 @@ pub trait TaskStore: Send + Sync + Debug {
     /// Stores a new task. [`crate::Error::AlreadyExists`] if the id is taken.
     async fn insert_task(&self, task: TaskRecord) -> Result<()>;
 
+    /// Stores new tasks in one batch (an array). A taken id fails the batch
+    /// with [`crate::Error::AlreadyExists`]; a backend that cannot undo a
+    /// partial batch may have kept the tasks before it (ids the master
+    /// generates are never taken).
+    async fn insert_tasks(&self, tasks: Vec<TaskRecord>) -> Result<()>;
+
     /// The task, if it exists.
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
 
     /// Tasks passing `filter`, oldest first (ties by id).
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>>;
+
+    /// At most `limit` tasks passing `filter`, newest first (ties by id,
+    /// descending), continuing after `after`: pages that together list
+    /// every task exactly once, however many there are.
+    async fn page_tasks(
+        &self,
+        filter: &TaskFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>>;
 
     /// Atomically applies `change` if its guard holds for the stored task.
     /// [`crate::Error::NotFound`] if there is no such task.
@@ -96,6 +161,11 @@ pub trait TaskStore: Send + Sync + Debug {
 
     /// How many tasks are in each status, without listing them.
     async fn count_tasks(&self) -> Result<StatusCounts>;
+
+    /// Removes at most `limit` tasks that finished before `before`, each
+    /// with its result (the result first, so nothing is left without its
+    /// task). Returns how many tasks went.
+    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize>;
 }
 
 /// Registered workers and their liveness fields.

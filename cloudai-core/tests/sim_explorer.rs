@@ -115,6 +115,7 @@ async fn explore(seed: u64) {
                     let on_w = TaskFilter {
                         statuses: vec![],
                         worker: Some(w),
+                        array: None,
                     };
                     let done = c
                         .master

@@ -15,7 +15,9 @@ use cloudai_core::model::{
     InstanceId, Logs, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult,
     TaskSpec, TaskStatus, Timestamp, WorkerId, WorkerIdentity,
 };
-use cloudai_core::store::{CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
+use cloudai_core::store::{
+    CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
+};
 use cloudai_core::transport::{MasterInfo, MasterToWorker, Registration, WorkerEndpoint};
 use cloudai_core::{Error, Result};
 
@@ -57,6 +59,20 @@ impl TaskStore for Faulty {
     }
     async fn count_tasks(&self) -> Result<StatusCounts> {
         self.store.count_tasks().await
+    }
+    async fn insert_tasks(&self, tasks: Vec<TaskRecord>) -> Result<()> {
+        self.store.insert_tasks(tasks).await
+    }
+    async fn page_tasks(
+        &self,
+        filter: &TaskFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        self.store.page_tasks(filter, after, limit).await
+    }
+    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        self.store.remove_finished(before, limit).await
     }
 }
 

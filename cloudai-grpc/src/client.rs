@@ -8,10 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cloudai_core::master::{CancelOutcome, TaskView};
 use cloudai_core::model::{
-    StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
+    ArrayId, ArrayIndices, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry,
+    WorkerId, WorkerIdentity,
 };
 use cloudai_core::runtime::Logs;
-use cloudai_core::store::TaskFilter;
+use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::transport::{
     HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask,
     WorkerEndpoint, WorkerToMaster,
@@ -115,10 +116,35 @@ impl MasterClient {
             .c()
             .submit(self.req(proto::SubmitRequest {
                 spec: Some(spec.into()),
+                array: None,
             }))
             .await
             .map_err(from_status)?;
         convert::task_id(&r.into_inner().task_id).map_err(bad_reply)
+    }
+
+    /// Submits one task per index of `indices` in one call; returns the
+    /// array's id and how many tasks it holds.
+    pub async fn submit_array(
+        &self,
+        spec: TaskSpec,
+        indices: &ArrayIndices,
+    ) -> Result<(ArrayId, usize)> {
+        let r = self
+            .c()
+            .submit(self.req(proto::SubmitRequest {
+                spec: Some(spec.into()),
+                array: Some(indices.to_string()),
+            }))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        let id = r.array_id.ok_or_else(|| {
+            bad_reply(tonic::Status::internal(
+                "an array submit came back without its id",
+            ))
+        })?;
+        Ok((convert::array_id(&id).map_err(bad_reply)?, r.count as usize))
     }
 
     /// Cancels a task. With `wait`, the answer waits for the worker's
@@ -148,6 +174,7 @@ impl MasterClient {
             worker: filter.worker.as_ref().map(ToString::to_string),
             force,
             wait,
+            array: filter.array.as_ref().map(ToString::to_string),
         };
         let r = self
             .c()
@@ -161,22 +188,55 @@ impl MasterClient {
             .collect()
     }
 
-    /// Tasks passing `filter`, oldest first.
+    /// Every task passing `filter`, newest first, read page by page (a
+    /// list of any size).
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = self.page(filter, after.as_ref(), 0).await?;
+            all.extend(page);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of tasks passing `filter`, newest first, after `after`:
+    /// at most `limit` (0: the largest page the master gives). Returns the
+    /// key of the next page, if there is one.
+    pub async fn page(
+        &self,
+        filter: &TaskFilter,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<(Vec<TaskRecord>, Option<PageKey>)> {
         let req = proto::ListTasksRequest {
             statuses: filter.statuses.iter().map(ToString::to_string).collect(),
             worker: filter.worker.as_ref().map(ToString::to_string),
+            array: filter.array.as_ref().map(ToString::to_string),
+            limit,
+            after: after.map(ToString::to_string),
         };
         let r = self
             .c()
             .list_tasks(self.req(req))
             .await
-            .map_err(from_status)?;
-        r.into_inner()
+            .map_err(from_status)?
+            .into_inner();
+        let tasks = r
             .tasks
             .into_iter()
             .map(|t| convert::task(t).map_err(bad_reply))
-            .collect()
+            .collect::<Result<_>>()?;
+        let next = r
+            .next
+            .as_deref()
+            .map(convert::page_key)
+            .transpose()
+            .map_err(bad_reply)?;
+        Ok((tasks, next))
     }
 
     /// How many tasks are in each status.

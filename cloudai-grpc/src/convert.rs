@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
 use cloudai_core::model::{
-    InstanceId, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
-    Telemetry, Timestamp, ValidationError, WorkerId, WorkerIdentity,
+    ArrayId, ArrayMember, InstanceId, Resources, StatusCounts, TaskId, TaskRecord, TaskResult,
+    TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId, WorkerIdentity,
 };
+use cloudai_core::store::PageKey;
 use cloudai_core::transport::RunningTask;
 use cloudai_core::Error;
 use tonic::{Code, Status};
@@ -17,6 +18,8 @@ use crate::proto;
 
 const KIND: &str = "x-cloudai-kind";
 const ID: &str = "x-cloudai-id";
+/// On a NOT_FOUND: the object expired; its value is the retention, seconds.
+const EXPIRED: &str = "x-cloudai-expired";
 
 /// Runs a service call on its own task. When a client gives up, tonic drops
 /// the handler; a change the call started (a placement, a stop, a release)
@@ -34,7 +37,7 @@ pub async fn detached<T: Send + 'static>(
 pub fn to_status(e: Error) -> Status {
     let msg = e.to_string();
     let mut status = match &e {
-        Error::NotFound { .. } => Status::not_found(msg),
+        Error::NotFound { .. } | Error::Expired { .. } => Status::not_found(msg),
         Error::AlreadyExists { .. } | Error::InUse(_) => Status::already_exists(msg),
         Error::Conflict(_) => Status::failed_precondition(msg),
         Error::InvalidInput(_) => Status::invalid_argument(msg),
@@ -43,10 +46,18 @@ pub fn to_status(e: Error) -> Status {
         Error::Unauthenticated(_) => Status::unauthenticated(msg),
         _ => Status::internal(msg),
     };
-    if let Error::NotFound { kind, id } | Error::AlreadyExists { kind, id } = &e {
+    if let Error::NotFound { kind, id }
+    | Error::AlreadyExists { kind, id }
+    | Error::Expired { kind, id, .. } = &e
+    {
         if let (Ok(k), Ok(i)) = (kind.parse(), id.parse()) {
             status.metadata_mut().insert(KIND, k);
             status.metadata_mut().insert(ID, i);
+        }
+    }
+    if let Error::Expired { retention, .. } = &e {
+        if let Ok(v) = retention.as_secs().to_string().parse() {
+            status.metadata_mut().insert(EXPIRED, v);
         }
     }
     status
@@ -79,10 +90,18 @@ pub fn from_status(s: Status) -> Error {
         return Error::Unavailable(format!("cannot talk to the peer: {s}"));
     }
     match s.code() {
-        Code::NotFound => Error::NotFound {
-            kind: kind_of(kind.as_deref().unwrap_or("")),
-            id: id.unwrap_or(msg),
-        },
+        Code::NotFound => {
+            let kind = kind_of(kind.as_deref().unwrap_or(""));
+            let id = id.unwrap_or(msg);
+            match meta(EXPIRED).and_then(|s| s.parse().ok()) {
+                Some(secs) => Error::Expired {
+                    kind,
+                    id,
+                    retention: Duration::from_secs(secs),
+                },
+                None => Error::NotFound { kind, id },
+            }
+        }
         Code::AlreadyExists => match (kind, id) {
             (Some(kind), Some(id)) => Error::AlreadyExists {
                 kind: kind_of(&kind),
@@ -140,6 +159,16 @@ fn valid<T>(r: Result<T, ValidationError>) -> Result<T, Status> {
 /// A task id from the wire.
 pub fn task_id(s: &str) -> Result<TaskId, Status> {
     valid(TaskId::new(s))
+}
+
+/// An array id from the wire.
+pub fn array_id(s: &str) -> Result<ArrayId, Status> {
+    valid(ArrayId::new(s))
+}
+
+/// A page cursor from the wire.
+pub fn page_key(s: &str) -> Result<PageKey, Status> {
+    valid(s.parse())
 }
 
 /// A worker id from the wire.
@@ -234,6 +263,8 @@ impl From<TaskRecord> for proto::Task {
             created_at: t.created_at.as_millis(),
             updated_at: t.updated_at.as_millis(),
             finished_at: t.finished_at.map(Timestamp::as_millis),
+            array: t.array.as_ref().map(|a| a.id.to_string()),
+            array_index: t.array.map(|a| a.index),
         }
     }
 }
@@ -250,6 +281,13 @@ pub fn task(t: proto::Task) -> Result<TaskRecord, Status> {
         created_at: Timestamp::from_millis(t.created_at),
         updated_at: Timestamp::from_millis(t.updated_at),
         finished_at: t.finished_at.map(Timestamp::from_millis),
+        array: match (t.array, t.array_index) {
+            (Some(id), Some(index)) => Some(ArrayMember {
+                id: valid(ArrayId::new(id))?,
+                index,
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -3,9 +3,11 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use cloudai_core::master::Master;
-use cloudai_core::store::TaskFilter;
+use cloudai_core::master::{Master, MAX_PAGE};
+use cloudai_core::model::{ArrayIndices, ValidationError};
+use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::transport::Registration;
+use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -30,15 +32,24 @@ impl MasterService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-fn filter(statuses: &[String], worker: Option<&str>) -> Result<TaskFilter, Status> {
+fn filter(
+    statuses: &[String],
+    worker: Option<&str>,
+    array: Option<&str>,
+) -> Result<TaskFilter, Status> {
     Ok(TaskFilter {
         statuses: statuses
             .iter()
             .map(|s| convert::status(s))
             .collect::<Result<_, _>>()?,
         worker: worker.map(convert::worker_id).transpose()?,
+        array: array.map(convert::array_id).transpose()?,
     })
 }
+
+/// A page stops before its tasks reach this many bytes on the wire, well
+/// under the message limit, however large each task is.
+const PAGE_BYTES: usize = 8 << 20;
 
 #[tonic::async_trait]
 impl master_server::Master for MasterService {
@@ -123,10 +134,26 @@ impl master_server::Master for MasterService {
     }
 
     async fn submit(&self, req: Request<proto::SubmitRequest>) -> Reply<proto::SubmitReply> {
-        let spec = convert::spec(req.into_inner().spec)?;
+        let r = req.into_inner();
+        let spec = convert::spec(r.spec)?;
         let m = self.master.clone();
-        let id = detached(async move { m.submit(spec).await }).await?;
-        Ok(Response::new(proto::SubmitReply { task_id: id.into() }))
+        let Some(array) = r.array else {
+            let id = detached(async move { m.submit(spec).await }).await?;
+            return Ok(Response::new(proto::SubmitReply {
+                task_id: id.into(),
+                array_id: None,
+                count: 1,
+            }));
+        };
+        let indices: ArrayIndices = array
+            .parse()
+            .map_err(|e: ValidationError| to_status(e.into()))?;
+        let (array, ids) = detached(async move { m.submit_array(spec, &indices).await }).await?;
+        Ok(Response::new(proto::SubmitReply {
+            task_id: ids.first().map(ToString::to_string).unwrap_or_default(),
+            array_id: Some(array.into()),
+            count: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn cancel(&self, req: Request<proto::CancelRequest>) -> Reply<proto::CancelOutcome> {
@@ -149,7 +176,7 @@ impl master_server::Master for MasterService {
         req: Request<proto::CancelManyRequest>,
     ) -> Reply<proto::CancelManyReply> {
         let r = req.into_inner();
-        let f = filter(&r.statuses, r.worker.as_deref())?;
+        let f = filter(&r.statuses, r.worker.as_deref(), r.array.as_deref())?;
         let m = self.master.clone();
         let done = detached(async move {
             if r.wait {
@@ -169,13 +196,36 @@ impl master_server::Master for MasterService {
         req: Request<proto::ListTasksRequest>,
     ) -> Reply<proto::ListTasksReply> {
         let r = req.into_inner();
-        let tasks = self
+        let f = filter(&r.statuses, r.worker.as_deref(), r.array.as_deref())?;
+        let after = r.after.as_deref().map(convert::page_key).transpose()?;
+        let limit = if r.limit == 0 {
+            MAX_PAGE
+        } else {
+            r.limit as usize
+        };
+        let (tasks, mut next) = self
             .master
-            .tasks(&filter(&r.statuses, r.worker.as_deref())?)
+            .page(&f, after.as_ref(), limit)
             .await
             .map_err(to_status)?;
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut bytes = 0;
+        let mut last: Option<PageKey> = None;
+        for t in tasks {
+            let key = PageKey::after(&t);
+            let wire = proto::Task::from(t);
+            bytes += wire.encoded_len();
+            if bytes > PAGE_BYTES && !out.is_empty() {
+                // The rest comes on the next page, after the last one sent.
+                next = last;
+                break;
+            }
+            out.push(wire);
+            last = Some(key);
+        }
         Ok(Response::new(proto::ListTasksReply {
-            tasks: tasks.into_iter().map(Into::into).collect(),
+            tasks: out,
+            next: next.map(|k| k.to_string()),
         }))
     }
 

@@ -434,3 +434,43 @@ async fn a_refused_report_answers_failed_precondition_with_the_reason() {
     cl.cancel(&t, true, false).await.unwrap();
     let _ = c.stop.send(true);
 }
+
+/// More tasks than fit one 16 MiB message (150 tasks of a 120 KiB command,
+/// about 18 MB) page through completely: every task once, newest first,
+/// each page under the message limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_larger_than_a_message_pages_through_completely() {
+    let c = start_master().await;
+    let cl = client(&c);
+    let big = "x".repeat(120 * 1024);
+    let mut submitted = Vec::new();
+    for i in 0..150 {
+        let spec = TaskSpec::new(
+            "busybox",
+            vec!["echo".into(), format!("{i}"), big.clone()],
+            Resources::new(1.0, 0.5, 0.0, 0).unwrap(),
+        );
+        submitted.push(cl.submit(spec).await.unwrap());
+    }
+    let (first, next) = cl.page(&TaskFilter::default(), None, 0).await.unwrap();
+    assert!(
+        first.len() < 150 && next.is_some(),
+        "one page stops short of the message limit ({} tasks)",
+        first.len()
+    );
+    let all = cl.tasks(&TaskFilter::default()).await.unwrap();
+    let listed: std::collections::BTreeSet<TaskId> = all.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(listed.len(), all.len(), "each task once");
+    assert_eq!(listed, submitted.iter().cloned().collect(), "every task");
+    let keys: Vec<_> = all.iter().map(|t| (t.created_at, t.id.clone())).collect();
+    assert!(keys.windows(2).all(|w| w[0] > w[1]), "newest first");
+    assert!(all.iter().all(|t| t.spec.command[2].len() == big.len()));
+    let bytes: usize = all.iter().map(|t| t.spec.command[2].len()).sum();
+    assert!(
+        bytes > 16 << 20,
+        "the list is larger than one message: {bytes} bytes"
+    );
+    let counts = cl.task_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.total()), (150, 150));
+    c.stop.send(true).unwrap();
+}

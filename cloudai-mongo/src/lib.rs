@@ -57,7 +57,8 @@ use cloudai_core::model::{
     ValidationError, WorkerId, WorkerRecord,
 };
 use cloudai_core::store::{
-    Assignment, CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
+    Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
+    WorkerRegistry,
 };
 use cloudai_core::{Error, Result};
 use mongodb::bson::{doc, Bson, Document};
@@ -231,7 +232,7 @@ impl MongoStore {
     async fn create_indexes(&self) -> Result<()> {
         // No compound index that includes `_id`: nx-27017 (the test server)
         // then refuses every insert. Ties in `list_tasks` order are few.
-        for key in ["status", "worker", "created_at"] {
+        for key in ["status", "worker", "created_at", "finished_at", "array"] {
             self.op(self
                 .tasks
                 .create_index(IndexModel::builder().keys(doc! { key: 1 }).build()))
@@ -361,6 +362,42 @@ impl MongoStore {
     }
 }
 
+/// The query for `filter`'s tasks.
+fn query(filter: &TaskFilter) -> Document {
+    let mut q = Document::new();
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        q.insert("status", doc! { "$in": statuses });
+    }
+    if let Some(w) = &filter.worker {
+        q.insert("worker", w.as_str());
+    }
+    if let Some(a) = &filter.array {
+        q.insert("array", a.as_str());
+    }
+    q
+}
+
+impl MongoStore {
+    async fn find_tasks(
+        &self,
+        q: Document,
+        sort: Document,
+        limit: Option<i64>,
+    ) -> Result<Vec<TaskRecord>> {
+        let mut find = self.tasks.find(q).sort(sort);
+        if let Some(n) = limit {
+            find = find.limit(n);
+        }
+        let mut cursor = self.op(find).await?;
+        let mut out = Vec::new();
+        while self.op(cursor.advance()).await? {
+            out.push(self.driver(cursor.deserialize_current())?.into_core()?);
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl TaskStore for MongoStore {
     async fn insert_task(&self, task: TaskRecord) -> Result<()> {
@@ -379,26 +416,49 @@ impl TaskStore for MongoStore {
         self.find_task(id).await
     }
 
+    async fn insert_tasks(&self, tasks: Vec<TaskRecord>) -> Result<()> {
+        let docs = tasks
+            .iter()
+            .map(TaskDoc::from_core)
+            .collect::<Result<Vec<_>>>()?;
+        if docs.is_empty() {
+            return Ok(());
+        }
+        match self.raw(self.tasks.insert_many(docs)).await? {
+            Ok(_) => Ok(()),
+            Err(e) if errors::is_duplicate_key(&e) => Err(Error::AlreadyExists {
+                kind: "task",
+                id: format!("in a batch of {}", tasks.len()),
+            }),
+            Err(e) => Err(errors::map(e, &self.hosts)),
+        }
+    }
+
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        let mut query = Document::new();
-        if !filter.statuses.is_empty() {
-            let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-            query.insert("status", doc! { "$in": statuses });
+        let sort = doc! { "created_at": 1, "_id": 1 };
+        self.find_tasks(query(filter), sort, None).await
+    }
+
+    async fn page_tasks(
+        &self,
+        filter: &TaskFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        let mut q = query(filter);
+        if let Some(k) = after {
+            let at = records::ts("cursor", k.created_at)?;
+            q.insert(
+                "$or",
+                vec![
+                    doc! { "created_at": { "$lt": at } },
+                    doc! { "created_at": at, "_id": { "$lt": k.id.as_str() } },
+                ],
+            );
         }
-        if let Some(w) = &filter.worker {
-            query.insert("worker", w.as_str());
-        }
-        let mut cursor = self
-            .op(self
-                .tasks
-                .find(query)
-                .sort(doc! { "created_at": 1, "_id": 1 }))
-            .await?;
-        let mut out = Vec::new();
-        while self.op(cursor.advance()).await? {
-            out.push(self.driver(cursor.deserialize_current())?.into_core()?);
-        }
-        Ok(out)
+        let sort = doc! { "created_at": -1, "_id": -1 };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.find_tasks(q, sort, Some(limit)).await
     }
 
     async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
@@ -484,6 +544,33 @@ impl TaskStore for MongoStore {
             .await?
             .map(ResultDoc::into_core)
             .transpose()
+    }
+
+    /// Removes results first, then tasks: a crash between the two leaves
+    /// a finished task without its result, which the next round removes.
+    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        let before = records::ts("retention cutoff", before)?;
+        let finished: Vec<&str> = TaskStatus::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        let q = doc! { "status": { "$in": finished }, "finished_at": { "$lt": before } };
+        let sort = doc! { "finished_at": 1 };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = self
+            .find_tasks(q, sort, Some(limit))
+            .await?
+            .into_iter()
+            .map(|t| t.id.into())
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let these = doc! { "_id": { "$in": &ids } };
+        self.op(self.results.delete_many(these.clone())).await?;
+        self.op(self.tasks.delete_many(these)).await?;
+        Ok(ids.len())
     }
 
     /// One `$group` by status: the server counts, no task is sent back.

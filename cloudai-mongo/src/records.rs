@@ -10,8 +10,8 @@
 //! field names independent of the core's serde attributes.
 
 use cloudai_core::model::{
-    Drain, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Timestamp, ValidationError, WorkerId, WorkerRecord,
+    ArrayId, ArrayMember, Drain, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec,
+    TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId, WorkerRecord,
 };
 use cloudai_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,11 @@ pub(crate) struct TaskDoc {
     updated_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     finished_at: Option<i64>,
+    /// The array id, indexed for `tasks --array` (absent: a single task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    array: Option<ArrayId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    array_index: Option<i64>,
 }
 
 impl TaskDoc {
@@ -172,6 +177,8 @@ impl TaskDoc {
             created_at: ts("created_at", t.created_at)?,
             updated_at: ts("updated_at", t.updated_at)?,
             finished_at: t.finished_at.map(|f| ts("finished_at", f)).transpose()?,
+            array: t.array.as_ref().map(|a| a.id.clone()),
+            array_index: t.array.as_ref().map(|a| i64::from(a.index)),
         })
     }
 
@@ -189,6 +196,13 @@ impl TaskDoc {
                 .finished_at
                 .map(|f| from_ts("finished_at", f))
                 .transpose()?,
+            array: match (self.array, self.array_index) {
+                (Some(id), Some(index)) => Some(ArrayMember {
+                    id,
+                    index: to_u32("array_index", index)?,
+                }),
+                _ => None,
+            },
         })
     }
 }

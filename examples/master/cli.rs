@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use cloudai_core::model::{Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::model::{
+    ArrayId, ArrayIndices, Resources, TaskId, TaskSpec, TaskStatus, WorkerId,
+};
 use cloudai_core::store::TaskFilter;
 use cloudai_core::Error;
 use cloudai_examples as common;
@@ -30,7 +32,7 @@ pub(crate) enum Command {
     Run(TaskArgs),
     /// List workers with live status and resources.
     Workers,
-    /// List tasks.
+    /// List the newest tasks, with a line of counts by status.
     Tasks {
         /// Only these statuses (pending, running, completed, failed, cancelled).
         #[arg(long)]
@@ -38,6 +40,15 @@ pub(crate) enum Command {
         /// Only tasks on this worker.
         #[arg(long)]
         worker: Option<String>,
+        /// Only the tasks of this array.
+        #[arg(long)]
+        array: Option<String>,
+        /// How many of the newest to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Every task, page by page (newest first).
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
     },
     /// Show one task with its result and logs.
     Show {
@@ -54,6 +65,9 @@ pub(crate) enum Command {
         /// Every task in this status (pending or running).
         #[arg(long)]
         status: Vec<String>,
+        /// Every pending or running task of this array.
+        #[arg(long)]
+        array: Option<String>,
         /// Every pending or running task.
         #[arg(long)]
         all: bool,
@@ -117,11 +131,20 @@ pub(crate) struct TaskArgs {
     /// Environment variable NAME=VALUE (repeatable).
     #[arg(long = "env", value_parser = env_pair)]
     env: Vec<(String, String)>,
+    /// Submit one task per index, as Slurm writes them (`1-1000`,
+    /// `0-30:10`, `1,3,5-7`); each sees its index in CLOUDAI_ARRAY_INDEX.
+    #[arg(long, value_parser = array_indices)]
+    array: Option<ArrayIndices>,
     /// Container image (the process runtime records it but runs the command).
     image: String,
     /// Command and arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+fn array_indices(s: &str) -> Result<ArrayIndices, String> {
+    s.parse()
+        .map_err(|e: cloudai_core::model::ValidationError| e.to_string())
 }
 
 fn env_pair(s: &str) -> Result<(String, String), String> {
@@ -170,9 +193,20 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                 &format!("worker {id} registered at {address}; connecting"),
             );
         }
-        Command::Task(args) => {
-            let id = client.submit(args.spec()?).await?;
-            output::submitted(json, &id);
+        Command::Task(args) => match &args.array {
+            Some(indices) => {
+                let (array, count) = client.submit_array(args.spec()?, indices).await?;
+                output::array_submitted(json, &array, count);
+            }
+            None => {
+                let id = client.submit(args.spec()?).await?;
+                output::submitted(json, &id);
+            }
+        },
+        Command::Run(args) if args.array.is_some() => {
+            return Err(Error::Conflict(
+                "run follows one task; submit an array with `task --array`".into(),
+            ));
         }
         Command::Run(args) => {
             let id = client.submit(args.spec()?).await?;
@@ -182,26 +216,39 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             return follow(client, &id, json).await;
         }
         Command::Workers => output::workers(json, &client.workers().await?),
-        Command::Tasks { status, worker } => {
+        Command::Tasks {
+            status,
+            worker,
+            array,
+            limit,
+            all,
+        } => {
             let filter = TaskFilter {
                 statuses: statuses(&status)?,
                 worker: worker.map(WorkerId::new).transpose()?,
+                array: array.map(ArrayId::new).transpose()?,
             };
-            output::tasks(json, &client.tasks(&filter).await?);
+            let tasks = if all {
+                client.tasks(&filter).await?
+            } else {
+                client.page(&filter, None, limit.max(1)).await?.0
+            };
+            output::tasks(json, &tasks, &client.task_counts().await?);
         }
         Command::Show { id } => output::task(json, &client.task(&TaskId::new(id)?).await?),
         Command::Cancel {
             ids,
             worker,
             status,
+            array,
             all,
             force,
             wait,
         } => {
-            let bulk = worker.is_some() || !status.is_empty() || all;
+            let bulk = worker.is_some() || !status.is_empty() || array.is_some() || all;
             if ids.is_empty() != bulk {
                 return Err(Error::Conflict(
-                    "name task ids, or one of --worker, --status, --all".into(),
+                    "name task ids, or one of --worker, --status, --array, --all".into(),
                 ));
             }
             if !json && wait {
@@ -213,6 +260,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                 let filter = TaskFilter {
                     statuses: statuses(&status)?,
                     worker: worker.map(WorkerId::new).transpose()?,
+                    array: array.map(ArrayId::new).transpose()?,
                 };
                 client.cancel_many(&filter, force, wait).await?
             } else {

@@ -85,6 +85,10 @@ struct ServerArgs {
     /// Periodic reconciliation interval, seconds (0: off).
     #[arg(long, default_value = "300", value_parser = common::seconds)]
     reconcile_interval: Duration,
+    /// How long finished tasks and their results are kept, seconds (0:
+    /// for ever); then they are removed, and `show` says they expired.
+    #[arg(long, default_value = "86400", value_parser = common::seconds)]
+    retention: Duration,
     /// Deadline for a worker to confirm a cancel, seconds.
     #[arg(long, default_value = "30", value_parser = common::seconds)]
     cancel_timeout: Duration,
@@ -107,6 +111,7 @@ impl ServerArgs {
             },
             heartbeat_interval: self.heartbeat_interval,
             reconcile_interval: Some(self.reconcile_interval).filter(|d| !d.is_zero()),
+            retention: Some(self.retention).filter(|d| !d.is_zero()),
             cancel_timeout: self.cancel_timeout,
             assign_timeout: self.assign_timeout,
             reconnect_timeout: self.reconnect_timeout,

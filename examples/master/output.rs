@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use cloudai_core::master::{CancelOutcome, TaskView};
-use cloudai_core::model::{TaskId, TaskRecord, Timestamp};
+use cloudai_core::model::{ArrayId, StatusCounts, TaskId, TaskRecord, Timestamp};
 use cloudai_grpc::proto;
 use serde::Serialize;
 
@@ -159,12 +159,30 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
     }
 }
 
-pub(crate) fn tasks(json: bool, ts: &[TaskRecord]) {
+pub(crate) fn array_submitted(json: bool, id: &ArrayId, count: usize) {
+    if json {
+        json_line(&serde_json::json!({ "array_id": id, "tasks": count }));
+    } else {
+        println!("array {id} submitted: {count} tasks (tasks --array {id})");
+    }
+}
+
+/// The tasks listed, newest first, after a line of counts by status.
+pub(crate) fn tasks(json: bool, ts: &[TaskRecord], counts: &StatusCounts) {
     if json {
         return json_line(&ts);
     }
+    println!(
+        "{} tasks: {} pending, {} running, {} completed, {} failed, {} cancelled; showing {}",
+        counts.total(),
+        counts.pending,
+        counts.running,
+        counts.completed,
+        counts.failed,
+        counts.cancelled,
+        ts.len()
+    );
     if ts.is_empty() {
-        println!("no tasks");
         return;
     }
     println!(

@@ -43,6 +43,10 @@ pub struct MasterConfig {
     pub heartbeat_flush: Duration,
     /// Periodic reconciliation interval (`None`: only on start and demand).
     pub reconcile_interval: Option<Duration>,
+    /// How long finished tasks and their results are kept (24 h; `None`:
+    /// for ever). They are removed in sweeps a quarter of this apart (at
+    /// most a minute, at least 100 ms).
+    pub retention: Option<Duration>,
     /// Deadline for a worker to confirm a cancel (30 s).
     pub cancel_timeout: Duration,
     /// How long a cancel waits for that confirmation before answering
@@ -68,6 +72,7 @@ impl Default for MasterConfig {
             liveness: LivenessConfig::default(),
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_flush: Duration::from_secs(1),
+            retention: Some(Duration::from_secs(24 * 3600)),
             reconcile_interval: Some(Duration::from_secs(300)),
             cancel_timeout: Duration::from_secs(30),
             cancel_wait: Duration::from_secs(1),
@@ -81,6 +86,12 @@ impl Default for MasterConfig {
 }
 
 impl MasterConfig {
+    /// How often finished tasks past the retention are swept.
+    pub fn retention_sweep(&self) -> Option<Duration> {
+        self.retention
+            .map(|r| (r / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)))
+    }
+
     /// Checks that the liveness timings fit together; [`super::Master::start`]
     /// refuses a configuration that fails.
     pub fn check(&self) -> Result<(), ConfigError> {

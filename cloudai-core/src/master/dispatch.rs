@@ -12,28 +12,37 @@ use tracing::{debug, info, warn};
 use super::Master;
 use crate::apply::Applied;
 use crate::lifecycle::{Reported, TaskEvent};
-use crate::model::{RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId};
+use crate::model::{
+    ArrayId, ArrayIndices, ArrayMember, RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus,
+    ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
+};
 use crate::{Error, Result};
 
 impl Master {
-    fn new_task_id(&self, now: Timestamp) -> TaskId {
-        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        TaskId::new(format!("task-{}-{n}", now.as_millis())).expect("generated ids are valid")
+    fn next_n(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Accepts a task. With `spec.pin` it runs only on that worker; else the
-    /// scheduler places it. Either way it waits in the queue, with a reason,
-    /// until a worker has room.
-    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
+    /// What every submit checks first: a valid spec, and a pin to a worker
+    /// this master knows.
+    fn check_submit(&self, spec: &TaskSpec) -> Result<()> {
         spec.validate()?;
         if let Some(pin) = &spec.pin {
             if !self.state().knows(pin) {
                 return Err(Error::not_found("worker", pin));
             }
         }
+        Ok(())
+    }
+
+    /// Accepts a task. With `spec.pin` it runs only on that worker; else the
+    /// scheduler places it. Either way it waits in the queue, with a reason,
+    /// until a worker has room.
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
+        self.check_submit(&spec)?;
         let now = self.now();
         let task = loop {
-            let task = TaskRecord::new(self.new_task_id(now), spec.clone(), now);
+            let task = TaskRecord::new(TaskId::generated(now, self.next_n()), spec.clone(), now);
             match self.inner.store.insert_task(task.clone()).await {
                 Ok(()) => break task,
                 Err(Error::AlreadyExists { .. }) => continue,
@@ -41,20 +50,61 @@ impl Master {
             }
         };
         info!(task = %task.id, image = %spec.image, resources = %spec.resources, "task submitted");
+        self.queue_and_wait(std::slice::from_ref(&task)).await;
+        Ok(task.id)
+    }
+
+    /// Accepts one task per index, in one store batch: each is `spec` with
+    /// its index in `CLOUDAI_ARRAY_INDEX` (and the array in
+    /// `CLOUDAI_ARRAY_ID`), stored and placed on its own. Returns the array
+    /// id and the tasks' ids, in index order.
+    pub async fn submit_array(
+        &self,
+        spec: TaskSpec,
+        indices: &ArrayIndices,
+    ) -> Result<(ArrayId, Vec<TaskId>)> {
+        self.check_submit(&spec)?;
+        if indices.is_empty() {
+            return Err(ValidationError::Empty { field: "array" }.into());
+        }
+        let now = self.now();
+        let array = ArrayId::generated(now, self.next_n());
+        let tasks: Vec<TaskRecord> = indices
+            .iter()
+            .map(|index| {
+                let mut s = spec.clone();
+                s.env.insert(ARRAY_INDEX_ENV.into(), index.to_string());
+                s.env.insert(ARRAY_ID_ENV.into(), array.to_string());
+                let mut t = TaskRecord::new(TaskId::generated(now, self.next_n()), s, now);
+                t.array = Some(ArrayMember {
+                    id: array.clone(),
+                    index,
+                });
+                t
+            })
+            .collect();
+        self.inner.store.insert_tasks(tasks.clone()).await?;
+        info!(array = %array, tasks = tasks.len(), indices = %indices, image = %spec.image, "array submitted");
+        self.queue_and_wait(&tasks).await;
+        Ok((array, tasks.into_iter().map(|t| t.id).collect()))
+    }
+
+    /// Queues stored tasks and returns once a placement pass has seen them,
+    /// so that `task` shows where each went or why it waits.
+    async fn queue_and_wait(&self, tasks: &[TaskRecord]) {
         let pass = {
             let mut st = self.state();
-            st.enqueue(&task, None);
+            for t in tasks {
+                st.enqueue(t, None);
+            }
             st.owe_queue_pass();
             let pass = st.next_pass();
             self.done(st);
             pass
         };
-        // Return once a placement pass has seen the task, so that `task`
-        // shows where it went or why it waits.
         let mut passes = self.inner.passes.subscribe();
         self.until_shutdown(passes.wait_for(|done| *done >= pass))
             .await;
-        Ok(task.id)
     }
 
     /// A placement pass (run by the driver): reserves room for every queued

@@ -18,6 +18,9 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
     let start = master.now();
     let mut next_flush = start.saturating_add(config.heartbeat_flush);
     let mut next_reconcile = config.reconcile_interval.map(|i| start.saturating_add(i));
+    let mut next_sweep = config.retention_sweep().map(|i| start.saturating_add(i));
+    // At most one retention sweep in flight.
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
     let mut store_work = tokio::task::JoinSet::new();
     // At most one heartbeat batch in flight: beats keep coalescing meanwhile.
     let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
@@ -28,6 +31,7 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
             master.state().next_deadline(),
             Some(next_flush),
             next_reconcile,
+            next_sweep,
         ]
         .into_iter()
         .flatten()
@@ -75,6 +79,15 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
             }
             next_flush = now.saturating_add(config.heartbeat_flush);
         }
+        if let (Some(at), Some(every)) = (next_sweep, config.retention_sweep()) {
+            if now >= at {
+                if sweeping.as_ref().is_none_or(|s| s.is_finished()) {
+                    let m = master.clone();
+                    sweeping = Some(tokio::spawn(async move { m.sweep_finished().await }));
+                }
+                next_sweep = Some(now.saturating_add(every));
+            }
+        }
         if let (Some(at), Some(every)) = (next_reconcile, config.reconcile_interval) {
             if now >= at {
                 let m = master.clone();
@@ -84,6 +97,9 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
         }
     }
     while store_work.join_next().await.is_some() {}
+    if let Some(s) = sweeping {
+        s.abort();
+    }
     if let Some(f) = flushing {
         let _ = f.await;
     }

@@ -41,6 +41,7 @@ pub(super) fn running_on(worker: &WorkerId) -> TaskFilter {
     TaskFilter {
         statuses: vec![TaskStatus::Running],
         worker: Some(worker.clone()),
+        array: None,
     }
 }
 

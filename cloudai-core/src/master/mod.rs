@@ -30,6 +30,7 @@ mod drain;
 mod driver;
 mod membership;
 mod owed_stops;
+mod retention;
 mod state;
 mod stops;
 mod transitions;
@@ -53,7 +54,7 @@ use crate::Result;
 
 pub use config::{ConfigError, MasterConfig};
 pub use stops::CancelOutcome;
-pub use views::{TaskView, WorkerView};
+pub use views::{TaskView, WorkerView, MAX_PAGE};
 
 use state::State;
 

@@ -121,6 +121,7 @@ impl Master {
             .list_tasks(&TaskFilter {
                 statuses,
                 worker: filter.worker.clone(),
+                array: filter.array.clone(),
             })
             .await?;
         let mut done = Vec::new();
@@ -156,7 +157,7 @@ impl Master {
             Applied::Refused {
                 refusal: Refusal::UnknownTask,
                 ..
-            } => Err(Error::not_found("task", id)),
+            } => Err(self.missing_task(id)),
             Applied::Refused {
                 refusal: Refusal::AlreadyFinal(s),
                 ..

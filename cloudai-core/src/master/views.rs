@@ -7,7 +7,10 @@ use crate::model::{
     Drain, Logs, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
     Telemetry, Timestamp, WorkerId,
 };
-use crate::store::TaskFilter;
+use crate::store::{PageKey, TaskFilter};
+
+/// The most tasks one page holds.
+pub const MAX_PAGE: usize = 1000;
 use crate::{Error, Result};
 
 /// A worker as the master sees it now.
@@ -76,7 +79,7 @@ impl Master {
             .store
             .get_task(id)
             .await?
-            .ok_or_else(|| Error::not_found("task", id))?;
+            .ok_or_else(|| self.missing_task(id))?;
         let result = self.inner.store.get_result(id).await?;
         let waiting = (task.status == TaskStatus::Pending)
             .then(|| self.state().waiting_reason(&task))
@@ -122,6 +125,23 @@ impl Master {
     /// Tasks passing `filter`, oldest first.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
         self.inner.store.list_tasks(filter).await
+    }
+
+    /// At most `limit` tasks passing `filter`, newest first, continuing
+    /// after `after`; with the key to pass for the next page, if there may
+    /// be one.
+    pub async fn page(
+        &self,
+        filter: &TaskFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<(Vec<TaskRecord>, Option<PageKey>)> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let tasks = self.inner.store.page_tasks(filter, after, limit).await?;
+        let next = (tasks.len() == limit)
+            .then(|| tasks.last().map(PageKey::after))
+            .flatten();
+        Ok((tasks, next))
     }
 
     /// How many tasks are in each status (the store counts; nothing is

@@ -2,6 +2,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::Timestamp;
+
 use super::ValidationError;
 
 /// Longest id accepted, in bytes.
@@ -85,6 +87,12 @@ id_type!(
     "task id"
 );
 id_type!(
+    /// Identifies a task array: the tasks submitted together, each with
+    /// its own index.
+    ArrayId,
+    "array id"
+);
+id_type!(
     /// Identifies a worker across the cluster.
     WorkerId,
     "worker id"
@@ -96,6 +104,29 @@ id_type!(
     InstanceId,
     "worker instance"
 );
+
+impl TaskId {
+    /// The `n`th id a master generates at `at`: `task-<ms>-<n>`. The id
+    /// tells when the task was created ([`TaskId::created_at`]).
+    pub fn generated(at: Timestamp, n: u64) -> TaskId {
+        TaskId(format!("task-{}-{n}", at.as_millis()))
+    }
+
+    /// When a task with a generated id was created; `None` for another id.
+    pub fn created_at(&self) -> Option<Timestamp> {
+        let rest = self.0.strip_prefix("task-")?;
+        let (ms, n) = rest.split_once('-')?;
+        n.parse::<u64>().ok()?;
+        ms.parse().ok().map(Timestamp::from_millis)
+    }
+}
+
+impl ArrayId {
+    /// The `n`th array id a master generates at `at`: `array-<ms>-<n>`.
+    pub fn generated(at: Timestamp, n: u64) -> ArrayId {
+        ArrayId(format!("array-{}-{n}", at.as_millis()))
+    }
+}
 
 impl InstanceId {
     /// An instance id unique to this process, for a worker that keeps no
@@ -112,6 +143,17 @@ impl InstanceId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_task_ids_tell_when_the_task_was_created() {
+        let at = Timestamp::from_millis(1_764_570_000_123);
+        let id = TaskId::generated(at, 42);
+        assert_eq!(id.as_str(), "task-1764570000123-42");
+        assert_eq!(TaskId::new(id.as_str()).unwrap().created_at(), Some(at));
+        for other in ["t-1", "task-x-1", "task-12", "task-12-x"] {
+            assert_eq!(TaskId::new(other).unwrap().created_at(), None, "{other}");
+        }
+    }
 
     #[test]
     fn ids_accept_the_documented_alphabet() {

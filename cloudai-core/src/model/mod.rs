@@ -4,6 +4,7 @@
 //! Everything here is plain data with serde support; validation happens once,
 //! at construction, so the rest of the crate handles only valid values.
 
+mod array;
 mod ids;
 mod resources;
 mod run;
@@ -12,7 +13,8 @@ mod time;
 mod validation;
 mod worker;
 
-pub use ids::{InstanceId, TaskId, WorkerId};
+pub use array::{ArrayIndices, ArrayMember, ARRAY_ID_ENV, ARRAY_INDEX_ENV, MAX_ARRAY_TASKS};
+pub use ids::{ArrayId, InstanceId, TaskId, WorkerId};
 pub use resources::Resources;
 pub use run::{ExitStatus, Logs, RunningTask};
 pub use task::{StatusCounts, TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Resources, TaskId, Timestamp, ValidationError, WorkerId};
+use super::{ArrayMember, Resources, TaskId, Timestamp, ValidationError, WorkerId};
 
 /// Largest command line accepted (all arguments together), in bytes. Far
 /// below the kernel's `ARG_MAX`, so a too-long command fails at submit time
@@ -277,6 +277,9 @@ pub struct TaskRecord {
     pub updated_at: Timestamp,
     /// When it reached a terminal status.
     pub finished_at: Option<Timestamp>,
+    /// Its array and index, if it was submitted as one of many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayMember>,
 }
 
 impl TaskRecord {
@@ -292,6 +295,7 @@ impl TaskRecord {
             created_at: now,
             updated_at: now,
             finished_at: None,
+            array: None,
         }
     }
 }

@@ -8,8 +8,12 @@ use tokio::task::JoinSet;
 use super::{pending_task, task_id, worker_id};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::lifecycle::TaskEvent;
-use crate::model::{StatusCounts, TaskResult, TaskStatus, Timestamp, WorkerId};
-use crate::store::{Assignment, CasOutcome, InsertOutcome, StatusChange, TaskFilter, TaskStore};
+use crate::model::{
+    ArrayId, ArrayMember, StatusCounts, TaskResult, TaskStatus, Timestamp, WorkerId,
+};
+use crate::store::{
+    Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
+};
 use crate::Error;
 
 /// Tasks per race case: enough to interleave on a multi-threaded runtime,
@@ -26,6 +30,9 @@ where
     duplicate_insert_is_refused(new_store().await).await;
     list_filters_and_orders(new_store().await).await;
     counts_follow_inserts_and_changes(new_store().await).await;
+    a_batch_is_stored_whole(new_store().await).await;
+    pages_list_every_task_once_newest_first(new_store().await).await;
+    retention_removes_old_finished_tasks_with_their_results(new_store().await).await;
     cas_applies_when_the_guard_holds(new_store().await).await;
     cas_rejects_a_status_outside_the_guard(new_store().await).await;
     cas_rejects_the_wrong_worker(new_store().await).await;
@@ -145,6 +152,7 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
     let on_a = TaskFilter {
         statuses: vec![],
         worker: Some(a.clone()),
+        array: None,
     };
     assert_eq!(
         ids(store.list_tasks(&on_a).await.expect("list")),
@@ -153,6 +161,7 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
     let running_on_a = TaskFilter {
         statuses: vec![TaskStatus::Running],
         worker: Some(a.clone()),
+        array: None,
     };
     assert_eq!(
         ids(store.list_tasks(&running_on_a).await.expect("list")),
@@ -178,6 +187,7 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
     let pending_on_a = TaskFilter {
         statuses: vec![TaskStatus::Pending],
         worker: Some(a),
+        array: None,
     };
     assert!(store
         .list_tasks(&pending_on_a)
@@ -186,6 +196,168 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         .is_empty());
     let either = TaskFilter::status([TaskStatus::Pending, TaskStatus::Running]);
     assert_eq!(store.list_tasks(&either).await.expect("list").len(), 4);
+}
+
+/// A batch of tasks is stored whole; a batch holding a taken id fails with
+/// `AlreadyExists` and leaves the task that held it as it was.
+pub async fn a_batch_is_stored_whole(store: Arc<dyn TaskStore>) {
+    let array = ArrayId::new("array-1").expect("valid");
+    let batch: Vec<_> = (0..5)
+        .map(|i| {
+            let mut t = pending_task(&format!("b-{i}"), 7);
+            t.array = Some(ArrayMember {
+                id: array.clone(),
+                index: i,
+            });
+            t
+        })
+        .collect();
+    store.insert_tasks(batch.clone()).await.expect("batch");
+    for t in &batch {
+        assert_eq!(store.get_task(&t.id).await.expect("get").as_ref(), Some(t));
+    }
+    let in_array = TaskFilter {
+        array: Some(array),
+        ..TaskFilter::default()
+    };
+    assert_eq!(store.list_tasks(&in_array).await.expect("list").len(), 5);
+    let mut again = pending_task("b-new", 8);
+    again.spec.image = "other".into();
+    let mut taken = pending_task("b-2", 9);
+    taken.spec.image = "other".into();
+    let err = store
+        .insert_tasks(vec![again, taken])
+        .await
+        .expect_err("a taken id fails the batch");
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(
+        store.get_task(&task_id("b-2")).await.expect("get").as_ref(),
+        Some(&batch[2]),
+        "the task that held the id is kept"
+    );
+}
+
+/// Pages of any size, newest first (ties by id, descending), list every
+/// task passing the filter exactly once; a filter by status or array pages
+/// the same way.
+pub async fn pages_list_every_task_once_newest_first(store: Arc<dyn TaskStore>) {
+    let array = ArrayId::new("array-p").expect("valid");
+    let mut want = Vec::new();
+    for i in 0..23u32 {
+        // Three tasks share each creation time, to exercise the tie order.
+        let mut t = pending_task(&format!("p-{i:02}"), u64::from(i / 3));
+        if i % 2 == 0 {
+            t.array = Some(ArrayMember {
+                id: array.clone(),
+                index: i,
+            });
+        }
+        store.insert_task(t.clone()).await.expect("insert");
+        want.push(t);
+    }
+    let w = worker_id("w-p");
+    for i in [1, 4, 9, 16] {
+        assign(store.as_ref(), &format!("p-{i:02}"), &w).await;
+    }
+    want.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    let ids =
+        |v: &[crate::model::TaskRecord]| v.iter().map(|t| t.id.to_string()).collect::<Vec<_>>();
+    for (filter, expect) in [
+        (TaskFilter::default(), ids(&want)),
+        (
+            TaskFilter::status([TaskStatus::Running]),
+            vec!["p-16", "p-09", "p-04", "p-01"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ),
+        (
+            TaskFilter {
+                array: Some(array.clone()),
+                ..TaskFilter::default()
+            },
+            ids(&want
+                .iter()
+                .filter(|t| t.array.is_some())
+                .cloned()
+                .collect::<Vec<_>>()),
+        ),
+    ] {
+        for limit in [1, 5, 100] {
+            let mut got = Vec::new();
+            let mut after: Option<PageKey> = None;
+            loop {
+                let page = store
+                    .page_tasks(&filter, after.as_ref(), limit)
+                    .await
+                    .expect("page");
+                assert!(page.len() <= limit, "a page holds at most the limit");
+                let Some(last) = page.last() else { break };
+                after = Some(PageKey::after(last));
+                got.extend(ids(&page));
+            }
+            assert_eq!(got, expect, "{filter:?}, pages of {limit}");
+        }
+    }
+}
+
+/// Removing finished tasks takes those finished before the cutoff, oldest
+/// first, with their results; nothing else changes.
+pub async fn retention_removes_old_finished_tasks_with_their_results(store: Arc<dyn TaskStore>) {
+    let w = worker_id("w-r");
+    for (id, done_at) in [("r-old", Some(10)), ("r-new", Some(30)), ("r-open", None)] {
+        store
+            .insert_task(pending_task(id, 1))
+            .await
+            .expect("insert");
+        assign(store.as_ref(), id, &w).await;
+        if let Some(at) = done_at {
+            let r = record_report(
+                store.as_ref(),
+                result(id, &w, TaskStatus::Completed, "out"),
+                Timestamp::from_millis(at),
+            )
+            .await
+            .expect("report");
+            assert!(matches!(r.status, Applied::Changed { .. }));
+        }
+    }
+    assert_eq!(
+        store
+            .remove_finished(Timestamp::from_millis(20), 100)
+            .await
+            .expect("remove"),
+        1
+    );
+    assert_eq!(store.get_task(&task_id("r-old")).await.expect("get"), None);
+    assert_eq!(
+        store.get_result(&task_id("r-old")).await.expect("get"),
+        None
+    );
+    assert!(store
+        .get_task(&task_id("r-new"))
+        .await
+        .expect("get")
+        .is_some());
+    assert!(store
+        .get_result(&task_id("r-new"))
+        .await
+        .expect("get")
+        .is_some());
+    assert!(store
+        .get_task(&task_id("r-open"))
+        .await
+        .expect("get")
+        .is_some());
+    assert_eq!(
+        store
+            .remove_finished(Timestamp::from_millis(1000), 100)
+            .await
+            .expect("remove"),
+        1,
+        "a running task is never removed"
+    );
+    assert_counts_agree_with_the_list(store.as_ref()).await;
 }
 
 /// The counts by status agree with what a full list holds.

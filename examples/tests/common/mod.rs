@@ -355,7 +355,7 @@ impl Cluster {
     }
 
     pub fn tasks(&self) -> Vec<Value> {
-        self.json(&["tasks"])
+        self.json(&["tasks", "--all"])
             .as_array()
             .expect("tasks --json is an array")
             .clone()
