@@ -55,6 +55,10 @@ mutate cloudai-core/src/memory.rs "results not deduplicated" \
   'if results.contains_key(&result.task_id) {' 'if false {'
 mutate cloudai-core/src/memory.rs "the memory store's index keeps a task where it no longer is" \
   '        tasks.index.track(&before, false);' ''
+mutate cloudai-core/src/memory.rs "a page starts again at the task it ended with" \
+  'Some(k) => keys.range(..(k.created_at, k.id.clone())),' 'Some(k) => keys.range(..=(k.created_at, k.id.clone())),'
+mutate cloudai-core/src/memory.rs "retention leaves the results of the tasks it removes" \
+  '            results.remove(id);' ''
 mutate cloudai-core/src/memory.rs "heartbeat time moves backwards" \
   'Some(w) if w.last_heartbeat.is_some_and(|last| last > beat.at) => {}' 'Some(w) if false => {}'
 mutate cloudai-core/src/results.rs "stored result keeps the reporter's status" \

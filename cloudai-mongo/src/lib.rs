@@ -573,24 +573,16 @@ impl TaskStore for MongoStore {
         Ok(ids.len())
     }
 
-    /// One `$group` by status: the server counts, no task is sent back.
+    /// One count per status: with the index on `status` the server counts
+    /// index entries, and no task is sent back.
     async fn count_tasks(&self) -> Result<StatusCounts> {
-        let group = doc! { "$group": { "_id": "$status", "n": { "$sum": 1 } } };
-        let mut cursor = self.op(self.tasks.aggregate([group])).await?;
         let mut counts = StatusCounts::default();
-        while self.op(cursor.advance()).await? {
-            let row = self.driver(cursor.deserialize_current())?;
-            let status: TaskStatus = row
-                .get_str("_id")
-                .map_err(|e| records::corrupt(format!("status count: {e}")))?
-                .parse()
-                .map_err(|e| records::corrupt(format!("status count: {e}")))?;
-            let n = match row.get("n") {
-                Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
-                Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
-                _ => None,
-            }
-            .ok_or_else(|| records::corrupt(format!("status count: {row}")))?;
+        for status in TaskStatus::ALL {
+            let n = self
+                .op(self
+                    .tasks
+                    .count_documents(doc! { "status": status.as_str() }))
+                .await?;
             counts.add(status, n);
         }
         Ok(counts)

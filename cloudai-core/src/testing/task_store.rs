@@ -287,6 +287,10 @@ pub async fn pages_list_every_task_once_newest_first(store: Arc<dyn TaskStore>) 
             let mut got = Vec::new();
             let mut after: Option<PageKey> = None;
             loop {
+                assert!(
+                    got.len() <= expect.len(),
+                    "{filter:?}, pages of {limit}: more tasks than stored: {got:?}"
+                );
                 let page = store
                     .page_tasks(&filter, after.as_ref(), limit)
                     .await
