@@ -178,7 +178,9 @@ impl TaskStore for MemoryStore {
         if let (Some(worker), [TaskStatus::Running]) = (&filter.worker, &filter.statuses[..]) {
             let on = tasks.index.running_on.get(worker).into_iter().flatten();
             return Ok(on
-                .filter_map(|(_, id)| tasks.by_id.get(id).cloned())
+                .filter_map(|(_, id)| tasks.by_id.get(id))
+                .filter(|t| filter.matches(t))
+                .cloned()
                 .collect());
         }
         let mut out: Vec<TaskRecord> = tasks

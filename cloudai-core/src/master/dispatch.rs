@@ -16,6 +16,7 @@ use crate::model::{
     ArrayId, ArrayIndices, ArrayMember, RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus,
     ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
 };
+use crate::store::TaskFilter;
 use crate::{Error, Result};
 
 impl Master {
@@ -83,10 +84,33 @@ impl Master {
                 t
             })
             .collect();
-        self.inner.store.insert_tasks(tasks.clone()).await?;
+        if let Err(e) = self.inner.store.insert_tasks(tasks.clone()).await {
+            return Err(self.partial_array(&array, tasks.len(), e).await);
+        }
         info!(array = %array, tasks = tasks.len(), indices = %indices, image = %spec.image, "array submitted");
         self.queue_and_wait(&tasks).await;
         Ok((array, tasks.into_iter().map(|t| t.id).collect()))
+    }
+
+    /// A batch that failed may have been stored in part (a backend that
+    /// cannot undo one): the tasks that landed are queued, so they run, and
+    /// the error says how many did.
+    async fn partial_array(&self, array: &ArrayId, wanted: usize, e: Error) -> Error {
+        let filter = TaskFilter {
+            array: Some(array.clone()),
+            ..TaskFilter::default()
+        };
+        let landed = match self.inner.store.list_tasks(&filter).await {
+            Ok(landed) if !landed.is_empty() => landed,
+            _ => return e,
+        };
+        warn!(array = %array, stored = landed.len(), wanted, error = %e, "array stored in part; queueing what landed");
+        self.queue_and_wait(&landed).await;
+        Error::Unavailable(format!(
+            "array {array}: {} of {wanted} tasks were stored before the store failed ({e}); \
+             those run (tasks --array {array}); submit the rest again",
+            landed.len()
+        ))
     }
 
     /// Queues stored tasks and returns once a placement pass has seen them,

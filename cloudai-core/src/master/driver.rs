@@ -19,8 +19,9 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
     let mut next_flush = start.saturating_add(config.heartbeat_flush);
     let mut next_reconcile = config.reconcile_interval.map(|i| start.saturating_add(i));
     let mut next_sweep = config.retention_sweep().map(|i| start.saturating_add(i));
-    // At most one retention sweep in flight.
+    // At most one retention sweep and one periodic reconcile in flight.
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+    let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     let mut store_work = tokio::task::JoinSet::new();
     // At most one heartbeat batch in flight: beats keep coalescing meanwhile.
     let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
@@ -58,8 +59,9 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
                     });
                 }
                 LivenessEvent::Lost(worker) => {
+                    master.lose_worker(&worker);
                     let m = master.clone();
-                    store_work.spawn(async move { m.worker_lost(&worker).await });
+                    store_work.spawn(async move { m.fail_lost_tasks(&worker).await });
                 }
             }
         }
@@ -90,15 +92,17 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
         }
         if let (Some(at), Some(every)) = (next_reconcile, config.reconcile_interval) {
             if now >= at {
-                let m = master.clone();
-                store_work.spawn(async move { periodic_reconcile(&m).await });
+                if reconciling.as_ref().is_none_or(|r| r.is_finished()) {
+                    let m = master.clone();
+                    reconciling = Some(tokio::spawn(async move { periodic_reconcile(&m).await }));
+                }
                 next_reconcile = Some(now.saturating_add(every));
             }
         }
     }
     while store_work.join_next().await.is_some() {}
-    if let Some(s) = sweeping {
-        s.abort();
+    for background in [sweeping, reconciling].into_iter().flatten() {
+        background.abort();
     }
     if let Some(f) = flushing {
         let _ = f.await;

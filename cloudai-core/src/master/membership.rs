@@ -259,17 +259,27 @@ impl Master {
         self.inner.wake.notify_one();
     }
 
-    /// Fails every task still running on a lost worker.
-    pub(super) async fn worker_lost(&self, worker: &WorkerId) {
+    /// A worker was declared lost: its session ends now (the driver calls
+    /// this at the deadline); [`Master::fail_lost_tasks`] follows.
+    pub(super) fn lose_worker(&self, worker: &WorkerId) {
         warn!(worker = %worker, "worker lost; failing its tasks");
         self.emit(MasterEvent::Worker {
             id: worker.clone(),
             health: Health::Lost,
         });
         self.state().end_session(worker);
+    }
+
+    /// Fails every task still running on a lost worker, unless it has
+    /// registered again meanwhile (its registration settled its runs).
+    pub(super) async fn fail_lost_tasks(&self, worker: &WorkerId) {
         let filter = running_on(worker);
         let tasks = self.surely(|| self.inner.store.list_tasks(&filter)).await;
         for t in tasks {
+            if self.state().in_session(worker, self.now()) {
+                info!(worker = %worker, "lost worker came back; its registration settled its runs");
+                return;
+            }
             let lost = TaskEvent::WorkerLost {
                 worker: worker.clone(),
             };

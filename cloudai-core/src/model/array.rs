@@ -83,14 +83,20 @@ impl std::str::FromStr for ArrayIndices {
                 return Err(bad(spec, format!("{first}-{last} runs backwards")));
             }
             // Count first, so a huge range is refused without building it.
-            let count = (u64::from(last - first) / u64::from(step) + 1) as usize;
-            if all.len() + count > MAX_ARRAY_TASKS {
-                return Err(bad(
+            let too_many = || {
+                bad(
                     spec,
                     format!("more than {MAX_ARRAY_TASKS} tasks in one array"),
-                ));
+                )
+            };
+            let count = (u64::from(last - first) / u64::from(step) + 1) as usize;
+            if count > MAX_ARRAY_TASKS {
+                return Err(too_many());
             }
             all.extend((first..=last).step_by(step as usize));
+            if all.len() > MAX_ARRAY_TASKS {
+                return Err(too_many());
+            }
         }
         Ok(ArrayIndices(all))
     }
@@ -138,6 +144,11 @@ mod tests {
         assert_eq!(parse("7").unwrap(), vec![7]);
         assert_eq!(parse("1,3,5-7,3").unwrap(), vec![1, 3, 5, 6, 7]);
         assert_eq!(parse("1-10000").unwrap().len(), 10_000);
+        assert_eq!(
+            parse("1-60000,1-60000").unwrap().len(),
+            60_000,
+            "overlaps count once"
+        );
     }
 
     #[test]

@@ -168,6 +168,18 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         ["t-1", "t-3"],
         "running on a worker, oldest first"
     );
+    let running_on_a_in_an_array = TaskFilter {
+        array: Some(ArrayId::new("no-such-array").expect("valid")),
+        ..running_on_a.clone()
+    };
+    assert!(
+        store
+            .list_tasks(&running_on_a_in_an_array)
+            .await
+            .expect("list")
+            .is_empty(),
+        "every part of the filter holds"
+    );
     let cancel = TaskEvent::Cancel { force: false };
     let at = Timestamp::from_millis(90);
     let cancelled = apply_event(store.as_ref(), &task_id("t-1"), &cancel, at)

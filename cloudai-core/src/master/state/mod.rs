@@ -195,8 +195,11 @@ impl State {
             .filter(|i| i.session && i.instance.as_ref() == Some(&who.instance))?;
         let was_unreachable = std::mem::replace(&mut info.unreachable, false);
         info.telemetry = Some(telemetry.clone());
+        // Inactive by the clock though not yet expired by the driver: a
+        // pass may have seen it so, and blocked a class on it.
+        let was_inactive = self.liveness.health(worker, now) != Some(Health::Active);
         let revived = self.liveness.heartbeat(worker, now);
-        if revived || was_unreachable {
+        if revived || was_unreachable || was_inactive {
             self.queue.wake_joined(worker);
             self.queue_pass = true;
         }
