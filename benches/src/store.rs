@@ -217,7 +217,7 @@ async fn store_phases(args: &Args) -> Result<(), String> {
         status: TaskStatus::Completed,
         exit_code: Some(0),
         logs: "done\n".into(),
-        logs_truncated: false,
+        logs_offset: 0,
         message: None,
         started_at: Some(Timestamp::from_millis(11)),
         finished_at: Timestamp::from_millis(20),

@@ -455,7 +455,7 @@ async fn report(
             _ => None,
         },
         logs: String::new(),
-        logs_truncated: false,
+        logs_offset: 0,
         message: (status == TaskStatus::Cancelled).then(|| "stopped on cancel".into()),
         started_at: Some(started),
         finished_at: now(),

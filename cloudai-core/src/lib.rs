@@ -47,6 +47,7 @@ pub mod liveness;
 pub mod master;
 pub mod memory;
 pub mod model;
+pub mod output;
 pub mod placement;
 pub mod process;
 pub mod results;

@@ -131,7 +131,7 @@ mod tests {
             status,
             exit_code: Some(0),
             logs: logs.into(),
-            logs_truncated: false,
+            logs_offset: 0,
             message: None,
             started_at: None,
             finished_at: Timestamp::ZERO,

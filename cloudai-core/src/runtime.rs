@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Resources;
-pub use crate::model::{ExitStatus, Logs};
+pub use crate::model::ExitStatus;
+pub use crate::output::{Follow, OutputChunk, OutputStream};
 use crate::Result;
 
 /// Label holding the task id on every container CloudAI-rs starts.
@@ -71,8 +72,12 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
     /// Waits until the container exits.
     async fn wait(&self, id: &ContainerId) -> Result<ExitStatus>;
 
-    /// Its output so far, at most `max_bytes` (the end is kept).
-    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs>;
+    /// Everything the container writes, from its start (offset 0), each
+    /// chunk marked stdout or stderr; the channel closes once the
+    /// container exited and its output was drained. Each call starts
+    /// again at the start of what the runtime still holds (a chunk past the
+    /// offset expected says what it no longer holds).
+    async fn output(&self, id: &ContainerId) -> Result<Follow>;
 
     /// SIGTERM, then SIGKILL if it still runs after `grace`.
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()>;

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model::RunningTask;
 use crate::model::{
-    InstanceId, Logs, Resources, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
+    InstanceId, Resources, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
 };
+use crate::output::{Follow, OutputFrom};
 use crate::Result;
 
 /// Where a master reaches a worker, and whom it expects there: every call
@@ -90,8 +91,15 @@ pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
     /// from starting if its assignment arrives late).
     async fn cancel(&self, to: &WorkerEndpoint, run: &RunningTask, grace: Duration) -> Result<()>;
 
-    /// The output of a run so far, at most `max_bytes` (the end is kept).
-    async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs>;
+    /// The output of run `run` from `from`; following, until its end (see
+    /// [`Worker::follow_output`](crate::worker::Worker::follow_output)).
+    async fn follow_output(
+        &self,
+        to: &WorkerEndpoint,
+        run: &RunningTask,
+        from: OutputFrom,
+        keep_following: bool,
+    ) -> Result<Follow>;
 
     /// Who answers at `to.address` (the probe that decides whether a
     /// worker's session is still live). Names nobody, so nobody refuses it.

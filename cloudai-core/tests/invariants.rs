@@ -106,7 +106,7 @@ fn report(
         status: outcome.into(),
         exit_code: Some(i32::from(outcome != Reported::Completed)),
         logs: format!("report #{n}"),
-        logs_truncated: false,
+        logs_offset: 0,
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(n as u64),

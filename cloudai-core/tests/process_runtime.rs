@@ -60,23 +60,38 @@ async fn eventually_gone(pid: u32) {
     }
 }
 
-/// Polls the logs for the first line that is a number (a pid echoed by `$!`).
-async fn echoed_pid(rt: &ProcessRuntime, id: &ContainerId) -> u32 {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let logs = rt.logs(id, 4096).await.expect("logs");
-        if let Some(pid) = logs.text.lines().find_map(|l| l.trim().parse().ok()) {
-            return pid;
+/// The output as it comes, until `enough` says so or it ends, with the
+/// offset of its first byte.
+async fn read_until(rt: &ProcessRuntime, id: &ContainerId, enough: impl Fn(&str) -> bool) -> (u64, String) {
+    let mut feed = rt.output(id).await.expect("output");
+    let mut first = None;
+    let mut text = String::new();
+    tokio::time::timeout(LONG, async {
+        while let Some(c) = feed.recv().await {
+            let c = c.expect("a chunk");
+            first.get_or_insert(c.offset);
+            text.push_str(&String::from_utf8_lossy(&c.data));
+            if enough(&text) {
+                return;
+            }
         }
-        assert!(Instant::now() < deadline, "no pid in the logs: {logs:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+    .expect("the output must arrive");
+    (first.unwrap_or(0), text)
+}
+
+/// The first line of the output that is a number (a pid echoed by `$!`).
+async fn echoed_pid(rt: &ProcessRuntime, id: &ContainerId) -> u32 {
+    let pid = |t: &str| t.lines().find_map(|l| l.trim().parse().ok());
+    let (_, text) = read_until(rt, id, |t| pid(t).is_some()).await;
+    pid(&text).unwrap_or_else(|| panic!("no pid in the output: {text:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_is_process() {
     assert_eq!(ProcessRuntime::new().name(), "process");
-    assert_eq!(ProcessRuntime::default().log_limit(), 1 << 20);
+    assert_eq!(ProcessRuntime::default().log_limit(), 64 << 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +130,7 @@ async fn environment_is_clean_but_has_path() {
     s.env.insert("X".into(), "1".into());
     let id = rt.start(&s).await.expect("start");
     assert!(rt.wait(&id).await.expect("wait").success());
-    let text = rt.logs(&id, 4096).await.expect("logs").text;
+    let (_, text) = read_until(&rt, &id, |_| false).await;
     assert!(text.contains("home=[]"), "worker env must not leak: {text}");
     if let Ok(path) = std::env::var("PATH") {
         assert!(
@@ -221,19 +236,10 @@ async fn the_runtime_bounds_what_it_keeps() {
         .expect("wait")
         .expect("wait");
     assert!(status.success(), "{status:?}");
-    let logs = rt.logs(&id, usize::MAX).await.expect("logs");
-    assert!(logs.text.len() <= 1000, "kept {} bytes", logs.text.len());
-    assert!(
-        logs.text.len() >= 900,
-        "keeps up to the bound: {}",
-        logs.text.len()
-    );
-    assert!(logs.truncated, "10k bytes into 1000 must be truncated");
-    assert!(
-        logs.text.ends_with("the-end\n"),
-        "keeps the end: {:?}",
-        logs.text
-    );
+    let (first, text) = read_until(&rt, &id, |_| false).await;
+    assert_eq!(text.len(), 1000, "keeps exactly the bound");
+    assert_eq!(first, 10_008 - 1000, "the first offset says what was dropped");
+    assert!(text.ends_with("the-end\n"), "keeps the end: {text:?}");
     rt.remove(&id).await.expect("remove");
 }
 

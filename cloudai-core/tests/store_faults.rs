@@ -11,8 +11,9 @@ use cloudai_core::clock::Clock;
 use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
+use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::model::{
-    InstanceId, Logs, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult,
+    InstanceId, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult,
     TaskSpec, TaskStatus, Timestamp, WorkerId, WorkerIdentity,
 };
 use cloudai_core::store::{
@@ -91,8 +92,14 @@ impl MasterToWorker for Accepting {
     async fn cancel(&self, _: &WorkerEndpoint, _: &RunningTask, _: Duration) -> Result<()> {
         Ok(())
     }
-    async fn logs(&self, _: &WorkerEndpoint, _: &RunningTask, _: usize) -> Result<Logs> {
-        Ok(Logs::default())
+    async fn follow_output(
+        &self,
+        _: &WorkerEndpoint,
+        _: &RunningTask,
+        _: OutputFrom,
+        _: bool,
+    ) -> Result<Follow> {
+        Ok(tokio::sync::mpsc::channel(1).1)
     }
     async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity> {
         Ok(WorkerIdentity {
@@ -179,7 +186,7 @@ async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
         status: TaskStatus::Completed,
         exit_code: Some(0),
         logs: String::new(),
-        logs_truncated: false,
+        logs_offset: 0,
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(5),

@@ -411,7 +411,7 @@ async fn a_refused_report_answers_failed_precondition_with_the_reason() {
         status: TaskStatus::Failed,
         exit_code: Some(1),
         logs: "forged".into(),
-        logs_truncated: false,
+        logs_offset: 0,
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(1),

@@ -221,7 +221,7 @@ pub(crate) struct ResultDoc {
     exit_code: Option<i32>,
     logs: String,
     #[serde(default)]
-    logs_truncated: bool,
+    logs_offset: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,7 +238,7 @@ impl ResultDoc {
             status: r.status,
             exit_code: r.exit_code,
             logs: r.logs.clone(),
-            logs_truncated: r.logs_truncated,
+            logs_offset: to_i64("logs_offset", r.logs_offset)?,
             message: r.message.clone(),
             started_at: r.started_at.map(|s| ts("started_at", s)).transpose()?,
             finished_at: ts("finished_at", r.finished_at)?,
@@ -253,7 +253,7 @@ impl ResultDoc {
             status: self.status,
             exit_code: self.exit_code,
             logs: self.logs,
-            logs_truncated: self.logs_truncated,
+            logs_offset: to_u64("logs_offset", self.logs_offset)?,
             message: self.message,
             started_at: self
                 .started_at
@@ -479,7 +479,7 @@ mod tests {
             status: TaskStatus::Failed,
             exit_code: Some(-9),
             logs: "out".into(),
-            logs_truncated: true,
+            logs_offset: 7,
             message: Some("m".into()),
             started_at: None,
             finished_at: Timestamp::from_millis(8),

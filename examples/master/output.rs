@@ -240,14 +240,10 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         if let Some(m) = &r.message {
             println!("message   {m}");
         }
-        println!(
-            "--- logs{} ---",
-            if r.logs_truncated {
-                " (truncated: the end is kept)"
-            } else {
-                ""
-            }
-        );
+        match r.logs_offset {
+            0 => println!("--- logs ---"),
+            n => println!("--- logs (the end: {n} bytes before it left out) ---"),
+        }
         print!("{}", r.logs);
         if !r.logs.ends_with('\n') && !r.logs.is_empty() {
             println!();

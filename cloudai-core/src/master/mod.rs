@@ -12,7 +12,8 @@
 //! | `dispatch` | submit, placement passes, assignments and their delivery |
 //! | `stops` | cancel, bulk cancel, delivery of owed stops |
 //! | `transitions` | applying an event and executing every effect it returns; reports; reconcile |
-//! | `views` | read models: workers, tasks, logs |
+//! | `views` | read models: workers, tasks |
+//! | `output` | a task's output relayed from its worker, or from its stored result |
 //! | `driver` | the one loop: deadlines, and the work state changes made owed |
 //! | `state` | the in-memory caches (ledger, liveness, queue) and owed work, under one mutex never held across an `.await` |
 //!
@@ -29,6 +30,7 @@ mod dispatch;
 mod drain;
 mod driver;
 mod membership;
+mod output;
 mod owed_stops;
 mod retention;
 mod state;
@@ -53,6 +55,7 @@ use crate::transport::{MasterToWorker, WorkerEndpoint};
 use crate::Result;
 
 pub use config::{ConfigError, MasterConfig};
+pub use output::{TaskFollow, TaskOutput};
 pub use stops::CancelOutcome;
 pub use views::{TaskView, WorkerView, MAX_PAGE};
 

@@ -1,17 +1,17 @@
 //! Read models: workers with their live status, tasks with their result
-//! and queue reason, logs.
+//! and queue reason.
 
 use super::Master;
 use crate::liveness::Health;
 use crate::model::{
-    Drain, Logs, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
+    Drain, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
     Telemetry, Timestamp, WorkerId,
 };
 use crate::store::{PageKey, TaskFilter};
 
 /// The most tasks one page holds.
 pub const MAX_PAGE: usize = 1000;
-use crate::{Error, Result};
+use crate::Result;
 
 /// A worker as the master sees it now.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,37 +89,6 @@ impl Master {
             result,
             waiting,
         })
-    }
-
-    /// A task's output: live from its worker while it runs, else from its
-    /// stored result. `None` while it is pending or when nothing was kept.
-    pub async fn logs(&self, id: &TaskId, max_bytes: usize) -> Result<Option<Logs>> {
-        let view = self.task(id).await?;
-        if let Some(r) = view.result {
-            return Ok(Some(Logs {
-                text: r.logs,
-                truncated: r.logs_truncated,
-            }));
-        }
-        let (TaskStatus::Running, Some(worker)) = (view.task.status, view.task.worker) else {
-            return Ok(None);
-        };
-        let Some(to) = self.endpoint(&worker) else {
-            return Ok(None);
-        };
-        let run = RunningTask {
-            task: id.clone(),
-            attempt: view.task.attempt,
-        };
-        let call = self.inner.transport.logs(&to, &run, max_bytes);
-        match tokio::time::timeout(self.inner.config.reconnect_timeout, call).await {
-            Ok(Ok(logs)) => Ok(Some(logs)),
-            Ok(Err(Error::NotFound { .. })) => Ok(None),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Timeout(format!(
-                "worker {worker} did not send logs in time"
-            ))),
-        }
     }
 
     /// Tasks passing `filter`, oldest first.

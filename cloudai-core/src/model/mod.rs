@@ -16,7 +16,7 @@ mod worker;
 pub use array::{ArrayIndices, ArrayMember, ARRAY_ID_ENV, ARRAY_INDEX_ENV, MAX_ARRAY_TASKS};
 pub use ids::{ArrayId, InstanceId, TaskId, WorkerId};
 pub use resources::Resources;
-pub use run::{ExitStatus, Logs, RunningTask};
+pub use run::{ExitStatus, RunningTask};
 pub use task::{StatusCounts, TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
 pub use time::Timestamp;
 pub use validation::ValidationError;

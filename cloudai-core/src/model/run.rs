@@ -1,5 +1,4 @@
-//! One run of a task on a worker: which assignment it is, how it ended, and
-//! what it printed.
+//! One run of a task on a worker: which assignment it is and how it ended.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,13 +29,4 @@ impl ExitStatus {
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
-}
-
-/// Captured output, bounded.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Logs {
-    /// stdout and stderr, as text (invalid UTF-8 replaced).
-    pub text: String,
-    /// Whether output past the bound was dropped.
-    pub truncated: bool,
 }

@@ -315,11 +315,13 @@ pub struct TaskResult {
     pub status: TaskStatus,
     /// The exit code, when the process exited.
     pub exit_code: Option<i32>,
-    /// Captured stdout and stderr, bounded by the worker.
+    /// The end of the run's stdout and stderr in write order, bounded by
+    /// the worker.
     pub logs: String,
-    /// Whether `logs` was cut at the worker's bound.
+    /// Offset of the first byte of `logs` in the run's output: how many
+    /// bytes before it were left out (0: `logs` is the whole output).
     #[serde(default)]
-    pub logs_truncated: bool,
+    pub logs_offset: u64,
     /// A short explanation (for example "worker was terminated while task was running").
     pub message: Option<String>,
     /// When the worker started the task.

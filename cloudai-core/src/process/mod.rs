@@ -11,12 +11,12 @@
 //!   leftovers that outlived the leader; Linux does not reuse the leader's
 //!   pid while its group has members) and forgets the container. Stopping
 //!   or removing an id this runtime does not know succeeds.
-//! - **Bounded logs keep the end.** stdout and stderr go into one buffer
-//!   that keeps the last [`DEFAULT_LOG_LIMIT`] bytes (see
-//!   [`ProcessRuntime::with_log_limit`]); once anything was dropped,
-//!   [`Logs::truncated`] is set. Each stream keeps its own order; the two are
-//!   interleaved in the order their readers receive the bytes, which is
-//!   close to, but not exactly, the order the program wrote them. Output
+//! - **Bounded output keeps the end.** stdout and stderr go into one
+//!   [`OutputLog`] that keeps the last [`DEFAULT_LOG_LIMIT`] bytes (see
+//!   [`ProcessRuntime::with_log_limit`]), each chunk marked with its
+//!   stream. Each stream keeps its own order; the two are interleaved in the
+//!   order their readers receive the bytes, which is close to, but not
+//!   exactly, the order the program wrote them. Output
 //!   that arrives more than [`DRAIN_TIMEOUT`] after the leader exited (from a
 //!   background process still holding the pipes) is not captured.
 //! - **The image is ignored.** It is recorded for diagnostics only; the
@@ -49,23 +49,21 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-mod log_buffer;
+mod frames;
 mod record;
 mod supervised;
 pub mod supervisor;
 
-use log_buffer::LogBuffer;
 pub use supervised::SupervisedProcessRuntime;
 
 use crate::model::ValidationError;
-use crate::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
-};
+use crate::output::{OutputFrom, OutputLog, OutputStream};
+use crate::runtime::{ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow};
 use crate::sync::lock;
 use crate::{Error, Result};
 
-/// Bytes of output kept per container unless configured otherwise (1 MiB).
-pub const DEFAULT_LOG_LIMIT: usize = 1 << 20;
+/// Bytes of output kept per container unless configured otherwise (64 MiB).
+pub const DEFAULT_LOG_LIMIT: usize = 64 << 20;
 
 /// How long, after the leader exited, the output readers may keep draining
 /// the pipes before the exit is reported anyway (a background process can
@@ -106,7 +104,7 @@ struct Entry {
     /// The leader's pid, which is also the process group id.
     pid: i32,
     state: watch::Receiver<State>,
-    logs: Arc<Mutex<LogBuffer>>,
+    output: Arc<OutputLog>,
 }
 
 /// Runs each container's command as a local child process in its own process
@@ -248,17 +246,17 @@ async fn exited(state: &mut watch::Receiver<State>) {
     let _ = state.wait_for(|s| !s.is_running()).await;
 }
 
-/// Copies a pipe into the log buffer until EOF or a read error.
-fn spawn_reader<R>(mut pipe: R, logs: Arc<Mutex<LogBuffer>>) -> JoinHandle<()>
+/// Copies a pipe into the output log until EOF or a read error.
+fn spawn_reader<R>(mut pipe: R, stream: OutputStream, output: Arc<OutputLog>) -> JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 8192];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             match pipe.read(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => lock(&logs).push(&buf[..n]),
+                Ok(n) => output.push(stream, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading process output failed");
@@ -311,14 +309,15 @@ impl ContainerRuntime for ProcessRuntime {
             ))));
         };
 
-        let logs = Arc::new(Mutex::new(LogBuffer::new(self.log_limit)));
+        let output = OutputLog::new(self.log_limit);
         let mut readers = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            readers.push(spawn_reader(out, logs.clone()));
+            readers.push(spawn_reader(out, OutputStream::Stdout, output.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(spawn_reader(err, logs.clone()));
+            readers.push(spawn_reader(err, OutputStream::Stderr, output.clone()));
         }
+        let drained = output.clone();
 
         let (tx, rx) = watch::channel(State::Running);
         let label = program.clone();
@@ -338,6 +337,7 @@ impl ContainerRuntime for ProcessRuntime {
                     reader.abort();
                 }
             }
+            drained.close();
             let state = match waited {
                 Ok(status) => State::Exited(to_exit_status(status)),
                 Err(e) => {
@@ -359,7 +359,7 @@ impl ContainerRuntime for ProcessRuntime {
                 labels: spec.labels.clone(),
                 pid,
                 state: rx,
-                logs,
+                output,
             },
         );
         Ok(id)
@@ -379,14 +379,13 @@ impl ContainerRuntime for ProcessRuntime {
         }
     }
 
-    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
-        let buffer = self
+    async fn output(&self, id: &ContainerId) -> Result<Follow> {
+        let output = self
             .entries()
             .get(id)
-            .map(|e| e.logs.clone())
+            .map(|e| e.output.clone())
             .ok_or_else(|| Error::not_found("container", id))?;
-        let logs = lock(&buffer).tail(max_bytes);
-        Ok(logs)
+        Ok(output.follow(OutputFrom::Offset(0), true))
     }
 
     /// Unknown ids (never started here, or already removed) succeed.

@@ -4,7 +4,7 @@
 //! | file | written by | holds |
 //! |---|---|---|
 //! | `run.json` | runtime, before the supervisor starts | what to run, labels, the orphan timeout |
-//! | `output` | the task (stdout and stderr, appended in write order) | its output |
+//! | `output` | supervisor, as the task writes | its stdout and stderr, framed (see `frames`) |
 //! | `pid.json` | supervisor, once the task started | its pid and start time |
 //! | `error` | supervisor, if the task could not start | why |
 //! | `exit.json` | supervisor, once the task ended | its exit status |

@@ -12,8 +12,9 @@
 //!   an earlier worker started in the same state directory, so a restarted
 //!   worker adopts them. A run no worker attaches to for the orphan timeout
 //!   is killed by its supervisor.
-//! - **Output is kept whole on disk** (stdout and stderr interleaved in
-//!   write order) until the run is removed; `logs` returns its end.
+//! - **Output is kept whole on disk**, each read from stdout or stderr a
+//!   frame naming its stream, until the run is removed; `output` follows
+//!   the file from its start until the run ended and the file is read.
 //! - **When the leader exits, its group goes with it**: processes it left
 //!   in the background are killed.
 //! - **Against pid reuse**, the runtime signals a group directly (when its
@@ -22,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,12 +37,11 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use super::log_buffer::as_text;
+use super::frames::next_frame;
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
 use super::{backend, check_command, invalid_command, signal_group, KILL_TIMEOUT};
-use crate::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
-};
+use crate::output::{OutputChunk, CHANNEL};
+use crate::runtime::{ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow};
 use crate::sync::lock;
 use crate::{Error, Result};
 
@@ -276,19 +276,85 @@ fn fresh_id() -> ContainerId {
     ContainerId(format!("run-{nanos:x}-{:x}-{n}", std::process::id()))
 }
 
-/// The last `max_bytes` of a run's output file.
-fn tail(path: &Path, max_bytes: usize) -> io::Result<Logs> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Logs::default()),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
-    let n = len.min(u64::try_from(max_bytes).unwrap_or(u64::MAX));
-    file.seek(SeekFrom::Start(len - n))?;
-    let mut bytes = Vec::new();
-    file.take(n).read_to_end(&mut bytes)?;
-    Ok(as_text(bytes, n < len))
+/// How long a follower of a run's output file waits at its end before
+/// looking again.
+const FOLLOW_IDLE: Duration = Duration::from_millis(20);
+
+/// Most bytes a follower reads from the file at once.
+const FOLLOW_READ: u64 = 1 << 20;
+
+/// Follows run `dir`'s output file from its start, sending each frame as
+/// a chunk, until the run ended and the file is read to its end.
+async fn follow_file(
+    path: PathBuf,
+    mut ended: watch::Receiver<Outcome>,
+    tx: tokio::sync::mpsc::Sender<Result<OutputChunk>>,
+) {
+    let mut file = None;
+    let mut pending = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        // Looked at before reading: once ended, one more read gets all.
+        let done = ended.borrow_and_update().is_some();
+        if file.is_none() {
+            file = match std::fs::File::open(&path) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    let _ = tx.send(Err(backend(e))).await;
+                    return;
+                }
+            };
+        }
+        let read = match file.as_mut() {
+            Some(f) => f.take(FOLLOW_READ).read_to_end(&mut pending),
+            None => Ok(0),
+        };
+        let read = match read {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(backend(e))).await;
+                return;
+            }
+        };
+        let mut used = 0;
+        loop {
+            match next_frame(&pending[used..]) {
+                Ok(Some((stream, data, len))) => {
+                    used += len;
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let chunk = OutputChunk {
+                        offset,
+                        stream,
+                        data: data.to_vec(),
+                    };
+                    offset = chunk.end();
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(backend(e))).await;
+                    return;
+                }
+            }
+        }
+        pending.drain(..used);
+        if read > 0 {
+            continue;
+        }
+        if done {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_IDLE) => {}
+            _ = ended.changed() => {}
+            () = tx.closed() => return,
+        }
+    }
 }
 
 #[async_trait]
@@ -330,12 +396,14 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         }
     }
 
-    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
-        let dir = self
-            .dir(id)
-            .filter(|d| d.spec().exists())
-            .ok_or_else(|| Error::not_found("container", id))?;
-        tail(&dir.output(), max_bytes).map_err(backend)
+    async fn output(&self, id: &ContainerId) -> Result<Follow> {
+        let (dir, run) = match (self.dir(id), self.attach(id).await?) {
+            (Some(dir), Some(run)) => (dir, run),
+            _ => return Err(Error::not_found("container", id)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL);
+        tokio::spawn(follow_file(dir.output(), run.ended.clone(), tx));
+        Ok(rx)
     }
 
     /// Unknown ids (never started, or already removed) succeed.

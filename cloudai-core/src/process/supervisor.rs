@@ -5,8 +5,9 @@
 //!
 //! - It leaves the worker's session (`setsid`), so neither a terminal's
 //!   Ctrl-C nor the worker's death reaches it, and starts the task as the
-//!   leader of a new process group, writing its output to the run's
-//!   `output` file and its pid and start time to `pid.json`.
+//!   leader of a new process group, its pid and start time to `pid.json`.
+//!   It reads the task's stdout and stderr and appends each read to the
+//!   run's `output` file as a frame naming its stream (see `frames`).
 //! - Workers attach by connecting to `supervisor.sock` and send one
 //!   command per line: `stop <grace ms>` (SIGTERM to the group, SIGKILL
 //!   after the grace) or `kill`.
@@ -14,24 +15,27 @@
 //!   went away) an orphan timer runs: at the run's orphan timeout the
 //!   supervisor kills the group. So no task outlives the worker that
 //!   should watch it by more than that.
-//! - When the leader exits, the rest of its group is killed, the exit is
-//!   recorded in `exit.json`, and the supervisor exits; attached workers
-//!   see their connection close and read the record.
+//! - When the leader exits, the rest of its group is killed, the output
+//!   read to its end (for at most [`DRAIN_TIMEOUT`]), the exit recorded in
+//!   `exit.json`, and the supervisor exits; attached workers see their
+//!   connection close and read the record.
 
-use std::fs::OpenOptions;
-use std::io::{self, BufRead, BufReader, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Child, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::frames::write_frame;
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
-use super::{signal_group, task_command, to_exit_status};
+use super::{signal_group, task_command, to_exit_status, DRAIN_TIMEOUT};
+use crate::output::OutputStream;
 use crate::host::process_start_ticks;
 use crate::sync::lock;
 
@@ -71,8 +75,8 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
     // sees `pid.json`.
     let (_handle, socket) = dir.socket_via()?;
     let listener = UnixListener::bind(socket)?;
-    let mut child = match spawn(&spec, dir) {
-        Ok(child) => child,
+    let (mut child, drained) = match spawn(&spec, dir) {
+        Ok(started) => started,
         Err(e) => return write_json(&dir.error(), &e),
     };
     let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
@@ -110,6 +114,16 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
     ended.store(true, Ordering::SeqCst);
     // What the leader left behind in its group goes with it.
     let _ = signal_group(pid, Signal::SIGKILL);
+    // The output is read to its end before the exit is recorded, so a
+    // reader that sees the record has seen all of it (a process that left
+    // the group may hold the pipes open: not for ever).
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if drained.recv_timeout(left).is_err() {
+            break;
+        }
+    }
     let _ = std::fs::remove_file(dir.socket());
     write_json(
         &dir.ended(),
@@ -120,9 +134,10 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
     )
 }
 
-/// Starts the task as the leader of a new process group, its output
-/// appended to the run's `output` file.
-fn spawn(spec: &RunSpec, dir: &RunDir) -> Result<Child, StartError> {
+/// Starts the task as the leader of a new process group, with a thread per
+/// output pipe appending what it reads to the run's `output` file; each
+/// thread sends on the channel returned when its pipe ends.
+fn spawn(spec: &RunSpec, dir: &RunDir) -> Result<(Child, mpsc::Receiver<()>), StartError> {
     let backend = |e: io::Error| StartError {
         invalid: false,
         message: format!("cannot open the output file: {e}"),
@@ -133,16 +148,16 @@ fn spawn(spec: &RunSpec, dir: &RunDir) -> Result<Child, StartError> {
         .mode(0o600)
         .open(dir.output())
         .map_err(backend)?;
-    let errors = output.try_clone().map_err(backend)?;
+    let output = Arc::new(Mutex::new(output));
     let Some((program, args)) = spec.command.split_first() else {
         return Err(StartError {
             invalid: true,
             message: "empty command".into(),
         });
     };
-    task_command(program, args, &spec.env)
-        .stdout(Stdio::from(output))
-        .stderr(Stdio::from(errors))
+    let mut child = task_command(program, args, &spec.env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| StartError {
             invalid: matches!(
@@ -152,7 +167,49 @@ fn spawn(spec: &RunSpec, dir: &RunDir) -> Result<Child, StartError> {
                     | io::ErrorKind::InvalidInput
             ),
             message: format!("cannot run {program:?}: {e}"),
-        })
+        })?;
+    let (done, drained) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        copy_frames(out, OutputStream::Stdout, output.clone(), done.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        copy_frames(err, OutputStream::Stderr, output, done);
+    }
+    Ok((child, drained))
+}
+
+/// Appends what `pipe` delivers to `output` as frames of `stream` until
+/// the pipe ends, then says so on `done`.
+#[allow(
+    clippy::print_stderr,
+    reason = "the supervisor's stderr is its run's supervisor.log"
+)]
+fn copy_frames(
+    mut pipe: impl Read + Send + 'static,
+    stream: OutputStream,
+    output: Arc<Mutex<File>>,
+    done: mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = write_frame(&mut *lock(&output), stream, &buf[..n]) {
+                        eprintln!("writing the task's output failed: {e}");
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("reading the task's output failed: {e}");
+                    break;
+                }
+            }
+        }
+        let _ = done.send(());
+    });
 }
 
 /// Takes attachments until the process exits.

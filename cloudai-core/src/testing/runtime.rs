@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::model::Resources;
 use crate::runtime::{
-    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, Logs, LABEL_TASK, LABEL_WORKER,
+    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, OutputChunk, OutputStream, LABEL_TASK,
+    LABEL_WORKER,
 };
 use crate::Error;
 
@@ -39,8 +40,9 @@ where
     Fut: Future<Output = Arc<dyn ContainerRuntime>>,
 {
     wait_reports_the_exit_code(new_runtime().await, image).await;
-    logs_capture_stdout_and_stderr(new_runtime().await, image).await;
-    logs_are_bounded_and_keep_the_end(new_runtime().await, image).await;
+    output_keeps_stdout_and_stderr_apart(new_runtime().await, image).await;
+    output_is_whole_and_read_again_from_the_start(new_runtime().await, image).await;
+    output_is_followed_while_it_runs(new_runtime().await, image).await;
     stop_sends_sigterm_first(new_runtime().await, image).await;
     stop_kills_after_the_grace_period(new_runtime().await, image).await;
     stop_and_remove_are_idempotent(new_runtime().await, image).await;
@@ -103,12 +105,35 @@ async fn wait(rt: &dyn ContainerRuntime, id: &ContainerId) -> ExitStatus {
     }
 }
 
-async fn logs(rt: &dyn ContainerRuntime, id: &ContainerId, max_bytes: usize) -> Logs {
-    match tokio::time::timeout(QUICK, rt.logs(id, max_bytes)).await {
-        Ok(Ok(logs)) => logs,
-        Ok(Err(e)) => panic!("{}: logs {id} failed: {e:?}", rt.name()),
-        Err(_) => panic!("{}: logs {id} did not return in {QUICK:?}", rt.name()),
+/// The container's whole output (it must have exited, or exit soon),
+/// checking that each chunk starts where the one before ended.
+async fn output(rt: &dyn ContainerRuntime, id: &ContainerId) -> Vec<OutputChunk> {
+    let read = async {
+        let mut feed = rt.output(id).await?;
+        let mut got: Vec<OutputChunk> = Vec::new();
+        while let Some(c) = feed.recv().await {
+            let c = c?;
+            let expected = got.last().map_or(0, OutputChunk::end);
+            assert_eq!(c.offset, expected, "{}: {id}: a chunk out of place", rt.name());
+            got.push(c);
+        }
+        Ok::<_, Error>(got)
+    };
+    match tokio::time::timeout(QUICK, read).await {
+        Ok(Ok(got)) => got,
+        Ok(Err(e)) => panic!("{}: output {id} failed: {e:?}", rt.name()),
+        Err(_) => panic!("{}: output {id} did not end in {QUICK:?}", rt.name()),
     }
+}
+
+/// The text of `chunks` written to `stream` (or to either).
+fn text_of(chunks: &[OutputChunk], stream: Option<OutputStream>) -> String {
+    let bytes: Vec<u8> = chunks
+        .iter()
+        .filter(|c| stream.is_none_or(|s| s == c.stream))
+        .flat_map(|c| c.data.iter().copied())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 async fn stop(rt: &dyn ContainerRuntime, id: &ContainerId, grace: Duration) {
@@ -131,23 +156,27 @@ async fn remove(rt: &dyn ContainerRuntime, id: &ContainerId) {
     }
 }
 
-/// Polls the logs until they contain `needle` (a program announcing it is
-/// ready, for example after installing its signal handler).
+/// Follows the output until it contains `needle` (a program announcing it
+/// is ready, for example after installing its signal handler).
 async fn wait_for_output(rt: &dyn ContainerRuntime, id: &ContainerId, needle: &str) {
-    let deadline = Instant::now() + QUICK;
-    loop {
-        let got = logs(rt, id, 64 * 1024).await;
-        if got.text.contains(needle) {
-            return;
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(QUICK, async {
+        let mut feed = rt.output(id).await.expect("output");
+        while let Some(c) = feed.recv().await {
+            seen.push(c.expect("a chunk"));
+            if text_of(&seen, None).contains(needle) {
+                return true;
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {id} did not print {needle:?} within {QUICK:?}; logs so far: {:?}",
-            rt.name(),
-            got.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        false
+    })
+    .await;
+    assert!(
+        found == Ok(true),
+        "{}: {id} did not print {needle:?} within {QUICK:?}; output so far: {:?}",
+        rt.name(),
+        text_of(&seen, None)
+    );
 }
 
 /// `wait` reports the exit code; concurrent waiters all get it; waiting again
@@ -180,54 +209,83 @@ pub async fn wait_reports_the_exit_code(rt: Arc<dyn ContainerRuntime>, image: &s
     remove(rt, &id).await;
 }
 
-/// stdout and stderr are both captured and readable after the exit.
-pub async fn logs_capture_stdout_and_stderr(rt: Arc<dyn ContainerRuntime>, image: &str) {
+/// stdout and stderr are both captured, each chunk marked with its stream,
+/// at offsets that run on from 0 without a gap.
+pub async fn output_keeps_stdout_and_stderr_apart(rt: Arc<dyn ContainerRuntime>, image: &str) {
     let rt = rt.as_ref();
-    let id = start(rt, &sh("logs", image, "echo to-stdout; echo to-stderr >&2")).await;
+    let script = "echo to-stdout; sleep 0.2; echo to-stderr >&2; sleep 0.2; echo again";
+    let id = start(rt, &sh("streams", image, script)).await;
     let status = wait(rt, &id).await;
     assert!(status.success(), "echo must succeed: {status:?}");
-    let got = logs(rt, &id, 64 * 1024).await;
-    assert!(
-        got.text.contains("to-stdout"),
-        "logs must hold stdout: {got:?}"
+    let got = output(rt, &id).await;
+    assert_eq!(
+        text_of(&got, Some(OutputStream::Stdout)),
+        "to-stdout\nagain\n",
+        "stdout, in order: {got:?}"
     );
-    assert!(
-        got.text.contains("to-stderr"),
-        "logs must hold stderr: {got:?}"
+    assert_eq!(
+        text_of(&got, Some(OutputStream::Stderr)),
+        "to-stderr\n",
+        "stderr apart: {got:?}"
     );
-    assert!(!got.truncated, "a few bytes must not be truncated: {got:?}");
+    assert_eq!(
+        text_of(&got, None),
+        "to-stdout\nto-stderr\nagain\n",
+        "the streams interleave in write order: {got:?}"
+    );
     remove(rt, &id).await;
 }
 
-/// `logs(max_bytes)` returns at most `max_bytes`, keeps the end, and sets
-/// `truncated`.
-pub async fn logs_are_bounded_and_keep_the_end(rt: Arc<dyn ContainerRuntime>, image: &str) {
+/// The output comes whole and in order, each byte once at its offset, and
+/// a second reader from the start gets the same.
+pub async fn output_is_whole_and_read_again_from_the_start(
+    rt: Arc<dyn ContainerRuntime>,
+    image: &str,
+) {
     let rt = rt.as_ref();
-    let script = "i=1; while [ $i -le 200 ]; do echo line-$i; i=$((i+1)); done";
-    let id = start(rt, &sh("bounded", image, script)).await;
+    let script = "i=1; while [ $i -le 20000 ]; do echo line-$i; i=$((i+1)); done";
+    let id = start(rt, &sh("whole", image, script)).await;
+    let first = output(rt, &id).await;
     let status = wait(rt, &id).await;
-    assert!(
-        status.success(),
-        "the printing loop must succeed: {status:?}"
+    assert!(status.success(), "the printing loop must succeed: {status:?}");
+    let want: String = (1..=20000).map(|i| format!("line-{i}\n")).collect();
+    let got = text_of(&first, None);
+    assert!(got == want, "every line once, in order: {} bytes of {}", got.len(), want.len());
+    let again = text_of(&output(rt, &id).await, None);
+    assert!(again == want, "a second reader from the start gets the same: {} bytes", again.len());
+    remove(rt, &id).await;
+}
+
+/// The output arrives while the program runs, not only at its end.
+pub async fn output_is_followed_while_it_runs(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let script = "echo first; sleep 1; echo second";
+    let id = start(rt, &sh("live", image, script)).await;
+    let mut feed = match tokio::time::timeout(QUICK, rt.output(&id)).await {
+        Ok(Ok(feed)) => feed,
+        Ok(Err(e)) => panic!("{}: output {id} failed: {e:?}", rt.name()),
+        Err(_) => panic!("{}: output {id} did not return in {QUICK:?}", rt.name()),
+    };
+    let chunk = tokio::time::timeout(QUICK, feed.recv())
+        .await
+        .expect("the first line must arrive")
+        .expect("the feed must not end before the first line")
+        .expect("the first chunk");
+    assert_eq!(chunk.offset, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&chunk.data),
+        "first\n",
+        "the first line arrives alone, before the program ends"
     );
-    let got = logs(rt, &id, 50).await;
-    assert!(
-        got.text.len() <= 50,
-        "logs must hold at most max_bytes (50), got {} bytes",
-        got.text.len()
-    );
-    assert!(
-        got.text.ends_with("line-200\n"),
-        "logs must keep the end of the output: {got:?}"
-    );
-    assert!(got.truncated, "dropping output must set truncated: {got:?}");
-    let all = logs(rt, &id, 64 * 1024).await;
-    assert!(
-        all.text.starts_with("line-1\n") && all.text.ends_with("line-200\n"),
-        "a large max_bytes must return everything: {} bytes",
-        all.text.len()
-    );
-    assert!(!all.truncated, "nothing was dropped: {:?}", all.truncated);
+    let mut rest = vec![chunk];
+    while let Some(c) = tokio::time::timeout(QUICK, feed.recv())
+        .await
+        .expect("the feed must end after the program")
+    {
+        rest.push(c.expect("a chunk"));
+    }
+    assert_eq!(text_of(&rest, None), "first\nsecond\n");
+    assert!(wait(rt, &id).await.success());
     remove(rt, &id).await;
 }
 
@@ -252,10 +310,10 @@ pub async fn stop_sends_sigterm_first(rt: Arc<dyn ContainerRuntime>, image: &str
         Some(0),
         "the TERM handler exits 0, so the program was not killed: {status:?}"
     );
-    let got = logs(rt, &id, 64 * 1024).await;
+    let got = text_of(&output(rt, &id).await, None);
     assert!(
-        got.text.contains("got-term"),
-        "the TERM handler's output must be in the logs: {got:?}"
+        got.contains("got-term"),
+        "the TERM handler's output must be in the output: {got:?}"
     );
     remove(rt, &id).await;
 }
@@ -406,9 +464,9 @@ pub async fn env_is_passed(rt: Arc<dyn ContainerRuntime>, image: &str) {
     spec.env.insert("FOO".into(), "bar".into());
     let id = start(rt, &spec).await;
     assert!(wait(rt, &id).await.success());
-    let got = logs(rt, &id, 64 * 1024).await;
+    let got = text_of(&output(rt, &id).await, None);
     assert!(
-        got.text.contains("FOO=bar"),
+        got.contains("FOO=bar"),
         "env FOO=bar must be passed: {got:?}"
     );
     remove(rt, &id).await;
@@ -436,7 +494,7 @@ pub async fn unknown_program_fails_cleanly(rt: Arc<dyn ContainerRuntime>, image:
     }
 }
 
-/// `wait` and `logs` on an id the runtime never handed out are `NotFound`.
+/// `wait` and `output` on an id the runtime never handed out are `NotFound`.
 pub async fn unknown_id_is_not_found(rt: Arc<dyn ContainerRuntime>, _image: &str) {
     let rt = rt.as_ref();
     let id = ContainerId(format!("cloudai-conf-missing-{}", unique()));
@@ -447,11 +505,12 @@ pub async fn unknown_id_is_not_found(rt: Arc<dyn ContainerRuntime>, _image: &str
         matches!(waited, Err(Error::NotFound { .. })),
         "wait on an unknown id must be NotFound: {waited:?}"
     );
-    let got = tokio::time::timeout(QUICK, rt.logs(&id, 1024))
+    let got = tokio::time::timeout(QUICK, rt.output(&id))
         .await
-        .expect("logs on an unknown id must not hang");
+        .expect("output on an unknown id must not hang");
     assert!(
         matches!(got, Err(Error::NotFound { .. })),
-        "logs on an unknown id must be NotFound: {got:?}"
+        "output on an unknown id must be NotFound: {:?}",
+        got.err()
     );
 }

@@ -29,9 +29,10 @@ use crate::model::{
     InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
     Timestamp, ValidationError, WorkerId, WorkerIdentity,
 };
+use crate::output::{OutputFrom, OutputLog, OutputStream};
 use crate::rng::SplitMix64;
 use crate::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
 };
 use crate::store::{TaskFilter, TaskStore};
 use crate::sync::lock;
@@ -220,11 +221,17 @@ impl MasterToWorker for SimNet {
         .await
     }
 
-    async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs> {
+    async fn follow_output(
+        &self,
+        to: &WorkerEndpoint,
+        run: &RunningTask,
+        from: OutputFrom,
+        keep_following: bool,
+    ) -> Result<Follow> {
         let w = self.worker(to)?;
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
-            w.logs(run, max_bytes).await
+            w.follow_output(run, from, keep_following)
         })
         .await
     }
@@ -316,7 +323,7 @@ struct FakeContainer {
     labels: BTreeMap<String, String>,
     exit: watch::Receiver<Option<ExitStatus>>,
     signal: watch::Sender<Option<i32>>,
-    log: Arc<Mutex<String>>,
+    log: Arc<OutputLog>,
 }
 
 /// A fake container's exit status and signal line.
@@ -391,7 +398,8 @@ impl ContainerRuntime for FakeRuntime {
         ));
         let (exit_tx, exit_rx) = watch::channel(None);
         let (sig_tx, mut sig_rx) = watch::channel(None::<i32>);
-        let log = Arc::new(Mutex::new(format!("{} started\n", spec.name)));
+        let log = OutputLog::new(1 << 20);
+        log.push(OutputStream::Stdout, format!("{} started\n", spec.name).as_bytes());
         let out = log.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + program.runs_for;
@@ -401,14 +409,15 @@ impl ContainerRuntime for FakeRuntime {
                     changed = sig_rx.changed() => {
                         let sig = if changed.is_ok() { *sig_rx.borrow_and_update() } else { Some(9) };
                         match sig {
-                            Some(15) if program.ignores_term => lock(&out).push_str("ignoring SIGTERM\n"),
+                            Some(15) if program.ignores_term => out.push(OutputStream::Stderr, b"ignoring SIGTERM\n"),
                             Some(s) => break ExitStatus { code: None, signal: Some(s), oom_killed: false },
                             None => {}
                         }
                     }
                 }
             };
-            lock(&out).push_str(&format!("exited {status:?}\n"));
+            out.push(OutputStream::Stdout, format!("exited {status:?}\n").as_bytes());
+            out.close();
             let _ = exit_tx.send(Some(status));
         });
         lock(&self.containers).insert(
@@ -428,20 +437,12 @@ impl ContainerRuntime for FakeRuntime {
         Ok(exited(exit).await)
     }
 
-    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
+    async fn output(&self, id: &ContainerId) -> Result<Follow> {
         let all = lock(&self.containers);
         let c = all
             .get(id)
             .ok_or_else(|| Error::not_found("container", id))?;
-        let text = lock(&c.log).clone();
-        let cut = text.len().saturating_sub(max_bytes);
-        let start = (cut..=text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        Ok(Logs {
-            text: text[start..].to_string(),
-            truncated: start > 0,
-        })
+        Ok(c.log.follow(OutputFrom::Offset(0), true))
     }
 
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {

@@ -57,7 +57,7 @@ fn result(task: &str, worker: &WorkerId, status: TaskStatus, logs: &str) -> Task
             1
         }),
         logs: logs.into(),
-        logs_truncated: false,
+        logs_offset: 0,
         message: None,
         started_at: Some(Timestamp::from_millis(1)),
         finished_at: Timestamp::from_millis(2),

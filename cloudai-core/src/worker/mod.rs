@@ -9,6 +9,7 @@
 //! | module | responsibility | state it owns |
 //! |---|---|---|
 //! | `supervise` | assignments; starting, following and stopping runs; adoption | `runs` (the table in `runs`) |
+//! | `output` | each run's output kept by offset, handed to followers | `ended` (in `ended_outputs`) |
 //! | `outbox` | results kept until the master acknowledges them | `outbox` |
 //! | `session` | registration, heartbeats, which master to obey | `session` |
 //! | `shutdown` | the bounded shutdown | `closing` |
@@ -16,7 +17,9 @@
 //! Each piece of state sits behind its own lock, and no code holds two of
 //! them at once.
 
+mod ended_outputs;
 mod outbox;
+mod output;
 mod runs;
 mod session;
 mod shutdown;
@@ -65,8 +68,14 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Deadline for each call to the master (10 s).
     pub rpc_timeout: Duration,
-    /// Bytes of output kept per task (1 MiB).
-    pub log_limit: usize,
+    /// Bytes of each run's output kept for followers, the oldest dropped
+    /// first (64 MiB); also the budget for the output of ended runs.
+    pub log_retain: usize,
+    /// Bytes of the end of a run's output stored with its result (1 MiB;
+    /// a MongoDB document holds at most 16 MiB).
+    pub result_log_limit: usize,
+    /// How long the output of an ended run stays for followers (60 s).
+    pub output_linger: Duration,
     /// Retry backoff for registration and reports.
     pub backoff: Backoff,
     /// Seed for backoff jitter.
@@ -86,7 +95,9 @@ impl WorkerConfig {
             shutdown_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(10),
-            log_limit: 1 << 20,
+            log_retain: 64 << 20,
+            result_log_limit: 1 << 20,
+            output_linger: Duration::from_secs(60),
             backoff: Backoff::default(),
             seed: 0x5eed,
         }
@@ -110,6 +121,8 @@ struct Inner {
     registering: tokio::sync::RwLock<()>,
     /// Woken whenever a run leaves the runs table.
     run_ended: Notify,
+    /// The output of runs that ended, for late followers.
+    ended: Mutex<ended_outputs::EndedOutputs>,
 }
 
 /// A worker agent. Cheap to clone; all clones drive the same worker.
@@ -135,6 +148,7 @@ impl Worker {
         clock: Clock,
     ) -> Worker {
         let rng = SplitMix64::new(config.seed);
+        let (linger, retain) = (config.output_linger, config.log_retain);
         Worker {
             inner: Arc::new(Inner {
                 config,
@@ -151,6 +165,7 @@ impl Worker {
                 register_now: Notify::new(),
                 registering: tokio::sync::RwLock::new(()),
                 run_ended: Notify::new(),
+                ended: Mutex::new(ended_outputs::EndedOutputs::new(linger, retain)),
             }),
         }
     }

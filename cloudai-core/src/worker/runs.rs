@@ -7,11 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
 use crate::model::{RunningTask, Timestamp};
+use crate::output::OutputLog;
 use crate::runtime::ContainerId;
 
 /// How many stopped-before-started runs the worker remembers, so a late
@@ -37,6 +39,8 @@ pub(super) struct Slot {
     /// The first stop asked for, if any.
     pub(super) stop: Option<(StopKind, Duration)>,
     pub(super) started_at: Timestamp,
+    /// What it wrote, kept from its admission so a follower may come early.
+    pub(super) output: Arc<OutputLog>,
 }
 
 /// What [`Runs::admit`] decided.
@@ -60,14 +64,20 @@ pub(super) struct Runs {
 }
 
 impl Runs {
-    pub(super) fn admit(&mut self, run: &RunningTask, now: Timestamp) -> Admit {
+    /// Admits assignment `run`, its output to go to a log made by `output`.
+    pub(super) fn admit(
+        &mut self,
+        run: &RunningTask,
+        now: Timestamp,
+        output: impl FnOnce() -> Arc<OutputLog>,
+    ) -> Admit {
         if self.slots.contains_key(run) {
             return Admit::Repeat;
         }
         if self.tombstones.contains(run) {
             return Admit::Tombstoned;
         }
-        self.insert(run.clone(), None, now);
+        self.insert(run.clone(), None, output(), now);
         Admit::Start
     }
 
@@ -76,6 +86,7 @@ impl Runs {
         &mut self,
         run: RunningTask,
         container: Option<ContainerId>,
+        output: Arc<OutputLog>,
         now: Timestamp,
     ) {
         self.slots.insert(
@@ -84,6 +95,7 @@ impl Runs {
                 container,
                 stop: None,
                 started_at: now,
+                output,
             },
         );
     }
@@ -139,8 +151,8 @@ impl Runs {
         self.slots.contains_key(run)
     }
 
-    pub(super) fn container(&self, run: &RunningTask) -> Option<ContainerId> {
-        self.slots.get(run)?.container.clone()
+    pub(super) fn output(&self, run: &RunningTask) -> Option<Arc<OutputLog>> {
+        Some(self.slots.get(run)?.output.clone())
     }
 
     pub(super) fn list(&self) -> Vec<RunningTask> {
@@ -198,14 +210,14 @@ mod tests {
     fn a_stop_before_the_assignment_keeps_it_from_starting() {
         let mut r = Runs::default();
         assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
-        assert_eq!(r.admit(&run("t"), Timestamp::ZERO), Admit::Tombstoned);
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Tombstoned);
     }
 
     #[test]
     fn a_stop_while_starting_is_handed_to_the_supervisor() {
         let mut r = Runs::default();
-        assert_eq!(r.admit(&run("t"), Timestamp::ZERO), Admit::Start);
-        assert_eq!(r.admit(&run("t"), Timestamp::ZERO), Admit::Repeat);
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Start);
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Repeat);
         assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
         let pending = r.started(&run("t"), ContainerId("c".into()));
         assert_eq!(pending, Some((StopKind::Cancel, Duration::ZERO)));
@@ -218,6 +230,6 @@ mod tests {
             let _ = r.stop(&run(&format!("t{i}")), StopKind::Drop, Duration::ZERO);
         }
         assert_eq!(r.tombstones.len(), TOMBSTONES);
-        assert_eq!(r.admit(&run("t0"), Timestamp::ZERO), Admit::Start);
+        assert_eq!(r.admit(&run("t0"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Start);
     }
 }

@@ -43,7 +43,7 @@ impl Worker {
                 run,
                 TaskStatus::Failed,
                 None,
-                String::new(),
+                crate::output::Tail::default(),
                 Some(SHUTDOWN_MESSAGE.into()),
                 Some(*started_at),
             );

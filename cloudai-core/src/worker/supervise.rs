@@ -9,8 +9,9 @@ use tracing::{info, warn};
 use super::runs::{Admit, StopKind};
 use super::Worker;
 use crate::model::{
-    ExitStatus, Logs, Resources, RunningTask, TaskId, TaskResult, TaskSpec, TaskStatus, Timestamp,
+    ExitStatus, Resources, RunningTask, TaskId, TaskResult, TaskSpec, TaskStatus, Timestamp,
 };
+use crate::output::{OutputLog, Tail};
 use crate::runtime::{ContainerId, ContainerSpec, LABEL_ATTEMPT, LABEL_TASK, LABEL_WORKER};
 use crate::sync::lock;
 use crate::{Error, Result};
@@ -33,8 +34,9 @@ impl Worker {
         // Not while a registration is on its way: it lists the runs as they
         // were when it left, and the master would fail this one as vanished.
         let _not_registering = self.inner.registering.read().await;
+        let retain = self.inner.config.log_retain;
         let mut runs = lock(&self.inner.runs);
-        match runs.admit(&run, self.inner.clock.now()) {
+        match runs.admit(&run, self.inner.clock.now(), || OutputLog::new(retain)) {
             Admit::Repeat => return Ok(()),
             Admit::Tombstoned => {
                 info!(task = %run.task, attempt = run.attempt, "assignment arrived after its stop; not starting it");
@@ -73,15 +75,6 @@ impl Worker {
         Ok(())
     }
 
-    /// The output of run `run` so far, at most `max_bytes`.
-    pub async fn logs(&self, run: &RunningTask, max_bytes: usize) -> Result<Logs> {
-        let container = lock(&self.inner.runs).container(run);
-        match container {
-            Some(c) => self.inner.runtime.logs(&c, max_bytes).await,
-            None => Err(Error::not_found("running task", &run.task)),
-        }
-    }
-
     /// Adopts the containers a previous run of this worker left behind (found
     /// by the worker label): running ones are watched again and listed at
     /// registration, where the master says which to keep and which to stop;
@@ -109,7 +102,8 @@ impl Worker {
                 Some(run) if c.running => {
                     info!(task = %run.task, attempt = run.attempt, container = %c.id, "adopted a running container");
                     let mut runs = lock(&self.inner.runs);
-                    runs.insert(run.clone(), Some(c.id.clone()), self.inner.clock.now());
+                    let output = OutputLog::new(self.inner.config.log_retain);
+                    runs.insert(run.clone(), Some(c.id.clone()), output, self.inner.clock.now());
                     let w = self.clone();
                     runs.supervise(async move { w.watch(run, c.id, None).await });
                     adopted += 1;
@@ -160,12 +154,16 @@ impl Worker {
                 warn!(task = %run.task, error = %e, "task could not start");
                 let slot = lock(&self.inner.runs).finish(&run);
                 self.inner.run_ended.notify_waiters();
+                if let Some(s) = &slot {
+                    s.output.close();
+                    self.keep_ended_output(run.clone(), s.output.clone());
+                }
                 if slot.as_ref().and_then(|s| s.stop).is_none() {
                     let result = self.result(
                         &run,
                         TaskStatus::Failed,
                         None,
-                        String::new(),
+                        Tail::default(),
                         Some(format!("could not start: {e}")),
                         slot.map(|s| s.started_at),
                     );
@@ -180,21 +178,23 @@ impl Worker {
     /// Follows a started container to its end and reports it. `limits` is
     /// known for runs this agent started, not for adopted ones.
     async fn watch(&self, run: RunningTask, container: ContainerId, limits: Option<Resources>) {
-        let pending_stop = lock(&self.inner.runs).started(&run, container.clone());
+        let (pending_stop, output) = {
+            let mut runs = lock(&self.inner.runs);
+            (runs.started(&run, container.clone()), runs.output(&run))
+        };
+        let output = output.unwrap_or_else(|| OutputLog::new(self.inner.config.log_retain));
+        let pump = self.pump_output(&run, &container, &output).await;
         if let Some((_, grace)) = pending_stop {
             let _ = self.inner.runtime.stop(&container, grace).await;
         }
         let exit = self.inner.runtime.wait(&container).await;
-        let logs = self
-            .inner
-            .runtime
-            .logs(&container, self.inner.config.log_limit)
-            .await
-            .unwrap_or_default();
+        self.end_output(pump, &output).await;
+        let tail = output.tail(self.inner.config.result_log_limit);
         if let Err(e) = self.inner.runtime.remove(&container).await {
             warn!(task = %run.task, error = %e, "could not remove container");
         }
         let slot = lock(&self.inner.runs).finish(&run);
+        self.keep_ended_output(run.clone(), output);
         self.inner.run_ended.notify_waiters();
         let (stop, started_at) = (
             slot.as_ref().and_then(|s| s.stop),
@@ -213,8 +213,7 @@ impl Worker {
             ),
         };
         let code = exit.as_ref().ok().and_then(|e| e.code);
-        let mut result = self.result(&run, status, code, logs.text, message, started_at);
-        result.logs_truncated = logs.truncated;
+        let result = self.result(&run, status, code, tail, message, started_at);
         info!(task = %run.task, attempt = run.attempt, %status, code = ?code, "task ended");
         self.deliver(run, result).await;
     }
@@ -224,7 +223,7 @@ impl Worker {
         run: &RunningTask,
         status: TaskStatus,
         exit_code: Option<i32>,
-        logs: String,
+        logs: Tail,
         message: Option<String>,
         started_at: Option<Timestamp>,
     ) -> TaskResult {
@@ -234,8 +233,8 @@ impl Worker {
             attempt: run.attempt,
             status,
             exit_code,
-            logs,
-            logs_truncated: false,
+            logs: logs.text,
+            logs_offset: logs.offset,
             message,
             started_at,
             finished_at: self.inner.clock.now(),

@@ -1,0 +1,163 @@
+//! A task's output for a follower: relayed from the worker that runs (or
+//! ran) it, as a stream; once the worker no longer has it, the end kept
+//! with the result. Offsets are per attempt: when the task runs again the
+//! follower is handed the new attempt's output from its start.
+
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Master, MasterEvent};
+use crate::model::{RunningTask, TaskId, TaskResult};
+use crate::output::{Follow, OutputChunk, OutputFrom, OutputLog, OutputStream, CHANNEL};
+use crate::{Error, Result};
+
+/// How long a follower waits for news of its task before looking again
+/// (the event channel may have dropped one).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A chunk of one attempt's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskOutput {
+    /// The attempt that wrote it.
+    pub attempt: u32,
+    /// The bytes, at their offset in that attempt's output.
+    pub chunk: OutputChunk,
+}
+
+/// A task's output as a follower receives it; the channel closes at the
+/// end. Dropping it stops the relay.
+pub type TaskFollow = mpsc::Receiver<Result<TaskOutput>>;
+
+impl Master {
+    /// Task `id`'s output from `from`. Following, it waits for the task to
+    /// start and relays its output until the task ended and all of it was
+    /// sent; otherwise it sends what is kept now and ends.
+    pub async fn follow_output(
+        &self,
+        id: &TaskId,
+        from: OutputFrom,
+        keep_following: bool,
+    ) -> Result<TaskFollow> {
+        self.task(id).await?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let (master, id) = (self.clone(), id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = master.relay_output(&id, from, keep_following, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn relay_output(
+        &self,
+        id: &TaskId,
+        mut from: OutputFrom,
+        keep_following: bool,
+        tx: &mpsc::Sender<Result<TaskOutput>>,
+    ) -> Result<()> {
+        let mut events = self.subscribe();
+        let mut attempt = None;
+        loop {
+            let view = self.task(id).await?;
+            let ended = view.task.status.is_terminal();
+            let run = match (&view.result, &view.task.worker) {
+                (Some(r), _) => Some((r.worker_id.clone(), r.attempt)),
+                (None, Some(w)) if !ended => Some((w.clone(), view.task.attempt)),
+                _ => None,
+            };
+            if let Some((worker, a)) = run {
+                if attempt.is_some_and(|seen| seen != a) {
+                    from = OutputFrom::Offset(0);
+                }
+                attempt = Some(a);
+                let run = RunningTask {
+                    task: id.clone(),
+                    attempt: a,
+                };
+                let follow = keep_following && !ended;
+                match self.worker_output(&worker, &run, from, follow).await {
+                    Ok(output) => {
+                        if !relay(output, a, &mut from, tx).await? || ended || !keep_following {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => match &view.result {
+                        Some(r) => return relay(stored_tail(r, from), a, &mut from, tx).await.map(drop),
+                        None if !keep_following => return Err(e),
+                        None => {}
+                    },
+                }
+            } else if ended || !keep_following {
+                return Ok(());
+            }
+            news_of(&mut events, id).await;
+        }
+    }
+
+    /// Run `run`'s output from its worker.
+    async fn worker_output(
+        &self,
+        worker: &crate::model::WorkerId,
+        run: &RunningTask,
+        from: OutputFrom,
+        keep_following: bool,
+    ) -> Result<Follow> {
+        let to = self
+            .endpoint(worker)
+            .ok_or_else(|| Error::not_found("worker", worker))?;
+        let call = self
+            .inner
+            .transport
+            .follow_output(&to, run, from, keep_following);
+        tokio::time::timeout(self.inner.config.reconnect_timeout, call)
+            .await
+            .map_err(|_| Error::Timeout(format!("worker {worker} did not send output in time")))?
+    }
+}
+
+/// Sends what `output` holds as `attempt`'s, moving `from` past it.
+/// False if the follower went away.
+async fn relay(
+    mut output: Follow,
+    attempt: u32,
+    from: &mut OutputFrom,
+    tx: &mpsc::Sender<Result<TaskOutput>>,
+) -> Result<bool> {
+    while let Some(chunk) = output.recv().await {
+        let chunk = chunk?;
+        *from = OutputFrom::Offset(chunk.end());
+        if tx.send(Ok(TaskOutput { attempt, chunk })).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The end of the output stored with result `r`, from `from` (as stdout:
+/// the stored tail does not tell the streams apart).
+fn stored_tail(r: &TaskResult, from: OutputFrom) -> Follow {
+    let log = OutputLog::starting_at(r.logs_offset, usize::MAX);
+    log.push(OutputStream::Stdout, r.logs.as_bytes());
+    log.close();
+    log.follow(from, false)
+}
+
+/// Waits until something happened to task `id`, or a while.
+async fn news_of(events: &mut broadcast::Receiver<MasterEvent>, id: &TaskId) {
+    let _ = tokio::time::timeout(RECHECK, async {
+        loop {
+            match events.recv().await {
+                Ok(MasterEvent::Task { id: changed, .. }) if changed == *id => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep(RECHECK).await;
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
