@@ -25,7 +25,7 @@ use cloudai_core::model::{
     Drain, Heartbeat, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
     Telemetry, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
 };
-use cloudai_core::runtime::Logs;
+use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{CasOutcome, InsertOutcome, TaskStore, WorkerRegistry};
 use cloudai_core::transport::{
     MasterInfo, MasterToWorker, Registration, RunningTask, WorkerEndpoint,
@@ -346,7 +346,13 @@ impl MasterToWorker for Unreachable {
     async fn cancel(&self, _: &WorkerEndpoint, _: &RunningTask, _: Duration) -> Result<()> {
         Err(Error::Unavailable("benchmark workers take no calls".into()))
     }
-    async fn logs(&self, _: &WorkerEndpoint, _: &RunningTask, _: usize) -> Result<Logs> {
+    async fn follow_output(
+        &self,
+        _: &WorkerEndpoint,
+        _: &RunningTask,
+        _: OutputFrom,
+        _: bool,
+    ) -> Result<Follow> {
         Err(Error::Unavailable("benchmark workers take no calls".into()))
     }
     async fn identify(&self, _: &WorkerEndpoint) -> Result<WorkerIdentity> {

@@ -17,6 +17,7 @@ use cloudai_core::model::{
     InstanceId, Resources, TaskId, TaskResult, TaskStatus, Telemetry, Timestamp, WorkerId,
     WorkerIdentity,
 };
+use cloudai_core::output::OutputChunk;
 use cloudai_core::transport::{Registration, RunningTask, WorkerToMaster};
 use cloudai_core::Error;
 use cloudai_grpc::auth::addressee;
@@ -548,11 +549,15 @@ impl worker_server::Worker for Listener {
         Ok(Response::new(proto::Empty {}))
     }
 
-    async fn logs(&self, req: Request<proto::LogsRequest>) -> Reply<proto::LogsReply> {
+    type FollowOutputStream = cloudai_grpc::output::OutputReplies<proto::OutputChunk>;
+
+    /// Simulated runs write nothing: their output is empty.
+    async fn follow_output(
+        &self,
+        req: Request<proto::RunOutputRequest>,
+    ) -> Reply<Self::FollowOutputStream> {
         self.addressed(&req)?;
-        Ok(Response::new(proto::LogsReply {
-            text: String::new(),
-            truncated: false,
-        }))
+        let (_, none) = tokio::sync::mpsc::channel::<cloudai_core::Result<OutputChunk>>(1);
+        Ok(Response::new(cloudai_grpc::output::replies(none)))
     }
 }

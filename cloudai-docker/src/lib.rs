@@ -8,7 +8,7 @@
 //! container that is gone succeeds. The API version is negotiated with the
 //! daemon, so daemons as old as Docker 20.10 (API 1.41) work.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,8 +20,11 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use cloudai_core::model::ValidationError;
+use bollard::container::LogOutput;
+use cloudai_core::output::CHANNEL;
 use cloudai_core::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Logs,
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow, OutputChunk,
+    OutputStream,
 };
 use cloudai_core::{Error, Result};
 use futures_util::StreamExt;
@@ -257,30 +260,57 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    async fn logs(&self, id: &ContainerId, max_bytes: usize) -> Result<Logs> {
+    /// Follows the daemon's log stream from the container's start: each
+    /// frame comes once, marked stdout or stderr, and the stream ends when
+    /// the container stops.
+    async fn output(&self, id: &ContainerId) -> Result<Follow> {
+        // Here, so an unknown id is NotFound rather than a failed stream.
+        self.docker
+            .inspect_container(&id.0, None)
+            .await
+            .map_err(backend)?;
         let options = LogsOptions {
+            follow: true,
             stdout: true,
             stderr: true,
             tail: "all".into(),
             ..Default::default()
         };
         let mut stream = self.docker.logs(&id.0, Some(options));
-        let mut kept: VecDeque<u8> = VecDeque::new();
-        let mut truncated = false;
-        while let Some(chunk) = stream.next().await {
-            let bytes = chunk.map_err(backend)?.into_bytes();
-            kept.extend(bytes.iter());
-            if kept.len() > max_bytes {
-                truncated = true;
-                let extra = kept.len() - max_bytes;
-                kept.drain(..extra);
+        let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL);
+        tokio::spawn(async move {
+            let mut offset = 0u64;
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    () = tx.closed() => return,
+                };
+                let chunk = match next {
+                    None => return,
+                    Some(Err(e)) => Err(backend(e)),
+                    Some(Ok(LogOutput::StdErr { message })) => Ok((OutputStream::Stderr, message)),
+                    Some(Ok(
+                        LogOutput::StdOut { message }
+                        | LogOutput::Console { message }
+                        | LogOutput::StdIn { message },
+                    )) => Ok((OutputStream::Stdout, message)),
+                };
+                let item = chunk.map(|(stream, data)| {
+                    let c = OutputChunk {
+                        offset,
+                        stream,
+                        data: data.to_vec(),
+                    };
+                    offset = c.end();
+                    c
+                });
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
             }
-        }
-        let bytes: Vec<u8> = kept.into();
-        Ok(Logs {
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            truncated,
-        })
+        });
+        Ok(rx)
     }
 
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {

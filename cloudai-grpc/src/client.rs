@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cloudai_core::master::{CancelOutcome, TaskView};
+use cloudai_core::master::{CancelOutcome, TaskFollow, TaskView};
 use cloudai_core::model::{
     ArrayId, ArrayIndices, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry,
     WorkerId, WorkerIdentity,
 };
-use cloudai_core::runtime::Logs;
+use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::transport::{
     HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask,
@@ -24,6 +24,7 @@ use tonic::Request;
 
 use crate::auth::{address_to, sign};
 use crate::convert::{self, from_status};
+use crate::output;
 use crate::proto::{self, master_client, worker_client};
 use crate::security::Security;
 
@@ -323,15 +324,20 @@ impl MasterClient {
         Ok(())
     }
 
-    /// Follows a task's output until it ends.
-    pub async fn stream_logs(&self, id: &TaskId) -> Result<tonic::Streaming<proto::LogChunk>> {
-        let r = self
-            .c()
-            .stream_logs(self.req(proto::TaskRef {
-                task_id: id.to_string(),
-            }))
-            .await;
-        Ok(r.map_err(from_status)?.into_inner())
+    /// Task `id`'s output from `from`; following, until the task ended
+    /// and all of it arrived (see [`cloudai_core::master::Master::follow_output`]).
+    pub async fn follow_output(
+        &self,
+        id: &TaskId,
+        from: OutputFrom,
+        follow: bool,
+    ) -> Result<TaskFollow> {
+        let req = proto::TaskOutputRequest {
+            task_id: id.to_string(),
+            from: Some(output::from_to_proto(from, follow)),
+        };
+        let r = self.c().follow_output(self.req(req)).await;
+        Ok(output::channel(r.map_err(from_status)?.into_inner()))
     }
 }
 
@@ -500,21 +506,23 @@ impl MasterToWorker for WorkerClients {
         Ok(())
     }
 
-    async fn logs(&self, to: &WorkerEndpoint, run: &RunningTask, max_bytes: usize) -> Result<Logs> {
-        let req = proto::LogsRequest {
+    async fn follow_output(
+        &self,
+        to: &WorkerEndpoint,
+        run: &RunningTask,
+        from: OutputFrom,
+        keep_following: bool,
+    ) -> Result<Follow> {
+        let req = proto::RunOutputRequest {
             run: Some(run.clone().into()),
-            max_bytes: max_bytes as u64,
+            from: Some(output::from_to_proto(from, keep_following)),
         };
         let r = self
             .client(to)?
-            .logs(self.req(to, req))
+            .follow_output(self.req(to, req))
             .await
-            .map_err(from_status)?
-            .into_inner();
-        Ok(Logs {
-            text: r.text,
-            truncated: r.truncated,
-        })
+            .map_err(from_status)?;
+        Ok(output::channel(r.into_inner()))
     }
 
     async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity> {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod master_service;
+pub mod output;
 pub mod security;
 pub mod server;
 pub mod worker_service;

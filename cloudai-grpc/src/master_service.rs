@@ -12,10 +12,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{self, detached, to_status};
+use crate::output::{self, OutputReplies};
 use crate::proto::{self, master_server};
 
-/// How much output `StreamLogs` reads per poll.
-const LOG_WINDOW: usize = 1 << 20;
 
 /// Serves [`Master`] over gRPC.
 #[derive(Debug, Clone)]
@@ -282,50 +281,17 @@ impl master_server::Master for MasterService {
         Ok(Response::new(proto::Empty {}))
     }
 
-    type StreamLogsStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
+    type FollowOutputStream = OutputReplies<proto::TaskOutputChunk>;
 
-    async fn stream_logs(&self, req: Request<proto::TaskRef>) -> Reply<Self::StreamLogsStream> {
-        let id = convert::task_id(&req.into_inner().task_id)?;
-        self.master.task(&id).await.map_err(to_status)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+    async fn follow_output(
+        &self,
+        req: Request<proto::TaskOutputRequest>,
+    ) -> Reply<Self::FollowOutputStream> {
+        let r = req.into_inner();
+        let id = convert::task_id(&r.task_id)?;
+        let (from, follow) = output::from_from_proto(r.from);
         let master = self.master.clone();
-        tokio::spawn(async move {
-            let mut sent = String::new();
-            loop {
-                let status = match master.task(&id).await {
-                    Ok(v) => v.task.status,
-                    Err(e) => {
-                        let _ = tx.send(Err(to_status(e))).await;
-                        return;
-                    }
-                };
-                let text = match master.logs(&id, LOG_WINDOW).await {
-                    Ok(Some(logs)) => new_output(&mut sent, logs.text),
-                    Ok(None) | Err(_) => String::new(),
-                };
-                let chunk = proto::LogChunk {
-                    text,
-                    status: status.to_string(),
-                };
-                if tx.send(Ok(chunk)).await.is_err() || status.is_terminal() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let rx = detached(async move { master.follow_output(&id, from, follow).await }).await?;
+        Ok(Response::new(output::replies(rx)))
     }
-}
-
-/// The part of `now` not sent yet (all of it if the window moved past
-/// what was sent).
-fn new_output(sent: &mut String, now: String) -> String {
-    let fresh = match now.strip_prefix(sent.as_str()) {
-        Some(rest) => rest.to_string(),
-        None => now.clone(),
-    };
-    *sent = now;
-    fresh
 }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{addressee, MASTER_HEADER};
 use crate::convert::{self, detached, to_status};
+use crate::output::{self, OutputReplies};
 use crate::proto::{self, worker_server};
 
 /// Serves [`Worker`] over gRPC.
@@ -96,15 +97,20 @@ impl worker_server::Worker for WorkerService {
         Ok(Response::new(proto::Empty {}))
     }
 
-    async fn logs(&self, req: Request<proto::LogsRequest>) -> Reply<proto::LogsReply> {
+    type FollowOutputStream = OutputReplies<proto::OutputChunk>;
+
+    async fn follow_output(
+        &self,
+        req: Request<proto::RunOutputRequest>,
+    ) -> Reply<Self::FollowOutputStream> {
         self.check_master(&req)?;
         let r = req.into_inner();
         let run = convert::run(r.run)?;
-        let max = usize::try_from(r.max_bytes).unwrap_or(usize::MAX);
-        let logs = self.worker.logs(&run, max).await.map_err(to_status)?;
-        Ok(Response::new(proto::LogsReply {
-            text: logs.text,
-            truncated: logs.truncated,
-        }))
+        let (from, follow) = output::from_from_proto(r.from);
+        let rx = self
+            .worker
+            .follow_output(&run, from, follow)
+            .map_err(to_status)?;
+        Ok(Response::new(output::replies(rx)))
     }
 }

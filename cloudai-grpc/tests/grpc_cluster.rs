@@ -370,27 +370,47 @@ async fn cancel_with_the_worker_unreachable_succeeds_with_stop_pending() {
     let _ = c.stop.send(true);
 }
 
+/// Everything a follower receives, as (attempt, offset, stream, text).
+async fn collect(
+    mut f: cloudai_core::master::TaskFollow,
+) -> Vec<(u32, u64, cloudai_core::output::OutputStream, String)> {
+    let mut got = Vec::new();
+    while let Some(o) = f.recv().await {
+        let o = o.unwrap();
+        let text = String::from_utf8(o.chunk.data.clone()).unwrap();
+        got.push((o.attempt, o.chunk.offset, o.chunk.stream, text));
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn monitor_streams_output_until_the_task_ends() {
+async fn output_streams_by_offset_with_its_streams_until_the_task_ends() {
+    use cloudai_core::output::{OutputFrom, OutputStream::{Stderr, Stdout}};
+
     let c = start_master().await;
     let _w = start_worker(&c, "w1", 2.0).await;
     let cl = client(&c);
     let t = cl
-        .submit(sh("echo first; sleep 1; echo second"))
+        .submit(sh("echo first; sleep 1; echo oops >&2; sleep 0.2; echo second"))
         .await
         .unwrap();
-    let mut stream = cl.stream_logs(&t).await.unwrap();
-    let mut text = String::new();
-    let mut last = String::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        text.push_str(&chunk.text);
-        last = chunk.status;
-    }
-    assert_eq!(last, "completed");
-    assert!(
-        text.contains("first") && text.contains("second"),
-        "{text:?}"
+    let got = collect(cl.follow_output(&t, OutputFrom::Offset(0), true).await.unwrap()).await;
+    assert_eq!(
+        cl.task(&t).await.unwrap().task.status,
+        TaskStatus::Completed,
+        "the follower ends once the task ended"
     );
+    let joined: Vec<_> = got.iter().map(|(a, o, s, t)| (*a, *o, *s, t.as_str())).collect();
+    assert_eq!(
+        joined,
+        [(1, 0, Stdout, "first\n"), (1, 6, Stderr, "oops\n"), (1, 11, Stdout, "second\n")]
+    );
+    // After the end: from an offset, and the last line, from the worker.
+    let later = collect(cl.follow_output(&t, OutputFrom::Offset(8), true).await.unwrap()).await;
+    assert_eq!(later[0].1, 8);
+    assert_eq!(later.iter().map(|x| x.3.as_str()).collect::<String>(), "ps\nsecond\n");
+    let last = collect(cl.follow_output(&t, OutputFrom::LastLines(1), false).await.unwrap()).await;
+    assert_eq!(last.iter().map(|x| x.3.as_str()).collect::<String>(), "second\n");
     let _ = c.stop.send(true);
 }
 

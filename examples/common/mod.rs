@@ -99,6 +99,15 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// A size in bytes, as a number with an optional unit (`64MiB`, `512 KB`).
+pub fn bytes(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a size (64MiB, 512KiB, 1000): {e}"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
+}
+
 /// A random hex token from the OS random source (dev mode). There is no
 /// fallback: a guessable token is worse than none starting.
 pub fn random_token() -> Result<String, String> {

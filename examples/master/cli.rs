@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use cloudai_core::model::{
     ArrayId, ArrayIndices, Resources, TaskId, TaskSpec, TaskStatus, WorkerId,
 };
+use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
 use cloudai_core::Error;
 use cloudai_examples as common;
@@ -80,10 +81,23 @@ pub(crate) enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Follow a task's output until it ends.
+    /// Follow a task's output until it ends (a finished task's is printed
+    /// at once); stdout and stderr each to its own.
     Monitor {
         /// Task id.
         id: String,
+        /// Start at the last N lines instead of the start.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+    },
+    /// Print a task's output as its worker keeps it now (or the end stored
+    /// with its result), without following.
+    Logs {
+        /// Task id.
+        id: String,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
     },
     /// Place nothing more on a worker; its tasks may finish, or with
     /// --deadline are stopped then and failed as drained.
@@ -213,7 +227,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             if !json {
                 output::progress(&format!("task {id} submitted; following its output"));
             }
-            return follow(client, &id, json).await;
+            return follow(client, &id, OutputFrom::Offset(0), json).await;
         }
         Command::Workers => output::workers(json, &client.workers().await?),
         Command::Tasks {
@@ -274,7 +288,20 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             };
             output::cancelled(json, &done);
         }
-        Command::Monitor { id } => return follow(client, &TaskId::new(id)?, json).await,
+        Command::Monitor { id, tail } => {
+            return follow(client, &TaskId::new(id)?, start(tail), json).await
+        }
+        Command::Logs { id, tail } => {
+            let mut output = client
+                .follow_output(&TaskId::new(id)?, start(tail), false)
+                .await?;
+            let mut printer = output::OutputPrinter::new(json);
+            while let Some(o) = output.recv().await {
+                if printer.print(&o?).is_err() {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
         Command::Drain { id, deadline } => {
             let id = WorkerId::new(id)?;
             client.drain(&id, deadline).await?;
@@ -301,16 +328,26 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// Streams a task's output to stdout until it ends; exit 0 iff it completed.
-async fn follow(client: &MasterClient, id: &TaskId, json: bool) -> Result<ExitCode, Error> {
-    let mut stream = client.stream_logs(id).await?;
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(cloudai_grpc::convert::from_status)?
-    {
-        if !json {
-            output::raw(&chunk.text);
+/// Where a reader starts: the last `tail` lines, or the start.
+fn start(tail: Option<u64>) -> OutputFrom {
+    tail.map_or(OutputFrom::Offset(0), OutputFrom::LastLines)
+}
+
+/// Streams a task's output until it ends, stdout to stdout and stderr to
+/// stderr (with `--json`, only the final task is printed); exit 0 iff it
+/// completed.
+async fn follow(
+    client: &MasterClient,
+    id: &TaskId,
+    from: OutputFrom,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let mut output = client.follow_output(id, from, true).await?;
+    let mut printer = output::OutputPrinter::new(false);
+    while let Some(o) = output.recv().await {
+        let o = o?;
+        if !json && printer.print(&o).is_err() {
+            return Ok(ExitCode::from(1));
         }
     }
     let view = client.task(id).await?;

@@ -4,7 +4,8 @@
 
 use std::io::Write;
 
-use cloudai_core::master::{CancelOutcome, TaskView};
+use cloudai_core::master::{CancelOutcome, TaskOutput, TaskView};
+use cloudai_core::output::OutputStream;
 use cloudai_core::model::{ArrayId, StatusCounts, TaskId, TaskRecord, Timestamp};
 use cloudai_grpc::proto;
 use serde::Serialize;
@@ -43,10 +44,59 @@ pub(crate) fn progress(msg: &str) {
     eprintln!("{msg}");
 }
 
-/// Task output as it streams.
-pub(crate) fn raw(text: &str) {
-    print!("{text}");
-    let _ = std::io::stdout().flush();
+/// Prints a task's output as it arrives: each chunk's bytes as they are
+/// to stdout or stderr (as JSON lines on stdout with `--json`), with a note
+/// on stderr where bytes were no longer kept or a new attempt begins.
+#[derive(Debug)]
+pub(crate) struct OutputPrinter {
+    json: bool,
+    /// The attempt and offset the next chunk is expected at.
+    next: Option<(u32, u64)>,
+}
+
+impl OutputPrinter {
+    pub(crate) fn new(json: bool) -> Self {
+        OutputPrinter { json, next: None }
+    }
+
+    /// Prints one chunk; an error means the reader went away.
+    pub(crate) fn print(&mut self, o: &TaskOutput) -> std::io::Result<()> {
+        let c = &o.chunk;
+        match self.next {
+            Some((attempt, _)) if attempt != o.attempt => {
+                eprintln!("[cloudai: attempt {} of the task starts]", o.attempt);
+            }
+            Some((_, at)) if c.offset > at => {
+                eprintln!("[cloudai: {} bytes of output are no longer kept]", c.offset - at);
+            }
+            None if c.offset > 0 && !self.json => {
+                eprintln!("[cloudai: output from byte {}]", c.offset);
+            }
+            _ => {}
+        }
+        self.next = Some((o.attempt, c.end()));
+        if self.json {
+            let stream = match c.stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+            };
+            let line = serde_json::json!({
+                "attempt": o.attempt,
+                "offset": c.offset,
+                "stream": stream,
+                "text": String::from_utf8_lossy(&c.data),
+            });
+            return writeln!(std::io::stdout(), "{line}");
+        }
+        match c.stream {
+            OutputStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&c.data)?;
+                out.flush()
+            }
+            OutputStream::Stderr => std::io::stderr().write_all(&c.data),
+        }
+    }
 }
 
 /// A one-line confirmation.

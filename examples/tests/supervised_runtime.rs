@@ -117,8 +117,14 @@ async fn a_new_runtime_finds_a_run_and_its_exit() {
         .expect("bounded")
         .expect("wait");
     assert_eq!(status.code, Some(7));
-    let logs = second.logs(&id, 1 << 20).await.expect("logs");
-    assert_eq!(logs.text, "done\n");
+    let mut output = second.output(&id).await.expect("output");
+    let mut text = Vec::new();
+    while let Some(c) = output.recv().await {
+        let c = c.expect("a chunk");
+        assert_eq!(c.offset, text.len() as u64);
+        text.extend(c.data);
+    }
+    assert_eq!(text, b"done\n", "the new runtime reads the output from its start");
     assert!(!second.list(LABEL_TASK, "t-reattach").await.unwrap()[0].running);
     second.remove(&id).await.expect("remove");
     assert!(second

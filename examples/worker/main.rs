@@ -67,6 +67,10 @@ struct Cli {
     /// back) before it kills it, seconds; match the master's --lost-after.
     #[arg(long, default_value = "120", value_parser = common::seconds)]
     orphan_timeout: Duration,
+    /// Output kept per task for followers (`logs`, `monitor`, `run`), the
+    /// oldest bytes dropped past it (64MiB, 512KiB, 1GB, ...).
+    #[arg(long, default_value = "64MiB", value_parser = common::bytes)]
+    log_retain: usize,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -164,6 +168,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.heartbeat_interval = cli.heartbeat_interval;
     config.max_grace = cli.max_grace;
     config.shutdown_timeout = cli.shutdown_timeout;
+    config.log_retain = cli.log_retain;
     info!(worker = %id, instance = %state.instance(), state_dir = %state.path().display(), listen = %bound,
           master = %cli.master, %capacity, runtime = runtime.name(), "worker starting");
     let mut worker = common::spawn_worker(config, runtime, &cli.master, listener, security).await?;
