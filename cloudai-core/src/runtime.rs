@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Resources;
 pub use crate::model::ExitStatus;
+use crate::model::Resources;
 pub use crate::output::{Follow, OutputChunk, OutputStream};
 use crate::Result;
 

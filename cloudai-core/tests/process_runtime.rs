@@ -62,7 +62,11 @@ async fn eventually_gone(pid: u32) {
 
 /// The output as it comes, until `enough` says so or it ends, with the
 /// offset of its first byte.
-async fn read_until(rt: &ProcessRuntime, id: &ContainerId, enough: impl Fn(&str) -> bool) -> (u64, String) {
+async fn read_until(
+    rt: &ProcessRuntime,
+    id: &ContainerId,
+    enough: impl Fn(&str) -> bool,
+) -> (u64, String) {
     let mut feed = rt.output(id).await.expect("output");
     let mut first = None;
     let mut text = String::new();
@@ -238,7 +242,11 @@ async fn the_runtime_bounds_what_it_keeps() {
     assert!(status.success(), "{status:?}");
     let (first, text) = read_until(&rt, &id, |_| false).await;
     assert_eq!(text.len(), 1000, "keeps exactly the bound");
-    assert_eq!(first, 10_008 - 1000, "the first offset says what was dropped");
+    assert_eq!(
+        first,
+        10_008 - 1000,
+        "the first offset says what was dropped"
+    );
     assert!(text.ends_with("the-end\n"), "keeps the end: {text:?}");
     rt.remove(&id).await.expect("remove");
 }

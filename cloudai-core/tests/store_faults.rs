@@ -11,11 +11,11 @@ use cloudai_core::clock::Clock;
 use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
-use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::model::{
-    InstanceId, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult,
-    TaskSpec, TaskStatus, Timestamp, WorkerId, WorkerIdentity,
+    InstanceId, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec,
+    TaskStatus, Timestamp, WorkerId, WorkerIdentity,
 };
+use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{
     CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
 };

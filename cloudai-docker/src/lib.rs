@@ -16,19 +16,19 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use cloudai_core::model::ValidationError;
-use bollard::container::LogOutput;
 use cloudai_core::output::CHANNEL;
 use cloudai_core::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow, OutputChunk,
-    OutputStream,
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
 };
 use cloudai_core::{Error, Result};
 use futures_util::StreamExt;
 use tracing::{info, warn};
+
+mod output;
 
 /// How long to try pulling a missing image before giving up (a registry
 /// that cannot be reached fails fast; a slow one should not block a task
@@ -260,56 +260,17 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    /// Follows the daemon's log stream from the container's start: each
-    /// frame comes once, marked stdout or stderr, and the stream ends when
-    /// the container stops.
+    /// Follows the daemon's log stream from the container's start (see
+    /// `output`): each frame comes once, marked stdout or stderr, and the
+    /// stream ends after the container stopped.
     async fn output(&self, id: &ContainerId) -> Result<Follow> {
         // Here, so an unknown id is NotFound rather than a failed stream.
         self.docker
             .inspect_container(&id.0, None)
             .await
             .map_err(backend)?;
-        let options = LogsOptions {
-            follow: true,
-            stdout: true,
-            stderr: true,
-            tail: "all".into(),
-            ..Default::default()
-        };
-        let mut stream = self.docker.logs(&id.0, Some(options));
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL);
-        tokio::spawn(async move {
-            let mut offset = 0u64;
-            loop {
-                let next = tokio::select! {
-                    next = stream.next() => next,
-                    () = tx.closed() => return,
-                };
-                let chunk = match next {
-                    None => return,
-                    Some(Err(e)) => Err(backend(e)),
-                    Some(Ok(LogOutput::StdErr { message })) => Ok((OutputStream::Stderr, message)),
-                    Some(Ok(
-                        LogOutput::StdOut { message }
-                        | LogOutput::Console { message }
-                        | LogOutput::StdIn { message },
-                    )) => Ok((OutputStream::Stdout, message)),
-                };
-                let item = chunk.map(|(stream, data)| {
-                    let c = OutputChunk {
-                        offset,
-                        stream,
-                        data: data.to_vec(),
-                    };
-                    offset = c.end();
-                    c
-                });
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(output::follow(self.docker.clone(), id.0.clone(), tx));
         Ok(rx)
     }
 

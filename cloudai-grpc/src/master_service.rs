@@ -15,7 +15,6 @@ use crate::convert::{self, detached, to_status};
 use crate::output::{self, OutputReplies};
 use crate::proto::{self, master_server};
 
-
 /// Serves [`Master`] over gRPC.
 #[derive(Debug, Clone)]
 pub struct MasterService {

@@ -385,32 +385,65 @@ async fn collect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_streams_by_offset_with_its_streams_until_the_task_ends() {
-    use cloudai_core::output::{OutputFrom, OutputStream::{Stderr, Stdout}};
+    use cloudai_core::output::{
+        OutputFrom,
+        OutputStream::{Stderr, Stdout},
+    };
 
     let c = start_master().await;
     let _w = start_worker(&c, "w1", 2.0).await;
     let cl = client(&c);
     let t = cl
-        .submit(sh("echo first; sleep 1; echo oops >&2; sleep 0.2; echo second"))
+        .submit(sh(
+            "echo first; sleep 1; echo oops >&2; sleep 0.2; echo second",
+        ))
         .await
         .unwrap();
-    let got = collect(cl.follow_output(&t, OutputFrom::Offset(0), true).await.unwrap()).await;
+    let got = collect(
+        cl.follow_output(&t, OutputFrom::Offset(0), true)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(
         cl.task(&t).await.unwrap().task.status,
         TaskStatus::Completed,
         "the follower ends once the task ended"
     );
-    let joined: Vec<_> = got.iter().map(|(a, o, s, t)| (*a, *o, *s, t.as_str())).collect();
+    let joined: Vec<_> = got
+        .iter()
+        .map(|(a, o, s, t)| (*a, *o, *s, t.as_str()))
+        .collect();
     assert_eq!(
         joined,
-        [(1, 0, Stdout, "first\n"), (1, 6, Stderr, "oops\n"), (1, 11, Stdout, "second\n")]
+        [
+            (1, 0, Stdout, "first\n"),
+            (1, 6, Stderr, "oops\n"),
+            (1, 11, Stdout, "second\n")
+        ]
     );
     // After the end: from an offset, and the last line, from the worker.
-    let later = collect(cl.follow_output(&t, OutputFrom::Offset(8), true).await.unwrap()).await;
+    let later = collect(
+        cl.follow_output(&t, OutputFrom::Offset(8), true)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(later[0].1, 8);
-    assert_eq!(later.iter().map(|x| x.3.as_str()).collect::<String>(), "ps\nsecond\n");
-    let last = collect(cl.follow_output(&t, OutputFrom::LastLines(1), false).await.unwrap()).await;
-    assert_eq!(last.iter().map(|x| x.3.as_str()).collect::<String>(), "second\n");
+    assert_eq!(
+        later.iter().map(|x| x.3.as_str()).collect::<String>(),
+        "ps\nsecond\n"
+    );
+    let last = collect(
+        cl.follow_output(&t, OutputFrom::LastLines(1), false)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        last.iter().map(|x| x.3.as_str()).collect::<String>(),
+        "second\n"
+    );
     let _ = c.stop.send(true);
 }
 

@@ -86,18 +86,16 @@ pub(crate) enum Command {
     Monitor {
         /// Task id.
         id: String,
-        /// Start at the last N lines instead of the start.
-        #[arg(long, value_name = "N")]
-        tail: Option<u64>,
+        #[command(flatten)]
+        start: Start,
     },
     /// Print a task's output as its worker keeps it now (or the end stored
     /// with its result), without following.
     Logs {
         /// Task id.
         id: String,
-        /// Only the last N lines.
-        #[arg(long, value_name = "N")]
-        tail: Option<u64>,
+        #[command(flatten)]
+        start: Start,
     },
     /// Place nothing more on a worker; its tasks may finish, or with
     /// --deadline are stopped then and failed as drained.
@@ -119,6 +117,27 @@ pub(crate) enum Command {
     Reconcile,
     /// Retry every offline worker now.
     Reconnect,
+}
+
+/// Where printing a task's output starts (default: its first byte).
+#[derive(Debug, Args)]
+pub(crate) struct Start {
+    /// Start at the last N lines.
+    #[arg(long, value_name = "N")]
+    tail: Option<u64>,
+    /// Start at this byte of the output (offsets count stdout and stderr
+    /// together, from 0).
+    #[arg(long, value_name = "BYTE", conflicts_with = "tail")]
+    offset: Option<u64>,
+}
+
+impl Start {
+    fn from(&self) -> OutputFrom {
+        match (self.tail, self.offset) {
+            (Some(n), _) => OutputFrom::LastLines(n),
+            (None, offset) => OutputFrom::Offset(offset.unwrap_or(0)),
+        }
+    }
 }
 
 /// A task to submit.
@@ -288,12 +307,12 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             };
             output::cancelled(json, &done);
         }
-        Command::Monitor { id, tail } => {
-            return follow(client, &TaskId::new(id)?, start(tail), json).await
+        Command::Monitor { id, start } => {
+            return follow(client, &TaskId::new(id)?, start.from(), json).await
         }
-        Command::Logs { id, tail } => {
+        Command::Logs { id, start } => {
             let mut output = client
-                .follow_output(&TaskId::new(id)?, start(tail), false)
+                .follow_output(&TaskId::new(id)?, start.from(), false)
                 .await?;
             let mut printer = output::OutputPrinter::new(json);
             while let Some(o) = output.recv().await {
@@ -326,11 +345,6 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Where a reader starts: the last `tail` lines, or the start.
-fn start(tail: Option<u64>) -> OutputFrom {
-    tail.map_or(OutputFrom::Offset(0), OutputFrom::LastLines)
 }
 
 /// Streams a task's output until it ends, stdout to stdout and stderr to

@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use cloudai_core::master::{CancelOutcome, TaskOutput, TaskView};
-use cloudai_core::output::OutputStream;
 use cloudai_core::model::{ArrayId, StatusCounts, TaskId, TaskRecord, Timestamp};
+use cloudai_core::output::OutputStream;
 use cloudai_grpc::proto;
 use serde::Serialize;
 
@@ -67,7 +67,10 @@ impl OutputPrinter {
                 eprintln!("[cloudai: attempt {} of the task starts]", o.attempt);
             }
             Some((_, at)) if c.offset > at => {
-                eprintln!("[cloudai: {} bytes of output are no longer kept]", c.offset - at);
+                eprintln!(
+                    "[cloudai: {} bytes of output are no longer kept]",
+                    c.offset - at
+                );
             }
             None if c.offset > 0 && !self.json => {
                 eprintln!("[cloudai: output from byte {}]", c.offset);

@@ -201,3 +201,18 @@ fn docker_memory_limit_is_enforced_and_reported() {
         "the reason names the limit: {v}"
     );
 }
+
+/// The output scenario in containers: the worker follows the daemon's log
+/// stream, and `run`, `monitor --offset`, `logs` and `monitor --tail` get
+/// every byte once with stdout and stderr apart.
+#[test]
+fn docker_task_output_comes_back_byte_for_byte() {
+    let (c, w, _, _sweep) = docker_cluster("doutput");
+    output::follows_every_byte_once(&c, &|script| {
+        [
+            "--on", &w, "--cpu", "0.5", "--mem", "0.1", IMAGE, "--", "sh", "-c", script,
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+}

@@ -741,3 +741,20 @@ fn master_refuses_to_start_without_a_token() {
         "{out:?}"
     );
 }
+
+/// A task writing 4.2 MB of numbered lines: `run` prints every stdout
+/// byte once and in order with stderr on stderr; a follower attached
+/// mid-run at an offset gets exactly the bytes from there; `logs` and
+/// `monitor --tail` read it back after the end.
+#[test]
+fn task_output_comes_back_byte_for_byte() {
+    let mut c = Cluster::start("output", FAST);
+    let w = c.id("w");
+    c.spawn_worker(&w, 2.0);
+    c.wait_active(&[&w]);
+    output::follows_every_byte_once(&c, &|script| {
+        ["--cpu", "0.5", "busybox", "--", "sh", "-c", script]
+            .map(String::from)
+            .to_vec()
+    });
+}

@@ -124,7 +124,10 @@ async fn a_new_runtime_finds_a_run_and_its_exit() {
         assert_eq!(c.offset, text.len() as u64);
         text.extend(c.data);
     }
-    assert_eq!(text, b"done\n", "the new runtime reads the output from its start");
+    assert_eq!(
+        text, b"done\n",
+        "the new runtime reads the output from its start"
+    );
     assert!(!second.list(LABEL_TASK, "t-reattach").await.unwrap()[0].running);
     second.remove(&id).await.expect("remove");
     assert!(second

@@ -84,7 +84,11 @@ impl Master {
                         }
                     }
                     Err(e) => match &view.result {
-                        Some(r) => return relay(stored_tail(r, from), a, &mut from, tx).await.map(drop),
+                        Some(r) => {
+                            return relay(stored_tail(r, from), a, &mut from, tx)
+                                .await
+                                .map(drop)
+                        }
                         None if !keep_following => return Err(e),
                         None => {}
                     },

@@ -4,8 +4,8 @@
 use super::Master;
 use crate::liveness::Health;
 use crate::model::{
-    Drain, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
-    Telemetry, Timestamp, WorkerId,
+    Drain, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry,
+    Timestamp, WorkerId,
 };
 use crate::store::{PageKey, TaskFilter};
 

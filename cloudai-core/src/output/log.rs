@@ -257,7 +257,9 @@ impl State {
             if first.end() <= keep_from {
                 self.segments.pop_front();
             } else {
-                first.skip = first.skip.max((keep_from.saturating_sub(first.offset)) as usize);
+                first.skip = first
+                    .skip
+                    .max((keep_from.saturating_sub(first.offset)) as usize);
                 break;
             }
         }

@@ -76,7 +76,10 @@ mod tests {
             ]
         );
         for cut in 0..8 {
-            assert!(next_frame(&file[..cut]).unwrap().is_none(), "part of a frame at {cut}");
+            assert!(
+                next_frame(&file[..cut]).unwrap().is_none(),
+                "part of a frame at {cut}"
+            );
         }
         assert!(next_frame(&[7, 0, 0, 0, 0]).is_err());
     }

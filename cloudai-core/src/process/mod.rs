@@ -58,7 +58,9 @@ pub use supervised::SupervisedProcessRuntime;
 
 use crate::model::ValidationError;
 use crate::output::{OutputFrom, OutputLog, OutputStream};
-use crate::runtime::{ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow};
+use crate::runtime::{
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
+};
 use crate::sync::lock;
 use crate::{Error, Result};
 

@@ -41,7 +41,9 @@ use super::frames::next_frame;
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
 use super::{backend, check_command, invalid_command, signal_group, KILL_TIMEOUT};
 use crate::output::{OutputChunk, CHANNEL};
-use crate::runtime::{ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow};
+use crate::runtime::{
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
+};
 use crate::sync::lock;
 use crate::{Error, Result};
 

@@ -35,8 +35,8 @@ use nix::sys::signal::Signal;
 use super::frames::write_frame;
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
 use super::{signal_group, task_command, to_exit_status, DRAIN_TIMEOUT};
-use crate::output::OutputStream;
 use crate::host::process_start_ticks;
+use crate::output::OutputStream;
 use crate::sync::lock;
 
 /// How often the supervisor looks at its task and its orphan timer.

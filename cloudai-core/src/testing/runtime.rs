@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::model::Resources;
 use crate::runtime::{
-    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, OutputChunk, OutputStream, LABEL_TASK,
-    LABEL_WORKER,
+    ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, OutputChunk, OutputStream,
+    LABEL_TASK, LABEL_WORKER,
 };
 use crate::Error;
 
@@ -114,7 +114,12 @@ async fn output(rt: &dyn ContainerRuntime, id: &ContainerId) -> Vec<OutputChunk>
         while let Some(c) = feed.recv().await {
             let c = c?;
             let expected = got.last().map_or(0, OutputChunk::end);
-            assert_eq!(c.offset, expected, "{}: {id}: a chunk out of place", rt.name());
+            assert_eq!(
+                c.offset,
+                expected,
+                "{}: {id}: a chunk out of place",
+                rt.name()
+            );
             got.push(c);
         }
         Ok::<_, Error>(got)
@@ -247,12 +252,24 @@ pub async fn output_is_whole_and_read_again_from_the_start(
     let id = start(rt, &sh("whole", image, script)).await;
     let first = output(rt, &id).await;
     let status = wait(rt, &id).await;
-    assert!(status.success(), "the printing loop must succeed: {status:?}");
+    assert!(
+        status.success(),
+        "the printing loop must succeed: {status:?}"
+    );
     let want: String = (1..=20000).map(|i| format!("line-{i}\n")).collect();
     let got = text_of(&first, None);
-    assert!(got == want, "every line once, in order: {} bytes of {}", got.len(), want.len());
+    assert!(
+        got == want,
+        "every line once, in order: {} bytes of {}",
+        got.len(),
+        want.len()
+    );
     let again = text_of(&output(rt, &id).await, None);
-    assert!(again == want, "a second reader from the start gets the same: {} bytes", again.len());
+    assert!(
+        again == want,
+        "a second reader from the start gets the same: {} bytes",
+        again.len()
+    );
     remove(rt, &id).await;
 }
 

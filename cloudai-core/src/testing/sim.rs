@@ -399,7 +399,10 @@ impl ContainerRuntime for FakeRuntime {
         let (exit_tx, exit_rx) = watch::channel(None);
         let (sig_tx, mut sig_rx) = watch::channel(None::<i32>);
         let log = OutputLog::new(1 << 20);
-        log.push(OutputStream::Stdout, format!("{} started\n", spec.name).as_bytes());
+        log.push(
+            OutputStream::Stdout,
+            format!("{} started\n", spec.name).as_bytes(),
+        );
         let out = log.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + program.runs_for;
@@ -416,7 +419,10 @@ impl ContainerRuntime for FakeRuntime {
                     }
                 }
             };
-            out.push(OutputStream::Stdout, format!("exited {status:?}\n").as_bytes());
+            out.push(
+                OutputStream::Stdout,
+                format!("exited {status:?}\n").as_bytes(),
+            );
             out.close();
             let _ = exit_tx.send(Some(status));
         });

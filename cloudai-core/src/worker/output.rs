@@ -15,8 +15,8 @@ use crate::runtime::ContainerId;
 use crate::sync::lock;
 use crate::{Error, Result};
 
-/// How long, after the container exited, its output may take to arrive
-/// before the result is reported without the rest.
+/// How long, after the container exited, the output may go without
+/// progress before the result is reported without the rest.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 impl Worker {
@@ -73,13 +73,20 @@ impl Worker {
         }))
     }
 
-    /// Waits (a bounded time) for the output pump to reach the end of the
-    /// container's output, then closes the log.
+    /// Waits for the output pump to reach the end of the container's
+    /// output (while it makes progress: a large output may still be on its
+    /// way from the runtime), then closes the log.
     pub(super) async fn end_output(&self, pump: Option<JoinHandle<()>>, log: &OutputLog) {
         if let Some(mut pump) = pump {
-            if tokio::time::timeout(DRAIN_WAIT, &mut pump).await.is_err() {
-                warn!("the task's output did not end {DRAIN_WAIT:?} after it exited; reporting without the rest");
-                pump.abort();
+            let mut seen = log.span().1;
+            while tokio::time::timeout(DRAIN_WAIT, &mut pump).await.is_err() {
+                let now = log.span().1;
+                if now == seen {
+                    warn!("no more of the task's output came in {DRAIN_WAIT:?} after it exited; reporting without the rest");
+                    pump.abort();
+                    break;
+                }
+                seen = now;
             }
         }
         log.close();

@@ -210,14 +210,23 @@ mod tests {
     fn a_stop_before_the_assignment_keeps_it_from_starting() {
         let mut r = Runs::default();
         assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
-        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Tombstoned);
+        assert_eq!(
+            r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)),
+            Admit::Tombstoned
+        );
     }
 
     #[test]
     fn a_stop_while_starting_is_handed_to_the_supervisor() {
         let mut r = Runs::default();
-        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Start);
-        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Repeat);
+        assert_eq!(
+            r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)),
+            Admit::Start
+        );
+        assert_eq!(
+            r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)),
+            Admit::Repeat
+        );
         assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
         let pending = r.started(&run("t"), ContainerId("c".into()));
         assert_eq!(pending, Some((StopKind::Cancel, Duration::ZERO)));
@@ -230,6 +239,9 @@ mod tests {
             let _ = r.stop(&run(&format!("t{i}")), StopKind::Drop, Duration::ZERO);
         }
         assert_eq!(r.tombstones.len(), TOMBSTONES);
-        assert_eq!(r.admit(&run("t0"), Timestamp::ZERO, || OutputLog::new(0)), Admit::Start);
+        assert_eq!(
+            r.admit(&run("t0"), Timestamp::ZERO, || OutputLog::new(0)),
+            Admit::Start
+        );
     }
 }

@@ -103,7 +103,12 @@ impl Worker {
                     info!(task = %run.task, attempt = run.attempt, container = %c.id, "adopted a running container");
                     let mut runs = lock(&self.inner.runs);
                     let output = OutputLog::new(self.inner.config.log_retain);
-                    runs.insert(run.clone(), Some(c.id.clone()), output, self.inner.clock.now());
+                    runs.insert(
+                        run.clone(),
+                        Some(c.id.clone()),
+                        output,
+                        self.inner.clock.now(),
+                    );
                     let w = self.clone();
                     runs.supervise(async move { w.watch(run, c.id, None).await });
                     adopted += 1;

@@ -4,6 +4,8 @@
 //! `docker_cluster.rs` (Docker runtime).
 #![allow(clippy::print_stderr, dead_code, unreachable_pub)]
 
+pub mod output;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -123,6 +125,8 @@ pub struct Out {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    /// stdout as the bytes it was.
+    pub raw: Vec<u8>,
 }
 
 /// Runs `cmd` with piped output, killing it (and panicking) after `timeout`.
@@ -137,7 +141,7 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::io::Result<Out>
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
+            buf
         })
     };
     let out = read_all(Box::new(child.stdout.take().expect("piped stdout")));
@@ -154,10 +158,12 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::io::Result<Out>
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    let raw = out.join().unwrap_or_default();
     Ok(Out {
         code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        stdout: String::from_utf8_lossy(&raw).into_owned(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
+        raw,
     })
 }
 
