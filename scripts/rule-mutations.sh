@@ -37,6 +37,10 @@ PY
   cp "$backup" "$file"; rm -f "$backup"
 }
 
+mutate cloudai-core/src/output/log.rs "a reader from an offset gets the kept bytes before it again" \
+  'let begin = from.max(s.start);' 'let begin = s.start;'
+mutate cloudai-core/src/output/log.rs "a run's output is kept past its retention" \
+  'let keep_from = self.end.saturating_sub(self.retain);' 'let keep_from = 0;'
 mutate cloudai-core/src/lifecycle/mod.rs "a late report may overwrite cancelled" \
   'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running];' \
   'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running, TaskStatus::Cancelled];'

@@ -9,6 +9,7 @@
 //! daemon, so daemons as old as Docker 20.10 (API 1.41) work.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +21,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use cloudai_core::model::ValidationError;
-use cloudai_core::output::CHANNEL;
+use cloudai_core::output::{OutputFrom, OutputLog, CHANNEL};
 use cloudai_core::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
 };
@@ -41,7 +42,14 @@ pub struct DockerRuntime {
     docker: Docker,
     /// Named in errors ("image X not present on worker W").
     worker: String,
+    /// Bytes of output kept per container it started.
+    log_limit: usize,
+    /// The output of the containers it started, until removed.
+    outputs: Arc<Mutex<HashMap<ContainerId, Arc<OutputLog>>>>,
 }
+
+/// Bytes of output kept per container unless configured otherwise (64 MiB).
+pub const DEFAULT_LOG_LIMIT: usize = 64 << 20;
 
 fn backend(e: DockerError) -> Error {
     match e {
@@ -103,7 +111,20 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             worker: worker.into(),
+            log_limit: DEFAULT_LOG_LIMIT,
+            outputs: Arc::default(),
         })
+    }
+
+    /// Keeps the last `bytes` of each container's output (default
+    /// [`DEFAULT_LOG_LIMIT`]).
+    pub fn with_log_limit(mut self, bytes: usize) -> Self {
+        self.log_limit = bytes;
+        self
+    }
+
+    fn outputs(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, Arc<OutputLog>>> {
+        self.outputs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes sure `image` is present, pulling it only if it is not.
@@ -220,6 +241,14 @@ impl ContainerRuntime for DockerRuntime {
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
         self.ensure_image(&spec.image).await?;
         let id = self.create(spec).await?;
+        let log = match output::attach(&self.docker, &id, self.log_limit).await {
+            Ok(log) => log,
+            Err(e) => {
+                let _ = self.remove(&ContainerId(id.clone())).await;
+                return Err(e);
+            }
+        };
+        self.outputs().insert(ContainerId(id.clone()), log);
         if let Err(e) = self.docker.start_container(&id, None).await {
             let _ = self.remove(&ContainerId(id.clone())).await;
             return Err(match status_of(&e) {
@@ -260,17 +289,21 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    /// Follows the daemon's log stream from the container's start (see
-    /// `output`): each frame comes once, marked stdout or stderr, and the
-    /// stream ends after the container stopped.
+    /// The container's output from its start, each byte once, marked
+    /// stdout or stderr, ending after the container stopped: from what this
+    /// runtime copied since the start, or, for a container it did not
+    /// start, from the daemon's log (see `output`).
     async fn output(&self, id: &ContainerId) -> Result<Follow> {
+        if let Some(log) = self.outputs().get(id) {
+            return Ok(log.follow(OutputFrom::Offset(0), true));
+        }
         // Here, so an unknown id is NotFound rather than a failed stream.
         self.docker
             .inspect_container(&id.0, None)
             .await
             .map_err(backend)?;
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL);
-        tokio::spawn(output::follow(self.docker.clone(), id.0.clone(), tx));
+        tokio::spawn(output::follow_log(self.docker.clone(), id.0.clone(), tx));
         Ok(rx)
     }
 
@@ -310,6 +343,7 @@ impl ContainerRuntime for DockerRuntime {
             v: true,
             ..Default::default()
         };
+        self.outputs().remove(id);
         match self.docker.remove_container(&id.0, Some(options)).await {
             Ok(()) => Ok(()),
             // 404: gone; 409: removal already in progress.

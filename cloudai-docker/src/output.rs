@@ -1,26 +1,39 @@
-//! A container's output from the daemon's log stream, every byte once.
+//! A container's output, every byte once.
 //!
-//! The follow stream of Docker 20.10 can end when the container stops
-//! before it delivered the last of the output (`docker logs -f` of a
-//! container writing 4 MB at once ends at 1–2 MB; `docker logs` a moment
-//! later has all of it). So frames are read with their timestamps, and
-//! once the follow ends the log is read again from a little before the
-//! newest frame sent, skipping the frames already sent, until a read
-//! brings nothing new. A frame is known by its time, its stream and its
-//! place among the frames of that time and stream (the daemon stamps a
-//! whole read from the container's pipe, then splits it into lines). The
-//! log is in the order the daemon wrote it, but stdout's and stderr's
-//! times come from two copiers, so it is not quite in time order; the
-//! window covers that.
+//! - **Containers this runtime starts** are attached to between create and
+//!   start, and the attach stream (the container's stdio as the daemon
+//!   copies it, apart from its log driver) is copied into an
+//!   [`OutputLog`] that `output` follows. The daemon's log is no good for
+//!   this: with the common `max-size`/`max-file` options it rotates, and a
+//!   follower of a rotating log skips and repeats (4 MB into a 10 MB
+//!   json-file log came back with whole megabytes missing).
+//! - **Containers found running** (adopted after the worker restarted) have
+//!   only the daemon's log: it is followed with timestamps, and since the
+//!   follow stream of Docker 20.10 can end when the container stops before
+//!   it delivered the last of the output, the log is read again from a
+//!   little before the newest frame sent, skipping the frames already
+//!   sent, until the container has stopped and a read brings nothing new.
+//!   A frame is known by its time, its stream and its place among the
+//!   frames of that time and stream (the daemon stamps a whole read from
+//!   the container's pipe, then splits it into lines). The log is in the
+//!   order the daemon wrote it, but stdout's and stderr's times come from
+//!   two copiers, so it is not quite in time order; the window covers
+//!   that. What the log driver dropped or rotated away is gone.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::Arc;
+
 use bollard::container::LogOutput;
-use bollard::query_parameters::LogsOptions;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{AttachContainerOptions, LogsOptions};
 use bollard::Docker;
+use cloudai_core::output::OutputLog;
 use cloudai_core::runtime::{OutputChunk, OutputStream};
 use cloudai_core::{Error, Result};
+use futures_util::Stream;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -29,7 +42,8 @@ use crate::backend;
 /// How long after the follow ended (or a catch-up brought more) the log is
 /// read again.
 const SETTLE: Duration = Duration::from_millis(100);
-/// At most this many catch-up reads.
+/// At most this many catch-up reads (a container stopped and started
+/// again keeps running; its output then ends here).
 const CATCH_UPS: usize = 50;
 
 /// How far before the newest frame sent a catch-up read starts, seconds.
@@ -99,14 +113,59 @@ impl Places {
     }
 }
 
-/// Sends container `id`'s output to `tx` from its start until it ended.
-pub(crate) async fn follow(docker: Docker, id: String, tx: mpsc::Sender<Result<OutputChunk>>) {
+/// Attaches to created container `id` (before it starts) and copies its
+/// output into a log keeping `retain` bytes, closed when the output ends.
+pub(crate) async fn attach(docker: &Docker, id: &str, retain: usize) -> Result<Arc<OutputLog>> {
+    let options = AttachContainerOptions {
+        stdout: true,
+        stderr: true,
+        stream: true,
+        logs: false,
+        ..Default::default()
+    };
+    let attached = docker
+        .attach_container(id, Some(options))
+        .await
+        .map_err(backend)?;
+    let log = OutputLog::new(retain);
+    tokio::spawn(copy(attached.output, log.clone(), id.to_string()));
+    Ok(log)
+}
+
+type Frames = Pin<Box<dyn Stream<Item = std::result::Result<LogOutput, DockerError>> + Send>>;
+
+/// Copies an attach stream into `log` until it ends.
+async fn copy(mut frames: Frames, log: Arc<OutputLog>, id: String) {
+    while let Some(frame) = frames.next().await {
+        match frame {
+            Ok(LogOutput::StdErr { message }) => log.push(OutputStream::Stderr, &message),
+            Ok(
+                LogOutput::StdOut { message }
+                | LogOutput::Console { message }
+                | LogOutput::StdIn { message },
+            ) => log.push(OutputStream::Stdout, &message),
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "the container's output stream broke");
+                break;
+            }
+        }
+    }
+    log.close();
+}
+
+/// Sends the output of container `id`, which this runtime did not start,
+/// to `tx` from the start of the daemon's log until it ended.
+pub(crate) async fn follow_log(docker: Docker, id: String, tx: mpsc::Sender<Result<OutputChunk>>) {
     let mut sent = Sent::default();
     let result = async {
         read(&docker, &id, true, &mut sent, &tx).await?;
         for _ in 0..CATCH_UPS {
             tokio::time::sleep(SETTLE).await;
-            if !read(&docker, &id, false, &mut sent, &tx).await? {
+            // The daemon marks the container stopped once it copied its
+            // output into the log: a read after that which brings nothing
+            // new has all of it.
+            let stopped = !running(&docker, &id).await?;
+            if !read(&docker, &id, false, &mut sent, &tx).await? && stopped {
                 break;
             }
         }
@@ -116,6 +175,12 @@ pub(crate) async fn follow(docker: Docker, id: String, tx: mpsc::Sender<Result<O
     if let Err(e) = result {
         let _ = tx.send(Err(e)).await;
     }
+}
+
+/// Whether container `id` still runs.
+async fn running(docker: &Docker, id: &str) -> Result<bool> {
+    let inspected = docker.inspect_container(id, None).await.map_err(backend)?;
+    Ok(inspected.state.and_then(|s| s.running).unwrap_or(false))
 }
 
 /// Reads the log (following, or what is there now) from a little before

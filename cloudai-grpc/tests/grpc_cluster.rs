@@ -70,9 +70,19 @@ struct RunningWorker {
 }
 
 async fn start_worker(c: &Cluster, id: &str, cpu: f64) -> RunningWorker {
+    start_worker_with(c, id, cpu, |_| {}).await
+}
+
+async fn start_worker_with(
+    c: &Cluster,
+    id: &str,
+    cpu: f64,
+    adjust: impl FnOnce(&mut WorkerConfig),
+) -> RunningWorker {
     let (l, address) = listener().await;
     let capacity = Resources::new(cpu, 4.0, 10.0, 0).unwrap();
-    let config = WorkerConfig::new(WorkerId::new(id).unwrap(), address.clone(), capacity);
+    let mut config = WorkerConfig::new(WorkerId::new(id).unwrap(), address.clone(), capacity);
+    adjust(&mut config);
     let link = Arc::new(MasterClient::new(&c.address, secure()).unwrap());
     let worker = Worker::new(
         config,
@@ -444,6 +454,57 @@ async fn output_streams_by_offset_with_its_streams_until_the_task_ends() {
         last.iter().map(|x| x.3.as_str()).collect::<String>(),
         "second\n"
     );
+    let _ = c.stop.send(true);
+}
+
+/// Once the worker no longer keeps an ended run's output, a follower gets
+/// the end stored with the result, at its offsets, from where it asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_worker_lets_go_the_stored_end_is_read_from_its_offset() {
+    use cloudai_core::output::{OutputFrom, OutputStream::Stdout};
+
+    let c = start_master().await;
+    let _w = start_worker_with(&c, "w1", 2.0, |cfg| {
+        cfg.output_linger = Duration::ZERO;
+        cfg.result_log_limit = 10;
+    })
+    .await;
+    let cl = client(&c);
+    let t = cl
+        .submit(sh("echo 0123456789; echo abcdefghij"))
+        .await
+        .unwrap();
+    wait_status(&cl, &t, TaskStatus::Completed).await;
+    let stored = cl.task(&t).await.unwrap().result.unwrap();
+    assert_eq!(
+        (stored.logs.as_str(), stored.logs_offset),
+        ("bcdefghij\n", 12)
+    );
+    let got = collect(
+        cl.follow_output(&t, OutputFrom::Offset(0), true)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        got,
+        [(1, 12, Stdout, "bcdefghij\n".to_string())],
+        "from the first byte kept"
+    );
+    let got = collect(
+        cl.follow_output(&t, OutputFrom::Offset(15), true)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got, [(1, 15, Stdout, "efghij\n".to_string())]);
+    let got = collect(
+        cl.follow_output(&t, OutputFrom::LastLines(5), false)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got[0].1, 12);
     let _ = c.stop.send(true);
 }
 

@@ -78,11 +78,15 @@ impl Master {
                 };
                 let follow = keep_following && !ended;
                 match self.worker_output(&worker, &run, from, follow).await {
-                    Ok(output) => {
-                        if !relay(output, a, &mut from, tx).await? || ended || !keep_following {
-                            return Ok(());
-                        }
-                    }
+                    Ok(output) => match relay(output, a, &mut from, tx).await {
+                        Ok(false) => return Ok(()),
+                        Ok(true) if ended || !keep_following => return Ok(()),
+                        // The run's output ended (its result is on its way),
+                        // or its worker went away mid-stream: look again.
+                        Ok(true) => {}
+                        Err(e) if !keep_following => return Err(e),
+                        Err(_) => {}
+                    },
                     Err(e) => match &view.result {
                         Some(r) => {
                             return relay(stored_tail(r, from), a, &mut from, tx)
@@ -121,8 +125,8 @@ impl Master {
     }
 }
 
-/// Sends what `output` holds as `attempt`'s, moving `from` past it.
-/// False if the follower went away.
+/// Sends what `output` holds as `attempt`'s, moving `from` past what was
+/// sent. False if the follower went away.
 async fn relay(
     mut output: Follow,
     attempt: u32,
