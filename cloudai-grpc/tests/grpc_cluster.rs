@@ -380,10 +380,15 @@ async fn cancel_with_the_worker_unreachable_succeeds_with_stop_pending() {
     let _ = c.stop.send(true);
 }
 
-/// Everything a follower receives, as (attempt, offset, stream, text).
-async fn collect(
-    mut f: cloudai_core::master::TaskFollow,
+/// Everything a follower of task `t` from `from` receives, as (attempt,
+/// offset, stream, text).
+async fn output_of(
+    cl: &MasterClient,
+    t: &TaskId,
+    from: cloudai_core::output::OutputFrom,
+    follow: bool,
 ) -> Vec<(u32, u64, cloudai_core::output::OutputStream, String)> {
+    let mut f = cl.follow_output(t, from, follow).await.unwrap();
     let mut got = Vec::new();
     while let Some(o) = f.recv().await {
         let o = o.unwrap();
@@ -409,12 +414,7 @@ async fn output_streams_by_offset_with_its_streams_until_the_task_ends() {
         ))
         .await
         .unwrap();
-    let got = collect(
-        cl.follow_output(&t, OutputFrom::Offset(0), true)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let got = output_of(&cl, &t, OutputFrom::Offset(0), true).await;
     assert_eq!(
         cl.task(&t).await.unwrap().task.status,
         TaskStatus::Completed,
@@ -433,23 +433,13 @@ async fn output_streams_by_offset_with_its_streams_until_the_task_ends() {
         ]
     );
     // After the end: from an offset, and the last line, from the worker.
-    let later = collect(
-        cl.follow_output(&t, OutputFrom::Offset(8), true)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let later = output_of(&cl, &t, OutputFrom::Offset(8), true).await;
     assert_eq!(later[0].1, 8);
     assert_eq!(
         later.iter().map(|x| x.3.as_str()).collect::<String>(),
         "ps\nsecond\n"
     );
-    let last = collect(
-        cl.follow_output(&t, OutputFrom::LastLines(1), false)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let last = output_of(&cl, &t, OutputFrom::LastLines(1), false).await;
     assert_eq!(
         last.iter().map(|x| x.3.as_str()).collect::<String>(),
         "second\n"
@@ -480,30 +470,15 @@ async fn after_the_worker_lets_go_the_stored_end_is_read_from_its_offset() {
         (stored.logs.as_str(), stored.logs_offset),
         ("bcdefghij\n", 12)
     );
-    let got = collect(
-        cl.follow_output(&t, OutputFrom::Offset(0), true)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let got = output_of(&cl, &t, OutputFrom::Offset(0), true).await;
     assert_eq!(
         got,
         [(1, 12, Stdout, "bcdefghij\n".to_string())],
         "from the first byte kept"
     );
-    let got = collect(
-        cl.follow_output(&t, OutputFrom::Offset(15), true)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let got = output_of(&cl, &t, OutputFrom::Offset(15), true).await;
     assert_eq!(got, [(1, 15, Stdout, "efghij\n".to_string())]);
-    let got = collect(
-        cl.follow_output(&t, OutputFrom::LastLines(5), false)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let got = output_of(&cl, &t, OutputFrom::LastLines(5), false).await;
     assert_eq!(got[0].1, 12);
     let _ = c.stop.send(true);
 }
