@@ -160,6 +160,9 @@ pub(crate) async fn follow_log(docker: Docker, id: String, tx: mpsc::Sender<Resu
     let result = async {
         read(&docker, &id, true, &mut sent, &tx).await?;
         for _ in 0..CATCH_UPS {
+            if tx.is_closed() {
+                break;
+            }
             tokio::time::sleep(SETTLE).await;
             // The daemon marks the container stopped once it copied its
             // output into the log: a read after that which brings nothing

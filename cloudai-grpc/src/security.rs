@@ -12,6 +12,8 @@ use tonic::transport::{
 
 use crate::auth::Token;
 
+/// How often an open connection with calls in flight is pinged.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// A node's TLS material (PEM): its own certificate and key, and the
 /// cluster CA. With a CA, servers require client certificates signed by it
 /// (mutual TLS) and clients verify servers against it.
@@ -110,7 +112,11 @@ impl Security {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| bad(&e))?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A peer that stopped answering ends the streams open to it
+            // (an output relay, heartbeats) within half a minute.
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE * 2);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.client()).map_err(|e| bad(&e))?;
         }

@@ -215,12 +215,13 @@ async fn choose_runtime(
         "docker" => Ok(Arc::new(
             DockerRuntime::connect(worker)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.to_string())?
+                .with_log_limit(cli.log_retain),
         )),
         "auto" => match DockerRuntime::connect(worker).await {
             Ok(docker) => {
                 info!("runtime: docker (a Docker daemon answers)");
-                Ok(Arc::new(docker))
+                Ok(Arc::new(docker.with_log_limit(cli.log_retain)))
             }
             Err(e) => {
                 info!(reason = %e, "runtime: process (no Docker daemon)");

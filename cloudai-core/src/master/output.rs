@@ -15,6 +15,8 @@ use crate::{Error, Result};
 /// How long a follower waits for news of its task before looking again
 /// (the event channel may have dropped one).
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a follower that missed events waits before looking again.
+const LAGGED_PAUSE: Duration = Duration::from_millis(100);
 
 /// A chunk of one attempt's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,9 @@ impl Master {
         let mut events = self.subscribe();
         let mut attempt = None;
         loop {
+            if tx.is_closed() {
+                return Ok(());
+            }
             let view = self.task(id).await?;
             let ended = view.task.status.is_terminal();
             let run = match (&view.result, &view.task.worker) {
@@ -78,20 +83,26 @@ impl Master {
                 };
                 let follow = keep_following && !ended;
                 match self.worker_output(&worker, &run, from, follow).await {
-                    Ok(output) => match relay(output, a, &mut from, tx).await {
-                        Ok(false) => return Ok(()),
-                        Ok(true) if ended || !keep_following => return Ok(()),
-                        // The run's output ended (its result is on its way),
-                        // or its worker went away mid-stream: look again.
-                        Ok(true) => {}
-                        Err(e) if !keep_following => return Err(e),
-                        Err(_) => {}
-                    },
+                    Ok(output) => {
+                        // While the task runs, news of it (it ended, or was
+                        // failed over from a worker that stopped answering)
+                        // ends this relay: the next resumes at `from`, so
+                        // nothing is lost or repeated.
+                        let news = (!ended).then_some((&mut events, id));
+                        match relay(output, a, &mut from, tx, news).await {
+                            Ok(false) => return Ok(()),
+                            Ok(true) if ended || !keep_following => return Ok(()),
+                            // The run's output ended (its result is on its
+                            // way), or something happened to it: look again.
+                            Ok(true) => continue,
+                            Err(e) if !keep_following => return Err(e),
+                            Err(_) => {}
+                        }
+                    }
                     Err(e) => match &view.result {
                         Some(r) => {
-                            return relay(stored_tail(r, from), a, &mut from, tx)
-                                .await
-                                .map(drop)
+                            let tail = stored_tail(r, from);
+                            return relay(tail, a, &mut from, tx, None).await.map(drop);
                         }
                         None if !keep_following => return Err(e),
                         None => {}
@@ -100,7 +111,10 @@ impl Master {
             } else if ended || !keep_following {
                 return Ok(());
             }
-            news_of(&mut events, id).await;
+            tokio::select! {
+                () = news_of(&mut events, id) => {}
+                () = tx.closed() => return Ok(()),
+            }
         }
     }
 
@@ -126,21 +140,36 @@ impl Master {
 }
 
 /// Sends what `output` holds as `attempt`'s, moving `from` past what was
-/// sent. False if the follower went away.
+/// sent, until it ends or, given `news`, something happens to the task.
+/// False if the follower went away.
 async fn relay(
     mut output: Follow,
     attempt: u32,
     from: &mut OutputFrom,
     tx: &mpsc::Sender<Result<TaskOutput>>,
+    mut news: Option<(&mut broadcast::Receiver<MasterEvent>, &TaskId)>,
 ) -> Result<bool> {
-    while let Some(chunk) = output.recv().await {
+    loop {
+        let happened = async {
+            match news.as_mut() {
+                Some((events, id)) => changed(events, id).await,
+                None => std::future::pending().await,
+            }
+        };
+        let chunk = tokio::select! {
+            chunk = output.recv() => chunk,
+            () = tx.closed() => return Ok(false),
+            () = happened => return Ok(true),
+        };
+        let Some(chunk) = chunk else {
+            return Ok(true);
+        };
         let chunk = chunk?;
         *from = OutputFrom::Offset(chunk.end());
         if tx.send(Ok(TaskOutput { attempt, chunk })).await.is_err() {
             return Ok(false);
         }
     }
-    Ok(true)
 }
 
 /// The end of the output stored with result `r`, from `from` (as stdout:
@@ -154,18 +183,22 @@ fn stored_tail(r: &TaskResult, from: OutputFrom) -> Follow {
 
 /// Waits until something happened to task `id`, or a while.
 async fn news_of(events: &mut broadcast::Receiver<MasterEvent>, id: &TaskId) {
-    let _ = tokio::time::timeout(RECHECK, async {
-        loop {
-            match events.recv().await {
-                Ok(MasterEvent::Task { id: changed, .. }) if changed == *id => return,
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
-                Err(broadcast::error::RecvError::Closed) => {
-                    tokio::time::sleep(RECHECK).await;
-                    return;
-                }
+    let _ = tokio::time::timeout(RECHECK, changed(events, id)).await;
+}
+
+/// Waits until something may have happened to task `id`: an event about
+/// it, or events dropped unseen (then after a pause, so the followers of a
+/// busy master do not spin).
+async fn changed(events: &mut broadcast::Receiver<MasterEvent>, id: &TaskId) {
+    loop {
+        match events.recv().await {
+            Ok(MasterEvent::Task { id: changed, .. }) if changed == *id => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                tokio::time::sleep(LAGGED_PAUSE).await;
+                return;
             }
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
-    })
-    .await;
+    }
 }

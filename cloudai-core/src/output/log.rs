@@ -111,6 +111,22 @@ impl OutputLog {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Moves the end on to `offset`, past bytes that never arrived (a
+    /// runtime dropped them). What was kept goes too, so each kept byte
+    /// stays at its offset and a reader sees one gap, where it is.
+    pub fn skip_to(&self, offset: u64) {
+        {
+            let mut s = lock(&self.state);
+            if s.closed || offset <= s.end {
+                return;
+            }
+            s.segments.clear();
+            s.start = offset;
+            s.end = offset;
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     /// Marks the end of the output: followers finish once they have read it.
     pub fn close(&self) {
         lock(&self.state).closed = true;
@@ -182,7 +198,11 @@ impl OutputLog {
     }
 
     /// The last `max_bytes` kept, as text; a character cut in half at the
-    /// start is skipped rather than replaced.
+    /// start is skipped rather than replaced. The text ends where the
+    /// output ends, at the same offset: exact for UTF-8 output; for other
+    /// output (an invalid byte becomes a 3-byte U+FFFD) the text is placed
+    /// to end there too, its start cut if it would reach before offset 0,
+    /// so a reader resuming at the output's end gets nothing twice.
     pub fn tail(&self, max_bytes: usize) -> Tail {
         let (start, end) = self.span();
         let from = start.max(end.saturating_sub(max_bytes as u64));
@@ -199,9 +219,16 @@ impl OutputLog {
         } else {
             0
         };
+        let mut text = String::from_utf8_lossy(&bytes[cut..]).into_owned();
+        let excess = text
+            .len()
+            .saturating_sub(usize::try_from(end).unwrap_or(usize::MAX));
+        if let Some(keep) = (excess..=text.len()).find(|i| text.is_char_boundary(*i)) {
+            text.drain(..keep);
+        }
         Tail {
-            text: String::from_utf8_lossy(&bytes[cut..]).into_owned(),
-            offset: from + cut as u64,
+            offset: end.saturating_sub(text.len() as u64),
+            text,
         }
     }
 

@@ -10,6 +10,9 @@ use std::io::{self, Write};
 use crate::output::OutputStream;
 
 const HEADER: usize = 5;
+/// Longest frame a reader accepts (the supervisor writes at most 64 KiB):
+/// a longer length means the file is not a frame file, or is damaged.
+const MAX_FRAME: usize = 1 << 20;
 
 fn tag(stream: OutputStream) -> u8 {
     match stream {
@@ -45,6 +48,12 @@ pub(super) fn next_frame(buf: &[u8]) -> io::Result<Option<(OutputStream, &[u8], 
         }
     };
     let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("output frame of {len} bytes"),
+        ));
+    }
     Ok(buf
         .get(HEADER..HEADER + len)
         .map(|data| (stream, data, HEADER + len)))
@@ -82,5 +91,6 @@ mod tests {
             );
         }
         assert!(next_frame(&[7, 0, 0, 0, 0]).is_err());
+        assert!(next_frame(&[1, 0, 0, 0, 1]).is_err(), "16 MiB is no frame");
     }
 }

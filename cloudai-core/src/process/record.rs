@@ -37,6 +37,10 @@ pub(super) struct RunSpec {
     pub(super) labels: BTreeMap<String, String>,
     /// How long the supervisor keeps the task with no worker attached.
     pub(super) orphan_timeout: Duration,
+    /// The output file is framed by stream (false: a run an earlier
+    /// version started, whose task wrote the file itself).
+    #[serde(default)]
+    pub(super) framed_output: bool,
 }
 
 /// The task's process, as its supervisor started it.

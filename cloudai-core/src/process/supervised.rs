@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use super::frames::next_frame;
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
 use super::{backend, check_command, invalid_command, signal_group, KILL_TIMEOUT};
-use crate::output::{OutputChunk, CHANNEL};
+use crate::output::{OutputChunk, OutputStream, CHANNEL};
 use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
 };
@@ -188,6 +188,7 @@ impl SupervisedProcessRuntime {
             env: spec.env.clone(),
             labels: spec.labels.clone(),
             orphan_timeout: self.orphan_timeout,
+            framed_output: true,
         };
         write_json(&dir.spec(), &record).map_err(backend)?;
         let log = std::fs::File::create(dir.log()).map_err(backend)?;
@@ -285,10 +286,12 @@ const FOLLOW_IDLE: Duration = Duration::from_millis(20);
 /// Most bytes a follower reads from the file at once.
 const FOLLOW_READ: u64 = 1 << 20;
 
-/// Follows run `dir`'s output file from its start, sending each frame as
-/// a chunk, until the run ended and the file is read to its end.
+/// Follows a run's output file from its start, sending each frame as a
+/// chunk (or, not `framed`, all of it as stdout), until the run ended and
+/// the file is read to its end.
 async fn follow_file(
     path: PathBuf,
+    framed: bool,
     mut ended: watch::Receiver<Outcome>,
     tx: tokio::sync::mpsc::Sender<Result<OutputChunk>>,
 ) {
@@ -321,7 +324,12 @@ async fn follow_file(
         };
         let mut used = 0;
         loop {
-            match next_frame(&pending[used..]) {
+            let frame = match framed {
+                true => next_frame(&pending[used..]),
+                false => Ok((used < pending.len())
+                    .then(|| (OutputStream::Stdout, &pending[used..], pending.len() - used))),
+            };
+            match frame {
                 Ok(Some((stream, data, len))) => {
                     used += len;
                     if data.is_empty() {
@@ -403,8 +411,11 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             (Some(dir), Some(run)) => (dir, run),
             _ => return Err(Error::not_found("container", id)),
         };
+        let framed = read_json::<RunSpec>(&dir.spec())
+            .map_err(backend)?
+            .is_some_and(|spec| spec.framed_output);
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL);
-        tokio::spawn(follow_file(dir.output(), run.ended.clone(), tx));
+        tokio::spawn(follow_file(dir.output(), framed, run.ended.clone(), tx));
         Ok(rx)
     }
 
@@ -480,5 +491,52 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::frames::write_frame;
+
+    async fn follow(path: PathBuf, framed: bool) -> Vec<OutputChunk> {
+        let (_ended_tx, ended) = watch::channel(Some(Ok(ExitStatus::default())));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL);
+        tokio::spawn(follow_file(path, framed, ended, tx));
+        let mut got = Vec::new();
+        while let Some(c) = rx.recv().await {
+            got.push(c.expect("a chunk"));
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn an_ended_runs_file_is_read_framed_or_as_an_earlier_version_wrote_it() {
+        let dir = std::env::temp_dir().join(format!("cloudai-follow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let framed = dir.join("framed");
+        let mut file = Vec::new();
+        write_frame(&mut file, OutputStream::Stdout, b"out\n").unwrap();
+        write_frame(&mut file, OutputStream::Stderr, b"err\n").unwrap();
+        std::fs::write(&framed, &file).unwrap();
+        let got = follow(framed, true).await;
+        let seen: Vec<_> = got
+            .iter()
+            .map(|c| (c.offset, c.stream, c.data.as_slice()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, OutputStream::Stdout, &b"out\n"[..]),
+                (4, OutputStream::Stderr, &b"err\n"[..])
+            ]
+        );
+        let raw = dir.join("raw");
+        std::fs::write(&raw, b"written by the task itself\n").unwrap();
+        let got = follow(raw, false).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].offset, got[0].stream), (0, OutputStream::Stdout));
+        assert_eq!(got[0].data, b"written by the task itself\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

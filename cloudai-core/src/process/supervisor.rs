@@ -192,13 +192,19 @@ fn copy_frames(
 ) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut failed = false;
         loop {
             match pipe.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
+                    // On a failed write (a full disk) the pipe is still
+                    // drained, so the task does not block or die of it.
+                    if failed {
+                        continue;
+                    }
                     if let Err(e) = write_frame(&mut *lock(&output), stream, &buf[..n]) {
-                        eprintln!("writing the task's output failed: {e}");
-                        break;
+                        eprintln!("writing the task's output failed; dropping the rest: {e}");
+                        failed = true;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

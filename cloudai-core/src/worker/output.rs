@@ -59,10 +59,14 @@ impl Worker {
                 match chunk {
                     Ok(c) => {
                         let (_, end) = log.span();
-                        if c.offset != end {
-                            warn!(%task, expected = end, got = c.offset, "the runtime's output skipped bytes");
+                        if c.offset > end {
+                            warn!(%task, expected = end, got = c.offset, "the runtime dropped output");
+                            log.skip_to(c.offset);
                         }
-                        log.push(c.stream, &c.data);
+                        // Bytes the log has already are not kept twice.
+                        let repeated =
+                            usize::try_from(end.saturating_sub(c.offset)).unwrap_or(usize::MAX);
+                        log.push(c.stream, c.data.get(repeated..).unwrap_or_default());
                     }
                     Err(e) => {
                         warn!(%task, error = %e, "following the task's output failed");

@@ -155,6 +155,11 @@ impl Runs {
         Some(self.slots.get(run)?.output.clone())
     }
 
+    /// The output of every run still here.
+    pub(super) fn outputs(&self) -> Vec<Arc<OutputLog>> {
+        self.slots.values().map(|s| s.output.clone()).collect()
+    }
+
     pub(super) fn list(&self) -> Vec<RunningTask> {
         self.slots.keys().cloned().collect()
     }

@@ -100,6 +100,11 @@ impl Worker {
             }
         };
         let (reported, stopped) = tokio::join!(report_all, stop_all);
+        // Followers of runs still here at the bound end now, so the
+        // worker's server can finish its open streams.
+        for output in lock(&self.inner.runs).outputs() {
+            output.close();
+        }
         let summary = ShutdownSummary {
             reported,
             unreported: total - reported,

@@ -157,12 +157,13 @@ impl Worker {
             Ok(c) => c,
             Err(e) => {
                 warn!(task = %run.task, error = %e, "task could not start");
+                let output = lock(&self.inner.runs).output(&run);
+                if let Some(output) = output {
+                    output.close();
+                    self.keep_ended_output(run.clone(), output);
+                }
                 let slot = lock(&self.inner.runs).finish(&run);
                 self.inner.run_ended.notify_waiters();
-                if let Some(s) = &slot {
-                    s.output.close();
-                    self.keep_ended_output(run.clone(), s.output.clone());
-                }
                 if slot.as_ref().and_then(|s| s.stop).is_none() {
                     let result = self.result(
                         &run,
@@ -198,8 +199,9 @@ impl Worker {
         if let Err(e) = self.inner.runtime.remove(&container).await {
             warn!(task = %run.task, error = %e, "could not remove container");
         }
-        let slot = lock(&self.inner.runs).finish(&run);
+        // Kept before the slot goes, so a follower finds one or the other.
         self.keep_ended_output(run.clone(), output);
+        let slot = lock(&self.inner.runs).finish(&run);
         self.inner.run_ended.notify_waiters();
         let (stop, started_at) = (
             slot.as_ref().and_then(|s| s.stop),

@@ -205,3 +205,36 @@ proptest! {
         prop_assert_eq!(log.last_lines(n), want as u64);
     }
 }
+
+#[test]
+fn a_tail_with_invalid_utf8_still_ends_at_the_end() {
+    let log = OutputLog::new(1 << 20);
+    log.push(Stdout, b"ok \xff\n");
+    let tail = log.tail(100);
+    assert_eq!(
+        tail.text, " \u{fffd}\n",
+        "cut at the start to fit the output's 5 bytes"
+    );
+    assert_eq!(tail.offset, 0);
+    log.push(Stdout, b"0123456789");
+    let tail = log.tail(12);
+    assert_eq!(tail.text, "\u{fffd}\n0123456789");
+    assert_eq!(
+        tail.offset + tail.text.len() as u64,
+        15,
+        "it ends where the output ends"
+    );
+}
+
+#[test]
+fn skipping_ahead_leaves_one_gap_where_it_is() {
+    let log = OutputLog::new(1 << 20);
+    log.push(Stdout, b"abc");
+    log.skip_to(2);
+    assert_eq!(log.span(), (0, 3), "not backwards");
+    log.skip_to(10);
+    log.push(Stderr, b"xyz");
+    assert_eq!(log.span(), (10, 13));
+    let got = log.read(0, u64::MAX, usize::MAX);
+    assert_eq!((got[0].offset, bytes(&got)), (10, b"xyz".to_vec()));
+}
