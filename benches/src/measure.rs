@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cloudai_core::host;
+use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{ArrayIndices, Resources, TaskSpec, TaskStatus};
 use cloudai_core::store::TaskFilter;
 use cloudai_grpc::{MasterClient, Security};
@@ -243,7 +244,7 @@ pub async fn run(
             .parse()
             .map_err(|e: cloudai_core::model::ValidationError| e.to_string())?;
         let (id, _) = client
-            .submit_array(spec.clone(), &indices)
+            .submit_array(spec.clone(), &indices, SubmitOptions::default())
             .await
             .map_err(|e| e.to_string())?;
         Some(id)

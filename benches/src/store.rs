@@ -218,6 +218,7 @@ async fn store_phases(args: &Args) -> Result<(), String> {
         exit_code: Some(0),
         logs: "done\n".into(),
         logs_offset: 0,
+        signal: None,
         message: None,
         started_at: Some(Timestamp::from_millis(11)),
         finished_at: Timestamp::from_millis(20),

@@ -457,6 +457,7 @@ async fn report(
         },
         logs: String::new(),
         logs_offset: 0,
+        signal: None,
         message: (status == TaskStatus::Cancelled).then(|| "stopped on cancel".into()),
         started_at: Some(started),
         finished_at: now(),

@@ -116,6 +116,29 @@ pub fn sample(request: &Resources, walk: impl IntoIterator<Item = Candidate>) ->
         .collect()
 }
 
+/// The largest of `workers` (by CPU, then memory) when none of them could
+/// ever hold `request`, even with nothing running; `None` when one could,
+/// or there are none. A submit is refused on it: such a task would wait
+/// for ever.
+pub fn never_fits<'a>(
+    request: &Resources,
+    workers: impl IntoIterator<Item = (&'a WorkerId, Resources)>,
+) -> Option<(&'a WorkerId, Resources)> {
+    let mut largest: Option<(&WorkerId, Resources)> = None;
+    for (id, capacity) in workers {
+        if request.fits_within(&capacity) {
+            return None;
+        }
+        let bigger = largest.is_none_or(|(_, l)| {
+            (capacity.cpu_millis, capacity.memory_mb) > (l.cpu_millis, l.memory_mb)
+        });
+        if bigger {
+            largest = Some((id, capacity));
+        }
+    }
+    largest
+}
+
 /// Why `request` fits none of `walk` now, as [`place`] would say over the
 /// same workers. The walk stops at the first active worker that could
 /// ever hold it (then every one is busy), so in a full cluster this costs
@@ -322,6 +345,23 @@ impl FromStr for Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_no_worker_could_hold_names_the_largest() {
+        let (a, b) = (WorkerId::new("a").unwrap(), WorkerId::new("b").unwrap());
+        let small = Resources::new(2.0, 4.0, 10.0, 0).unwrap();
+        let big = Resources::new(4.0, 2.0, 10.0, 0).unwrap();
+        let ask = |cpu, gpus| Resources::new(cpu, 1.0, 0.0, gpus).unwrap();
+        let workers = || [(&a, small), (&b, big)];
+        assert_eq!(never_fits(&ask(8.0, 0), workers()), Some((&b, big)));
+        assert_eq!(
+            never_fits(&ask(1.0, 1), workers()),
+            Some((&b, big)),
+            "no GPU anywhere"
+        );
+        assert_eq!(never_fits(&ask(3.0, 0), workers()), None, "b could hold it");
+        assert_eq!(never_fits(&ask(8.0, 0), []), None, "no worker: it queues");
+    }
 
     fn cand(id: &str, active: bool, cap: (f64, f64, u32), free: (f64, f64, u32)) -> Candidate {
         Candidate {

@@ -132,6 +132,7 @@ mod tests {
             exit_code: Some(0),
             logs: logs.into(),
             logs_offset: 0,
+            signal: None,
             message: None,
             started_at: None,
             finished_at: Timestamp::ZERO,

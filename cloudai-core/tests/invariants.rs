@@ -107,6 +107,7 @@ fn report(
         exit_code: Some(i32::from(outcome != Reported::Completed)),
         logs: format!("report #{n}"),
         logs_offset: 0,
+        signal: None,
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(n as u64),

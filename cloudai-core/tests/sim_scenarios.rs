@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cloudai_core::liveness::Health;
-use cloudai_core::master::{CancelOutcome, MasterConfig, WorkerView};
+use cloudai_core::master::{CancelOutcome, MasterConfig, SubmitOptions, WorkerView};
 use cloudai_core::model::{InstanceId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
 use cloudai_core::store::{TaskFilter, TaskStore};
 use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
@@ -676,7 +676,24 @@ async fn queued_task_is_placed_when_a_running_task_ends() {
         v.waiting.as_deref(),
         Some("no active worker has enough free resources now")
     );
-    let too_big = c.master.submit(fake_task(1, 0, 64.0)).await.unwrap();
+    // No registered worker could ever hold 64 CPUs: refused, naming the
+    // largest worker, unless told to wait for capacity.
+    let refused = c.master.submit(fake_task(1, 0, 64.0)).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidInput(_))
+            && refused
+                .to_string()
+                .contains("the largest worker, w1, has cpu=1"),
+        "{refused}"
+    );
+    let waiting = SubmitOptions {
+        wait_for_capacity: true,
+    };
+    let too_big = c
+        .master
+        .submit_with(fake_task(1, 0, 64.0), waiting)
+        .await
+        .unwrap();
     c.run_for(Duration::from_secs(15)).await;
     assert_eq!(status(&c, &first).await, TaskStatus::Completed);
     assert_eq!(status(&c, &second).await, TaskStatus::Completed);

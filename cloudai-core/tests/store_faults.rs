@@ -187,6 +187,7 @@ async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
         exit_code: Some(0),
         logs: String::new(),
         logs_offset: 0,
+        signal: None,
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(5),

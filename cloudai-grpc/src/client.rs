@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cloudai_core::master::{CancelOutcome, TaskFollow, TaskView};
+use cloudai_core::master::{CancelOutcome, SubmitOptions, TaskFollow, TaskView};
 use cloudai_core::model::{
     ArrayId, ArrayIndices, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry,
     WorkerId, WorkerIdentity,
@@ -113,11 +113,17 @@ impl MasterClient {
 
     /// Submits a task.
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
+        self.submit_with(spec, SubmitOptions::default()).await
+    }
+
+    /// [`MasterClient::submit`], with options.
+    pub async fn submit_with(&self, spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
         let r = self
             .c()
             .submit(self.req(proto::SubmitRequest {
                 spec: Some(spec.into()),
                 array: None,
+                wait_for_capacity: options.wait_for_capacity,
             }))
             .await
             .map_err(from_status)?;
@@ -130,12 +136,14 @@ impl MasterClient {
         &self,
         spec: TaskSpec,
         indices: &ArrayIndices,
+        options: SubmitOptions,
     ) -> Result<(ArrayId, usize)> {
         let r = self
             .c()
             .submit(self.req(proto::SubmitRequest {
                 spec: Some(spec.into()),
                 array: Some(indices.to_string()),
+                wait_for_capacity: options.wait_for_capacity,
             }))
             .await
             .map_err(from_status)?

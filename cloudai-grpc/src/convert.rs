@@ -87,7 +87,7 @@ pub fn from_status(s: Status) -> Error {
     // refused, plain HTTP/2 against TLS) is reported under various codes:
     // whatever the code, the peer cannot be talked to.
     if is_transport(&s) {
-        return Error::Unavailable(format!("cannot talk to the peer: {s}"));
+        return Error::Unavailable(format!("cannot talk to the peer: {}", causes(&s)));
     }
     match s.code() {
         Code::NotFound => {
@@ -128,6 +128,21 @@ pub fn from_status(s: Status) -> Error {
             source: Box::new(s),
         },
     }
+}
+
+/// The messages of an error and its causes, as one line.
+fn causes(s: &Status) -> String {
+    let mut parts = vec![s.message().to_string()];
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(": ")
 }
 
 fn is_transport(s: &Status) -> bool {
@@ -299,6 +314,7 @@ impl From<TaskResult> for proto::TaskResult {
             attempt: r.attempt,
             status: r.status.to_string(),
             exit_code: r.exit_code,
+            signal: r.signal,
             logs: r.logs,
             logs_offset: r.logs_offset,
             message: r.message,
@@ -316,6 +332,7 @@ pub fn result(r: proto::TaskResult) -> Result<TaskResult, Status> {
         attempt: r.attempt,
         status: status(&r.status)?,
         exit_code: r.exit_code,
+        signal: r.signal,
         logs: r.logs,
         logs_offset: r.logs_offset,
         message: r.message,

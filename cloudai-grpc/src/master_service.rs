@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use cloudai_core::master::{Master, MAX_PAGE};
+use cloudai_core::master::{Master, SubmitOptions, MAX_PAGE};
 use cloudai_core::model::{ArrayIndices, ValidationError};
 use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::transport::Registration;
@@ -134,9 +134,12 @@ impl master_server::Master for MasterService {
     async fn submit(&self, req: Request<proto::SubmitRequest>) -> Reply<proto::SubmitReply> {
         let r = req.into_inner();
         let spec = convert::spec(r.spec)?;
+        let options = SubmitOptions {
+            wait_for_capacity: r.wait_for_capacity,
+        };
         let m = self.master.clone();
         let Some(array) = r.array else {
-            let id = detached(async move { m.submit(spec).await }).await?;
+            let id = detached(async move { m.submit_with(spec, options).await }).await?;
             return Ok(Response::new(proto::SubmitReply {
                 task_id: id.into(),
                 array_id: None,
@@ -146,7 +149,8 @@ impl master_server::Master for MasterService {
         let indices: ArrayIndices = array
             .parse()
             .map_err(|e: ValidationError| to_status(e.into()))?;
-        let (array, ids) = detached(async move { m.submit_array(spec, &indices).await }).await?;
+        let (array, ids) =
+            detached(async move { m.submit_array_with(spec, &indices, options).await }).await?;
         Ok(Response::new(proto::SubmitReply {
             task_id: ids.first().map(ToString::to_string).unwrap_or_default(),
             array_id: Some(array.into()),
@@ -209,8 +213,12 @@ impl master_server::Master for MasterService {
         let mut out = Vec::with_capacity(tasks.len());
         let mut bytes = 0;
         let mut last: Option<PageKey> = None;
-        for t in tasks {
+        for mut t in tasks {
             let key = PageKey::after(&t);
+            // A pending task's reason is why it waits now.
+            if let Some(waiting) = self.master.waiting(&t) {
+                t.reason = Some(waiting);
+            }
             let wire = proto::Task::from(t);
             bytes += wire.encoded_len();
             if bytes > PAGE_BYTES && !out.is_empty() {

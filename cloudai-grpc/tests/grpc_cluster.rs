@@ -501,6 +501,7 @@ async fn a_refused_report_answers_failed_precondition_with_the_reason() {
         exit_code: Some(1),
         logs: "forged".into(),
         logs_offset: 0,
+        signal: None,
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(1),

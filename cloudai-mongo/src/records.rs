@@ -219,6 +219,8 @@ pub(crate) struct ResultDoc {
     status: TaskStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
     logs: String,
     #[serde(default)]
     logs_offset: i64,
@@ -237,6 +239,7 @@ impl ResultDoc {
             attempt: i64::from(r.attempt),
             status: r.status,
             exit_code: r.exit_code,
+            signal: r.signal,
             logs: r.logs.clone(),
             logs_offset: to_i64("logs_offset", r.logs_offset)?,
             message: r.message.clone(),
@@ -252,6 +255,7 @@ impl ResultDoc {
             attempt: to_u32("attempt", self.attempt)?,
             status: self.status,
             exit_code: self.exit_code,
+            signal: self.signal,
             logs: self.logs,
             logs_offset: to_u64("logs_offset", self.logs_offset)?,
             message: self.message,
@@ -480,6 +484,7 @@ mod tests {
             exit_code: Some(-9),
             logs: "out".into(),
             logs_offset: 7,
+            signal: Some(9),
             message: Some("m".into()),
             started_at: None,
             finished_at: Timestamp::from_millis(8),

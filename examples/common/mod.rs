@@ -20,25 +20,30 @@ use cloudai_grpc::{Security, Tls, Token};
 #[derive(Debug, Clone, Args)]
 pub struct SecurityArgs {
     /// Shared cluster token; every call must carry it.
-    #[arg(long, env = "CLOUDAI_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CLOUDAI_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Read the token from this file instead.
-    #[arg(long, env = "CLOUDAI_TOKEN_FILE", conflicts_with = "token")]
+    #[arg(
+        long,
+        env = "CLOUDAI_TOKEN_FILE",
+        conflicts_with = "token",
+        global = true
+    )]
     pub token_file: Option<PathBuf>,
     /// Run without a token (anyone who can connect is obeyed).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub insecure: bool,
     /// This node's TLS certificate (PEM); enables TLS.
-    #[arg(long, env = "CLOUDAI_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "CLOUDAI_TLS_CERT", requires = "tls_key", global = true)]
     pub tls_cert: Option<PathBuf>,
     /// This node's TLS key (PEM).
-    #[arg(long, env = "CLOUDAI_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "CLOUDAI_TLS_KEY", requires = "tls_cert", global = true)]
     pub tls_key: Option<PathBuf>,
     /// Cluster CA (PEM): verify peers with it and require client certificates (mutual TLS).
-    #[arg(long, env = "CLOUDAI_TLS_CA")]
+    #[arg(long, env = "CLOUDAI_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
     /// Name expected in the peer's certificate, if not its host name.
-    #[arg(long, env = "CLOUDAI_TLS_DOMAIN")]
+    #[arg(long, env = "CLOUDAI_TLS_DOMAIN", global = true)]
     pub tls_domain: Option<String>,
 }
 
@@ -78,8 +83,12 @@ impl SecurityArgs {
 pub fn init_logging(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal, and not with NO_COLOR set.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -88,11 +97,12 @@ pub fn init_logging(json: bool, default: &str) {
     }
 }
 
-/// Parses seconds (fractions allowed) as a duration.
+/// Parses a duration: seconds (fractions allowed) or humantime (`30s`, `5m`, `1h30m`).
 pub fn seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let Ok(v) = s.trim().parse::<f64>() else {
+        return humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration (30, 1.5, 30s, 5m, 1h30m): {e}"));
+    };
     if !v.is_finite() || !(0.0..=1e9).contains(&v) {
         return Err(format!("{s:?} is not a valid number of seconds"));
     }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
+use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{
     ArrayId, ArrayIndices, Resources, TaskId, TaskSpec, TaskStatus, WorkerId,
 };
@@ -14,7 +16,10 @@ use cloudai_core::Error;
 use cloudai_examples as common;
 use cloudai_grpc::MasterClient;
 
-use crate::output;
+use crate::{exit, output};
+
+/// Every task status, as the CLI spells it.
+const STATUSES: [&str; 5] = ["pending", "running", "completed", "failed", "cancelled"];
 
 /// What an operator can ask of a master.
 #[derive(Debug, Subcommand)]
@@ -35,8 +40,8 @@ pub(crate) enum Command {
     Workers,
     /// List the newest tasks, with a line of counts by status.
     Tasks {
-        /// Only these statuses (pending, running, completed, failed, cancelled).
-        #[arg(long)]
+        /// Only these statuses.
+        #[arg(long, value_parser = PossibleValuesParser::new(STATUSES))]
         status: Vec<String>,
         /// Only tasks on this worker.
         #[arg(long)]
@@ -63,8 +68,8 @@ pub(crate) enum Command {
         /// Every pending or running task on this worker.
         #[arg(long)]
         worker: Option<String>,
-        /// Every task in this status (pending or running).
-        #[arg(long)]
+        /// Every task in this status.
+        #[arg(long, value_parser = PossibleValuesParser::new(["pending", "running"]))]
         status: Vec<String>,
         /// Every pending or running task of this array.
         #[arg(long)]
@@ -117,6 +122,11 @@ pub(crate) enum Command {
     Reconcile,
     /// Retry every offline worker now.
     Reconnect,
+    /// Print shell completions: `cloudai-master completions bash > /etc/bash_completion.d/cloudai-master`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where printing a task's output starts (default: its first byte).
@@ -168,6 +178,10 @@ pub(crate) struct TaskArgs {
     /// `0-30:10`, `1,3,5-7`); each sees its index in CLOUDAI_ARRAY_INDEX.
     #[arg(long, value_parser = array_indices)]
     array: Option<ArrayIndices>,
+    /// Queue it even if no registered worker could ever hold it (it waits
+    /// for a bigger worker to join); otherwise such a request is refused.
+    #[arg(long)]
+    wait_for_capacity: bool,
     /// Container image (the process runtime records it but runs the command).
     image: String,
     /// Command and arguments.
@@ -187,6 +201,12 @@ fn env_pair(s: &str) -> Result<(String, String), String> {
 }
 
 impl TaskArgs {
+    fn options(&self) -> SubmitOptions {
+        SubmitOptions {
+            wait_for_capacity: self.wait_for_capacity,
+        }
+    }
+
     fn spec(&self) -> Result<TaskSpec, Error> {
         let resources = Resources::new(self.cpu, self.mem, self.disk, self.gpus)?;
         let mut spec = TaskSpec::new(self.image.clone(), self.command.clone(), resources);
@@ -210,8 +230,9 @@ pub(crate) async fn execute(client: &MasterClient, cmd: Command, json: bool) -> 
     match run(client, cmd, json).await {
         Ok(code) => code,
         Err(e) => {
-            output::error(&e.to_string());
-            ExitCode::from(1)
+            let (code, kind) = exit::of_error(&e);
+            output::error(json, kind, &e.to_string());
+            ExitCode::from(code)
         }
     }
 }
@@ -228,11 +249,13 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
         }
         Command::Task(args) => match &args.array {
             Some(indices) => {
-                let (array, count) = client.submit_array(args.spec()?, indices).await?;
+                let (array, count) = client
+                    .submit_array(args.spec()?, indices, args.options())
+                    .await?;
                 output::array_submitted(json, &array, count);
             }
             None => {
-                let id = client.submit(args.spec()?).await?;
+                let id = client.submit_with(args.spec()?, args.options()).await?;
                 output::submitted(json, &id);
             }
         },
@@ -242,7 +265,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             ));
         }
         Command::Run(args) => {
-            let id = client.submit(args.spec()?).await?;
+            let id = client.submit_with(args.spec()?, args.options()).await?;
             if !json {
                 output::progress(&format!("task {id} submitted; following its output"));
             }
@@ -317,7 +340,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             let mut printer = output::OutputPrinter::new(json);
             while let Some(o) = output.recv().await {
                 if printer.print(&o?).is_err() {
-                    return Ok(ExitCode::from(1));
+                    return Ok(ExitCode::from(exit::CLOSED_PIPE));
                 }
             }
         }
@@ -339,6 +362,12 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             );
         }
         Command::Reconcile => output::reconciled(json, &client.reconcile().await?),
+        Command::Completions { .. } => {
+            return Err(Error::Conflict(
+                "completions are printed by the command line: cloudai-master completions <shell>"
+                    .into(),
+            ))
+        }
         Command::Reconnect => {
             client.reconnect().await?;
             output::message(json, "reconnecting to every offline worker now");
@@ -361,7 +390,7 @@ async fn follow(
     while let Some(o) = output.recv().await {
         let o = o?;
         if !json && printer.print(&o).is_err() {
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(exit::CLOSED_PIPE));
         }
     }
     let view = client.task(id).await?;
@@ -370,11 +399,7 @@ async fn follow(
     } else {
         output::finished(&view);
     }
-    Ok(if view.task.status == TaskStatus::Completed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(exit::of_task(&view)))
 }
 
 /// Waits (up to 10 s) until the worker has registered, so a one-shot
@@ -433,7 +458,7 @@ pub(crate) async fn repl(client: &MasterClient, json: bool) -> Result<(), String
             Err(_) => break,
         };
         let Some(words) = shlex::split(&line) else {
-            output::error("unbalanced quotes");
+            output::error(json, "usage", "unbalanced quotes");
             continue;
         };
         if words.is_empty() {

@@ -8,6 +8,7 @@
 //!   `nomad agent -dev`; with a command, runs it and exits.
 
 mod cli;
+mod exit;
 mod output;
 
 use std::sync::Arc;
@@ -35,13 +36,13 @@ struct Cli {
     #[command(flatten)]
     server: ServerArgs,
     /// Talk to the running master at this address instead of starting one.
-    #[arg(long, env = "CLOUDAI_MASTER")]
+    #[arg(long, env = "CLOUDAI_MASTER", global = true)]
     master: Option<String>,
     /// Print command results as JSON.
     #[arg(long, global = true)]
     json: bool,
     /// Log as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_json: bool,
     #[command(flatten)]
     security: common::SecurityArgs,
@@ -71,7 +72,10 @@ struct ServerArgs {
     #[arg(long, env = "CLOUDAI_MONGO_DB", default_value = "cloudai")]
     mongo_db: String,
     /// Placement policy: round-robin, least-loaded, bin-pack, resource-aware.
-    #[arg(long, env = "CLOUDAI_SCHEDULER", default_value = "resource-aware")]
+    #[arg(long, env = "CLOUDAI_SCHEDULER", default_value = "resource-aware",
+          value_parser = clap::builder::TypedValueParser::try_map(
+              clap::builder::PossibleValuesParser::new(["round-robin", "least-loaded", "bin-pack", "resource-aware"]),
+              |s| s.parse::<Policy>()))]
     scheduler: Policy,
     /// Seconds without a heartbeat before a worker is inactive.
     #[arg(long, default_value = "30", value_parser = common::seconds)]
@@ -132,19 +136,48 @@ impl ServerArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
     let quiet = cli.command.is_some() || cli.master.is_some();
     common::init_logging(cli.log_json, if quiet { "warn" } else { "info" });
+    let json = cli.json;
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            output::error(&e);
-            std::process::ExitCode::from(2)
+            output::error(json, "config", &e);
+            std::process::ExitCode::from(exit::CONFIG)
         }
     }
 }
 
+/// A command line clap refused: its message (as JSON with `--json`) and
+/// the usage code; `--help` and `--version` print and succeed.
+fn usage(e: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return std::process::ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|a| a == "--json") {
+        let text = e.render().to_string();
+        let message = text.trim().trim_start_matches("error: ");
+        output::error(true, "usage", message);
+    } else {
+        let _ = e.print();
+    }
+    std::process::ExitCode::from(exit::USAGE)
+}
+
 async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
+    if let Some(cli::Command::Completions { shell }) = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut command, "cloudai-master", &mut out);
+        output::raw(&out);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Some(address) = &cli.master {
         let security = cli.security.resolve(None)?;
         let client = MasterClient::new(address, security).map_err(|e| e.to_string())?;

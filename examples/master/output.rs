@@ -4,14 +4,33 @@
 
 use std::io::Write;
 
-use cloudai_core::master::{CancelOutcome, TaskOutput, TaskView};
-use cloudai_core::model::{ArrayId, StatusCounts, TaskId, TaskRecord, Timestamp};
+use comfy_table::{Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
+
+use crate::exit;
+
+use cloudai_core::master::{short_reason, CancelOutcome, TaskOutput, TaskView};
+use cloudai_core::model::{ArrayId, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp};
 use cloudai_core::output::OutputStream;
 use cloudai_grpc::proto;
 use serde::Serialize;
 
+/// Prints a line on stdout; a closed stdout (`| head`) ends the CLI
+/// quietly.
+macro_rules! say {
+    () => { raw(b"\n") };
+    ($($arg:tt)*) => { raw(format!("{}\n", format_args!($($arg)*)).as_bytes()) };
+}
+
+/// Writes bytes to stdout; a closed stdout ends the CLI quietly.
+pub(crate) fn raw(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if out.write_all(bytes).and_then(|()| out.flush()).is_err() {
+        std::process::exit(i32::from(exit::CLOSED_PIPE));
+    }
+}
+
 fn json_line<T: Serialize>(value: &T) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     );
@@ -34,9 +53,13 @@ fn ago(t: Timestamp) -> String {
     }
 }
 
-/// An error, on stderr.
-pub(crate) fn error(msg: &str) {
-    eprintln!("error: {msg}");
+/// An error: on stderr, or with `--json` as one JSON object on stdout.
+pub(crate) fn error(json: bool, kind: &str, msg: &str) {
+    if json {
+        json_line(&serde_json::json!({ "error": { "kind": kind, "message": msg } }));
+    } else {
+        eprintln!("error: {msg}");
+    }
 }
 
 /// A progress note for a long wait, on stderr.
@@ -107,7 +130,7 @@ pub(crate) fn message(json: bool, msg: &str) {
     if json {
         json_line(&serde_json::json!({ "ok": true, "message": msg }));
     } else {
-        println!("{msg}");
+        say!("{msg}");
     }
 }
 
@@ -115,7 +138,7 @@ pub(crate) fn submitted(json: bool, id: &TaskId) {
     if json {
         json_line(&serde_json::json!({ "task_id": id }));
     } else {
-        println!("task {id} submitted");
+        say!("task {id} submitted");
     }
 }
 
@@ -178,45 +201,56 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
         return json_line(&rows);
     }
     if ws.is_empty() {
-        println!("no workers registered");
+        say!("no workers registered");
         return;
     }
-    println!(
-        "{:<2} {:<16} {:<18} {:<22} {:>11} {:>13} {:>7} {:>5}  LAST HEARTBEAT",
-        "", "WORKER", "STATUS", "ADDRESS", "CPU", "MEM GB", "GPU", "TASKS"
-    );
+    let mut table = table(&[
+        "",
+        "WORKER",
+        "STATUS",
+        "ADDRESS",
+        "CPU",
+        "MEM GB",
+        "GPU",
+        "TASKS",
+        "LAST HEARTBEAT",
+    ]);
     for w in ws {
-        let marker = match w.health.as_str() {
-            "active" => "●",
-            "lost" => "✗",
-            _ => "○",
+        let (marker, colour) = match w.health.as_str() {
+            "active" => ("●", Color::Green),
+            "lost" => ("✗", Color::Red),
+            _ => ("○", Color::Yellow),
         };
         let (ca, ma, ga) = res(&w.allocated);
         let (cc, mc, gc) = res(&w.capacity);
-        println!(
-            "{marker:<2} {:<16} {:<18} {:<22} {:>11} {:>13} {:>7} {:>5}  {}",
-            w.id,
-            match &w.drain {
-                Some(drain) => format!("{}, {drain}", w.health),
-                None => w.health.clone(),
-            },
-            w.address.as_deref().unwrap_or("-"),
-            format!("{ca}/{cc}"),
-            format!("{ma}/{mc}"),
-            format!("{ga}/{gc}"),
-            w.tasks.len(),
-            w.last_heartbeat
-                .map(|t| ago(Timestamp::from_millis(t)))
-                .unwrap_or_else(|| "never".into()),
-        );
+        let status = match &w.drain {
+            Some(drain) => format!("{}, {drain}", w.health),
+            None => w.health.clone(),
+        };
+        table.add_row(vec![
+            Cell::new(marker).fg(colour),
+            Cell::new(&w.id),
+            Cell::new(status).fg(colour),
+            Cell::new(w.address.as_deref().unwrap_or("-")),
+            right(format!("{ca}/{cc}")),
+            right(format!("{ma}/{mc}")),
+            right(format!("{ga}/{gc}")),
+            right(w.tasks.len()),
+            Cell::new(
+                w.last_heartbeat
+                    .map(|t| ago(Timestamp::from_millis(t)))
+                    .unwrap_or_else(|| "never".into()),
+            ),
+        ]);
     }
+    say!("{table}");
 }
 
 pub(crate) fn array_submitted(json: bool, id: &ArrayId, count: usize) {
     if json {
         json_line(&serde_json::json!({ "array_id": id, "tasks": count }));
     } else {
-        println!("array {id} submitted: {count} tasks (tasks --array {id})");
+        say!("array {id} submitted: {count} tasks (tasks --array {id})");
     }
 }
 
@@ -225,7 +259,7 @@ pub(crate) fn tasks(json: bool, ts: &[TaskRecord], counts: &StatusCounts) {
     if json {
         return json_line(&ts);
     }
-    println!(
+    say!(
         "{} tasks: {} pending, {} running, {} completed, {} failed, {} cancelled; showing {}",
         counts.total(),
         counts.pending,
@@ -238,22 +272,58 @@ pub(crate) fn tasks(json: bool, ts: &[TaskRecord], counts: &StatusCounts) {
     if ts.is_empty() {
         return;
     }
-    println!(
-        "{:<28} {:<10} {:<14} {:<18} {:>5} {:>6} {:<9} REASON",
-        "TASK", "STATUS", "WORKER", "IMAGE", "CPU", "MEM", "AGE"
-    );
+    let mut table = table(&[
+        "TASK", "STATUS", "WORKER", "IMAGE", "CPU", "MEM", "AGE", "REASON",
+    ]);
     for t in ts {
-        println!(
-            "{:<28} {:<10} {:<14} {:<18} {:>5} {:>6} {:<9} {}",
-            t.id,
-            t.status,
-            t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-"),
-            t.spec.image,
-            t.spec.resources.cpu_cores(),
-            t.spec.resources.memory_gb(),
-            ago(t.created_at),
-            t.reason.as_deref().unwrap_or(""),
+        let reason = t.reason.as_deref().unwrap_or("");
+        let reason = match t.status {
+            TaskStatus::Pending if !reason.is_empty() => short_reason(reason).to_string(),
+            _ => reason.to_string(),
+        };
+        table.add_row(vec![
+            Cell::new(&t.id),
+            Cell::new(t.status).fg(status_colour(t.status)),
+            Cell::new(t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-")),
+            Cell::new(&t.spec.image),
+            right(t.spec.resources.cpu_cores()),
+            right(t.spec.resources.memory_gb()),
+            Cell::new(ago(t.created_at)),
+            Cell::new(reason),
+        ]);
+    }
+    say!("{table}");
+}
+
+/// A table of plain columns, as wide as the terminal allows; colours only
+/// on a terminal, and not with `NO_COLOR` set.
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(
+            header
+                .iter()
+                .map(|h| Cell::new(h).add_attribute(Attribute::Bold)),
         );
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        t.force_no_tty();
+    }
+    t
+}
+
+/// A cell aligned right (numbers).
+fn right(value: impl ToString) -> Cell {
+    Cell::new(value).set_alignment(CellAlignment::Right)
+}
+
+fn status_colour(s: TaskStatus) -> Color {
+    match s {
+        TaskStatus::Pending => Color::Yellow,
+        TaskStatus::Running => Color::Blue,
+        TaskStatus::Completed => Color::Green,
+        TaskStatus::Failed => Color::Red,
+        TaskStatus::Cancelled => Color::DarkGrey,
     }
 }
 
@@ -264,42 +334,42 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         );
     }
     let t = &v.task;
-    println!("task      {}", t.id);
-    println!("status    {}", t.status);
-    println!("image     {}", t.spec.image);
-    println!(
+    say!("task      {}", t.id);
+    say!("status    {}", t.status);
+    say!("image     {}", t.spec.image);
+    say!(
         "command   {}",
         shlex::try_join(t.spec.command.iter().map(String::as_str)).unwrap_or_default()
     );
-    println!("resources {}", t.spec.resources);
-    println!(
+    say!("resources {}", t.spec.resources);
+    say!(
         "worker    {} (attempt {})",
         t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-"),
         t.attempt
     );
     if let Some(r) = &t.reason {
-        println!("reason    {r}");
+        say!("reason    {r}");
     }
     if let Some(w) = &v.waiting {
-        println!("waiting   {w}");
+        say!("waiting   {w}");
     }
     if let Some(r) = &v.result {
-        println!(
+        say!(
             "exit code {}",
             r.exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into())
         );
         if let Some(m) = &r.message {
-            println!("message   {m}");
+            say!("message   {m}");
         }
         match r.logs_offset {
-            0 => println!("--- logs ---"),
-            n => println!("--- logs (the end: {n} bytes before it left out) ---"),
+            0 => say!("--- logs ---"),
+            n => say!("--- logs (the end: {n} bytes before it left out) ---"),
         }
-        print!("{}", r.logs);
+        raw(r.logs.as_bytes());
         if !r.logs.ends_with('\n') && !r.logs.is_empty() {
-            println!();
+            say!();
         }
     }
 }
@@ -335,16 +405,16 @@ pub(crate) fn cancelled(json: bool, done: &[(TaskId, CancelOutcome)]) {
         return json_line(&rows);
     }
     if done.is_empty() {
-        println!("nothing to cancel");
+        say!("nothing to cancel");
     }
     for (id, o) in done {
         match o {
-            CancelOutcome::Dequeued => println!("task {id} cancelled (it had not started)"),
+            CancelOutcome::Dequeued => say!("task {id} cancelled (it had not started)"),
             CancelOutcome::Stopped { worker } => {
-                println!("task {id} cancelled; stopped on {worker}")
+                say!("task {id} cancelled; stopped on {worker}")
             }
             CancelOutcome::StopPending { worker, error } => {
-                println!("task {id} cancelled; {worker} has not confirmed the stop ({error}); it goes out in the background, or when the worker is back")
+                say!("task {id} cancelled; {worker} has not confirmed the stop ({error}); it goes out in the background, or when the worker is back")
             }
         }
     }
@@ -362,11 +432,11 @@ pub(crate) fn reconciled(json: bool, r: &proto::ReconcileReply) {
         );
     }
     if r.corrections.is_empty() && r.unknown_workers.is_empty() {
-        println!("allocations match running tasks; nothing to fix");
+        say!("allocations match running tasks; nothing to fix");
     }
     for c in &r.corrections {
         let (b, a) = (res(&c.before), res(&c.after));
-        println!(
+        say!(
             "fixed {}: CPU {}→{}, memory {}→{} GB (+{} -{} tasks)",
             c.worker,
             b.0,
@@ -378,9 +448,9 @@ pub(crate) fn reconciled(json: bool, r: &proto::ReconcileReply) {
         );
     }
     for u in &r.unknown_workers {
-        println!("running task on an unknown worker: {u}");
+        say!("running task on an unknown worker: {u}");
     }
     for w in &r.overcommitted {
-        println!("overcommitted: {w} runs more than its capacity");
+        say!("overcommitted: {w} runs more than its capacity");
     }
 }

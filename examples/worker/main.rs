@@ -39,7 +39,7 @@ struct Cli {
     state_dir: Option<std::path::PathBuf>,
     /// How tasks run: `docker`, `process` (local processes), or `auto`
     /// (Docker when a daemon answers, else processes).
-    #[arg(long, env = "CLOUDAI_RUNTIME", default_value = "auto")]
+    #[arg(long, env = "CLOUDAI_RUNTIME", default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(["auto", "docker", "process"]))]
     runtime: String,
     /// CPU cores offered (default: detected).
     #[arg(long)]

@@ -16,31 +16,67 @@ use crate::model::{
     ArrayId, ArrayIndices, ArrayMember, RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus,
     ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
 };
+use crate::placement::never_fits;
 use crate::store::TaskFilter;
 use crate::{Error, Result};
+
+/// How a submit treats its task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubmitOptions {
+    /// Queue it even if no registered worker could ever hold it (it waits
+    /// for a bigger worker to join). Without it such a submit is refused
+    /// once any worker has registered.
+    pub wait_for_capacity: bool,
+}
 
 impl Master {
     fn next_n(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// What every submit checks first: a valid spec, and a pin to a worker
-    /// this master knows.
-    fn check_submit(&self, spec: &TaskSpec) -> Result<()> {
+    /// What every submit checks first: a valid spec, a pin to a worker
+    /// this master knows, and (unless told to wait for capacity) a request
+    /// some registered worker could hold.
+    fn check_submit(&self, spec: &TaskSpec, options: SubmitOptions) -> Result<()> {
         spec.validate()?;
         if let Some(pin) = &spec.pin {
             if !self.state().knows(pin) {
                 return Err(Error::not_found("worker", pin));
             }
         }
-        Ok(())
+        if options.wait_for_capacity {
+            return Ok(());
+        }
+        let capacities = self.state().capacities();
+        let eligible = capacities
+            .iter()
+            .filter(|(w, _)| spec.pin.as_ref().is_none_or(|p| p == w))
+            .map(|(w, c)| (w, *c));
+        match never_fits(&spec.resources, eligible) {
+            None => Ok(()),
+            Some((largest, capacity)) => Err(ValidationError::Invalid {
+                field: "resources",
+                reason: format!(
+                    "no registered worker could ever run it: it asks for {}, and the largest{} worker, {largest}, has {capacity}; submit with --wait-for-capacity to queue it for a bigger worker",
+                    spec.resources,
+                    if spec.pin.is_some() { " (pinned)" } else { "" },
+                ),
+            }
+            .into()),
+        }
     }
 
-    /// Accepts a task. With `spec.pin` it runs only on that worker; else the
-    /// scheduler places it. Either way it waits in the queue, with a reason,
-    /// until a worker has room.
+    /// Accepts a task (refusing one no registered worker could ever hold).
+    /// With `spec.pin` it runs only on that worker; else the scheduler
+    /// places it. Either way it waits in the queue, with a reason, until a
+    /// worker has room.
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
-        self.check_submit(&spec)?;
+        self.submit_with(spec, SubmitOptions::default()).await
+    }
+
+    /// [`Master::submit`], with options.
+    pub async fn submit_with(&self, spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
+        self.check_submit(&spec, options)?;
         let now = self.now();
         let task = loop {
             let task = TaskRecord::new(TaskId::generated(now, self.next_n()), spec.clone(), now);
@@ -64,7 +100,18 @@ impl Master {
         spec: TaskSpec,
         indices: &ArrayIndices,
     ) -> Result<(ArrayId, Vec<TaskId>)> {
-        self.check_submit(&spec)?;
+        self.submit_array_with(spec, indices, SubmitOptions::default())
+            .await
+    }
+
+    /// [`Master::submit_array`], with options.
+    pub async fn submit_array_with(
+        &self,
+        spec: TaskSpec,
+        indices: &ArrayIndices,
+        options: SubmitOptions,
+    ) -> Result<(ArrayId, Vec<TaskId>)> {
+        self.check_submit(&spec, options)?;
         if indices.is_empty() {
             return Err(ValidationError::Empty { field: "array" }.into());
         }
@@ -207,9 +254,15 @@ impl Master {
                 warn!(task = %id, worker = %worker, error = %e, "assignment not delivered; requeueing");
                 self.state().mark_unreachable(&worker);
                 TaskEvent::Requeue {
+                    reason: format!(
+                        "worker {worker} {}: the task is placed again",
+                        match e {
+                            Error::Timeout(_) => "did not accept it in time",
+                            _ => "could not be reached",
+                        }
+                    ),
                     worker,
                     attempt: run.attempt,
-                    reason: e.to_string(),
                 }
             }
             Err(e) => {

@@ -55,9 +55,10 @@ use crate::transport::{MasterToWorker, WorkerEndpoint};
 use crate::Result;
 
 pub use config::{ConfigError, MasterConfig};
+pub use dispatch::SubmitOptions;
 pub use output::{TaskFollow, TaskOutput};
 pub use stops::CancelOutcome;
-pub use views::{TaskView, WorkerView, MAX_PAGE};
+pub use views::{short_reason, TaskView, WorkerView, MAX_PAGE};
 
 use state::State;
 

@@ -9,6 +9,33 @@ use crate::model::{
 };
 use crate::store::{PageKey, TaskFilter};
 
+/// A waiting reason in a word, in the manner of Slurm's pending reasons,
+/// for lists (the sentence is for `show`).
+pub fn short_reason(reason: &str) -> &'static str {
+    let pinned = reason.starts_with("waiting for worker ");
+    if reason.contains("no active workers") {
+        if pinned {
+            "PinnedWorkerDown"
+        } else {
+            "NoActiveWorker"
+        }
+    } else if reason.contains("exceeds") {
+        "TooLarge"
+    } else if reason.contains("enough free resources") {
+        if pinned {
+            "PinnedWorkerBusy"
+        } else {
+            "Resources"
+        }
+    } else if reason.contains("drain") {
+        "Drained"
+    } else if reason.contains("placed again") {
+        "Requeued"
+    } else {
+        "Waiting"
+    }
+}
+
 /// The most tasks one page holds.
 pub const MAX_PAGE: usize = 1000;
 use crate::Result;
@@ -70,6 +97,13 @@ impl Master {
     pub fn workers(&self) -> Vec<WorkerView> {
         let now = self.now();
         self.state().worker_views(now)
+    }
+
+    /// Why pending task `task` waits now, if the queue has said.
+    pub fn waiting(&self, task: &TaskRecord) -> Option<String> {
+        (task.status == TaskStatus::Pending)
+            .then(|| self.state().waiting_reason(task))
+            .flatten()
     }
 
     /// The task with its result and queue reason.

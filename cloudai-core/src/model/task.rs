@@ -315,6 +315,9 @@ pub struct TaskResult {
     pub status: TaskStatus,
     /// The exit code, when the process exited.
     pub exit_code: Option<i32>,
+    /// The signal that ended the process, when one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
     /// The end of the run's stdout and stderr in write order, bounded by
     /// the worker.
     pub logs: String,

@@ -58,6 +58,7 @@ fn result(task: &str, worker: &WorkerId, status: TaskStatus, logs: &str) -> Task
         }),
         logs: logs.into(),
         logs_offset: 0,
+        signal: None,
         message: None,
         started_at: Some(Timestamp::from_millis(1)),
         finished_at: Timestamp::from_millis(2),

@@ -219,9 +219,9 @@ impl Worker {
                 Some(format!("lost track of the container: {e}")),
             ),
         };
-        let code = exit.as_ref().ok().and_then(|e| e.code);
-        let result = self.result(&run, status, code, tail, message, started_at);
-        info!(task = %run.task, attempt = run.attempt, %status, code = ?code, "task ended");
+        let exit = exit.ok();
+        let result = self.result(&run, status, exit, tail, message, started_at);
+        info!(task = %run.task, attempt = run.attempt, %status, code = ?result.exit_code, signal = ?result.signal, "task ended");
         self.deliver(run, result).await;
     }
 
@@ -229,7 +229,7 @@ impl Worker {
         &self,
         run: &RunningTask,
         status: TaskStatus,
-        exit_code: Option<i32>,
+        exit: Option<ExitStatus>,
         logs: Tail,
         message: Option<String>,
         started_at: Option<Timestamp>,
@@ -239,7 +239,8 @@ impl Worker {
             worker_id: self.inner.config.id.clone(),
             attempt: run.attempt,
             status,
-            exit_code,
+            exit_code: exit.and_then(|e| e.code),
+            signal: exit.and_then(|e| e.signal),
             logs: logs.text,
             logs_offset: logs.offset,
             message,

@@ -249,6 +249,16 @@ impl State {
         self.workers.get(worker).is_some_and(|w| w.left)
     }
 
+    /// The capacity of every worker that registered, whatever its health
+    /// (one only named by an operator has none yet).
+    pub(in crate::master) fn capacities(&self) -> Vec<(WorkerId, Resources)> {
+        self.ledger
+            .workers()
+            .filter_map(|w| Some((w.clone(), self.ledger.capacity(w)?)))
+            .filter(|(_, c)| !c.is_zero())
+            .collect()
+    }
+
     pub(in crate::master) fn knows(&self, worker: &WorkerId) -> bool {
         self.workers.contains_key(worker)
     }
