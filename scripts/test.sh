@@ -13,13 +13,26 @@ scripts/docker-test-image.sh
 # speaking the MongoDB wire protocol. Unless CLOUDAI_TEST_MONGO_URI names
 # one, start nx-27017 (installed into target/nx-venv on first use) on a free
 # port, and stop it (removing its data) when this script exits.
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do eval "$c"; done' EXIT
 if [[ -z "${CLOUDAI_TEST_MONGO_URI:-}" ]]; then
   mongo_pid_file=$(mktemp "${TMPDIR:-/tmp}/cloudai-mongo-test.XXXXXX")
-  trap 'scripts/mongo-test-server.sh --stop "$mongo_pid_file"' EXIT
+  cleanup+=('scripts/mongo-test-server.sh --stop "$mongo_pid_file"')
   CLOUDAI_TEST_MONGO_URI=$(scripts/mongo-test-server.sh --pid-file "$mongo_pid_file")
   export CLOUDAI_TEST_MONGO_URI
   echo "MongoDB-wire test server (nx-27017) at $CLOUDAI_TEST_MONGO_URI" >&2
 fi
 # --- end MongoDB-wire test server ---
+
+# --- Docker registry for the image-pull tests ---
+# examples/tests/docker_cluster.rs pulls from a registry on 127.0.0.1:
+# unless CLOUDAI_TEST_REGISTRY names one, start Debian's docker-registry.
+if [[ -z "${CLOUDAI_TEST_REGISTRY:-}" ]]; then
+  registry_pid_file=$(mktemp "${TMPDIR:-/tmp}/cloudai-registry-test.XXXXXX")
+  cleanup+=('scripts/registry-test-server.sh --stop "$registry_pid_file"')
+  CLOUDAI_TEST_REGISTRY=$(scripts/registry-test-server.sh --pid-file "$registry_pid_file")
+  export CLOUDAI_TEST_REGISTRY
+  echo "Docker registry for the pull tests at $CLOUDAI_TEST_REGISTRY" >&2
+fi
 
 cargo test --workspace --all-features "$@"

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use cloudai_core::model::ValidationError;
@@ -27,14 +27,12 @@ use cloudai_core::runtime::{
 };
 use cloudai_core::{Error, Result};
 use futures_util::StreamExt;
-use tracing::{info, warn};
+use tracing::warn;
 
 mod output;
+mod pull;
 
-/// How long to try pulling a missing image before giving up (a registry
-/// that cannot be reached fails fast; a slow one should not block a task
-/// forever).
-const PULL_TIMEOUT: Duration = Duration::from_secs(30);
+pub use pull::DEFAULT_PULL_TIMEOUT;
 
 /// The Docker runtime.
 #[derive(Debug, Clone)]
@@ -44,6 +42,8 @@ pub struct DockerRuntime {
     worker: String,
     /// Bytes of output kept per container it started.
     log_limit: usize,
+    /// How long pulling a missing image may take.
+    pull_timeout: Duration,
     /// The output of the containers it started, until removed.
     outputs: Arc<Mutex<HashMap<ContainerId, Arc<OutputLog>>>>,
 }
@@ -112,6 +112,7 @@ impl DockerRuntime {
             docker,
             worker: worker.into(),
             log_limit: DEFAULT_LOG_LIMIT,
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
             outputs: Arc::default(),
         })
     }
@@ -120,6 +121,13 @@ impl DockerRuntime {
     /// [`DEFAULT_LOG_LIMIT`]).
     pub fn with_log_limit(mut self, bytes: usize) -> Self {
         self.log_limit = bytes;
+        self
+    }
+
+    /// Gives up pulling a missing image after `timeout` (default
+    /// [`DEFAULT_PULL_TIMEOUT`]); the task then fails, saying so.
+    pub fn with_pull_timeout(mut self, timeout: Duration) -> Self {
+        self.pull_timeout = timeout;
         self
     }
 
@@ -143,21 +151,9 @@ impl DockerRuntime {
                 ),
             })
         };
-        info!(%image, "image missing; trying to pull it");
-        let options = CreateImageOptions {
-            from_image: Some(image.to_string()),
-            ..Default::default()
-        };
-        let pull = async {
-            let mut stream = self.docker.create_image(Some(options), None, None);
-            while let Some(step) = stream.next().await {
-                step.map_err(|e| missing(e.to_string()))?;
-            }
-            Ok::<(), Error>(())
-        };
-        tokio::time::timeout(PULL_TIMEOUT, pull)
+        pull::pull(&self.docker, image, self.pull_timeout)
             .await
-            .map_err(|_| missing(format!("no answer within {PULL_TIMEOUT:?}")))?
+            .map_err(missing)
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {

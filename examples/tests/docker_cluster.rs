@@ -216,3 +216,95 @@ fn docker_task_output_comes_back_byte_for_byte() {
         .to_vec()
     });
 }
+
+/// The test registry's address (`./scripts/test.sh` starts one).
+fn registry() -> String {
+    std::env::var("CLOUDAI_TEST_REGISTRY")
+        .expect("CLOUDAI_TEST_REGISTRY is not set: run ./scripts/test.sh, which starts a registry")
+}
+
+/// Pushes the test image to the registry as `name:tag` and removes the
+/// local tag, so a worker must pull it. Returns the image reference.
+fn pushed(name: &str, tag: &str) -> String {
+    let image = format!("{}/{name}:{tag}", registry());
+    for args in [
+        vec!["tag", IMAGE, image.as_str()],
+        vec!["push", image.as_str()],
+        vec!["rmi", image.as_str()],
+    ] {
+        let out = Command::new("docker")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("docker");
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+    }
+    image
+}
+
+/// A missing image is pulled from a real registry, with its progress in
+/// the worker's log; a pull that outlasts `--pull-timeout` fails its task
+/// with a reason that says so.
+#[test]
+fn docker_pulls_a_missing_image_and_a_slow_pull_fails_its_task_clearly() {
+    let (mut c, w, idx, _sweep) = docker_cluster("dpull");
+    let image = pushed(&format!("cloudai-pull-{}", c.tag), "1");
+    let t = c.submit(&[
+        "--on",
+        &w,
+        "--cpu",
+        "0.5",
+        "--mem",
+        "0.1",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "echo pulled-and-ran",
+    ]);
+    let v = until(EVENTUALLY, "the task ran from the pulled image", || {
+        let v = c.show(&t);
+        (v["task"]["status"] == "completed").then_some(v)
+    });
+    assert!(
+        v["result"]["logs"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pulled-and-ran"),
+        "{v}"
+    );
+    let log = log_lines(&c.workers[idx].log).join("\n");
+    assert!(
+        log.contains("pulling it") && log.contains("image pulled"),
+        "the pull is in the log: {log}"
+    );
+
+    c.worker_args = vec!["--pull-timeout".into(), "1ms".into()];
+    let slow = c.id("slow");
+    c.spawn_worker(&slow, 1.0);
+    c.wait_active(&[&slow]);
+    let _sweep_slow = Sweep(slow.clone());
+    let image = pushed(&format!("cloudai-pull-{}", c.tag), "2");
+    let t = c.submit(&[
+        "--on", &slow, "--cpu", "0.5", "--mem", "0.1", &image, "--", "true",
+    ]);
+    let v = until(EVENTUALLY, "the task failed", || {
+        let v = c.show(&t);
+        (v["task"]["status"] == "failed").then_some(v)
+    });
+    let reason = v["task"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("could not be pulled")
+            && reason.contains("within 1ms")
+            && reason.contains("--pull-timeout"),
+        "the reason says the pull timed out: {v}"
+    );
+    for tag in ["1", "2"] {
+        let _ = Command::new("docker")
+            .args([
+                "rmi",
+                &format!("{}/cloudai-pull-{}:{tag}", registry(), c.tag),
+            ])
+            .output();
+    }
+}

@@ -71,6 +71,10 @@ struct Cli {
     /// oldest bytes dropped past it (64MiB, 512KiB, 1GB, ...).
     #[arg(long, default_value = "64MiB", value_parser = common::bytes)]
     log_retain: usize,
+    /// With Docker: how long pulling a missing image may take before its
+    /// task fails saying so (`10m`, `90s`, seconds).
+    #[arg(long, default_value = "10m", value_parser = common::seconds)]
+    pull_timeout: Duration,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -216,12 +220,17 @@ async fn choose_runtime(
             DockerRuntime::connect(worker)
                 .await
                 .map_err(|e| e.to_string())?
-                .with_log_limit(cli.log_retain),
+                .with_log_limit(cli.log_retain)
+                .with_pull_timeout(cli.pull_timeout),
         )),
         "auto" => match DockerRuntime::connect(worker).await {
             Ok(docker) => {
                 info!("runtime: docker (a Docker daemon answers)");
-                Ok(Arc::new(docker.with_log_limit(cli.log_retain)))
+                Ok(Arc::new(
+                    docker
+                        .with_log_limit(cli.log_retain)
+                        .with_pull_timeout(cli.pull_timeout),
+                ))
             }
             Err(e) => {
                 info!(reason = %e, "runtime: process (no Docker daemon)");
