@@ -100,7 +100,10 @@ async fn main() -> Result<(), String> {
 async fn wait_for_worker(client: &MasterClient) -> Result<(), String> {
     for _ in 0..200 {
         if let Ok(ws) = client.workers().await {
-            if ws.iter().any(|w| w.registered && w.health == "active") {
+            if ws
+                .iter()
+                .any(|w| w.registered && w.health == cloudai_core::liveness::Health::Active)
+            {
                 return Ok(());
             }
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cloudai_core::host;
+use cloudai_core::liveness::Health;
 use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{ArrayIndices, Resources, TaskSpec, TaskStatus};
 use cloudai_core::store::TaskFilter;
@@ -408,12 +409,10 @@ pub async fn check(
         return Err(format!("the swarm still runs {} tasks", swarm.running()));
     }
     let workers = client.workers().await.map_err(err)?;
-    if let Some(w) = workers.iter().find(|w| {
-        w.allocated
-            .as_ref()
-            .is_some_and(|a| a.cpu_millis + a.memory_mb + a.storage_mb + u64::from(a.gpus) > 0)
-            || !w.tasks.is_empty()
-    }) {
+    if let Some(w) = workers
+        .iter()
+        .find(|w| !w.allocated.is_zero() || !w.tasks.is_empty())
+    {
         return Err(format!(
             "worker {} still holds {:?} for {:?}",
             w.id, w.allocated, w.tasks
@@ -421,7 +420,7 @@ pub async fn check(
     }
     let registered = workers
         .iter()
-        .filter(|w| w.registered && w.health == "active")
+        .filter(|w| w.registered && w.health == Health::Active)
         .count();
     if registered != report.workers {
         return Err(format!(

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cloudai_core::master::{CancelOutcome, SubmitOptions, TaskFollow, TaskView};
+use cloudai_core::ledger::Reconciliation;
+use cloudai_core::master::{CancelOutcome, SubmitOptions, TaskFollow, TaskView, WorkerView};
 use cloudai_core::model::{
     ArrayId, ArrayIndices, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry,
     WorkerId, WorkerIdentity,
@@ -179,7 +180,11 @@ impl MasterClient {
         wait: bool,
     ) -> Result<Vec<(TaskId, CancelOutcome)>> {
         let req = proto::CancelManyRequest {
-            statuses: filter.statuses.iter().map(ToString::to_string).collect(),
+            statuses: filter
+                .statuses
+                .iter()
+                .map(|s| convert::status_to_wire(*s))
+                .collect(),
             worker: filter.worker.as_ref().map(ToString::to_string),
             force,
             wait,
@@ -222,7 +227,11 @@ impl MasterClient {
         limit: u32,
     ) -> Result<(Vec<TaskRecord>, Option<PageKey>)> {
         let req = proto::ListTasksRequest {
-            statuses: filter.statuses.iter().map(ToString::to_string).collect(),
+            statuses: filter
+                .statuses
+                .iter()
+                .map(|s| convert::status_to_wire(*s))
+                .collect(),
             worker: filter.worker.as_ref().map(ToString::to_string),
             array: filter.array.as_ref().map(ToString::to_string),
             limit,
@@ -271,13 +280,17 @@ impl MasterClient {
     }
 
     /// Every worker as the master sees it.
-    pub async fn workers(&self) -> Result<Vec<proto::WorkerView>> {
+    pub async fn workers(&self) -> Result<Vec<WorkerView>> {
         let r = self
             .c()
             .list_workers(self.req(proto::Empty {}))
             .await
             .map_err(from_status)?;
-        Ok(r.into_inner().workers)
+        r.into_inner()
+            .workers
+            .into_iter()
+            .map(|w| WorkerView::try_from(w).map_err(bad_reply))
+            .collect()
     }
 
     /// Pre-registers a worker by address.
@@ -314,13 +327,13 @@ impl MasterClient {
     }
 
     /// Reconciles allocations; returns the corrections.
-    pub async fn reconcile(&self) -> Result<proto::ReconcileReply> {
-        Ok(self
+    pub async fn reconcile(&self) -> Result<Reconciliation> {
+        let r = self
             .c()
             .reconcile(self.req(proto::Empty {}))
             .await
-            .map_err(from_status)?
-            .into_inner())
+            .map_err(from_status)?;
+        Reconciliation::try_from(r.into_inner()).map_err(bad_reply)
     }
 
     /// Makes every reconnection attempt due now.

@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use cloudai_core::ledger::{Correction, Reconciliation};
+use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
 use cloudai_core::model::{
-    ArrayId, ArrayMember, InstanceId, Resources, StatusCounts, TaskId, TaskRecord, TaskResult,
-    TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId, WorkerIdentity,
+    ArrayId, ArrayMember, Drain, InstanceId, Resources, StatusCounts, TaskId, TaskRecord,
+    TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId,
+    WorkerIdentity,
 };
 use cloudai_core::store::PageKey;
 use cloudai_core::transport::RunningTask;
@@ -204,10 +207,55 @@ pub fn identity(worker: &str, instance_id: &str) -> Result<WorkerIdentity, Statu
     })
 }
 
-/// A status name from the wire.
-pub fn status(s: &str) -> Result<TaskStatus, Status> {
-    s.parse()
-        .map_err(|_| invalid("status", format!("unknown status {s:?}")))
+impl From<TaskStatus> for proto::TaskStatus {
+    fn from(s: TaskStatus) -> Self {
+        match s {
+            TaskStatus::Pending => proto::TaskStatus::Pending,
+            TaskStatus::Running => proto::TaskStatus::Running,
+            TaskStatus::Completed => proto::TaskStatus::Completed,
+            TaskStatus::Failed => proto::TaskStatus::Failed,
+            TaskStatus::Cancelled => proto::TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// A task status for the wire.
+pub fn status_to_wire(s: TaskStatus) -> i32 {
+    proto::TaskStatus::from(s).into()
+}
+
+/// A task status from the wire.
+pub fn status(v: i32) -> Result<TaskStatus, Status> {
+    match proto::TaskStatus::try_from(v) {
+        Ok(proto::TaskStatus::Pending) => Ok(TaskStatus::Pending),
+        Ok(proto::TaskStatus::Running) => Ok(TaskStatus::Running),
+        Ok(proto::TaskStatus::Completed) => Ok(TaskStatus::Completed),
+        Ok(proto::TaskStatus::Failed) => Ok(TaskStatus::Failed),
+        Ok(proto::TaskStatus::Cancelled) => Ok(TaskStatus::Cancelled),
+        Ok(proto::TaskStatus::Unspecified) | Err(_) => {
+            Err(invalid("status", format!("unknown task status {v}")))
+        }
+    }
+}
+
+fn health_to_wire(h: Health) -> i32 {
+    match h {
+        Health::Active => proto::WorkerHealth::Active,
+        Health::Inactive => proto::WorkerHealth::Inactive,
+        Health::Lost => proto::WorkerHealth::Lost,
+    }
+    .into()
+}
+
+fn health(v: i32) -> Result<Health, Status> {
+    match proto::WorkerHealth::try_from(v) {
+        Ok(proto::WorkerHealth::Active) => Ok(Health::Active),
+        Ok(proto::WorkerHealth::Inactive) => Ok(Health::Inactive),
+        Ok(proto::WorkerHealth::Lost) => Ok(Health::Lost),
+        Ok(proto::WorkerHealth::Unspecified) | Err(_) => {
+            Err(invalid("health", format!("unknown worker health {v}")))
+        }
+    }
 }
 
 impl From<Resources> for proto::Resources {
@@ -271,7 +319,7 @@ impl From<TaskRecord> for proto::Task {
         proto::Task {
             id: t.id.into(),
             spec: Some(t.spec.into()),
-            status: t.status.to_string(),
+            status: status_to_wire(t.status),
             worker: t.worker.map(String::from),
             attempt: t.attempt,
             reason: t.reason,
@@ -289,7 +337,7 @@ pub fn task(t: proto::Task) -> Result<TaskRecord, Status> {
     Ok(TaskRecord {
         id: task_id(&t.id)?,
         spec: spec(t.spec)?,
-        status: status(&t.status)?,
+        status: status(t.status)?,
         worker: t.worker.as_deref().map(worker_id).transpose()?,
         attempt: t.attempt,
         reason: t.reason,
@@ -312,7 +360,7 @@ impl From<TaskResult> for proto::TaskResult {
             task_id: r.task_id.into(),
             worker_id: r.worker_id.into(),
             attempt: r.attempt,
-            status: r.status.to_string(),
+            status: status_to_wire(r.status),
             exit_code: r.exit_code,
             signal: r.signal,
             logs: r.logs,
@@ -330,7 +378,7 @@ pub fn result(r: proto::TaskResult) -> Result<TaskResult, Status> {
         task_id: task_id(&r.task_id)?,
         worker_id: worker_id(&r.worker_id)?,
         attempt: r.attempt,
-        status: status(&r.status)?,
+        status: status(r.status)?,
         exit_code: r.exit_code,
         signal: r.signal,
         logs: r.logs,
@@ -406,11 +454,15 @@ pub fn run(r: Option<proto::RunningTask>) -> Result<RunningTask, Status> {
 impl From<(TaskId, CancelOutcome)> for proto::CancelOutcome {
     fn from((id, o): (TaskId, CancelOutcome)) -> Self {
         let (outcome, worker, error) = match o {
-            CancelOutcome::Dequeued => ("dequeued", None, None),
-            CancelOutcome::Stopped { worker } => ("stopped", Some(worker.into()), None),
-            CancelOutcome::StopPending { worker, error } => {
-                ("stop_pending", Some(worker.into()), Some(error))
+            CancelOutcome::Dequeued => (proto::CancelResult::Dequeued, None, None),
+            CancelOutcome::Stopped { worker } => {
+                (proto::CancelResult::Stopped, Some(worker.into()), None)
             }
+            CancelOutcome::StopPending { worker, error } => (
+                proto::CancelResult::StopPending,
+                Some(worker.into()),
+                Some(error),
+            ),
         };
         proto::CancelOutcome {
             task_id: id.into(),
@@ -430,17 +482,17 @@ pub fn cancel_outcome(o: proto::CancelOutcome) -> Result<(TaskId, CancelOutcome)
             .transpose()?
             .ok_or_else(|| invalid("worker", "missing"))
     };
-    let outcome = match o.outcome.as_str() {
-        "dequeued" => CancelOutcome::Dequeued,
-        "stopped" => CancelOutcome::Stopped { worker: worker()? },
-        "stop_pending" => CancelOutcome::StopPending {
+    let outcome = match proto::CancelResult::try_from(o.outcome) {
+        Ok(proto::CancelResult::Dequeued) => CancelOutcome::Dequeued,
+        Ok(proto::CancelResult::Stopped) => CancelOutcome::Stopped { worker: worker()? },
+        Ok(proto::CancelResult::StopPending) => CancelOutcome::StopPending {
             worker: worker()?,
             error: o.error.clone().unwrap_or_default(),
         },
-        other => {
+        Ok(proto::CancelResult::Unspecified) | Err(_) => {
             return Err(invalid(
                 "outcome",
-                format!("unknown cancel outcome {other:?}"),
+                format!("unknown cancel outcome {}", o.outcome),
             ))
         }
     };
@@ -472,7 +524,7 @@ impl From<WorkerView> for proto::WorkerView {
         proto::WorkerView {
             id: w.id.into(),
             address: w.address,
-            health: format!("{:?}", w.health).to_lowercase(),
+            health: health_to_wire(w.health),
             registered: w.registered,
             capacity: Some(w.capacity.into()),
             allocated: Some(w.allocated.into()),
@@ -481,7 +533,104 @@ impl From<WorkerView> for proto::WorkerView {
             last_heartbeat: w.last_heartbeat.map(Timestamp::as_millis),
             drain,
             drain_deadline: w.drain.and_then(|d| d.deadline).map(Timestamp::as_millis),
+            drain_since: w.drain.map(|d| d.since.as_millis()),
             telemetry: w.telemetry.map(Into::into),
         }
+    }
+}
+
+impl TryFrom<proto::WorkerView> for WorkerView {
+    type Error = Status;
+
+    fn try_from(w: proto::WorkerView) -> Result<Self, Status> {
+        let drain = match (w.drain_since, w.drain.is_some()) {
+            (Some(since), _) => Some(Drain {
+                since: Timestamp::from_millis(since),
+                deadline: w.drain_deadline.map(Timestamp::from_millis),
+            }),
+            (None, true) => return Err(invalid("drain_since", "missing")),
+            (None, false) => None,
+        };
+        Ok(WorkerView {
+            id: worker_id(&w.id)?,
+            address: w.address,
+            health: health(w.health)?,
+            registered: w.registered,
+            capacity: resources(w.capacity, "capacity")?,
+            allocated: resources(w.allocated, "allocated")?,
+            available: resources(w.available, "available")?,
+            tasks: w
+                .tasks
+                .iter()
+                .map(|t| task_id(t))
+                .collect::<Result<_, _>>()?,
+            last_heartbeat: w.last_heartbeat.map(Timestamp::from_millis),
+            telemetry: w.telemetry.map(|t| telemetry(Some(t))),
+            drain,
+        })
+    }
+}
+
+impl From<Reconciliation> for proto::ReconcileReply {
+    fn from(r: Reconciliation) -> Self {
+        proto::ReconcileReply {
+            corrections: r
+                .corrections
+                .into_iter()
+                .map(|c| proto::Correction {
+                    worker: c.worker.into(),
+                    before: Some(c.before.into()),
+                    after: Some(c.after.into()),
+                    added: c.added.into_iter().map(String::from).collect(),
+                    removed: c.removed.into_iter().map(String::from).collect(),
+                })
+                .collect(),
+            unknown_workers: r
+                .unknown_workers
+                .into_iter()
+                .map(|(t, w)| proto::TaskOnWorker {
+                    task_id: t.into(),
+                    worker: w.into(),
+                })
+                .collect(),
+            overcommitted: r.overcommitted.into_iter().map(String::from).collect(),
+        }
+    }
+}
+
+impl TryFrom<proto::ReconcileReply> for Reconciliation {
+    type Error = Status;
+
+    fn try_from(r: proto::ReconcileReply) -> Result<Self, Status> {
+        let ids = |ids: &[String]| {
+            ids.iter()
+                .map(|t| task_id(t))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Reconciliation {
+            corrections: r
+                .corrections
+                .into_iter()
+                .map(|c| {
+                    Ok(Correction {
+                        worker: worker_id(&c.worker)?,
+                        before: resources(c.before, "before")?,
+                        after: resources(c.after, "after")?,
+                        added: ids(&c.added)?,
+                        removed: ids(&c.removed)?,
+                    })
+                })
+                .collect::<Result<_, Status>>()?,
+            unknown_workers: r
+                .unknown_workers
+                .iter()
+                .map(|u| Ok((task_id(&u.task_id)?, worker_id(&u.worker)?)))
+                .collect::<Result<_, Status>>()?,
+            overcommitted: r
+                .overcommitted
+                .iter()
+                .map(|w| worker_id(w))
+                .collect::<Result<_, _>>()?,
+        })
     }
 }

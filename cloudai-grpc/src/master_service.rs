@@ -31,14 +31,14 @@ impl MasterService {
 type Reply<T> = Result<Response<T>, Status>;
 
 fn filter(
-    statuses: &[String],
+    statuses: &[i32],
     worker: Option<&str>,
     array: Option<&str>,
 ) -> Result<TaskFilter, Status> {
     Ok(TaskFilter {
         statuses: statuses
             .iter()
-            .map(|s| convert::status(s))
+            .map(|s| convert::status(*s))
             .collect::<Result<_, _>>()?,
         worker: worker.map(convert::worker_id).transpose()?,
         array: array.map(convert::array_id).transpose()?,
@@ -262,25 +262,7 @@ impl master_server::Master for MasterService {
     async fn reconcile(&self, _req: Request<proto::Empty>) -> Reply<proto::ReconcileReply> {
         let m = self.master.clone();
         let r = detached(async move { m.reconcile().await }).await?;
-        Ok(Response::new(proto::ReconcileReply {
-            corrections: r
-                .corrections
-                .into_iter()
-                .map(|c| proto::Correction {
-                    worker: c.worker.into(),
-                    before: Some(c.before.into()),
-                    after: Some(c.after.into()),
-                    added: c.added.into_iter().map(String::from).collect(),
-                    removed: c.removed.into_iter().map(String::from).collect(),
-                })
-                .collect(),
-            unknown_workers: r
-                .unknown_workers
-                .into_iter()
-                .map(|(t, w)| format!("{t}@{w}"))
-                .collect(),
-            overcommitted: r.overcommitted.into_iter().map(String::from).collect(),
-        }))
+        Ok(Response::new(r.into()))
     }
 
     async fn reconnect(&self, _req: Request<proto::Empty>) -> Reply<proto::Empty> {

@@ -167,7 +167,7 @@ async fn a_task_runs_to_completion_with_its_logs() {
     );
     let workers = cl.workers().await.unwrap();
     assert_eq!(workers.len(), 1);
-    assert_eq!(workers[0].health, "active");
+    assert_eq!(workers[0].health, cloudai_core::liveness::Health::Active);
     let _ = c.stop.send(true);
 }
 

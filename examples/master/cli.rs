@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
+use cloudai_core::liveness::Health;
 use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{
-    ArrayId, ArrayIndices, Resources, TaskId, TaskSpec, TaskStatus, WorkerId,
+    ArrayId, ArrayIndices, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, WorkerId,
 };
 use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
@@ -55,6 +56,9 @@ pub(crate) enum Command {
         /// Every task, page by page (newest first).
         #[arg(long, conflicts_with = "limit")]
         all: bool,
+        /// Order of the rows shown.
+        #[arg(long, value_enum, default_value_t = Sort::Newest)]
+        sort: Sort,
     },
     /// Show one task with its result and logs.
     Show {
@@ -127,6 +131,31 @@ pub(crate) enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// How `tasks` orders the rows it shows (the rows are the newest either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Sort {
+    /// Newest first.
+    Newest,
+    /// Oldest first.
+    Oldest,
+    /// By status (pending, running, completed, failed, cancelled), newest first within.
+    Status,
+    /// By worker, newest first within.
+    Worker,
+}
+
+impl Sort {
+    fn apply(self, tasks: &mut [TaskRecord]) {
+        // The store lists newest first; sorts below are stable.
+        match self {
+            Sort::Newest => {}
+            Sort::Oldest => tasks.reverse(),
+            Sort::Status => tasks.sort_by_key(|t| t.status),
+            Sort::Worker => tasks.sort_by(|a, b| a.worker.cmp(&b.worker)),
+        }
+    }
 }
 
 /// Where printing a task's output starts (default: its first byte).
@@ -278,17 +307,19 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             array,
             limit,
             all,
+            sort,
         } => {
             let filter = TaskFilter {
                 statuses: statuses(&status)?,
                 worker: worker.map(WorkerId::new).transpose()?,
                 array: array.map(ArrayId::new).transpose()?,
             };
-            let tasks = if all {
+            let mut tasks = if all {
                 client.tasks(&filter).await?
             } else {
                 client.page(&filter, None, limit.max(1)).await?.0
             };
+            sort.apply(&mut tasks);
             output::tasks(json, &tasks, &client.task_counts().await?);
         }
         Command::Show { id } => output::task(json, &client.task(&TaskId::new(id)?).await?),
@@ -409,7 +440,7 @@ pub(crate) async fn wait_registered(client: &MasterClient, worker: &WorkerId) {
         if let Ok(ws) = client.workers().await {
             if ws
                 .iter()
-                .any(|w| w.id == worker.as_str() && w.registered && w.health == "active")
+                .any(|w| &w.id == worker && w.registered && w.health == Health::Active)
             {
                 return;
             }

@@ -8,10 +8,13 @@ use comfy_table::{Attribute, Cell, CellAlignment, Color, ContentArrangement, Tab
 
 use crate::exit;
 
-use cloudai_core::master::{short_reason, CancelOutcome, TaskOutput, TaskView};
-use cloudai_core::model::{ArrayId, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp};
+use cloudai_core::ledger::Reconciliation;
+use cloudai_core::liveness::Health;
+use cloudai_core::master::{short_reason, CancelOutcome, TaskOutput, TaskView, WorkerView};
+use cloudai_core::model::{
+    ArrayId, Resources, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp,
+};
 use cloudai_core::output::OutputStream;
-use cloudai_grpc::proto;
 use serde::Serialize;
 
 /// Prints a line on stdout; a closed stdout (`| head`) ends the CLI
@@ -142,24 +145,26 @@ pub(crate) fn submitted(json: bool, id: &TaskId) {
     }
 }
 
-fn res(r: &Option<proto::Resources>) -> (f64, f64, u32) {
-    r.as_ref()
-        .map(|r| {
-            (
-                r.cpu_millis as f64 / 1000.0,
-                r.memory_mb as f64 / 1000.0,
-                r.gpus,
-            )
-        })
-        .unwrap_or_default()
+/// CPU cores, memory in GB and GPUs.
+fn res(r: &Resources) -> (f64, f64, u32) {
+    (r.cpu_cores(), r.memory_gb(), r.gpus)
+}
+
+/// A health as the CLI spells it.
+fn health(h: Health) -> &'static str {
+    match h {
+        Health::Active => "active",
+        Health::Inactive => "inactive",
+        Health::Lost => "lost",
+    }
 }
 
 #[derive(Serialize)]
 struct WorkerRow<'a> {
     id: &'a str,
-    health: &'a str,
+    health: &'static str,
     /// `draining` or `drained`, if an operator drains it.
-    drain: Option<&'a str>,
+    drain: Option<&'static str>,
     drain_deadline_ms: Option<u64>,
     registered: bool,
     address: Option<&'a str>,
@@ -169,11 +174,11 @@ struct WorkerRow<'a> {
     memory_capacity_gb: f64,
     gpus_allocated: u32,
     gpus_capacity: u32,
-    tasks: &'a [String],
+    tasks: &'a [TaskId],
     last_heartbeat_ms: Option<u64>,
 }
 
-pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
+pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
     if json {
         let rows: Vec<WorkerRow<'_>> = ws
             .iter()
@@ -181,10 +186,10 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
                 let (ca, ma, ga) = res(&w.allocated);
                 let (cc, mc, gc) = res(&w.capacity);
                 WorkerRow {
-                    id: &w.id,
-                    health: &w.health,
-                    drain: w.drain.as_deref(),
-                    drain_deadline_ms: w.drain_deadline,
+                    id: w.id.as_str(),
+                    health: health(w.health),
+                    drain: w.drain_state(),
+                    drain_deadline_ms: w.drain.and_then(|d| d.deadline).map(Timestamp::as_millis),
                     registered: w.registered,
                     address: w.address.as_deref(),
                     cpu_allocated: ca,
@@ -194,7 +199,7 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
                     gpus_allocated: ga,
                     gpus_capacity: gc,
                     tasks: &w.tasks,
-                    last_heartbeat_ms: w.last_heartbeat,
+                    last_heartbeat_ms: w.last_heartbeat.map(Timestamp::as_millis),
                 }
             })
             .collect();
@@ -216,16 +221,16 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
         "LAST HEARTBEAT",
     ]);
     for w in ws {
-        let (marker, colour) = match w.health.as_str() {
-            "active" => ("●", Color::Green),
-            "lost" => ("✗", Color::Red),
-            _ => ("○", Color::Yellow),
+        let (marker, colour) = match w.health {
+            Health::Active => ("●", Color::Green),
+            Health::Lost => ("✗", Color::Red),
+            Health::Inactive => ("○", Color::Yellow),
         };
         let (ca, ma, ga) = res(&w.allocated);
         let (cc, mc, gc) = res(&w.capacity);
-        let status = match &w.drain {
-            Some(drain) => format!("{}, {drain}", w.health),
-            None => w.health.clone(),
+        let status = match w.drain_state() {
+            Some(drain) => format!("{}, {drain}", health(w.health)),
+            None => health(w.health).to_string(),
         };
         table.add_row(vec![
             Cell::new(marker).fg(colour),
@@ -236,11 +241,7 @@ pub(crate) fn workers(json: bool, ws: &[proto::WorkerView]) {
             right(format!("{ma}/{mc}")),
             right(format!("{ga}/{gc}")),
             right(w.tasks.len()),
-            Cell::new(
-                w.last_heartbeat
-                    .map(|t| ago(Timestamp::from_millis(t)))
-                    .unwrap_or_else(|| "never".into()),
-            ),
+            Cell::new(w.last_heartbeat.map(ago).unwrap_or_else(|| "never".into())),
         ]);
     }
     say!("{table}");
@@ -420,16 +421,18 @@ pub(crate) fn cancelled(json: bool, done: &[(TaskId, CancelOutcome)]) {
     }
 }
 
-pub(crate) fn reconciled(json: bool, r: &proto::ReconcileReply) {
+pub(crate) fn reconciled(json: bool, r: &Reconciliation) {
     if json {
         let fixes: Vec<_> = r
             .corrections
             .iter()
             .map(|c| serde_json::json!({ "worker": c.worker, "cpu_before": res(&c.before).0, "cpu_after": res(&c.after).0, "added": c.added, "removed": c.removed }))
             .collect();
-        return json_line(
-            &serde_json::json!({ "corrections": fixes, "unknown_workers": r.unknown_workers, "overcommitted": r.overcommitted }),
-        );
+        return json_line(&serde_json::json!({
+            "corrections": fixes,
+            "unknown_workers": r.unknown_workers.iter().map(|(t, w)| format!("{t}@{w}")).collect::<Vec<_>>(),
+            "overcommitted": r.overcommitted,
+        }));
     }
     if r.corrections.is_empty() && r.unknown_workers.is_empty() {
         say!("allocations match running tasks; nothing to fix");
@@ -447,8 +450,8 @@ pub(crate) fn reconciled(json: bool, r: &proto::ReconcileReply) {
             c.removed.len()
         );
     }
-    for u in &r.unknown_workers {
-        say!("running task on an unknown worker: {u}");
+    for (t, w) in &r.unknown_workers {
+        say!("running task {t} names an unknown worker: {w}");
     }
     for w in &r.overcommitted {
         say!("overcommitted: {w} runs more than its capacity");
