@@ -28,7 +28,8 @@ pub(crate) const WORKER_LOST: u8 = 81;
 /// The task followed failed without exiting (it could not start, its
 /// worker shut down under it, a drain stopped it).
 pub(crate) const NO_EXIT: u8 = 82;
-/// The master could not start (a bad flag value, an unreachable store).
+/// Configuration: a bad flag value, no token, an unreachable store (the
+/// master could not start, or the command could not be sent).
 pub(crate) const CONFIG: u8 = 78;
 /// Standard output was closed (`| head`): the CLI ends quietly.
 pub(crate) const CLOSED_PIPE: u8 = 141;
