@@ -359,6 +359,7 @@ async fn beat(shared: &Shared, id: &WorkerId) {
         cpu_percent: 0.0,
         memory_used_mb: 0,
         running_tasks: w.running.load(Ordering::Relaxed),
+        starting: Vec::new(),
     };
     match shared.clients[w.group].heartbeat(&w.me, &telemetry).await {
         Ok(reply) if !reply.register_again => {

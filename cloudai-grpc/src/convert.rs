@@ -419,18 +419,26 @@ impl From<Telemetry> for proto::Telemetry {
             cpu_percent: t.cpu_percent,
             memory_used_mb: t.memory_used_mb,
             running_tasks: t.running_tasks,
+            starting: t.starting.into_iter().map(String::from).collect(),
         }
     }
 }
 
 /// Telemetry from the wire (missing = empty).
-pub fn telemetry(t: Option<proto::Telemetry>) -> Telemetry {
-    t.map(|t| Telemetry {
+pub fn telemetry(t: Option<proto::Telemetry>) -> Result<Telemetry, Status> {
+    let Some(t) = t else {
+        return Ok(Telemetry::default());
+    };
+    Ok(Telemetry {
         cpu_percent: t.cpu_percent,
         memory_used_mb: t.memory_used_mb,
         running_tasks: t.running_tasks,
+        starting: t
+            .starting
+            .iter()
+            .map(|s| task_id(s))
+            .collect::<Result<_, _>>()?,
     })
-    .unwrap_or_default()
 }
 
 impl From<RunningTask> for proto::RunningTask {
@@ -565,7 +573,7 @@ impl TryFrom<proto::WorkerView> for WorkerView {
                 .map(|t| task_id(t))
                 .collect::<Result<_, _>>()?,
             last_heartbeat: w.last_heartbeat.map(Timestamp::from_millis),
-            telemetry: w.telemetry.map(|t| telemetry(Some(t))),
+            telemetry: w.telemetry.map(|t| telemetry(Some(t))).transpose()?,
             drain,
         })
     }

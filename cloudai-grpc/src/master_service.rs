@@ -90,7 +90,7 @@ impl master_server::Master for MasterService {
                 let r = beat?;
                 let worker = convert::identity(&r.worker_id, &r.instance)?;
                 let reply = m
-                    .heartbeat(&worker, convert::telemetry(r.telemetry))
+                    .heartbeat(&worker, convert::telemetry(r.telemetry)?)
                     .await
                     .map_err(to_status)?;
                 Ok(proto::HeartbeatReply {
@@ -215,7 +215,7 @@ impl master_server::Master for MasterService {
         let mut last: Option<PageKey> = None;
         for mut t in tasks {
             let key = PageKey::after(&t);
-            // A pending task's reason is why it waits now.
+            // A waiting task's reason is why it waits now.
             if let Some(waiting) = self.master.waiting(&t) {
                 t.reason = Some(waiting);
             }

@@ -274,6 +274,8 @@ pub(crate) struct TelemetryDoc {
     cpu_percent: f64,
     memory_used_mb: i64,
     running_tasks: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    starting: Vec<TaskId>,
 }
 
 impl TelemetryDoc {
@@ -282,6 +284,7 @@ impl TelemetryDoc {
             cpu_percent: f64::from(t.cpu_percent),
             memory_used_mb: to_i64("memory used MB", t.memory_used_mb)?,
             running_tasks: i64::from(t.running_tasks),
+            starting: t.starting.clone(),
         })
     }
 
@@ -291,6 +294,7 @@ impl TelemetryDoc {
             cpu_percent: self.cpu_percent as f32,
             memory_used_mb: to_u64("memory_used_mb", self.memory_used_mb)?,
             running_tasks: to_u32("running_tasks", self.running_tasks)?,
+            starting: self.starting,
         })
     }
 }
@@ -472,6 +476,7 @@ mod tests {
             cpu_percent: 12.3,
             memory_used_mb: 1 << 40,
             running_tasks: 4,
+            starting: vec![TaskId::new("s").unwrap()],
         });
         let doc = bson::serialize_to_document(&WorkerDoc::from_core(&w).unwrap()).unwrap();
         let back: WorkerDoc = bson::deserialize_from_document(doc).unwrap();

@@ -279,7 +279,9 @@ pub(crate) fn tasks(json: bool, ts: &[TaskRecord], counts: &StatusCounts) {
     for t in ts {
         let reason = t.reason.as_deref().unwrap_or("");
         let reason = match t.status {
-            TaskStatus::Pending if !reason.is_empty() => short_reason(reason).to_string(),
+            TaskStatus::Pending | TaskStatus::Running if !reason.is_empty() => {
+                short_reason(reason).to_string()
+            }
             _ => reason.to_string(),
         };
         table.add_row(vec![

@@ -308,3 +308,49 @@ fn docker_pulls_a_missing_image_and_a_slow_pull_fails_its_task_clearly() {
             .output();
     }
 }
+
+/// While a pull hangs (a "registry" that accepts connections and never
+/// answers), `tasks` says `Pulling` and `show` says why; at the pull
+/// timeout the task fails, saying so.
+#[test]
+fn docker_a_hanging_pull_shows_pulling_until_its_timeout() {
+    let (mut c, _, _, _sweep) = docker_cluster("dhang");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    c.worker_args = vec!["--pull-timeout".into(), "6s".into()];
+    let w = c.id("hang");
+    c.spawn_worker(&w, 1.0);
+    c.wait_active(&[&w]);
+    let _sweep_hang = Sweep(w.clone());
+    let image = format!("127.0.0.1:{port}/never:1");
+    let t = c.submit(&[
+        "--on", &w, "--cpu", "0.5", "--mem", "0.1", &image, "--", "true",
+    ]);
+    until(EVENTUALLY, "the task listed as pulling", || {
+        let out = c.cli(&["tasks"]);
+        out.stdout
+            .lines()
+            .any(|l| l.contains(&t) && l.contains("Pulling"))
+            .then_some(())
+    });
+    let shown = c.show(&t);
+    assert!(
+        shown["waiting"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pulling its image"),
+        "{shown}"
+    );
+    let v = until(EVENTUALLY, "the task failed at the pull timeout", || {
+        let v = c.show(&t);
+        (v["task"]["status"] == "failed").then_some(v)
+    });
+    let reason = v["task"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("within 6s"), "{v}");
+}

@@ -13,7 +13,9 @@ use crate::store::{PageKey, TaskFilter};
 /// for lists (the sentence is for `show`).
 pub fn short_reason(reason: &str) -> &'static str {
     let pinned = reason.starts_with("waiting for worker ");
-    if reason.contains("no active workers") {
+    if reason.contains("pulling its image") {
+        "Pulling"
+    } else if reason.contains("no active workers") {
         if pinned {
             "PinnedWorkerDown"
         } else {
@@ -99,11 +101,18 @@ impl Master {
         self.state().worker_views(now)
     }
 
-    /// Why pending task `task` waits now, if the queue has said.
+    /// Why task `task` waits now: a pending one for a worker (if the queue
+    /// has said), a running one for its worker to start it (as the
+    /// worker's last heartbeat said).
     pub fn waiting(&self, task: &TaskRecord) -> Option<String> {
-        (task.status == TaskStatus::Pending)
-            .then(|| self.state().waiting_reason(task))
-            .flatten()
+        let st = self.state();
+        match (task.status, &task.worker) {
+            (TaskStatus::Pending, _) => st.waiting_reason(task),
+            (TaskStatus::Running, Some(w)) if st.is_starting(w, &task.id) => Some(format!(
+                "starting on worker {w}: pulling its image or creating its container"
+            )),
+            _ => None,
+        }
     }
 
     /// The task with its result and queue reason.
@@ -115,9 +124,7 @@ impl Master {
             .await?
             .ok_or_else(|| self.missing_task(id))?;
         let result = self.inner.store.get_result(id).await?;
-        let waiting = (task.status == TaskStatus::Pending)
-            .then(|| self.state().waiting_reason(&task))
-            .flatten();
+        let waiting = self.waiting(&task);
         Ok(TaskView {
             task,
             result,

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::{InstanceId, Resources, Timestamp, WorkerId};
+use super::{InstanceId, Resources, TaskId, Timestamp, WorkerId};
 
 /// Who answers at a worker's address: its id and instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,6 +37,10 @@ pub struct Telemetry {
     pub memory_used_mb: u64,
     /// Tasks the worker is running now.
     pub running_tasks: u32,
+    /// Tasks it accepted and is still starting (pulling the image,
+    /// creating the container).
+    #[serde(default)]
+    pub starting: Vec<TaskId>,
 }
 
 /// A worker as the registry keeps it. Whether it is active is not stored:

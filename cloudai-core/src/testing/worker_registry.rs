@@ -41,6 +41,7 @@ fn beat(id: &str, at: u64, running: u32) -> Heartbeat {
             cpu_percent: 12.5,
             memory_used_mb: 1024,
             running_tasks: running,
+            starting: Vec::new(),
         },
     }
 }

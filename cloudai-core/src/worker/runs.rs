@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::model::{RunningTask, Timestamp};
+use crate::model::{RunningTask, TaskId, Timestamp};
 use crate::output::OutputLog;
 use crate::runtime::ContainerId;
 
@@ -153,6 +153,16 @@ impl Runs {
 
     pub(super) fn output(&self, run: &RunningTask) -> Option<Arc<OutputLog>> {
         Some(self.slots.get(run)?.output.clone())
+    }
+
+    /// The tasks accepted and not started yet (their image pulling, their
+    /// container being created).
+    pub(super) fn starting(&self) -> Vec<TaskId> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.container.is_none() && s.stop.is_none())
+            .map(|(r, _)| r.task.clone())
+            .collect()
     }
 
     /// The output of every run still here.

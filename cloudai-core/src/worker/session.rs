@@ -59,7 +59,8 @@ impl Worker {
                     _ = shutdown.changed() => return Ok(()),
                 }
                 self.flush_outbox().await;
-                let telemetry = telemetry::sample(self.running().len());
+                let starting = lock(&self.inner.runs).starting();
+                let telemetry = telemetry::sample(self.running().len(), starting);
                 let me = self.identity();
                 let call = self.inner.master.heartbeat(&me, &telemetry);
                 match tokio::time::timeout(self.inner.config.rpc_timeout, call).await {

@@ -259,6 +259,15 @@ impl State {
             .collect()
     }
 
+    /// Whether `worker` said in its last heartbeat that it is still
+    /// starting `task`.
+    pub(in crate::master) fn is_starting(&self, worker: &WorkerId, task: &TaskId) -> bool {
+        self.workers
+            .get(worker)
+            .and_then(|w| w.telemetry.as_ref())
+            .is_some_and(|t| t.starting.contains(task))
+    }
+
     pub(in crate::master) fn knows(&self, worker: &WorkerId) -> bool {
         self.workers.contains_key(worker)
     }
