@@ -29,8 +29,6 @@ pub fn short_reason(reason: &str) -> &'static str {
         } else {
             "Resources"
         }
-    } else if reason.contains("drain") {
-        "Drained"
     } else if reason.contains("placed again") {
         "Requeued"
     } else {
@@ -158,5 +156,33 @@ impl Master {
     /// listed).
     pub async fn task_counts(&self) -> Result<StatusCounts> {
         self.inner.store.count_tasks().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_reason;
+    use crate::placement::NoCapacity;
+
+    #[test]
+    fn each_waiting_sentence_has_its_word() {
+        let pinned = |r: &NoCapacity| format!("waiting for worker w1: {r}");
+        for (sentence, word) in [
+            (NoCapacity::NoActiveWorkers.to_string(), "NoActiveWorker"),
+            (NoCapacity::ExceedsEveryWorker.to_string(), "TooLarge"),
+            (NoCapacity::AllBusy.to_string(), "Resources"),
+            (pinned(&NoCapacity::NoActiveWorkers), "PinnedWorkerDown"),
+            (pinned(&NoCapacity::AllBusy), "PinnedWorkerBusy"),
+            (
+                "worker w1 could not be reached: the task is placed again".to_string(),
+                "Requeued",
+            ),
+            (
+                "starting on worker w1: pulling its image or creating its container".to_string(),
+                "Pulling",
+            ),
+        ] {
+            assert_eq!(short_reason(&sentence), word, "{sentence}");
+        }
     }
 }
