@@ -332,21 +332,7 @@ fn docker_a_hanging_pull_shows_pulling_until_its_timeout() {
     let t = c.submit(&[
         "--on", &w, "--cpu", "0.5", "--mem", "0.1", &image, "--", "true",
     ]);
-    until(EVENTUALLY, "the task listed as pulling", || {
-        let out = c.cli(&["tasks"]);
-        out.stdout
-            .lines()
-            .any(|l| l.contains(&t) && l.contains("Pulling"))
-            .then_some(())
-    });
-    let shown = c.show(&t);
-    assert!(
-        shown["waiting"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("pulling its image"),
-        "{shown}"
-    );
+    c.wait_reason(&t, "Pulling", "pulling its image");
     let v = until(EVENTUALLY, "the task failed at the pull timeout", || {
         let v = c.show(&t);
         (v["task"]["status"] == "failed").then_some(v)

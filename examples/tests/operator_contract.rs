@@ -95,21 +95,7 @@ fn an_impossible_request_is_refused_unless_told_to_wait_and_lists_a_short_reason
     let gpu = c.cli(&["task", "--gpus", "1", "busybox", "--", "true"]);
     assert_eq!(gpu.code, 65, "no GPU anywhere: {gpu:?}");
     let id = c.submit(&["--cpu", "8", "--wait-for-capacity", "busybox", "--", "true"]);
-    until(EVENTUALLY, "a short waiting reason in the list", || {
-        let out = c.cli(&["tasks"]);
-        out.stdout
-            .lines()
-            .any(|l| l.contains(&id) && l.contains("TooLarge"))
-            .then_some(())
-    });
-    let shown = c.show(&id);
-    assert!(
-        shown["waiting"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("exceeds"),
-        "show gives the sentence: {shown}"
-    );
+    c.wait_reason(&id, "TooLarge", "exceeds");
 }
 
 #[test]

@@ -392,6 +392,24 @@ impl Cluster {
         });
     }
 
+    /// Waits until `tasks` lists `task` with the short reason `word`, then
+    /// checks that `show` gives the sentence, holding `sentence`.
+    pub fn wait_reason(&self, task: &str, word: &str, sentence: &str) {
+        until(EVENTUALLY, &format!("{task} listed as {word}"), || {
+            let out = self.cli(&["tasks"]);
+            out.stdout
+                .lines()
+                .any(|l| l.contains(task) && l.contains(word))
+                .then_some(())
+        });
+        let shown = self.show(task);
+        let waiting = shown["waiting"].as_str().unwrap_or_default();
+        assert!(
+            waiting.contains(sentence),
+            "show gives the sentence: {shown}"
+        );
+    }
+
     /// Submits a task; returns its id.
     pub fn submit(&self, args: &[&str]) -> String {
         let mut all = vec!["task"];
