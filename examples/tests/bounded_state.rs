@@ -65,12 +65,25 @@ fn an_array_runs_each_task_with_its_own_index() {
     ]);
     assert_eq!(v["tasks"], 1000, "{v}");
     let array = v["array_id"].as_str().expect("array id").to_string();
+    // Normally done in seconds. Twice in full `scripts/test.sh` runs (never
+    // alone) 1,000 of these ran at about 8 a second and overran 120 s; the
+    // cause is not found yet, so the bound is wide and the progress made
+    // is printed, for the one who looks next.
+    let started = std::time::Instant::now();
     let done = until(
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         "every array task completed",
         || {
             let ts = array_tasks(&c, &array);
-            ts.iter().all(|t| t["status"] == "completed").then_some(ts)
+            let completed = ts.iter().filter(|t| t["status"] == "completed").count();
+            if completed < ts.len() && started.elapsed() > Duration::from_secs(30) {
+                eprintln!(
+                    "array: {completed} of {} completed after {:?}",
+                    ts.len(),
+                    started.elapsed()
+                );
+            }
+            (completed == ts.len()).then_some(ts)
         },
     );
     assert_eq!(done.len(), 1000);
