@@ -98,18 +98,9 @@ pub(crate) async fn pull(docker: &Docker, image: &str, timeout: Duration) -> Res
         Ok(Err(e)) => Err(e),
         Err(_) => Err(format!(
             "the pull did not finish within {} (the worker's --pull-timeout); {}",
-            humanize(timeout),
+            humantime::format_duration(timeout),
             progress.summary()
         )),
-    }
-}
-
-/// A duration as an operator writes it (`10m`, `1ms`).
-fn humanize(d: Duration) -> String {
-    match d.as_millis() {
-        ms if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1000 == 0 && ms > 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
     }
 }
 
@@ -129,7 +120,5 @@ mod tests {
         p.note(Some("b".into()), "Already exists", None, None);
         p.note(None, "Pulling from library/x", None, None);
         assert_eq!(p.summary(), "1 of 2 layers done, 0.5 of 1.0 MB fetched");
-        assert_eq!(humanize(Duration::from_secs(600)), "10m");
-        assert_eq!(humanize(Duration::from_millis(1)), "1ms");
     }
 }
