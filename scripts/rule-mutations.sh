@@ -8,6 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 survived=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+build() { cargo test -q --no-run -p cloudai-core --all-features; }
+
+# The unmutated tree must build first, or every mutation below would read
+# as invalid for a reason that is not the mutation's (a full disk, say).
+if ! build >"$log" 2>&1; then
+  echo "the unmutated cloudai-core tests do not build:" >&2
+  tail -n 30 "$log" >&2
+  df -h . >&2
+  exit 1
+fi
 mutate() { # file, label, old text, new text
   local file=$1 label=$2 old=$3 new=$4 backup
   backup=$(mktemp)
@@ -23,8 +35,9 @@ PY
     rm -f "$backup"; return
   fi
   # A mutation that does not compile proves nothing: say so and fail.
-  if ! cargo test -q --no-run -p cloudai-core --all-features >/dev/null 2>&1; then
+  if ! build >"$log" 2>&1; then
     echo "INVALID  $label: the mutated code does not compile (update this script)"; survived=1
+    tail -n 15 "$log" | sed 's/^/    /'
     cp "$backup" "$file"; rm -f "$backup"; return
   fi
   # A mutation may make a simulation spin without advancing virtual time:
