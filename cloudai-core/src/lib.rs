@@ -14,6 +14,7 @@
 //! | [`liveness`] | heartbeat deadlines: active, inactive, lost |
 //! | [`placement`] | which active worker with room gets a task |
 //! | [`backoff`] | reconnection retry schedule with jitter |
+//! | [`events`] | the numbered event stream, resumable from a cursor within its buffer |
 //!
 //! The seams: [`store::TaskStore`], [`store::WorkerRegistry`],
 //! [`runtime::ContainerRuntime`], [`transport::MasterToWorker`] and
@@ -40,12 +41,14 @@ pub mod apply;
 pub mod backoff;
 pub mod clock;
 mod error;
+pub mod events;
 pub mod host;
 pub mod ledger;
 pub mod lifecycle;
 pub mod liveness;
 pub mod master;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod placement;

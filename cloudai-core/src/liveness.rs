@@ -42,6 +42,20 @@ pub enum Health {
     Lost,
 }
 
+impl Health {
+    /// Every health, best first.
+    pub const ALL: [Health; 3] = [Health::Active, Health::Inactive, Health::Lost];
+
+    /// Its lower-case name, as the CLI, the metrics and the events spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Active => "active",
+            Health::Inactive => "inactive",
+            Health::Lost => "lost",
+        }
+    }
+}
+
 /// A health change found by [`Liveness::expire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LivenessEvent {

@@ -150,15 +150,6 @@ fn res(r: &Resources) -> (f64, f64, u32) {
     (r.cpu_cores(), r.memory_gb(), r.gpus)
 }
 
-/// A health as the CLI spells it.
-fn health(h: Health) -> &'static str {
-    match h {
-        Health::Active => "active",
-        Health::Inactive => "inactive",
-        Health::Lost => "lost",
-    }
-}
-
 #[derive(Serialize)]
 struct WorkerRow<'a> {
     id: &'a str,
@@ -187,7 +178,7 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
                 let (cc, mc, gc) = res(&w.capacity);
                 WorkerRow {
                     id: w.id.as_str(),
-                    health: health(w.health),
+                    health: w.health.as_str(),
                     drain: w.drain_state(),
                     drain_deadline_ms: w.drain.and_then(|d| d.deadline).map(Timestamp::as_millis),
                     registered: w.registered,
@@ -229,8 +220,8 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
         let (ca, ma, ga) = res(&w.allocated);
         let (cc, mc, gc) = res(&w.capacity);
         let status = match w.drain_state() {
-            Some(drain) => format!("{}, {drain}", health(w.health)),
-            None => health(w.health).to_string(),
+            Some(drain) => format!("{}, {drain}", w.health.as_str()),
+            None => w.health.as_str().to_string(),
         };
         table.add_row(vec![
             Cell::new(marker).fg(colour),

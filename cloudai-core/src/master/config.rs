@@ -62,6 +62,9 @@ pub struct MasterConfig {
     pub policy: Policy,
     /// Seed for backoff jitter.
     pub seed: u64,
+    /// How many recent events are kept for watchers resuming from a
+    /// cursor (10,000).
+    pub event_buffer: usize,
 }
 
 impl Default for MasterConfig {
@@ -81,6 +84,7 @@ impl Default for MasterConfig {
             backoff: Backoff::default(),
             policy: Policy::default(),
             seed: 0x5eed,
+            event_buffer: 10_000,
         }
     }
 }

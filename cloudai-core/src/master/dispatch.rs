@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{debug, info, warn};
 
-use super::Master;
+use super::{Master, MasterEvent};
 use crate::apply::Applied;
 use crate::lifecycle::{Reported, TaskEvent};
 use crate::model::{
@@ -163,6 +163,10 @@ impl Master {
     /// Queues stored tasks and returns once a placement pass has seen them,
     /// so that `task` shows where each went or why it waits.
     async fn queue_and_wait(&self, tasks: &[TaskRecord]) {
+        self.inner.metrics.submitted(tasks.len());
+        for t in tasks {
+            self.emit(MasterEvent::Submitted { id: t.id.clone() });
+        }
         let pass = {
             let mut st = self.state();
             for t in tasks {

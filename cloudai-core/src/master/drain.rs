@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::membership::running_on;
-use super::Master;
+use super::{Master, MasterEvent};
 use crate::apply::Applied;
 use crate::lifecycle::TaskEvent;
 use crate::model::{Drain, WorkerId};
@@ -30,6 +30,10 @@ impl Master {
         };
         self.inner.registry.set_drain(worker, Some(drain)).await?;
         self.state().set_drain(worker, Some(drain));
+        self.emit(MasterEvent::Drain {
+            id: worker.clone(),
+            draining: true,
+        });
         info!(worker = %worker, ?deadline, "worker drained; placing nothing more on it");
         self.inner.wake.notify_one();
         Ok(drain)
@@ -44,6 +48,10 @@ impl Master {
         let mut st = self.state();
         st.set_drain(worker, None);
         self.done(st);
+        self.emit(MasterEvent::Drain {
+            id: worker.clone(),
+            draining: false,
+        });
         info!(worker = %worker, "worker undrained; it takes tasks again");
         Ok(())
     }

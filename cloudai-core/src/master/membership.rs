@@ -215,6 +215,7 @@ impl Master {
             });
         };
         self.done(st);
+        self.inner.metrics.heartbeat();
         if revived {
             info!(worker = %worker, "worker active again");
             self.emit(MasterEvent::Worker {

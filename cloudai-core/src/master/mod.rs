@@ -14,6 +14,7 @@
 //! | `transitions` | applying an event and executing every effect it returns; reports; reconcile |
 //! | `views` | read models: workers, tasks |
 //! | `output` | a task's output relayed from its worker, or from its stored result |
+//! | `probes` | metrics and readiness, for operators |
 //! | `driver` | the one loop: deadlines, and the work state changes made owed |
 //! | `state` | the in-memory caches (ledger, liveness, queue) and owed work, under one mutex never held across an `.await` |
 //!
@@ -32,6 +33,7 @@ mod driver;
 mod membership;
 mod output;
 mod owed_stops;
+mod probes;
 mod retention;
 mod state;
 mod stops;
@@ -42,12 +44,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, watch, Notify};
+
+use crate::events::EventLog;
+use crate::metrics::{MasterMetrics, MeteredStore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::liveness::Health;
-use crate::model::{TaskId, TaskStatus, Timestamp, ValidationError, WorkerId};
+use crate::model::{TaskStatus, Timestamp, ValidationError, WorkerId};
 use crate::rng::SplitMix64;
 use crate::store::{TaskFilter, TaskStore, WorkerRegistry};
 use crate::sync::lock;
@@ -57,36 +61,17 @@ use crate::Result;
 pub use config::{ConfigError, MasterConfig};
 pub use dispatch::SubmitOptions;
 pub use output::{TaskFollow, TaskOutput};
+pub use probes::READY_WITHIN;
 pub use stops::CancelOutcome;
 pub use views::{short_reason, TaskView, WorkerView, MAX_PAGE};
 
-use state::State;
+pub use crate::events::{Cursor, Event, EventWatch, MasterEvent, Resync};
 
-/// Something observers may want to know (the CLI's `monitor`, tests).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MasterEvent {
-    /// A task changed status.
-    Task {
-        /// The task.
-        id: TaskId,
-        /// Old status.
-        from: TaskStatus,
-        /// New status.
-        to: TaskStatus,
-        /// Its worker after the change.
-        worker: Option<WorkerId>,
-    },
-    /// A worker's health changed.
-    Worker {
-        /// The worker.
-        id: WorkerId,
-        /// Its new health.
-        health: Health,
-    },
-}
+use state::State;
 
 struct Inner {
     config: MasterConfig,
+    metrics: MasterMetrics,
     store: Arc<dyn TaskStore>,
     registry: Arc<dyn WorkerRegistry>,
     transport: Arc<dyn MasterToWorker>,
@@ -94,7 +79,7 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes the driver: a deadline moved or work became owed.
     wake: Notify,
-    events: broadcast::Sender<MasterEvent>,
+    events: Arc<EventLog>,
     /// The number of the last placement pass the driver ran.
     passes: watch::Sender<u64>,
     next_id: AtomicU64,
@@ -132,19 +117,27 @@ impl Master {
             field: "master config",
             reason: e.to_string(),
         })?;
+        // Every store and registry call is timed, whatever the backend.
+        let metrics = MasterMetrics::new();
+        let store: Arc<dyn TaskStore> = Arc::new(MeteredStore::new(store, metrics.store().clone()));
+        let registry: Arc<dyn WorkerRegistry> =
+            Arc::new(MeteredStore::new(registry, metrics.store().clone()));
+        let mut rng = SplitMix64::new(config.seed ^ clock.now().as_millis());
+        // Its own epoch per run: a watcher's cursor from an earlier run (or
+        // another master) is told to resync rather than read as this one's.
+        let epoch = format!("{}.{:012x}", config.id, rng.below(1 << 48));
         let master = Master {
             inner: Arc::new(Inner {
-                next_id: AtomicU64::new(
-                    SplitMix64::new(config.seed ^ clock.now().as_millis()).below(1 << 20),
-                ),
+                next_id: AtomicU64::new(rng.below(1 << 20)),
+                events: Arc::new(EventLog::new(epoch, config.event_buffer)),
                 state: Mutex::new(State::new(&config)),
                 config,
+                metrics,
                 store,
                 registry,
                 transport,
                 clock,
                 wake: Notify::new(),
-                events: broadcast::channel(1024).0,
                 passes: watch::channel(0).0,
                 shutdown: watch::channel(false).0,
                 driver: Mutex::new(None),
@@ -202,9 +195,21 @@ impl Master {
         }
     }
 
-    /// Events about tasks and workers, for observers.
-    pub fn subscribe(&self) -> broadcast::Receiver<MasterEvent> {
+    /// Live events about tasks and workers, from now on (a slow receiver
+    /// may lag; [`Master::watch_events`] catches up instead).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.inner.events.subscribe()
+    }
+
+    /// Every event after `from` (`None`: from now), each once and in
+    /// order, or why `from` cannot be resumed without a gap.
+    pub fn watch_events(&self, from: Option<&Cursor>) -> std::result::Result<EventWatch, Resync> {
+        self.inner.events.watch(from)
+    }
+
+    /// The cursor after the newest event: where a watch from now starts.
+    pub fn event_cursor(&self) -> Cursor {
+        self.inner.events.cursor()
     }
 
     /// The settings in force.
@@ -239,7 +244,7 @@ impl Master {
     }
 
     fn emit(&self, event: MasterEvent) {
-        let _ = self.inner.events.send(event);
+        self.inner.events.push(self.now(), event);
     }
 
     /// Waits for work the driver performs; `None` if the master stops

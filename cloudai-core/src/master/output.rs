@@ -3,11 +3,12 @@
 //! with the result. Offsets are per attempt: when the task runs again the
 //! follower is handed the new attempt's output from its start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Master, MasterEvent};
+use super::{Event, Master, MasterEvent};
 use crate::model::{RunningTask, TaskId, TaskResult};
 use crate::output::{Follow, OutputChunk, OutputFrom, OutputLog, OutputStream, CHANNEL};
 use crate::{Error, Result};
@@ -147,7 +148,7 @@ async fn relay(
     attempt: u32,
     from: &mut OutputFrom,
     tx: &mpsc::Sender<Result<TaskOutput>>,
-    mut news: Option<(&mut broadcast::Receiver<MasterEvent>, &TaskId)>,
+    mut news: Option<(&mut broadcast::Receiver<Arc<Event>>, &TaskId)>,
 ) -> Result<bool> {
     loop {
         let happened = async {
@@ -182,17 +183,19 @@ fn stored_tail(r: &TaskResult, from: OutputFrom) -> Follow {
 }
 
 /// Waits until something happened to task `id`, or a while.
-async fn news_of(events: &mut broadcast::Receiver<MasterEvent>, id: &TaskId) {
+async fn news_of(events: &mut broadcast::Receiver<Arc<Event>>, id: &TaskId) {
     let _ = tokio::time::timeout(RECHECK, changed(events, id)).await;
 }
 
 /// Waits until something may have happened to task `id`: an event about
 /// it, or events dropped unseen (then after a pause, so the followers of a
 /// busy master do not spin).
-async fn changed(events: &mut broadcast::Receiver<MasterEvent>, id: &TaskId) {
+async fn changed(events: &mut broadcast::Receiver<Arc<Event>>, id: &TaskId) {
     loop {
         match events.recv().await {
-            Ok(MasterEvent::Task { id: changed, .. }) if changed == *id => return,
+            Ok(e) if matches!(&e.kind, MasterEvent::Task { id: changed, .. } if changed == id) => {
+                return
+            }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 tokio::time::sleep(LAGGED_PAUSE).await;

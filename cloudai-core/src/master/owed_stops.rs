@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::model::{RunningTask, WorkerId};
+use crate::model::{RunningTask, Timestamp, WorkerId};
 
 /// How a delivery went: `Err` holds why the stop did not get through.
 pub(super) type Delivery = Result<(), String>;
@@ -27,6 +27,8 @@ enum Phase {
 #[derive(Debug)]
 struct Owed {
     grace: Duration,
+    /// When it was first owed.
+    since: Timestamp,
     phase: Phase,
     waiters: Vec<oneshot::Sender<Delivery>>,
 }
@@ -59,7 +61,13 @@ pub(super) struct OwedStops {
 impl OwedStops {
     /// Owes `run`'s stop to `worker`, due now. Owing it again keeps a
     /// delivery under way and makes a parked one due.
-    pub(super) fn owe(&mut self, worker: WorkerId, run: RunningTask, grace: Duration) {
+    pub(super) fn owe(
+        &mut self,
+        worker: WorkerId,
+        run: RunningTask,
+        grace: Duration,
+        now: Timestamp,
+    ) {
         let owed = self
             .by_worker
             .entry(worker)
@@ -67,6 +75,7 @@ impl OwedStops {
             .entry(run)
             .or_insert(Owed {
                 grace,
+                since: now,
                 phase: Phase::Due,
                 waiters: Vec::new(),
             });
@@ -94,24 +103,31 @@ impl OwedStops {
         due
     }
 
-    /// Records how a delivery went: a delivered stop is no longer owed; a
-    /// failed one is parked until its worker is heard from.
-    pub(super) fn settle(&mut self, worker: &WorkerId, run: &RunningTask, outcome: Delivery) {
-        let Some(runs) = self.by_worker.get_mut(worker) else {
-            return;
-        };
-        let Some(owed) = runs.get_mut(run) else {
-            return;
-        };
+    /// Records how a delivery went: a delivered stop is no longer owed (and
+    /// when it was first owed is returned); a failed one is parked until
+    /// its worker is heard from.
+    pub(super) fn settle(
+        &mut self,
+        worker: &WorkerId,
+        run: &RunningTask,
+        outcome: Delivery,
+    ) -> Option<Timestamp> {
+        let runs = self.by_worker.get_mut(worker)?;
+        let owed = runs.get_mut(run)?;
         owed.settle(&outcome);
         match outcome {
             Ok(()) => {
+                let since = owed.since;
                 runs.remove(run);
                 if runs.is_empty() {
                     self.by_worker.remove(worker);
                 }
+                Some(since)
             }
-            Err(why) => owed.phase = Phase::Parked(why),
+            Err(why) => {
+                owed.phase = Phase::Parked(why);
+                None
+            }
         }
     }
 
@@ -193,7 +209,7 @@ mod tests {
     #[test]
     fn a_due_stop_is_taken_once() {
         let mut s = OwedStops::default();
-        s.owe(w("a"), run("t"), Duration::ZERO);
+        s.owe(w("a"), run("t"), Duration::ZERO, Timestamp::ZERO);
         assert_eq!(s.take_due().len(), 1);
         assert!(s.take_due().is_empty());
     }
@@ -201,7 +217,7 @@ mod tests {
     #[test]
     fn a_failed_delivery_is_parked_until_the_worker_is_heard_from() {
         let mut s = OwedStops::default();
-        s.owe(w("a"), run("t"), Duration::ZERO);
+        s.owe(w("a"), run("t"), Duration::ZERO, Timestamp::ZERO);
         let _ = s.take_due();
         s.settle(&w("a"), &run("t"), Err("down".into()));
         assert!(s.take_due().is_empty());
@@ -213,12 +229,12 @@ mod tests {
     #[test]
     fn a_delivered_stop_is_no_longer_owed_and_its_waiter_hears() {
         let mut s = OwedStops::default();
-        s.owe(w("a"), run("t"), Duration::ZERO);
+        s.owe(w("a"), run("t"), Duration::ZERO, Timestamp::ZERO);
         let Wait::Pending(mut rx) = s.wait(&w("a"), &run("t")) else {
             panic!("a due stop is pending")
         };
         let _ = s.take_due();
-        s.settle(&w("a"), &run("t"), Ok(()));
+        assert_eq!(s.settle(&w("a"), &run("t"), Ok(())), Some(Timestamp::ZERO));
         assert_eq!(rx.try_recv(), Ok(Ok(())));
         assert!(matches!(s.wait(&w("a"), &run("t")), Wait::Delivered));
         assert!(!s.retry(&w("a")));
@@ -227,9 +243,9 @@ mod tests {
     #[test]
     fn registration_takes_what_is_not_in_flight() {
         let mut s = OwedStops::default();
-        s.owe(w("a"), run("flying"), Duration::ZERO);
+        s.owe(w("a"), run("flying"), Duration::ZERO, Timestamp::ZERO);
         let _ = s.take_due();
-        s.owe(w("a"), run("due"), Duration::ZERO);
+        s.owe(w("a"), run("due"), Duration::ZERO, Timestamp::ZERO);
         assert_eq!(s.take_for_registration(&w("a")), vec![run("due")]);
         assert!(matches!(s.wait(&w("a"), &run("flying")), Wait::Pending(_)));
     }

@@ -244,6 +244,11 @@ impl Master {
         if let Err(error) = &outcome {
             warn!(task = %run.task, worker = %worker, %error, "stop not delivered; will retry when the worker is heard from");
         }
-        self.state().settle_stop(&worker, &run, outcome);
+        let owed_since = self.state().settle_stop(&worker, &run, outcome);
+        if let Some(since) = owed_since {
+            self.inner
+                .metrics
+                .stopped(self.now().saturating_since(since));
+        }
     }
 }

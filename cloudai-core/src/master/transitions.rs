@@ -28,12 +28,17 @@ impl Master {
 
     /// Carries out the effects of a stored change of `task` from `from`.
     pub(super) fn execute(&self, task: &TaskRecord, from: TaskStatus, effects: &[Effect]) {
+        let first_placement = task.status == TaskStatus::Running && task.attempt == 1;
+        let waited = first_placement.then(|| self.now().saturating_since(task.created_at));
+        self.inner.metrics.transition(task.status, waited);
         self.emit(MasterEvent::Task {
             id: task.id.clone(),
             from,
             to: task.status,
             worker: task.worker.clone(),
+            attempt: task.attempt,
         });
+        let now = self.now();
         let mut st = self.state();
         st.track_queue(task, from);
         for effect in effects {
@@ -58,7 +63,7 @@ impl Master {
                         task: task.id.clone(),
                         attempt: *attempt,
                     };
-                    st.owe_stop(worker.clone(), run, *grace);
+                    st.owe_stop(worker.clone(), run, *grace, now);
                 }
             }
         }

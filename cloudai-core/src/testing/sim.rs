@@ -846,7 +846,8 @@ impl Checker {
         let (since, found) = (unreachable_since.clone(), violations.clone());
         let task = tokio::spawn(async move {
             loop {
-                match events.recv().await {
+                let event = events.recv().await.map(|e| e.kind.clone());
+                match event {
                     Ok(MasterEvent::Task {
                         id,
                         to: TaskStatus::Running,

@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::metrics::{MeteredRuntime, WorkerMetrics};
 use crate::model::{InstanceId, Resources, RunningTask, WorkerId, WorkerIdentity};
 use crate::rng::SplitMix64;
 use crate::runtime::ContainerRuntime;
@@ -106,6 +107,7 @@ impl WorkerConfig {
 
 struct Inner {
     config: WorkerConfig,
+    metrics: WorkerMetrics,
     runtime: Arc<dyn ContainerRuntime>,
     master: Arc<dyn WorkerToMaster>,
     clock: Clock,
@@ -147,11 +149,14 @@ impl Worker {
         master: Arc<dyn WorkerToMaster>,
         clock: Clock,
     ) -> Worker {
+        let metrics = WorkerMetrics::new();
+        let runtime = Arc::new(MeteredRuntime::new(runtime, metrics.runtime().clone()));
         let rng = SplitMix64::new(config.seed);
         let (linger, retain) = (config.output_linger, config.log_retain);
         Worker {
             inner: Arc::new(Inner {
                 config,
+                metrics,
                 runtime,
                 master,
                 clock,
@@ -159,6 +164,7 @@ impl Worker {
                 outbox: Mutex::default(),
                 session: Mutex::new(session::Session {
                     master_id: None,
+                    in_session: false,
                     rng,
                 }),
                 closing: AtomicBool::new(false),
@@ -210,6 +216,18 @@ impl Worker {
     /// The runs this worker has now.
     pub fn running(&self) -> Vec<RunningTask> {
         lock(&self.inner.runs).list()
+    }
+
+    /// The metrics, for the transport to count its calls into.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.inner.metrics
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let running = lock(&self.inner.runs).list().len();
+        let outbox = lock(&self.inner.outbox).len();
+        self.inner.metrics.render(running, outbox)
     }
 
     fn closing(&self) -> bool {

@@ -18,6 +18,8 @@ use crate::{Error, Result};
 pub(super) struct Session {
     /// The master this worker registered with; it obeys no other.
     pub(super) master_id: Option<String>,
+    /// Registered, and the last heartbeat was answered.
+    pub(super) in_session: bool,
     pub(super) rng: crate::rng::SplitMix64,
 }
 
@@ -25,6 +27,16 @@ impl Worker {
     /// The id of the master this worker is registered with, once it is.
     pub fn master_id(&self) -> Option<String> {
         lock(&self.inner.session).master_id.clone()
+    }
+
+    /// Whether this worker is registered with its master and its last
+    /// heartbeat was answered: what its readiness probe reports.
+    pub fn in_session(&self) -> bool {
+        lock(&self.inner.session).in_session
+    }
+
+    pub(super) fn set_in_session(&self, yes: bool) {
+        lock(&self.inner.session).in_session = yes;
     }
 
     /// The master asks this worker to register with it (it reconnects to an
@@ -63,7 +75,9 @@ impl Worker {
                 let telemetry = telemetry::sample(self.running().len(), starting);
                 let me = self.identity();
                 let call = self.inner.master.heartbeat(&me, &telemetry);
-                match tokio::time::timeout(self.inner.config.rpc_timeout, call).await {
+                let answered = tokio::time::timeout(self.inner.config.rpc_timeout, call).await;
+                self.set_in_session(matches!(&answered, Ok(Ok(r)) if !r.register_again));
+                match answered {
                     Ok(Ok(reply)) if reply.register_again => break,
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => debug!(error = %e, "heartbeat failed"),
@@ -107,7 +121,11 @@ impl Worker {
                             w.stop_run(&run, StopKind::Drop, Duration::ZERO).await
                         });
                     }
-                    lock(&self.inner.session).master_id = Some(reply.master_id.clone());
+                    {
+                        let mut session = lock(&self.inner.session);
+                        session.master_id = Some(reply.master_id.clone());
+                        session.in_session = true;
+                    }
                     let interval = reply.heartbeat_interval;
                     return Ok(Some(if interval.is_zero() {
                         cfg.heartbeat_interval
@@ -116,6 +134,7 @@ impl Worker {
                     }));
                 }
                 Ok(Err(e @ Error::InUse(_))) => {
+                    self.set_in_session(false);
                     error!(worker = %cfg.id, instance = %cfg.instance, error = %e, "the master refused this worker: its id is live elsewhere");
                     return Err(e);
                 }
@@ -123,6 +142,7 @@ impl Worker {
                 Err(_) => warn!("registration timed out"),
             }
             drop(registering);
+            self.set_in_session(false);
             failures += 1;
             let delay = cfg.backoff.delay(failures, self.jitter());
             tokio::select! {

@@ -57,6 +57,7 @@ impl Worker {
             // are not placed here again; a master that does not answer
             // soon gets the reports anyway, within the same bound.
             let leave = self.inner.master.leave(&me);
+            self.set_in_session(false);
             match tokio::time::timeout(cfg.shutdown_timeout / 4, leave).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(error = %e, "could not tell the master we are leaving"),

@@ -21,6 +21,7 @@ use super::views::WorkerView;
 use crate::backoff::ReconnectSchedule;
 use crate::ledger::Ledger;
 use crate::liveness::{Health, Liveness, LivenessEvent};
+use crate::metrics::Snapshot;
 use crate::model::{
     Drain, Heartbeat, InstanceId, Resources, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp,
     WorkerId, WorkerIdentity, WorkerRecord,
@@ -335,6 +336,28 @@ impl State {
             .collect()
     }
 
+    /// What a metrics scrape reads: the queue, workers by health, and
+    /// resources summed over the workers not lost.
+    pub(in crate::master) fn snapshot(&self, now: Timestamp) -> Snapshot {
+        let mut snap = Snapshot {
+            queued: self.queue.len(),
+            ..Snapshot::default()
+        };
+        for id in self.workers.keys() {
+            let health = self.liveness.health(id, now).unwrap_or(Health::Inactive);
+            snap.workers.push(health);
+            if health == Health::Lost {
+                continue;
+            }
+            let add = |sum: &mut Resources, r: Option<Resources>| {
+                *sum = sum.checked_add(&r.unwrap_or_default()).unwrap_or(*sum);
+            };
+            add(&mut snap.allocated, self.ledger.allocated(id));
+            add(&mut snap.capacity, self.ledger.capacity(id));
+        }
+        snap
+    }
+
     // ---- deadlines: liveness, reconnection, heartbeat batches ----------
 
     pub(in crate::master) fn next_deadline(&self) -> Option<Timestamp> {
@@ -430,17 +453,19 @@ impl State {
         worker: WorkerId,
         run: RunningTask,
         grace: Duration,
+        now: Timestamp,
     ) {
-        self.stops.owe(worker, run, grace);
+        self.stops.owe(worker, run, grace, now);
     }
 
+    /// Records how a stop's delivery went; when it was owed, if delivered.
     pub(in crate::master) fn settle_stop(
         &mut self,
         worker: &WorkerId,
         run: &RunningTask,
         outcome: Delivery,
-    ) {
-        self.stops.settle(worker, run, outcome);
+    ) -> Option<Timestamp> {
+        self.stops.settle(worker, run, outcome)
     }
 
     pub(in crate::master) fn wait_for_stop(

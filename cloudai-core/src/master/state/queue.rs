@@ -67,8 +67,8 @@ pub(in crate::master) struct Queue {
 }
 
 impl Queue {
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// How many tasks wait.
+    pub(in crate::master) fn len(&self) -> usize {
         self.members.len()
     }
 

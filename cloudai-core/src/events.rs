@@ -1,0 +1,430 @@
+//! The master's event stream: every task transition, worker health change
+//! and drain, numbered, kept in a bounded buffer so a watcher can resume
+//! from a cursor.
+//!
+//! A cursor names the master's epoch (its identity for this run) and the
+//! last sequence number seen. A cursor from another epoch (a restart, a
+//! takeover) or one older than the buffer cannot be resumed without a gap:
+//! [`EventLog::watch`] says so with a [`Resync`] instead of skipping
+//! silently, as a Kubernetes watch answers `410 Gone`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::liveness::Health;
+use crate::model::{TaskId, TaskStatus, Timestamp, ValidationError, WorkerId};
+use crate::sync::lock;
+
+/// Something observers may want to know (the CLI's `events`, tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterEvent {
+    /// A task was accepted, pending.
+    Submitted {
+        /// The task.
+        id: TaskId,
+    },
+    /// A task changed status. A placement is the change to running: it
+    /// names the worker and the attempt.
+    Task {
+        /// The task.
+        id: TaskId,
+        /// Old status.
+        from: TaskStatus,
+        /// New status.
+        to: TaskStatus,
+        /// Its worker after the change.
+        worker: Option<WorkerId>,
+        /// Its attempt after the change.
+        attempt: u32,
+    },
+    /// A worker's health changed.
+    Worker {
+        /// The worker.
+        id: WorkerId,
+        /// Its new health.
+        health: Health,
+    },
+    /// A worker was drained (`true`) or undrained (`false`).
+    Drain {
+        /// The worker.
+        id: WorkerId,
+        /// Whether it is now draining.
+        draining: bool,
+    },
+}
+
+/// One event with its place in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its number: one more than the event before it.
+    pub seq: u64,
+    /// When the master recorded it.
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: MasterEvent,
+}
+
+/// Where a watcher stands: the master's epoch and the last event seen.
+/// Written `epoch:seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The master run the sequence numbers belong to.
+    pub epoch: String,
+    /// The last event seen (0: none yet).
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| ValidationError::Invalid {
+            field: "cursor",
+            reason: format!("{s:?}: {reason} (expected <epoch>:<seq>, as an event prints it)"),
+        };
+        let (epoch, seq) = s.rsplit_once(':').ok_or_else(|| bad("no ':'"))?;
+        if epoch.is_empty() {
+            return Err(bad("empty epoch"));
+        }
+        let seq = seq.parse().map_err(|_| bad("seq is not a number"))?;
+        Ok(Cursor {
+            epoch: epoch.to_string(),
+            seq,
+        })
+    }
+}
+
+/// Why a cursor cannot be resumed without a gap: the watcher should list
+/// the current state again and watch from now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Resync {
+    /// The cursor belongs to another master run.
+    #[error("cursor is from master epoch {cursor}, this master's epoch is {current}: list again and watch from now")]
+    OtherEpoch {
+        /// The cursor's epoch.
+        cursor: String,
+        /// This master's.
+        current: String,
+    },
+    /// The events after the cursor are no longer buffered.
+    #[error("events after {after} are no longer kept (the oldest kept is {oldest}): list again and watch from now")]
+    TooOld {
+        /// The cursor's seq.
+        after: u64,
+        /// The oldest event still kept.
+        oldest: u64,
+    },
+    /// The cursor names an event this master has not recorded yet.
+    #[error("cursor seq {after} is past the newest event {newest}")]
+    Ahead {
+        /// The cursor's seq.
+        after: u64,
+        /// The newest event.
+        newest: u64,
+    },
+}
+
+struct Ring {
+    last: u64,
+    kept: VecDeque<Arc<Event>>,
+}
+
+impl Ring {
+    /// The kept events after `seq`, or why they are not all kept.
+    fn after(&self, seq: u64) -> Result<VecDeque<Arc<Event>>, Resync> {
+        if seq > self.last {
+            return Err(Resync::Ahead {
+                after: seq,
+                newest: self.last,
+            });
+        }
+        let oldest = self.kept.front().map_or(self.last + 1, |e| e.seq);
+        if seq + 1 < oldest {
+            return Err(Resync::TooOld { after: seq, oldest });
+        }
+        let skip = usize::try_from(seq + 1 - oldest).unwrap_or(usize::MAX);
+        Ok(self.kept.iter().skip(skip).cloned().collect())
+    }
+}
+
+/// The numbered, bounded event buffer with live delivery.
+pub struct EventLog {
+    epoch: String,
+    capacity: usize,
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+impl fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLog")
+            .field("epoch", &self.epoch)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// A log for the master run `epoch`, keeping the last `capacity`
+    /// events (at least one).
+    pub fn new(epoch: impl Into<String>, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        EventLog {
+            epoch: epoch.into(),
+            capacity,
+            ring: Mutex::new(Ring {
+                last: 0,
+                kept: VecDeque::with_capacity(capacity.min(4096)),
+            }),
+            live: broadcast::channel(1024).0,
+        }
+    }
+
+    /// This master run's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The cursor after the newest event.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.epoch.clone(),
+            seq: lock(&self.ring).last,
+        }
+    }
+
+    /// Records an event and hands it to the live watchers.
+    pub fn push(&self, at: Timestamp, kind: MasterEvent) -> Arc<Event> {
+        let mut ring = lock(&self.ring);
+        ring.last += 1;
+        let event = Arc::new(Event {
+            seq: ring.last,
+            at,
+            kind,
+        });
+        if ring.kept.len() == self.capacity {
+            ring.kept.pop_front();
+        }
+        ring.kept.push_back(event.clone());
+        // Sent under the lock, so live delivery is in seq order.
+        let _ = self.live.send(event.clone());
+        event
+    }
+
+    /// Live events only, from now on; a slow receiver may lag.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.live.subscribe()
+    }
+
+    /// A watch of every event after `from` (`None`: after the newest),
+    /// or why `from` cannot be resumed without a gap.
+    pub fn watch(self: &Arc<Self>, from: Option<&Cursor>) -> Result<EventWatch, Resync> {
+        let ring = lock(&self.ring);
+        let after = match from {
+            None => ring.last,
+            Some(c) if c.epoch != self.epoch => {
+                return Err(Resync::OtherEpoch {
+                    cursor: c.epoch.clone(),
+                    current: self.epoch.clone(),
+                })
+            }
+            Some(c) => c.seq,
+        };
+        let backlog = ring.after(after)?;
+        // Subscribed under the lock: nothing falls between the backlog
+        // and the live stream.
+        let live = self.live.subscribe();
+        drop(ring);
+        Ok(EventWatch {
+            log: self.clone(),
+            last: after,
+            backlog,
+            live,
+        })
+    }
+}
+
+/// Events after a cursor, each once, in order.
+pub struct EventWatch {
+    log: Arc<EventLog>,
+    last: u64,
+    backlog: VecDeque<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
+}
+
+impl fmt::Debug for EventWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventWatch")
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventWatch {
+    /// The next event; `Err` if this watcher fell so far behind that the
+    /// buffer no longer has what it missed. `None` once the log is gone.
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>, Resync>> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                self.last = e.seq;
+                return Some(Ok(e));
+            }
+            match self.live.recv().await {
+                Ok(e) if e.seq <= self.last => {}
+                Ok(e) => {
+                    self.last = e.seq;
+                    return Some(Ok(e));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    match lock(&self.log.ring).after(self.last) {
+                        Ok(missed) => self.backlog = missed,
+                        Err(why) => return Some(Err(why)),
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The cursor after the last event returned.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.log.epoch.clone(),
+            seq: self.last,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn submitted(n: u64) -> MasterEvent {
+        MasterEvent::Submitted {
+            id: TaskId::new(format!("t{n}")).unwrap(),
+        }
+    }
+
+    fn log_with(capacity: usize, events: u64) -> Arc<EventLog> {
+        let log = Arc::new(EventLog::new("m-1", capacity));
+        for n in 1..=events {
+            log.push(Timestamp::from_millis(n), submitted(n));
+        }
+        log
+    }
+
+    async fn take(w: &mut EventWatch, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for _ in 0..n {
+            seqs.push(w.next().await.unwrap().unwrap().seq);
+        }
+        seqs
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_say_why() {
+        let c: Cursor = "m-1:a:42".parse().unwrap();
+        assert_eq!((c.epoch.as_str(), c.seq), ("m-1:a", 42));
+        assert_eq!(c.to_string(), "m-1:a:42");
+        for bad in ["", "42", ":4", "m:x", "m:-1"] {
+            let e = bad.parse::<Cursor>().unwrap_err().to_string();
+            assert!(e.contains("cursor"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_cursor_from_another_epoch_or_past_the_buffer_is_told_to_resync() {
+        let log = log_with(3, 10);
+        let other = Cursor {
+            epoch: "m-0".into(),
+            seq: 9,
+        };
+        assert!(matches!(
+            log.watch(Some(&other)),
+            Err(Resync::OtherEpoch { .. })
+        ));
+        let old = Cursor {
+            epoch: "m-1".into(),
+            seq: 6,
+        };
+        assert_eq!(
+            log.watch(Some(&old)).unwrap_err(),
+            Resync::TooOld {
+                after: 6,
+                oldest: 8
+            }
+        );
+        let ahead = Cursor {
+            epoch: "m-1".into(),
+            seq: 11,
+        };
+        assert!(matches!(log.watch(Some(&ahead)), Err(Resync::Ahead { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_now_sees_only_new_events() {
+        let log = log_with(8, 5);
+        let mut w = log.watch(None).unwrap();
+        log.push(Timestamp::from_millis(6), submitted(6));
+        assert_eq!(take(&mut w, 1).await, vec![6]);
+        assert_eq!(w.cursor().to_string(), "m-1:6");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_catches_up_from_the_buffer_or_is_told_to_resync() {
+        let log = Arc::new(EventLog::new("m-1", 5000));
+        let mut w = log.watch(None).unwrap();
+        for n in 1..=2000 {
+            log.push(Timestamp::from_millis(n), submitted(n));
+        }
+        // The live channel holds 1024: the rest comes from the buffer.
+        let seqs = take(&mut w, 2000).await;
+        assert_eq!(seqs, (1..=2000).collect::<Vec<_>>());
+
+        let small = Arc::new(EventLog::new("m-1", 10));
+        let mut w = small.watch(None).unwrap();
+        for n in 1..=2000 {
+            small.push(Timestamp::from_millis(n), submitted(n));
+        }
+        assert!(matches!(w.next().await, Some(Err(Resync::TooOld { .. }))));
+    }
+
+    proptest! {
+        /// Resuming from any kept cursor yields exactly the events after
+        /// it, each once, in order, then the live ones.
+        #[test]
+        fn resuming_from_a_kept_cursor_has_no_gap_and_no_repeat(
+            capacity in 1usize..20, events in 0u64..40, back in 0u64..40, more in 0u64..5,
+        ) {
+            let log = log_with(capacity, events);
+            let seq = events.saturating_sub(back);
+            let cursor = Cursor { epoch: "m-1".into(), seq };
+            let kept_from = events.saturating_sub(capacity as u64) ;
+            match log.watch(Some(&cursor)) {
+                Ok(mut w) => {
+                    prop_assert!(seq >= kept_from);
+                    for n in events + 1..=events + more {
+                        log.push(Timestamp::from_millis(n), submitted(n));
+                    }
+                    let want: Vec<u64> = (seq + 1..=events + more).collect();
+                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    let got = rt.block_on(take(&mut w, want.len()));
+                    prop_assert_eq!(got, want);
+                }
+                Err(Resync::TooOld { .. }) => prop_assert!(seq < kept_from),
+                Err(other) => prop_assert!(false, "unexpected {other}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Prometheus metrics of a master and of a worker, each in a registry of
+//! its own (no global recorder: one process may embed several masters, as
+//! the simulation does), rendered in the text exposition format.
+//!
+//! Counters and latency histograms are updated as things happen; the
+//! gauges that describe current state (tasks by status, queue depth,
+//! workers by health, resources) are set from the live state when scraped.
+//! Every name is listed in the README, section "Metrics".
+
+mod master;
+mod runtime;
+mod store;
+mod worker;
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub use master::MasterMetrics;
+pub(crate) use master::Snapshot;
+pub use runtime::MeteredRuntime;
+pub use store::MeteredStore;
+pub use worker::WorkerMetrics;
+
+/// The `Content-Type` of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One label: its name and value.
+type Labels = Vec<(&'static str, String)>;
+
+/// Latency histograms by one label (the operation).
+pub(crate) type Latencies = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// A histogram of durations from 1 ms to about 65 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn latencies() -> Latencies {
+    Family::new_with_constructor(latency)
+}
+
+/// Records one operation's duration under `operation`.
+pub(crate) fn observe(family: &Latencies, operation: &'static str, took: Duration) {
+    family
+        .get_or_create(&vec![("operation", operation.to_string())])
+        .observe(took.as_secs_f64());
+}
+
+/// RPCs served, by method and gRPC status code: filled by the transport
+/// (the gRPC layer counts every call it answers).
+#[derive(Debug, Clone, Default)]
+pub struct Rpcs(Family<Labels, Counter>);
+
+impl Rpcs {
+    /// Counts one call to `method` answered with `code` (its gRPC name,
+    /// `OK`, `NOT_FOUND`, …).
+    pub fn record(&self, method: &str, code: &str) {
+        self.0
+            .get_or_create(&vec![
+                ("method", method.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rpcs",
+            "gRPC calls answered, by method and status code",
+            self.0.clone(),
+        );
+    }
+}
+
+/// The registry in the text exposition format.
+fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, registry);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpcs_and_latencies_render_under_the_cloudai_prefix() {
+        let mut registry = Registry::with_prefix("cloudai");
+        let rpcs = Rpcs::default();
+        rpcs.register(&mut registry);
+        let ops = latencies();
+        registry.register("store_operation_seconds", "store", ops.clone());
+        rpcs.record("/cloudai.Master/Submit", "OK");
+        rpcs.record("/cloudai.Master/Submit", "OK");
+        observe(&ops, "get_task", Duration::from_millis(3));
+        let text = render(&registry);
+        assert!(
+            text.contains(r#"cloudai_rpcs_total{method="/cloudai.Master/Submit",code="OK"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cloudai_store_operation_seconds_count{operation="get_task"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

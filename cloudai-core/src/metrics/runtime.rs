@@ -1,0 +1,70 @@
+//! A container runtime that times its operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::{observe, Latencies};
+use crate::runtime::{
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
+};
+use crate::Result;
+
+/// Wraps a runtime, recording how long `start`, `stop`, `remove`, `list`
+/// and `output` take (`wait` lasts as long as the task, so it is not
+/// timed); the worker wraps its runtime in one.
+#[derive(Debug)]
+pub struct MeteredRuntime {
+    inner: Arc<dyn ContainerRuntime>,
+    latencies: Latencies,
+}
+
+impl MeteredRuntime {
+    pub(crate) fn new(inner: Arc<dyn ContainerRuntime>, latencies: Latencies) -> Self {
+        MeteredRuntime { inner, latencies }
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        let began = Instant::now();
+        let out = call.await;
+        observe(&self.latencies, operation, began.elapsed());
+        out
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for MeteredRuntime {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
+        self.timed("start", self.inner.start(spec)).await
+    }
+
+    async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
+        self.inner.wait(id).await
+    }
+
+    async fn output(&self, id: &ContainerId) -> Result<Follow> {
+        self.timed("output", self.inner.output(id)).await
+    }
+
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        self.timed("stop", self.inner.stop(id, grace)).await
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<()> {
+        self.timed("remove", self.inner.remove(id)).await
+    }
+
+    async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
+        self.timed("list", self.inner.list(key, value)).await
+    }
+}
