@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cloudai_core::metrics::Rpcs;
 use cloudai_core::model::{
     InstanceId, Resources, TaskId, TaskResult, TaskStatus, Telemetry, Timestamp, WorkerId,
     WorkerIdentity,
@@ -219,7 +220,7 @@ impl Swarm {
                 let until = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = serve(routes, l, security, until).await {
+                if let Err(e) = serve(routes, l, security, Rpcs::default(), until).await {
                     stats.error(format!("a swarm listener failed: {e}"));
                 }
             });

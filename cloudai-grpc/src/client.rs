@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudai_core::ledger::Reconciliation;
-use cloudai_core::master::{CancelOutcome, SubmitOptions, TaskFollow, TaskView, WorkerView};
+use cloudai_core::master::{
+    CancelOutcome, Cursor, SubmitOptions, TaskFollow, TaskView, WorkerView,
+};
 use cloudai_core::model::{
     ArrayId, ArrayIndices, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry,
     WorkerId, WorkerIdentity,
@@ -25,6 +27,7 @@ use tonic::Request;
 
 use crate::auth::{address_to, sign};
 use crate::convert::{self, from_status};
+use crate::events::{self, Watched};
 use crate::output;
 use crate::proto::{self, master_client, worker_client};
 use crate::security::Security;
@@ -359,6 +362,20 @@ impl MasterClient {
         };
         let r = self.c().follow_output(self.req(req)).await;
         Ok(output::channel(r.map_err(from_status)?.into_inner()))
+    }
+
+    /// The master's events after `cursor` (`None`: from now), a bookmark
+    /// first. A cursor the master cannot resume without a gap is refused
+    /// with [`Error::Conflict`], saying to list again and watch from now.
+    pub async fn watch_events(
+        &self,
+        cursor: Option<&Cursor>,
+    ) -> Result<mpsc::Receiver<Result<Watched>>> {
+        let req = proto::WatchEventsRequest {
+            cursor: cursor.map(ToString::to_string).unwrap_or_default(),
+        };
+        let r = self.c().watch_events(self.req(req)).await;
+        Ok(events::receive(r.map_err(from_status)?.into_inner()))
     }
 }
 

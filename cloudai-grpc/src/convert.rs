@@ -238,7 +238,7 @@ pub fn status(v: i32) -> Result<TaskStatus, Status> {
     }
 }
 
-fn health_to_wire(h: Health) -> i32 {
+pub(crate) fn health_to_wire(h: Health) -> i32 {
     match h {
         Health::Active => proto::WorkerHealth::Active,
         Health::Inactive => proto::WorkerHealth::Inactive,
@@ -247,7 +247,7 @@ fn health_to_wire(h: Health) -> i32 {
     .into()
 }
 
-fn health(v: i32) -> Result<Health, Status> {
+pub(crate) fn health(v: i32) -> Result<Health, Status> {
     match proto::WorkerHealth::try_from(v) {
         Ok(proto::WorkerHealth::Active) => Ok(Health::Active),
         Ok(proto::WorkerHealth::Inactive) => Ok(Health::Inactive),

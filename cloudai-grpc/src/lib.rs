@@ -13,11 +13,15 @@
 pub mod auth;
 pub mod client;
 pub mod convert;
+pub mod events;
+pub mod http;
 pub mod master_service;
 pub mod output;
 pub mod security;
 pub mod server;
 pub mod worker_service;
+
+mod rpc_metrics;
 
 /// Generated protobuf and gRPC code.
 pub mod proto {
@@ -27,5 +31,6 @@ pub mod proto {
 
 pub use auth::Token;
 pub use client::{MasterClient, WorkerClients};
+pub use http::{master_routes, serve_http, worker_routes};
 pub use security::{Security, Tls};
 pub use server::{serve, serve_master, serve_worker};

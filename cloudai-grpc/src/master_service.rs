@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use cloudai_core::master::{Master, SubmitOptions, MAX_PAGE};
+use cloudai_core::master::{Cursor, Master, SubmitOptions, MAX_PAGE};
 use cloudai_core::model::{ArrayIndices, ValidationError};
 use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::transport::Registration;
@@ -12,6 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{self, detached, to_status};
+use crate::events::{self, EventReplies};
 use crate::output::{self, OutputReplies};
 use crate::proto::{self, master_server};
 
@@ -282,5 +283,28 @@ impl master_server::Master for MasterService {
         let master = self.master.clone();
         let rx = detached(async move { master.follow_output(&id, from, follow).await }).await?;
         Ok(Response::new(output::replies(rx)))
+    }
+
+    type WatchEventsStream = EventReplies;
+
+    async fn watch_events(
+        &self,
+        req: Request<proto::WatchEventsRequest>,
+    ) -> Reply<Self::WatchEventsStream> {
+        let cursor = req.into_inner().cursor;
+        let from = if cursor.is_empty() {
+            None
+        } else {
+            Some(
+                cursor
+                    .parse::<Cursor>()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
+        };
+        let watch = self
+            .master
+            .watch_events(from.as_ref())
+            .map_err(|why| Status::failed_precondition(why.to_string()))?;
+        Ok(Response::new(events::serve(watch, self.master.now())))
     }
 }

@@ -2,6 +2,7 @@
 //! optionally TLS (rustls), mutual when a CA is given.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudai_core::model::ValidationError;
@@ -70,6 +71,52 @@ impl Tls {
             c = c.client_ca_root(Certificate::from_pem(ca));
         }
         c
+    }
+
+    /// The same identity and client CA as a rustls server configuration,
+    /// for the HTTP listener (HTTP/2 and HTTP/1.1 offered by ALPN).
+    pub(crate) fn rustls_server(&self) -> Result<rustls::ServerConfig, Error> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Error::InvalidInput(ValidationError::Invalid {
+                field: "tls",
+                reason: format!("{what}: {e}"),
+            })
+        };
+        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| bad("private key", &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("protocol versions", &e))?;
+        let builder = match &self.ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots
+                        .add(c.map_err(|e| bad("CA", &e))?)
+                        .map_err(|e| bad("CA", &e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| bad("client verifier", &e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("certificate and key", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
     }
 
     fn client(&self) -> ClientTlsConfig {

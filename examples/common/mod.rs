@@ -47,6 +47,79 @@ pub struct SecurityArgs {
     pub tls_domain: Option<String>,
 }
 
+/// The HTTP listener's flags: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Serve /metrics, /healthz and /readyz over HTTP on this address (a
+    /// port alone binds 127.0.0.1); the TLS flags apply to it too.
+    #[arg(long, env = "CLOUDAI_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Serve /metrics, /healthz and /readyz without the token (for a
+    /// scraper or a probe that cannot send one); every other route on the
+    /// HTTP listener still needs it.
+    #[arg(long, env = "CLOUDAI_HTTP_OPEN_PROBES", requires = "http_listen")]
+    pub http_open_probes: bool,
+}
+
+/// An HTTP listener bound, not yet serving.
+#[derive(Debug)]
+pub struct HttpListener {
+    listener: tokio::net::TcpListener,
+    open_probes: bool,
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+}
+
+impl HttpArgs {
+    /// Binds the HTTP listener, if `--http-listen` asks for one.
+    pub async fn bind(&self) -> Result<Option<HttpListener>, String> {
+        let Some(listen) = &self.http_listen else {
+            return Ok(None);
+        };
+        let address = if listen.parse::<u16>().is_ok() {
+            format!("127.0.0.1:{listen}")
+        } else {
+            listen.clone()
+        };
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|e| format!("cannot listen for HTTP on {address}: {e}"))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        Ok(Some(HttpListener {
+            listener,
+            open_probes: self.http_open_probes,
+            address,
+        }))
+    }
+}
+
+impl HttpListener {
+    /// Serves `routes` until `stop` turns true.
+    pub fn spawn(
+        self,
+        routes: axum::Router,
+        security: Security,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let scheme = if security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(url = %format!("{scheme}://{}/metrics", self.address), open_probes = self.open_probes, "HTTP listening");
+        tokio::spawn(async move {
+            let until = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let served =
+                cloudai_grpc::serve_http(routes, self.listener, &security, self.open_probes, until);
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "HTTP listener stopped");
+            }
+        })
+    }
+}
+
 impl SecurityArgs {
     /// The security settings; refuses to run without a token unless
     /// `insecure` (or dev mode, which passes a generated token) says so.
@@ -145,6 +218,7 @@ pub async fn spawn_worker(
     runtime: std::sync::Arc<dyn cloudai_core::runtime::ContainerRuntime>,
     master_address: &str,
     listener: tokio::net::TcpListener,
+    http: Option<HttpListener>,
     security: Security,
 ) -> Result<RunningWorker, String> {
     use std::sync::Arc;
@@ -168,6 +242,13 @@ pub async fn spawn_worker(
     }
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut server_rx = rx.clone();
+    let http = http.map(|h| {
+        h.spawn(
+            cloudai_grpc::worker_routes(worker.clone()),
+            security.clone(),
+            rx.clone(),
+        )
+    });
     let serve = cloudai_grpc::serve_worker(worker.clone(), listener, security, async move {
         let _ = server_rx.wait_for(|s| *s).await;
     });
@@ -188,7 +269,7 @@ pub async fn spawn_worker(
         address,
         stop,
         refused,
-        tasks: vec![served, run],
+        tasks: [served, run].into_iter().chain(http).collect(),
     })
 }
 

@@ -59,6 +59,9 @@ pub(crate) enum Command {
         /// Order of the rows shown.
         #[arg(long, value_enum, default_value_t = Sort::Newest)]
         sort: Sort,
+        /// List again whenever a task changes, until interrupted.
+        #[arg(long, conflicts_with = "all")]
+        watch: bool,
     },
     /// Show one task with its result and logs.
     Show {
@@ -105,6 +108,14 @@ pub(crate) enum Command {
         id: String,
         #[command(flatten)]
         start: Start,
+    },
+    /// Follow the master's events (task transitions, placements, worker
+    /// health, drains), each with the cursor to resume after it.
+    Events {
+        /// Resume after this cursor (as an event prints it); a cursor from
+        /// another master run, or older than its buffer, is refused.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Place nothing more on a worker; its tasks may finish, or with
     /// --deadline are stopped then and failed as drained.
@@ -308,19 +319,45 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             limit,
             all,
             sort,
+            watch,
         } => {
             let filter = TaskFilter {
                 statuses: statuses(&status)?,
                 worker: worker.map(WorkerId::new).transpose()?,
                 array: array.map(ArrayId::new).transpose()?,
             };
-            let mut tasks = if all {
-                client.tasks(&filter).await?
-            } else {
-                client.page(&filter, None, limit.max(1)).await?.0
+            let list = || async {
+                let mut tasks = if all {
+                    client.tasks(&filter).await?
+                } else {
+                    client.page(&filter, None, limit.max(1)).await?.0
+                };
+                sort.apply(&mut tasks);
+                output::tasks(json, &tasks, &client.task_counts().await?);
+                Ok::<(), Error>(())
             };
-            sort.apply(&mut tasks);
-            output::tasks(json, &tasks, &client.task_counts().await?);
+            if !watch {
+                list().await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Subscribed before the first list, so no change falls between.
+            let mut events = client.watch_events(None).await?;
+            list().await?;
+            while let Some(e) = events.recv().await {
+                if e?.kind.is_none() {
+                    continue;
+                }
+                // Changes come in bursts: list once per burst.
+                tokio::time::sleep(WATCH_SETTLE).await;
+                while let Ok(e) = events.try_recv() {
+                    e?;
+                }
+                say_rule(json);
+                list().await?;
+            }
+            return Err(Error::Unavailable(
+                "the master closed the event stream".into(),
+            ));
         }
         Command::Show { id } => output::task(json, &client.task(&TaskId::new(id)?).await?),
         Command::Cancel {
@@ -375,6 +412,16 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                 }
             }
         }
+        Command::Events { cursor } => {
+            let cursor = cursor.map(|c| c.parse()).transpose()?;
+            let mut events = client.watch_events(cursor.as_ref()).await?;
+            while let Some(e) = events.recv().await {
+                output::event(json, &e?);
+            }
+            return Err(Error::Unavailable(
+                "the master closed the event stream".into(),
+            ));
+        }
         Command::Drain { id, deadline } => {
             let id = WorkerId::new(id)?;
             client.drain(&id, deadline).await?;
@@ -405,6 +452,17 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `tasks --watch` lets a burst of changes settle before listing.
+const WATCH_SETTLE: Duration = Duration::from_millis(250);
+
+/// Between two listings of `tasks --watch` (people only: JSON lines need
+/// no separator).
+fn say_rule(json: bool) {
+    if !json {
+        output::message(false, "");
+    }
 }
 
 /// Streams a task's output until it ends, stdout to stdout and stderr to

@@ -45,6 +45,8 @@ struct Cli {
     #[arg(long, global = true)]
     log_json: bool,
     #[command(flatten)]
+    http: common::HttpArgs,
+    #[command(flatten)]
     security: common::SecurityArgs,
     #[command(subcommand)]
     command: Option<cli::Command>,
@@ -213,6 +215,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
         .local_addr()
         .map_err(|e| e.to_string())?
         .to_string();
+    let http = cli.http.bind().await?;
     let advertise = cli
         .server
         .advertise
@@ -224,6 +227,13 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let http = http.map(|h| {
+        h.spawn(
+            cloudai_grpc::master_routes(master.clone()),
+            security.clone(),
+            stop_rx.clone(),
+        )
+    });
     let server = tokio::spawn(cloudai_grpc::serve_master(
         master.clone(),
         listener,
@@ -285,6 +295,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     }
     let _ = stop.send(true);
     let _ = server.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     master.shutdown().await;
     match signalled {
         // Exit at once, as a shell reports a signal: a REPL may still hold
@@ -341,6 +354,7 @@ async fn dev_worker(master: &str, security: &Security) -> Result<common::Running
         Arc::new(ProcessRuntime::new()),
         master,
         listener,
+        None,
         security.clone(),
     )
     .await

@@ -10,11 +10,14 @@ use crate::exit;
 
 use cloudai_core::ledger::Reconciliation;
 use cloudai_core::liveness::Health;
-use cloudai_core::master::{short_reason, CancelOutcome, TaskOutput, TaskView, WorkerView};
+use cloudai_core::master::{
+    short_reason, CancelOutcome, MasterEvent, TaskOutput, TaskView, WorkerView,
+};
 use cloudai_core::model::{
     ArrayId, Resources, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp,
 };
 use cloudai_core::output::OutputStream;
+use cloudai_grpc::events::Watched;
 use serde::Serialize;
 
 /// Prints a line on stdout; a closed stdout (`| head`) ends the CLI
@@ -448,5 +451,68 @@ pub(crate) fn reconciled(json: bool, r: &Reconciliation) {
     }
     for w in &r.overcommitted {
         say!("overcommitted: {w} runs more than its capacity");
+    }
+}
+
+/// One event of the master's stream: a line for people (the opening
+/// bookmark as a note on stderr), or one JSON object per line with its
+/// cursor, for scripts that resume.
+pub(crate) fn event(json: bool, e: &Watched) {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at.as_millis());
+    let at = humantime::format_rfc3339_millis(at).to_string();
+    let cursor = e.cursor.to_string();
+    let Some(kind) = &e.kind else {
+        if json {
+            json_line(&serde_json::json!({ "kind": "bookmark", "cursor": cursor, "at": at }));
+        } else {
+            progress(&format!(
+                "watching from cursor {cursor} (resume with --cursor {cursor})"
+            ));
+        }
+        return;
+    };
+    let (what, fields) = match kind {
+        MasterEvent::Submitted { id } => (
+            format!("task {id} submitted"),
+            serde_json::json!({ "kind": "submitted", "task": id.as_str() }),
+        ),
+        MasterEvent::Task {
+            id,
+            from,
+            to,
+            worker,
+            attempt,
+        } => {
+            let on = worker
+                .as_ref()
+                .map(|w| format!(" on {w}"))
+                .unwrap_or_default();
+            (
+                format!("task {id} {from} -> {to}{on} (attempt {attempt})"),
+                serde_json::json!({
+                    "kind": "task", "task": id.as_str(), "from": from.as_str(), "to": to.as_str(),
+                    "worker": worker.as_ref().map(|w| w.as_str()), "attempt": attempt,
+                }),
+            )
+        }
+        MasterEvent::Worker { id, health } => (
+            format!("worker {id} {}", health.as_str()),
+            serde_json::json!({ "kind": "worker", "worker": id.as_str(), "health": health.as_str() }),
+        ),
+        MasterEvent::Drain { id, draining } => (
+            format!(
+                "worker {id} {}",
+                if *draining { "drained" } else { "undrained" }
+            ),
+            serde_json::json!({ "kind": "drain", "worker": id.as_str(), "draining": draining }),
+        ),
+    };
+    if json {
+        let mut object = fields;
+        object["cursor"] = cursor.into();
+        object["at"] = at.into();
+        json_line(&object);
+    } else {
+        say!("{at}  {cursor}  {what}");
     }
 }

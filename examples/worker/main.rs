@@ -79,6 +79,8 @@ struct Cli {
     #[arg(long)]
     log_json: bool,
     #[command(flatten)]
+    http: common::HttpArgs,
+    #[command(flatten)]
     security: common::SecurityArgs,
 }
 
@@ -163,6 +165,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .local_addr()
         .map_err(|e| e.to_string())?
         .to_string();
+    let http = cli.http.bind().await?;
     let mut config = WorkerConfig::new(
         id.clone(),
         cli.advertise.clone().unwrap_or(bound.clone()),
@@ -175,7 +178,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.log_retain = cli.log_retain;
     info!(worker = %id, instance = %state.instance(), state_dir = %state.path().display(), listen = %bound,
           master = %cli.master, %capacity, runtime = runtime.name(), "worker starting");
-    let mut worker = common::spawn_worker(config, runtime, &cli.master, listener, security).await?;
+    let mut worker =
+        common::spawn_worker(config, runtime, &cli.master, listener, http, security).await?;
     let refusal = tokio::select! {
         _ = common::terminated() => {
             info!("signal received; shutting down");

@@ -217,7 +217,8 @@ impl Master {
         &self.inner.config
     }
 
-    fn now(&self) -> Timestamp {
+    /// The time on the master's clock.
+    pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
     }
 

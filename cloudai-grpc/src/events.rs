@@ -1,0 +1,164 @@
+//! The event stream on the wire: events with their cursors, a bookmark
+//! first, and the moves between the core's watch and a gRPC stream.
+
+use std::pin::Pin;
+
+use cloudai_core::events::{Cursor, Event, EventWatch, MasterEvent};
+use cloudai_core::model::Timestamp;
+use cloudai_core::Result;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+use crate::convert::{self, from_status, health, health_to_wire, status_to_wire};
+use crate::proto::{self, event::Kind};
+
+/// A server's stream of events.
+pub type EventReplies = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+/// An event as a watcher receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// Resume from here to get the events after this one.
+    pub cursor: Cursor,
+    /// When the master recorded it.
+    pub at: Timestamp,
+    /// What happened; `None` for the bookmark that opens a watch.
+    pub kind: Option<MasterEvent>,
+}
+
+fn cursor_at(epoch: &str, seq: u64) -> String {
+    Cursor {
+        epoch: epoch.to_string(),
+        seq,
+    }
+    .to_string()
+}
+
+fn to_proto(epoch: &str, e: &Event) -> proto::Event {
+    let kind = match &e.kind {
+        MasterEvent::Submitted { id } => Kind::Submitted(proto::TaskSubmitted {
+            task_id: id.to_string(),
+        }),
+        MasterEvent::Task {
+            id,
+            from,
+            to,
+            worker,
+            attempt,
+        } => Kind::Task(proto::TaskTransition {
+            task_id: id.to_string(),
+            from: status_to_wire(*from),
+            to: status_to_wire(*to),
+            worker_id: worker.as_ref().map(ToString::to_string),
+            attempt: *attempt,
+        }),
+        MasterEvent::Worker { id, health } => Kind::Worker(proto::WorkerHealthChange {
+            worker_id: id.to_string(),
+            health: health_to_wire(*health),
+        }),
+        MasterEvent::Drain { id, draining } => Kind::Drain(proto::WorkerDrain {
+            worker_id: id.to_string(),
+            draining: *draining,
+        }),
+    };
+    proto::Event {
+        cursor: cursor_at(epoch, e.seq),
+        at_ms: e.at.as_millis(),
+        kind: Some(kind),
+    }
+}
+
+/// Streams `watch`: a bookmark at its cursor first, then every event,
+/// ending with `FAILED_PRECONDITION` if the watcher fell behind the buffer.
+pub fn serve(mut watch: EventWatch, now: Timestamp) -> EventReplies {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let start = watch.cursor();
+        let bookmark = proto::Event {
+            cursor: start.to_string(),
+            at_ms: now.as_millis(),
+            kind: Some(Kind::Bookmark(proto::Bookmark {})),
+        };
+        if tx.send(Ok(bookmark)).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                next = watch.next() => next,
+                () = tx.closed() => return,
+            };
+            let reply = match next {
+                None => return,
+                Some(Ok(e)) => Ok(to_proto(&start.epoch, &e)),
+                Some(Err(why)) => Err(Status::failed_precondition(why.to_string())),
+            };
+            let end = reply.is_err();
+            if tx.send(reply).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+impl TryFrom<proto::Event> for Watched {
+    type Error = Status;
+
+    fn try_from(e: proto::Event) -> Result<Self, Status> {
+        let cursor = e
+            .cursor
+            .parse()
+            .map_err(|err: cloudai_core::model::ValidationError| {
+                Status::invalid_argument(err.to_string())
+            })?;
+        let kind = match e.kind {
+            None => return Err(Status::invalid_argument("an event names no kind")),
+            Some(Kind::Bookmark(_)) => None,
+            Some(Kind::Submitted(s)) => Some(MasterEvent::Submitted {
+                id: convert::task_id(&s.task_id)?,
+            }),
+            Some(Kind::Task(t)) => Some(MasterEvent::Task {
+                id: convert::task_id(&t.task_id)?,
+                from: convert::status(t.from)?,
+                to: convert::status(t.to)?,
+                worker: t.worker_id.as_deref().map(convert::worker_id).transpose()?,
+                attempt: t.attempt,
+            }),
+            Some(Kind::Worker(w)) => Some(MasterEvent::Worker {
+                id: convert::worker_id(&w.worker_id)?,
+                health: health(w.health)?,
+            }),
+            Some(Kind::Drain(d)) => Some(MasterEvent::Drain {
+                id: convert::worker_id(&d.worker_id)?,
+                draining: d.draining,
+            }),
+        };
+        Ok(Watched {
+            cursor,
+            at: Timestamp::from_millis(e.at_ms),
+            kind,
+        })
+    }
+}
+
+/// A client's view of the stream: each event, or the error that ended it.
+pub fn receive(mut stream: tonic::Streaming<proto::Event>) -> mpsc::Receiver<Result<Watched>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            let event = item.and_then(Watched::try_from).map_err(from_status);
+            let end = event.is_err();
+            if tx.send(event).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,175 @@
+//! The HTTP listener of a master or worker: `/metrics` (Prometheus text),
+//! `/healthz` (alive) and `/readyz` (ready), with the cluster token
+//! required on every route unless the probes are explicitly opened, and
+//! the same TLS as the gRPC port (HTTP/1.1 and HTTP/2, by ALPN).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use cloudai_core::master::Master;
+use cloudai_core::metrics::CONTENT_TYPE;
+use cloudai_core::worker::Worker;
+use cloudai_core::Error;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use crate::auth::Token;
+use crate::security::Security;
+
+/// The routes a probe or scraper may be let through without the token.
+pub const PROBES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+/// `/metrics`, `/healthz` and `/readyz` of a master: ready while its store
+/// answers within [`cloudai_core::master::READY_WITHIN`].
+pub fn master_routes(master: Master) -> Router {
+    let (m, r) = (master.clone(), master);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { metrics(m.render_metrics().await) }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let r = r.clone();
+                async move { readiness(r.ready().await) }
+            }),
+        )
+}
+
+/// `/metrics`, `/healthz` and `/readyz` of a worker: ready while it is
+/// registered with its master and its heartbeats are answered.
+pub fn worker_routes(worker: Worker) -> Router {
+    let (m, r) = (worker.clone(), worker);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics(m.render_metrics()))),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let answer = if r.in_session() {
+                    Ok(())
+                } else {
+                    Err(Error::Unavailable(
+                        "not registered with a master, or its heartbeats go unanswered".into(),
+                    ))
+                };
+                std::future::ready(readiness(answer))
+            }),
+        )
+}
+
+fn metrics(text: String) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+fn readiness(answer: Result<(), Error>) -> Response {
+    match answer {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+/// Who may in: the token, and whether the probes skip it.
+#[derive(Clone)]
+struct Gate {
+    token: Option<Token>,
+    open_probes: bool,
+}
+
+async fn check_token(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
+    let open = gate.open_probes && PROBES.contains(&req.uri().path());
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match (&gate.token, presented) {
+        (None, _) => next.run(req).await,
+        _ if open => next.run(req).await,
+        (Some(t), Some(p)) if t.matches(p) => next.run(req).await,
+        (Some(_), p) => {
+            let why = if p.is_some() {
+                "wrong token\n"
+            } else {
+                "missing token (Authorization: Bearer <token>)\n"
+            };
+            let mut res = (StatusCode::UNAUTHORIZED, why).into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res
+        }
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes: the token
+/// checked on every route (but the probes, with `open_probes`), TLS when
+/// `security` has it.
+pub async fn serve_http(
+    routes: Router,
+    listener: TcpListener,
+    security: &Security,
+    open_probes: bool,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let gate = Arc::new(Gate {
+        token: security.token.clone(),
+        open_probes,
+    });
+    let app = routes.layer(middleware::from_fn_with_state(gate, check_token));
+    let tls = security
+        .tls
+        .as_ref()
+        .map(|t| t.rustls_server().map(|c| TlsAcceptor::from(Arc::new(c))))
+        .transpose()?;
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "HTTP accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (app, tls) = (app.clone(), tls.clone());
+        connections.spawn(async move {
+            let service = TowerToHyperService::new(app);
+            let server = auto::Builder::new(TokioExecutor::new());
+            let served = match tls {
+                None => server.serve_connection(TokioIo::new(tcp), service).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => server.serve_connection(TokioIo::new(stream), service).await,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = served {
+                debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}
