@@ -54,6 +54,10 @@ mutate cloudai-core/src/output/log.rs "a reader from an offset gets the kept byt
   'let begin = from.max(s.start);' 'let begin = s.start;'
 mutate cloudai-core/src/output/log.rs "a run's output is kept past its retention" \
   'let keep_from = self.end.saturating_sub(self.retain);' 'let keep_from = 0;'
+mutate cloudai-core/src/events.rs "a cursor older than the event buffer resumes with a gap" \
+  'if seq + 1 < oldest {' 'if false {'
+mutate cloudai-core/src/events.rs "a cursor from another master run is resumed" \
+  'Some(c) if c.epoch != self.epoch => {' 'Some(c) if false => {'
 mutate cloudai-core/src/lifecycle/mod.rs "a late report may overwrite cancelled" \
   'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running];' \
   'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running, TaskStatus::Cancelled];'

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use tracing::{debug, info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::{Master, MasterEvent};
 use crate::apply::Applied;
@@ -86,8 +86,13 @@ impl Master {
                 Err(e) => return Err(e),
             }
         };
-        info!(task = %task.id, image = %spec.image, resources = %spec.resources, "task submitted");
-        self.queue_and_wait(std::slice::from_ref(&task)).await;
+        let span = info_span!("submit", task = %task.id);
+        async {
+            info!(image = %spec.image, resources = %spec.resources, "task submitted");
+            self.queue_and_wait(std::slice::from_ref(&task)).await;
+        }
+        .instrument(span)
+        .await;
         Ok(task.id)
     }
 
@@ -189,7 +194,8 @@ impl Master {
         self.inner.passes.send_replace(pass);
         for (id, worker) in picks {
             let m = self.clone();
-            tokio::spawn(async move { m.assign(id, worker).await });
+            let span = info_span!("place", task = %id, worker = %worker);
+            tokio::spawn(async move { m.assign(id, worker).await }.instrument(span));
         }
     }
 
@@ -200,7 +206,9 @@ impl Master {
             worker: worker.clone(),
         };
         match self.apply(&id, event.clone()).await {
-            Ok(Applied::Changed { .. }) => debug!(task = %id, worker = %worker, "task assigned"),
+            Ok(Applied::Changed { task, .. }) => {
+                info!(attempt = task.attempt, "task placed");
+            }
             // Cancelled while being placed.
             Ok(Applied::Refused { .. }) => self.state().unreserve(&id),
             Err(e) => {
@@ -232,6 +240,11 @@ impl Master {
     /// A definite refusal fails the task; no answer puts it back in the
     /// queue (and tells the worker to drop it, in case it did arrive).
     pub(super) async fn send_assignment(&self, task: TaskRecord, worker: WorkerId) {
+        let span = info_span!("assign", task = %task.id, worker = %worker, attempt = task.attempt);
+        self.deliver_assignment(task, worker).instrument(span).await;
+    }
+
+    async fn deliver_assignment(&self, task: TaskRecord, worker: WorkerId) {
         let id = task.id.clone();
         let run = RunningTask {
             task: id.clone(),
@@ -253,7 +266,10 @@ impl Master {
         };
         self.state().sent(&id);
         let event = match result {
-            Ok(()) => return,
+            Ok(()) => {
+                info!("assignment delivered");
+                return;
+            }
             Err(e) if e.is_transient() => {
                 warn!(task = %id, worker = %worker, error = %e, "assignment not delivered; requeueing");
                 self.state().mark_unreachable(&worker);

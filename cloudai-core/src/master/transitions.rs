@@ -6,7 +6,7 @@
 //! deliver, a placement pass) are recorded as owed in the state; the driver
 //! performs them.
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{Master, MasterEvent};
 use crate::apply::{apply_event, record_report, Applied};
@@ -78,6 +78,11 @@ impl Master {
     /// can tell it from success; a failed store write is answered with the
     /// store's error, so the worker retries.
     pub async fn report(&self, result: TaskResult) -> Result<()> {
+        let span = info_span!("report", task = %result.task_id, worker = %result.worker_id, attempt = result.attempt);
+        self.take_report(result).instrument(span).await
+    }
+
+    async fn take_report(&self, result: TaskResult) -> Result<()> {
         let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
         let outcome = record_report(self.inner.store.as_ref(), result, self.now()).await?;
         // The transition's effects (the release) run even when the result
@@ -93,8 +98,12 @@ impl Master {
             }
             Applied::Refused { refusal, .. } => Some(refusal),
         };
-        if let Err(why) = outcome.result? {
-            debug!(task = %task, worker = %worker, %why, "result not stored");
+        {
+            let _result = info_span!("result").entered();
+            match outcome.result? {
+                Ok(()) => info!("result stored"),
+                Err(why) => debug!(%why, "result not stored"),
+            }
         }
         match refusal {
             None => Ok(()),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::runs::{Admit, StopKind};
 use super::Worker;
@@ -46,7 +46,8 @@ impl Worker {
         }
         info!(task = %run.task, attempt = run.attempt, image = %spec.image, "task accepted");
         let w = self.clone();
-        runs.supervise(async move { w.supervise(run, spec).await });
+        let span = info_span!("run", task = %run.task, attempt = run.attempt);
+        runs.supervise(async move { w.supervise(run, spec).await }.instrument(span));
         Ok(())
     }
 
