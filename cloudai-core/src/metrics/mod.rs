@@ -26,7 +26,7 @@ pub use runtime::MeteredRuntime;
 pub use store::MeteredStore;
 pub use worker::WorkerMetrics;
 
-/// The `Content-Type` of [`render`]'s text.
+/// The `Content-Type` of the rendered metrics.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// One label: its name and value.
