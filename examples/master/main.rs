@@ -104,6 +104,9 @@ struct ServerArgs {
     /// Deadline for one reconnection attempt, seconds.
     #[arg(long, default_value = "3", value_parser = common::seconds)]
     reconnect_timeout: Duration,
+    /// Events kept for `events --cursor` to resume from.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(usize))]
+    event_buffer: usize,
 }
 
 impl ServerArgs {
@@ -122,6 +125,7 @@ impl ServerArgs {
             assign_timeout: self.assign_timeout,
             reconnect_timeout: self.reconnect_timeout,
             policy: self.scheduler,
+            event_buffer: self.event_buffer,
             ..MasterConfig::default()
         };
         config.check().map_err(|e| match e {

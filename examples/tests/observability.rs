@@ -107,6 +107,9 @@ fn metrics_move_by_what_ran_and_probes_need_the_token() {
     }
 
     let before = scrape(&master, &c.token);
+    let mut wrong = Command::new(MASTER_BIN);
+    wrong.args(["--master", &c.address, "--token", "not-it", "workers"]);
+    assert_eq!(run_bounded(&mut wrong, CLI_TIMEOUT).expect("run").code, 77);
     let ok: Vec<String> = (0..3)
         .map(|_| c.submit(&["busybox", "--", "true"]))
         .collect();
@@ -142,6 +145,13 @@ fn metrics_move_by_what_ran_and_probes_need_the_token() {
         5.0
     );
     assert!(moved("cloudai_heartbeats_received_total") > 0.0);
+    assert_eq!(
+        moved(
+            r#"cloudai_rpcs_total{method="/cloudai.v1.Master/ListWorkers",code="UNAUTHENTICATED"}"#
+        ),
+        1.0,
+        "a refused call is counted with its code"
+    );
     assert_eq!(value(&after, r#"cloudai_tasks{status="completed"}"#), 3.0);
     assert_eq!(value(&after, r#"cloudai_tasks{status="running"}"#), 0.0);
     assert_eq!(value(&after, r#"cloudai_workers{health="active"}"#), 1.0);
