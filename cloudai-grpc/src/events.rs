@@ -162,3 +162,30 @@ pub fn receive(mut stream: tonic::Streaming<proto::Event>) -> mpsc::Receiver<Res
     });
     rx
 }
+
+/// An event's fields as JSON, the one shape the CLI's `events --json` and
+/// the dashboard's stream share: `kind` (`submitted`, `task`, `worker`,
+/// `drain`) and what that kind names.
+pub fn to_json(kind: &MasterEvent) -> serde_json::Value {
+    match kind {
+        MasterEvent::Submitted { id } => {
+            serde_json::json!({ "kind": "submitted", "task": id.as_str() })
+        }
+        MasterEvent::Task {
+            id,
+            from,
+            to,
+            worker,
+            attempt,
+        } => serde_json::json!({
+            "kind": "task", "task": id.as_str(), "from": from.as_str(), "to": to.as_str(),
+            "worker": worker.as_ref().map(|w| w.as_str()), "attempt": attempt,
+        }),
+        MasterEvent::Worker { id, health } => {
+            serde_json::json!({ "kind": "worker", "worker": id.as_str(), "health": health.as_str() })
+        }
+        MasterEvent::Drain { id, draining } => {
+            serde_json::json!({ "kind": "drain", "worker": id.as_str(), "draining": draining })
+        }
+    }
+}

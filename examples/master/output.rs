@@ -471,11 +471,8 @@ pub(crate) fn event(json: bool, e: &Watched) {
         }
         return;
     };
-    let (what, fields) = match kind {
-        MasterEvent::Submitted { id } => (
-            format!("task {id} submitted"),
-            serde_json::json!({ "kind": "submitted", "task": id.as_str() }),
-        ),
+    let what = match kind {
+        MasterEvent::Submitted { id } => format!("task {id} submitted"),
         MasterEvent::Task {
             id,
             from,
@@ -487,28 +484,18 @@ pub(crate) fn event(json: bool, e: &Watched) {
                 .as_ref()
                 .map(|w| format!(" on {w}"))
                 .unwrap_or_default();
-            (
-                format!("task {id} {from} -> {to}{on} (attempt {attempt})"),
-                serde_json::json!({
-                    "kind": "task", "task": id.as_str(), "from": from.as_str(), "to": to.as_str(),
-                    "worker": worker.as_ref().map(|w| w.as_str()), "attempt": attempt,
-                }),
-            )
+            format!("task {id} {from} -> {to}{on} (attempt {attempt})")
         }
-        MasterEvent::Worker { id, health } => (
-            format!("worker {id} {}", health.as_str()),
-            serde_json::json!({ "kind": "worker", "worker": id.as_str(), "health": health.as_str() }),
-        ),
-        MasterEvent::Drain { id, draining } => (
+        MasterEvent::Worker { id, health } => format!("worker {id} {}", health.as_str()),
+        MasterEvent::Drain { id, draining } => {
             format!(
                 "worker {id} {}",
                 if *draining { "drained" } else { "undrained" }
-            ),
-            serde_json::json!({ "kind": "drain", "worker": id.as_str(), "draining": draining }),
-        ),
+            )
+        }
     };
     if json {
-        let mut object = fields;
+        let mut object = cloudai_grpc::events::to_json(kind);
         object["cursor"] = cursor.into();
         object["at"] = at.into();
         json_line(&object);

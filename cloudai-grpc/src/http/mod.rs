@@ -1,14 +1,17 @@
 //! The HTTP listener of a master or worker: `/metrics` (Prometheus text),
-//! `/healthz` (alive) and `/readyz` (ready), with the cluster token
-//! required on every route unless the probes are explicitly opened, and
-//! the same TLS as the gRPC port (HTTP/1.1 and HTTP/2, by ALPN).
+//! `/healthz` (alive) and `/readyz` (ready), and on the master the
+//! dashboard; the cluster token (or a session opened with it) required on
+//! every route unless the probes are explicitly opened, and the same TLS
+//! as the gRPC port (HTTP/1.1 and HTTP/2, by ALPN).
+
+mod dashboard;
+mod gate;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -24,17 +27,18 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::auth::Token;
 use crate::security::Security;
+use gate::Gate;
 
 /// The routes a probe or scraper may be let through without the token.
 pub const PROBES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
-/// `/metrics`, `/healthz` and `/readyz` of a master: ready while its store
-/// answers within [`cloudai_core::master::READY_WITHIN`].
+/// `/metrics`, `/healthz` and `/readyz` of a master (ready while its store
+/// answers within [`cloudai_core::master::READY_WITHIN`]), and its
+/// dashboard at `/`.
 pub fn master_routes(master: Master) -> Router {
-    let (m, r) = (master.clone(), master);
-    Router::new()
+    let (m, r) = (master.clone(), master.clone());
+    dashboard::routes(master)
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
@@ -88,37 +92,6 @@ fn readiness(answer: Result<(), Error>) -> Response {
     }
 }
 
-/// Who may in: the token, and whether the probes skip it.
-#[derive(Clone)]
-struct Gate {
-    token: Option<Token>,
-    open_probes: bool,
-}
-
-async fn check_token(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
-    let open = gate.open_probes && PROBES.contains(&req.uri().path());
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match (&gate.token, presented) {
-        (None, _) => next.run(req).await,
-        _ if open => next.run(req).await,
-        (Some(t), Some(p)) if t.matches(p) => next.run(req).await,
-        (Some(_), p) => {
-            let why = if p.is_some() {
-                "wrong token\n"
-            } else {
-                "missing token (Authorization: Bearer <token>)\n"
-            };
-            let mut res = (StatusCode::UNAUTHORIZED, why).into_response();
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            res
-        }
-    }
-}
-
 /// Serves `routes` on `listener` until `shutdown` completes: the token
 /// checked on every route (but the probes, with `open_probes`), TLS when
 /// `security` has it.
@@ -129,11 +102,10 @@ pub async fn serve_http(
     open_probes: bool,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let gate = Arc::new(Gate {
-        token: security.token.clone(),
-        open_probes,
-    });
-    let app = routes.layer(middleware::from_fn_with_state(gate, check_token));
+    let gate = Gate::new(security.token.clone(), open_probes, security.tls.is_some());
+    let app = routes
+        .merge(gate::routes(gate.clone()))
+        .layer(middleware::from_fn_with_state(gate, gate::check));
     let tls = security
         .tls
         .as_ref()

@@ -1,0 +1,345 @@
+//! The master's dashboard: one static page (built into the binary, no
+//! JavaScript toolchain) over a small JSON API, with live updates from the
+//! event stream and a task's output, both as server-sent events.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the page (overview, task list, task page) |
+//! | `GET /api/session` | the session's CSRF token |
+//! | `GET /api/overview` | counts by status and the workers |
+//! | `GET /api/tasks?status=&worker=&array=&after=&limit=` | a page of tasks, newest first, with `next` |
+//! | `GET /api/tasks/{id}` | a task with its result and waiting reason |
+//! | `GET /api/tasks/{id}/output?offset=` | its output as it is written (SSE) |
+//! | `POST /api/tasks/{id}/cancel` | cancel it |
+//! | `POST /api/workers/{id}/drain?deadline=` and `/undrain` | drain, undrain |
+//! | `GET /api/events` | the event stream (SSE; `Last-Event-ID` resumes) |
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, KeepAliveStream, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use cloudai_core::master::{short_reason, CancelOutcome, Cursor, Master, MAX_PAGE};
+use cloudai_core::model::{ArrayId, TaskId, TaskRecord, TaskStatus, WorkerId};
+use cloudai_core::output::{OutputFrom, OutputStream};
+use cloudai_core::store::{PageKey, TaskFilter};
+use cloudai_core::Error;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::gate::SessionInfo;
+use crate::events::to_json;
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+/// Tasks on one page of the list unless asked otherwise.
+const PAGE: usize = 50;
+
+pub(super) fn routes(master: Master) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route("/api/session", get(session))
+        .route("/api/overview", get(overview))
+        .route("/api/tasks", get(tasks))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/tasks/{id}/output", get(output))
+        .route("/api/tasks/{id}/cancel", post(cancel))
+        .route("/api/workers/{id}/drain", post(drain))
+        .route("/api/workers/{id}/undrain", post(undrain))
+        .route("/api/events", get(events))
+        .with_state(master)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A failed call: its status code and `{"error": message}`.
+struct Failed(Error);
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed(e)
+    }
+}
+
+impl From<cloudai_core::model::ValidationError> for Failed {
+    fn from(e: cloudai_core::model::ValidationError) -> Self {
+        Failed(e.into())
+    }
+}
+
+impl IntoResponse for Failed {
+    fn into_response(self) -> Response {
+        let code = match &self.0 {
+            Error::NotFound { .. } | Error::Expired { .. } => StatusCode::NOT_FOUND,
+            Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            Error::Conflict(_) | Error::AlreadyExists { .. } | Error::InUse(_) => {
+                StatusCode::CONFLICT
+            }
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (code, Json(json!({ "error": self.0.to_string() }))).into_response()
+    }
+}
+
+type Answer = Result<Json<Value>, Failed>;
+
+async fn session(info: Option<Extension<SessionInfo>>) -> Json<Value> {
+    Json(json!({ "csrf": info.map(|Extension(s)| s.csrf) }))
+}
+
+async fn overview(State(master): State<Master>) -> Answer {
+    let counts = master.task_counts().await?;
+    let workers: Vec<Value> = master
+        .workers()
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.id.as_str(),
+                "address": w.address,
+                "health": w.health.as_str(),
+                "drain": w.drain_state(),
+                "registered": w.registered,
+                "tasks": w.tasks.len(),
+                "cpu": [w.allocated.cpu_cores(), w.capacity.cpu_cores()],
+                "memory_gb": [w.allocated.memory_gb(), w.capacity.memory_gb()],
+                "gpus": [w.allocated.gpus, w.capacity.gpus],
+                "last_heartbeat": w.last_heartbeat,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "counts": counts, "workers": workers })))
+}
+
+/// A task as the list and the task page show it: the record, and why it
+/// waits (the sentence and its word).
+fn task_json(master: &Master, task: &TaskRecord) -> Value {
+    let waiting = master.waiting(task);
+    let mut v = serde_json::to_value(task).unwrap_or(Value::Null);
+    v["waiting"] = json!(waiting);
+    v["reason_word"] = json!(waiting.as_deref().map(short_reason));
+    v
+}
+
+#[derive(Deserialize)]
+struct TaskQuery {
+    status: Option<String>,
+    worker: Option<String>,
+    array: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn nonempty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+async fn tasks(State(master): State<Master>, Query(q): Query<TaskQuery>) -> Answer {
+    let statuses = match nonempty(q.status) {
+        None => Vec::new(),
+        Some(s) => vec![s.parse::<TaskStatus>()?],
+    };
+    let filter = TaskFilter {
+        statuses,
+        worker: nonempty(q.worker).map(WorkerId::new).transpose()?,
+        array: nonempty(q.array).map(ArrayId::new).transpose()?,
+    };
+    let after = nonempty(q.after)
+        .map(|a| a.parse::<PageKey>())
+        .transpose()?;
+    let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
+    let (page, next) = master.page(&filter, after.as_ref(), limit).await?;
+    let rows: Vec<Value> = page.iter().map(|t| task_json(&master, t)).collect();
+    Ok(Json(
+        json!({ "tasks": rows, "next": next.map(|k| k.to_string()) }),
+    ))
+}
+
+async fn task(State(master): State<Master>, Path(id): Path<String>) -> Answer {
+    let view = master.task(&TaskId::new(id)?).await?;
+    let mut v = task_json(&master, &view.task);
+    v["result"] = serde_json::to_value(&view.result).unwrap_or(Value::Null);
+    Ok(Json(v))
+}
+
+async fn cancel(State(master): State<Master>, Path(id): Path<String>) -> Answer {
+    let outcome = master.cancel(&TaskId::new(id)?, false).await?;
+    let said = match outcome {
+        CancelOutcome::Dequeued => json!({ "outcome": "dequeued" }),
+        CancelOutcome::Stopped { worker } => {
+            json!({ "outcome": "stopped", "worker": worker.as_str() })
+        }
+        CancelOutcome::StopPending { worker, error } => {
+            json!({ "outcome": "stop_pending", "worker": worker.as_str(), "error": error })
+        }
+    };
+    Ok(Json(said))
+}
+
+#[derive(Deserialize)]
+struct DrainQuery {
+    /// Seconds from now after which tasks still running are stopped.
+    deadline: Option<f64>,
+}
+
+async fn drain(
+    State(master): State<Master>,
+    Path(id): Path<String>,
+    Query(q): Query<DrainQuery>,
+) -> Answer {
+    let deadline = match q.deadline {
+        None => None,
+        Some(s) if s.is_finite() && (0.0..=1e9).contains(&s) => Some(Duration::from_secs_f64(s)),
+        Some(s) => {
+            return Err(
+                Error::InvalidInput(cloudai_core::model::ValidationError::Invalid {
+                    field: "deadline",
+                    reason: format!("{s} is not a number of seconds"),
+                })
+                .into(),
+            )
+        }
+    };
+    master.drain(&WorkerId::new(id)?, deadline).await?;
+    Ok(Json(json!({ "drained": true })))
+}
+
+async fn undrain(State(master): State<Master>, Path(id): Path<String>) -> Answer {
+    master.undrain(&WorkerId::new(id)?).await?;
+    Ok(Json(json!({ "drained": false })))
+}
+
+type Events = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
+
+fn sse(rx: mpsc::Receiver<Result<SseEvent, Infallible>>) -> Events {
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
+
+/// The event stream, each event with its cursor as the SSE id (so a
+/// reconnecting `EventSource` resumes after it); a cursor that cannot be
+/// resumed gets one `resync` event and the end.
+async fn events(State(master): State<Master>, headers: HeaderMap) -> Result<Events, Failed> {
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::parse::<Cursor>)
+        .transpose()?;
+    let (tx, rx) = mpsc::channel(64);
+    let watch = master.watch_events(from.as_ref());
+    tokio::spawn(async move {
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(why) => {
+                let _ = tx
+                    .send(Ok(SseEvent::default()
+                        .event("resync")
+                        .data(why.to_string())))
+                    .await;
+                return;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                next = watch.next() => next,
+                () = tx.closed() => return,
+            };
+            let event = match next {
+                None => return,
+                Some(Err(why)) => SseEvent::default().event("resync").data(why.to_string()),
+                Some(Ok(e)) => {
+                    let cursor = Cursor {
+                        epoch: watch.cursor().epoch,
+                        seq: e.seq,
+                    };
+                    SseEvent::default()
+                        .id(cursor.to_string())
+                        .data(to_json(&e.kind).to_string())
+                }
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(sse(rx))
+}
+
+#[derive(Deserialize)]
+struct OutputQuery {
+    offset: Option<u64>,
+}
+
+/// A task's output from `offset`, following until it ends: each chunk an
+/// event of `{attempt, offset, stream, data}` (data in base64, so bytes
+/// split across chunks stay exact), then an `end` event.
+async fn output(
+    State(master): State<Master>,
+    Path(id): Path<String>,
+    Query(q): Query<OutputQuery>,
+) -> Result<Events, Failed> {
+    let id = TaskId::new(id)?;
+    let mut follow = master
+        .follow_output(&id, OutputFrom::Offset(q.offset.unwrap_or(0)), true)
+        .await?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = follow.recv() => item,
+                () = tx.closed() => return,
+            };
+            let (event, last) = match item {
+                None => (SseEvent::default().event("end").data("end"), true),
+                Some(Err(e)) => (
+                    SseEvent::default().event("failed").data(e.to_string()),
+                    true,
+                ),
+                Some(Ok(o)) => {
+                    let stream = match o.chunk.stream {
+                        OutputStream::Stdout => "stdout",
+                        OutputStream::Stderr => "stderr",
+                    };
+                    let data = base64::engine::general_purpose::STANDARD.encode(&o.chunk.data);
+                    let chunk = json!({ "attempt": o.attempt, "offset": o.chunk.offset, "stream": stream, "data": data });
+                    (SseEvent::default().data(chunk.to_string()), false)
+                }
+            };
+            if tx.send(Ok(event)).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    Ok(sse(rx))
+}

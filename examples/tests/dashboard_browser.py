@@ -1,0 +1,131 @@
+"""The dashboard in a real (headless) Chromium, driven by Selenium.
+
+Run by examples/tests/dashboard.rs against a master and a worker it
+started: the page is refused without the token, a login opens it, a task
+submitted after the page loaded appears with its status, a line it prints
+later appears on its task page, and the cancel button cancels another
+task. Screenshots go to --out. Exits non-zero, saying why, on any failure.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+WAIT = 30
+
+
+def cli(args, *command):
+    out = subprocess.run(
+        [args.cli, "--master", args.master, "--token", args.token, "--json", *command],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def status_in_row(driver, task):
+    cells = driver.find_elements(By.CSS_SELECTOR, f'tr[data-task="{task}"] td.status')
+    return cells[0].text if cells else None
+
+
+def refused_without_token(url):
+    try:
+        urllib.request.urlopen(url + "/api/overview", timeout=10)
+    except urllib.error.HTTPError as e:
+        return e.code == 401
+    return False
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for flag in ("--url", "--token", "--cli", "--master", "--worker", "--out"):
+        p.add_argument(flag, required=True)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    assert refused_without_token(args.url), "the API answered without the token"
+
+    options = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(a)
+    options.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    wait = WebDriverWait(driver, WAIT)
+    step = "start"
+    try:
+        step = "the page without the token is refused (sent to the login form)"
+        driver.get(args.url + "/")
+        wait.until(lambda d: d.current_url.endswith("/login"))
+        assert driver.find_elements(By.ID, "token"), "no login form"
+        driver.save_screenshot(str(out / "dashboard-login.png"))
+
+        step = "a wrong token is refused"
+        driver.find_element(By.ID, "token").send_keys("not-the-token")
+        driver.find_element(By.ID, "login").click()
+        wait.until(lambda d: "not the cluster token" in d.page_source)
+
+        step = "logging in opens the overview"
+        driver.find_element(By.ID, "token").send_keys(args.token)
+        driver.find_element(By.ID, "login").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"]'))
+        cookie = driver.get_cookie("cloudai_session")
+        assert cookie and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", cookie
+        # Set once: a reload would lose it, so the checks below see live updates.
+        driver.execute_script("window.loadedOnce = true")
+
+        step = "a task submitted after the page loaded appears with its status"
+        late = cli(args, "task", "busybox", "--", "sh", "-c", "echo first line; sleep 4; echo the-late-line")["task_id"]
+        wait.until(lambda d: status_in_row(d, late) in ("running", "completed"))
+        assert driver.execute_script("return window.loadedOnce === true"), "the page reloaded"
+
+        step = "the late line appears on the task page"
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-task="{late}"] a').click()
+        wait.until(lambda d: "first line" in d.find_element(By.ID, "logs").text)
+        assert "the-late-line" not in driver.find_element(By.ID, "logs").text, "the late line came too early"
+        wait.until(lambda d: "the-late-line" in d.find_element(By.ID, "logs").text)
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "completed")
+        driver.save_screenshot(str(out / "dashboard-task.png"))
+
+        step = "the cancel button cancels a second task"
+        driver.find_element(By.CSS_SELECTOR, 'a[href="#/"]').click()
+        sleeper = cli(args, "task", "busybox", "--", "sh", "-c", "sleep 300")["task_id"]
+        wait.until(lambda d: status_in_row(d, sleeper) == "running")
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-task="{sleeper}"] button.cancel').click()
+        wait.until(lambda d: status_in_row(d, sleeper) == "cancelled")
+        shown = cli(args, "show", sleeper)
+        assert shown["task"]["status"] == "cancelled", shown
+        driver.save_screenshot(str(out / "dashboard-overview.png"))
+
+        step = "the drain button drains the worker"
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.drain').click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] td.drain').text
+                   in ("draining", "drained"))
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.undrain').click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] td.drain').text == "-")
+    except Exception as e:  # noqa: BLE001 - any failure is reported with the page
+        driver.save_screenshot(str(out / "dashboard-failure.png"))
+        print(f"FAILED at: {step}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(driver.page_source[:4000], file=sys.stderr)
+        try:
+            for entry in driver.get_log("browser"):
+                print("browser:", entry, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - the log is a courtesy
+            pass
+        return 1
+    finally:
+        driver.quit()
+    print("the dashboard passed every step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
