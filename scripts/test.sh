@@ -35,4 +35,10 @@ if [[ -z "${CLOUDAI_TEST_REGISTRY:-}" ]]; then
   echo "Docker registry for the pull tests at $CLOUDAI_TEST_REGISTRY" >&2
 fi
 
+# --- Chromium and Selenium for the dashboard's browser test ---
+if [[ -z "${CLOUDAI_TEST_BROWSER_PYTHON:-}" ]]; then
+  CLOUDAI_TEST_BROWSER_PYTHON=$(scripts/browser-test-env.sh)
+  export CLOUDAI_TEST_BROWSER_PYTHON
+fi
+
 cargo test --workspace --all-features "$@"

@@ -99,11 +99,12 @@ def main():
         driver.find_element(By.CSS_SELECTOR, 'a[href="#/"]').click()
         sleeper = cli(args, "task", "busybox", "--", "sh", "-c", "sleep 300")["task_id"]
         wait.until(lambda d: status_in_row(d, sleeper) == "running")
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] td.num').text == "1")
+        driver.save_screenshot(str(out / "dashboard-overview.png"))
         driver.find_element(By.CSS_SELECTOR, f'tr[data-task="{sleeper}"] button.cancel').click()
         wait.until(lambda d: status_in_row(d, sleeper) == "cancelled")
         shown = cli(args, "show", sleeper)
         assert shown["task"]["status"] == "cancelled", shown
-        driver.save_screenshot(str(out / "dashboard-overview.png"))
 
         step = "the drain button drains the worker"
         driver.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.drain').click()
