@@ -79,6 +79,12 @@ def main():
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"]'))
         cookie = driver.get_cookie("cloudai_session")
         assert cookie and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", cookie
+        step = "a state change carried by the cookie alone is refused (CSRF)"
+        forged = driver.execute_async_script(
+            "fetch('/api/workers/' + arguments[0] + '/drain', {method: 'POST'})"
+            ".then(r => arguments[1](r.status))", args.worker)
+        assert forged == 403, f"a drain without X-CSRF-Token answered {forged}"
+
         # Set once: a reload would lose it, so the checks below see live updates.
         driver.execute_script("window.loadedOnce = true")
 

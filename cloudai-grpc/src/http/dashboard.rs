@@ -70,11 +70,17 @@ pub(super) fn routes(master: Master) -> Router {
         .with_state(master)
 }
 
+/// Only this origin's scripts, styles and connections, and never inside
+/// another site's frame.
+pub(super) const CSP: &str = "default-src 'self'; frame-ancestors 'none'; form-action 'self'";
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         body,
     )

@@ -151,12 +151,11 @@ async fn login_page() -> Response {
 
 fn page(status: StatusCode, error: &str) -> Response {
     let html = LOGIN_PAGE.replace("{{error}}", error);
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        html,
-    )
-        .into_response()
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, super::dashboard::CSP),
+    ];
+    (status, headers, html).into_response()
 }
 
 #[derive(Deserialize)]

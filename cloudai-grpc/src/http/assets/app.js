@@ -47,7 +47,9 @@ function ago(ms) {
 
 function bar(used, total, unit) {
   const pct = total > 0 ? Math.min(100, (100 * used) / total) : 0;
-  return [h('span', { class: 'bar', title: pct.toFixed(0) + '%' }, h('span', { style: 'width:' + pct + '%' })),
+  const fill = h('span');
+  fill.style.width = pct + '%';
+  return [h('span', { class: 'bar', title: pct.toFixed(0) + '%' }, fill),
     h('small', {}, `${+used.toFixed(2)} / ${+total.toFixed(2)}${unit}`)];
 }
 
