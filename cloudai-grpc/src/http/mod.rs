@@ -19,7 +19,7 @@ use cloudai_core::master::Master;
 use cloudai_core::metrics::CONTENT_TYPE;
 use cloudai_core::worker::Worker;
 use cloudai_core::Error;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -29,6 +29,9 @@ use tracing::debug;
 
 use crate::security::Security;
 use gate::Gate;
+
+/// How long a client has to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The routes a probe or scraper may be let through without the token.
 pub const PROBES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
@@ -128,7 +131,13 @@ pub async fn serve_http(
         let (app, tls) = (app.clone(), tls.clone());
         connections.spawn(async move {
             let service = TowerToHyperService::new(app);
-            let server = auto::Builder::new(TokioExecutor::new());
+            let mut server = auto::Builder::new(TokioExecutor::new());
+            // A client that sends its headers this slowly holds a connection
+            // for no request.
+            server
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let served = match tls {
                 None => server.serve_connection(TokioIo::new(tcp), service).await,
                 Some(acceptor) => match acceptor.accept(tcp).await {
