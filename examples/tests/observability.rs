@@ -97,7 +97,7 @@ fn metrics_move_by_what_ran_and_probes_need_the_token() {
     let worker = http_base(&c.workers[idx].log);
 
     for base in [&master, &worker] {
-        for path in ["/metrics", "/healthz", "/readyz", "/anything"] {
+        for path in ["/metrics", "/healthz", "/readyz", "/api/overview"] {
             let (code, body) = get(&format!("{base}{path}"), None);
             assert_eq!(code, 401, "{base}{path} without the token: {body}");
         }
@@ -205,10 +205,11 @@ fn open_probes_skip_the_token_and_nothing_else_does() {
         let (code, body) = get(&format!("{base}{path}"), None);
         assert_eq!(code, 200, "{path}: {body}");
     }
-    let (code, _) = get(&format!("{base}/metrics"), None);
-    assert_eq!(code, 200);
-    assert_eq!(get(&format!("{base}/anything"), None).0, 401);
-    assert_eq!(get(&format!("{base}/anything"), Some(&c.token)).0, 404);
+    assert_eq!(get(&format!("{base}/api/overview"), None).0, 401);
+    assert_eq!(get(&format!("{base}/api/overview"), Some(&c.token)).0, 200);
+    // A page asked for without the token is sent to the login form.
+    assert_eq!(get(&format!("{base}/"), None).0, 303);
+    assert_eq!(get(&format!("{base}/"), Some(&c.token)).0, 200);
 }
 
 // ---- readiness follows the store --------------------------------------------
