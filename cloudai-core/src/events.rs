@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::liveness::Health;
 use crate::model::{TaskId, TaskStatus, Timestamp, ValidationError, WorkerId};
@@ -163,6 +163,9 @@ pub struct EventLog {
     capacity: usize,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Event>>,
+    /// Set when the master stops: every watch ends, so no open stream
+    /// holds a server's graceful shutdown.
+    closed: watch::Sender<bool>,
 }
 
 impl fmt::Debug for EventLog {
@@ -187,7 +190,13 @@ impl EventLog {
                 kept: VecDeque::with_capacity(capacity.min(4096)),
             }),
             live: broadcast::channel(1024).0,
+            closed: watch::channel(false).0,
         }
+    }
+
+    /// Ends every watch (now and later): the master is stopping.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// This master run's epoch.
@@ -250,6 +259,7 @@ impl EventLog {
             last: after,
             backlog,
             live,
+            closed: self.closed.subscribe(),
         })
     }
 }
@@ -260,6 +270,7 @@ pub struct EventWatch {
     last: u64,
     backlog: VecDeque<Arc<Event>>,
     live: broadcast::Receiver<Arc<Event>>,
+    closed: watch::Receiver<bool>,
 }
 
 impl fmt::Debug for EventWatch {
@@ -272,14 +283,21 @@ impl fmt::Debug for EventWatch {
 
 impl EventWatch {
     /// The next event; `Err` if this watcher fell so far behind that the
-    /// buffer no longer has what it missed. `None` once the log is gone.
+    /// buffer no longer has what it missed. `None` once the log is closed.
     pub async fn next(&mut self) -> Option<Result<Arc<Event>, Resync>> {
         loop {
+            if *self.closed.borrow() {
+                return None;
+            }
             if let Some(e) = self.backlog.pop_front() {
                 self.last = e.seq;
                 return Some(Ok(e));
             }
-            match self.live.recv().await {
+            let received = tokio::select! {
+                received = self.live.recv() => received,
+                _ = self.closed.changed() => return None,
+            };
+            match received {
                 Ok(e) if e.seq <= self.last => {}
                 Ok(e) => {
                     self.last = e.seq;
@@ -370,6 +388,17 @@ mod tests {
             seq: 11,
         };
         assert!(matches!(log.watch(Some(&ahead)), Err(Resync::Ahead { .. })));
+    }
+
+    #[tokio::test]
+    async fn closing_the_log_ends_every_watch() {
+        let log = log_with(8, 2);
+        let mut waiting = log.watch(None).unwrap();
+        let mut behind = log.watch(Some(&log.cursor())).unwrap();
+        log.close();
+        assert!(waiting.next().await.is_none());
+        assert!(behind.next().await.is_none());
+        assert!(log.watch(None).unwrap().next().await.is_none());
     }
 
     #[tokio::test]

@@ -80,6 +80,7 @@ pub async fn serve_master(
         .max_encoding_message_size(MAX_MESSAGE);
     let (reporter, health) = tonic_health::server::health_reporter();
     let rpcs = master.metrics().rpcs();
+    let watches = master.clone();
     let probe = tokio::spawn(report_health(
         reporter,
         <MasterServer<MasterService> as NamedService>::NAME,
@@ -89,6 +90,12 @@ pub async fn serve_master(
         },
     ));
     let routes = Routes::new(service).add_service(health);
+    // Open event streams end when shutdown begins, or the graceful
+    // shutdown would wait for their clients to leave.
+    let shutdown = async move {
+        shutdown.await;
+        watches.close_watches();
+    };
     let served = serve(routes, listener, security, rpcs, shutdown).await;
     probe.abort();
     served

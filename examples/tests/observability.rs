@@ -484,3 +484,15 @@ fn tasks_watch_lists_again_when_a_task_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn an_open_event_stream_does_not_hold_up_the_masters_shutdown() {
+    let mut c = Cluster::start("events-shutdown", FAST);
+    let (mut watcher, rx) = watch(&c, None);
+    rx.recv_timeout(EVENTUALLY).expect("the bookmark");
+    signal(c.master.child.id(), "TERM");
+    let status = wait_exit(&mut c.master.child, EVENTUALLY, "the master after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let ended = wait_exit(&mut watcher, EVENTUALLY, "the watcher once the stream ends");
+    assert_eq!(ended.code(), Some(69), "the stream ended: unavailable");
+}

@@ -186,8 +186,10 @@ impl Master {
         Ok(())
     }
 
-    /// Stops the driver and writes pending heartbeats. Safe to call twice.
+    /// Stops the driver and writes pending heartbeats, and ends every
+    /// event watch. Safe to call twice.
     pub async fn shutdown(&self) {
+        self.close_watches();
         let _ = self.inner.shutdown.send(true);
         let handle = lock(&self.inner.driver).take();
         if let Some(h) = handle {
@@ -205,6 +207,12 @@ impl Master {
     /// order, or why `from` cannot be resumed without a gap.
     pub fn watch_events(&self, from: Option<&Cursor>) -> std::result::Result<EventWatch, Resync> {
         self.inner.events.watch(from)
+    }
+
+    /// Ends every event watch, now and later (a server shutting down calls
+    /// it, so open streams do not hold it up).
+    pub fn close_watches(&self) {
+        self.inner.events.close();
     }
 
     /// The cursor after the newest event: where a watch from now starts.
