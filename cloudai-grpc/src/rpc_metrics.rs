@@ -15,6 +15,45 @@ use tonic::codegen::{Body, Service};
 use tonic::Code;
 use tower_layer::Layer;
 
+/// Every method the servers answer; a call to any other path counts as
+/// `unknown`, so a stranger sending made-up paths cannot add series.
+const METHODS: &[&str] = &[
+    "/cloudai.v1.Master/Register",
+    "/cloudai.v1.Master/Heartbeats",
+    "/cloudai.v1.Master/Report",
+    "/cloudai.v1.Master/Leave",
+    "/cloudai.v1.Master/Submit",
+    "/cloudai.v1.Master/Cancel",
+    "/cloudai.v1.Master/CancelMany",
+    "/cloudai.v1.Master/ListTasks",
+    "/cloudai.v1.Master/CountTasks",
+    "/cloudai.v1.Master/GetTask",
+    "/cloudai.v1.Master/ListWorkers",
+    "/cloudai.v1.Master/PreRegister",
+    "/cloudai.v1.Master/Drain",
+    "/cloudai.v1.Master/Undrain",
+    "/cloudai.v1.Master/Reconcile",
+    "/cloudai.v1.Master/Reconnect",
+    "/cloudai.v1.Master/FollowOutput",
+    "/cloudai.v1.Master/WatchEvents",
+    "/cloudai.v1.Worker/Identify",
+    "/cloudai.v1.Worker/MasterRegister",
+    "/cloudai.v1.Worker/Assign",
+    "/cloudai.v1.Worker/Cancel",
+    "/cloudai.v1.Worker/FollowOutput",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
+
+/// The method label of a call to `path`.
+fn method(path: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == path)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// Wraps a server's routes so each call is counted into `rpcs`.
 #[derive(Debug, Clone)]
 pub(crate) struct CountRpcs(pub(crate) Rpcs);
@@ -51,7 +90,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        let method = method(req.uri().path());
         let call = self.inner.call(req);
         let rpcs = self.rpcs.clone();
         Box::pin(async move {
@@ -71,12 +110,12 @@ where
 #[derive(Debug)]
 struct Pending {
     rpcs: Rpcs,
-    method: String,
+    method: &'static str,
 }
 
 impl Pending {
     fn record(self, code: Code) {
-        self.rpcs.record(&self.method, name(code));
+        self.rpcs.record(self.method, name(code));
     }
 }
 
@@ -157,5 +196,39 @@ fn name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list is the proto's services' methods, and the health service's.
+    #[test]
+    fn the_known_methods_are_the_protos() {
+        let proto = include_str!("../proto/cloudai.proto");
+        let mut service = None;
+        let mut found = Vec::new();
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next();
+            } else if let (Some(s), Some(rest)) = (service, line.strip_prefix("rpc ")) {
+                let name = rest.split('(').next().unwrap_or_default();
+                found.push(format!("/cloudai.v1.{s}/{name}"));
+            }
+        }
+        found.extend([
+            "/grpc.health.v1.Health/Check".into(),
+            "/grpc.health.v1.Health/Watch".into(),
+        ]);
+        assert_eq!(
+            METHODS,
+            found.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            method("/cloudai.v1.Master/Submit"),
+            "/cloudai.v1.Master/Submit"
+        );
+        assert_eq!(method("/junk/path-1"), "unknown");
     }
 }

@@ -343,21 +343,36 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             // Subscribed before the first list, so no change falls between.
             let mut events = client.watch_events(None).await?;
             list().await?;
-            while let Some(e) = events.recv().await {
-                if e?.kind.is_none() {
-                    continue;
-                }
+            loop {
+                let Some(first) = events.recv().await else {
+                    return Err(Error::Unavailable(
+                        "the master closed the event stream".into(),
+                    ));
+                };
                 // Changes come in bursts: list once per burst.
                 tokio::time::sleep(WATCH_SETTLE).await;
+                let mut burst = vec![first];
                 while let Ok(e) = events.try_recv() {
-                    e?;
+                    burst.push(e);
                 }
-                say_rule(json);
-                list().await?;
+                let mut changed = false;
+                for e in burst {
+                    match e {
+                        Ok(w) => changed |= w.kind.is_some(),
+                        // Fallen behind the master's buffer: every change
+                        // since is in the listing anyway; watch from now.
+                        Err(Error::Conflict(_)) => {
+                            events = client.watch_events(None).await?;
+                            changed = true;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if changed {
+                    say_rule(json);
+                    list().await?;
+                }
             }
-            return Err(Error::Unavailable(
-                "the master closed the event stream".into(),
-            ));
         }
         Command::Show { id } => output::task(json, &client.task(&TaskId::new(id)?).await?),
         Command::Cancel {

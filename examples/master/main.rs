@@ -129,6 +129,7 @@ impl ServerArgs {
             ..MasterConfig::default()
         };
         config.check().map_err(|e| match e {
+            ConfigError::BadId => format!("--id {:?}: {e}", self.id),
             ConfigError::IntervalNotBelowTimeout { interval, timeout } => format!(
                 "--heartbeat-interval ({interval:?}) must be shorter than --heartbeat-timeout ({timeout:?}): every worker would turn inactive between two beats"
             ),

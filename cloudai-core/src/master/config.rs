@@ -17,6 +17,10 @@ pub enum ConfigError {
         /// The heartbeat timeout.
         timeout: Duration,
     },
+    /// The id is empty, too long, or holds more than letters, digits and
+    /// `.`, `_`, `-` (it is sent in headers and names the event epoch).
+    #[error("the master id must be 1 to 128 letters, digits, '.', '_' or '-'")]
+    BadId,
     /// Workers would be lost before (or as) they turn inactive.
     #[error("the heartbeat timeout ({timeout:?}) must be shorter than the loss threshold ({lost_after:?}): a worker turns inactive before it is lost")]
     TimeoutNotBelowLoss {
@@ -99,6 +103,14 @@ impl MasterConfig {
     /// Checks that the liveness timings fit together; [`super::Master::start`]
     /// refuses a configuration that fails.
     pub fn check(&self) -> Result<(), ConfigError> {
+        let id_ok = (1..=128).contains(&self.id.len())
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !id_ok {
+            return Err(ConfigError::BadId);
+        }
         let (interval, timeout, lost_after) = (
             self.heartbeat_interval,
             self.liveness.timeout,
@@ -124,6 +136,17 @@ mod tests {
     #[test]
     fn the_defaults_fit_together() {
         assert_eq!(MasterConfig::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn an_id_that_cannot_travel_in_a_header_is_refused() {
+        for bad in ["", "a b", "line\nbreak", &"x".repeat(129)] {
+            let c = MasterConfig {
+                id: bad.to_string(),
+                ..MasterConfig::default()
+            };
+            assert_eq!(c.check(), Err(ConfigError::BadId), "{bad:?}");
+        }
     }
 
     #[test]

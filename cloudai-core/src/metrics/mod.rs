@@ -45,10 +45,36 @@ fn latencies() -> Latencies {
 }
 
 /// Records one operation's duration under `operation`.
-pub(crate) fn observe(family: &Latencies, operation: &'static str, took: Duration) {
+fn observe(family: &Latencies, operation: &'static str, took: Duration) {
     family
         .get_or_create(&vec![("operation", operation.to_string())])
         .observe(took.as_secs_f64());
+}
+
+/// Runs `call`, recording how long it took under `operation`, also when
+/// it is dropped unfinished (a caller's timeout gave up on it): the
+/// slowest calls are the ones that must not go missing.
+pub(crate) async fn timed<T>(
+    family: &Latencies,
+    operation: &'static str,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    struct Clock<'a> {
+        family: &'a Latencies,
+        operation: &'static str,
+        began: tokio::time::Instant,
+    }
+    impl Drop for Clock<'_> {
+        fn drop(&mut self) {
+            observe(self.family, self.operation, self.began.elapsed());
+        }
+    }
+    let _clock = Clock {
+        family,
+        operation,
+        began: tokio::time::Instant::now(),
+    };
+    call.await
 }
 
 /// RPCs served, by method and gRPC status code: filled by the transport

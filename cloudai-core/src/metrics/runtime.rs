@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::Instant;
 
-use super::{observe, Latencies};
+use super::{timed, Latencies};
 use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
 };
@@ -25,17 +24,6 @@ impl MeteredRuntime {
     pub(crate) fn new(inner: Arc<dyn ContainerRuntime>, latencies: Latencies) -> Self {
         MeteredRuntime { inner, latencies }
     }
-
-    async fn timed<T>(
-        &self,
-        operation: &'static str,
-        call: impl std::future::Future<Output = T>,
-    ) -> T {
-        let began = Instant::now();
-        let out = call.await;
-        observe(&self.latencies, operation, began.elapsed());
-        out
-    }
 }
 
 #[async_trait]
@@ -45,7 +33,7 @@ impl ContainerRuntime for MeteredRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
-        self.timed("start", self.inner.start(spec)).await
+        timed(&self.latencies, "start", self.inner.start(spec)).await
     }
 
     async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
@@ -53,18 +41,18 @@ impl ContainerRuntime for MeteredRuntime {
     }
 
     async fn output(&self, id: &ContainerId) -> Result<Follow> {
-        self.timed("output", self.inner.output(id)).await
+        timed(&self.latencies, "output", self.inner.output(id)).await
     }
 
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        self.timed("stop", self.inner.stop(id, grace)).await
+        timed(&self.latencies, "stop", self.inner.stop(id, grace)).await
     }
 
     async fn remove(&self, id: &ContainerId) -> Result<()> {
-        self.timed("remove", self.inner.remove(id)).await
+        timed(&self.latencies, "remove", self.inner.remove(id)).await
     }
 
     async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
-        self.timed("list", self.inner.list(key, value)).await
+        timed(&self.latencies, "list", self.inner.list(key, value)).await
     }
 }

@@ -283,7 +283,11 @@ async fn events(State(master): State<Master>, headers: HeaderMap) -> Result<Even
             };
             let event = match next {
                 None => return,
-                Some(Err(why)) => SseEvent::default().event("resync").data(why.to_string()),
+                Some(Err(why)) => {
+                    let resync = SseEvent::default().event("resync").data(why.to_string());
+                    let _ = tx.send(Ok(resync)).await;
+                    return;
+                }
                 Some(Ok(e)) => {
                     let cursor = Cursor {
                         epoch: watch.cursor().epoch,

@@ -31,6 +31,8 @@ const COOKIE: &str = "cloudai_session";
 const CSRF_HEADER: &str = "x-csrf-token";
 
 const LOGIN_PAGE: &str = include_str!("assets/login.html");
+/// What the login form needs before there is a session.
+const OPEN: [&str; 2] = ["/login", "/assets/style.css"];
 
 /// What a request carried by a session knows of it (handlers read it from
 /// the request's extensions).
@@ -196,7 +198,7 @@ async fn logout(State(gate): State<Arc<Gate>>, req: Request) -> Response {
 /// login form; anything else is refused with 401.
 pub(crate) async fn check(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let open = path == "/login" || (gate.open_probes && PROBES.contains(&path));
+    let open = OPEN.contains(&path) || (gate.open_probes && PROBES.contains(&path));
     let Some(token) = &gate.token else {
         return next.run(req).await;
     };
@@ -240,6 +242,104 @@ fn refuse(why: &'static str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    /// A listener's routes behind the gate: `/` (a page), `/api/x` (read
+    /// and write), `/metrics` (a probe).
+    fn app(gate: &Arc<Gate>) -> Router {
+        let ok = || async { "ok" };
+        Router::new()
+            .route("/", get(ok))
+            .route("/api/x", get(ok).post(ok))
+            .route("/metrics", get(ok))
+            .merge(routes(gate.clone()))
+            .layer(axum::middleware::from_fn_with_state(gate.clone(), check))
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Option<String>) {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let location = res
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string());
+        (res.status().as_u16(), location)
+    }
+
+    #[tokio::test]
+    async fn the_gate_admits_the_token_or_a_session_with_its_csrf_token() {
+        let gate = Gate::new(Some(Token::new("t").unwrap()), false, false);
+        let app = app(&gate);
+        let (id, csrf) = gate.open().unwrap();
+        let cookie = format!("{COOKIE}={id}");
+        let session = [("cookie", cookie.as_str())];
+
+        assert_eq!(call(&app, "GET", "/api/x", &[]).await.0, 401);
+        assert_eq!(
+            call(&app, "GET", "/", &[]).await,
+            (303, Some("/login".into()))
+        );
+        assert_eq!(
+            call(&app, "GET", "/metrics", &[]).await.0,
+            401,
+            "probes are not open"
+        );
+        assert_eq!(call(&app, "GET", "/login", &[]).await.0, 200);
+        assert_eq!(
+            call(&app, "GET", "/api/x", &[("authorization", "Bearer t")])
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            call(&app, "POST", "/api/x", &[("authorization", "Bearer t")])
+                .await
+                .0,
+            200,
+            "a bearer needs no CSRF token"
+        );
+        let wrong = [
+            ("authorization", "Bearer nope"),
+            ("cookie", cookie.as_str()),
+        ];
+        assert_eq!(
+            call(&app, "GET", "/api/x", &wrong).await.0,
+            401,
+            "a wrong bearer does not fall back to the cookie"
+        );
+        assert_eq!(call(&app, "GET", "/api/x", &session).await.0, 200);
+        assert_eq!(
+            call(&app, "POST", "/api/x", &session).await.0,
+            403,
+            "a cookie alone cannot change state"
+        );
+        let with_csrf = [("cookie", cookie.as_str()), (CSRF_HEADER, csrf.as_str())];
+        assert_eq!(call(&app, "POST", "/api/x", &with_csrf).await.0, 200);
+        let stale = [("cookie", "cloudai_session=forged")];
+        assert_eq!(call(&app, "GET", "/api/x", &stale).await.0, 401);
+    }
+
+    #[tokio::test]
+    async fn open_probes_let_only_the_probes_through() {
+        let gate = Gate::new(Some(Token::new("t").unwrap()), true, false);
+        let app = app(&gate);
+        assert_eq!(call(&app, "GET", "/metrics", &[]).await.0, 200);
+        assert_eq!(call(&app, "GET", "/api/x", &[]).await.0, 401);
+    }
 
     #[test]
     fn a_cookie_is_found_among_others() {

@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
@@ -30,7 +31,12 @@ use tracing::debug;
 use crate::security::Security;
 use gate::Gate;
 
-/// How long a client has to send a request's headers.
+/// The most connections open at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 1024;
+/// The pause after a failed accept.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a client has to finish a TLS handshake, or to send a
+/// request's headers.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The routes a probe or scraper may be let through without the token.
@@ -115,21 +121,29 @@ pub async fn serve_http(
         .map(|t| t.rustls_server().map(|c| TlsAcceptor::from(Arc::new(c))))
         .transpose()?;
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of descriptors, say: do not spin on it.
                     debug!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
             },
             () = &mut shutdown => return Ok(()),
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "HTTP connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let (app, tls) = (app.clone(), tls.clone());
         connections.spawn(async move {
+            let _slot = slot;
             let service = TowerToHyperService::new(app);
             let mut server = auto::Builder::new(TokioExecutor::new());
             // A client that sends its headers this slowly holds a connection
@@ -140,13 +154,21 @@ pub async fn serve_http(
                 .header_read_timeout(HEADER_READ_TIMEOUT);
             let served = match tls {
                 None => server.serve_connection(TokioIo::new(tcp), service).await,
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => server.serve_connection(TokioIo::new(stream), service).await,
-                    Err(e) => {
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            server.serve_connection(TokioIo::new(stream), service).await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                },
+                }
             };
             if let Err(e) = served {
                 debug!(%peer, error = %e, "HTTP connection ended");

@@ -53,6 +53,8 @@ function bar(used, total, unit) {
     h('small', {}, `${+used.toFixed(2)} / ${+total.toFixed(2)}${unit}`)];
 }
 
+const enc = encodeURIComponent;
+
 function command(spec) {
   return [spec.image, ...(spec.command || [])].join(' ');
 }
@@ -92,8 +94,8 @@ function workersTable(workers) {
       h('td', { class: 'num' }, w.tasks),
       h('td', {}, ago(w.last_heartbeat)),
       h('td', {}, w.drain
-        ? h('button', { class: 'undrain', onclick: () => act(`/api/workers/${w.id}/undrain`, 'undrain') }, 'Undrain')
-        : h('button', { class: 'drain', onclick: () => act(`/api/workers/${w.id}/drain`, 'drain') }, 'Drain')))));
+        ? h('button', { class: 'undrain', onclick: () => act(`/api/workers/${enc(w.id)}/undrain`, 'undrain') }, 'Undrain')
+        : h('button', { class: 'drain', onclick: () => act(`/api/workers/${enc(w.id)}/drain`, 'drain') }, 'Drain')))));
 }
 
 function filters() {
@@ -116,14 +118,14 @@ function tasksTable(tasks) {
   return h('table', { id: 'tasks' },
     h('tr', {}, ['task', 'status', 'waiting', 'worker', 'command', 'submitted', ''].map((t) => h('th', {}, t))),
     tasks.map((t) => h('tr', { 'data-task': t.id },
-      h('td', {}, h('a', { href: '#/task/' + t.id }, h('code', {}, t.id))),
+      h('td', {}, h('a', { href: '#/task/' + enc(t.id) }, h('code', {}, t.id))),
       h('td', { class: 'status ' + t.status }, t.status),
       h('td', { class: 'reason', title: t.waiting || '' }, t.reason_word || ''),
       h('td', {}, t.worker || '-'),
       h('td', {}, h('code', {}, command(t.spec))),
       h('td', {}, ago(t.created_at)),
       h('td', {}, (t.status === 'pending' || t.status === 'running')
-        ? h('button', { class: 'cancel danger', onclick: () => act(`/api/tasks/${t.id}/cancel`, 'cancel') }, 'Cancel')
+        ? h('button', { class: 'cancel danger', onclick: () => act(`/api/tasks/${enc(t.id)}/cancel`, 'cancel') }, 'Cancel')
         : ''))));
 }
 
@@ -144,18 +146,27 @@ async function renderOverview(app) {
 
 let output = null;
 
-function followOutput(id, pre) {
-  if (output && output.id === id) return;
+// The task page's output: one <pre> per task followed, kept across renders.
+function followOutput(id) {
+  if (output && output.id === id) return output.pre;
   if (output) output.source.close();
+  const pre = h('pre', { id: 'logs' });
   const decoders = {};
-  const source = new EventSource(`/api/tasks/${id}/output`);
-  output = { id, source };
+  // Where each attempt's shown output ends: a reconnected stream may send
+  // bytes again, and they are shown once.
+  const shown = {};
+  const source = new EventSource(`/api/tasks/${enc(id)}/output`);
+  output = { id, source, pre };
   let attempt = null;
   source.onmessage = (m) => {
     const c = JSON.parse(m.data);
     if (attempt !== null && c.attempt !== attempt) pre.append(h('span', { class: 'muted' }, `\n--- attempt ${c.attempt} ---\n`));
     attempt = c.attempt;
-    const bytes = Uint8Array.from(atob(c.data), (ch) => ch.charCodeAt(0));
+    const all = Uint8Array.from(atob(c.data), (ch) => ch.charCodeAt(0));
+    const seen = Math.max(0, (shown[c.attempt] || 0) - c.offset);
+    if (seen >= all.length) return;
+    const bytes = all.subarray(seen);
+    shown[c.attempt] = c.offset + all.length;
     const key = c.attempt + c.stream;
     decoders[key] = decoders[key] || new TextDecoder();
     pre.append(h('span', { class: c.stream }, decoders[key].decode(bytes, { stream: true })));
@@ -163,14 +174,14 @@ function followOutput(id, pre) {
   };
   source.addEventListener('end', () => { source.close(); pre.dataset.ended = 'true'; });
   source.addEventListener('failed', (m) => { source.close(); pre.append(h('span', { class: 'stderr' }, `\n[output: ${m.data}]\n`)); });
+  return pre;
 }
 
 async function renderTask(app, id) {
   await renderCounts();
-  const t = await api('/api/tasks/' + encodeURIComponent(id));
+  const t = await api('/api/tasks/' + enc(id));
   const r = t.result;
   const live = t.status === 'pending' || t.status === 'running';
-  const pre = (output && output.id === id && document.getElementById('logs')) || h('pre', { id: 'logs' });
   app.replaceChildren(...[
     h('p', {}, h('a', { href: '#/' }, '\u2190 all tasks')),
     h('h2', {}, 'Task ', h('code', {}, t.id), ' ', h('span', { id: 'status', class: 'status ' + t.status }, t.status)),
@@ -182,19 +193,24 @@ async function renderTask(app, id) {
       t.waiting ? [h('dt', {}, 'waiting'), h('dd', { id: 'waiting' }, t.waiting)] : null,
       r ? [h('dt', {}, 'exit code'), h('dd', { id: 'exit-code' }, r.exit_code ?? (r.signal ? 'signal ' + r.signal : '-'))] : null,
       r && r.message ? [h('dt', {}, 'message'), h('dd', {}, r.message)] : null),
-    live ? h('p', {}, h('button', { id: 'cancel', class: 'cancel danger', onclick: () => act(`/api/tasks/${t.id}/cancel`, 'cancel') }, 'Cancel')) : null,
-    h('h2', {}, 'Output'), pre].filter(Boolean));
-  followOutput(id, pre);
+    live ? h('p', {}, h('button', { id: 'cancel', class: 'cancel danger', onclick: () => act(`/api/tasks/${enc(t.id)}/cancel`, 'cancel') }, 'Cancel')) : null,
+    h('h2', {}, 'Output'), h('div', { id: 'logs-slot' })].filter(Boolean));
 }
 
 // ---- routing and live updates ----------------------------------------------
 
+// At most one render a tenth of a second, however fast events come (a
+// busy cluster must still repaint); a render that a newer one overtook is
+// not painted.
 let pending = null;
+let generation = 0;
 
 function refresh() {
-  clearTimeout(pending);
+  if (pending) return;
   pending = setTimeout(async () => {
-    const app = document.getElementById('app');
+    pending = null;
+    const mine = ++generation;
+    const app = h('main', { id: 'app' });
     const m = location.hash.match(/^#\/task\/(.+)$/);
     try {
       if (m) await renderTask(app, decodeURIComponent(m[1]));
@@ -202,9 +218,13 @@ function refresh() {
         if (output) { output.source.close(); output = null; }
         await renderOverview(app);
       }
+      if (mine !== generation) return;
+      const slot = app.querySelector('#logs-slot');
+      if (slot && m) slot.replaceWith(followOutput(decodeURIComponent(m[1])));
+      document.getElementById('app').replaceWith(app);
       showError(null);
     } catch (e) {
-      showError(e);
+      if (mine === generation) showError(e);
     }
   }, 100);
 }
