@@ -102,8 +102,12 @@ fn metrics_move_by_what_ran_and_probes_need_the_token() {
             assert_eq!(code, 401, "{base}{path} without the token: {body}");
         }
         assert_eq!(get(&format!("{base}/healthz"), Some(&c.token)).0, 200);
-        let (code, body) = get(&format!("{base}/readyz"), Some(&c.token));
-        assert_eq!((code, body.as_str()), (200, "ready\n"), "{base}");
+        // The worker is ready once it has its registration's reply, a
+        // moment after the master lists it active.
+        until(EVENTUALLY, &format!("{base}/readyz"), || {
+            let (code, body) = get(&format!("{base}/readyz"), Some(&c.token));
+            (code == 200 && body == "ready\n").then_some(())
+        });
     }
 
     let before = scrape(&master, &c.token);
