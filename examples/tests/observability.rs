@@ -127,7 +127,21 @@ fn metrics_move_by_what_ran_and_probes_need_the_token() {
             (s != "pending" && s != "running").then_some(())
         });
     }
-    let after = scrape(&master, &c.token);
+    // A counter moves just after the store write a status read sees:
+    // scrape until the last of them moved, then check every one exactly.
+    let after = until(EVENTUALLY, "the counters caught up", || {
+        let m = scrape(&master, &c.token);
+        let ended = ["completed", "failed", "cancelled"]
+            .iter()
+            .map(|s| {
+                value(&m, &format!("cloudai_tasks_{s}_total"))
+                    - value(&before, &format!("cloudai_tasks_{s}_total"))
+            })
+            .sum::<f64>();
+        let stops = value(&m, "cloudai_task_stop_seconds_count")
+            - value(&before, "cloudai_task_stop_seconds_count");
+        (ended >= 5.0 && stops >= 1.0).then_some(m)
+    });
     let moved = |series: &str| value(&after, series) - value(&before, series);
     assert_eq!(moved("cloudai_tasks_submitted_total"), 5.0);
     assert_eq!(moved("cloudai_tasks_placed_total"), 5.0);
