@@ -45,8 +45,10 @@ PY
     cp "$backup" "$file"; rm -f "$backup"; return
   fi
   # A mutation may make a simulation spin without advancing virtual time:
-  # a hang counts as caught, after a bounded wait.
-  if timeout 300 cargo test -q --no-fail-fast -p cloudai-core --all-features >/dev/null 2>&1; then
+  # a hang counts as caught, after a bounded wait. One failing test binary
+  # is enough: cargo stops there (most are caught by the unit tests,
+  # before the minute the fault explorer takes).
+  if timeout 300 cargo test -q -p cloudai-core --all-features >/dev/null 2>&1; then
     echo "SURVIVED $label"; survived=1
   else
     echo "caught   $label"
