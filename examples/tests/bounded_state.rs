@@ -46,6 +46,30 @@ fn array_tasks(c: &Cluster, array: &str) -> Vec<Value> {
         .clone()
 }
 
+/// Prints the files of every supervised run directory under `root` whose
+/// record names task `id` (its spec, start and end records, and the
+/// supervisor's log), for a task that did not end.
+fn show_run_dirs(root: &std::path::Path, id: &str) {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        let names_task =
+            std::fs::read_to_string(dir.join("run.json")).is_ok_and(|s| s.contains(id));
+        for path in entries {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if names_task {
+                let text = std::fs::read(&path).unwrap_or_default();
+                let shown = String::from_utf8_lossy(&text[..text.len().min(2048)]).into_owned();
+                eprintln!("  {}: {shown}", path.display());
+            }
+        }
+    }
+}
+
 /// `task --array 1-1000` submits 1,000 tasks in one call; each runs with
 /// its own CLOUDAI_ARRAY_INDEX, and `tasks --array` lists exactly them.
 #[test]
@@ -93,6 +117,7 @@ fn an_array_runs_each_task_with_its_own_index() {
                             eprintln!("  {}: {line}", p.name);
                         }
                     }
+                    show_run_dirs(&c.state_root, id);
                 }
             }
             (completed == ts.len()).then_some(ts)
