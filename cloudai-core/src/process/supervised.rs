@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use super::frames::next_frame;
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
-use super::{backend, check_command, invalid_command, signal_group, KILL_TIMEOUT};
+use super::{backend, check_command, invalid_command, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT};
 use crate::output::{OutputChunk, OutputStream, CHANNEL};
 use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
@@ -208,22 +208,9 @@ impl SupervisedProcessRuntime {
             })?;
         let waited = tokio::time::timeout(START_TIMEOUT, async {
             loop {
-                if let Some(e) = read_json::<StartError>(&dir.error()).map_err(backend)? {
-                    return Err(if e.invalid {
-                        invalid_command(e.message)
-                    } else {
-                        backend(io::Error::other(e.message))
-                    });
-                }
-                if dir.started().exists() {
-                    return Ok(());
-                }
-                if let Ok(Some(status)) = supervisor.try_wait() {
-                    let said = std::fs::read_to_string(dir.log()).unwrap_or_default();
-                    return Err(backend(io::Error::other(format!(
-                        "the supervisor of {id} exited ({status}) before starting the task: {}",
-                        said.trim()
-                    ))));
+                let exited = supervisor.try_wait().ok().flatten();
+                if let Some(outcome) = start_outcome(id, dir, exited) {
+                    return outcome;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -239,27 +226,59 @@ impl SupervisedProcessRuntime {
     }
 }
 
+/// What run directory `dir` says of its start, `None` while it says
+/// nothing yet. `exited` is whether its supervisor had exited, looked at
+/// *before* the records: a supervisor may start a short task, record its
+/// end and exit between two looks, and must not then be taken for one
+/// that exited without starting it.
+fn start_outcome(
+    id: &ContainerId,
+    dir: &RunDir,
+    exited: Option<std::process::ExitStatus>,
+) -> Option<Result<()>> {
+    match read_json::<StartError>(&dir.error()) {
+        Ok(Some(e)) if e.invalid => return Some(Err(invalid_command(e.message))),
+        Ok(Some(e)) => return Some(Err(backend(io::Error::other(e.message)))),
+        Ok(None) => {}
+        Err(e) => return Some(Err(backend(e))),
+    }
+    if dir.started().exists() {
+        return Some(Ok(()));
+    }
+    let status = exited?;
+    let said = std::fs::read_to_string(dir.log()).unwrap_or_default();
+    Some(Err(backend(io::Error::other(format!(
+        "the supervisor of {id} exited ({status}) before starting the task: {}",
+        said.trim()
+    )))))
+}
+
+/// How long after the task's leader is gone its exit record may take: the
+/// supervisor drains the output for up to [`DRAIN_TIMEOUT`] first (and a
+/// loaded machine adds its own delay).
+const RECORD_WAIT: Duration = DRAIN_TIMEOUT.saturating_add(Duration::from_secs(2));
+
 /// Waits for the end of a run whose supervisor is gone (or about to be):
 /// its recorded exit, or, if the supervisor died without one, the end of
 /// the process itself.
 async fn watch_end(dir: &RunDir, started: Started) -> std::result::Result<ExitStatus, String> {
+    let mut gone_since = None;
     loop {
         match read_json::<Ended>(&dir.ended()) {
             Ok(Some(ended)) => return Ok(ended.status),
-            Ok(None) if !started.alive() => {
-                // The supervisor may be writing the record right now.
-                tokio::time::sleep(POLL).await;
-                return match read_json::<Ended>(&dir.ended()) {
-                    Ok(Some(ended)) => Ok(ended.status),
-                    _ => Err(format!(
-                        "the supervisor of {} ended without recording the task's exit",
-                        dir.0.display()
-                    )),
-                };
-            }
-            Ok(None) => tokio::time::sleep(POLL).await,
+            Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
+        if gone_since.is_none() && !started.alive() {
+            gone_since = Some(tokio::time::Instant::now());
+        }
+        if gone_since.is_some_and(|since| since.elapsed() > RECORD_WAIT) {
+            return Err(format!(
+                "the supervisor of {} ended without recording the task's exit",
+                dir.0.display()
+            ));
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -508,6 +527,43 @@ mod tests {
             got.push(c.expect("a chunk"));
         }
         got
+    }
+
+    /// A supervisor that started a short task and exited with it before
+    /// the runtime looked counts as started (seen once in 1,000 array
+    /// tasks: the run failed "exited before starting the task").
+    #[test]
+    fn a_supervisor_gone_after_starting_its_task_started_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let root = std::env::temp_dir().join(format!("cloudai-start-{}", std::process::id()));
+        let dir = RunDir(root.clone());
+        std::fs::create_dir_all(&root).unwrap();
+        let id = ContainerId("run-test".into());
+        let exited = Some(std::process::ExitStatus::from_raw(0));
+        assert!(start_outcome(&id, &dir, None).is_none(), "nothing said yet");
+        let gone = start_outcome(&id, &dir, exited).expect("decided");
+        assert!(
+            gone.unwrap_err()
+                .to_string()
+                .contains("before starting the task"),
+            "exited with no record"
+        );
+        let started = Started {
+            pid: 1,
+            start_ticks: 0,
+        };
+        write_json(&dir.started(), &started).unwrap();
+        assert!(matches!(start_outcome(&id, &dir, exited), Some(Ok(()))));
+        let error = StartError {
+            invalid: true,
+            message: "cannot run \"nosuch\"".into(),
+        };
+        write_json(&dir.error(), &error).unwrap();
+        assert!(matches!(
+            start_outcome(&id, &dir, exited),
+            Some(Err(Error::InvalidInput(_)))
+        ));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[tokio::test]
