@@ -3,7 +3,9 @@
 
 use std::pin::Pin;
 
-use cloudai_core::events::{Cursor, Event, EventWatch, MasterEvent};
+use std::sync::Arc;
+
+use cloudai_core::events::{Cursor, Event, EventWatch, MasterEvent, Resync};
 use cloudai_core::model::Timestamp;
 use cloudai_core::Result;
 use tokio::sync::mpsc;
@@ -13,6 +15,7 @@ use tonic::Status;
 
 use crate::convert::{self, from_status, health, health_to_wire, status_to_wire};
 use crate::proto::{self, event::Kind};
+use crate::relay::{ends_on_error, relay};
 
 /// A server's stream of events.
 pub type EventReplies = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
@@ -70,37 +73,37 @@ fn to_proto(epoch: &str, e: &Event) -> proto::Event {
     }
 }
 
+/// The events of `watch` as a stream; it ends with a `Resync` if the
+/// watcher fell behind the buffer, or when the log is closed.
+pub(crate) fn watch_stream(
+    watch: EventWatch,
+) -> impl Stream<Item = std::result::Result<Arc<Event>, Resync>> + Send {
+    futures_util::stream::unfold(Some(watch), |watch| async move {
+        let mut watch = watch?;
+        match watch.next().await? {
+            Ok(e) => Some((Ok(e), Some(watch))),
+            Err(why) => Some((Err(why), None)),
+        }
+    })
+}
+
 /// Streams `watch`: a bookmark at its cursor first, then every event,
 /// ending with `FAILED_PRECONDITION` if the watcher fell behind the buffer.
-pub fn serve(mut watch: EventWatch, now: Timestamp) -> EventReplies {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let start = watch.cursor();
-        let bookmark = proto::Event {
-            cursor: start.to_string(),
-            at_ms: now.as_millis(),
-            kind: Some(Kind::Bookmark(proto::Bookmark {})),
-        };
-        if tx.send(Ok(bookmark)).await.is_err() {
-            return;
-        }
-        loop {
-            let next = tokio::select! {
-                next = watch.next() => next,
-                () = tx.closed() => return,
-            };
-            let reply = match next {
-                None => return,
-                Some(Ok(e)) => Ok(to_proto(&start.epoch, &e)),
-                Some(Err(why)) => Err(Status::failed_precondition(why.to_string())),
-            };
-            let end = reply.is_err();
-            if tx.send(reply).await.is_err() || end {
-                return;
-            }
-        }
+pub fn serve(watch: EventWatch, now: Timestamp) -> EventReplies {
+    let start = watch.cursor();
+    let bookmark = proto::Event {
+        cursor: start.to_string(),
+        at_ms: now.as_millis(),
+        kind: Some(Kind::Bookmark(proto::Bookmark {})),
+    };
+    let events = watch_stream(watch).map(move |next| {
+        next.map(|e| to_proto(&start.epoch, &e))
+            .map_err(|why| Status::failed_precondition(why.to_string()))
     });
-    Box::pin(ReceiverStream::new(rx))
+    let replies = tokio_stream::once(Ok(bookmark))
+        .chain(events)
+        .map(ends_on_error);
+    Box::pin(ReceiverStream::new(relay(replies, 256)))
 }
 
 impl TryFrom<proto::Event> for Watched {
@@ -144,23 +147,10 @@ impl TryFrom<proto::Event> for Watched {
 }
 
 /// A client's view of the stream: each event, or the error that ended it.
-pub fn receive(mut stream: tonic::Streaming<proto::Event>) -> mpsc::Receiver<Result<Watched>> {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        loop {
-            let item = tokio::select! {
-                item = stream.next() => item,
-                () = tx.closed() => return,
-            };
-            let Some(item) = item else { return };
-            let event = item.and_then(Watched::try_from).map_err(from_status);
-            let end = event.is_err();
-            if tx.send(event).await.is_err() || end {
-                return;
-            }
-        }
-    });
-    rx
+pub fn receive(stream: tonic::Streaming<proto::Event>) -> mpsc::Receiver<Result<Watched>> {
+    let events =
+        stream.map(|item| ends_on_error(item.and_then(Watched::try_from).map_err(from_status)));
+    relay(events, 256)
 }
 
 /// An event's fields as JSON, the one shape the CLI's `events --json` and

@@ -21,6 +21,7 @@ pub mod security;
 pub mod server;
 pub mod worker_service;
 
+mod relay;
 mod rpc_metrics;
 
 /// Generated protobuf and gRPC code.

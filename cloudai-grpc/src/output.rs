@@ -12,6 +12,7 @@ use tonic::Status;
 
 use crate::convert::{from_status, to_status};
 use crate::proto;
+use crate::relay::{ends_on_error, relay};
 
 /// A server's stream of output messages.
 pub type OutputReplies<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -113,30 +114,18 @@ where
 
 /// A client's reply stream as a core channel; dropping the receiver ends
 /// the call.
-pub fn channel<P, C>(mut stream: tonic::Streaming<P>) -> mpsc::Receiver<Result<C>>
+pub fn channel<P, C>(stream: tonic::Streaming<P>) -> mpsc::Receiver<Result<C>>
 where
     P: TryInto<C, Error = Status> + Send + 'static,
     C: Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(CHANNEL);
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                next = stream.message() => next,
-                () = tx.closed() => return,
-            };
-            let item = match next {
-                Ok(Some(m)) => m.try_into().map_err(bad_chunk),
-                Ok(None) => return,
-                Err(s) => Err(from_status(s)),
-            };
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                return;
-            }
-        }
+    let items = stream.map(|next| {
+        ends_on_error(match next {
+            Ok(m) => m.try_into().map_err(bad_chunk),
+            Err(s) => Err(from_status(s)),
+        })
     });
-    rx
+    relay(items, CHANNEL)
 }
 
 fn bad_chunk(s: Status) -> Error {

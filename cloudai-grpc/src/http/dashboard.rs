@@ -15,6 +15,7 @@
 //! | `GET /api/events` | the event stream (SSE; `Last-Event-ID` resumes) |
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -24,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine;
+use cloudai_core::events::Resync;
 use cloudai_core::master::{short_reason, CancelOutcome, Cursor, Master, MAX_PAGE};
 use cloudai_core::model::{ArrayId, TaskId, TaskRecord, TaskStatus, WorkerId};
 use cloudai_core::output::{OutputFrom, OutputStream};
@@ -31,11 +33,12 @@ use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::Error;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 
 use super::gate::SessionInfo;
-use crate::events::to_json;
+use crate::events::{to_json, watch_stream};
+use crate::relay::{relay, Relayed};
 
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -248,8 +251,14 @@ async fn undrain(State(master): State<Master>, Path(id): Path<String>) -> Answer
 
 type Events = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
 
-fn sse(rx: mpsc::Receiver<Result<SseEvent, Infallible>>) -> Events {
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+/// `events` as server-sent events, relayed so that a client going away
+/// lets go of the source at once.
+fn sse(events: impl Stream<Item = Relayed<SseEvent>> + Send + 'static) -> Events {
+    let events = events.map(|e| match e {
+        Relayed::More(e) => Relayed::More(Ok(e)),
+        Relayed::Last(e) => Relayed::Last(Ok(e)),
+    });
+    Sse::new(ReceiverStream::new(relay(events, 64))).keep_alive(KeepAlive::default())
 }
 
 /// The event stream, each event with its cursor as the SSE id (so a
@@ -262,48 +271,29 @@ async fn events(State(master): State<Master>, headers: HeaderMap) -> Result<Even
         .filter(|v| !v.is_empty())
         .map(str::parse::<Cursor>)
         .transpose()?;
-    let (tx, rx) = mpsc::channel(64);
-    let watch = master.watch_events(from.as_ref());
-    tokio::spawn(async move {
-        let mut watch = match watch {
-            Ok(w) => w,
-            Err(why) => {
-                let _ = tx
-                    .send(Ok(SseEvent::default()
-                        .event("resync")
-                        .data(why.to_string())))
-                    .await;
-                return;
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                next = watch.next() => next,
-                () = tx.closed() => return,
-            };
-            let event = match next {
-                None => return,
-                Some(Err(why)) => {
-                    let resync = SseEvent::default().event("resync").data(why.to_string());
-                    let _ = tx.send(Ok(resync)).await;
-                    return;
-                }
-                Some(Ok(e)) => {
+    let resync =
+        |why: Resync| Relayed::Last(SseEvent::default().event("resync").data(why.to_string()));
+    let events: Pin<Box<dyn Stream<Item = _> + Send>> = match master.watch_events(from.as_ref()) {
+        Err(why) => Box::pin(tokio_stream::once(resync(why))),
+        Ok(watch) => {
+            let epoch = watch.cursor().epoch;
+            Box::pin(watch_stream(watch).map(move |next| match next {
+                Err(why) => resync(why),
+                Ok(e) => {
                     let cursor = Cursor {
-                        epoch: watch.cursor().epoch,
+                        epoch: epoch.clone(),
                         seq: e.seq,
                     };
-                    SseEvent::default()
-                        .id(cursor.to_string())
-                        .data(to_json(&e.kind).to_string())
+                    Relayed::More(
+                        SseEvent::default()
+                            .id(cursor.to_string())
+                            .data(to_json(&e.kind).to_string()),
+                    )
                 }
-            };
-            if tx.send(Ok(event)).await.is_err() {
-                return;
-            }
+            }))
         }
-    });
-    Ok(sse(rx))
+    };
+    Ok(sse(events))
 }
 
 #[derive(Deserialize)]
@@ -320,36 +310,21 @@ async fn output(
     Query(q): Query<OutputQuery>,
 ) -> Result<Events, Failed> {
     let id = TaskId::new(id)?;
-    let mut follow = master
+    let follow = master
         .follow_output(&id, OutputFrom::Offset(q.offset.unwrap_or(0)), true)
         .await?;
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let item = tokio::select! {
-                item = follow.recv() => item,
-                () = tx.closed() => return,
+    let chunks = ReceiverStream::new(follow).map(|item| match item {
+        Err(e) => Relayed::Last(SseEvent::default().event("failed").data(e.to_string())),
+        Ok(o) => {
+            let stream = match o.chunk.stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
             };
-            let (event, last) = match item {
-                None => (SseEvent::default().event("end").data("end"), true),
-                Some(Err(e)) => (
-                    SseEvent::default().event("failed").data(e.to_string()),
-                    true,
-                ),
-                Some(Ok(o)) => {
-                    let stream = match o.chunk.stream {
-                        OutputStream::Stdout => "stdout",
-                        OutputStream::Stderr => "stderr",
-                    };
-                    let data = base64::engine::general_purpose::STANDARD.encode(&o.chunk.data);
-                    let chunk = json!({ "attempt": o.attempt, "offset": o.chunk.offset, "stream": stream, "data": data });
-                    (SseEvent::default().data(chunk.to_string()), false)
-                }
-            };
-            if tx.send(Ok(event)).await.is_err() || last {
-                return;
-            }
+            let data = base64::engine::general_purpose::STANDARD.encode(&o.chunk.data);
+            let chunk = json!({ "attempt": o.attempt, "offset": o.chunk.offset, "stream": stream, "data": data });
+            Relayed::More(SseEvent::default().data(chunk.to_string()))
         }
     });
-    Ok(sse(rx))
+    let end = Relayed::Last(SseEvent::default().event("end").data("end"));
+    Ok(sse(chunks.chain(tokio_stream::once(end))))
 }
