@@ -9,7 +9,6 @@ pub struct ReadmeDoctests;
 mod state_dir;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 pub use state_dir::{default_path as default_state_dir, StateDir};
 
@@ -171,16 +170,7 @@ pub fn init_logging(json: bool, default: &str) {
 }
 
 /// Parses a duration: seconds (fractions allowed) or humantime (`30s`, `5m`, `1h30m`).
-pub fn seconds(s: &str) -> Result<Duration, String> {
-    let Ok(v) = s.trim().parse::<f64>() else {
-        return humantime::parse_duration(s.trim())
-            .map_err(|e| format!("{s:?} is not a duration (30, 1.5, 30s, 5m, 1h30m): {e}"));
-    };
-    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
-        return Err(format!("{s:?} is not a valid number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
+pub use cloudai_core::model::parse_duration as seconds;
 
 /// A size in bytes, as a number with an optional unit (`64MiB`, `512 KB`).
 pub fn bytes(s: &str) -> Result<usize, String> {

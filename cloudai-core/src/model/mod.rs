@@ -18,6 +18,6 @@ pub use ids::{ArrayId, InstanceId, TaskId, WorkerId};
 pub use resources::Resources;
 pub use run::{ExitStatus, RunningTask};
 pub use task::{StatusCounts, TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
-pub use time::Timestamp;
+pub use time::{parse_duration, Timestamp};
 pub use validation::ValidationError;
 pub use worker::{Drain, Heartbeat, Telemetry, WorkerIdentity, WorkerRecord};

@@ -16,7 +16,6 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -27,7 +26,9 @@ use axum::{Extension, Json, Router};
 use base64::Engine;
 use cloudai_core::events::Resync;
 use cloudai_core::master::{short_reason, CancelOutcome, Cursor, Master, MAX_PAGE};
-use cloudai_core::model::{ArrayId, TaskId, TaskRecord, TaskStatus, WorkerId};
+use cloudai_core::model::{
+    parse_duration, ArrayId, TaskId, TaskRecord, TaskStatus, ValidationError, WorkerId,
+};
 use cloudai_core::output::{OutputFrom, OutputStream};
 use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::Error;
@@ -218,8 +219,8 @@ async fn cancel(State(master): State<Master>, Path(id): Path<String>) -> Answer 
 
 #[derive(Deserialize)]
 struct DrainQuery {
-    /// Seconds from now after which tasks still running are stopped.
-    deadline: Option<f64>,
+    /// From now until tasks still running are stopped (`600`, `10m`).
+    deadline: Option<String>,
 }
 
 async fn drain(
@@ -227,19 +228,15 @@ async fn drain(
     Path(id): Path<String>,
     Query(q): Query<DrainQuery>,
 ) -> Answer {
-    let deadline = match q.deadline {
-        None => None,
-        Some(s) if s.is_finite() && (0.0..=1e9).contains(&s) => Some(Duration::from_secs_f64(s)),
-        Some(s) => {
-            return Err(
-                Error::InvalidInput(cloudai_core::model::ValidationError::Invalid {
-                    field: "deadline",
-                    reason: format!("{s} is not a number of seconds"),
-                })
-                .into(),
-            )
-        }
-    };
+    let deadline = q
+        .deadline
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|reason| ValidationError::Invalid {
+            field: "deadline",
+            reason,
+        })?;
     master.drain(&WorkerId::new(id)?, deadline).await?;
     Ok(Json(json!({ "drained": true })))
 }
