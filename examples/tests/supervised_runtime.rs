@@ -180,3 +180,37 @@ async fn a_new_runtime_stops_a_run_it_did_not_start() {
     second.remove(&id).await.expect("remove");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run whose task has exited is listed as running until its supervisor
+/// has recorded the end (it first drains the output, which a process that
+/// left the task's group may hold open for up to a second): a restarting
+/// worker would otherwise remove the run and lose its exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_listed_running_until_its_end_is_recorded() {
+    let dir = state_dir("listed");
+    let rt = runtime(&dir, Duration::from_secs(60));
+    let id = rt
+        .start(&spec("listed", "setsid sleep 2 & exit 0"))
+        .await
+        .expect("start");
+    let exit = dir.join("runs").join(&id.0).join("exit.json");
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let listed = rt.list(LABEL_TASK, "listed").await.expect("list");
+        let run = listed
+            .iter()
+            .find(|c| c.id == id)
+            .expect("the run is listed");
+        if !run.running {
+            assert!(
+                exit.exists(),
+                "listed as not running before its end was recorded"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "still listed running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rt.remove(&id).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&dir);
+}

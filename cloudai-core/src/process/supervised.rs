@@ -129,11 +129,7 @@ impl SupervisedProcessRuntime {
             return Ok(None);
         };
         let (tx, rx) = watch::channel(None);
-        let link = match dir.socket_via() {
-            Ok((_handle, socket)) => UnixStream::connect(socket).await.ok(),
-            Err(_) => None,
-        };
-        let (reader, writer) = match link {
+        let (reader, writer) = match connect(&dir).await {
             Some(stream) => {
                 let (r, w) = stream.into_split();
                 (Some(r), Some(w))
@@ -224,6 +220,13 @@ impl SupervisedProcessRuntime {
             )))
         })
     }
+}
+
+/// A connection to the run's supervisor, if it answers (it listens until
+/// it has recorded the run's end).
+async fn connect(dir: &RunDir) -> Option<UnixStream> {
+    let (_handle, socket) = dir.socket_via().ok()?;
+    UnixStream::connect(socket).await.ok()
 }
 
 /// What run directory `dir` says of its start, `None` while it says
@@ -500,8 +503,11 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             if spec.labels.get(key).is_none_or(|v| v != value) {
                 continue;
             }
+            // Until the end is recorded the run is not over: its task may
+            // have exited while the supervisor still drains the output.
             let started = read_json::<Started>(&dir.started()).ok().flatten();
-            let running = !dir.ended().exists() && started.is_some_and(|s| s.alive());
+            let running = !dir.ended().exists()
+                && (started.is_some_and(|s| s.alive()) || connect(&dir).await.is_some());
             found.push(ContainerInfo {
                 id: ContainerId(entry.file_name().to_string_lossy().into_owned()),
                 labels: spec.labels,

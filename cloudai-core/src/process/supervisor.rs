@@ -124,14 +124,17 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
             break;
         }
     }
-    let _ = std::fs::remove_file(dir.socket());
-    write_json(
+    let recorded = write_json(
         &dir.ended(),
         &Ended {
             status: to_exit_status(status),
             note,
         },
-    )
+    );
+    // Listening until the end is recorded: a run whose supervisor answers
+    // is not over (see `list`).
+    let _ = std::fs::remove_file(dir.socket());
+    recorded
 }
 
 /// Starts the task as the leader of a new process group, with a thread per
