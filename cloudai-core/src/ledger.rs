@@ -260,6 +260,11 @@ impl Ledger {
         self.accounts.keys()
     }
 
+    /// Every worker with its capacity, by id.
+    pub fn capacities(&self) -> impl Iterator<Item = (&WorkerId, Resources)> {
+        self.accounts.iter().map(|(w, a)| (w, a.capacity))
+    }
+
     /// Rebuilds every allocation from the tasks the store says are running
     /// (task, its worker, its request) and returns what changed. Idempotent:
     /// a second call with the same input returns a clean result.

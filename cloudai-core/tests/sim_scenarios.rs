@@ -705,6 +705,28 @@ async fn queued_task_is_placed_when_a_running_task_ends() {
     c.stop().await;
 }
 
+/// A pinned request is checked against its worker alone: too big for it
+/// is refused naming it, though a bigger worker exists.
+#[tokio::test(start_paused = true)]
+async fn a_pinned_request_its_worker_could_never_hold_is_refused() {
+    let c = cluster(&[("big", 4.0), ("small", 1.0)]).await;
+    let mut pinned = fake_task(1, 0, 2.0);
+    pinned.pin = Some(wid("small"));
+    let refused = c.master.submit(pinned.clone()).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("the largest (pinned) worker, small, has cpu=1"),
+        "{refused}"
+    );
+    pinned.pin = Some(wid("big"));
+    let placed = c.master.submit(pinned).await.unwrap();
+    c.master.submit(fake_task(1, 0, 2.0)).await.unwrap();
+    c.run_for(Duration::from_secs(3)).await;
+    assert_eq!(status(&c, &placed).await, TaskStatus::Completed);
+    c.stop().await;
+}
+
 // ---- worker reconnection --------------------------------------------------------
 
 #[tokio::test(start_paused = true)]

@@ -16,7 +16,6 @@ use crate::model::{
     ArrayId, ArrayIndices, ArrayMember, RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus,
     ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
 };
-use crate::placement::never_fits;
 use crate::store::TaskFilter;
 use crate::{Error, Result};
 
@@ -47,12 +46,8 @@ impl Master {
         if options.wait_for_capacity {
             return Ok(());
         }
-        let capacities = self.state().capacities();
-        let eligible = capacities
-            .iter()
-            .filter(|(w, _)| spec.pin.as_ref().is_none_or(|p| p == w))
-            .map(|(w, c)| (w, *c));
-        match never_fits(&spec.resources, eligible) {
+        let never_fits = self.state().never_fits(&spec.resources, spec.pin.as_ref());
+        match never_fits {
             None => Ok(()),
             Some((largest, capacity)) => Err(ValidationError::Invalid {
                 field: "resources",

@@ -252,12 +252,24 @@ impl State {
 
     /// The capacity of every worker that registered, whatever its health
     /// (one only named by an operator has none yet).
-    pub(in crate::master) fn capacities(&self) -> Vec<(WorkerId, Resources)> {
-        self.ledger
-            .workers()
-            .filter_map(|w| Some((w.clone(), self.ledger.capacity(w)?)))
-            .filter(|(_, c)| !c.is_zero())
-            .collect()
+    /// The largest registered worker (of `pin` alone, if given) when none
+    /// could ever hold `request`; `None` when one could, or none is
+    /// registered. Stops at the first that could, and copies nothing on
+    /// the way: every submit asks, and a cluster may have 10,000 workers.
+    pub(in crate::master) fn never_fits(
+        &self,
+        request: &Resources,
+        pin: Option<&WorkerId>,
+    ) -> Option<(WorkerId, Resources)> {
+        let known = |(_, c): &(&WorkerId, Resources)| !c.is_zero();
+        let (largest, capacity) = match pin {
+            Some(p) => {
+                let pinned = self.ledger.capacity(p).map(|c| (p, c));
+                crate::placement::never_fits(request, pinned.into_iter().filter(known))?
+            }
+            None => crate::placement::never_fits(request, self.ledger.capacities().filter(known))?,
+        };
+        Some((largest.clone(), capacity))
     }
 
     /// Whether `worker` said in its last heartbeat that it is still
