@@ -250,11 +250,10 @@ impl State {
         self.workers.get(worker).is_some_and(|w| w.left)
     }
 
-    /// The capacity of every worker that registered, whatever its health
-    /// (one only named by an operator has none yet).
-    /// The largest registered worker (of `pin` alone, if given) when none
-    /// could ever hold `request`; `None` when one could, or none is
-    /// registered. Stops at the first that could, and copies nothing on
+    /// The largest registered worker (of `pin` alone, if given), whatever
+    /// its health, when none could ever hold `request`; `None` when one
+    /// could, or none is registered (one only named by an operator has no
+    /// capacity yet). Stops at the first that could, and copies nothing on
     /// the way: every submit asks, and a cluster may have 10,000 workers.
     pub(in crate::master) fn never_fits(
         &self,
