@@ -543,6 +543,7 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         let root = std::env::temp_dir().join(format!("cloudai-start-{}", std::process::id()));
         let dir = RunDir(root.clone());
+        let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let id = ContainerId("run-test".into());
         let exited = Some(std::process::ExitStatus::from_raw(0));
