@@ -214,11 +214,12 @@ impl master_server::Master for MasterService {
         let mut out = Vec::with_capacity(tasks.len());
         let mut bytes = 0;
         let mut last: Option<PageKey> = None;
-        for mut t in tasks {
+        let waiting = self.master.waiting_each(&tasks);
+        for (mut t, waiting) in tasks.into_iter().zip(waiting) {
             let key = PageKey::after(&t);
             // A waiting task's reason is why it waits now.
-            if let Some(waiting) = self.master.waiting(&t) {
-                t.reason = Some(waiting);
+            if waiting.is_some() {
+                t.reason = waiting;
             }
             let wire = proto::Task::from(t);
             bytes += wire.encoded_len();

@@ -154,8 +154,7 @@ async fn overview(State(master): State<Master>) -> Answer {
 
 /// A task as the list and the task page show it: the record, and why it
 /// waits (the sentence and its word).
-fn task_json(master: &Master, task: &TaskRecord) -> Value {
-    let waiting = master.waiting(task);
+fn task_json(task: &TaskRecord, waiting: Option<String>) -> Value {
     let mut v = serde_json::to_value(task).unwrap_or(Value::Null);
     v["waiting"] = json!(waiting);
     v["reason_word"] = json!(waiting.as_deref().map(short_reason));
@@ -190,7 +189,12 @@ async fn tasks(State(master): State<Master>, Query(q): Query<TaskQuery>) -> Answ
         .transpose()?;
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let (page, next) = master.page(&filter, after.as_ref(), limit).await?;
-    let rows: Vec<Value> = page.iter().map(|t| task_json(&master, t)).collect();
+    let waiting = master.waiting_each(&page);
+    let rows: Vec<Value> = page
+        .iter()
+        .zip(waiting)
+        .map(|(t, waiting)| task_json(t, waiting))
+        .collect();
     Ok(Json(
         json!({ "tasks": rows, "next": next.map(|k| k.to_string()) }),
     ))
@@ -198,7 +202,7 @@ async fn tasks(State(master): State<Master>, Query(q): Query<TaskQuery>) -> Answ
 
 async fn task(State(master): State<Master>, Path(id): Path<String>) -> Answer {
     let view = master.task(&TaskId::new(id)?).await?;
-    let mut v = task_json(&master, &view.task);
+    let mut v = task_json(&view.task, view.waiting);
     v["result"] = serde_json::to_value(&view.result).unwrap_or(Value::Null);
     Ok(Json(v))
 }
