@@ -160,6 +160,17 @@ impl Master {
     }
 }
 
+/// Why `task` waits, as `st` says now.
+fn waiting_in(st: &State, task: &TaskRecord) -> Option<String> {
+    match (task.status, &task.worker) {
+        (TaskStatus::Pending, _) => st.waiting_reason(task),
+        (TaskStatus::Running, Some(w)) if st.is_starting(w, &task.id) => Some(format!(
+            "starting on worker {w}: pulling its image or creating its container"
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::short_reason;
@@ -185,16 +196,5 @@ mod tests {
         ] {
             assert_eq!(short_reason(&sentence), word, "{sentence}");
         }
-    }
-}
-
-/// Why `task` waits, as `st` says now.
-fn waiting_in(st: &State, task: &TaskRecord) -> Option<String> {
-    match (task.status, &task.worker) {
-        (TaskStatus::Pending, _) => st.waiting_reason(task),
-        (TaskStatus::Running, Some(w)) if st.is_starting(w, &task.id) => Some(format!(
-            "starting on worker {w}: pulling its image or creating its container"
-        )),
-        _ => None,
     }
 }
