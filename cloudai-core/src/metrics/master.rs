@@ -73,9 +73,9 @@ struct Series {
     stop: Histogram,
     store: Latencies,
     rpcs: Rpcs,
-    tasks: Family<Labels, Gauge>,
+    tasks: Family<Labels<1>, Gauge>,
     queue_depth: Gauge,
-    workers: Family<Labels, Gauge>,
+    workers: Family<Labels<1>, Gauge>,
     cpu: Resource,
     memory: Resource,
     storage: Resource,
@@ -228,9 +228,7 @@ impl MasterMetrics {
         if let Some(counts) = &now.tasks {
             for status in TaskStatus::ALL {
                 let n = i64::try_from(counts.get(status)).unwrap_or(i64::MAX);
-                s.tasks
-                    .get_or_create(&vec![("status", status.as_str().to_string())])
-                    .set(n);
+                s.tasks.get_or_create(&[("status", status.as_str())]).set(n);
             }
         }
         s.queue_depth
@@ -238,7 +236,7 @@ impl MasterMetrics {
         for health in Health::ALL {
             let n = now.workers.iter().filter(|h| **h == health).count();
             s.workers
-                .get_or_create(&vec![("health", health.as_str().to_string())])
+                .get_or_create(&[("health", health.as_str())])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         let (a, c) = (&now.allocated, &now.capacity);
