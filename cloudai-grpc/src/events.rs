@@ -2,7 +2,6 @@
 //! first, and the moves between the core's watch and a gRPC stream.
 
 use std::pin::Pin;
-
 use std::sync::Arc;
 
 use cloudai_core::events::{Cursor, Event, EventWatch, MasterEvent, Resync};

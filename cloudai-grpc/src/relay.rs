@@ -12,6 +12,16 @@ pub(crate) enum Relayed<T> {
     Last(T),
 }
 
+impl<T> Relayed<T> {
+    /// The same place in the stream, holding `f` of the item.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Relayed<U> {
+        match self {
+            Relayed::More(t) => Relayed::More(f(t)),
+            Relayed::Last(t) => Relayed::Last(f(t)),
+        }
+    }
+}
+
 /// An item of a stream of results, which an error ends.
 pub(crate) fn ends_on_error<O, E>(item: Result<O, E>) -> Relayed<Result<O, E>> {
     match item {

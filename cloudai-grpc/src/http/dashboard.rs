@@ -255,10 +255,7 @@ type Events = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>
 /// `events` as server-sent events, relayed so that a client going away
 /// lets go of the source at once.
 fn sse(events: impl Stream<Item = Relayed<SseEvent>> + Send + 'static) -> Events {
-    let events = events.map(|e| match e {
-        Relayed::More(e) => Relayed::More(Ok(e)),
-        Relayed::Last(e) => Relayed::Last(Ok(e)),
-    });
+    let events = events.map(|e| e.map(Ok));
     Sse::new(ReceiverStream::new(relay(events, 64))).keep_alive(KeepAlive::default())
 }
 
