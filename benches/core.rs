@@ -4,10 +4,10 @@
 use std::hint::black_box;
 
 use cloudai_core::ledger::Ledger;
-use cloudai_core::lifecycle::{decide, Reported, TaskEvent};
+use cloudai_core::lifecycle::{decide, TaskEvent};
 use cloudai_core::liveness::{Liveness, LivenessConfig};
 use cloudai_core::model::{
-    Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId,
+    EndCause, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, WorkerId,
 };
 use cloudai_core::placement::{place, sample, walk_from, Candidate, Placement, Policy};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -18,14 +18,9 @@ fn lifecycle(c: &mut Criterion) {
     task.status = TaskStatus::Running;
     task.worker = Some(WorkerId::new("w").unwrap());
     task.attempt = 1;
-    let report = TaskEvent::Report {
-        worker: WorkerId::new("w").unwrap(),
-        attempt: 1,
-        outcome: Reported::Completed,
-        message: None,
-    };
+    let report = TaskEvent::report(WorkerId::new("w").unwrap(), 1, EndCause::Completed, None);
     c.bench_function("lifecycle::decide report", |b| {
-        b.iter(|| decide(black_box(Some(&task)), black_box(&report)))
+        b.iter(|| decide(black_box(Some(&task)), black_box(&report), Timestamp::ZERO))
     });
 }
 

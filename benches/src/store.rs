@@ -18,12 +18,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use clap::Parser;
 use cloudai_core::clock::Clock;
-use cloudai_core::lifecycle::{Reported, TaskEvent};
+use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
-    Drain, Heartbeat, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
-    Telemetry, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
+    Drain, EndCause, Heartbeat, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec,
+    TaskStatus, Telemetry, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
 };
 use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{CasOutcome, InsertOutcome, TaskStore, WorkerRegistry};
@@ -166,7 +166,9 @@ async fn store_phases(args: &Args) -> Result<(), String> {
         let s = s.clone();
         async move {
             let w = worker_id(i % 100);
-            let change = TaskEvent::Assign { worker: w }.change(Timestamp::from_millis(10));
+            let change = TaskEvent::Assign { worker: w }
+                .blind_change(Timestamp::from_millis(10))
+                .ok_or("an assignment is blind")?;
             match s.update_status(&task_id(i), &change).await {
                 Ok(CasOutcome::Applied { .. }) => Ok(()),
                 other => Err(format!("assign {i}: {other:?}")),
@@ -180,13 +182,9 @@ async fn store_phases(args: &Args) -> Result<(), String> {
     let d = timed(n, callers, move |i| {
         let s = s.clone();
         async move {
-            let change = TaskEvent::Report {
-                worker: worker_id(i % 100),
-                attempt: 1,
-                outcome: Reported::Completed,
-                message: None,
-            }
-            .change(Timestamp::from_millis(20));
+            let change = TaskEvent::report(worker_id(i % 100), 1, EndCause::Completed, None)
+                .blind_change(Timestamp::from_millis(20))
+                .ok_or("a success is blind")?;
             match s.update_status(&task_id(i), &change).await {
                 Ok(CasOutcome::Applied { .. }) => Ok(()),
                 other => Err(format!("complete {i}: {other:?}")),
@@ -200,21 +198,25 @@ async fn store_phases(args: &Args) -> Result<(), String> {
     let d = timed(n, callers, move |i| {
         let s = s.clone();
         async move {
-            let change = TaskEvent::Cancel { force: false }.change(Timestamp::from_millis(30));
+            // A success's change again: the task is completed, so rejected.
+            let change = TaskEvent::report(worker_id(i % 100), 1, EndCause::Completed, None)
+                .blind_change(Timestamp::from_millis(30))
+                .ok_or("a success is blind")?;
             match s.update_status(&task_id(i), &change).await {
                 Ok(CasOutcome::Rejected { .. }) => Ok(()),
-                other => Err(format!("late cancel {i}: {other:?}")),
+                other => Err(format!("late report {i}: {other:?}")),
             }
         }
     })
     .await?;
-    rate("update_status rejected (cancel after end)", n, d);
+    rate("update_status rejected (a report after the end)", n, d);
 
     let result = |i: usize| TaskResult {
         task_id: task_id(i),
         worker_id: worker_id(i % 100),
         attempt: 1,
         status: TaskStatus::Completed,
+        cause: EndCause::Completed,
         exit_code: Some(0),
         logs: "done\n".into(),
         logs_offset: 0,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use cloudai_core::metrics::Rpcs;
 use cloudai_core::model::{
-    InstanceId, Resources, TaskId, TaskResult, TaskStatus, Telemetry, Timestamp, WorkerId,
-    WorkerIdentity,
+    EndCause, InstanceId, Resources, TaskId, TaskResult, TaskStatus, Telemetry, Timestamp,
+    WorkerId, WorkerIdentity,
 };
 use cloudai_core::output::OutputChunk;
 use cloudai_core::transport::{Registration, RunningTask, WorkerToMaster};
@@ -447,16 +447,18 @@ async fn report(
 ) {
     let w = &shared.workers[on];
     w.running.fetch_sub(1, Ordering::Relaxed);
+    let exit_code = match status {
+        TaskStatus::Completed => Some(0),
+        TaskStatus::Failed => Some(1),
+        _ => None,
+    };
     let result = TaskResult {
         task_id: run.task.clone(),
         worker_id: on.clone(),
         attempt: run.attempt,
         status,
-        exit_code: match status {
-            TaskStatus::Completed => Some(0),
-            TaskStatus::Failed => Some(1),
-            _ => None,
-        },
+        cause: EndCause::inferred(status, exit_code, None),
+        exit_code,
         logs: String::new(),
         logs_offset: 0,
         signal: None,

@@ -2,8 +2,10 @@
 //! event, with [`crate::lifecycle::decide`] explaining the outcome. This is
 //! what the master runs; the conformance suites race it against itself.
 
-use crate::lifecycle::{decide, Decision, Refusal, Reported, TaskEvent, Transition};
-use crate::model::{TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp, ValidationError};
+use crate::lifecycle::{decide, Decision, Refusal, StatusChange, TaskEvent, Transition};
+use crate::model::{
+    Attempt, EndCause, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp, ValidationError,
+};
 use crate::results::{self, ResultDecision, ResultIgnored};
 use crate::store::{CasOutcome, InsertOutcome, TaskStore};
 use crate::{Error, Result};
@@ -28,45 +30,93 @@ pub enum Applied {
     },
 }
 
-/// Applies `event` to task `id` with a single compare-and-set.
+/// How many times [`apply_event`] decides again after its write was
+/// rejected by a record that changed meanwhile (a task changes only a
+/// handful of times in its life, so this bounds a pathological race).
+const DECIDE_AGAIN: usize = 16;
+
+/// Applies `event` to task `id` with one compare-and-set per decision:
+/// decided on the record as read (or, for an assignment or a success, on
+/// the record it must be, without reading it first), written conditional
+/// on that record, and decided again if the store holds another.
 pub async fn apply_event(
     store: &dyn TaskStore,
     id: &TaskId,
     event: &TaskEvent,
     now: Timestamp,
 ) -> Result<Applied> {
-    let change = event.change(now);
-    let outcome = match store.update_status(id, &change).await {
-        Ok(outcome) => outcome,
-        Err(Error::NotFound { .. }) => {
-            return Ok(Applied::Refused {
-                task: None,
-                refusal: Refusal::UnknownTask,
-            });
+    let mut change = event.blind_change(now);
+    if change.is_none() {
+        match decided(store, id, event, now, None).await? {
+            Ok(c) => change = Some(c),
+            Err(refused) => return Ok(refused),
         }
-        Err(e) => return Err(e),
-    };
-    match outcome {
-        CasOutcome::Applied { before } => match decide(Some(&before), event) {
-            Decision::Apply(transition) => {
-                let mut task = before;
-                change.apply_to(&mut task);
-                Ok(Applied::Changed { task, transition })
-            }
-            Decision::Refuse(r) => Err(broken_store(store, id, &r.to_string())),
-        },
-        CasOutcome::Rejected { current } => match decide(Some(&current), event) {
-            Decision::Refuse(refusal) => Ok(Applied::Refused {
-                task: Some(current),
-                refusal,
-            }),
-            Decision::Apply(_) => Err(broken_store(
-                store,
-                id,
-                "guard held but the change was rejected",
-            )),
-        },
     }
+    for _ in 0..DECIDE_AGAIN {
+        let Some(c) = change.take() else { break };
+        let outcome = match store.update_status(id, &c).await {
+            Ok(outcome) => outcome,
+            Err(Error::NotFound { .. }) => {
+                return Ok(Applied::Refused {
+                    task: None,
+                    refusal: Refusal::UnknownTask,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        match outcome {
+            CasOutcome::Applied { before } => {
+                return match decide(Some(&before), event, now) {
+                    Decision::Apply(transition) if transition.change.to == c.to => {
+                        let mut task = before;
+                        c.apply_to(&mut task);
+                        Ok(Applied::Changed { task, transition })
+                    }
+                    Decision::Apply(_) => Err(broken_store(
+                        store,
+                        id,
+                        "the record written on differs from the one decided on",
+                    )),
+                    Decision::Refuse(r) => Err(broken_store(store, id, &r.to_string())),
+                };
+            }
+            CasOutcome::Rejected { current } => {
+                if c.admits(&current) {
+                    return Err(broken_store(
+                        store,
+                        id,
+                        "guard held but the change was rejected",
+                    ));
+                }
+                match decided(store, id, event, now, Some(current)).await? {
+                    Ok(next) => change = Some(next),
+                    Err(refused) => return Ok(refused),
+                }
+            }
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "task {id} kept changing while an event was applied; try again"
+    )))
+}
+
+/// The change `event` makes to the task as `known` (or as read now, if
+/// `None`), or the refusal.
+async fn decided(
+    store: &dyn TaskStore,
+    id: &TaskId,
+    event: &TaskEvent,
+    now: Timestamp,
+    known: Option<TaskRecord>,
+) -> Result<std::result::Result<StatusChange, Applied>> {
+    let task = match known {
+        Some(t) => Some(t),
+        None => store.get_task(id).await?,
+    };
+    Ok(match decide(task.as_ref(), event, now) {
+        Decision::Apply(t) => Ok(t.change),
+        Decision::Refuse(refusal) => Err(Applied::Refused { task, refusal }),
+    })
 }
 
 fn broken_store(store: &dyn TaskStore, id: &TaskId, what: &str) -> Error {
@@ -107,27 +157,28 @@ pub async fn record_report(
 
 /// The lifecycle event a worker's report stands for.
 fn report_event(result: &TaskResult) -> Result<TaskEvent> {
-    let outcome = match result.status {
-        TaskStatus::Completed => Reported::Completed,
-        TaskStatus::Failed => Reported::Failed,
-        TaskStatus::Cancelled => Reported::Cancelled,
-        TaskStatus::Pending | TaskStatus::Running => {
-            return Err(ValidationError::Invalid {
-                field: "report status",
-                reason: format!(
-                    "a report must say completed, failed or cancelled, not {}",
-                    result.status
-                ),
-            }
-            .into())
+    if !result.status.is_terminal() {
+        return Err(ValidationError::Invalid {
+            field: "report status",
+            reason: format!(
+                "a report must say completed, failed or cancelled, not {}",
+                result.status
+            ),
         }
-    };
-    Ok(TaskEvent::Report {
-        worker: result.worker_id.clone(),
-        attempt: result.attempt,
-        outcome,
-        message: result.message.clone(),
-    })
+        .into());
+    }
+    let success = result.cause == EndCause::Completed;
+    if success != (result.status == TaskStatus::Completed) {
+        return Err(ValidationError::Invalid {
+            field: "report cause",
+            reason: format!(
+                "a run that ended {} cannot be {}",
+                result.cause, result.status
+            ),
+        }
+        .into());
+    }
+    Ok(TaskEvent::Report(Box::new(Attempt::reported(result))))
 }
 
 /// Stores a report's result after its status event was applied (`status`),

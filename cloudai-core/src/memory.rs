@@ -49,9 +49,11 @@ struct Index {
     by_array: HashMap<ArrayId, BTreeSet<Key>>,
     /// Finished tasks by when they finished: retention reads the oldest.
     finished: BTreeSet<(Timestamp, TaskId)>,
-    /// Running tasks by worker, oldest first: what a registration or a lost
-    /// worker asks for, read without a scan of every task.
-    running_on: HashMap<WorkerId, BTreeSet<Key>>,
+    /// Live tasks by the worker they are assigned to (running, or pending
+    /// while their previous attempt ends there), oldest first: what a
+    /// registration or a lost worker asks for, read without a scan of
+    /// every task.
+    on_worker: HashMap<WorkerId, BTreeSet<Key>>,
 }
 
 /// Puts `key` in (`enters`) or takes it out of the set under `at`,
@@ -94,8 +96,8 @@ impl Index {
                 self.finished.remove(&(at, task.id.clone()));
             }
         }
-        if let (TaskStatus::Running, Some(worker)) = (task.status, &task.worker) {
-            file(&mut self.running_on, worker.clone(), key, enters);
+        if let (false, Some(worker)) = (task.status.is_terminal(), &task.worker) {
+            file(&mut self.on_worker, worker.clone(), key, enters);
         }
     }
 
@@ -175,8 +177,13 @@ impl TaskStore for MemoryStore {
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
         let tasks = lock(&self.tasks);
-        if let (Some(worker), [TaskStatus::Running]) = (&filter.worker, &filter.statuses[..]) {
-            let on = tasks.index.running_on.get(worker).into_iter().flatten();
+        let live = |s: &TaskStatus| !s.is_terminal();
+        if let (Some(worker), false, true) = (
+            &filter.worker,
+            filter.statuses.is_empty(),
+            filter.statuses.iter().all(live),
+        ) {
+            let on = tasks.index.on_worker.get(worker).into_iter().flatten();
             return Ok(on
                 .filter_map(|(_, id)| tasks.by_id.get(id))
                 .filter(|t| filter.matches(t))

@@ -111,7 +111,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Resources, TaskId, TaskSpec, Timestamp};
+    use crate::model::{EndCause, Resources, TaskId, TaskSpec, Timestamp};
 
     fn task(status: TaskStatus) -> TaskRecord {
         let spec = TaskSpec::new("img", vec![], Resources::ZERO);
@@ -134,6 +134,7 @@ mod tests {
             logs_offset: 0,
             signal: None,
             message: None,
+            cause: EndCause::inferred(status, Some(0), None),
             started_at: None,
             finished_at: Timestamp::ZERO,
         }

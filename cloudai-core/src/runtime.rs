@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::ExitStatus;
-use crate::model::Resources;
+use crate::model::{Resources, Timestamp};
 pub use crate::output::{Follow, OutputChunk, OutputStream};
 use crate::Result;
 
@@ -20,6 +20,11 @@ pub const LABEL_ATTEMPT: &str = "cloudai.attempt";
 /// Label holding the worker id on every container CloudAI-rs starts, used to
 /// find orphans after a crash.
 pub const LABEL_WORKER: &str = "cloudai.worker_id";
+/// Label holding a run's time limit in milliseconds, so a restarted
+/// worker keeps enforcing it (from the start [`ContainerInfo`] reports).
+pub const LABEL_TIME_LIMIT: &str = "cloudai.time_limit_ms";
+/// Label holding a run's stop grace in milliseconds.
+pub const LABEL_GRACE: &str = "cloudai.grace_ms";
 
 /// A runtime's handle to one container.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -46,6 +51,16 @@ pub struct ContainerSpec {
     pub limits: Resources,
     /// Labels to attach (see [`LABEL_TASK`], [`LABEL_WORKER`]).
     pub labels: BTreeMap<String, String>,
+    /// Longest the run may go, from its start: a runtime that keeps runs
+    /// without their worker stops it then (with `grace`) even while its
+    /// worker is away. `None`: no limit.
+    pub time_limit: Option<Duration>,
+    /// SIGTERM→SIGKILL grace for the stops the runtime makes itself.
+    pub grace: Duration,
+    /// How long the run may go on without its worker renewing the lease
+    /// (see [`ContainerRuntime::renew_lease`]); `None`: the runtime's own
+    /// default.
+    pub lease: Option<Duration>,
 }
 
 /// A container found by [`ContainerRuntime::list`].
@@ -57,6 +72,8 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
     /// Whether it is still running.
     pub running: bool,
+    /// When it started, if the runtime knows.
+    pub started_at: Option<Timestamp>,
 }
 
 /// Runs containers. Every call is idempotent where it can be: stopping or
@@ -87,4 +104,15 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
 
     /// Containers carrying label `key=value`.
     async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>>;
+
+    /// The worker still stands for its runs for `lease` from now: a
+    /// runtime that keeps runs going without their worker (a supervisor
+    /// per run, a watchdog) stops every run whose lease runs out, so a
+    /// worker that died or was cut off from its master leaves nothing
+    /// running once the master may place its tasks elsewhere. A runtime
+    /// whose runs die with their worker ignores it.
+    async fn renew_lease(&self, lease: Duration) -> Result<()> {
+        let _ = lease;
+        Ok(())
+    }
 }

@@ -10,7 +10,7 @@ use std::fmt::Debug;
 
 use async_trait::async_trait;
 
-pub use crate::lifecycle::{Assignment, StatusChange};
+pub use crate::lifecycle::{Assignment, StatusChange, WorkerGuard};
 use crate::model::{
     ArrayId, Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
     ValidationError, WorkerId, WorkerRecord,

@@ -66,6 +66,10 @@ pub struct RegistrationReply {
     pub heartbeat_interval: Duration,
     /// The master's id: the worker obeys only this master from now on.
     pub master_id: String,
+    /// Silence after which the master declares a worker lost (zero: not
+    /// said, an older master): the worker stops its runs before that (see
+    /// [`crate::fence`]).
+    pub lost_after: Duration,
 }
 
 /// The master's answer to a heartbeat.

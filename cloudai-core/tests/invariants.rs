@@ -1,7 +1,10 @@
-//! Property tests: random event sequences (submit, place, complete, fail,
-//! duplicate and late reports, cancel, requeue, worker lost, master restart,
-//! reconcile) drive the pure machines together, as the master does, and
-//! every invariant is checked after every step. The same sequences then run
+//! Property tests: random event sequences (submit with random attempt
+//! policies, place, complete, fail, duplicate and late reports, cancel,
+//! requeue, stop confirmations, worker lost, master restart, reconcile)
+//! drive the pure machines together, as the master does, and every
+//! invariant is checked after every step: among them, a task is never
+//! placed while an earlier attempt may still run, the retry budgets hold,
+//! and a run's resources stay held until its end is known. The same sequences then run
 //! through the in-memory store with the store-level helpers, and must end
 //! in the same statuses and results.
 //!
@@ -12,10 +15,11 @@ use std::sync::Arc;
 
 use cloudai_core::apply::{apply_event, record_report, Applied};
 use cloudai_core::ledger::Ledger;
-use cloudai_core::lifecycle::{decide, Decision, Effect, Reported, TaskEvent};
+use cloudai_core::lifecycle::{decide, Decision, Effect, TaskEvent};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
-    Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Timestamp, WorkerId,
+    AttemptPolicy, EndCause, Resources, RunningTask, TaskId, TaskRecord, TaskResult, TaskSpec,
+    TaskStatus, Timestamp, WorkerId, MAX_ATTEMPTS,
 };
 use cloudai_core::placement::{place, Candidate, Placement, Policy, Scheduler};
 use cloudai_core::results::{self, ResultDecision};
@@ -34,13 +38,16 @@ enum Step {
     Submit {
         cpu_halves: u64,
         gpus: u32,
+        retries: u32,
+        crash_limit: u32,
+        requeue: bool,
     },
     Place {
         t: usize,
     },
     Report {
         t: usize,
-        outcome: Reported,
+        cause: EndCause,
         from_assigned: bool,
         w: usize,
         stale: bool,
@@ -52,6 +59,10 @@ enum Step {
     Requeue {
         t: usize,
     },
+    /// A worker confirms one owed stop.
+    StopConfirmed {
+        t: usize,
+    },
     WorkerLost {
         w: usize,
     },
@@ -59,12 +70,8 @@ enum Step {
     Reconcile,
 }
 
-fn outcome() -> impl Strategy<Value = Reported> {
-    prop_oneof![
-        Just(Reported::Completed),
-        Just(Reported::Failed),
-        Just(Reported::Cancelled)
-    ]
+fn cause() -> impl Strategy<Value = EndCause> {
+    prop::sample::select(EndCause::ALL.to_vec())
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -72,12 +79,15 @@ fn step() -> impl Strategy<Value = Step> {
     let w = 0..WORKERS;
     prop_oneof![
         1 => (w.clone(), 1u64..16, 0u32..2).prop_map(|(w, cpu_halves, gpus)| Step::AddWorker { w, cpu_halves, gpus }),
-        3 => (0u64..6, 0u32..2).prop_map(|(cpu_halves, gpus)| Step::Submit { cpu_halves, gpus }),
+        3 => (0u64..6, 0u32..2, 0u32..3, 0u32..3, any::<bool>()).prop_map(|(cpu_halves, gpus, retries, crash_limit, requeue)| {
+            Step::Submit { cpu_halves, gpus, retries, crash_limit, requeue }
+        }),
         4 => t.clone().prop_map(|t| Step::Place { t }),
-        4 => (t.clone(), outcome(), prop::bool::weighted(0.8), w.clone(), prop::bool::weighted(0.15))
-            .prop_map(|(t, outcome, from_assigned, w, stale)| Step::Report { t, outcome, from_assigned, w, stale }),
+        4 => (t.clone(), cause(), prop::bool::weighted(0.8), w.clone(), prop::bool::weighted(0.15))
+            .prop_map(|(t, cause, from_assigned, w, stale)| Step::Report { t, cause, from_assigned, w, stale }),
         2 => (t.clone(), any::<bool>()).prop_map(|(t, force)| Step::Cancel { t, force }),
-        1 => t.prop_map(|t| Step::Requeue { t }),
+        1 => t.clone().prop_map(|t| Step::Requeue { t }),
+        2 => t.prop_map(|t| Step::StopConfirmed { t }),
         1 => w.prop_map(|w| Step::WorkerLost { w }),
         1 => Just(Step::MasterRestart),
         1 => Just(Step::Reconcile),
@@ -92,19 +102,19 @@ fn tid(i: usize) -> TaskId {
     TaskId::new(format!("t{i}")).unwrap()
 }
 
-fn report(
-    task: &TaskId,
-    worker: &WorkerId,
-    attempt: u32,
-    outcome: Reported,
-    n: usize,
-) -> TaskResult {
+fn report(task: &TaskId, worker: &WorkerId, attempt: u32, cause: EndCause, n: usize) -> TaskResult {
+    let status = match cause {
+        EndCause::Completed => TaskStatus::Completed,
+        EndCause::Cancelled => TaskStatus::Cancelled,
+        _ => TaskStatus::Failed,
+    };
     TaskResult {
         task_id: task.clone(),
         worker_id: worker.clone(),
         attempt,
-        status: outcome.into(),
-        exit_code: Some(i32::from(outcome != Reported::Completed)),
+        status,
+        cause,
+        exit_code: Some(i32::from(cause != EndCause::Completed)),
         logs: format!("report #{n}"),
         logs_offset: 0,
         signal: None,
@@ -127,6 +137,10 @@ struct Model {
     tasks: BTreeMap<TaskId, TaskRecord>,
     results: BTreeMap<TaskId, TaskResult>,
     ledger: Ledger,
+    /// The attempt each hold in the ledger is for.
+    held: BTreeMap<TaskId, u32>,
+    /// Stops owed, by task: the worker and the attempt.
+    owed: BTreeMap<TaskId, (WorkerId, u32)>,
     capacity: BTreeMap<WorkerId, Resources>,
     lost: BTreeSet<WorkerId>,
     scheduler: Box<dyn Scheduler>,
@@ -140,6 +154,8 @@ impl Model {
             tasks: BTreeMap::new(),
             results: BTreeMap::new(),
             ledger: Ledger::new(),
+            held: BTreeMap::new(),
+            owed: BTreeMap::new(),
             capacity: BTreeMap::new(),
             lost: BTreeSet::new(),
             scheduler: policy.build(),
@@ -157,32 +173,63 @@ impl Model {
         Timestamp::from_millis(self.n as u64)
     }
 
+    /// The run `attempt` of `id` on `worker` is known to have ended.
+    fn release_run(&mut self, id: &TaskId, worker: &WorkerId, attempt: u32) {
+        if self.ledger.holder(id) == Some(worker) && self.held.get(id) == Some(&attempt) {
+            self.ledger.release(id);
+            self.held.remove(id);
+            self.owed.remove(id);
+        }
+    }
+
     /// Decides and applies one lifecycle event, carrying out its effects.
     fn event(&mut self, id: &TaskId, event: TaskEvent, result: Option<TaskResult>) {
         let now = self.now();
         let before = self.tasks.get(id).cloned();
-        match decide(before.as_ref(), &event) {
-            Decision::Refuse(_) => {}
+        match decide(before.as_ref(), &event, now) {
+            Decision::Refuse(_) => {
+                // A refused report still says its run is over.
+                if let (TaskEvent::Report(a), Some(t)) = (&event, &before) {
+                    if t.worker.as_ref() == Some(&a.worker) && t.attempt == a.attempt {
+                        self.release_run(id, &a.worker, a.attempt);
+                    }
+                }
+            }
             Decision::Apply(transition) => {
                 let task = self.tasks.get_mut(id).unwrap();
-                event.change(now).apply_to(task);
+                transition.change.apply_to(task);
                 assert_eq!(task.status, transition.to);
                 for effect in transition.effects {
                     match effect {
-                        Effect::Reserve { worker, resources } => self
-                            .ledger
-                            .reserve(&worker, id, resources)
-                            .unwrap_or_else(|e| {
-                                panic!("placement chose a worker without room: {e}")
-                            }),
-                        Effect::Release { worker, resources } => {
-                            assert_eq!(
-                                self.ledger.release(id),
-                                Some((worker, resources)),
-                                "release must match reserve"
-                            )
+                        Effect::Reserve {
+                            worker,
+                            resources,
+                            attempt,
+                        } => {
+                            self.ledger
+                                .reserve(&worker, id, resources)
+                                .unwrap_or_else(|e| {
+                                    panic!(
+                                        "placed while a run holds resources, or without room: {e}"
+                                    )
+                                });
+                            self.held.insert(id.clone(), attempt);
                         }
-                        Effect::SendAssignment { .. } | Effect::StopOnWorker { .. } => {}
+                        Effect::Release { worker, attempt } => {
+                            assert_eq!(
+                                self.ledger.holder(id),
+                                Some(&worker),
+                                "release must match reserve"
+                            );
+                            assert_eq!(self.held.get(id), Some(&attempt), "released another run");
+                            self.release_run(id, &worker, attempt);
+                        }
+                        Effect::StopOnWorker {
+                            worker, attempt, ..
+                        } => {
+                            self.owed.insert(id.clone(), (worker, attempt));
+                        }
+                        Effect::SendAssignment { .. } => {}
                     }
                 }
             }
@@ -232,18 +279,34 @@ impl Model {
                 self.ledger.set_capacity(wid(w), cap);
                 self.lost.remove(&wid(w));
             }
-            Step::Submit { cpu_halves, gpus } => {
-                let spec = TaskSpec::new(
+            Step::Submit {
+                cpu_halves,
+                gpus,
+                retries,
+                crash_limit,
+                requeue,
+            } => {
+                let mut spec = TaskSpec::new(
                     "img",
                     vec![],
                     Resources::new(cpu_halves as f64 / 2.0, 0.5, 0.0, gpus).unwrap(),
                 );
+                spec.policy = AttemptPolicy {
+                    retries,
+                    crash_limit,
+                    requeue,
+                    ..AttemptPolicy::default()
+                };
                 let task = TaskRecord::new(tid(self.tasks.len()), spec, self.now());
                 self.replay.push(Replay::Submit(task.clone()));
                 self.tasks.insert(task.id.clone(), task);
             }
             Step::Place { t } => {
                 let Some(id) = self.nth_task(t) else { return };
+                // The master places a task only once its retry delay passed.
+                if self.tasks[&id].not_before.is_some_and(|at| at > self.now()) {
+                    return;
+                }
                 let req = self.tasks[&id].spec.resources;
                 let cands = self.candidates();
                 if let Placement::On(worker) = place(self.scheduler.as_mut(), &req, &cands) {
@@ -253,7 +316,7 @@ impl Model {
             }
             Step::Report {
                 t,
-                outcome,
+                cause,
                 from_assigned,
                 w,
                 stale,
@@ -269,17 +332,9 @@ impl Model {
                 } else {
                     current
                 };
-                let r = report(&id, &worker, attempt, outcome, self.n);
-                self.event(
-                    &id,
-                    TaskEvent::Report {
-                        worker,
-                        attempt,
-                        outcome,
-                        message: None,
-                    },
-                    Some(r),
-                );
+                let r = report(&id, &worker, attempt, cause, self.n);
+                let event = TaskEvent::Report(Box::new(cloudai_core::model::Attempt::reported(&r)));
+                self.event(&id, event, Some(r));
             }
             Step::Cancel { t, force } => {
                 let Some(id) = self.nth_task(t) else { return };
@@ -300,6 +355,19 @@ impl Model {
                     );
                 }
             }
+            Step::StopConfirmed { t } => {
+                let Some(id) = self.nth_task(t) else { return };
+                let Some((worker, attempt)) = self.owed.remove(&id) else {
+                    return;
+                };
+                let confirmed = TaskEvent::StopConfirmed {
+                    worker: worker.clone(),
+                    attempt,
+                };
+                self.event(&id, confirmed, None);
+                // A final task's run ends with its stop too.
+                self.release_run(&id, &worker, attempt);
+            }
             Step::WorkerLost { w } => {
                 let worker = wid(w);
                 self.lost.insert(worker.clone());
@@ -312,22 +380,44 @@ impl Model {
                         },
                         None,
                     );
+                    // Runs already final end with their worker too.
+                    if let Some(attempt) = self.held.get(&id).copied() {
+                        self.release_run(&id, &worker, attempt);
+                    }
                 }
             }
             Step::MasterRestart => {
-                // The in-memory ledger is gone; rebuild it from the store.
+                // The in-memory ledger and owed stops are gone; the ledger
+                // is rebuilt from the store, and a task still ending is
+                // owed its stop again (what the master's load does).
                 self.ledger = Ledger::new();
                 for (w, cap) in &self.capacity {
                     self.ledger.set_capacity(w.clone(), *cap);
                 }
-                let r = self.ledger.reconcile(self.running());
+                self.owed.clear();
+                for t in self.tasks.values() {
+                    if let (TaskStatus::Pending, Some(w)) = (t.status, &t.worker) {
+                        self.owed.insert(t.id.clone(), (w.clone(), t.attempt));
+                    }
+                }
+                let open = self.open_runs();
+                self.held = open
+                    .iter()
+                    .map(|(r, _, _)| (r.task.clone(), r.attempt))
+                    .collect();
+                let r = self
+                    .ledger
+                    .reconcile(open.into_iter().map(|(r, w, req)| (r.task, w, req)));
                 assert!(
                     r.unknown_workers.is_empty() && r.overcommitted.is_empty(),
                     "{r:?}"
                 );
             }
             Step::Reconcile => {
-                let r = self.ledger.reconcile(self.running());
+                let open = self.open_runs();
+                let r = self
+                    .ledger
+                    .reconcile(open.into_iter().map(|(r, w, req)| (r.task, w, req)));
                 assert!(
                     r.is_clean(),
                     "effects kept the ledger exact, yet reconcile corrected it: {r:?}"
@@ -336,12 +426,33 @@ impl Model {
         }
     }
 
-    fn running(&self) -> Vec<(TaskId, WorkerId, Resources)> {
-        self.tasks
+    /// The runs whose end is not known: running tasks, and the runs whose
+    /// stop is still owed (a pending task's ending attempt, a cancelled
+    /// task's last run), each with its worker and request.
+    fn open_runs(&self) -> Vec<(RunningTask, WorkerId, Resources)> {
+        let run = |t: &TaskRecord, w: &WorkerId| {
+            (
+                RunningTask {
+                    task: t.id.clone(),
+                    attempt: t.attempt,
+                },
+                w.clone(),
+                t.spec.resources,
+            )
+        };
+        let mut open: Vec<_> = self
+            .tasks
             .values()
             .filter(|t| t.status == TaskStatus::Running)
-            .map(|t| (t.id.clone(), t.worker.clone().unwrap(), t.spec.resources))
-            .collect()
+            .map(|t| run(t, t.worker.as_ref().unwrap()))
+            .collect();
+        for (id, (w, attempt)) in &self.owed {
+            let t = &self.tasks[id];
+            if t.status != TaskStatus::Running && t.attempt == *attempt {
+                open.push(run(t, w));
+            }
+        }
+        open
     }
 
     fn check(&self, before: &BTreeMap<TaskId, TaskRecord>) {
@@ -357,10 +468,34 @@ impl Model {
             }
         }
         for t in self.tasks.values() {
+            let counts = t.counts();
+            let p = &t.spec.policy;
+            assert!(counts.total <= MAX_ATTEMPTS, "{}: {counts:?}", t.id);
+            assert!(
+                counts.failures <= p.retries + 1,
+                "{}: failures past the retries: {counts:?}",
+                t.id
+            );
+            assert!(
+                p.crash_limit == 0 || counts.losses <= p.crash_limit + 1,
+                "{}: losses past the crash limit: {counts:?}",
+                t.id
+            );
+            assert!(
+                p.requeue || counts.losses <= 1,
+                "{}: requeued against its policy",
+                t.id
+            );
             match t.status {
-                TaskStatus::Pending => {
-                    assert!(t.worker.is_none(), "{}: pending but assigned", t.id)
-                }
+                TaskStatus::Pending => match &t.worker {
+                    None => {}
+                    Some(w) => assert_eq!(
+                        self.owed.get(&t.id),
+                        Some(&(w.clone(), t.attempt)),
+                        "{}: ending, but its stop is not owed",
+                        t.id
+                    ),
+                },
                 TaskStatus::Running => {
                     assert!(t.worker.is_some(), "{}: running but unassigned", t.id)
                 }
@@ -394,14 +529,17 @@ impl Model {
             .keys()
             .map(|w| (w.clone(), Resources::ZERO))
             .collect();
-        for (_, w, req) in self.running() {
+        for (_, w, req) in self.open_runs() {
             let sum = want.get_mut(&w).expect("running on a known worker");
             *sum = sum.checked_add(&req).unwrap();
         }
         for (w, cap) in &self.capacity {
             let allocated = self.ledger.allocated(w).unwrap();
             let available = self.ledger.available(w).unwrap();
-            assert_eq!(allocated, want[w], "{w}: allocation ≠ Σ running requests");
+            assert_eq!(
+                allocated, want[w],
+                "{w}: allocation ≠ Σ requests of runs not known ended"
+            );
             assert!(
                 allocated.fits_within(cap),
                 "{w}: allocated {allocated} exceeds capacity {cap}"

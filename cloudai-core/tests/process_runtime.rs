@@ -29,6 +29,9 @@ fn spec(command: &[&str]) -> ContainerSpec {
         env: BTreeMap::new(),
         limits: Resources::ZERO,
         labels: BTreeMap::new(),
+        time_limit: None,
+        grace: Duration::ZERO,
+        lease: None,
     }
 }
 

@@ -12,8 +12,8 @@ use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
-    InstanceId, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec,
-    TaskStatus, Timestamp, WorkerId, WorkerIdentity,
+    EndCause, InstanceId, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult,
+    TaskSpec, TaskStatus, Timestamp, WorkerId, WorkerIdentity,
 };
 use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{
@@ -189,6 +189,7 @@ async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
         logs_offset: 0,
         signal: None,
         message: None,
+        cause: EndCause::Completed,
         started_at: None,
         finished_at: Timestamp::from_millis(5),
     };

@@ -20,7 +20,7 @@ use bollard::query_parameters::{
     StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
-use cloudai_core::model::ValidationError;
+use cloudai_core::model::{Timestamp, ValidationError};
 use cloudai_core::output::{OutputFrom, OutputLog, CHANNEL};
 use cloudai_core::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
@@ -371,6 +371,12 @@ impl ContainerRuntime for DockerRuntime {
                         .into_iter()
                         .collect::<BTreeMap<_, _>>(),
                     running: matches!(c.state, Some(ContainerSummaryStateEnum::RUNNING)),
+                    // Created after its image was pulled, a moment before
+                    // it started: a deadline counted from it is never late.
+                    started_at: c
+                        .created
+                        .and_then(|s| u64::try_from(s).ok())
+                        .map(|s| Timestamp::from_millis(s.saturating_mul(1000))),
                 })
             })
             .collect();

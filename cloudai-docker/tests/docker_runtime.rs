@@ -40,6 +40,9 @@ async fn a_missing_image_is_a_clear_error_naming_the_worker() {
         env: Default::default(),
         limits: cloudai_core::model::Resources::new(0.1, 0.01, 0.0, 0).unwrap(),
         labels: Default::default(),
+        time_limit: None,
+        grace: std::time::Duration::ZERO,
+        lease: None,
     };
     let err = rt.start(&spec).await.expect_err("no such image");
     assert!(

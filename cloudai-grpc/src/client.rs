@@ -408,6 +408,7 @@ impl WorkerToMaster for MasterClient {
                 .collect::<Result<_>>()?,
             heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
             master_id: r.master_id,
+            lost_after: Duration::from_millis(r.lost_after_ms),
         })
     }
 

@@ -8,9 +8,9 @@ use cloudai_core::ledger::{Correction, Reconciliation};
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Drain, InstanceId, Resources, StatusCounts, TaskId, TaskRecord,
-    TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId,
-    WorkerIdentity,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, InstanceId, Resources,
+    StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
+    ValidationError, WorkerId, WorkerIdentity,
 };
 use cloudai_core::store::PageKey;
 use cloudai_core::transport::RunningTask;
@@ -291,8 +291,72 @@ impl From<TaskSpec> for proto::TaskSpec {
             resources: Some(s.resources.into()),
             cancel_grace_ms: millis(s.cancel_grace),
             pin: s.pin.map(String::from),
+            policy: Some(s.policy.into()),
         }
     }
+}
+
+impl From<AttemptPolicy> for proto::AttemptPolicy {
+    fn from(p: AttemptPolicy) -> Self {
+        proto::AttemptPolicy {
+            retries: p.retries,
+            retry_delay_ms: Some(millis(p.retry_delay)),
+            crash_limit: Some(p.crash_limit),
+            no_requeue: !p.requeue,
+            time_limit_ms: p.time_limit.map(millis),
+            retry_on_timeout: p.retry_on_timeout,
+        }
+    }
+}
+
+/// An attempt policy from the wire (absent fields: the defaults).
+fn policy(p: Option<proto::AttemptPolicy>) -> AttemptPolicy {
+    let Some(p) = p else {
+        return AttemptPolicy::default();
+    };
+    let d = AttemptPolicy::default();
+    AttemptPolicy {
+        retries: p.retries,
+        retry_delay: p
+            .retry_delay_ms
+            .map_or(d.retry_delay, Duration::from_millis),
+        crash_limit: p.crash_limit.unwrap_or(d.crash_limit),
+        requeue: !p.no_requeue,
+        time_limit: p.time_limit_ms.map(Duration::from_millis),
+        retry_on_timeout: p.retry_on_timeout,
+    }
+}
+
+impl From<Attempt> for proto::Attempt {
+    fn from(a: Attempt) -> Self {
+        proto::Attempt {
+            attempt: a.attempt,
+            worker: a.worker.into(),
+            cause: a.cause.as_str().into(),
+            started_at: a.started_at.map(Timestamp::as_millis),
+            ended_at: a.ended_at.as_millis(),
+            exit_code: a.exit_code,
+            signal: a.signal,
+            message: a.message,
+            logs: a.logs,
+            logs_offset: a.logs_offset,
+        }
+    }
+}
+
+fn attempt(a: proto::Attempt) -> Result<Attempt, Status> {
+    Ok(Attempt {
+        attempt: a.attempt,
+        worker: worker_id(&a.worker)?,
+        cause: valid(a.cause.parse())?,
+        started_at: a.started_at.map(Timestamp::from_millis),
+        ended_at: Timestamp::from_millis(a.ended_at),
+        exit_code: a.exit_code,
+        signal: a.signal,
+        message: a.message,
+        logs: a.logs,
+        logs_offset: a.logs_offset,
+    })
 }
 
 /// A task spec from the wire, fully validated.
@@ -305,6 +369,7 @@ pub fn spec(s: Option<proto::TaskSpec>) -> Result<TaskSpec, Status> {
         resources: resources(s.resources, "resources")?,
         cancel_grace: Duration::from_millis(s.cancel_grace_ms),
         pin: s.pin.as_deref().map(worker_id).transpose()?,
+        policy: policy(s.policy),
     };
     valid(spec.validate())?;
     Ok(spec)
@@ -328,6 +393,9 @@ impl From<TaskRecord> for proto::Task {
             finished_at: t.finished_at.map(Timestamp::as_millis),
             array: t.array.as_ref().map(|a| a.id.to_string()),
             array_index: t.array.map(|a| a.index),
+            history: t.history.into_iter().map(Into::into).collect(),
+            not_before: t.not_before.map(Timestamp::as_millis),
+            assigned_at: t.assigned_at.map(Timestamp::as_millis),
         }
     }
 }
@@ -351,6 +419,13 @@ pub fn task(t: proto::Task) -> Result<TaskRecord, Status> {
             }),
             _ => None,
         },
+        history: t
+            .history
+            .into_iter()
+            .map(attempt)
+            .collect::<Result<_, _>>()?,
+        not_before: t.not_before.map(Timestamp::from_millis),
+        assigned_at: t.assigned_at.map(Timestamp::from_millis),
     })
 }
 
@@ -368,17 +443,24 @@ impl From<TaskResult> for proto::TaskResult {
             message: r.message,
             started_at: r.started_at.map(Timestamp::as_millis),
             finished_at: r.finished_at.as_millis(),
+            cause: r.cause.as_str().into(),
         }
     }
 }
 
 /// A task result from the wire.
 pub fn result(r: proto::TaskResult) -> Result<TaskResult, Status> {
+    let status = status(r.status)?;
+    let cause = match r.cause.as_str() {
+        "" => EndCause::inferred(status, r.exit_code, r.signal),
+        named => valid(named.parse())?,
+    };
     Ok(TaskResult {
         task_id: task_id(&r.task_id)?,
         worker_id: worker_id(&r.worker_id)?,
         attempt: r.attempt,
-        status: status(r.status)?,
+        status,
+        cause,
         exit_code: r.exit_code,
         signal: r.signal,
         logs: r.logs,

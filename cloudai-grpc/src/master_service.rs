@@ -72,6 +72,7 @@ impl master_server::Master for MasterService {
             heartbeat_interval_ms: u64::try_from(reply.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             master_id: reply.master_id,
+            lost_after_ms: u64::try_from(reply.lost_after.as_millis()).unwrap_or(u64::MAX),
         }))
     }
 

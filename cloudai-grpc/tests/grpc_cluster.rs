@@ -498,6 +498,7 @@ async fn a_refused_report_answers_failed_precondition_with_the_reason() {
         worker_id: WorkerId::new(worker).unwrap(),
         attempt,
         status: TaskStatus::Failed,
+        cause: cloudai_core::model::EndCause::Exited,
         exit_code: Some(1),
         logs: "forged".into(),
         logs_offset: 0,

@@ -58,16 +58,18 @@ use cloudai_core::model::{
 };
 use cloudai_core::store::{
     Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
-    WorkerRegistry,
+    WorkerGuard, WorkerRegistry,
 };
 use cloudai_core::{Error, Result};
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use records::{AssignmentDoc, DrainDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc, WorkerDoc};
+use records::{
+    AssignmentDoc, AttemptDoc, DrainDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc, WorkerDoc,
+};
 
 /// Tasks: `_id` is the task id.
 pub const TASKS: &str = "TASKS";
@@ -465,8 +467,15 @@ impl TaskStore for MongoStore {
         let at = records::ts("change time", change.at)?;
         let allowed: Vec<&str> = change.allowed_from.iter().map(|s| s.as_str()).collect();
         let mut filter = doc! { "_id": id.as_str(), "status": { "$in": allowed } };
-        if let Some(w) = &change.expected_worker {
-            filter.insert("worker", w.as_str());
+        match &change.expected_worker {
+            WorkerGuard::Any => {}
+            // Matches a missing field too, as an unassigned task has.
+            WorkerGuard::Unassigned => {
+                filter.insert("worker", Bson::Null);
+            }
+            WorkerGuard::Is(w) => {
+                filter.insert("worker", w.as_str());
+            }
         }
         if let Some(a) = change.expected_attempt {
             filter.insert("attempt", i64::from(a));
@@ -479,6 +488,7 @@ impl TaskStore for MongoStore {
             Assignment::Keep => {}
             Assignment::Set(w) => {
                 set.insert("worker", w.as_str());
+                set.insert("assigned_at", at);
                 update.insert("$inc", doc! { "attempt": 1_i64 });
             }
             Assignment::Clear => {
@@ -492,6 +502,23 @@ impl TaskStore for MongoStore {
             None => {
                 unset.insert("reason", "");
             }
+        }
+        match change.not_before {
+            Some(t) => {
+                set.insert("not_before", records::ts("not before", t)?);
+            }
+            None => {
+                unset.insert("not_before", "");
+            }
+        }
+        if let Some(a) = &change.push {
+            let entry = bson::serialize_to_bson(&AttemptDoc::from_core(a)?).map_err(|e| {
+                Error::Backend {
+                    backend: "mongodb",
+                    source: Box::new(e),
+                }
+            })?;
+            update.insert("$push", doc! { "history": entry });
         }
         if change.to.is_terminal() {
             set.insert("finished_at", at);

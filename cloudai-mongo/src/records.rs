@@ -9,9 +9,12 @@
 //! malformed one as a corrupt document on the way out, and keeps the stored
 //! field names independent of the core's serde attributes.
 
+use std::time::Duration;
+
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Drain, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec,
-    TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId, WorkerRecord,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, InstanceId, Resources, TaskId,
+    TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId,
+    WorkerRecord,
 };
 use cloudai_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -49,6 +52,111 @@ pub(crate) fn ts(field: &'static str, t: Timestamp) -> Result<i64> {
 
 fn from_ts(field: &str, v: i64) -> Result<Timestamp> {
     to_u64(field, v).map(Timestamp::from_millis)
+}
+
+fn ms(field: &'static str, d: Duration) -> Result<i64> {
+    to_i64(field, u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_ms(field: &str, v: i64) -> Result<Duration> {
+    to_u64(field, v).map(Duration::from_millis)
+}
+
+/// A task's attempt policy. A task stored before tasks had one has none,
+/// and reads as [`AttemptPolicy::legacy`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PolicyDoc {
+    retries: i64,
+    retry_delay_ms: i64,
+    crash_limit: i64,
+    requeue: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_limit_ms: Option<i64>,
+    #[serde(default)]
+    retry_on_timeout: bool,
+}
+
+impl PolicyDoc {
+    fn from_core(p: &AttemptPolicy) -> Result<Self> {
+        Ok(PolicyDoc {
+            retries: i64::from(p.retries),
+            retry_delay_ms: ms("retry delay", p.retry_delay)?,
+            crash_limit: i64::from(p.crash_limit),
+            requeue: p.requeue,
+            time_limit_ms: p.time_limit.map(|l| ms("time limit", l)).transpose()?,
+            retry_on_timeout: p.retry_on_timeout,
+        })
+    }
+
+    fn into_core(self) -> Result<AttemptPolicy> {
+        Ok(AttemptPolicy {
+            retries: to_u32("retries", self.retries)?,
+            retry_delay: from_ms("retry_delay_ms", self.retry_delay_ms)?,
+            crash_limit: to_u32("crash_limit", self.crash_limit)?,
+            requeue: self.requeue,
+            time_limit: self
+                .time_limit_ms
+                .map(|l| from_ms("time_limit_ms", l))
+                .transpose()?,
+            retry_on_timeout: self.retry_on_timeout,
+        })
+    }
+}
+
+/// One ended attempt in a task's history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AttemptDoc {
+    attempt: i64,
+    worker: WorkerId,
+    cause: EndCause,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<i64>,
+    ended_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    logs: String,
+    #[serde(default)]
+    logs_offset: i64,
+}
+
+impl AttemptDoc {
+    pub(crate) fn from_core(a: &Attempt) -> Result<Self> {
+        Ok(AttemptDoc {
+            attempt: i64::from(a.attempt),
+            worker: a.worker.clone(),
+            cause: a.cause,
+            started_at: a.started_at.map(|s| ts("started_at", s)).transpose()?,
+            ended_at: ts("ended_at", a.ended_at)?,
+            exit_code: a.exit_code,
+            signal: a.signal,
+            message: a.message.clone(),
+            logs: a.logs.clone(),
+            logs_offset: to_i64("logs_offset", a.logs_offset)?,
+        })
+    }
+
+    fn into_core(self) -> Result<Attempt> {
+        Ok(Attempt {
+            attempt: to_u32("attempt", self.attempt)?,
+            worker: self.worker,
+            cause: self.cause,
+            started_at: self
+                .started_at
+                .map(|s| from_ts("started_at", s))
+                .transpose()?,
+            ended_at: from_ts("ended_at", self.ended_at)?,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            message: self.message,
+            logs: self.logs,
+            logs_offset: to_u64("logs_offset", self.logs_offset)?,
+        })
+    }
 }
 
 /// Resource amounts (capacity or request).
@@ -101,6 +209,8 @@ struct SpecDoc {
     cancel_grace_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pin: Option<WorkerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<PolicyDoc>,
 }
 
 impl SpecDoc {
@@ -122,6 +232,7 @@ impl SpecDoc {
                 u64::try_from(s.cancel_grace.as_millis()).unwrap_or(u64::MAX),
             )?,
             pin: s.pin.clone(),
+            policy: Some(PolicyDoc::from_core(&s.policy)?),
         })
     }
 
@@ -136,6 +247,10 @@ impl SpecDoc {
                 self.cancel_grace_ms,
             )?),
             pin: self.pin,
+            policy: match self.policy {
+                Some(p) => p.into_core()?,
+                None => AttemptPolicy::legacy(),
+            },
         })
     }
 }
@@ -163,6 +278,12 @@ pub(crate) struct TaskDoc {
     array: Option<ArrayId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     array_index: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    history: Vec<AttemptDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_before: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    assigned_at: Option<i64>,
 }
 
 impl TaskDoc {
@@ -179,6 +300,13 @@ impl TaskDoc {
             finished_at: t.finished_at.map(|f| ts("finished_at", f)).transpose()?,
             array: t.array.as_ref().map(|a| a.id.clone()),
             array_index: t.array.as_ref().map(|a| i64::from(a.index)),
+            history: t
+                .history
+                .iter()
+                .map(AttemptDoc::from_core)
+                .collect::<Result<_>>()?,
+            not_before: t.not_before.map(|n| ts("not_before", n)).transpose()?,
+            assigned_at: t.assigned_at.map(|a| ts("assigned_at", a)).transpose()?,
         })
     }
 
@@ -203,6 +331,19 @@ impl TaskDoc {
                 }),
                 _ => None,
             },
+            history: self
+                .history
+                .into_iter()
+                .map(AttemptDoc::into_core)
+                .collect::<Result<_>>()?,
+            not_before: self
+                .not_before
+                .map(|n| from_ts("not_before", n))
+                .transpose()?,
+            assigned_at: self
+                .assigned_at
+                .map(|a| from_ts("assigned_at", a))
+                .transpose()?,
         })
     }
 }
@@ -229,6 +370,9 @@ pub(crate) struct ResultDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     started_at: Option<i64>,
     finished_at: i64,
+    /// Absent in results stored before causes: read from status and exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cause: Option<EndCause>,
 }
 
 impl ResultDoc {
@@ -245,11 +389,16 @@ impl ResultDoc {
             message: r.message.clone(),
             started_at: r.started_at.map(|s| ts("started_at", s)).transpose()?,
             finished_at: ts("finished_at", r.finished_at)?,
+            cause: Some(r.cause),
         })
     }
 
     pub(crate) fn into_core(self) -> Result<TaskResult> {
+        let cause = self
+            .cause
+            .unwrap_or_else(|| EndCause::inferred(self.status, self.exit_code, self.signal));
         Ok(TaskResult {
+            cause,
             task_id: self.task_id,
             worker_id: self.worker_id,
             attempt: to_u32("attempt", self.attempt)?,
@@ -413,6 +562,20 @@ mod tests {
         t.attempt = 3;
         t.reason = Some("why".into());
         t.finished_at = Some(Timestamp::from_millis(9));
+        t.spec.policy.retries = 2;
+        t.spec.policy.time_limit = Some(std::time::Duration::from_secs(90));
+        t.not_before = Some(Timestamp::from_millis(11));
+        t.assigned_at = Some(Timestamp::from_millis(8));
+        let mut a = Attempt::ended(
+            2,
+            WorkerId::new("w-0").unwrap(),
+            EndCause::Exited,
+            Timestamp::from_millis(8),
+            Some("exited with code 1".into()),
+        );
+        a.exit_code = Some(1);
+        a.logs = "the end of attempt 2".into();
+        t.history.push(a);
         t
     }
 
@@ -447,6 +610,22 @@ mod tests {
         doc.insert("attempt", Bson::Int32(0));
         let back: TaskDoc = bson::deserialize_from_document(doc).unwrap();
         assert_eq!(back.into_core().unwrap(), t);
+    }
+
+    #[test]
+    fn a_task_stored_before_policies_reads_with_the_old_behaviour() {
+        let t = TaskRecord::new(
+            TaskId::new("t-3").unwrap(),
+            TaskSpec::new("img", vec![], Resources::ZERO),
+            Timestamp::from_millis(1),
+        );
+        let mut doc = bson::serialize_to_document(&TaskDoc::from_core(&t).unwrap()).unwrap();
+        doc.get_document_mut("spec").unwrap().remove("policy");
+        let back = bson::deserialize_from_document::<TaskDoc>(doc)
+            .unwrap()
+            .into_core()
+            .unwrap();
+        assert_eq!(back.spec.policy, AttemptPolicy::legacy());
     }
 
     #[test]
@@ -486,6 +665,7 @@ mod tests {
             worker_id: WorkerId::new("w").unwrap(),
             attempt: 2,
             status: TaskStatus::Failed,
+            cause: EndCause::OutOfMemory,
             exit_code: Some(-9),
             logs: "out".into(),
             logs_offset: 7,

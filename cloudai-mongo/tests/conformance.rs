@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::model::{Heartbeat, Resources, Telemetry, Timestamp, WorkerRecord};
-use cloudai_core::store::{CasOutcome, TaskStore, WorkerRegistry};
+use cloudai_core::store::{TaskStore, WorkerRegistry};
 use cloudai_core::testing::{pending_task, task_id, task_store, worker_id, worker_registry};
 use cloudai_core::Error;
 use cloudai_mongo::{MongoConfig, MongoStore, TASKS, WORKERS};
@@ -116,26 +116,32 @@ async fn assignments_are_in_the_task_document_and_in_the_history() {
         .await
         .expect("insert");
     let (a, b) = (worker_id("w-a"), worker_id("w-b"));
-    let assign = |w: &cloudai_core::model::WorkerId, at| {
-        TaskEvent::Assign { worker: w.clone() }.change(Timestamp::from_millis(at))
-    };
+    let assign = |w: &cloudai_core::model::WorkerId| TaskEvent::Assign { worker: w.clone() };
     let requeue = TaskEvent::Requeue {
         worker: a.clone(),
         attempt: 1,
         reason: "timeout".into(),
-    }
-    .change(Timestamp::from_millis(20));
-    for (change, what) in [
-        (assign(&a, 10), "assign a"),
-        (requeue, "requeue"),
-        (assign(&b, 30), "assign b"),
+    };
+    let ended = TaskEvent::StopConfirmed {
+        worker: a.clone(),
+        attempt: 1,
+    };
+    for (event, at, what) in [
+        (assign(&a), 10, "assign a"),
+        (requeue, 20, "requeue"),
+        (ended, 25, "stop confirmed"),
+        (assign(&b), 30, "assign b"),
     ] {
-        let outcome = store
-            .update_status(&task_id("t"), &change)
-            .await
-            .expect(what);
+        let outcome = cloudai_core::apply::apply_event(
+            &store,
+            &task_id("t"),
+            &event,
+            Timestamp::from_millis(at),
+        )
+        .await
+        .expect(what);
         assert!(
-            matches!(outcome, CasOutcome::Applied { .. }),
+            matches!(outcome, cloudai_core::apply::Applied::Changed { .. }),
             "{what}: {outcome:?}"
         );
     }

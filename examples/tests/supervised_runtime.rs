@@ -42,6 +42,9 @@ fn spec(task: &str, script: &str) -> ContainerSpec {
         env: BTreeMap::new(),
         limits: Resources::ZERO,
         labels: BTreeMap::from([(LABEL_TASK.to_string(), task.to_string())]),
+        time_limit: None,
+        grace: Duration::ZERO,
+        lease: None,
     }
 }
 

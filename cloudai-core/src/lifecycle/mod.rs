@@ -1,19 +1,30 @@
-//! The task lifecycle: `pending → running → {completed, failed, cancelled}`.
+//! The task lifecycle: `pending → running → {completed, failed, cancelled}`,
+//! where a task whose attempt ended may go back to `pending` for another
+//! (see [`crate::attempts`]).
 //!
-//! One pure function, [`decide`], holds every rule. It is used twice: to
-//! compute the compare-and-set a store must perform ([`TaskEvent::change`]),
-//! and to explain or apply the outcome against the record the store returns.
-//! Because the store's write is conditional on the same guard, precedence
-//! holds even with several writers: once `cancelled` is written, no report
-//! can match `running` again.
+//! One pure function, [`decide`], holds every rule. From the task's record
+//! and an event it computes the compare-and-set a store must perform (the
+//! guard pins the status, worker and attempt the decision was made on) and
+//! the effects the caller must carry out. Because the store's write is
+//! conditional on that guard, precedence holds even with several writers:
+//! once `cancelled` is written, no report can match `running` again.
+//!
+//! A pending task is in one of two phases: *queued* (no worker: it may be
+//! placed, once its not-before time passed) or *ending* (its previous
+//! attempt's worker is still named: that attempt is not known to have
+//! ended, a stop is owed, and the task is not placed again until the
+//! worker reports the end, confirms the stop, comes back without the run,
+//! or is declared lost). So at most one attempt of a task runs at a time.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::model::{Resources, TaskRecord, TaskStatus, Timestamp, WorkerId};
+use crate::attempts::{self, Next};
+use crate::model::{Attempt, EndCause, Resources, TaskRecord, TaskStatus, Timestamp, WorkerId};
+use crate::rng::SplitMix64;
 mod change;
 
-pub use change::{Assignment, StatusChange};
+pub use change::{Assignment, StatusChange, WorkerGuard};
 
 /// Statuses from which a task may be assigned.
 const FROM_PENDING: &[TaskStatus] = &[TaskStatus::Pending];
@@ -22,36 +33,16 @@ const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running];
 /// Statuses from which a user may cancel.
 const CANCELLABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running];
 
-/// How a worker says a task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reported {
-    /// Exit code 0.
-    Completed,
-    /// Non-zero exit, start failure, or the worker shut down under it.
-    Failed,
-    /// The worker stopped it (after a cancel, or on its operator's request).
-    Cancelled,
-}
-
-impl From<Reported> for TaskStatus {
-    fn from(r: Reported) -> TaskStatus {
-        match r {
-            Reported::Completed => TaskStatus::Completed,
-            Reported::Failed => TaskStatus::Failed,
-            Reported::Cancelled => TaskStatus::Cancelled,
-        }
-    }
-}
-
 /// Something that happens to a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskEvent {
-    /// The master places a pending task on a worker.
+    /// The master places a queued task on a worker.
     Assign {
         /// Where it goes.
         worker: WorkerId,
     },
-    /// The assignment could not be delivered; the task goes back to the queue.
+    /// The assignment could not be delivered: the task goes back to the
+    /// queue once the stop owed to the worker lands.
     Requeue {
         /// The worker it was assigned to.
         worker: WorkerId,
@@ -60,17 +51,8 @@ pub enum TaskEvent {
         /// Why delivery failed.
         reason: String,
     },
-    /// A worker reports that the task ended.
-    Report {
-        /// Who reports.
-        worker: WorkerId,
-        /// Which assignment the report is about.
-        attempt: u32,
-        /// How it ended.
-        outcome: Reported,
-        /// The worker's explanation, if any.
-        message: Option<String>,
-    },
+    /// A worker reports that an attempt ended, and how.
+    Report(Box<Attempt>),
     /// A user cancels the task.
     Cancel {
         /// Skip the grace period: SIGKILL at once.
@@ -81,12 +63,34 @@ pub enum TaskEvent {
         /// The lost worker.
         worker: WorkerId,
     },
+    /// The task's worker registered again without the run.
+    Vanished {
+        /// The worker.
+        worker: WorkerId,
+        /// The run it no longer has.
+        attempt: u32,
+    },
     /// The drain deadline of the task's worker passed with the task still
-    /// running: it is stopped (with its grace) and failed as drained.
+    /// running: it is stopped (with its grace) and requeued or failed.
     Drained {
         /// The drained worker.
         worker: WorkerId,
         /// The assignment to stop.
+        attempt: u32,
+    },
+    /// No end of the run was heard by its time limit (and then some): the
+    /// master stops it and records the timeout itself.
+    TimedOut {
+        /// The worker.
+        worker: WorkerId,
+        /// The attempt that ran out of time.
+        attempt: u32,
+    },
+    /// The worker confirmed the stop of an attempt that was ending.
+    StopConfirmed {
+        /// The worker.
+        worker: WorkerId,
+        /// The attempt it stopped.
         attempt: u32,
     },
 }
@@ -94,26 +98,29 @@ pub enum TaskEvent {
 /// A side effect the caller must carry out after the transition is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Reserve the task's resources on the worker.
+    /// Reserve the task's resources on the worker for the attempt.
     Reserve {
         /// The worker.
         worker: WorkerId,
         /// The task's request.
         resources: Resources,
+        /// The attempt they are for.
+        attempt: u32,
     },
-    /// Give the task's resources back to the worker.
+    /// The attempt's end is known: give its resources back to the worker.
     Release {
         /// The worker.
         worker: WorkerId,
-        /// The task's request.
-        resources: Resources,
+        /// The attempt that ended.
+        attempt: u32,
     },
     /// Send the assignment to the worker.
     SendAssignment {
         /// The worker.
         worker: WorkerId,
     },
-    /// Tell the worker to stop the task (now, or when it is reachable again).
+    /// Tell the worker to stop the task (now, or when it is reachable
+    /// again); its resources stay held until the stop is confirmed.
     StopOnWorker {
         /// The worker.
         worker: WorkerId,
@@ -124,7 +131,8 @@ pub enum Effect {
     },
 }
 
-/// A transition that applies, with the effects it requires.
+/// A transition that applies: the write to make, and the effects it
+/// requires once written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct Transition {
@@ -132,7 +140,9 @@ pub struct Transition {
     pub from: TaskStatus,
     /// Status after.
     pub to: TaskStatus,
-    /// What the caller must do once the new status is stored.
+    /// The compare-and-set that makes it.
+    pub change: StatusChange,
+    /// What the caller must do once the change is stored.
     pub effects: Vec<Effect>,
 }
 
@@ -144,10 +154,14 @@ pub enum Refusal {
     UnknownTask,
     /// The task already reached this final status.
     AlreadyFinal(TaskStatus),
-    /// The event needs a running task; this one is still pending.
+    /// The event needs a running task; this one is pending.
     NotRunning,
+    /// The event needs an ending attempt; this one still runs.
+    StillRunning,
     /// The task is already assigned to this worker.
     AlreadyAssigned(WorkerId),
+    /// The task's previous attempt, on this worker, has not ended yet.
+    Ending(WorkerId),
     /// The event names a worker the task is not assigned to.
     OtherWorker {
         /// The worker the task is assigned to, if any.
@@ -170,7 +184,9 @@ impl fmt::Display for Refusal {
             Refusal::UnknownTask => f.write_str("unknown task"),
             Refusal::AlreadyFinal(s) => write!(f, "task already {s}"),
             Refusal::NotRunning => f.write_str("task is not running"),
+            Refusal::StillRunning => f.write_str("task is still running"),
             Refusal::AlreadyAssigned(w) => write!(f, "task already assigned to {w}"),
+            Refusal::Ending(w) => write!(f, "the task's previous attempt on {w} has not ended yet"),
             Refusal::OtherWorker {
                 assigned: Some(a),
                 claimed,
@@ -204,117 +220,140 @@ pub enum Decision {
 }
 
 impl TaskEvent {
-    /// The status the event leads to.
-    pub fn target(&self) -> TaskStatus {
-        match self {
-            TaskEvent::Assign { .. } => TaskStatus::Running,
-            TaskEvent::Requeue { .. } => TaskStatus::Pending,
-            TaskEvent::Report { outcome, .. } => (*outcome).into(),
-            TaskEvent::Cancel { .. } => TaskStatus::Cancelled,
-            TaskEvent::WorkerLost { .. } | TaskEvent::Drained { .. } => TaskStatus::Failed,
-        }
+    /// A report that attempt `attempt` on `worker` ended with `cause`
+    /// (for tests and tools; workers report whole results).
+    pub fn report(
+        worker: WorkerId,
+        attempt: u32,
+        cause: EndCause,
+        message: Option<String>,
+    ) -> TaskEvent {
+        TaskEvent::Report(Box::new(Attempt::ended(
+            attempt,
+            worker,
+            cause,
+            Timestamp::ZERO,
+            message,
+        )))
     }
 
-    fn allowed_from(&self) -> &'static [TaskStatus] {
+    /// The worker and attempt the event is about, for events about a run.
+    fn run(&self) -> Option<(&WorkerId, Option<u32>)> {
         match self {
-            TaskEvent::Assign { .. } => FROM_PENDING,
-            TaskEvent::Cancel { .. } => CANCELLABLE,
-            TaskEvent::Requeue { .. }
-            | TaskEvent::Report { .. }
-            | TaskEvent::WorkerLost { .. }
-            | TaskEvent::Drained { .. } => FROM_RUNNING,
-        }
-    }
-
-    /// The worker the task must currently be assigned to for the event to
-    /// apply: a report, requeue or loss only concerns the assigned worker.
-    fn expected_worker(&self) -> Option<&WorkerId> {
-        match self {
-            TaskEvent::Requeue { worker, .. }
-            | TaskEvent::Report { worker, .. }
-            | TaskEvent::WorkerLost { worker }
-            | TaskEvent::Drained { worker, .. } => Some(worker),
+            TaskEvent::Requeue {
+                worker, attempt, ..
+            }
+            | TaskEvent::Vanished { worker, attempt }
+            | TaskEvent::Drained { worker, attempt }
+            | TaskEvent::TimedOut { worker, attempt }
+            | TaskEvent::StopConfirmed { worker, attempt } => Some((worker, Some(*attempt))),
+            TaskEvent::Report(a) => Some((&a.worker, Some(a.attempt))),
+            TaskEvent::WorkerLost { worker } => Some((worker, None)),
             TaskEvent::Assign { .. } | TaskEvent::Cancel { .. } => None,
         }
     }
 
-    fn expected_attempt(&self) -> Option<u32> {
+    /// The change for this event made without reading the task first, for
+    /// the events whose write does not depend on the record beyond the
+    /// guard (an assignment, a success): the hot path's one round trip.
+    /// Stored, it means what [`decide`] on the record before would have
+    /// written.
+    pub fn blind_change(&self, now: Timestamp) -> Option<StatusChange> {
         match self {
-            TaskEvent::Requeue { attempt, .. }
-            | TaskEvent::Report { attempt, .. }
-            | TaskEvent::Drained { attempt, .. } => Some(*attempt),
+            TaskEvent::Assign { worker } => Some(assign_change(worker, now)),
+            TaskEvent::Report(a) if a.cause == EndCause::Completed => Some(StatusChange {
+                allowed_from: FROM_RUNNING.to_vec(),
+                expected_worker: WorkerGuard::Is(a.worker.clone()),
+                expected_attempt: Some(a.attempt),
+                to: TaskStatus::Completed,
+                assignment: Assignment::Keep,
+                reason: None,
+                not_before: None,
+                push: Some((**a).clone().without_logs()),
+                at: now,
+            }),
             _ => None,
-        }
-    }
-
-    fn reason(&self) -> Option<String> {
-        match self {
-            TaskEvent::Assign { .. } => None,
-            TaskEvent::Requeue { reason, .. } => Some(format!("requeued: {reason}")),
-            TaskEvent::Report { message, .. } => message.clone(),
-            TaskEvent::Cancel { force: false } => Some("cancelled by user".into()),
-            TaskEvent::Cancel { force: true } => Some("force-cancelled by user".into()),
-            TaskEvent::WorkerLost { worker } => {
-                Some(format!("worker lost: {worker} stopped sending heartbeats"))
-            }
-            TaskEvent::Drained { worker, .. } => Some(format!(
-                "drained: the drain deadline of worker {worker} passed"
-            )),
-        }
-    }
-
-    /// The compare-and-set a store performs for this event at `now`.
-    pub fn change(&self, now: Timestamp) -> StatusChange {
-        StatusChange {
-            allowed_from: self.allowed_from().to_vec(),
-            expected_worker: self.expected_worker().cloned(),
-            expected_attempt: self.expected_attempt(),
-            to: self.target(),
-            assignment: match self {
-                TaskEvent::Assign { worker } => Assignment::Set(worker.clone()),
-                TaskEvent::Requeue { .. } => Assignment::Clear,
-                _ => Assignment::Keep,
-            },
-            reason: self.reason(),
-            at: now,
         }
     }
 }
 
-/// Decides what `event` does to `task` (`None`: the task is unknown).
-pub fn decide(task: Option<&TaskRecord>, event: &TaskEvent) -> Decision {
+/// Where a task is, as far as events care.
+#[derive(Clone, Copy)]
+enum Phase<'a> {
+    Final(TaskStatus),
+    Queued,
+    Ending(&'a WorkerId, u32),
+    Running(&'a WorkerId, u32),
+}
+
+fn phase(task: &TaskRecord) -> Phase<'_> {
+    match (task.status, &task.worker) {
+        (s, _) if s.is_terminal() => Phase::Final(s),
+        (TaskStatus::Running, Some(w)) => Phase::Running(w, task.attempt),
+        (_, Some(w)) => Phase::Ending(w, task.attempt),
+        _ => Phase::Queued,
+    }
+}
+
+/// Statuses from which a report of a run's end, or a loss, applies (a
+/// pending task's ending attempt ends so too).
+const REPORTABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running];
+
+impl TaskEvent {
+    fn allowed_from(&self) -> &'static [TaskStatus] {
+        match self {
+            TaskEvent::Assign { .. } | TaskEvent::StopConfirmed { .. } => FROM_PENDING,
+            TaskEvent::Cancel { .. } => CANCELLABLE,
+            TaskEvent::Requeue { .. } | TaskEvent::Drained { .. } | TaskEvent::TimedOut { .. } => {
+                FROM_RUNNING
+            }
+            TaskEvent::Report(_) | TaskEvent::WorkerLost { .. } | TaskEvent::Vanished { .. } => {
+                REPORTABLE
+            }
+        }
+    }
+}
+
+/// Decides what `event` does to `task` (`None`: the task is unknown) at
+/// `now`.
+pub fn decide(task: Option<&TaskRecord>, event: &TaskEvent, now: Timestamp) -> Decision {
     let Some(task) = task else {
         return Decision::Refuse(Refusal::UnknownTask);
     };
     if let Some(refusal) = refusal(task, event) {
         return Decision::Refuse(refusal);
     }
-    Decision::Apply(Transition {
-        from: task.status,
-        to: event.target(),
-        effects: event.effects(task),
-    })
+    Decision::Apply(Plan { task, now }.transition(event))
 }
 
 fn refusal(task: &TaskRecord, event: &TaskEvent) -> Option<Refusal> {
-    if task.status.is_terminal() {
-        return Some(Refusal::AlreadyFinal(task.status));
-    }
+    let ph = phase(task);
     if !event.allowed_from().contains(&task.status) {
-        return Some(match (&task.worker, task.status) {
-            (Some(w), TaskStatus::Running) => Refusal::AlreadyAssigned(w.clone()),
-            _ => Refusal::NotRunning,
+        return Some(match ph {
+            Phase::Final(s) => Refusal::AlreadyFinal(s),
+            Phase::Running(w, _) if matches!(event, TaskEvent::Assign { .. }) => {
+                Refusal::AlreadyAssigned(w.clone())
+            }
+            Phase::Running(..) => Refusal::StillRunning,
+            Phase::Queued | Phase::Ending(..) => Refusal::NotRunning,
         });
     }
-    if let Some(claimed) = event.expected_worker() {
-        if task.worker.as_ref() != Some(claimed) {
-            return Some(Refusal::OtherWorker {
-                assigned: task.worker.clone(),
-                claimed: claimed.clone(),
-            });
-        }
+    let Some((claimed, attempt)) = event.run() else {
+        return match (event, ph) {
+            (TaskEvent::Assign { .. }, Phase::Ending(w, _)) => Some(Refusal::Ending(w.clone())),
+            _ => None,
+        };
+    };
+    if matches!(ph, Phase::Queued) {
+        return Some(Refusal::NotRunning);
     }
-    match event.expected_attempt() {
+    if task.worker.as_ref() != Some(claimed) {
+        return Some(Refusal::OtherWorker {
+            assigned: task.worker.clone(),
+            claimed: claimed.clone(),
+        });
+    }
+    match attempt {
         Some(claimed) if claimed != task.attempt => Some(Refusal::StaleAttempt {
             current: task.attempt,
             claimed,
@@ -323,74 +362,284 @@ fn refusal(task: &TaskRecord, event: &TaskEvent) -> Option<Refusal> {
     }
 }
 
-impl TaskEvent {
-    /// The effects of this event on `task` as it is before the change.
-    /// [`decide`] returns them with the transition; a caller that learns
-    /// only afterwards that its write landed (an uncertain store answer)
-    /// may ask again.
-    pub fn effects(&self, task: &TaskRecord) -> Vec<Effect> {
-        let resources = task.spec.resources;
-        let holder = || {
-            task.worker
-                .clone()
-                .filter(|_| task.status == TaskStatus::Running)
-        };
-        match self {
-            TaskEvent::Assign { worker } => vec![
-                Effect::Reserve {
-                    worker: worker.clone(),
-                    resources,
-                },
-                Effect::SendAssignment {
-                    worker: worker.clone(),
-                },
-            ],
-            TaskEvent::Report { worker, .. } => vec![Effect::Release {
-                worker: worker.clone(),
-                resources,
-            }],
-            TaskEvent::Requeue { worker, .. } | TaskEvent::WorkerLost { worker } => vec![
-                Effect::Release {
-                    worker: worker.clone(),
-                    resources,
-                },
-                Effect::StopOnWorker {
-                    worker: worker.clone(),
-                    attempt: task.attempt,
-                    grace: Duration::ZERO,
-                },
-            ],
-            TaskEvent::Drained { worker, attempt } => vec![
-                Effect::Release {
-                    worker: worker.clone(),
-                    resources,
-                },
-                Effect::StopOnWorker {
-                    worker: worker.clone(),
-                    attempt: *attempt,
-                    grace: task.spec.cancel_grace,
-                },
-            ],
-            TaskEvent::Cancel { force } => match holder() {
-                Some(worker) => vec![
-                    Effect::Release {
-                        worker: worker.clone(),
-                        resources,
-                    },
-                    Effect::StopOnWorker {
-                        worker,
-                        attempt: task.attempt,
-                        grace: if *force {
-                            Duration::ZERO
-                        } else {
-                            task.spec.cancel_grace
-                        },
-                    },
-                ],
-                None => Vec::new(),
-            },
+fn assign_change(worker: &WorkerId, now: Timestamp) -> StatusChange {
+    StatusChange {
+        allowed_from: FROM_PENDING.to_vec(),
+        expected_worker: WorkerGuard::Unassigned,
+        expected_attempt: None,
+        to: TaskStatus::Running,
+        assignment: Assignment::Set(worker.clone()),
+        reason: None,
+        not_before: None,
+        push: None,
+        at: now,
+    }
+}
+
+/// A transition in the making, from the record it is decided on.
+struct Plan<'a> {
+    task: &'a TaskRecord,
+    now: Timestamp,
+}
+
+impl Plan<'_> {
+    /// A change guarded by the record as it is now.
+    fn change(
+        &self,
+        to: TaskStatus,
+        assignment: Assignment,
+        reason: Option<String>,
+    ) -> StatusChange {
+        StatusChange {
+            allowed_from: vec![self.task.status],
+            expected_worker: WorkerGuard::exactly(self.task.worker.as_ref()),
+            expected_attempt: Some(self.task.attempt),
+            to,
+            assignment,
+            reason,
+            not_before: None,
+            push: None,
+            at: self.now,
         }
     }
+
+    fn done(&self, change: StatusChange, effects: Vec<Effect>) -> Transition {
+        Transition {
+            from: self.task.status,
+            to: change.to,
+            change,
+            effects,
+        }
+    }
+
+    /// Called only once `refusal` found nothing: the phase fits the event.
+    fn transition(&self, event: &TaskEvent) -> Transition {
+        let t = self.task;
+        let (w, a) = match phase(t) {
+            Phase::Running(w, a) | Phase::Ending(w, a) => (Some(w), a),
+            Phase::Queued | Phase::Final(_) => (None, t.attempt),
+        };
+        let running = t.status == TaskStatus::Running;
+        match (event, w) {
+            (TaskEvent::Assign { worker }, _) => {
+                let mut change = assign_change(worker, self.now);
+                change.expected_attempt = Some(t.attempt);
+                self.done(change, assigned(worker, t.spec.resources, t.attempt + 1))
+            }
+            (TaskEvent::Cancel { force }, w) => {
+                let reason = if *force {
+                    "force-cancelled by user"
+                } else {
+                    "cancelled by user"
+                };
+                let grace = if *force {
+                    Duration::ZERO
+                } else {
+                    t.spec.cancel_grace
+                };
+                let mut change =
+                    self.change(TaskStatus::Cancelled, Assignment::Keep, Some(reason.into()));
+                let mut effects = Vec::new();
+                if let Some(w) = w {
+                    if running {
+                        let entry = Attempt::ended(
+                            a,
+                            w.clone(),
+                            EndCause::Cancelled,
+                            self.now,
+                            Some(reason.into()),
+                        );
+                        change.push = Some(entry);
+                    }
+                    effects.push(stop(w, a, grace));
+                }
+                self.done(change, effects)
+            }
+            (_, None) => unreachable!("a run event passed the refusal check of a queued task"),
+            (TaskEvent::Report(r), Some(w)) if running => {
+                self.ended_run(w, a, r.cause, r.message.clone(), (**r).clone())
+            }
+            (TaskEvent::WorkerLost { worker }, Some(w)) if running => {
+                let what = format!("worker lost: {worker} stopped sending heartbeats");
+                self.ended_without_report(w, a, EndCause::WorkerLost, what)
+            }
+            (TaskEvent::Vanished { worker, .. }, Some(w)) if running => {
+                let what =
+                    format!("worker {worker} re-registered without this task (it restarted)");
+                self.ended_without_report(w, a, EndCause::WorkerRestarted, what)
+            }
+            (
+                TaskEvent::Report(_)
+                | TaskEvent::WorkerLost { .. }
+                | TaskEvent::Vanished { .. }
+                | TaskEvent::StopConfirmed { .. },
+                Some(w),
+            ) => self.ending_ended(w, a),
+            (TaskEvent::Requeue { reason, .. }, Some(w)) => {
+                let change = self.change(
+                    TaskStatus::Pending,
+                    Assignment::Keep,
+                    Some(format!("requeued: {reason}")),
+                );
+                self.done(change, vec![stop(w, a, Duration::ZERO)])
+            }
+            (TaskEvent::Drained { worker, .. }, Some(w)) => self.stopped_run(
+                w,
+                a,
+                EndCause::Drained,
+                format!("drained: the drain deadline of worker {worker} passed"),
+                t.spec.cancel_grace,
+            ),
+            (TaskEvent::TimedOut { worker, .. }, Some(w)) => self.stopped_run(
+                w,
+                a,
+                EndCause::TimedOut,
+                format!(
+                    "timeout: no end heard from worker {worker} within its time limit of {}",
+                    humantime::format_duration(t.spec.policy.time_limit.unwrap_or_default())
+                ),
+                Duration::ZERO,
+            ),
+        }
+    }
+
+    /// The retry decision for the current run, which ended with `cause`.
+    fn next(&self, cause: EndCause, what: Option<&str>) -> Next {
+        attempts::next(
+            &self.task.spec.policy,
+            self.task.counts(),
+            cause,
+            what,
+            jitter(self.task),
+        )
+    }
+
+    fn ended_without_report(
+        &self,
+        w: &WorkerId,
+        a: u32,
+        cause: EndCause,
+        what: String,
+    ) -> Transition {
+        let entry = Attempt::ended(a, w.clone(), cause, self.now, Some(what.clone()));
+        self.ended_run(w, a, cause, Some(what), entry)
+    }
+
+    /// The current run is known to have ended: its resources go back,
+    /// and it runs again or ends here.
+    fn ended_run(
+        &self,
+        w: &WorkerId,
+        a: u32,
+        cause: EndCause,
+        what: Option<String>,
+        entry: Attempt,
+    ) -> Transition {
+        let change = match self.next(cause, what.as_deref()) {
+            Next::Final { status, reason } => {
+                let mut c = self.change(status, Assignment::Keep, reason);
+                c.push = Some(entry.without_logs());
+                c
+            }
+            Next::Again { delay, reason } => {
+                let mut c = self.change(TaskStatus::Pending, Assignment::Clear, Some(reason));
+                c.not_before = self.not_before(delay);
+                c.push = Some(entry);
+                c
+            }
+        };
+        self.done(change, vec![release(w, a)])
+    }
+
+    /// The master ends the current run itself (a drain, a timeout): a stop
+    /// is owed, and until it lands the task is final or ending, its
+    /// resources held.
+    fn stopped_run(
+        &self,
+        w: &WorkerId,
+        a: u32,
+        cause: EndCause,
+        what: String,
+        grace: Duration,
+    ) -> Transition {
+        let entry = Attempt::ended(a, w.clone(), cause, self.now, Some(what.clone()));
+        let mut change = match self.next(cause, Some(&what)) {
+            Next::Final { status, reason } => self.change(status, Assignment::Keep, reason),
+            Next::Again { delay, reason } => {
+                let mut c = self.change(TaskStatus::Pending, Assignment::Keep, Some(reason));
+                c.not_before = self.not_before(delay);
+                c
+            }
+        };
+        change.push = Some(entry);
+        self.done(change, vec![stop(w, a, grace)])
+    }
+
+    /// The ending attempt is known to have ended: its resources go back,
+    /// and the task joins the queue.
+    fn ending_ended(&self, w: &WorkerId, a: u32) -> Transition {
+        let t = self.task;
+        let mut change = self.change(TaskStatus::Pending, Assignment::Clear, t.reason.clone());
+        change.not_before = t.not_before;
+        self.done(change, vec![release(w, a)])
+    }
+
+    fn not_before(&self, delay: Duration) -> Option<Timestamp> {
+        (!delay.is_zero()).then(|| self.now.saturating_add(delay))
+    }
+}
+
+/// The effects of an assignment that is stored: `task` as it is after
+/// it (an assignment whose write was uncertain, found to have landed, has
+/// exactly these).
+pub fn assignment_effects(task: &TaskRecord) -> Vec<Effect> {
+    match &task.worker {
+        Some(w) if task.status == TaskStatus::Running => {
+            assigned(w, task.spec.resources, task.attempt)
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn assigned(worker: &WorkerId, resources: Resources, attempt: u32) -> Vec<Effect> {
+    vec![
+        Effect::Reserve {
+            worker: worker.clone(),
+            resources,
+            attempt,
+        },
+        Effect::SendAssignment {
+            worker: worker.clone(),
+        },
+    ]
+}
+
+fn stop(worker: &WorkerId, attempt: u32, grace: Duration) -> Effect {
+    Effect::StopOnWorker {
+        worker: worker.clone(),
+        attempt,
+        grace,
+    }
+}
+
+fn release(worker: &WorkerId, attempt: u32) -> Effect {
+    Effect::Release {
+        worker: worker.clone(),
+        attempt,
+    }
+}
+
+/// A task's retry jitter in `[0, 1)`, fixed by its id and attempt, so the
+/// decision stays a function of the record.
+fn jitter(task: &TaskRecord) -> f64 {
+    let seed = task
+        .id
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    SplitMix64::new(seed ^ u64::from(task.attempt)).next_f64()
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::{Master, MasterEvent};
 use crate::apply::Applied;
-use crate::lifecycle::{Reported, TaskEvent};
+use crate::lifecycle::{assignment_effects, TaskEvent};
 use crate::model::{
-    ArrayId, ArrayIndices, ArrayMember, RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus,
-    ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
+    ArrayId, ArrayIndices, ArrayMember, EndCause, RunningTask, TaskId, TaskRecord, TaskSpec,
+    TaskStatus, ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
 };
 use crate::store::TaskFilter;
 use crate::{Error, Result};
@@ -217,13 +217,15 @@ impl Master {
                             && t.worker.as_ref() == Some(&worker) =>
                     {
                         // An assignment's effects depend only on the task's
-                        // request and the worker, both known here.
-                        self.execute(&t, TaskStatus::Pending, &event.effects(&t));
+                        // request, the worker and the attempt, all known here.
+                        self.execute(&t, TaskStatus::Pending, &assignment_effects(&t));
                     }
                     Some(t) if t.status == TaskStatus::Pending => {
                         let mut st = self.state();
                         st.unreserve(&id);
-                        st.enqueue(&t, Some(format!("store error: {e}")));
+                        if t.worker.is_none() {
+                            st.enqueue(&t, Some(format!("store error: {e}")));
+                        }
                     }
                     _ => self.state().unreserve(&id),
                 }
@@ -233,7 +235,8 @@ impl Master {
 
     /// Sends a stored assignment (run by the driver on a task of its own).
     /// A definite refusal fails the task; no answer puts it back in the
-    /// queue (and tells the worker to drop it, in case it did arrive).
+    /// queue once the worker confirms it dropped the run (in case the
+    /// assignment did arrive), or is lost: never two runs at once.
     pub(super) async fn send_assignment(&self, task: TaskRecord, worker: WorkerId) {
         let span = info_span!("assign", task = %task.id, worker = %worker, attempt = task.attempt);
         self.deliver_assignment(task, worker).instrument(span).await;
@@ -282,12 +285,12 @@ impl Master {
             }
             Err(e) => {
                 warn!(task = %id, worker = %worker, error = %e, "worker refused the task");
-                TaskEvent::Report {
-                    worker: worker.clone(),
-                    attempt: run.attempt,
-                    outcome: Reported::Failed,
-                    message: Some(format!("worker {worker} refused the task: {e}")),
-                }
+                TaskEvent::report(
+                    worker.clone(),
+                    run.attempt,
+                    EndCause::Refused,
+                    Some(format!("worker {worker} refused the task: {e}")),
+                )
             }
         };
         let _: Applied = self.surely(|| self.apply(&id, event.clone())).await;

@@ -57,7 +57,8 @@ impl Master {
     }
 
     /// The drain deadline of `worker` passed: every task still running
-    /// there is stopped and failed as drained.
+    /// there is stopped with its grace, and runs again elsewhere once
+    /// stopped (or fails as drained, if it asked not to be requeued).
     pub(super) async fn drain_deadline_passed(&self, worker: &WorkerId) {
         let filter = running_on(worker);
         let tasks = self.surely(|| self.inner.store.list_tasks(&filter)).await;

@@ -69,6 +69,15 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
             let m = master.clone();
             tokio::spawn(async move { m.attempt_reconnect(worker).await });
         }
+        let backstops = {
+            let mut st = master.state();
+            st.queue_due_retries(now);
+            st.backstops_due(now)
+        };
+        for (task, worker, attempt) in backstops {
+            let m = master.clone();
+            store_work.spawn(async move { m.time_out(task, worker, attempt).await });
+        }
         let drains_due = master.state().drains_due(now);
         for worker in drains_due {
             let m = master.clone();

@@ -7,11 +7,11 @@ use tracing::{debug, info, warn};
 
 use super::{Master, MasterEvent};
 use crate::apply::Applied;
-use crate::lifecycle::{Reported, TaskEvent};
+use crate::lifecycle::TaskEvent;
 use crate::liveness::Health;
 use crate::model::{
-    Resources, RunningTask, TaskStatus, Telemetry, ValidationError, WorkerId, WorkerIdentity,
-    WorkerRecord,
+    Resources, RunningTask, TaskRecord, TaskStatus, Telemetry, ValidationError, WorkerId,
+    WorkerIdentity, WorkerRecord,
 };
 use crate::store::TaskFilter;
 use crate::transport::{
@@ -45,12 +45,22 @@ pub(super) fn running_on(worker: &WorkerId) -> TaskFilter {
     }
 }
 
+/// The tasks whose current run may be on `worker`: running there, or
+/// pending while their previous attempt there ends.
+fn on_worker(worker: &WorkerId) -> TaskFilter {
+    TaskFilter {
+        statuses: vec![TaskStatus::Pending, TaskStatus::Running],
+        ..running_on(worker)
+    }
+}
+
 impl Master {
     /// Registers a worker that introduced itself (worker-initiated, or after
     /// a `master_register` call). Two-way reconciliation: of the tasks the
     /// worker lists, those not running there in the store come back in
-    /// `stop`; tasks the store has running there that the worker no longer
-    /// lists are failed.
+    /// `stop`; tasks whose run the store has there that the worker no
+    /// longer lists have vanished (each runs again or fails, as its
+    /// policy says).
     ///
     /// A registration from another instance while the id's current session
     /// is live is refused with [`Error::InUse`] naming the live address.
@@ -68,34 +78,44 @@ impl Master {
             WorkerRecord::new(id.clone(), Some(reg.address.clone()), reg.capacity, now);
         record.instance = Some(reg.instance.clone());
         self.inner.registry.upsert_worker(record).await?;
-        let running_here = self.inner.store.list_tasks(&running_on(&id)).await?;
+        let on_here = self.inner.store.list_tasks(&on_worker(&id)).await?;
         let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
-        let here: BTreeSet<RunningTask> = running_here
+        let run_of = |t: &TaskRecord| RunningTask {
+            task: t.id.clone(),
+            attempt: t.attempt,
+        };
+        let here: BTreeSet<RunningTask> = on_here
             .iter()
-            .map(|t| RunningTask {
-                task: t.id.clone(),
-                attempt: t.attempt,
-            })
+            .filter(|t| t.status == TaskStatus::Running)
+            .map(run_of)
             .collect();
+        // Runs the worker has that must not run there: not (or no longer)
+        // its task's current run, or one being ended.
         let mut stop: BTreeSet<RunningTask> = reg
             .running
             .iter()
             .filter(|r| !here.contains(*r))
             .cloned()
             .collect();
-        let (missing, revived, owed) = {
+        let (missing, gone, revived, owed) = {
             let mut st = self.state();
-            let missing: Vec<RunningTask> = here
-                .iter()
-                .filter(|r| !listed.contains(r) && !st.in_flight(&r.task))
-                .cloned()
+            let absent = |r: &RunningTask| !listed.contains(r) && !st.in_flight(&r.task);
+            let missing: Vec<RunningTask> =
+                on_here.iter().map(run_of).filter(|r| absent(r)).collect();
+            // Runs held for tasks already final (a stop was owed): the
+            // worker no longer has them, so they ended.
+            let gone: Vec<RunningTask> = st
+                .runs_held_on(&id)
+                .into_iter()
+                .filter(|r| absent(r) && !missing.contains(r))
                 .collect();
             let (revived, owed) = st.register(&who, &reg.address, reg.capacity, now);
             self.done(st);
-            (missing, revived, owed)
+            (missing, gone, revived, owed)
         };
         // Owed stops go out in the reply: the worker stops those runs, or
-        // remembers them so a late assignment cannot start them.
+        // remembers them so a late assignment cannot start them. They stay
+        // owed until a delivery confirms them.
         stop.extend(owed);
         if revived {
             self.emit(MasterEvent::Worker {
@@ -104,25 +124,25 @@ impl Master {
             });
         }
         info!(worker = %id, instance = %reg.instance, address = %reg.address, capacity = %reg.capacity, listed = reg.running.len(),
-              stop = stop.len(), failed = missing.len(), "worker registered");
-        // Runs failed here as vanished are stopped too, in case their
+              stop = stop.len(), vanished = missing.len(), "worker registered");
+        // Runs ended here as vanished are stopped too, in case their
         // assignment is still on its way to the worker.
         stop.extend(missing.iter().cloned());
         for run in missing {
-            let event = TaskEvent::Report {
+            let event = TaskEvent::Vanished {
                 worker: id.clone(),
                 attempt: run.attempt,
-                outcome: Reported::Failed,
-                message: Some(format!(
-                    "worker {id} re-registered without this task (it restarted)"
-                )),
             };
             let _: Applied = self.apply(&run.task, event).await?;
+        }
+        for run in gone {
+            self.run_ended(&run.task, &id, run.attempt);
         }
         Ok(RegistrationReply {
             stop: stop.into_iter().collect(),
             heartbeat_interval: self.inner.config.heartbeat_interval,
             master_id: self.inner.config.id.clone(),
+            lost_after: self.inner.config.liveness.lost_after,
         })
     }
 
@@ -263,7 +283,7 @@ impl Master {
     /// A worker was declared lost: its session ends now (the driver calls
     /// this at the deadline); [`Master::fail_lost_tasks`] follows.
     pub(super) fn lose_worker(&self, worker: &WorkerId) {
-        warn!(worker = %worker, "worker lost; failing its tasks");
+        warn!(worker = %worker, "worker lost; its runs ended");
         self.emit(MasterEvent::Worker {
             id: worker.clone(),
             health: Health::Lost,
@@ -271,10 +291,13 @@ impl Master {
         self.state().end_session(worker);
     }
 
-    /// Fails every task still running on a lost worker, unless it has
-    /// registered again meanwhile (its registration settled its runs).
+    /// Ends every run on a lost worker, unless it has registered again
+    /// meanwhile (its registration settled its runs): each task runs
+    /// again or fails, as its policy says, and runs already final give
+    /// their resources back. By the timing rule the worker stopped them
+    /// all before it could be declared lost.
     pub(super) async fn fail_lost_tasks(&self, worker: &WorkerId) {
-        let filter = running_on(worker);
+        let filter = on_worker(worker);
         let tasks = self.surely(|| self.inner.store.list_tasks(&filter)).await;
         for t in tasks {
             if self.state().in_session(worker, self.now()) {
@@ -285,6 +308,13 @@ impl Master {
                 worker: worker.clone(),
             };
             let _: Applied = self.surely(|| self.apply(&t.id, lost.clone())).await;
+        }
+        if self.state().in_session(worker, self.now()) {
+            return;
+        }
+        let held = self.state().runs_held_on(worker);
+        for run in held {
+            self.run_ended(&run.task, worker, run.attempt);
         }
     }
 

@@ -42,6 +42,7 @@ mod views;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, Notify};
 
@@ -50,8 +51,10 @@ use crate::metrics::{MasterMetrics, MeteredStore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::apply::Applied;
 use crate::clock::Clock;
-use crate::model::{TaskStatus, Timestamp, ValidationError, WorkerId};
+use crate::lifecycle::TaskEvent;
+use crate::model::{RunningTask, TaskStatus, Timestamp, ValidationError, WorkerId};
 use crate::rng::SplitMix64;
 use crate::store::{TaskFilter, TaskStore, WorkerRegistry};
 use crate::sync::lock;
@@ -161,6 +164,10 @@ impl Master {
 
     /// Known workers get the benefit of the doubt (a heartbeat at start) and
     /// are asked to re-register so that each lists the tasks it still runs.
+    /// Pending tasks join the queue (or wait out their retry delay); one
+    /// whose previous attempt was still ending holds its resources there
+    /// and is owed its stop again, and one whose worker is unknown has
+    /// nothing left to end.
     async fn load(&self) -> Result<()> {
         let workers = self.inner.registry.list_workers().await?;
         let pending = self
@@ -170,14 +177,37 @@ impl Master {
             .await?;
         let now = self.now();
         let count = workers.len();
-        let mut st = self.state();
-        for w in workers {
-            st.load_worker(w, now);
+        let mut orphaned = Vec::new();
+        {
+            let mut st = self.state();
+            for w in workers {
+                st.load_worker(w, now);
+            }
+            for t in &pending {
+                match t.ending() {
+                    None => st.enqueue_when_due(t, now),
+                    Some((w, attempt)) => {
+                        let run = RunningTask {
+                            task: t.id.clone(),
+                            attempt,
+                        };
+                        if st.hold(&t.id, w, t.spec.resources, attempt).is_ok() {
+                            st.owe_stop(w.clone(), run, Duration::ZERO, now);
+                        } else {
+                            orphaned.push((t.id.clone(), w.clone(), run));
+                        }
+                    }
+                }
+            }
+            st.owe_queue_pass();
         }
-        for t in &pending {
-            st.enqueue(t, None);
+        for (id, worker, run) in orphaned {
+            let ended = TaskEvent::StopConfirmed {
+                worker,
+                attempt: run.attempt,
+            };
+            let _: Applied = self.apply(&id, ended).await?;
         }
-        st.owe_queue_pass();
         info!(
             workers = count,
             pending = pending.len(),

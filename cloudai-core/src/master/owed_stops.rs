@@ -149,27 +149,29 @@ impl OwedStops {
         any
     }
 
-    /// Hands the stops not in flight to a registration reply, which
-    /// delivers them: the worker stops those runs, or remembers them so a
-    /// late assignment cannot start them.
-    pub(super) fn take_for_registration(&mut self, worker: &WorkerId) -> Vec<RunningTask> {
-        let Some(runs) = self.by_worker.get_mut(worker) else {
-            return Vec::new();
-        };
-        let taken: Vec<RunningTask> = runs
+    /// The stops owed to `worker`, for its registration reply: the worker
+    /// stops those runs, or remembers them so a late assignment cannot
+    /// start them. They stay owed (parked ones due again): only a
+    /// delivery's answer confirms that a run has stopped.
+    pub(super) fn for_registration(&mut self, worker: &WorkerId) -> Vec<RunningTask> {
+        self.retry(worker);
+        self.by_worker
+            .get(worker)
+            .map(|runs| runs.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// `worker` came back without `run`, or was lost: its stop is moot.
+    pub(super) fn forget(&mut self, worker: &WorkerId, run: &RunningTask) {
+        let _ = self.settle(worker, run, Ok(()));
+    }
+
+    /// Every stop owed, in any phase.
+    pub(super) fn owed(&self) -> Vec<(WorkerId, RunningTask)> {
+        self.by_worker
             .iter()
-            .filter(|(_, o)| o.phase != Phase::InFlight)
-            .map(|(r, _)| r.clone())
-            .collect();
-        for run in &taken {
-            if let Some(mut owed) = runs.remove(run) {
-                owed.settle(&Ok(()));
-            }
-        }
-        if runs.is_empty() {
-            self.by_worker.remove(worker);
-        }
-        taken
+            .flat_map(|(w, runs)| runs.keys().map(move |r| (w.clone(), r.clone())))
+            .collect()
     }
 
     /// Where `run`'s stop stands, with a receiver for its delivery if one
@@ -241,12 +243,18 @@ mod tests {
     }
 
     #[test]
-    fn registration_takes_what_is_not_in_flight() {
+    fn a_registration_names_every_stop_and_keeps_it_owed() {
         let mut s = OwedStops::default();
         s.owe(w("a"), run("flying"), Duration::ZERO, Timestamp::ZERO);
         let _ = s.take_due();
-        s.owe(w("a"), run("due"), Duration::ZERO, Timestamp::ZERO);
-        assert_eq!(s.take_for_registration(&w("a")), vec![run("due")]);
+        s.owe(w("a"), run("parked"), Duration::ZERO, Timestamp::ZERO);
+        let _ = s.take_due();
+        s.settle(&w("a"), &run("parked"), Err("down".into()));
+        assert_eq!(
+            s.for_registration(&w("a")),
+            vec![run("flying"), run("parked")]
+        );
         assert!(matches!(s.wait(&w("a"), &run("flying")), Wait::Pending(_)));
+        assert_eq!(s.take_due(), vec![(w("a"), run("parked"), Duration::ZERO)]);
     }
 }

@@ -224,6 +224,15 @@ impl Master {
         }
     }
 
+    /// No end of a run with a time limit was heard by its limit, grace and
+    /// a heartbeat timeout (run by the driver): the master stops it and
+    /// records the timeout itself, fenced by its attempt.
+    pub(super) async fn time_out(&self, task: TaskId, worker: WorkerId, attempt: u32) {
+        warn!(task = %task, worker = %worker, attempt, "no end heard by the time limit; stopping the run");
+        let event = TaskEvent::TimedOut { worker, attempt };
+        let _: Applied = self.surely(|| self.apply(&task, event.clone())).await;
+    }
+
     /// Delivers one owed stop within the cancel deadline (run by the
     /// driver on a task of its own); a failed delivery stays owed.
     pub(super) async fn deliver_stop(&self, worker: WorkerId, run: RunningTask, grace: Duration) {
@@ -244,11 +253,22 @@ impl Master {
         if let Err(error) = &outcome {
             warn!(task = %run.task, worker = %worker, %error, "stop not delivered; will retry when the worker is heard from");
         }
+        let confirmed = outcome.is_ok();
         let owed_since = self.state().settle_stop(&worker, &run, outcome);
         if let Some(since) = owed_since {
             self.inner
                 .metrics
                 .stopped(self.now().saturating_since(since));
+        }
+        if confirmed {
+            // The run is over: its resources go back, and a task waiting
+            // for it to end may be placed again.
+            self.run_ended(&run.task, &worker, run.attempt);
+            let ended = TaskEvent::StopConfirmed {
+                worker: worker.clone(),
+                attempt: run.attempt,
+            };
+            let _: Applied = self.surely(|| self.apply(&run.task, ended.clone())).await;
         }
     }
 }

@@ -8,11 +8,12 @@
 
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::state::BackstopSlack;
 use super::{Master, MasterEvent};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::ledger::Reconciliation;
 use crate::lifecycle::{Effect, TaskEvent};
-use crate::model::{RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus};
+use crate::model::{RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId};
 use crate::store::TaskFilter;
 use crate::{Error, Result};
 
@@ -39,19 +40,25 @@ impl Master {
             attempt: task.attempt,
         });
         let now = self.now();
+        let slack = self.backstop_slack();
         let mut st = self.state();
-        st.track_queue(task, from);
+        st.track_queue(task, from, now);
         for effect in effects {
             match effect {
-                Effect::Reserve { worker, resources } => {
-                    if let Err(e) = st.hold(&task.id, worker, *resources) {
+                Effect::Reserve {
+                    worker,
+                    resources,
+                    attempt,
+                } => {
+                    if let Err(e) = st.hold(&task.id, worker, *resources, *attempt) {
                         // Only an uncertain write can get here; reconcile
                         // reports the worker as overcommitted.
                         warn!(task = %task.id, error = %e, "assigned task does not fit its worker's ledger");
                     }
+                    st.set_backstop(task, slack);
                 }
-                Effect::Release { .. } => {
-                    st.release(&task.id);
+                Effect::Release { worker, attempt } => {
+                    st.release_run(&task.id, worker, *attempt);
                 }
                 Effect::SendAssignment { worker } => st.owe_send(task.clone(), worker.clone()),
                 Effect::StopOnWorker {
@@ -63,6 +70,7 @@ impl Master {
                         task: task.id.clone(),
                         attempt: *attempt,
                     };
+                    st.clear_backstop(&task.id);
                     st.owe_stop(worker.clone(), run, *grace, now);
                 }
             }
@@ -84,6 +92,7 @@ impl Master {
 
     async fn take_report(&self, result: TaskResult) -> Result<()> {
         let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
+        let result_attempt = result.attempt;
         let outcome = record_report(self.inner.store.as_ref(), result, self.now()).await?;
         // The transition's effects (the release) run even when the result
         // write failed, so a failed write cannot strand the allocation.
@@ -95,6 +104,15 @@ impl Master {
                 self.execute(&t, transition.from, &transition.effects);
                 info!(task = %task, worker = %worker, status = %transition.to, "task finished");
                 None
+            }
+            Applied::Refused {
+                refusal,
+                task: Some(t),
+            } => {
+                // Refused (a cancel or the master's own stop came first),
+                // the report still says the run is over.
+                self.run_ended(&t.id, &worker, result_attempt);
+                Some(refusal)
             }
             Applied::Refused { refusal, .. } => Some(refusal),
         };
@@ -116,6 +134,28 @@ impl Master {
         }
     }
 
+    /// Attempt `attempt` of `task` on `worker` is known to have ended
+    /// outside any transition (the task is final already, its stop was
+    /// owed): its resources go back, and its stop is no longer owed.
+    pub(super) fn run_ended(&self, task: &TaskId, worker: &WorkerId, attempt: u32) {
+        let run = RunningTask {
+            task: task.clone(),
+            attempt,
+        };
+        let mut st = self.state();
+        if st.release_run(task, worker, attempt) {
+            st.forget_stop(worker, &run);
+        }
+        self.done(st);
+    }
+
+    /// How long after a run's time limit and grace the master stops it
+    /// itself, when no end was heard: a heartbeat timeout (the worker, or
+    /// the run's own supervisor, acts first).
+    pub(super) fn backstop_slack(&self) -> BackstopSlack {
+        BackstopSlack(self.inner.config.liveness.timeout)
+    }
+
     /// Recomputes every allocation from the tasks the store says are running
     /// (the operator's `fix-resources`) and returns the corrections made.
     pub async fn reconcile(&self) -> Result<Reconciliation> {
@@ -127,7 +167,7 @@ impl Master {
                 .list_tasks(&TaskFilter::status([TaskStatus::Running]))
                 .await?;
             let mut st = self.state();
-            if let Some(report) = st.reconcile(epoch, running) {
+            if let Some(report) = st.reconcile(epoch, running, self.backstop_slack()) {
                 self.done(st);
                 return Ok(report);
             }

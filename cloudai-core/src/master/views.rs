@@ -14,7 +14,11 @@ use crate::store::{PageKey, TaskFilter};
 /// for lists (the sentence is for `show`).
 pub fn short_reason(reason: &str) -> &'static str {
     let pinned = reason.starts_with("waiting for worker ");
-    if reason.contains("pulling its image") {
+    if reason.starts_with("retrying") {
+        "Retrying"
+    } else if reason.contains("before it runs again") {
+        "Stopping"
+    } else if reason.contains("pulling its image") {
         "Pulling"
     } else if reason.contains("no active workers") {
         if pinned {
@@ -30,7 +34,7 @@ pub fn short_reason(reason: &str) -> &'static str {
         } else {
             "Resources"
         }
-    } else if reason.contains("placed again") {
+    } else if reason.contains("placed again") || reason.starts_with("requeued") {
         "Requeued"
     } else {
         "Waiting"
@@ -104,14 +108,15 @@ impl Master {
     /// has said), a running one for its worker to start it (as the
     /// worker's last heartbeat said).
     pub fn waiting(&self, task: &TaskRecord) -> Option<String> {
-        waiting_in(&self.state(), task)
+        waiting_in(&self.state(), task, self.now())
     }
 
     /// [`Master::waiting`] of each of `tasks`, read under one look at the
     /// state (a page of 1,000 tasks would take its lock 1,000 times).
     pub fn waiting_each(&self, tasks: &[TaskRecord]) -> Vec<Option<String>> {
+        let now = self.now();
         let st = self.state();
-        tasks.iter().map(|t| waiting_in(&st, t)).collect()
+        tasks.iter().map(|t| waiting_in(&st, t, now)).collect()
     }
 
     /// The task with its result and queue reason.
@@ -161,7 +166,20 @@ impl Master {
 }
 
 /// Why `task` waits, as `st` says now.
-fn waiting_in(st: &State, task: &TaskRecord) -> Option<String> {
+fn waiting_in(st: &State, task: &TaskRecord, now: Timestamp) -> Option<String> {
+    if let Some((w, attempt)) = task.ending() {
+        return Some(format!(
+            "waiting for attempt {attempt} on worker {w} to end before it runs again"
+        ));
+    }
+    if let Some(due) = st.delayed_until(&task.id) {
+        let left = due.saturating_since(now);
+        let left = std::time::Duration::from_secs(left.as_secs().max(1));
+        return Some(format!(
+            "retrying: the next attempt is placed in {}",
+            humantime::format_duration(left)
+        ));
+    }
     match (task.status, &task.worker) {
         (TaskStatus::Pending, _) => st.waiting_reason(task),
         (TaskStatus::Running, Some(w)) if st.is_starting(w, &task.id) => Some(format!(
@@ -192,6 +210,18 @@ mod tests {
             (
                 "starting on worker w1: pulling its image or creating its container".to_string(),
                 "Pulling",
+            ),
+            (
+                "retrying: the next attempt is placed in 4s".to_string(),
+                "Retrying",
+            ),
+            (
+                "waiting for attempt 2 on worker w1 to end before it runs again".to_string(),
+                "Stopping",
+            ),
+            (
+                "requeued: worker lost: w1 (loss 1 of 5)".to_string(),
+                "Requeued",
             ),
         ] {
             assert_eq!(short_reason(&sentence), word, "{sentence}");

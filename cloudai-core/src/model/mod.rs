@@ -5,6 +5,7 @@
 //! at construction, so the rest of the crate handles only valid values.
 
 mod array;
+mod attempt;
 mod ids;
 mod resources;
 mod run;
@@ -14,6 +15,10 @@ mod validation;
 mod worker;
 
 pub use array::{ArrayIndices, ArrayMember, ARRAY_ID_ENV, ARRAY_INDEX_ENV, MAX_ARRAY_TASKS};
+pub use attempt::{
+    Attempt, AttemptCounts, AttemptPolicy, EndCause, EndKind, ATTEMPT_ENV, ATTEMPT_LOG_BYTES,
+    MAX_ATTEMPTS, TASK_ID_ENV,
+};
 pub use ids::{ArrayId, InstanceId, TaskId, WorkerId};
 pub use resources::Resources;
 pub use run::{ExitStatus, RunningTask};

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ArrayMember, Resources, TaskId, Timestamp, ValidationError, WorkerId};
+use super::{
+    ArrayMember, Attempt, AttemptCounts, AttemptPolicy, EndCause, Resources, TaskId, Timestamp,
+    ValidationError, WorkerId,
+};
 
 /// Largest command line accepted (all arguments together), in bytes. Far
 /// below the kernel's `ARG_MAX`, so a too-long command fails at submit time
@@ -36,6 +39,10 @@ pub struct TaskSpec {
     /// lets the scheduler choose.
     #[serde(default)]
     pub pin: Option<WorkerId>,
+    /// Retries, requeues and the time limit (a record stored before tasks
+    /// had a policy reads as [`AttemptPolicy::legacy`]).
+    #[serde(default = "AttemptPolicy::legacy")]
+    pub policy: AttemptPolicy,
 }
 
 impl TaskSpec {
@@ -51,6 +58,7 @@ impl TaskSpec {
             resources,
             cancel_grace: Self::DEFAULT_CANCEL_GRACE,
             pin: None,
+            policy: AttemptPolicy::default(),
         }
     }
 
@@ -122,6 +130,7 @@ impl TaskSpec {
                 format!("{MAX_GRACE:?}"),
             ));
         }
+        self.policy.validate()?;
         self.resources.validate()
     }
 }
@@ -280,6 +289,16 @@ pub struct TaskRecord {
     /// Its array and index, if it was submitted as one of many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub array: Option<ArrayMember>,
+    /// Every attempt a worker ran that has ended, oldest first (at most
+    /// [`super::MAX_ATTEMPTS`]); the retry budgets count it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+    /// While pending for a retry: not placed before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    /// When the current attempt was assigned (its run starts no earlier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<Timestamp>,
 }
 
 impl TaskRecord {
@@ -296,6 +315,24 @@ impl TaskRecord {
             updated_at: now,
             finished_at: None,
             array: None,
+            history: Vec::new(),
+            not_before: None,
+            assigned_at: None,
+        }
+    }
+
+    /// What the retry budgets have used so far.
+    pub fn counts(&self) -> AttemptCounts {
+        AttemptCounts::of(&self.history)
+    }
+
+    /// Pending, but its previous attempt is not known to have ended yet:
+    /// the attempt and the worker it may still run on. It is not placed
+    /// again until that end is known.
+    pub fn ending(&self) -> Option<(&WorkerId, u32)> {
+        match (&self.worker, self.status) {
+            (Some(w), TaskStatus::Pending) => Some((w, self.attempt)),
+            _ => None,
         }
     }
 }
@@ -327,6 +364,9 @@ pub struct TaskResult {
     pub logs_offset: u64,
     /// A short explanation (for example "worker was terminated while task was running").
     pub message: Option<String>,
+    /// Why the run ended (stores and the wire read a result that predates
+    /// causes as [`EndCause::inferred`] from its status and exit).
+    pub cause: EndCause,
     /// When the worker started the task.
     pub started_at: Option<Timestamp>,
     /// When the worker saw it end.

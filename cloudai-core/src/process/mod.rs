@@ -49,6 +49,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod follow;
 mod frames;
 mod record;
 mod supervised;
@@ -447,6 +448,7 @@ impl ContainerRuntime for ProcessRuntime {
                 id: id.clone(),
                 labels: e.labels.clone(),
                 running: e.state.borrow().is_running(),
+                started_at: None,
             })
             .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));

@@ -10,8 +10,9 @@
 //! - **Runs outlive the worker, not its absence.** A runtime attaches to
 //!   every run it touches; [`list`](ContainerRuntime::list) finds the runs
 //!   an earlier worker started in the same state directory, so a restarted
-//!   worker adopts them. A run no worker attaches to for the orphan timeout
-//!   is killed by its supervisor.
+//!   worker adopts them. Each run holds a lease its worker renews
+//!   ([`renew_lease`](ContainerRuntime::renew_lease)); once it runs out,
+//!   its supervisor stops the task, as it does at the task's time limit.
 //! - **Output is kept whole on disk**, each read from stdout or stderr a
 //!   frame naming its stream, until the run is removed; `output` follows
 //!   the file from its start until the run ended and the file is read.
@@ -23,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,10 +38,10 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use super::frames::next_frame;
-use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
+use super::follow::{follow_file, Outcome};
+use super::record::{read_json, start_outcome, write_json, Ended, RunDir, RunSpec, Started};
 use super::{backend, check_command, invalid_command, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT};
-use crate::output::{OutputChunk, OutputStream, CHANNEL};
+use crate::output::CHANNEL;
 use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
 };
@@ -56,9 +57,6 @@ const POLL: Duration = Duration::from_millis(200);
 /// across restarts).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// How a run ended, as its watcher publishes it.
-type Outcome = Option<std::result::Result<ExitStatus, String>>;
-
 /// A run this runtime is attached to.
 #[derive(Debug)]
 struct Attached {
@@ -70,9 +68,10 @@ struct Attached {
 
 /// Runs each task as a local process under a supervisor process that keeps
 /// it independent of the worker: runs survive the worker's death, a
-/// restarted worker finds them with `list`, and a run left with no worker
-/// attached for the orphan timeout is killed by its supervisor. Otherwise
-/// the rules of [`ProcessRuntime`](super::ProcessRuntime) apply.
+/// restarted worker finds them with `list`, and a run whose lease from its
+/// worker runs out is stopped by its supervisor, as is one past its time
+/// limit. Otherwise the rules of [`ProcessRuntime`](super::ProcessRuntime)
+/// apply.
 #[derive(Debug)]
 pub struct SupervisedProcessRuntime {
     runs: PathBuf,
@@ -84,9 +83,8 @@ pub struct SupervisedProcessRuntime {
 impl SupervisedProcessRuntime {
     /// A runtime keeping its runs under `<state_dir>/runs`, starting each
     /// run's supervisor as `supervisor[0] supervisor[1..] <run dir>` (for
-    /// the worker binary: its own path and its supervisor-mode argument),
-    /// whose runs are killed after `orphan_timeout` with no worker
-    /// attached.
+    /// the worker binary: its own path and its supervisor-mode argument);
+    /// a run started without a lease of its own gets `orphan_timeout`.
     pub fn new(
         state_dir: &Path,
         supervisor: Vec<OsString>,
@@ -183,7 +181,9 @@ impl SupervisedProcessRuntime {
             command: spec.command.clone(),
             env: spec.env.clone(),
             labels: spec.labels.clone(),
-            orphan_timeout: self.orphan_timeout,
+            orphan_timeout: spec.lease.unwrap_or(self.orphan_timeout),
+            time_limit: spec.time_limit,
+            grace: spec.grace,
             framed_output: true,
         };
         write_json(&dir.spec(), &record).map_err(backend)?;
@@ -229,33 +229,6 @@ async fn connect(dir: &RunDir) -> Option<UnixStream> {
     UnixStream::connect(socket).await.ok()
 }
 
-/// What run directory `dir` says of its start, `None` while it says
-/// nothing yet. `exited` is whether its supervisor had exited, looked at
-/// *before* the records: a supervisor may start a short task, record its
-/// end and exit between two looks, and must not then be taken for one
-/// that exited without starting it.
-fn start_outcome(
-    id: &ContainerId,
-    dir: &RunDir,
-    exited: Option<std::process::ExitStatus>,
-) -> Option<Result<()>> {
-    match read_json::<StartError>(&dir.error()) {
-        Ok(Some(e)) if e.invalid => return Some(Err(invalid_command(e.message))),
-        Ok(Some(e)) => return Some(Err(backend(io::Error::other(e.message)))),
-        Ok(None) => {}
-        Err(e) => return Some(Err(backend(e))),
-    }
-    if dir.started().exists() {
-        return Some(Ok(()));
-    }
-    let status = exited?;
-    let said = std::fs::read_to_string(dir.log()).unwrap_or_default();
-    Some(Err(backend(io::Error::other(format!(
-        "the supervisor of {id} exited ({status}) before starting the task: {}",
-        said.trim()
-    )))))
-}
-
 /// How long after the task's leader is gone its exit record may take: the
 /// supervisor drains the output for up to [`DRAIN_TIMEOUT`] first (and a
 /// loaded machine adds its own delay).
@@ -299,94 +272,6 @@ fn fresh_id() -> ContainerId {
         .unwrap_or(0);
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     ContainerId(format!("run-{nanos:x}-{:x}-{n}", std::process::id()))
-}
-
-/// How long a follower of a run's output file waits at its end before
-/// looking again.
-const FOLLOW_IDLE: Duration = Duration::from_millis(20);
-
-/// Most bytes a follower reads from the file at once.
-const FOLLOW_READ: u64 = 1 << 20;
-
-/// Follows a run's output file from its start, sending each frame as a
-/// chunk (or, not `framed`, all of it as stdout), until the run ended and
-/// the file is read to its end.
-async fn follow_file(
-    path: PathBuf,
-    framed: bool,
-    mut ended: watch::Receiver<Outcome>,
-    tx: tokio::sync::mpsc::Sender<Result<OutputChunk>>,
-) {
-    let mut file = None;
-    let mut pending = Vec::new();
-    let mut offset = 0u64;
-    loop {
-        // Looked at before reading: once ended, one more read gets all.
-        let done = ended.borrow_and_update().is_some();
-        if file.is_none() {
-            file = match std::fs::File::open(&path) {
-                Ok(f) => Some(f),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    let _ = tx.send(Err(backend(e))).await;
-                    return;
-                }
-            };
-        }
-        let read = match file.as_mut() {
-            Some(f) => f.take(FOLLOW_READ).read_to_end(&mut pending),
-            None => Ok(0),
-        };
-        let read = match read {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = tx.send(Err(backend(e))).await;
-                return;
-            }
-        };
-        let mut used = 0;
-        loop {
-            let frame = match framed {
-                true => next_frame(&pending[used..]),
-                false => Ok((used < pending.len())
-                    .then(|| (OutputStream::Stdout, &pending[used..], pending.len() - used))),
-            };
-            match frame {
-                Ok(Some((stream, data, len))) => {
-                    used += len;
-                    if data.is_empty() {
-                        continue;
-                    }
-                    let chunk = OutputChunk {
-                        offset,
-                        stream,
-                        data: data.to_vec(),
-                    };
-                    offset = chunk.end();
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(backend(e))).await;
-                    return;
-                }
-            }
-        }
-        pending.drain(..used);
-        if read > 0 {
-            continue;
-        }
-        if done {
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(FOLLOW_IDLE) => {}
-            _ = ended.changed() => {}
-            () = tx.closed() => return,
-        }
-    }
 }
 
 #[async_trait]
@@ -512,94 +397,24 @@ impl ContainerRuntime for SupervisedProcessRuntime {
                 id: ContainerId(entry.file_name().to_string_lossy().into_owned()),
                 labels: spec.labels,
                 running,
+                started_at: started
+                    .and_then(|s| s.started_ms)
+                    .map(crate::model::Timestamp::from_millis),
             });
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::process::frames::write_frame;
-
-    async fn follow(path: PathBuf, framed: bool) -> Vec<OutputChunk> {
-        let (_ended_tx, ended) = watch::channel(Some(Ok(ExitStatus::default())));
-        let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL);
-        tokio::spawn(follow_file(path, framed, ended, tx));
-        let mut got = Vec::new();
-        while let Some(c) = rx.recv().await {
-            got.push(c.expect("a chunk"));
+    /// Tells every run's supervisor the new lease.
+    async fn renew_lease(&self, lease: Duration) -> Result<()> {
+        let runs: Vec<Arc<Attached>> = lock(&self.attached).values().cloned().collect();
+        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        for run in runs {
+            if run.ended.borrow().is_none() {
+                self.tell(&run, &format!("lease {ms}")).await;
+            }
         }
-        got
-    }
-
-    /// A supervisor that started a short task and exited with it before
-    /// the runtime looked counts as started (seen once in 1,000 array
-    /// tasks: the run failed "exited before starting the task").
-    #[test]
-    fn a_supervisor_gone_after_starting_its_task_started_it() {
-        use std::os::unix::process::ExitStatusExt;
-        let root = std::env::temp_dir().join(format!("cloudai-start-{}", std::process::id()));
-        let dir = RunDir(root.clone());
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let id = ContainerId("run-test".into());
-        let exited = Some(std::process::ExitStatus::from_raw(0));
-        assert!(start_outcome(&id, &dir, None).is_none(), "nothing said yet");
-        let gone = start_outcome(&id, &dir, exited).expect("decided");
-        assert!(
-            gone.unwrap_err()
-                .to_string()
-                .contains("before starting the task"),
-            "exited with no record"
-        );
-        let started = Started {
-            pid: 1,
-            start_ticks: 0,
-        };
-        write_json(&dir.started(), &started).unwrap();
-        assert!(matches!(start_outcome(&id, &dir, exited), Some(Ok(()))));
-        let error = StartError {
-            invalid: true,
-            message: "cannot run \"nosuch\"".into(),
-        };
-        write_json(&dir.error(), &error).unwrap();
-        assert!(matches!(
-            start_outcome(&id, &dir, exited),
-            Some(Err(Error::InvalidInput(_)))
-        ));
-        let _ = std::fs::remove_dir_all(&root);
-    }
-
-    #[tokio::test]
-    async fn an_ended_runs_file_is_read_framed_or_as_an_earlier_version_wrote_it() {
-        let dir = std::env::temp_dir().join(format!("cloudai-follow-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let framed = dir.join("framed");
-        let mut file = Vec::new();
-        write_frame(&mut file, OutputStream::Stdout, b"out\n").unwrap();
-        write_frame(&mut file, OutputStream::Stderr, b"err\n").unwrap();
-        std::fs::write(&framed, &file).unwrap();
-        let got = follow(framed, true).await;
-        let seen: Vec<_> = got
-            .iter()
-            .map(|c| (c.offset, c.stream, c.data.as_slice()))
-            .collect();
-        assert_eq!(
-            seen,
-            [
-                (0, OutputStream::Stdout, &b"out\n"[..]),
-                (4, OutputStream::Stderr, &b"err\n"[..])
-            ]
-        );
-        let raw = dir.join("raw");
-        std::fs::write(&raw, b"written by the task itself\n").unwrap();
-        let got = follow(raw, false).await;
-        assert_eq!(got.len(), 1);
-        assert_eq!((got[0].offset, got[0].stream), (0, OutputStream::Stdout));
-        assert_eq!(got[0].data, b"written by the task itself\n");
-        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }

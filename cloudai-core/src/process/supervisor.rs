@@ -10,11 +10,16 @@
 //!   run's `output` file as a frame naming its stream (see `frames`).
 //! - Workers attach by connecting to `supervisor.sock` and send one
 //!   command per line: `stop <grace ms>` (SIGTERM to the group, SIGKILL
-//!   after the grace) or `kill`.
-//! - While no worker is attached (from the start, or since the last one
-//!   went away) an orphan timer runs: at the run's orphan timeout the
-//!   supervisor kills the group. So no task outlives the worker that
-//!   should watch it by more than that.
+//!   after the grace), `kill`, or `lease <ms>` (the worker stands for the
+//!   run for that much longer).
+//! - The run holds a lease from its worker, renewed with every heartbeat
+//!   the master answers. Once it runs out (the worker died, or lost its
+//!   master) the supervisor stops the task with its grace: so no task
+//!   runs on once the master may declare its worker lost and place it
+//!   elsewhere (see `crate::fence`).
+//! - At the run's time limit, counted from the task's start, the
+//!   supervisor stops it with its grace, whether or not a worker is
+//!   attached, and notes the timeout.
 //! - When the leader exits, the rest of its group is killed, the output
 //!   read to its end (for at most [`DRAIN_TIMEOUT`]), the exit recorded in
 //!   `exit.json`, and the supervisor exits; attached workers see their
@@ -28,7 +33,7 @@ use std::path::Path;
 use std::process::{Child, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 
@@ -61,11 +66,25 @@ pub fn run(dir: &Path) -> ExitCode {
     }
 }
 
-/// Who is attached, and since when nobody is.
-#[derive(Debug)]
-struct Attachments {
-    count: usize,
-    alone_since: Instant,
+/// Why the supervisor stops the task on its own.
+fn stop_note(
+    spec: &RunSpec,
+    started: Instant,
+    lease_until: Instant,
+    now: Instant,
+) -> Option<String> {
+    if spec
+        .time_limit
+        .is_some_and(|limit| now.duration_since(started) >= limit)
+    {
+        let limit = spec.time_limit.unwrap_or_default();
+        return Some(format!(
+            "timeout: the supervisor stopped the task at its time limit of {limit:?}"
+        ));
+    }
+    (now >= lease_until).then(|| {
+        "no lease renewal from its worker in time; the supervisor stopped the task".to_string()
+    })
 }
 
 fn supervise(dir: &RunDir) -> io::Result<()> {
@@ -79,35 +98,40 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
         Ok(started) => started,
         Err(e) => return write_json(&dir.error(), &e),
     };
+    let started = Instant::now();
     let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
     // Read before the child is reaped, so it is there even if it ended.
     let start_ticks = process_start_ticks(pid).unwrap_or_default();
-    write_json(&dir.started(), &Started { pid, start_ticks })?;
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok());
+    write_json(
+        &dir.started(),
+        &Started {
+            pid,
+            start_ticks,
+            started_ms,
+        },
+    )?;
 
     let ended = Arc::new(AtomicBool::new(false));
-    let attachments = Arc::new(Mutex::new(Attachments {
-        count: 0,
-        alone_since: Instant::now(),
-    }));
+    let lease = Arc::new(Mutex::new(started + spec.orphan_timeout));
     {
-        let (ended, attachments) = (ended.clone(), attachments.clone());
-        std::thread::spawn(move || accept(listener, pid, ended, attachments));
+        let (ended, lease) = (ended.clone(), lease.clone());
+        std::thread::spawn(move || accept(listener, pid, ended, lease));
     }
     let mut note = None;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        let orphaned = {
-            let a = lock(&attachments);
-            a.count == 0 && a.alone_since.elapsed() >= spec.orphan_timeout
-        };
-        if orphaned && note.is_none() {
-            note = Some(format!(
-                "no worker attached for {:?}; the supervisor killed the task",
-                spec.orphan_timeout
-            ));
-            let _ = signal_group(pid, Signal::SIGKILL);
+        if note.is_none() {
+            let lease_until = *lock(&lease);
+            note = stop_note(&spec, started, lease_until, Instant::now());
+            if note.is_some() {
+                stop_group(pid, spec.grace, &ended);
+            }
         }
         std::thread::sleep(TICK);
     };
@@ -222,42 +246,37 @@ fn copy_frames(
 }
 
 /// Takes attachments until the process exits.
-fn accept(
-    listener: UnixListener,
-    pid: i32,
-    ended: Arc<AtomicBool>,
-    attachments: Arc<Mutex<Attachments>>,
-) {
+fn accept(listener: UnixListener, pid: i32, ended: Arc<AtomicBool>, lease: Arc<Mutex<Instant>>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        lock(&attachments).count += 1;
-        let (ended, attachments) = (ended.clone(), attachments.clone());
-        std::thread::spawn(move || {
-            serve(stream, pid, &ended);
-            let mut a = lock(&attachments);
-            a.count -= 1;
-            if a.count == 0 {
-                a.alone_since = Instant::now();
-            }
-        });
+        let (ended, lease) = (ended.clone(), lease.clone());
+        std::thread::spawn(move || serve(stream, pid, &ended, &lease));
     }
 }
 
+/// SIGTERM to the group now, SIGKILL after `grace` unless it ended.
+fn stop_group(pid: i32, grace: Duration, ended: &Arc<AtomicBool>) {
+    let _ = signal_group(pid, Signal::SIGTERM);
+    let ended = ended.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(grace);
+        if !ended.load(Ordering::SeqCst) {
+            let _ = signal_group(pid, Signal::SIGKILL);
+        }
+    });
+}
+
 /// Obeys one attached worker's commands until it goes away.
-fn serve(stream: UnixStream, pid: i32, ended: &Arc<AtomicBool>) {
+fn serve(stream: UnixStream, pid: i32, ended: &Arc<AtomicBool>, lease: &Mutex<Instant>) {
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { return };
         let mut words = line.split_whitespace();
         match (words.next(), words.next().map(str::parse::<u64>)) {
             (Some("stop"), Some(Ok(grace_ms))) => {
-                let _ = signal_group(pid, Signal::SIGTERM);
-                let ended = ended.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(grace_ms));
-                    if !ended.load(Ordering::SeqCst) {
-                        let _ = signal_group(pid, Signal::SIGKILL);
-                    }
-                });
+                stop_group(pid, Duration::from_millis(grace_ms), ended);
+            }
+            (Some("lease"), Some(Ok(ms))) => {
+                *lock(lease) = Instant::now() + Duration::from_millis(ms);
             }
             (Some("kill"), None) => {
                 let _ = signal_group(pid, Signal::SIGKILL);

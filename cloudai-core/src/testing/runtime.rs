@@ -82,6 +82,9 @@ fn sh(case: &str, image: &str, script: &str) -> ContainerSpec {
             (LABEL_TASK.to_string(), format!("{case}-{u}")),
             (LABEL_WORKER.to_string(), "conformance".to_string()),
         ]),
+        time_limit: None,
+        grace: Duration::ZERO,
+        lease: None,
     }
 }
 

@@ -321,6 +321,7 @@ impl Program {
 #[derive(Debug)]
 struct FakeContainer {
     labels: BTreeMap<String, String>,
+    started_at: Timestamp,
     exit: watch::Receiver<Option<ExitStatus>>,
     signal: watch::Sender<Option<i32>>,
     log: Arc<OutputLog>,
@@ -333,16 +334,33 @@ type Handles = (
 );
 
 /// Pretend containers on tokio time (see the module docs for programs).
-#[derive(Debug, Default)]
+/// Like the supervised process runtime, a container outlives its worker
+/// agent only until its lease runs out, and never runs past its time
+/// limit: either way it gets SIGTERM, then SIGKILL after its grace.
+#[derive(Debug)]
 pub struct FakeRuntime {
     containers: Mutex<BTreeMap<ContainerId, FakeContainer>>,
     next: AtomicU64,
+    clock: Clock,
+    /// Until when the worker stands for its runs.
+    lease: watch::Sender<Option<Instant>>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        FakeRuntime::new(Clock::starting_at(Timestamp::ZERO))
+    }
 }
 
 impl FakeRuntime {
-    /// An empty runtime.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty runtime whose containers' starts read on `clock`.
+    pub fn new(clock: Clock) -> Self {
+        FakeRuntime {
+            containers: Mutex::default(),
+            next: AtomicU64::new(0),
+            clock,
+            lease: watch::channel(None).0,
+        }
     }
 
     /// Containers still running (for leak checks).
@@ -404,11 +422,47 @@ impl ContainerRuntime for FakeRuntime {
             format!("{} started\n", spec.name).as_bytes(),
         );
         let out = log.clone();
+        let started = Instant::now();
+        if let Some(lease) = spec.lease {
+            self.lease.send_if_modified(|l| {
+                let later = l.is_none_or(|l| l < started + lease);
+                if later {
+                    *l = Some(started + lease);
+                }
+                later
+            });
+        }
+        let mut lease = self.lease.subscribe();
+        let (limit, grace) = (spec.time_limit, spec.grace);
         tokio::spawn(async move {
-            let deadline = Instant::now() + program.runs_for;
+            let deadline = started + program.runs_for;
+            // When the host stops the run on its own: its time limit, or
+            // its lease running out; then SIGKILL after the grace.
+            let mut forced: Option<Instant> = None;
             let status = loop {
+                let limit_at = limit.map(|l| started + l);
+                let lease_at = *lease.borrow_and_update();
+                let stop_at = match forced {
+                    Some(kill_at) => Some(kill_at),
+                    None => limit_at.into_iter().chain(lease_at).min(),
+                };
+                let stop = async {
+                    match stop_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break ExitStatus { code: Some(program.code), signal: None, oom_killed: false },
+                    () = stop => match forced {
+                        Some(_) => break ExitStatus { code: None, signal: Some(9), oom_killed: false },
+                        None if program.ignores_term => {
+                            out.push(OutputStream::Stderr, b"ignoring SIGTERM\n");
+                            forced = Some(Instant::now() + grace);
+                        }
+                        None => break ExitStatus { code: None, signal: Some(15), oom_killed: false },
+                    },
+                    _ = lease.changed() => {}
                     changed = sig_rx.changed() => {
                         let sig = if changed.is_ok() { *sig_rx.borrow_and_update() } else { Some(9) };
                         match sig {
@@ -430,6 +484,7 @@ impl ContainerRuntime for FakeRuntime {
             id.clone(),
             FakeContainer {
                 labels: spec.labels.clone(),
+                started_at: self.clock.now(),
                 exit: exit_rx,
                 signal: sig_tx,
                 log,
@@ -484,8 +539,14 @@ impl ContainerRuntime for FakeRuntime {
                 id: id.clone(),
                 labels: c.labels.clone(),
                 running: c.exit.borrow().is_none(),
+                started_at: Some(c.started_at),
             })
             .collect())
+    }
+
+    async fn renew_lease(&self, lease: Duration) -> Result<()> {
+        self.lease.send_replace(Some(Instant::now() + lease));
+        Ok(())
     }
 }
 
@@ -565,7 +626,12 @@ impl SimCluster {
         config.seed = self.seed ^ self.workers.len() as u64;
         // One instance per id, as a state directory kept across restarts.
         config.instance = InstanceId::new(format!("sim-{id}")).expect("valid instance");
-        let runtime = self.runtimes.entry(wid.clone()).or_default().clone();
+        let clock = self.clock;
+        let runtime = self
+            .runtimes
+            .entry(wid.clone())
+            .or_insert_with(|| Arc::new(FakeRuntime::new(clock)))
+            .clone();
         let worker = Worker::new(
             config,
             runtime.clone(),
@@ -609,7 +675,7 @@ impl SimCluster {
         let mut config = WorkerConfig::new(wid.clone(), format!("impostor-{id}:1"), capacity);
         config.instance = InstanceId::new(format!("impostor-{id}")).expect("valid instance");
         config.seed = !self.seed;
-        let runtime = Arc::new(FakeRuntime::default());
+        let runtime = Arc::new(FakeRuntime::new(self.clock));
         let worker = Worker::new(config, runtime.clone(), self.net.link(wid), self.clock);
         self.net.attach(worker.clone());
         let (_stop, rx) = watch::channel(false);

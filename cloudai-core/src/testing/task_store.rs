@@ -9,10 +9,12 @@ use super::{pending_task, task_id, worker_id};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::lifecycle::TaskEvent;
 use crate::model::{
-    ArrayId, ArrayMember, StatusCounts, TaskResult, TaskStatus, Timestamp, WorkerId,
+    ArrayId, ArrayMember, AttemptPolicy, EndCause, StatusCounts, TaskResult, TaskStatus, Timestamp,
+    WorkerId,
 };
 use crate::store::{
     Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
+    WorkerGuard,
 };
 use crate::Error;
 
@@ -39,6 +41,7 @@ where
     cas_on_unknown_task_is_not_found(new_store().await).await;
     cas_rejects_a_stale_attempt(new_store().await).await;
     requeue_clears_the_assignment(new_store().await).await;
+    attempts_are_kept_with_the_task(new_store().await).await;
     result_insert_is_insert_if_absent(new_store().await).await;
     race_cancel_against_reports(new_store().await).await;
     race_result_inserts(new_store().await).await;
@@ -60,8 +63,30 @@ fn result(task: &str, worker: &WorkerId, status: TaskStatus, logs: &str) -> Task
         logs_offset: 0,
         signal: None,
         message: None,
+        cause: EndCause::inferred(status, Some(1), None),
         started_at: Some(Timestamp::from_millis(1)),
         finished_at: Timestamp::from_millis(2),
+    }
+}
+
+/// A change from `from` to `to` guarded by `worker`, setting nothing else.
+fn change(
+    from: TaskStatus,
+    worker: WorkerGuard,
+    to: TaskStatus,
+    assignment: Assignment,
+    at: u64,
+) -> StatusChange {
+    StatusChange {
+        allowed_from: vec![from],
+        expected_worker: worker,
+        expected_attempt: None,
+        to,
+        assignment,
+        reason: None,
+        not_before: None,
+        push: None,
+        at: Timestamp::from_millis(at),
     }
 }
 
@@ -447,13 +472,14 @@ pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
     store.insert_task(t.clone()).await.expect("insert");
     let w = worker_id("w-1");
     let change = StatusChange {
-        allowed_from: vec![TaskStatus::Pending],
-        expected_worker: None,
-        expected_attempt: None,
-        to: TaskStatus::Running,
-        assignment: Assignment::Set(w.clone()),
         reason: Some("placed".into()),
-        at: Timestamp::from_millis(50),
+        ..self::change(
+            TaskStatus::Pending,
+            WorkerGuard::Unassigned,
+            TaskStatus::Running,
+            Assignment::Set(w.clone()),
+            50,
+        )
     };
     let CasOutcome::Applied { before } = store.update_status(&t.id, &change).await.expect("cas")
     else {
@@ -466,16 +492,19 @@ pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
     assert_eq!(now.attempt, 1, "an assignment bumps the attempt");
     assert_eq!(now.reason.as_deref(), Some("placed"));
     assert_eq!(now.updated_at, Timestamp::from_millis(50));
+    assert_eq!(
+        now.assigned_at,
+        Some(Timestamp::from_millis(50)),
+        "an assignment stamps its time"
+    );
     assert_eq!(now.finished_at, None);
-    let done = StatusChange {
-        allowed_from: vec![TaskStatus::Running],
-        expected_worker: Some(w.clone()),
-        expected_attempt: None,
-        to: TaskStatus::Completed,
-        assignment: Assignment::Keep,
-        reason: None,
-        at: Timestamp::from_millis(60),
-    };
+    let done = self::change(
+        TaskStatus::Running,
+        WorkerGuard::Is(w.clone()),
+        TaskStatus::Completed,
+        Assignment::Keep,
+        60,
+    );
     assert!(matches!(
         store.update_status(&t.id, &done).await.expect("cas"),
         CasOutcome::Applied { .. }
@@ -499,20 +528,27 @@ pub async fn cas_rejects_a_status_outside_the_guard(store: Arc<dyn TaskStore>) {
     store.insert_task(t.clone()).await.expect("insert");
     let w = worker_id("w-1");
     assign(store.as_ref(), "cancelled", &w).await;
-    let cancel = TaskEvent::Cancel { force: false }.change(Timestamp::from_millis(20));
+    let cancel = change(
+        TaskStatus::Running,
+        WorkerGuard::Any,
+        TaskStatus::Cancelled,
+        Assignment::Keep,
+        20,
+    );
     assert!(matches!(
         store.update_status(&t.id, &cancel).await.expect("cas"),
         CasOutcome::Applied { .. }
     ));
     let stored = store.get_task(&t.id).await.expect("get").expect("exists");
     let report = StatusChange {
-        allowed_from: vec![TaskStatus::Running],
-        expected_worker: Some(w),
-        expected_attempt: None,
-        to: TaskStatus::Failed,
-        assignment: Assignment::Keep,
         reason: Some("late".into()),
-        at: Timestamp::from_millis(30),
+        ..change(
+            TaskStatus::Running,
+            WorkerGuard::Is(w),
+            TaskStatus::Failed,
+            Assignment::Keep,
+            30,
+        )
     };
     match store.update_status(&t.id, &report).await.expect("cas") {
         CasOutcome::Rejected { current } => {
@@ -534,15 +570,13 @@ pub async fn cas_rejects_the_wrong_worker(store: Arc<dyn TaskStore>) {
         .await
         .expect("insert");
     assign(store.as_ref(), "mine", &worker_id("w-a")).await;
-    let change = StatusChange {
-        allowed_from: vec![TaskStatus::Running],
-        expected_worker: Some(worker_id("w-b")),
-        expected_attempt: None,
-        to: TaskStatus::Completed,
-        assignment: Assignment::Keep,
-        reason: None,
-        at: Timestamp::from_millis(9),
-    };
+    let change = change(
+        TaskStatus::Running,
+        WorkerGuard::Is(worker_id("w-b")),
+        TaskStatus::Completed,
+        Assignment::Keep,
+        9,
+    );
     let outcome = store
         .update_status(&task_id("mine"), &change)
         .await
@@ -578,15 +612,13 @@ pub async fn cas_rejects_a_stale_attempt(store: Arc<dyn TaskStore>) {
         matches!(applied, Ok(Applied::Changed { .. })),
         "{applied:?}"
     );
+    confirm_stop(store.as_ref(), "again", &w, 1).await;
     assign(store.as_ref(), "again", &w).await;
-    let stale = TaskEvent::Report {
-        worker: w.clone(),
-        attempt: 1,
-        outcome: crate::lifecycle::Reported::Completed,
-        message: None,
-    };
+    let stale = TaskEvent::report(w.clone(), 1, EndCause::Completed, None)
+        .blind_change(Timestamp::from_millis(3))
+        .expect("a success needs no read");
     let outcome = store
-        .update_status(&task_id("again"), &stale.change(Timestamp::from_millis(3)))
+        .update_status(&task_id("again"), &stale)
         .await
         .expect("cas");
     assert!(
@@ -603,7 +635,13 @@ pub async fn cas_rejects_a_stale_attempt(store: Arc<dyn TaskStore>) {
 
 /// A change to an unknown task is `NotFound`.
 pub async fn cas_on_unknown_task_is_not_found(store: Arc<dyn TaskStore>) {
-    let change = TaskEvent::Cancel { force: false }.change(Timestamp::ZERO);
+    let change = change(
+        TaskStatus::Pending,
+        WorkerGuard::Any,
+        TaskStatus::Cancelled,
+        Assignment::Keep,
+        0,
+    );
     let err = store
         .update_status(&task_id("ghost"), &change)
         .await
@@ -614,17 +652,33 @@ pub async fn cas_on_unknown_task_is_not_found(store: Arc<dyn TaskStore>) {
     );
 }
 
+/// The worker confirms the stop of `task`'s attempt `attempt`: the task,
+/// requeued, is assigned to nobody again.
+async fn confirm_stop(store: &dyn TaskStore, task: &str, worker: &WorkerId, attempt: u32) {
+    let ended = TaskEvent::StopConfirmed {
+        worker: worker.clone(),
+        attempt,
+    };
+    let applied = apply_event(store, &task_id(task), &ended, Timestamp::from_millis(4)).await;
+    assert!(
+        matches!(applied, Ok(Applied::Changed { .. })),
+        "{applied:?}"
+    );
+}
+
+/// A requeue keeps the assignment until the stop it owes is confirmed
+/// (no second run before the first is known to have ended); then
 /// `Assignment::Clear` unassigns, and the task can be placed again.
 pub async fn requeue_clears_the_assignment(store: Arc<dyn TaskStore>) {
     store
         .insert_task(pending_task("rq", 1))
         .await
         .expect("insert");
-    let w = worker_id("w-a");
-    assign(store.as_ref(), "rq", &w).await;
+    let w_a = worker_id("w-a");
+    assign(store.as_ref(), "rq", &w_a).await;
     let requeue = TaskEvent::Requeue {
         attempt: 1,
-        worker: w,
+        worker: w_a.clone(),
         reason: "unreachable".into(),
     };
     let applied = apply_event(
@@ -643,8 +697,91 @@ pub async fn requeue_clears_the_assignment(store: Arc<dyn TaskStore>) {
         .await
         .expect("get")
         .expect("exists");
+    assert_eq!(
+        (t.status, t.worker.as_ref()),
+        (TaskStatus::Pending, Some(&w_a)),
+        "the ending attempt keeps its worker"
+    );
+    let early = apply_event(
+        store.as_ref(),
+        &task_id("rq"),
+        &TaskEvent::Assign {
+            worker: worker_id("w-b"),
+        },
+        Timestamp::from_millis(4),
+    )
+    .await;
+    assert!(
+        matches!(early, Ok(Applied::Refused { .. })),
+        "placed again before the first run ended: {early:?}"
+    );
+    confirm_stop(store.as_ref(), "rq", &w_a, 1).await;
+    let t = store
+        .get_task(&task_id("rq"))
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!((t.status, t.worker), (TaskStatus::Pending, None));
     assign(store.as_ref(), "rq", &worker_id("w-b")).await;
+}
+
+/// A retry's change writes the ended attempt into the history, the
+/// not-before time and the cleared assignment in one write; the policy
+/// and every counter read back as written.
+pub async fn attempts_are_kept_with_the_task(store: Arc<dyn TaskStore>) {
+    let mut t = pending_task("retry", 1);
+    t.spec.policy = AttemptPolicy {
+        retries: 2,
+        crash_limit: 3,
+        time_limit: Some(std::time::Duration::from_millis(2500)),
+        ..AttemptPolicy::default()
+    };
+    store.insert_task(t.clone()).await.expect("insert");
+    assert_eq!(
+        store
+            .get_task(&t.id)
+            .await
+            .expect("get")
+            .map(|r| r.spec.policy),
+        Some(t.spec.policy),
+        "the policy reads back"
+    );
+    let w = worker_id("w-a");
+    assign(store.as_ref(), "retry", &w).await;
+    let mut failed = result("retry", &w, TaskStatus::Failed, "attempt 1 said this");
+    failed.cause = EndCause::Exited;
+    failed.message = Some("exited with code 1".into());
+    let out = record_report(store.as_ref(), failed, Timestamp::from_millis(20))
+        .await
+        .expect("report");
+    assert!(
+        matches!(out.status, Applied::Changed { .. }),
+        "{:?}",
+        out.status
+    );
+    let now = store.get_task(&t.id).await.expect("get").expect("exists");
+    assert_eq!(
+        (now.status, now.worker.as_ref()),
+        (TaskStatus::Pending, None)
+    );
+    assert!(
+        now.not_before
+            .is_some_and(|at| at > Timestamp::from_millis(20)),
+        "a retry waits: {:?}",
+        now.not_before
+    );
+    assert_eq!(now.history.len(), 1);
+    let a = &now.history[0];
+    assert_eq!(
+        (a.attempt, &a.worker, a.cause, a.exit_code, a.logs.as_str()),
+        (1, &w, EndCause::Exited, Some(1), "attempt 1 said this")
+    );
+    assert_eq!(now.counts().failures, 1);
+    let waiting = store
+        .list_tasks(&TaskFilter::status([TaskStatus::Pending]))
+        .await
+        .expect("list");
+    assert_eq!(waiting, vec![now], "lists read the same record");
 }
 
 /// The first result is kept; later ones are dropped with `AlreadyPresent`.

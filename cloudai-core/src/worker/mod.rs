@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -125,6 +125,9 @@ struct Inner {
     run_ended: Notify,
     /// The output of runs that ended, for late followers.
     ended: Mutex<ended_outputs::EndedOutputs>,
+    /// When this worker stops its runs unless its master answers first
+    /// (see `session`).
+    fence: watch::Sender<Option<tokio::time::Instant>>,
 }
 
 /// A worker agent. Cheap to clone; all clones drive the same worker.
@@ -166,12 +169,14 @@ impl Worker {
                     master_id: None,
                     in_session: false,
                     rng,
+                    fence_after: None,
                 }),
                 closing: AtomicBool::new(false),
                 register_now: Notify::new(),
                 registering: tokio::sync::RwLock::new(()),
                 run_ended: Notify::new(),
                 ended: Mutex::new(ended_outputs::EndedOutputs::new(linger, retain)),
+                fence: watch::channel(None).0,
             }),
         }
     }

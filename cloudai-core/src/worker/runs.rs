@@ -27,8 +27,13 @@ pub(super) enum StopKind {
     Cancel,
     /// The master says the run is not (or no longer) this worker's: no report.
     Drop,
-    /// The worker is shutting down: `shutdown` reports it.
+    /// The worker is shutting down: report it failed by the shutdown.
     Shutdown,
+    /// The run went past its time limit: report it timed out.
+    Timeout,
+    /// The worker heard nothing from its master for so long that the
+    /// master may declare it lost: report it ended by the loss.
+    CutOff,
 }
 
 /// One run.
@@ -41,6 +46,21 @@ pub(super) struct Slot {
     pub(super) started_at: Timestamp,
     /// What it wrote, kept from its admission so a follower may come early.
     pub(super) output: Arc<OutputLog>,
+    /// Its SIGTERM→SIGKILL grace for stops the worker decides itself.
+    pub(super) grace: Duration,
+    /// When its time limit runs out, once it started (if it has one).
+    pub(super) deadline: Option<Timestamp>,
+}
+
+/// A run as the table first knows it.
+#[derive(Debug)]
+pub(super) struct NewRun {
+    /// Set if it was found started (adopted after a restart).
+    pub(super) container: Option<ContainerId>,
+    pub(super) output: Arc<OutputLog>,
+    pub(super) grace: Duration,
+    /// Its time-limit deadline, if known already (an adopted run's).
+    pub(super) deadline: Option<Timestamp>,
 }
 
 /// What [`Runs::admit`] decided.
@@ -64,12 +84,12 @@ pub(super) struct Runs {
 }
 
 impl Runs {
-    /// Admits assignment `run`, its output to go to a log made by `output`.
+    /// Admits assignment `run`, made by `new` if it is new.
     pub(super) fn admit(
         &mut self,
         run: &RunningTask,
         now: Timestamp,
-        output: impl FnOnce() -> Arc<OutputLog>,
+        new: impl FnOnce() -> NewRun,
     ) -> Admit {
         if self.slots.contains_key(run) {
             return Admit::Repeat;
@@ -77,25 +97,21 @@ impl Runs {
         if self.tombstones.contains(run) {
             return Admit::Tombstoned;
         }
-        self.insert(run.clone(), None, output(), now);
+        self.insert(run.clone(), new(), now);
         Admit::Start
     }
 
-    /// A run found already running (adopted after a restart).
-    pub(super) fn insert(
-        &mut self,
-        run: RunningTask,
-        container: Option<ContainerId>,
-        output: Arc<OutputLog>,
-        now: Timestamp,
-    ) {
+    /// A run admitted, or found already running (adopted after a restart).
+    pub(super) fn insert(&mut self, run: RunningTask, new: NewRun, now: Timestamp) {
         self.slots.insert(
             run,
             Slot {
-                container,
+                container: new.container,
                 stop: None,
                 started_at: now,
-                output,
+                output: new.output,
+                grace: new.grace,
+                deadline: new.deadline,
             },
         );
     }
@@ -131,20 +147,33 @@ impl Runs {
         }
     }
 
-    /// The runtime started `run`: returns a stop asked for meanwhile.
+    /// The runtime started `run` (at `now`, its time limit `limit`):
+    /// returns a stop asked for meanwhile, and its deadline.
     pub(super) fn started(
         &mut self,
         run: &RunningTask,
         container: ContainerId,
-    ) -> Option<(StopKind, Duration)> {
-        let slot = self.slots.get_mut(run)?;
+        now: Timestamp,
+        limit: Option<Duration>,
+    ) -> (Option<(StopKind, Duration)>, Option<Timestamp>) {
+        let Some(slot) = self.slots.get_mut(run) else {
+            return (None, None);
+        };
         slot.container = Some(container);
-        slot.stop
+        if let Some(l) = limit {
+            slot.deadline = Some(now.saturating_add(l));
+        }
+        (slot.stop, slot.deadline)
     }
 
     /// The run ended; its slot, if it was still here.
     pub(super) fn finish(&mut self, run: &RunningTask) -> Option<Slot> {
         self.slots.remove(run)
+    }
+
+    /// The grace of `run` (zero if it is not here).
+    pub(super) fn grace(&self, run: &RunningTask) -> Duration {
+        self.slots.get(run).map_or(Duration::ZERO, |s| s.grace)
     }
 
     pub(super) fn contains(&self, run: &RunningTask) -> bool {
@@ -182,17 +211,19 @@ impl Runs {
             .collect()
     }
 
-    /// Marks every run as stopping for shutdown (unless a stop was already
-    /// asked for) and returns them with their start times.
-    pub(super) fn stop_all_for_shutdown(
+    /// Marks every run as stopping for `kind` (unless a stop was already
+    /// asked for), with `grace` or, if `None`, each run's own; returns
+    /// the runs started so far, each with its container and grace.
+    pub(super) fn stop_all(
         &mut self,
-        grace: Duration,
-    ) -> Vec<(RunningTask, Timestamp)> {
+        kind: StopKind,
+        grace: Option<Duration>,
+    ) -> Vec<(RunningTask, Option<ContainerId>, Duration)> {
         self.slots
             .iter_mut()
             .map(|(run, slot)| {
-                slot.stop.get_or_insert((StopKind::Shutdown, grace));
-                (run.clone(), slot.started_at)
+                let (_, grace) = *slot.stop.get_or_insert((kind, grace.unwrap_or(slot.grace)));
+                (run.clone(), slot.container.clone(), grace)
             })
             .collect()
     }
@@ -221,30 +252,36 @@ mod tests {
         }
     }
 
+    fn new() -> NewRun {
+        NewRun {
+            container: None,
+            output: OutputLog::new(0),
+            grace: Duration::ZERO,
+            deadline: None,
+        }
+    }
+
     #[test]
     fn a_stop_before_the_assignment_keeps_it_from_starting() {
         let mut r = Runs::default();
         assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
-        assert_eq!(
-            r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)),
-            Admit::Tombstoned
-        );
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, new), Admit::Tombstoned);
     }
 
     #[test]
     fn a_stop_while_starting_is_handed_to_the_supervisor() {
         let mut r = Runs::default();
-        assert_eq!(
-            r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)),
-            Admit::Start
-        );
-        assert_eq!(
-            r.admit(&run("t"), Timestamp::ZERO, || OutputLog::new(0)),
-            Admit::Repeat
-        );
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, new), Admit::Start);
+        assert_eq!(r.admit(&run("t"), Timestamp::ZERO, new), Admit::Repeat);
         assert_eq!(r.stop(&run("t"), StopKind::Cancel, Duration::ZERO), None);
-        let pending = r.started(&run("t"), ContainerId("c".into()));
+        let (pending, deadline) = r.started(
+            &run("t"),
+            ContainerId("c".into()),
+            Timestamp::from_millis(5),
+            Some(Duration::from_secs(2)),
+        );
         assert_eq!(pending, Some((StopKind::Cancel, Duration::ZERO)));
+        assert_eq!(deadline, Some(Timestamp::from_millis(2005)));
     }
 
     #[test]
@@ -254,9 +291,6 @@ mod tests {
             let _ = r.stop(&run(&format!("t{i}")), StopKind::Drop, Duration::ZERO);
         }
         assert_eq!(r.tombstones.len(), TOMBSTONES);
-        assert_eq!(
-            r.admit(&run("t0"), Timestamp::ZERO, || OutputLog::new(0)),
-            Admit::Start
-        );
+        assert_eq!(r.admit(&run("t0"), Timestamp::ZERO, new), Admit::Start);
     }
 }

@@ -5,13 +5,26 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::runs::StopKind;
 use super::{telemetry, Worker};
+use crate::fence;
+use crate::model::ValidationError;
 use crate::sync::lock;
 use crate::transport::{MasterInfo, Registration};
 use crate::{Error, Result};
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What the worker knows of its master, and its retry jitter.
 #[derive(Debug)]
@@ -21,6 +34,9 @@ pub(super) struct Session {
     /// Registered, and the last heartbeat was answered.
     pub(super) in_session: bool,
     pub(super) rng: crate::rng::SplitMix64,
+    /// How long past the sending of its last answered heartbeat the worker
+    /// stops its runs (from its master's timings; see [`crate::fence`]).
+    pub(super) fence_after: Option<Duration>,
 }
 
 impl Worker {
@@ -54,14 +70,29 @@ impl Worker {
     /// when the master asks (a restarted master, or `master_register`).
     /// Ends with [`Error::InUse`] if the master refuses this instance
     /// because another one holds the worker id: this process must not run
-    /// tasks under that id, and its caller should shut it down.
+    /// tasks under that id, and its caller should shut it down; and with
+    /// [`Error::InvalidInput`] if the master's timings leave this worker
+    /// no time to stop its runs before it could be declared lost.
+    ///
+    /// Meanwhile it fences itself: once no heartbeat sent in the last
+    /// [`crate::fence::fence_after`] was answered, it stops every run.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let fence = AbortOnDrop(tokio::spawn({
+            let w = self.clone();
+            async move { w.fence_loop().await }
+        }));
+        let ended = self.session_loop(&mut shutdown).await;
+        drop(fence);
+        ended
+    }
+
+    async fn session_loop(&self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         loop {
             // A worker that is shutting down has told its master it left.
             if self.closing() {
                 return Ok(());
             }
-            let Some(interval) = self.register(&mut shutdown).await? else {
+            let Some(interval) = self.register(shutdown).await? else {
                 return Ok(());
             };
             loop {
@@ -74,9 +105,14 @@ impl Worker {
                 let starting = lock(&self.inner.runs).starting();
                 let telemetry = telemetry::sample(self.running().len(), starting);
                 let me = self.identity();
+                let sent = Instant::now();
                 let call = self.inner.master.heartbeat(&me, &telemetry);
                 let answered = tokio::time::timeout(self.inner.config.rpc_timeout, call).await;
-                self.set_in_session(matches!(&answered, Ok(Ok(r)) if !r.register_again));
+                let in_session = matches!(&answered, Ok(Ok(r)) if !r.register_again);
+                self.set_in_session(in_session);
+                if in_session {
+                    self.answered(sent).await;
+                }
                 match answered {
                     Ok(Ok(reply)) if reply.register_again => break,
                     Ok(Ok(_)) => {}
@@ -111,10 +147,32 @@ impl Worker {
                 capacity: cfg.capacity,
                 running,
             };
+            let sent = Instant::now();
             let call = self.inner.master.register(&registration);
             match tokio::time::timeout(cfg.rpc_timeout, call).await {
                 Ok(Ok(reply)) => {
                     info!(worker = %cfg.id, running = registration.running.len(), stop = reply.stop.len(), "registered with master");
+                    let interval = if reply.heartbeat_interval.is_zero() {
+                        cfg.heartbeat_interval
+                    } else {
+                        reply.heartbeat_interval
+                    };
+                    let fence_after = match reply.lost_after {
+                        d if d.is_zero() => None,
+                        lost_after => {
+                            match fence::fence_after(lost_after, interval, cfg.max_grace) {
+                                Ok(f) => Some(f),
+                                Err(e) => {
+                                    self.set_in_session(false);
+                                    error!(worker = %cfg.id, error = %e, "this worker cannot keep the master's timings");
+                                    return Err(Error::InvalidInput(ValidationError::Invalid {
+                                        field: "worker timings",
+                                        reason: e.to_string(),
+                                    }));
+                                }
+                            }
+                        }
+                    };
                     for run in reply.stop {
                         let w = self.clone();
                         tokio::spawn(async move {
@@ -125,13 +183,10 @@ impl Worker {
                         let mut session = lock(&self.inner.session);
                         session.master_id = Some(reply.master_id.clone());
                         session.in_session = true;
+                        session.fence_after = fence_after;
                     }
-                    let interval = reply.heartbeat_interval;
-                    return Ok(Some(if interval.is_zero() {
-                        cfg.heartbeat_interval
-                    } else {
-                        interval
-                    }));
+                    self.answered(sent).await;
+                    return Ok(Some(interval));
                 }
                 Ok(Err(e @ Error::InUse(_))) => {
                     self.set_in_session(false);
@@ -150,6 +205,95 @@ impl Worker {
                 _ = self.inner.register_now.notified() => {}
                 _ = shutdown.changed() => return Ok(None),
             }
+        }
+    }
+}
+
+impl Worker {
+    /// The master answered a call sent at `sent`: the fence moves to
+    /// `sent` + the fence time, and the runs' lease with it.
+    async fn answered(&self, sent: Instant) {
+        let Some(after) = lock(&self.inner.session).fence_after else {
+            return;
+        };
+        let deadline = sent + after;
+        self.inner.fence.send_if_modified(|d| {
+            let later = d.is_none_or(|d| d < deadline);
+            if later {
+                *d = Some(deadline);
+            }
+            later
+        });
+        if let Some(lease) = self.lease() {
+            if let Err(e) = self.inner.runtime.renew_lease(lease).await {
+                warn!(error = %e, "could not renew the runs' lease");
+            }
+        }
+    }
+
+    /// Whether the fence passed: this worker may be declared lost any
+    /// moment, so it starts nothing and its runs are being stopped.
+    pub(super) fn fenced(&self) -> bool {
+        self.inner
+            .fence
+            .borrow()
+            .is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// What is left until the fence, for the runs' lease (`None` before
+    /// the master named its timings).
+    pub(super) fn lease(&self) -> Option<Duration> {
+        let deadline = (*self.inner.fence.borrow())?;
+        Some(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Stops every run at the fence, unless a heartbeat moved it first.
+    async fn fence_loop(&self) {
+        let mut deadline = self.inner.fence.subscribe();
+        loop {
+            let at = *deadline.borrow_and_update();
+            let fired = match at {
+                None => false,
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at) => true,
+                    changed = deadline.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if fired {
+                self.cut_off();
+            }
+            if deadline.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops every run with its grace: no heartbeat was answered for so
+    /// long that the master may soon declare this worker lost and run
+    /// its tasks elsewhere. Each is reported as ended by the loss once
+    /// the master is heard again.
+    fn cut_off(&self) {
+        let runs = lock(&self.inner.runs).stop_all(StopKind::CutOff, None);
+        if runs.is_empty() {
+            return;
+        }
+        warn!(
+            runs = runs.len(),
+            "no answer from the master for too long; stopping every run before it may declare this worker lost"
+        );
+        for (run, container, grace) in runs {
+            let Some(c) = container else { continue };
+            let rt = self.inner.runtime.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rt.stop(&c, grace).await {
+                    warn!(task = %run.task, error = %e, "could not stop a run at the fence");
+                }
+            });
         }
     }
 }

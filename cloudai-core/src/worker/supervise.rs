@@ -1,18 +1,22 @@
 //! Running tasks: accepting assignments, starting them on the runtime,
-//! following each to its end, stopping them, and adopting the runs a
-//! previous agent left behind.
+//! following each to its end (stopping it at its time limit), stopping
+//! them, and adopting the runs a previous agent left behind.
 
 use std::time::Duration;
 
 use tracing::{info, info_span, warn, Instrument};
 
-use super::runs::{Admit, StopKind};
-use super::Worker;
+use super::runs::{Admit, NewRun, StopKind};
+use super::{Worker, SHUTDOWN_MESSAGE};
 use crate::model::{
-    ExitStatus, Resources, RunningTask, TaskId, TaskResult, TaskSpec, TaskStatus, Timestamp,
+    EndCause, ExitStatus, Resources, RunningTask, TaskId, TaskResult, TaskSpec, TaskStatus,
+    Timestamp, ATTEMPT_ENV, TASK_ID_ENV,
 };
 use crate::output::{OutputLog, Tail};
-use crate::runtime::{ContainerId, ContainerSpec, LABEL_ATTEMPT, LABEL_TASK, LABEL_WORKER};
+use crate::runtime::{
+    ContainerId, ContainerInfo, ContainerSpec, LABEL_ATTEMPT, LABEL_GRACE, LABEL_TASK,
+    LABEL_TIME_LIMIT, LABEL_WORKER,
+};
 use crate::sync::lock;
 use crate::{Error, Result};
 
@@ -20,13 +24,66 @@ use crate::{Error, Result};
 /// collect its logs and remove it.
 const RUN_END_WAIT: Duration = Duration::from_secs(5);
 
+/// How a run ended, as the worker reports it.
+struct End {
+    status: TaskStatus,
+    cause: EndCause,
+    message: Option<String>,
+}
+
+impl End {
+    fn failed(cause: EndCause, message: String) -> Option<End> {
+        Some(End {
+            status: TaskStatus::Failed,
+            cause,
+            message: Some(message),
+        })
+    }
+
+    /// What a stop the worker asked for makes of a run's end (`None`: no
+    /// report, the master already knows).
+    fn of_stop(kind: StopKind, spec_limit: Option<Duration>) -> Option<End> {
+        match kind {
+            StopKind::Drop => None,
+            StopKind::Cancel => Some(End {
+                status: TaskStatus::Cancelled,
+                cause: EndCause::Cancelled,
+                message: Some("stopped on cancel".into()),
+            }),
+            StopKind::Shutdown => End::failed(EndCause::WorkerShutdown, SHUTDOWN_MESSAGE.into()),
+            StopKind::Timeout => End::failed(
+                EndCause::TimedOut,
+                match spec_limit {
+                    Some(l) => format!(
+                        "timeout: ran past its time limit of {}",
+                        humantime::format_duration(l)
+                    ),
+                    None => "timeout: ran past its time limit".into(),
+                },
+            ),
+            StopKind::CutOff => End::failed(
+                EndCause::CutOff,
+                "stopped by its worker, cut off from the master for so long that the master may declare it lost".into(),
+            ),
+        }
+    }
+}
+
 impl Worker {
     /// Accepts assignment `run` and starts it. Repeats are no-ops; a run
-    /// stopped before its assignment arrived is not started.
+    /// stopped before its assignment arrived is not started. A worker cut
+    /// off from its master past its fence refuses it, as one shutting
+    /// down does.
     pub async fn assign(&self, run: RunningTask, spec: TaskSpec) -> Result<()> {
         if self.closing() {
             return Err(Error::Unavailable(format!(
                 "worker {} is shutting down",
+                self.id()
+            )));
+        }
+        if self.fenced() {
+            return Err(Error::Unavailable(format!(
+                "worker {} has heard nothing from its master for too long to start a task",
                 self.id()
             )));
         }
@@ -35,8 +92,15 @@ impl Worker {
         // were when it left, and the master would fail this one as vanished.
         let _not_registering = self.inner.registering.read().await;
         let retain = self.inner.config.log_retain;
+        let grace = spec.cancel_grace.min(self.inner.config.max_grace);
         let mut runs = lock(&self.inner.runs);
-        match runs.admit(&run, self.inner.clock.now(), || OutputLog::new(retain)) {
+        let new = || NewRun {
+            container: None,
+            output: OutputLog::new(retain),
+            grace,
+            deadline: None,
+        };
+        match runs.admit(&run, self.inner.clock.now(), new) {
             Admit::Repeat => return Ok(()),
             Admit::Tombstoned => {
                 info!(task = %run.task, attempt = run.attempt, "assignment arrived after its stop; not starting it");
@@ -53,9 +117,11 @@ impl Worker {
 
     /// Stops run `run`: SIGTERM, then SIGKILL after `grace` (capped at the
     /// configured maximum). Returns once it is stopped and its supervisor
-    /// has collected its end (at most 5 s past the stop),
-    /// so the run is no longer listed. A run this worker does not have is
-    /// remembered, so its assignment will not start it.
+    /// has collected its end (at most 5 s past the stop), so the run is no
+    /// longer listed: then the master may run the task elsewhere. A run
+    /// still here then is [`Error::Timeout`] (the master asks again). A
+    /// run this worker does not have is remembered, so its assignment
+    /// will not start it.
     pub async fn cancel(&self, run: &RunningTask, grace: Duration) -> Result<()> {
         self.stop_run(
             run,
@@ -72,8 +138,12 @@ impl Worker {
                 ended.await;
             }
         };
-        let _ = tokio::time::timeout(RUN_END_WAIT, gone).await;
-        Ok(())
+        tokio::time::timeout(RUN_END_WAIT, gone).await.map_err(|_| {
+            Error::Timeout(format!(
+                "run {} (attempt {}) is still stopping",
+                run.task, run.attempt
+            ))
+        })
     }
 
     /// Adopts the containers a previous run of this worker left behind (found
@@ -89,27 +159,17 @@ impl Worker {
             .await?;
         let mut adopted = 0;
         for c in found {
-            let run = c
-                .labels
-                .get(LABEL_TASK)
-                .zip(c.labels.get(LABEL_ATTEMPT))
-                .and_then(|(t, a)| {
-                    Some(RunningTask {
-                        task: TaskId::new(t.as_str()).ok()?,
-                        attempt: a.parse().ok()?,
-                    })
-                });
-            match run {
-                Some(run) if c.running => {
+            match adoptable(&c) {
+                Some((run, deadline, grace)) if c.running => {
                     info!(task = %run.task, attempt = run.attempt, container = %c.id, "adopted a running container");
                     let mut runs = lock(&self.inner.runs);
-                    let output = OutputLog::new(self.inner.config.log_retain);
-                    runs.insert(
-                        run.clone(),
-                        Some(c.id.clone()),
-                        output,
-                        self.inner.clock.now(),
-                    );
+                    let new = NewRun {
+                        container: Some(c.id.clone()),
+                        output: OutputLog::new(self.inner.config.log_retain),
+                        grace: grace.unwrap_or(self.inner.config.max_grace),
+                        deadline,
+                    };
+                    runs.insert(run.clone(), new, self.inner.clock.now());
                     let w = self.clone();
                     runs.supervise(async move { w.watch(run, c.id, None).await });
                     adopted += 1;
@@ -141,18 +201,31 @@ impl Worker {
 
     async fn supervise(&self, run: RunningTask, spec: TaskSpec) {
         let cfg = &self.inner.config;
+        let limit = spec.policy.time_limit;
+        let grace = spec.cancel_grace.min(cfg.max_grace);
+        let mut env = spec.env.clone();
+        env.insert(TASK_ID_ENV.into(), run.task.to_string());
+        env.insert(ATTEMPT_ENV.into(), run.attempt.to_string());
+        let mut labels: std::collections::BTreeMap<String, String> = [
+            (LABEL_TASK.to_string(), run.task.to_string()),
+            (LABEL_ATTEMPT.to_string(), run.attempt.to_string()),
+            (LABEL_WORKER.to_string(), cfg.id.to_string()),
+            (LABEL_GRACE.to_string(), grace.as_millis().to_string()),
+        ]
+        .into();
+        if let Some(l) = limit {
+            labels.insert(LABEL_TIME_LIMIT.into(), l.as_millis().to_string());
+        }
         let cspec = ContainerSpec {
             name: format!("cloudai-{}-{}-{}", cfg.id, run.task, run.attempt),
             image: spec.image.clone(),
             command: spec.command.clone(),
-            env: spec.env.clone(),
+            env,
             limits: spec.resources,
-            labels: [
-                (LABEL_TASK.to_string(), run.task.to_string()),
-                (LABEL_ATTEMPT.to_string(), run.attempt.to_string()),
-                (LABEL_WORKER.to_string(), cfg.id.to_string()),
-            ]
-            .into(),
+            labels,
+            time_limit: limit,
+            grace,
+            lease: self.lease(),
         };
         let container = match self.inner.runtime.start(&cspec).await {
             Ok(c) => c,
@@ -165,36 +238,67 @@ impl Worker {
                 }
                 let slot = lock(&self.inner.runs).finish(&run);
                 self.inner.run_ended.notify_waiters();
-                if slot.as_ref().and_then(|s| s.stop).is_none() {
-                    let result = self.result(
-                        &run,
-                        TaskStatus::Failed,
-                        None,
-                        Tail::default(),
-                        Some(format!("could not start: {e}")),
-                        slot.map(|s| s.started_at),
-                    );
+                let started_at = slot.as_ref().map(|s| s.started_at);
+                let end = match slot.and_then(|s| s.stop) {
+                    None => End::failed(EndCause::StartFailed, format!("could not start: {e}")),
+                    // It never ran: only ends the master must hear of.
+                    Some((kind @ (StopKind::Shutdown | StopKind::CutOff), _)) => {
+                        End::of_stop(kind, limit)
+                    }
+                    Some(_) => None,
+                };
+                if let Some(end) = end {
+                    let result = self.result(&run, end, None, Tail::default(), started_at);
                     self.deliver(run, result).await;
                 }
                 return;
             }
         };
-        self.watch(run, container, Some(spec.resources)).await;
+        self.watch(run, container, Some((spec.resources, limit)))
+            .await;
     }
 
-    /// Follows a started container to its end and reports it. `limits` is
-    /// known for runs this agent started, not for adopted ones.
-    async fn watch(&self, run: RunningTask, container: ContainerId, limits: Option<Resources>) {
-        let (pending_stop, output) = {
+    /// Follows a started container to its end, stopping it at its time
+    /// limit, and reports it. `known` (its limits and time limit) is known
+    /// for runs this agent started, not for adopted ones (their deadline
+    /// comes from their labels).
+    async fn watch(
+        &self,
+        run: RunningTask,
+        container: ContainerId,
+        known: Option<(Resources, Option<Duration>)>,
+    ) {
+        let limit = known.and_then(|(_, l)| l);
+        let ((pending_stop, deadline), output) = {
             let mut runs = lock(&self.inner.runs);
-            (runs.started(&run, container.clone()), runs.output(&run))
+            let now = self.inner.clock.now();
+            (
+                runs.started(&run, container.clone(), now, limit),
+                runs.output(&run),
+            )
         };
         let output = output.unwrap_or_else(|| OutputLog::new(self.inner.config.log_retain));
         let pump = self.pump_output(&run, &container, &output).await;
         if let Some((_, grace)) = pending_stop {
             let _ = self.inner.runtime.stop(&container, grace).await;
         }
-        let exit = self.inner.runtime.wait(&container).await;
+        let exit = {
+            let wait = self.inner.runtime.wait(&container);
+            tokio::pin!(wait);
+            match deadline {
+                None => wait.await,
+                Some(at) => {
+                    tokio::select! {
+                        exit = &mut wait => exit,
+                        () = tokio::time::sleep_until(self.inner.clock.instant_at(at)) => {
+                            self.time_out(&run, &container).await;
+                            wait.await
+                        }
+                    }
+                }
+            }
+        };
+        let ended_at = self.inner.clock.now();
         self.end_output(pump, &output).await;
         let tail = output.tail(self.inner.config.result_log_limit);
         if let Err(e) = self.inner.runtime.remove(&container).await {
@@ -208,58 +312,109 @@ impl Worker {
             slot.as_ref().and_then(|s| s.stop),
             slot.map(|s| s.started_at),
         );
-        let (status, message) = match (stop, &exit) {
-            (Some((StopKind::Shutdown | StopKind::Drop, _)), _) => return,
-            (Some((StopKind::Cancel, _)), _) => {
-                (TaskStatus::Cancelled, Some("stopped on cancel".to_string()))
-            }
-            (None, Ok(e)) if e.success() => (TaskStatus::Completed, None),
-            (None, Ok(e)) => (TaskStatus::Failed, Some(describe_exit(e, limits))),
-            (None, Err(e)) => (
-                TaskStatus::Failed,
-                Some(format!("lost track of the container: {e}")),
+        // A run found ended past its deadline ran out of time, whoever
+        // stopped it (its supervisor, while this worker was away).
+        let timed_out = deadline.is_some_and(|at| ended_at >= at);
+        let stop = match stop {
+            None if timed_out => Some((StopKind::Timeout, Duration::ZERO)),
+            other => other,
+        };
+        let end = match (stop, &exit) {
+            (Some((kind, _)), _) => End::of_stop(kind, limit),
+            (None, Ok(e)) => Some(end_of_exit(e, known.map(|(r, _)| r))),
+            (None, Err(e)) => End::failed(
+                EndCause::WorkerRestarted,
+                format!("lost track of the container: {e}"),
             ),
         };
-        let exit = exit.ok();
-        let result = self.result(&run, status, exit, tail, message, started_at);
-        info!(task = %run.task, attempt = run.attempt, %status, code = ?result.exit_code, signal = ?result.signal, "task ended");
+        let Some(end) = end else { return };
+        let result = self.result(&run, end, exit.ok(), tail, started_at);
+        info!(task = %run.task, attempt = run.attempt, status = %result.status, cause = %result.cause, code = ?result.exit_code, signal = ?result.signal, "task ended");
         self.deliver(run, result).await;
     }
 
-    pub(super) fn result(
+    /// The run's time limit ran out: it is stopped with its grace and will
+    /// be reported as timed out (a timeout beats an exit during the grace,
+    /// as a cancel does).
+    async fn time_out(&self, run: &RunningTask, container: &ContainerId) {
+        let grace = {
+            let mut runs = lock(&self.inner.runs);
+            let grace = runs.grace(run);
+            runs.stop(run, StopKind::Timeout, grace);
+            grace
+        };
+        info!(task = %run.task, attempt = run.attempt, ?grace, "time limit reached; stopping the task");
+        if let Err(e) = self.inner.runtime.stop(container, grace).await {
+            warn!(task = %run.task, error = %e, "could not stop a task past its time limit");
+        }
+    }
+
+    fn result(
         &self,
         run: &RunningTask,
-        status: TaskStatus,
+        end: End,
         exit: Option<ExitStatus>,
         logs: Tail,
-        message: Option<String>,
         started_at: Option<Timestamp>,
     ) -> TaskResult {
         TaskResult {
             task_id: run.task.clone(),
             worker_id: self.inner.config.id.clone(),
             attempt: run.attempt,
-            status,
+            status: end.status,
+            cause: end.cause,
             exit_code: exit.and_then(|e| e.code),
             signal: exit.and_then(|e| e.signal),
             logs: logs.text,
             logs_offset: logs.offset,
-            message,
+            message: end.message,
             started_at,
             finished_at: self.inner.clock.now(),
         }
     }
 }
 
-fn describe_exit(e: &ExitStatus, limits: Option<Resources>) -> String {
-    if e.oom_killed {
-        match limits {
+/// The run an adopted container is, with its deadline (its start and
+/// time limit) and grace.
+fn adoptable(c: &ContainerInfo) -> Option<(RunningTask, Option<Timestamp>, Option<Duration>)> {
+    let run = RunningTask {
+        task: TaskId::new(c.labels.get(LABEL_TASK)?.as_str()).ok()?,
+        attempt: c.labels.get(LABEL_ATTEMPT)?.parse().ok()?,
+    };
+    let ms = |key| c.labels.get(key).and_then(|v| v.parse::<u64>().ok());
+    let deadline = c
+        .started_at
+        .zip(ms(LABEL_TIME_LIMIT))
+        .map(|(at, limit)| at.saturating_add(Duration::from_millis(limit)));
+    Some((run, deadline, ms(LABEL_GRACE).map(Duration::from_millis)))
+}
+
+/// How a run that exited on its own ended.
+fn end_of_exit(e: &ExitStatus, limits: Option<Resources>) -> End {
+    if e.success() {
+        return End {
+            status: TaskStatus::Completed,
+            cause: EndCause::Completed,
+            message: None,
+        };
+    }
+    let (cause, message) = if e.oom_killed {
+        let message = match limits {
             Some(l) => format!("killed: exceeded its memory limit of {} GB", l.memory_gb()),
             None => "killed: exceeded its memory limit".to_string(),
-        }
+        };
+        (EndCause::OutOfMemory, message)
     } else if let Some(sig) = e.signal {
-        format!("killed by signal {sig}")
+        (EndCause::Signalled, format!("killed by signal {sig}"))
     } else {
-        format!("exited with code {}", e.code.unwrap_or(-1))
+        (
+            EndCause::Exited,
+            format!("exited with code {}", e.code.unwrap_or(-1)),
+        )
+    };
+    End {
+        status: TaskStatus::Failed,
+        cause,
+        message: Some(message),
     }
 }

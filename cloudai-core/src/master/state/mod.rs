@@ -10,22 +10,23 @@
 
 mod placement;
 mod queue;
+mod runs;
+mod workers;
 
 use queue::Queue;
+pub(in crate::master) use runs::BackstopSlack;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::owed_stops::{Delivery, OwedStops, Wait};
-use super::views::WorkerView;
 use crate::backoff::ReconnectSchedule;
 use crate::ledger::Ledger;
-use crate::liveness::{Health, Liveness, LivenessEvent};
-use crate::metrics::Snapshot;
+use crate::liveness::{Liveness, LivenessEvent};
 use crate::model::{
-    Drain, Heartbeat, InstanceId, Resources, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp,
-    WorkerId, WorkerIdentity, WorkerRecord,
+    Drain, Heartbeat, InstanceId, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp, WorkerId,
 };
+
 use crate::placement::Scheduler;
 use crate::rng::SplitMix64;
 
@@ -90,6 +91,7 @@ pub(in crate::master) struct State {
     epoch: u64,
     scheduler: Box<dyn Scheduler>,
     rng: SplitMix64,
+    runs: runs::Runs,
 }
 
 impl State {
@@ -112,261 +114,8 @@ impl State {
             epoch: 0,
             scheduler: config.policy.build(),
             rng: SplitMix64::new(config.seed),
+            runs: runs::Runs::default(),
         }
-    }
-
-    // ---- workers --------------------------------------------------------
-
-    /// A worker from the registry at start: it gets the benefit of the
-    /// doubt (a heartbeat now) and, if it has an address, is asked to
-    /// register again.
-    pub(in crate::master) fn load_worker(&mut self, w: WorkerRecord, now: Timestamp) {
-        self.ledger.set_capacity(w.id.clone(), w.capacity);
-        let _ = self.liveness.heartbeat(&w.id, now);
-        if w.address.is_some() {
-            self.reconnect.add(w.id.clone(), now);
-        }
-        if let Some(at) = w.drain.and_then(|d| d.deadline) {
-            self.drain_deadlines.insert((at, w.id.clone()));
-        }
-        self.workers.insert(
-            w.id,
-            WorkerInfo {
-                address: w.address,
-                instance: w.instance,
-                drain: w.drain,
-                telemetry: w.telemetry,
-                ..WorkerInfo::default()
-            },
-        );
-    }
-
-    /// A worker registered: it is active, placeable, and takes the stops
-    /// owed to it in the reply. Returns whether it was revived, and those
-    /// stops.
-    pub(in crate::master) fn register(
-        &mut self,
-        who: &WorkerIdentity,
-        address: &str,
-        capacity: Resources,
-        now: Timestamp,
-    ) -> (bool, Vec<RunningTask>) {
-        let id = &who.id;
-        self.ledger.set_capacity(id.clone(), capacity);
-        let revived = self.liveness.heartbeat(id, now);
-        self.reconnect.remove(id);
-        let info = self.workers.entry(id.clone()).or_default();
-        info.address = Some(address.to_string());
-        info.instance = Some(who.instance.clone());
-        info.left = false;
-        info.session = true;
-        info.unreachable = false;
-        self.queue.wake_joined(id);
-        self.queue_pass = true;
-        (revived, self.stops.take_for_registration(id))
-    }
-
-    /// A worker named by an operator before it registers: the master will
-    /// ask it to register, with backoff.
-    pub(in crate::master) fn pre_register(&mut self, w: &WorkerRecord, now: Timestamp) {
-        if self.ledger.capacity(&w.id).is_none() {
-            self.ledger.set_capacity(w.id.clone(), w.capacity);
-        }
-        self.liveness.track(w.id.clone());
-        self.reconnect.add(w.id.clone(), now);
-        let info = self.workers.entry(w.id.clone()).or_default();
-        info.address = w.address.clone();
-        info.instance = w.instance.clone();
-    }
-
-    /// Takes a heartbeat. `None` if the worker must register again (unknown
-    /// here, no session since the master started, or the session is
-    /// another instance's); else whether it was revived. Its parked stops
-    /// become due, and a revived worker may take queued tasks.
-    pub(in crate::master) fn heartbeat(
-        &mut self,
-        who: &WorkerIdentity,
-        telemetry: Telemetry,
-        now: Timestamp,
-    ) -> Option<bool> {
-        let worker = &who.id;
-        let info = self
-            .workers
-            .get_mut(worker)
-            .filter(|i| i.session && i.instance.as_ref() == Some(&who.instance))?;
-        let was_unreachable = std::mem::replace(&mut info.unreachable, false);
-        info.telemetry = Some(telemetry.clone());
-        // Inactive by the clock though not yet expired by the driver: a
-        // pass may have seen it so, and blocked a class on it.
-        let was_inactive = self.liveness.health(worker, now) != Some(Health::Active);
-        let revived = self.liveness.heartbeat(worker, now);
-        if revived || was_unreachable || was_inactive {
-            self.queue.wake_joined(worker);
-            self.queue_pass = true;
-        }
-        if revived {
-            self.reconnect.remove(worker);
-        }
-        self.beats.insert(
-            worker.clone(),
-            Heartbeat {
-                worker: worker.clone(),
-                at: now,
-                telemetry,
-            },
-        );
-        self.stops.retry(worker);
-        Some(revived)
-    }
-
-    /// The worker said it is leaving: no more placements there, and it is
-    /// inactive from now on. Returns whether it was active.
-    pub(in crate::master) fn leave(&mut self, worker: &WorkerId, now: Timestamp) -> bool {
-        self.end_session(worker);
-        if let Some(info) = self.workers.get_mut(worker) {
-            info.left = true;
-        }
-        self.liveness.leave(worker, now)
-    }
-
-    /// The worker's session ended (it was declared lost, or it left).
-    pub(in crate::master) fn end_session(&mut self, worker: &WorkerId) {
-        if let Some(info) = self.workers.get_mut(worker) {
-            info.session = false;
-        }
-    }
-
-    /// A delivery to the worker failed: place nothing there until it is
-    /// heard from.
-    pub(in crate::master) fn mark_unreachable(&mut self, worker: &WorkerId) {
-        if let Some(info) = self.workers.get_mut(worker) {
-            info.unreachable = true;
-        }
-    }
-
-    /// Whether the worker said it was leaving (and has not registered
-    /// since).
-    pub(in crate::master) fn left(&self, worker: &WorkerId) -> bool {
-        self.workers.get(worker).is_some_and(|w| w.left)
-    }
-
-    /// The largest registered worker (of `pin` alone, if given), whatever
-    /// its health, when none could ever hold `request`; `None` when one
-    /// could, or none is registered (one only named by an operator has no
-    /// capacity yet). Stops at the first that could, and copies nothing on
-    /// the way: every submit asks, and a cluster may have 10,000 workers.
-    pub(in crate::master) fn never_fits(
-        &self,
-        request: &Resources,
-        pin: Option<&WorkerId>,
-    ) -> Option<(WorkerId, Resources)> {
-        let known = |(_, c): &(&WorkerId, Resources)| !c.is_zero();
-        let (largest, capacity) = match pin {
-            Some(p) => {
-                let pinned = self.ledger.capacity(p).map(|c| (p, c));
-                crate::placement::never_fits(request, pinned.into_iter().filter(known))?
-            }
-            None => crate::placement::never_fits(request, self.ledger.capacities().filter(known))?,
-        };
-        Some((largest.clone(), capacity))
-    }
-
-    /// Whether `worker` said in its last heartbeat that it is still
-    /// starting `task`.
-    pub(in crate::master) fn is_starting(&self, worker: &WorkerId, task: &TaskId) -> bool {
-        self.workers
-            .get(worker)
-            .and_then(|w| w.telemetry.as_ref())
-            .is_some_and(|t| t.starting.contains(task))
-    }
-
-    pub(in crate::master) fn knows(&self, worker: &WorkerId) -> bool {
-        self.workers.contains_key(worker)
-    }
-
-    pub(in crate::master) fn address(&self, worker: &WorkerId) -> Option<String> {
-        self.workers.get(worker)?.address.clone()
-    }
-
-    pub(in crate::master) fn instance(&self, worker: &WorkerId) -> Option<InstanceId> {
-        self.workers.get(worker)?.instance.clone()
-    }
-
-    /// Whether the worker is registered with this master and active now.
-    pub(in crate::master) fn in_session(&self, worker: &WorkerId, now: Timestamp) -> bool {
-        self.workers.get(worker).is_some_and(|w| w.session)
-            && self.liveness.health(worker, now) == Some(Health::Active)
-    }
-
-    /// Sets or clears a worker's drain (the registry has it already).
-    /// Returns false if the worker is unknown. Undraining lets queued
-    /// tasks be placed there again.
-    pub(in crate::master) fn set_drain(&mut self, worker: &WorkerId, drain: Option<Drain>) -> bool {
-        let Some(info) = self.workers.get_mut(worker) else {
-            return false;
-        };
-        if let Some(at) = info.drain.and_then(|d| d.deadline) {
-            self.drain_deadlines.remove(&(at, worker.clone()));
-        }
-        if let Some(at) = drain.and_then(|d| d.deadline) {
-            self.drain_deadlines.insert((at, worker.clone()));
-        }
-        info.drain = drain;
-        if drain.is_none() {
-            self.queue.wake_joined(worker);
-            self.queue_pass = true;
-        }
-        true
-    }
-
-    /// Whether a worker may receive new tasks now.
-    fn placeable(&self, worker: &WorkerId, now: Timestamp) -> bool {
-        self.in_session(worker, now)
-            && self
-                .workers
-                .get(worker)
-                .is_some_and(|w| !w.unreachable && w.drain.is_none())
-    }
-
-    pub(in crate::master) fn worker_views(&self, now: Timestamp) -> Vec<WorkerView> {
-        self.workers
-            .iter()
-            .map(|(id, info)| WorkerView {
-                id: id.clone(),
-                address: info.address.clone(),
-                health: self.liveness.health(id, now).unwrap_or(Health::Inactive),
-                registered: info.session,
-                capacity: self.ledger.capacity(id).unwrap_or_default(),
-                allocated: self.ledger.allocated(id).unwrap_or_default(),
-                available: self.ledger.available(id).unwrap_or_default(),
-                tasks: self.ledger.tasks_on(id).cloned().collect(),
-                last_heartbeat: self.liveness.last_heartbeat(id),
-                telemetry: info.telemetry.clone(),
-                drain: info.drain,
-            })
-            .collect()
-    }
-
-    /// What a metrics scrape reads: the queue, workers by health, and
-    /// resources summed over the workers not lost.
-    pub(in crate::master) fn snapshot(&self, now: Timestamp) -> Snapshot {
-        let mut snap = Snapshot {
-            queued: self.queue.len(),
-            ..Snapshot::default()
-        };
-        for id in self.workers.keys() {
-            let health = self.liveness.health(id, now).unwrap_or(Health::Inactive);
-            snap.workers.push(health);
-            if health == Health::Lost {
-                continue;
-            }
-            let add = |sum: &mut Resources, r: Option<Resources>| {
-                *sum = sum.checked_add(&r.unwrap_or_default()).unwrap_or(*sum);
-            };
-            add(&mut snap.allocated, self.ledger.allocated(id));
-            add(&mut snap.capacity, self.ledger.capacity(id));
-        }
-        snap
     }
 
     // ---- deadlines: liveness, reconnection, heartbeat batches ----------
@@ -376,6 +125,7 @@ impl State {
             self.liveness.next_deadline(),
             self.reconnect.next_deadline(),
             self.drain_deadlines.first().map(|(at, _)| *at),
+            self.next_run_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -477,6 +227,12 @@ impl State {
         outcome: Delivery,
     ) -> Option<Timestamp> {
         self.stops.settle(worker, run, outcome)
+    }
+
+    /// `worker` ended `run` another way (it reported its end, came back
+    /// without it, or was lost): its stop is moot.
+    pub(in crate::master) fn forget_stop(&mut self, worker: &WorkerId, run: &RunningTask) {
+        self.stops.forget(worker, run);
     }
 
     pub(in crate::master) fn wait_for_stop(

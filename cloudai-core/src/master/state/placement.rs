@@ -5,9 +5,9 @@
 use tracing::warn;
 
 use super::queue::{Blocked, Class};
-use super::State;
-use crate::ledger::{LedgerError, Reconciliation};
-use crate::model::{Resources, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId};
+use super::{BackstopSlack, State};
+use crate::ledger::Reconciliation;
+use crate::model::{Resources, TaskId, TaskRecord, Timestamp, WorkerId};
 use crate::placement::{no_room, place, sample, walk_from, Candidate, NoCapacity, Placement};
 
 /// Why a class waits: only busy workers can be ended by a freed slot;
@@ -21,26 +21,10 @@ fn blocked(reason: &NoCapacity, pin: Option<&WorkerId>) -> Blocked {
 }
 
 impl State {
-    /// Keeps the queue a mirror of the store's pending tasks across a
-    /// change from `from` to `task.status`.
-    pub(in crate::master) fn track_queue(&mut self, task: &TaskRecord, from: TaskStatus) {
-        if from == TaskStatus::Pending {
-            self.queue.remove(&task.id);
-        }
-        if task.status == TaskStatus::Pending {
-            self.enqueue(task, None);
-            self.queue_pass = true;
-        }
-    }
-
     /// Queues a pending task, with a note on why it (re)joined the queue.
     pub(in crate::master) fn enqueue(&mut self, task: &TaskRecord, note: Option<String>) {
-        let class = Class {
-            resources: task.spec.resources,
-            pin: task.spec.pin.clone(),
-        };
         self.queue
-            .insert(task.id.clone(), task.created_at, class, note);
+            .insert(task.id.clone(), task.created_at, Class::of(task), note);
     }
 
     /// Why a pending task still waits, if known.
@@ -129,62 +113,43 @@ impl State {
         }
     }
 
-    /// The ledger holds `task`'s resources on `worker` from now on: the
-    /// reservation its placement made is confirmed, or one is made (an
-    /// assignment whose write was uncertain). Either way the reservation
-    /// now stands for a stored assignment, so a concurrent reconcile must
-    /// retry.
-    pub(in crate::master) fn hold(
-        &mut self,
-        task: &TaskId,
-        worker: &WorkerId,
-        resources: Resources,
-    ) -> Result<(), LedgerError> {
-        self.placing.remove(task);
-        self.epoch += 1;
-        match self.ledger.reservation(task) {
-            Some((w, _)) if w == worker => Ok(()),
-            _ => self.ledger.reserve(worker, task, resources),
-        }
-    }
-
-    /// A placement whose assignment was not stored gives its reservation
-    /// back.
-    pub(in crate::master) fn unreserve(&mut self, task: &TaskId) {
-        if self.placing.remove(task) {
-            self.release(task);
-        }
-    }
-
-    /// Frees the task's resources; `Some` if it held any.
-    pub(in crate::master) fn release(&mut self, task: &TaskId) -> Option<(WorkerId, Resources)> {
-        let released = self.ledger.release(task);
-        if let Some((worker, _)) = &released {
-            self.epoch += 1;
-            self.queue.wake(worker);
-            self.queue_pass = true;
-        }
-        released
-    }
-
     pub(in crate::master) fn epoch(&self) -> u64 {
         self.epoch
     }
 
     /// Rebuilds allocations from the store's running tasks, read when the
-    /// epoch was `epoch`; `None` if the ledger changed since (retry).
+    /// epoch was `epoch`, and the runs whose stop is still owed; `None` if
+    /// the ledger changed since (retry).
     pub(in crate::master) fn reconcile(
         &mut self,
         epoch: u64,
         running: Vec<TaskRecord>,
+        slack: BackstopSlack,
     ) -> Option<Reconciliation> {
         if self.epoch != epoch {
             return None;
         }
-        let mut truth: Vec<(TaskId, WorkerId, Resources)> = running
-            .into_iter()
-            .filter_map(|t| Some((t.id, t.worker?, t.spec.resources)))
-            .collect();
+        let mut truth: Vec<(TaskId, WorkerId, Resources)> = Vec::new();
+        let mut held: Vec<(TaskId, u32)> = Vec::new();
+        for t in running {
+            // A master restarted on its store keeps enforcing time limits.
+            self.ensure_backstop(&t, slack);
+            if let Some(w) = t.worker {
+                held.push((t.id.clone(), t.attempt));
+                truth.push((t.id, w, t.spec.resources));
+            }
+        }
+        // A run whose stop is owed may still run: it holds its resources
+        // until the stop lands (a cancel, a requeue, a drain).
+        for (worker, run) in self.stops.owed() {
+            if let (true, Some((_, req))) = (
+                self.holds(&worker, &run),
+                self.ledger.reservation(&run.task),
+            ) {
+                held.push((run.task.clone(), run.attempt));
+                truth.push((run.task, worker, req));
+            }
+        }
         // Reservations whose `Assign` is not stored yet are real too.
         for id in &self.placing {
             if let Some((w, req)) = self.ledger.reservation(id) {
@@ -192,6 +157,7 @@ impl State {
             }
         }
         let report = self.ledger.reconcile(truth);
+        self.set_held(held);
         self.epoch += 1;
         if !report.corrections.is_empty() {
             self.queue.wake_all();

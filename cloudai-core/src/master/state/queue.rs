@@ -26,6 +26,16 @@ pub(in crate::master) struct Class {
     pub(in crate::master) pin: Option<WorkerId>,
 }
 
+impl Class {
+    /// The class of `task`.
+    pub(in crate::master) fn of(task: &crate::model::TaskRecord) -> Class {
+        Class {
+            resources: task.spec.resources,
+            pin: task.spec.pin.clone(),
+        }
+    }
+}
+
 /// A task's place in the queue: oldest first, ties by id.
 type Key = (Timestamp, TaskId);
 

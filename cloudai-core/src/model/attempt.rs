@@ -1,0 +1,496 @@
+//! A task's attempts: what it asks of them ([`AttemptPolicy`]), how each
+//! one ended ([`EndCause`]), and the record kept of each ([`Attempt`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{TaskResult, TaskStatus, Timestamp, ValidationError, WorkerId};
+
+/// The most attempts any task gets, whatever its policy.
+pub const MAX_ATTEMPTS: u32 = 20;
+/// Bytes of each attempt's output kept in the task's history.
+pub const ATTEMPT_LOG_BYTES: usize = 64 * 1024;
+/// Environment variable holding the task's id in every attempt.
+pub const TASK_ID_ENV: &str = "CLOUDAI_TASK_ID";
+/// Environment variable holding the attempt's number in every attempt.
+pub const ATTEMPT_ENV: &str = "CLOUDAI_ATTEMPT";
+
+/// Longest time limit a task may ask for (a year).
+const MAX_TIME_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What a task asks of its attempts. The defaults follow the peers: a lost
+/// worker's task runs again (Slurm `JobRequeue=1`, Nomad, Kubernetes),
+/// up to 5 losses (HyperQueue's `--crash-limit`); a task that fails on its
+/// own is not retried unless it asks; no time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptPolicy {
+    /// Further attempts after a task-caused failure (non-zero exit, signal,
+    /// OOM kill, a start failure).
+    #[serde(default)]
+    pub retries: u32,
+    /// Delay before the first retry; it doubles with every retry, up to
+    /// [`AttemptPolicy::MAX_RETRY_DELAY`], with jitter.
+    #[serde(with = "super::task::duration_ms", default = "default_retry_delay")]
+    pub retry_delay: Duration,
+    /// Worker losses after which the task fails (0: no limit).
+    #[serde(default = "default_crash_limit")]
+    pub crash_limit: u32,
+    /// Whether a lost worker's task goes back to the queue (else it fails
+    /// at the first loss).
+    #[serde(default)]
+    pub requeue: bool,
+    /// Longest one attempt may run, from its start.
+    #[serde(default, with = "optional_ms", skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<Duration>,
+    /// Whether a timeout counts as a task-caused failure that may be
+    /// retried (else it is final).
+    #[serde(default)]
+    pub retry_on_timeout: bool,
+}
+
+fn default_retry_delay() -> Duration {
+    AttemptPolicy::DEFAULT_RETRY_DELAY
+}
+
+fn default_crash_limit() -> u32 {
+    AttemptPolicy::DEFAULT_CRASH_LIMIT
+}
+
+impl Default for AttemptPolicy {
+    fn default() -> Self {
+        AttemptPolicy {
+            retries: 0,
+            retry_delay: Self::DEFAULT_RETRY_DELAY,
+            crash_limit: Self::DEFAULT_CRASH_LIMIT,
+            requeue: true,
+            time_limit: None,
+            retry_on_timeout: false,
+        }
+    }
+}
+
+impl AttemptPolicy {
+    /// Default delay before the first retry (10 s).
+    pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(10);
+    /// Longest delay between two attempts (5 min).
+    pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+    /// Default number of worker losses a task survives.
+    pub const DEFAULT_CRASH_LIMIT: u32 = 5;
+
+    /// The policy of a task stored before tasks had one: no retries, and a
+    /// lost worker's task fails, as it always did.
+    pub fn legacy() -> Self {
+        AttemptPolicy {
+            requeue: false,
+            ..AttemptPolicy::default()
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.retries >= MAX_ATTEMPTS {
+            return Err(ValidationError::too_large(
+                "retries",
+                self.retries,
+                MAX_ATTEMPTS - 1,
+            ));
+        }
+        if self.retry_delay > Self::MAX_RETRY_DELAY {
+            return Err(ValidationError::too_large(
+                "retry delay",
+                format!("{:?}", self.retry_delay),
+                format!("{:?}", Self::MAX_RETRY_DELAY),
+            ));
+        }
+        match self.time_limit {
+            Some(l) if l.is_zero() => Err(ValidationError::Invalid {
+                field: "time limit",
+                reason: "must be longer than zero".into(),
+            }),
+            Some(l) if l > MAX_TIME_LIMIT => Err(ValidationError::too_large(
+                "time limit",
+                format!("{l:?}"),
+                format!("{MAX_TIME_LIMIT:?}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why an attempt ended. The retry decision
+/// ([`crate::attempts::next`]) is one `match` over these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// Exited with code 0.
+    Completed,
+    /// Exited with a non-zero code.
+    Exited,
+    /// Ended by a signal it did not get from us.
+    Signalled,
+    /// Killed for exceeding its memory limit.
+    OutOfMemory,
+    /// Could not start (a bad command, an image that could not be had).
+    StartFailed,
+    /// Ran past its time limit and was stopped.
+    TimedOut,
+    /// Stopped at a user's request.
+    Cancelled,
+    /// Its worker was declared lost.
+    WorkerLost,
+    /// Its worker came back without it (it restarted, or its runtime lost
+    /// the run).
+    WorkerRestarted,
+    /// Its worker stopped it on its own, cut off from the master for so
+    /// long that the master would declare it lost.
+    CutOff,
+    /// Its worker's drain deadline passed.
+    Drained,
+    /// Its worker shut down under it.
+    WorkerShutdown,
+    /// Its worker refused the assignment for good (an invalid spec, say).
+    Refused,
+}
+
+/// What kind of end a cause is, for the retry budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndKind {
+    /// The task succeeded.
+    Success,
+    /// The task failed on its own: counts against `retries`.
+    Task,
+    /// The task ran out of time.
+    Timeout,
+    /// A user stopped it: never retried.
+    User,
+    /// Its worker was lost: counts against the crash limit.
+    Loss,
+    /// An operator ended it (a drain, a shutdown): requeued without cost.
+    Operator,
+    /// It can never run as asked.
+    Refusal,
+}
+
+impl EndCause {
+    /// Every cause.
+    pub const ALL: [EndCause; 13] = [
+        EndCause::Completed,
+        EndCause::Exited,
+        EndCause::Signalled,
+        EndCause::OutOfMemory,
+        EndCause::StartFailed,
+        EndCause::TimedOut,
+        EndCause::Cancelled,
+        EndCause::WorkerLost,
+        EndCause::WorkerRestarted,
+        EndCause::CutOff,
+        EndCause::Drained,
+        EndCause::WorkerShutdown,
+        EndCause::Refused,
+    ];
+
+    /// Its kind.
+    pub fn kind(self) -> EndKind {
+        match self {
+            EndCause::Completed => EndKind::Success,
+            EndCause::Exited
+            | EndCause::Signalled
+            | EndCause::OutOfMemory
+            | EndCause::StartFailed => EndKind::Task,
+            EndCause::TimedOut => EndKind::Timeout,
+            EndCause::Cancelled => EndKind::User,
+            EndCause::WorkerLost | EndCause::WorkerRestarted | EndCause::CutOff => EndKind::Loss,
+            EndCause::Drained | EndCause::WorkerShutdown => EndKind::Operator,
+            EndCause::Refused => EndKind::Refusal,
+        }
+    }
+
+    /// The snake-case name used on the wire, in stores and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndCause::Completed => "completed",
+            EndCause::Exited => "exited",
+            EndCause::Signalled => "signalled",
+            EndCause::OutOfMemory => "out_of_memory",
+            EndCause::StartFailed => "start_failed",
+            EndCause::TimedOut => "timed_out",
+            EndCause::Cancelled => "cancelled",
+            EndCause::WorkerLost => "worker_lost",
+            EndCause::WorkerRestarted => "worker_restarted",
+            EndCause::CutOff => "cut_off",
+            EndCause::Drained => "drained",
+            EndCause::WorkerShutdown => "worker_shutdown",
+            EndCause::Refused => "refused",
+        }
+    }
+
+    /// The cause a report from a worker that predates causes stands for.
+    pub fn inferred(status: TaskStatus, exit_code: Option<i32>, signal: Option<i32>) -> EndCause {
+        match (status, exit_code, signal) {
+            (TaskStatus::Completed, ..) => EndCause::Completed,
+            (TaskStatus::Cancelled, ..) => EndCause::Cancelled,
+            (_, _, Some(_)) => EndCause::Signalled,
+            (_, Some(_), None) => EndCause::Exited,
+            _ => EndCause::StartFailed,
+        }
+    }
+}
+
+impl fmt::Display for EndCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EndCause {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EndCause::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| ValidationError::Invalid {
+                field: "end cause",
+                reason: format!("{s:?} is not an end cause"),
+            })
+    }
+}
+
+/// One attempt of a task that a worker accepted, as kept in the task's
+/// history once it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Its number (the task's `attempt` while it ran).
+    pub attempt: u32,
+    /// The worker it ran on.
+    pub worker: WorkerId,
+    /// Why it ended.
+    pub cause: EndCause,
+    /// When the worker started it, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When its end was recorded.
+    pub ended_at: Timestamp,
+    /// Its exit code, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// What the worker or the master said of its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The end of its output, at most [`ATTEMPT_LOG_BYTES`] (empty for
+    /// the final attempt, whose output is in the task's result).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub logs: String,
+    /// Offset of the first byte of `logs` in the attempt's output.
+    #[serde(default)]
+    pub logs_offset: u64,
+}
+
+impl Attempt {
+    /// An attempt that ended without a report from its worker (it was
+    /// lost, drained, cancelled, timed out by the master).
+    pub fn ended(
+        attempt: u32,
+        worker: WorkerId,
+        cause: EndCause,
+        at: Timestamp,
+        message: Option<String>,
+    ) -> Self {
+        Attempt {
+            attempt,
+            worker,
+            cause,
+            started_at: None,
+            ended_at: at,
+            exit_code: None,
+            signal: None,
+            message,
+            logs: String::new(),
+            logs_offset: 0,
+        }
+    }
+
+    /// The attempt a worker's report describes, its output cut to the
+    /// last [`ATTEMPT_LOG_BYTES`].
+    pub fn reported(result: &TaskResult) -> Self {
+        let (logs, logs_offset) = tail(&result.logs, result.logs_offset, ATTEMPT_LOG_BYTES);
+        Attempt {
+            attempt: result.attempt,
+            worker: result.worker_id.clone(),
+            cause: result.cause,
+            started_at: result.started_at,
+            ended_at: result.finished_at,
+            exit_code: result.exit_code,
+            signal: result.signal,
+            message: result.message.clone(),
+            logs,
+            logs_offset,
+        }
+    }
+
+    /// This attempt without its output (the final one: the result has it).
+    pub fn without_logs(mut self) -> Self {
+        self.logs = String::new();
+        self.logs_offset = 0;
+        self
+    }
+}
+
+/// The last `max` bytes of `text` (whose first byte is at `offset`), cut
+/// at a character boundary, with the new offset.
+fn tail(text: &str, offset: u64, max: usize) -> (String, u64) {
+    if text.len() <= max {
+        return (text.to_string(), offset);
+    }
+    let mut cut = text.len() - max;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    (text[cut..].to_string(), offset + cut as u64)
+}
+
+/// How many attempts of each kind a history holds: what the budgets count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptCounts {
+    /// Attempts a worker ran, in all.
+    pub total: u32,
+    /// Task-caused failures, timeouts included.
+    pub failures: u32,
+    /// Worker losses.
+    pub losses: u32,
+}
+
+impl AttemptCounts {
+    /// Counts a history.
+    pub fn of(history: &[Attempt]) -> Self {
+        let mut c = AttemptCounts::default();
+        for a in history {
+            c.add(a.cause);
+        }
+        c
+    }
+
+    /// Counts one more attempt that ended so.
+    pub fn add(&mut self, cause: EndCause) {
+        self.total += 1;
+        match cause.kind() {
+            EndKind::Task | EndKind::Timeout => self.failures += 1,
+            EndKind::Loss => self.losses += 1,
+            EndKind::Success | EndKind::User | EndKind::Operator | EndKind::Refusal => {}
+        }
+    }
+}
+
+mod optional_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_without_a_policy_keeps_the_old_behaviour() {
+        let p: AttemptPolicy = serde_json::from_str("{}").unwrap();
+        assert_eq!(
+            p,
+            AttemptPolicy {
+                requeue: false,
+                ..AttemptPolicy::default()
+            }
+        );
+        assert_eq!(p, AttemptPolicy::legacy());
+    }
+
+    #[test]
+    fn policies_round_trip() {
+        let p = AttemptPolicy {
+            retries: 3,
+            time_limit: Some(Duration::from_millis(2500)),
+            ..AttemptPolicy::default()
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<AttemptPolicy>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn out_of_range_policies_are_refused() {
+        let bad = [
+            AttemptPolicy {
+                retries: MAX_ATTEMPTS,
+                ..AttemptPolicy::default()
+            },
+            AttemptPolicy {
+                retry_delay: Duration::from_secs(301),
+                ..AttemptPolicy::default()
+            },
+            AttemptPolicy {
+                time_limit: Some(Duration::ZERO),
+                ..AttemptPolicy::default()
+            },
+        ];
+        for p in bad {
+            assert!(p.validate().is_err(), "{p:?}");
+        }
+        assert_eq!(AttemptPolicy::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn cause_names_round_trip() {
+        for c in EndCause::ALL {
+            assert_eq!(c.as_str().parse::<EndCause>(), Ok(c));
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+    }
+
+    #[test]
+    fn the_tail_of_a_long_output_is_kept_at_a_character_boundary() {
+        let text = format!("{}é{}", "a".repeat(10), "b".repeat(5));
+        let (kept, offset) = tail(&text, 100, 6);
+        assert_eq!(kept, "bbbbb");
+        assert_eq!(offset, 100 + 12);
+        assert_eq!(tail("short", 0, 6), ("short".to_string(), 0));
+    }
+
+    #[test]
+    fn counts_follow_the_kinds() {
+        let w = WorkerId::new("w").unwrap();
+        let h: Vec<Attempt> = [
+            EndCause::Exited,
+            EndCause::WorkerLost,
+            EndCause::Drained,
+            EndCause::TimedOut,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Attempt::ended(i as u32 + 1, w.clone(), c, Timestamp::ZERO, None))
+        .collect();
+        assert_eq!(
+            AttemptCounts::of(&h),
+            AttemptCounts {
+                total: 4,
+                failures: 2,
+                losses: 1
+            }
+        );
+    }
+}
