@@ -7,6 +7,14 @@
 //! grace (a cancel's grace period). Every step is idempotent: stopping or removing a
 //! container that is gone succeeds. The API version is negotiated with the
 //! daemon, so daemons as old as Docker 20.10 (API 1.41) work.
+//!
+//! Containers run under the daemon's init by default (`docker run --init`:
+//! docker-init, a tini, as PID 1, bind-mounted by the daemon, so it works in
+//! a `FROM scratch` image). Without it the task's command is PID 1, and the
+//! kernel drops a signal PID 1 has no handler for: SIGTERM would do nothing,
+//! and every stop would wait out its grace and end by SIGKILL. Turn it off
+//! with [`DockerRuntime::with_init`]; [`DockerRuntime::check_init`] tells
+//! whether the daemon has an init.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,7 +22,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig, SystemInfo,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
     StopContainerOptions, WaitContainerOptions,
@@ -44,6 +54,8 @@ pub struct DockerRuntime {
     log_limit: usize,
     /// How long pulling a missing image may take.
     pull_timeout: Duration,
+    /// Whether containers run under the daemon's init.
+    init: bool,
     /// The output of the containers it started, until removed.
     outputs: Arc<Mutex<HashMap<ContainerId, Arc<OutputLog>>>>,
 }
@@ -77,6 +89,22 @@ fn status_of(e: &DockerError) -> Option<u16> {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
     }
+}
+
+/// Why the daemon cannot run containers under an init, if it cannot (see
+/// [`DockerRuntime::check_init`]).
+fn missing_init(info: &SystemInfo) -> Option<String> {
+    let binary = info.init_binary.as_deref().unwrap_or_default().trim();
+    if binary.is_empty() {
+        return Some("the Docker daemon names no init binary".into());
+    }
+    let commit = info.init_commit.as_ref().and_then(|c| c.id.as_deref());
+    if commit.map(str::trim) == Some("N/A") {
+        return Some(format!(
+            "the Docker daemon has no working init: it could not run its init binary {binary:?}"
+        ));
+    }
+    None
 }
 
 /// Docker container names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -113,6 +141,7 @@ impl DockerRuntime {
             worker: worker.into(),
             log_limit: DEFAULT_LOG_LIMIT,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            init: true,
             outputs: Arc::default(),
         })
     }
@@ -129,6 +158,60 @@ impl DockerRuntime {
     pub fn with_pull_timeout(mut self, timeout: Duration) -> Self {
         self.pull_timeout = timeout;
         self
+    }
+
+    /// Runs each container under the daemon's init when `on` (the
+    /// default), as `docker run --init` does: the init is PID 1 and passes
+    /// SIGTERM on to the task's command, so a stop ends the command at once
+    /// instead of waiting out the grace and killing it. A command killed by
+    /// SIGTERM then exits with 143 (128 + 15), as the init reports it. A
+    /// command that does not exist makes the init exit with 127 instead of
+    /// failing the start. Off, the command is PID 1 itself and gets the
+    /// signals only if it handles them. Call [`check_init`](Self::check_init)
+    /// once to learn whether the daemon has an init.
+    pub fn with_init(mut self, on: bool) -> Self {
+        self.init = on;
+        self
+    }
+
+    /// Whether containers run under the daemon's init (see
+    /// [`with_init`](Self::with_init)).
+    pub fn init(&self) -> bool {
+        self.init
+    }
+
+    /// With init on, asks the daemon (`docker info`) whether it has an init
+    /// binary, and fails with a message telling the operator what to do when
+    /// it has none. With init off, succeeds without asking.
+    ///
+    /// The daemon names its init binary (`InitBinary`) and runs it with
+    /// `--version` for `InitCommit`: a daemon that could not run it reports
+    /// the commit as `N/A` (Docker 20.10 to 22.x), which fails the check. An
+    /// empty commit passes: Debian's docker-init reports no commit while it
+    /// works, and newer daemons leave it empty, found or not. There a
+    /// missing init shows at the first start, which fails naming
+    /// `--no-init`.
+    pub async fn check_init(&self) -> Result<()> {
+        if !self.init {
+            return Ok(());
+        }
+        let info = tokio::time::timeout(Duration::from_secs(5), self.docker.info())
+            .await
+            .map_err(|_| Error::Unavailable("Docker daemon did not answer within 5 s".into()))?
+            .map_err(backend)?;
+        match missing_init(&info) {
+            None => Ok(()),
+            Some(why) => Err(Error::Backend {
+                backend: "docker",
+                source: format!(
+                    "{why}: containers cannot run under an init (docker run --init); \
+                     install docker-init (tini) for the daemon, or run the worker with \
+                     --no-init (tasks then ignore SIGTERM unless they handle it, and a \
+                     cancel waits out its grace)"
+                )
+                .into(),
+            }),
+        }
     }
 
     fn outputs(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, Arc<OutputLog>>> {
@@ -175,6 +258,7 @@ impl DockerRuntime {
             memory: (limits.memory_mb > 0).then(|| mb(limits.memory_mb)),
             memory_swap: (limits.memory_mb > 0).then(|| mb(limits.memory_mb)),
             device_requests: gpus,
+            init: Some(self.init),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -247,11 +331,19 @@ impl ContainerRuntime for DockerRuntime {
         self.outputs().insert(ContainerId(id.clone()), log);
         if let Err(e) = self.docker.start_container(&id, None).await {
             let _ = self.remove(&ContainerId(id.clone())).await;
+            let hint = if self.init && e.to_string().contains("init") {
+                " (if the daemon has no init binary: install docker-init (tini), or run the worker with --no-init)"
+            } else {
+                ""
+            };
             return Err(match status_of(&e) {
                 Some(400) | Some(404) | Some(500) => {
                     Error::InvalidInput(ValidationError::Invalid {
                         field: "command",
-                        reason: format!("container did not start on worker {}: {e}", self.worker),
+                        reason: format!(
+                            "container did not start on worker {}: {e}{hint}",
+                            self.worker
+                        ),
                     })
                 }
                 _ => backend(e),
@@ -382,5 +474,48 @@ impl ContainerRuntime for DockerRuntime {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{Commit, SystemInfo};
+
+    use super::missing_init;
+
+    fn info(binary: Option<&str>, commit: Option<&str>) -> SystemInfo {
+        SystemInfo {
+            init_binary: binary.map(String::from),
+            init_commit: Some(Commit {
+                id: commit.map(String::from),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_init_binary_with_a_commit_or_none_is_there() {
+        assert_eq!(
+            missing_init(&info(Some("docker-init"), Some("de40ad0"))),
+            None
+        );
+        // Debian's docker-init (tini 0.19.0) prints no commit; newer daemons
+        // leave it empty whatever happened.
+        assert_eq!(missing_init(&info(Some("docker-init"), Some(""))), None);
+        assert_eq!(missing_init(&info(Some("docker-init"), None)), None);
+    }
+
+    #[test]
+    fn no_init_binary_or_one_that_did_not_run_is_missing() {
+        for (binary, commit) in [
+            (None, Some("de40ad0")),
+            (Some(""), Some("")),
+            (Some("docker-init"), Some("N/A")),
+        ] {
+            let why = missing_init(&info(binary, commit));
+            assert!(why.is_some(), "{binary:?} {commit:?}");
+        }
+        let why = missing_init(&info(Some("docker-init"), Some("N/A"))).unwrap();
+        assert!(why.contains("\"docker-init\""), "{why}");
     }
 }

@@ -99,6 +99,186 @@ fn docker_cancel_stops_and_removes_the_container() {
     );
 }
 
+/// Cancels `sh -c 'sleep 300'` with a `grace`-second grace on worker `w`;
+/// returns the task's view once its run's end is recorded, and the time
+/// from the cancel to then.
+fn cancel_sleep(c: &Cluster, w: &str, grace: &str) -> (serde_json::Value, Duration) {
+    let t = c.submit(&[
+        "--on",
+        w,
+        "--cpu",
+        "0.5",
+        "--mem",
+        "0.1",
+        "--grace",
+        grace,
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
+        "sleep 300",
+    ]);
+    until(EVENTUALLY, "container running", || {
+        (running(w).len() == 1).then_some(())
+    });
+    let begin = Instant::now();
+    let out = c.cli(&["cancel", &t]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = until(Duration::from_secs(40), "the run's end recorded", || {
+        let v = c.show(&t);
+        v["result"]["exit_code"].is_number().then_some(v)
+    });
+    let took = begin.elapsed();
+    until(Duration::from_secs(5), "container removed", || {
+        containers(w).is_empty().then_some(())
+    });
+    (v, took)
+}
+
+/// Under the daemon's init (the default) a cancel's SIGTERM reaches the
+/// command: `sh -c 'sleep 300'` ends at once, far inside a 20 s grace, by
+/// SIGTERM (the init exits 143 = 128 + 15), not by SIGKILL (137).
+#[test]
+fn docker_cancel_reaches_the_command_through_the_init_well_before_the_grace() {
+    let (c, w, _, _sweep) = docker_cluster("dinit");
+    let (v, took) = cancel_sleep(&c, &w, "20");
+    assert_eq!(v["task"]["status"], "cancelled", "{v}");
+    assert_eq!(v["result"]["status"], "cancelled", "{v}");
+    assert_eq!(v["result"]["exit_code"], 143, "ended by SIGTERM: {v}");
+    assert_eq!(v["result"]["signal"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["result"]["message"], "stopped on cancel", "{v}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the cancel must not wait out the 20 s grace; took {took:?}"
+    );
+}
+
+/// With `--no-init` the command is PID 1 and the kernel drops the SIGTERM it
+/// does not handle: the cancel waits out the grace and ends by SIGKILL.
+#[test]
+fn docker_no_init_cancel_waits_out_the_grace_and_kills() {
+    let (mut c, _, _, _sweep) = docker_cluster("dnoinit");
+    c.worker_args = vec!["--no-init".into()];
+    let w = c.id("noinit");
+    let idx = c.spawn_worker(&w, 1.0);
+    c.wait_active(&[&w]);
+    let _sweep_noinit = Sweep(w.clone());
+    let log = log_lines(&c.workers[idx].log).join("\n");
+    assert!(log.contains("without an init (--no-init)"), "{log}");
+    let (v, took) = cancel_sleep(&c, &w, "2");
+    assert_eq!(v["result"]["status"], "cancelled", "{v}");
+    assert_eq!(v["result"]["exit_code"], 137, "ended by SIGKILL: {v}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "SIGTERM did nothing, so the whole grace passed; took {took:?}"
+    );
+}
+
+/// A stand-in Docker daemon on a Unix socket that answers `/_ping`,
+/// `/version` and `/info` as Docker 20.10 does when it cannot run its init
+/// binary (`InitCommit` `N/A`); everything else is a 404.
+fn daemon_without_init(socket: &std::path::Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind the socket");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut conn = conn;
+                loop {
+                    let mut request = String::new();
+                    if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    let path = request.split_whitespace().nth(1).unwrap_or_default();
+                    let path = path.split('?').next().unwrap_or_default();
+                    let (status, body) = if path.ends_with("/_ping") {
+                        ("200 OK", "OK")
+                    } else if path.ends_with("/version") {
+                        ("200 OK", r#"{"ApiVersion":"1.41","Version":"20.10.24"}"#)
+                    } else if path.ends_with("/info") {
+                        (
+                            "200 OK",
+                            r#"{"InitBinary":"docker-init","InitCommit":{"ID":"N/A","Expected":"N/A"}}"#,
+                        )
+                    } else {
+                        ("404 Not Found", r#"{"message":"not here"}"#)
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// On a daemon that has no init the worker does not start (with `--runtime
+/// docker` or `auto`): it exits 2 saying so and naming `--no-init`; with
+/// `--no-init` it passes the check.
+#[test]
+fn worker_refuses_a_daemon_without_init_unless_no_init() {
+    let dir = std::env::temp_dir().join(format!("cloudai-noinit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let socket = dir.join("docker.sock");
+    daemon_without_init(&socket);
+    let worker = |runtime: &str, extra: &[&str]| {
+        let mut cmd = Command::new(WORKER_BIN);
+        cmd.args([
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            runtime,
+        ])
+        .args(["--id", "noinit", "--state-dir"])
+        .arg(dir.join(format!("state-{runtime}")))
+        .args(extra)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()));
+        cmd
+    };
+    for runtime in ["docker", "auto"] {
+        let out = run_bounded(&mut worker(runtime, &[]), Duration::from_secs(20)).expect("run");
+        assert_eq!(out.code, 2, "--runtime {runtime}: {out:?}");
+        assert!(
+            out.stderr.contains("has no working init")
+                && out.stderr.contains("--no-init")
+                && out.stderr.contains("docker-init"),
+            "--runtime {runtime}: the error says what to do: {}",
+            out.stderr
+        );
+    }
+    // With --no-init there is no check: the worker starts (and is killed).
+    let mut cmd = worker("docker", &["--no-init", "--master", "127.0.0.1:1"]);
+    clean_env(&mut cmd);
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let log = Log::default();
+    drain(child.stderr.take().expect("piped"), log.clone(), |_| {});
+    let started = until(EVENTUALLY, "worker starting", || {
+        let lines = log_lines(&log).join("\n");
+        lines.contains("worker starting").then_some(lines)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started.contains("without an init (--no-init)"), "{started}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn docker_sigterm_fails_running_tasks_and_removes_their_containers() {
     let (mut c, w, idx, _sweep) = docker_cluster("dsigterm");

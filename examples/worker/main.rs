@@ -75,6 +75,15 @@ struct Cli {
     /// task fails saying so (`10m`, `90s`, seconds).
     #[arg(long, default_value = "10m", value_parser = common::seconds)]
     pull_timeout: Duration,
+    /// With Docker: run tasks without the daemon's init. By default each
+    /// container's PID 1 is the daemon's init (`docker run --init`:
+    /// docker-init, a tini), which passes SIGTERM on to the task's command,
+    /// so a cancel stops it at once (exit code 143). Without it the command
+    /// is PID 1, the kernel drops a SIGTERM it does not handle, and a cancel
+    /// waits out its grace and ends by SIGKILL (exit code 137). The worker
+    /// refuses to start on a daemon that has no init unless this is set.
+    #[arg(long, env = "CLOUDAI_NO_INIT")]
+    no_init: bool,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -202,7 +211,9 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 /// The runtime named by `--runtime`; `auto` takes Docker when a daemon
 /// answers and local processes otherwise. Local processes run under
-/// supervisors, with their records in the state directory.
+/// supervisors, with their records in the state directory. Docker runs
+/// tasks under the daemon's init unless `--no-init`, and a daemon with no
+/// init is an error then (with `auto` too: it does not fall back).
 async fn choose_runtime(
     cli: &Cli,
     worker: &str,
@@ -218,23 +229,34 @@ async fn choose_runtime(
         .map_err(|e| e.to_string())?;
         Ok(Arc::new(runtime))
     };
+    // The daemon's init on unless --no-init, and the daemon must have one.
+    let docker = |runtime: DockerRuntime| async move {
+        let runtime = runtime
+            .with_log_limit(cli.log_retain)
+            .with_pull_timeout(cli.pull_timeout)
+            .with_init(!cli.no_init);
+        runtime.check_init().await.map_err(|e| e.to_string())?;
+        if runtime.init() {
+            info!("Docker tasks run under the daemon's init");
+        } else {
+            info!("Docker tasks run without an init (--no-init): a task gets SIGTERM only if it handles it");
+        }
+        Ok::<Arc<dyn ContainerRuntime>, String>(Arc::new(runtime))
+    };
     match cli.runtime.as_str() {
         "process" => processes(),
-        "docker" => Ok(Arc::new(
-            DockerRuntime::connect(worker)
-                .await
-                .map_err(|e| e.to_string())?
-                .with_log_limit(cli.log_retain)
-                .with_pull_timeout(cli.pull_timeout),
-        )),
+        "docker" => {
+            docker(
+                DockerRuntime::connect(worker)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+            .await
+        }
         "auto" => match DockerRuntime::connect(worker).await {
-            Ok(docker) => {
+            Ok(runtime) => {
                 info!("runtime: docker (a Docker daemon answers)");
-                Ok(Arc::new(
-                    docker
-                        .with_log_limit(cli.log_retain)
-                        .with_pull_timeout(cli.pull_timeout),
-                ))
+                docker(runtime).await
             }
             Err(e) => {
                 info!(reason = %e, "runtime: process (no Docker daemon)");
