@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use cloudai_core::liveness::Health;
 use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{
-    ArrayId, ArrayIndices, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, WorkerId,
+    ArrayId, ArrayIndices, AttemptPolicy, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, WorkerId,
 };
 use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
@@ -108,6 +108,10 @@ pub(crate) enum Command {
         id: String,
         #[command(flatten)]
         start: Start,
+        /// An earlier attempt's output: the end of it the task's history
+        /// keeps (64 KiB); the current or last attempt's by default.
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
     },
     /// Follow the master's events (task transitions, placements, worker
     /// health, drains), each with the cursor to resume after it.
@@ -222,6 +226,30 @@ pub(crate) struct TaskArgs {
     /// for a bigger worker to join); otherwise such a request is refused.
     #[arg(long)]
     wait_for_capacity: bool,
+    /// Further attempts after the task fails on its own (a non-zero exit,
+    /// a signal, an OOM kill); each attempt sees CLOUDAI_ATTEMPT.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Delay before the first retry, doubling per retry up to 5 min, with
+    /// jitter (seconds, or `30s`, `2m`).
+    #[arg(long, default_value = "10", value_parser = common::seconds)]
+    retry_delay: Duration,
+    /// Worker losses after which the task fails instead of running again
+    /// (0: no limit).
+    #[arg(long, default_value_t = AttemptPolicy::DEFAULT_CRASH_LIMIT)]
+    crash_limit: u32,
+    /// Fail at the first worker loss (or drain, or worker shutdown)
+    /// instead of running again elsewhere.
+    #[arg(long)]
+    no_requeue: bool,
+    /// Longest one attempt may run, from its start (seconds, or `90m`,
+    /// `2h`); then it is stopped with its grace and fails `timeout`.
+    #[arg(long, value_parser = common::seconds)]
+    time_limit: Option<Duration>,
+    /// A timeout counts as a failure that `--retries` may retry (else it
+    /// is final).
+    #[arg(long)]
+    retry_on_timeout: bool,
     /// Container image (the process runtime records it but runs the command).
     image: String,
     /// Command and arguments.
@@ -253,8 +281,29 @@ impl TaskArgs {
         spec.env = self.env.iter().cloned().collect::<BTreeMap<_, _>>();
         spec.cancel_grace = self.grace;
         spec.pin = self.on.as_deref().map(WorkerId::new).transpose()?;
+        spec.policy = AttemptPolicy {
+            retries: self.retries,
+            retry_delay: self.retry_delay,
+            crash_limit: self.crash_limit,
+            requeue: !self.no_requeue,
+            time_limit: self.time_limit,
+            retry_on_timeout: self.retry_on_timeout,
+        };
         spec.validate()?;
         Ok(spec)
+    }
+}
+
+/// The attempts a task ran, for an error naming the ones there are.
+fn attempt_numbers(t: &TaskRecord) -> String {
+    let mut n: Vec<String> = t.history.iter().map(|a| a.attempt.to_string()).collect();
+    if t.status == TaskStatus::Running {
+        n.push(t.attempt.to_string());
+    }
+    if n.is_empty() {
+        "none yet".into()
+    } else {
+        n.join(", ")
     }
 }
 
@@ -416,9 +465,30 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
         Command::Monitor { id, start } => {
             return follow(client, &TaskId::new(id)?, start.from(), json).await
         }
-        Command::Logs { id, start } => {
+        Command::Logs { id, start, attempt } => {
+            let id = TaskId::new(id)?;
+            if let Some(n) = attempt {
+                let view = client.task(&id).await?;
+                let t = &view.task;
+                let kept = t.history.iter().find(|a| a.attempt == n);
+                match kept {
+                    // The final attempt's output is its result's.
+                    Some(a) if n != t.attempt || !a.logs.is_empty() => {
+                        output::attempt_logs(json, a);
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Some(_) => {}
+                    None if n == t.attempt => {}
+                    None => {
+                        return Err(Error::not_found(
+                            "attempt",
+                            format!("{n} of task {id} (it ran attempts {})", attempt_numbers(t)),
+                        ))
+                    }
+                }
+            }
             let mut output = client
-                .follow_output(&TaskId::new(id)?, start.from(), false)
+                .follow_output(&id, start.from(), false)
                 .await?;
             let mut printer = output::OutputPrinter::new(json);
             while let Some(o) = output.recv().await {

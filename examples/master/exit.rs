@@ -4,7 +4,7 @@
 //! above it, clear of the codes tasks commonly use (0–2, 126–165).
 
 use cloudai_core::master::TaskView;
-use cloudai_core::model::TaskStatus;
+use cloudai_core::model::{EndKind, TaskStatus};
 use cloudai_core::Error;
 
 /// The command line is wrong (an unknown flag, a missing argument).
@@ -28,6 +28,8 @@ pub(crate) const WORKER_LOST: u8 = 81;
 /// The task followed failed without exiting (it could not start, its
 /// worker shut down under it, a drain stopped it).
 pub(crate) const NO_EXIT: u8 = 82;
+/// The task followed ran past its time limit (Slurm's TIMEOUT).
+pub(crate) const TIMED_OUT: u8 = 83;
 /// Configuration: a bad flag value, no token, an unreachable store (the
 /// master could not start, or the command could not be sent).
 pub(crate) const CONFIG: u8 = 78;
@@ -48,17 +50,21 @@ pub(crate) fn of_error(e: &Error) -> (u8, &'static str) {
     }
 }
 
-/// How a followed task ended, as an exit code.
+/// How a followed task ended, as an exit code: its last attempt's cause
+/// first (a timeout, a loss), then its exit.
 pub(crate) fn of_task(v: &TaskView) -> u8 {
     let result = v.result.as_ref();
+    let cause = v.task.history.last().map(|a| a.cause.kind());
     match v.task.status {
         TaskStatus::Completed => 0,
         TaskStatus::Cancelled => CANCELLED,
-        _ if v
-            .task
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("worker lost")) =>
+        _ if cause == Some(EndKind::Timeout) => TIMED_OUT,
+        _ if cause == Some(EndKind::Loss)
+            || v
+                .task
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("worker lost")) =>
         {
             WORKER_LOST
         }

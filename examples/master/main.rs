@@ -82,7 +82,9 @@ struct ServerArgs {
     /// Seconds without a heartbeat before a worker is inactive.
     #[arg(long, default_value = "30", value_parser = common::seconds)]
     heartbeat_timeout: Duration,
-    /// Seconds without a heartbeat before a worker is lost and its tasks fail.
+    /// Seconds without a heartbeat before a worker is lost and its tasks
+    /// run again elsewhere (or fail, per their policy); workers stop their
+    /// runs before then when cut off.
     #[arg(long, default_value = "120", value_parser = common::seconds)]
     lost_after: Duration,
     /// Heartbeat interval workers are told to use, seconds.
@@ -107,6 +109,14 @@ struct ServerArgs {
     /// Events kept for `events --cursor` to resume from.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(usize))]
     event_buffer: usize,
+    /// Time limit of a task that names none (seconds, or `2h`; default:
+    /// none), as a Slurm partition's DefaultTime.
+    #[arg(long, value_parser = common::seconds)]
+    default_time_limit: Option<Duration>,
+    /// Largest time limit a task may ask for; a larger one is refused at
+    /// submit (default: any), as a Slurm partition's MaxTime.
+    #[arg(long, value_parser = common::seconds)]
+    max_time_limit: Option<Duration>,
 }
 
 impl ServerArgs {
@@ -126,6 +136,8 @@ impl ServerArgs {
             reconnect_timeout: self.reconnect_timeout,
             policy: self.scheduler,
             event_buffer: self.event_buffer,
+            default_time_limit: self.default_time_limit,
+            max_time_limit: self.max_time_limit,
             ..MasterConfig::default()
         };
         config.check().map_err(|e| match e {
@@ -135,6 +147,13 @@ impl ServerArgs {
             ),
             ConfigError::TimeoutNotBelowLoss { timeout, lost_after } => format!(
                 "--lost-after ({lost_after:?}) must be longer than --heartbeat-timeout ({timeout:?})"
+            ),
+            ConfigError::NoFenceMargin(f) => format!(
+                "--lost-after ({:?}) leaves a worker no time to stop its runs before it is declared lost: it must exceed a margin of {:?} and two --heartbeat-interval ({:?})",
+                f.lost_after, f.margin, f.heartbeat_interval
+            ),
+            ConfigError::DefaultAboveMaxTimeLimit { default, max } => format!(
+                "--default-time-limit ({default:?}) exceeds --max-time-limit ({max:?})"
             ),
         })?;
         Ok(config)

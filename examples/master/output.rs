@@ -14,7 +14,7 @@ use cloudai_core::master::{
     short_reason, CancelOutcome, MasterEvent, TaskOutput, TaskView, WorkerView,
 };
 use cloudai_core::model::{
-    ArrayId, Resources, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp,
+    ArrayId, Attempt, Resources, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp,
 };
 use cloudai_core::output::OutputStream;
 use cloudai_grpc::events::Watched;
@@ -268,7 +268,7 @@ pub(crate) fn tasks(json: bool, ts: &[TaskRecord], counts: &StatusCounts) {
         return;
     }
     let mut table = table(&[
-        "TASK", "STATUS", "WORKER", "IMAGE", "CPU", "MEM", "AGE", "REASON",
+        "TASK", "STATUS", "WORKER", "IMAGE", "CPU", "MEM", "RUNS", "AGE", "REASON",
     ]);
     for t in ts {
         let reason = t.reason.as_deref().unwrap_or("");
@@ -285,6 +285,7 @@ pub(crate) fn tasks(json: bool, ts: &[TaskRecord], counts: &StatusCounts) {
             Cell::new(&t.spec.image),
             right(t.spec.resources.cpu_cores()),
             right(t.spec.resources.memory_gb()),
+            right(t.attempts_run()),
             Cell::new(ago(t.created_at)),
             Cell::new(reason),
         ]);
@@ -350,6 +351,24 @@ pub(crate) fn task(json: bool, v: &TaskView) {
     if let Some(w) = &v.waiting {
         say!("waiting   {w}");
     }
+    let p = &t.spec.policy;
+    let limit = p
+        .time_limit
+        .map(|l| humantime::format_duration(l).to_string())
+        .unwrap_or_else(|| "none".into());
+    let requeue = match (p.requeue, p.crash_limit) {
+        (false, _) => "no requeue".to_string(),
+        (true, 0) => "requeue on worker loss".to_string(),
+        (true, n) => format!("requeue on worker loss up to {n} times"),
+    };
+    say!(
+        "policy    {} retries, {requeue}, time limit {limit}{}",
+        p.retries,
+        if p.retry_on_timeout { ", retry on timeout" } else { "" }
+    );
+    if !t.history.is_empty() {
+        attempts(&t.history);
+    }
     if let Some(r) = &v.result {
         say!(
             "exit code {}",
@@ -369,6 +388,42 @@ pub(crate) fn task(json: bool, v: &TaskView) {
             say!();
         }
     }
+}
+
+/// Each ended attempt of a task: where it ran, how it ended.
+fn attempts(history: &[Attempt]) {
+    let mut table = table(&["ATTEMPT", "WORKER", "ENDED", "CAUSE", "EXIT", "MESSAGE"]);
+    for a in history {
+        let exit = match (a.exit_code, a.signal) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(s)) => format!("signal {s}"),
+            (None, None) => "-".into(),
+        };
+        table.add_row(vec![
+            right(a.attempt),
+            Cell::new(&a.worker),
+            Cell::new(ago(a.ended_at)),
+            Cell::new(a.cause),
+            right(exit),
+            Cell::new(a.message.as_deref().unwrap_or("")),
+        ]);
+    }
+    say!("--- attempts (logs --attempt N prints one's output) ---");
+    say!("{table}");
+}
+
+/// What is kept of one ended attempt's output.
+pub(crate) fn attempt_logs(json: bool, a: &Attempt) {
+    if json {
+        return json_line(&a);
+    }
+    if a.logs_offset > 0 {
+        eprintln!(
+            "[cloudai: the end of attempt {}'s output: {} bytes before it left out]",
+            a.attempt, a.logs_offset
+        );
+    }
+    raw(a.logs.as_bytes());
 }
 
 pub(crate) fn finished(v: &TaskView) {

@@ -62,11 +62,6 @@ struct Cli {
     /// Bound on reporting running tasks at shutdown, seconds.
     #[arg(long, default_value = "5", value_parser = common::seconds)]
     shutdown_timeout: Duration,
-    /// With `--runtime process`: how long a run's supervisor keeps the task
-    /// while no worker is attached (this worker died and did not come
-    /// back) before it kills it, seconds; match the master's --lost-after.
-    #[arg(long, default_value = "120", value_parser = common::seconds)]
-    orphan_timeout: Duration,
     /// Output kept per task for followers (`logs`, `monitor`, `run`), the
     /// oldest bytes dropped past it (64MiB, 512KiB, 1GB, ...).
     #[arg(long, default_value = "64MiB", value_parser = common::bytes)]
@@ -121,6 +116,12 @@ fn detected_gpus() -> u32 {
 fn host_name() -> String {
     host::name().unwrap_or_else(|| "worker".into())
 }
+
+/// How long a supervised run goes without its worker when the master named
+/// no loss threshold to derive its lease from (a master older than
+/// leases): the master's default `--lost-after`. Otherwise every run's
+/// lease follows from the master's timings (see `cloudai_core::fence`).
+const UNLEASED_RUN: Duration = Duration::from_secs(120);
 
 /// The first argument that puts the binary in its supervisor mode (one run's
 /// supervisor; see `cloudai_core::process::supervisor`).
@@ -204,7 +205,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         "worker stopped"
     );
     match refusal {
-        Some(e) => Err(format!("the master refused this worker: {e}")),
+        Some(e @ cloudai_core::Error::InUse(_)) => {
+            Err(format!("the master refused this worker: {e}"))
+        }
+        Some(e) => Err(e.to_string()),
         None => Ok(()),
     }
 }
@@ -224,7 +228,7 @@ async fn choose_runtime(
         let runtime = SupervisedProcessRuntime::new(
             state,
             vec![me.into_os_string(), SUPERVISOR_MODE.into()],
-            cli.orphan_timeout,
+            UNLEASED_RUN,
         )
         .map_err(|e| e.to_string())?;
         Ok(Arc::new(runtime))

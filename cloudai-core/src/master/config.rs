@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::fence::{self, NoFenceMargin};
 use crate::liveness::LivenessConfig;
 use crate::placement::Policy;
 
@@ -28,6 +29,18 @@ pub enum ConfigError {
         timeout: Duration,
         /// Silence after which a worker is lost.
         lost_after: Duration,
+    },
+    /// Not even a worker with no grace could stop its runs before it is
+    /// declared lost (see [`crate::fence`]).
+    #[error(transparent)]
+    NoFenceMargin(#[from] NoFenceMargin),
+    /// The default time limit exceeds the largest one allowed.
+    #[error("the default time limit ({default:?}) exceeds the largest allowed ({max:?})")]
+    DefaultAboveMaxTimeLimit {
+        /// The default limit.
+        default: Duration,
+        /// The largest limit.
+        max: Duration,
     },
 }
 
@@ -69,6 +82,12 @@ pub struct MasterConfig {
     /// How many recent events are kept for watchers resuming from a
     /// cursor (10,000).
     pub event_buffer: usize,
+    /// Time limit of a task that names none (`None`: no limit), as a Slurm
+    /// partition's DefaultTime.
+    pub default_time_limit: Option<Duration>,
+    /// Largest time limit a task may ask for; a larger request is refused
+    /// at submit (`None`: any), as a Slurm partition's MaxTime.
+    pub max_time_limit: Option<Duration>,
 }
 
 impl Default for MasterConfig {
@@ -89,6 +108,8 @@ impl Default for MasterConfig {
             policy: Policy::default(),
             seed: 0x5eed,
             event_buffer: 10_000,
+            default_time_limit: None,
+            max_time_limit: None,
         }
     }
 }
@@ -124,6 +145,12 @@ impl MasterConfig {
         }
         if interval >= timeout {
             return Err(ConfigError::IntervalNotBelowTimeout { interval, timeout });
+        }
+        fence::fence_after(lost_after, interval, Duration::ZERO)?;
+        if let (Some(default), Some(max)) = (self.default_time_limit, self.max_time_limit) {
+            if default > max {
+                return Err(ConfigError::DefaultAboveMaxTimeLimit { default, max });
+            }
         }
         Ok(())
     }
@@ -162,6 +189,28 @@ mod tests {
         ));
         c.heartbeat_interval = c.liveness.timeout;
         assert!(c.check().is_err(), "equal is refused too");
+    }
+
+    #[test]
+    fn a_loss_threshold_no_worker_could_fence_itself_within_is_refused() {
+        let mut c = MasterConfig::default();
+        c.heartbeat_interval = Duration::from_millis(900);
+        c.liveness.timeout = Duration::from_secs(1);
+        c.liveness.lost_after = Duration::from_secs(2);
+        assert!(matches!(c.check(), Err(ConfigError::NoFenceMargin(_))));
+    }
+
+    #[test]
+    fn a_default_time_limit_above_the_largest_is_refused() {
+        let c = MasterConfig {
+            default_time_limit: Some(Duration::from_secs(7200)),
+            max_time_limit: Some(Duration::from_secs(3600)),
+            ..MasterConfig::default()
+        };
+        assert!(matches!(
+            c.check(),
+            Err(ConfigError::DefaultAboveMaxTimeLimit { .. })
+        ));
     }
 
     #[test]

@@ -33,10 +33,25 @@ impl Master {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// What every submit checks first: a valid spec, a pin to a worker
-    /// this master knows, and (unless told to wait for capacity) a request
-    /// some registered worker could hold.
-    fn check_submit(&self, spec: &TaskSpec, options: SubmitOptions) -> Result<()> {
+    /// What every submit checks first: a valid spec within the time
+    /// limits in force (the default filled in), a pin to a worker this
+    /// master knows, and (unless told to wait for capacity) a request some
+    /// registered worker could hold.
+    fn check_submit(&self, spec: &mut TaskSpec, options: SubmitOptions) -> Result<()> {
+        let config = &self.inner.config;
+        if spec.policy.time_limit.is_none() {
+            spec.policy.time_limit = config.default_time_limit;
+        }
+        if let (Some(asked), Some(max)) = (spec.policy.time_limit, config.max_time_limit) {
+            if asked > max {
+                return Err(ValidationError::too_large(
+                    "time limit",
+                    humantime::format_duration(asked),
+                    format!("{} (this master's --max-time-limit)", humantime::format_duration(max)),
+                )
+                .into());
+            }
+        }
         spec.validate()?;
         if let Some(pin) = &spec.pin {
             if !self.state().knows(pin) {
@@ -70,8 +85,8 @@ impl Master {
     }
 
     /// [`Master::submit`], with options.
-    pub async fn submit_with(&self, spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
-        self.check_submit(&spec, options)?;
+    pub async fn submit_with(&self, mut spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
+        self.check_submit(&mut spec, options)?;
         let now = self.now();
         let task = loop {
             let task = TaskRecord::new(TaskId::generated(now, self.next_n()), spec.clone(), now);
@@ -107,11 +122,11 @@ impl Master {
     /// [`Master::submit_array`], with options.
     pub async fn submit_array_with(
         &self,
-        spec: TaskSpec,
+        mut spec: TaskSpec,
         indices: &ArrayIndices,
         options: SubmitOptions,
     ) -> Result<(ArrayId, Vec<TaskId>)> {
-        self.check_submit(&spec, options)?;
+        self.check_submit(&mut spec, options)?;
         if indices.is_empty() {
             return Err(ValidationError::Empty { field: "array" }.into());
         }

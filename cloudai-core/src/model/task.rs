@@ -321,6 +321,12 @@ impl TaskRecord {
         }
     }
 
+    /// How many attempts a worker ran or runs: the ended ones, and the
+    /// current one while it runs.
+    pub fn attempts_run(&self) -> usize {
+        self.history.len() + usize::from(self.status == TaskStatus::Running)
+    }
+
     /// What the retry budgets have used so far.
     pub fn counts(&self) -> AttemptCounts {
         AttemptCounts::of(&self.history)
