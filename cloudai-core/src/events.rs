@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 
 use crate::liveness::Health;
-use crate::model::{TaskId, TaskStatus, Timestamp, ValidationError, WorkerId};
+use crate::model::{EndCause, TaskId, TaskStatus, Timestamp, ValidationError, WorkerId};
 use crate::sync::lock;
 
 /// Something observers may want to know (the CLI's `events`, tests).
@@ -47,6 +47,18 @@ pub enum MasterEvent {
         id: WorkerId,
         /// Its new health.
         health: Health,
+    },
+    /// An attempt of a task ended and the task will run again: a retry
+    /// after a failure, or a requeue after a loss, a drain or a shutdown.
+    Again {
+        /// The task.
+        id: TaskId,
+        /// The attempt that ended.
+        attempt: u32,
+        /// Why it ended.
+        cause: EndCause,
+        /// Not placed before this time (a retry's delay), if any.
+        not_before: Option<Timestamp>,
     },
     /// A worker was drained (`true`) or undrained (`false`).
     Drain {

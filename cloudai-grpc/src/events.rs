@@ -64,6 +64,17 @@ fn to_proto(epoch: &str, e: &Event) -> proto::Event {
             worker_id: id.to_string(),
             draining: *draining,
         }),
+        MasterEvent::Again {
+            id,
+            attempt,
+            cause,
+            not_before,
+        } => Kind::Again(proto::TaskAgain {
+            task_id: id.to_string(),
+            attempt: *attempt,
+            cause: cause.as_str().into(),
+            not_before_ms: not_before.map(Timestamp::as_millis),
+        }),
     };
     proto::Event {
         cursor: cursor_at(epoch, e.seq),
@@ -136,6 +147,17 @@ impl TryFrom<proto::Event> for Watched {
                 id: convert::worker_id(&d.worker_id)?,
                 draining: d.draining,
             }),
+            Some(Kind::Again(a)) => Some(MasterEvent::Again {
+                id: convert::task_id(&a.task_id)?,
+                attempt: a.attempt,
+                cause: a
+                    .cause
+                    .parse()
+                    .map_err(|e: cloudai_core::model::ValidationError| {
+                        Status::invalid_argument(e.to_string())
+                    })?,
+                not_before: a.not_before_ms.map(Timestamp::from_millis),
+            }),
         };
         Ok(Watched {
             cursor,
@@ -154,7 +176,7 @@ pub fn receive(stream: tonic::Streaming<proto::Event>) -> mpsc::Receiver<Result<
 
 /// An event's fields as JSON, the one shape the CLI's `events --json` and
 /// the dashboard's stream share: `kind` (`submitted`, `task`, `worker`,
-/// `drain`) and what that kind names.
+/// `drain`, `again`) and what that kind names.
 pub fn to_json(kind: &MasterEvent) -> serde_json::Value {
     match kind {
         MasterEvent::Submitted { id } => {
@@ -176,5 +198,14 @@ pub fn to_json(kind: &MasterEvent) -> serde_json::Value {
         MasterEvent::Drain { id, draining } => {
             serde_json::json!({ "kind": "drain", "worker": id.as_str(), "draining": draining })
         }
+        MasterEvent::Again {
+            id,
+            attempt,
+            cause,
+            not_before,
+        } => serde_json::json!({
+            "kind": "again", "task": id.as_str(), "attempt": attempt, "cause": cause.as_str(),
+            "not_before_ms": not_before.map(|t| t.as_millis()),
+        }),
     }
 }

@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use cloudai_core::liveness::Health;
 use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{
-    ArrayId, ArrayIndices, AttemptPolicy, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, WorkerId,
+    ArrayId, ArrayIndices, AttemptPolicy, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus,
+    WorkerId,
 };
 use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
@@ -487,9 +488,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                     }
                 }
             }
-            let mut output = client
-                .follow_output(&id, start.from(), false)
-                .await?;
+            let mut output = client.follow_output(&id, start.from(), false).await?;
             let mut printer = output::OutputPrinter::new(json);
             while let Some(o) = output.recv().await {
                 if printer.print(&o?).is_err() {

@@ -60,8 +60,7 @@ pub(crate) fn of_task(v: &TaskView) -> u8 {
         TaskStatus::Cancelled => CANCELLED,
         _ if cause == Some(EndKind::Timeout) => TIMED_OUT,
         _ if cause == Some(EndKind::Loss)
-            || v
-                .task
+            || v.task
                 .reason
                 .as_deref()
                 .is_some_and(|r| r.starts_with("worker lost")) =>

@@ -364,7 +364,11 @@ pub(crate) fn task(json: bool, v: &TaskView) {
     say!(
         "policy    {} retries, {requeue}, time limit {limit}{}",
         p.retries,
-        if p.retry_on_timeout { ", retry on timeout" } else { "" }
+        if p.retry_on_timeout {
+            ", retry on timeout"
+        } else {
+            ""
+        }
     );
     if !t.history.is_empty() {
         attempts(&t.history);
@@ -548,6 +552,18 @@ pub(crate) fn event(json: bool, e: &Watched) {
                 if *draining { "drained" } else { "undrained" }
             )
         }
+        MasterEvent::Again {
+            id,
+            attempt,
+            cause,
+            not_before,
+        } => match not_before {
+            Some(at) => format!(
+                "task {id} attempt {attempt} ended {cause}; retried in {}s",
+                at.saturating_since(now()).as_secs()
+            ),
+            None => format!("task {id} attempt {attempt} ended {cause}; requeued"),
+        },
     };
     if json {
         let mut object = cloudai_grpc::events::to_json(kind);

@@ -47,7 +47,10 @@ impl Master {
                 return Err(ValidationError::too_large(
                     "time limit",
                     humantime::format_duration(asked),
-                    format!("{} (this master's --max-time-limit)", humantime::format_duration(max)),
+                    format!(
+                        "{} (this master's --max-time-limit)",
+                        humantime::format_duration(max)
+                    ),
                 )
                 .into());
             }

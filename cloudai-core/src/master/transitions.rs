@@ -12,8 +12,10 @@ use super::state::BackstopSlack;
 use super::{Master, MasterEvent};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::ledger::Reconciliation;
-use crate::lifecycle::{Effect, TaskEvent};
-use crate::model::{RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId};
+use crate::lifecycle::{Effect, TaskEvent, Transition};
+use crate::model::{
+    Attempt, EndKind, RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId,
+};
 use crate::store::TaskFilter;
 use crate::{Error, Result};
 
@@ -22,9 +24,38 @@ impl Master {
     pub(super) async fn apply(&self, id: &TaskId, event: TaskEvent) -> Result<Applied> {
         let applied = apply_event(self.inner.store.as_ref(), id, &event, self.now()).await?;
         if let Applied::Changed { task, transition } = &applied {
-            self.execute(task, transition.from, &transition.effects);
+            self.carry_out(task, transition);
         }
         Ok(applied)
+    }
+
+    /// Executes a stored transition's effects and counts the attempt it
+    /// ended, if any.
+    fn carry_out(&self, task: &TaskRecord, transition: &Transition) {
+        self.execute(task, transition.from, &transition.effects);
+        if let Some(ended) = &transition.change.push {
+            self.attempt_ended(task, ended);
+        }
+    }
+
+    /// An attempt of `task` ended (its history has it now): counted by
+    /// cause and what follows, and, when the task runs again, an event.
+    fn attempt_ended(&self, task: &TaskRecord, ended: &Attempt) {
+        let next = match (task.status, ended.cause.kind()) {
+            (TaskStatus::Pending, EndKind::Task | EndKind::Timeout) => "retry",
+            (TaskStatus::Pending, _) => "requeue",
+            _ => "final",
+        };
+        self.inner.metrics.attempt_ended(ended.cause, next);
+        if task.status == TaskStatus::Pending {
+            info!(task = %task.id, attempt = ended.attempt, cause = %ended.cause, not_before = ?task.not_before, "the task runs again");
+            self.emit(MasterEvent::Again {
+                id: task.id.clone(),
+                attempt: ended.attempt,
+                cause: ended.cause,
+                not_before: task.not_before,
+            });
+        }
     }
 
     /// Carries out the effects of a stored change of `task` from `from`.
@@ -101,7 +132,7 @@ impl Master {
                 task: t,
                 transition,
             } => {
-                self.execute(&t, transition.from, &transition.effects);
+                self.carry_out(&t, &transition);
                 info!(task = %task, worker = %worker, status = %transition.to, "task finished");
                 None
             }

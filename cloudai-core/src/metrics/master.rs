@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::{latencies, render, Labels, Latencies, Rpcs};
 use crate::liveness::Health;
-use crate::model::{Resources, StatusCounts, TaskStatus};
+use crate::model::{EndCause, Resources, StatusCounts, TaskStatus};
 
 type Level = Gauge<f64, AtomicU64>;
 
@@ -74,6 +74,7 @@ struct Series {
     store: Latencies,
     rpcs: Rpcs,
     tasks: Family<Labels<1>, Gauge>,
+    attempts_ended: Family<Labels<2>, Counter>,
     queue_depth: Gauge,
     workers: Family<Labels<1>, Gauge>,
     cpu: Resource,
@@ -108,6 +109,7 @@ impl MasterMetrics {
             store: latencies(),
             rpcs: Rpcs::default(),
             tasks: Family::default(),
+            attempts_ended: Family::default(),
             queue_depth: Gauge::default(),
             workers: Family::default(),
             cpu: Resource::default(),
@@ -160,6 +162,11 @@ impl MasterMetrics {
         );
         s.rpcs.register(r);
         r.register("tasks", "Tasks in the store, by status", s.tasks.clone());
+        r.register(
+            "attempts_ended",
+            "Attempts that ended, by cause and what followed (retry, requeue, or final)",
+            s.attempts_ended.clone(),
+        );
         r.register(
             "queue_depth",
             "Pending tasks waiting in the master's queue",
@@ -220,6 +227,15 @@ impl MasterMetrics {
                 s.cancelled.inc();
             }
         }
+    }
+
+    /// An attempt ended with `cause`, and `next` followed (`retry`,
+    /// `requeue` or `final`).
+    pub(crate) fn attempt_ended(&self, cause: EndCause, next: &'static str) {
+        self.0
+            .attempts_ended
+            .get_or_create(&[("cause", cause.as_str()), ("next", next)])
+            .inc();
     }
 
     /// Sets the state gauges from `now` and renders every series.
