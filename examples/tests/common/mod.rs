@@ -182,6 +182,17 @@ pub struct Timing {
     pub lost_after: f64,
 }
 
+impl Timing {
+    /// The longest grace a worker may honour under these timings (so it
+    /// can stop its runs before the master declares it lost; see
+    /// `cloudai_core::fence`), at most the workers' default of 30 s.
+    pub fn max_grace(&self) -> f64 {
+        let margin = 0.5 + self.lost_after / 20.0;
+        let room = self.lost_after - margin - 2.0 * self.heartbeat_interval;
+        ((room * 10.0).floor() / 10.0).clamp(0.0, 30.0)
+    }
+}
+
 pub const FAST: Timing = Timing {
     heartbeat_interval: 0.3,
     heartbeat_timeout: 1.5,
@@ -207,6 +218,8 @@ pub struct Cluster {
     pub runtime: &'static str,
     /// Extra flags for every worker started from now on.
     pub worker_args: Vec<String>,
+    /// The master's timings (workers get a `--max-grace` that fits them).
+    pub timing: Timing,
     /// Holds each worker's `--state-dir` (`<root>/<worker id>` unless a
     /// test names another); removed with the cluster.
     pub state_root: PathBuf,
@@ -269,6 +282,7 @@ impl Cluster {
             pidfiles: Vec::new(),
             runtime: "process",
             worker_args: Vec::new(),
+            timing,
             state_root: std::env::temp_dir().join(format!("cloudai-state-{tag}")),
             tag,
         }
@@ -300,6 +314,12 @@ impl Cluster {
             .arg("--state-dir")
             .arg(state)
             .args(&self.worker_args)
+            .args(
+                Some(["--max-grace".to_string(), self.timing.max_grace().to_string()])
+                    .filter(|_| !self.worker_args.iter().any(|a| a == "--max-grace"))
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--cpu", &cpu.to_string(), "--mem", "8"])
             .args(["--heartbeat-interval", "0.3", "--shutdown-timeout", "5"])
             .env("RUST_LOG", "info")
