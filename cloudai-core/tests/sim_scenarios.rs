@@ -596,6 +596,23 @@ async fn killed_agent_restarts_and_adopts_its_running_containers() {
     c.stop().await;
 }
 
+/// A run far longer than the fence goes on while its worker's heartbeats
+/// are answered: each answer renews the lease its host holds it by.
+#[tokio::test(start_paused = true)]
+async fn a_run_outlives_its_first_lease_while_the_master_answers() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(600, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(601)).await;
+    let task = c.master.task(&t).await.unwrap().task;
+    assert_eq!(
+        (task.status, task.attempt, task.history.len()),
+        (TaskStatus::Completed, 1, 1),
+        "{task:?}"
+    );
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
 /// A worker agent killed for good leaves its run to its host only until
 /// the run's lease runs out, before the master may declare the worker
 /// lost; then the task runs again (here on the same worker, back).

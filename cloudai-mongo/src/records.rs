@@ -103,6 +103,27 @@ impl PolicyDoc {
     }
 }
 
+/// An entry of a task's history as read back: a sub-document, as MongoDB
+/// stores what `$push` appends, or that document's JSON text, as the
+/// MongoDB-wire test server (nx-27017) stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum HistoryEntry {
+    Doc(AttemptDoc),
+    Text(String),
+}
+
+impl HistoryEntry {
+    fn into_core(self) -> Result<Attempt> {
+        match self {
+            HistoryEntry::Doc(d) => d.into_core(),
+            HistoryEntry::Text(t) => serde_json::from_str::<AttemptDoc>(&t)
+                .map_err(|e| corrupt(format!("history entry {t:?}: {e}")))?
+                .into_core(),
+        }
+    }
+}
+
 /// One ended attempt in a task's history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct AttemptDoc {
@@ -279,7 +300,7 @@ pub(crate) struct TaskDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     array_index: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    history: Vec<AttemptDoc>,
+    history: Vec<HistoryEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     not_before: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,7 +324,7 @@ impl TaskDoc {
             history: t
                 .history
                 .iter()
-                .map(AttemptDoc::from_core)
+                .map(|a| AttemptDoc::from_core(a).map(HistoryEntry::Doc))
                 .collect::<Result<_>>()?,
             not_before: t.not_before.map(|n| ts("not_before", n)).transpose()?,
             assigned_at: t.assigned_at.map(|a| ts("assigned_at", a)).transpose()?,
@@ -334,7 +355,7 @@ impl TaskDoc {
             history: self
                 .history
                 .into_iter()
-                .map(AttemptDoc::into_core)
+                .map(HistoryEntry::into_core)
                 .collect::<Result<_>>()?,
             not_before: self
                 .not_before

@@ -287,20 +287,26 @@ fn a_worker_restarted_after_kill_9_keeps_its_running_task() {
     assert_eq!(view["result"]["logs"], "finished\n", "{view}");
 }
 
-/// `kill -9` on a worker that never comes back: the run's supervisor kills
-/// the task's process group once no worker re-attached for the orphan
-/// timeout.
+/// `kill -9` on a worker that never comes back: the run's supervisor stops
+/// the task's process group once its lease from the worker runs out,
+/// before the master may declare the worker lost.
 #[test]
 fn a_task_whose_worker_never_returns_is_killed_by_its_supervisor() {
     let mut c = Cluster::start("orphan", FAST);
-    c.worker_args = vec!["--orphan-timeout".into(), "1".into()];
     let w = c.id("w");
     let idx = c.spawn_worker(&w, 2.0);
     c.wait_active(&[&w]);
     let (id, pidfile) = c.submit_sleep(&w, "1");
     let pid = c.wait_sleeping(&id, &pidfile);
     c.kill_worker(idx);
+    let killed = std::time::Instant::now();
     until_gone(pid, Duration::from_secs(10), "the orphaned sleep is killed");
+    assert!(
+        killed.elapsed() < Duration::from_secs_f64(FAST.lost_after),
+        "stopped {:?} after the kill, not before the master may declare the worker lost",
+        killed.elapsed()
+    );
+    assert_eq!(c.status(&id), "running", "the master has not acted yet");
 }
 
 /// A second worker process under a live worker's id, with its own state

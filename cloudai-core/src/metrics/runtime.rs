@@ -55,4 +55,13 @@ impl ContainerRuntime for MeteredRuntime {
     async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
         timed(&self.latencies, "list", self.inner.list(key, value)).await
     }
+
+    async fn renew_lease(&self, lease: Duration) -> Result<()> {
+        timed(
+            &self.latencies,
+            "renew_lease",
+            self.inner.renew_lease(lease),
+        )
+        .await
+    }
 }

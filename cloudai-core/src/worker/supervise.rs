@@ -315,8 +315,11 @@ impl Worker {
         // A run found ended past its deadline ran out of time, whoever
         // stopped it (its supervisor, while this worker was away).
         let timed_out = deadline.is_some_and(|at| ended_at >= at);
+        // One that ended past the fence was stopped for the loss (by its
+        // supervisor, whose lease ran out with the fence).
         let stop = match stop {
             None if timed_out => Some((StopKind::Timeout, Duration::ZERO)),
+            None if self.fenced() => Some((StopKind::CutOff, Duration::ZERO)),
             other => other,
         };
         let end = match (stop, &exit) {

@@ -183,13 +183,15 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The longest grace a worker may honour under these timings (so it
-    /// can stop its runs before the master declares it lost; see
-    /// `cloudai_core::fence`), at most the workers' default of 30 s.
+    /// A grace for the workers under these timings (so they can stop
+    /// their runs before the master declares them lost; see
+    /// `cloudai_core::fence`): half the room the rule leaves, so that the
+    /// other half keeps a busy test machine's slow heartbeats from
+    /// fencing a worker; at most the workers' default of 30 s.
     pub fn max_grace(&self) -> f64 {
         let margin = 0.5 + self.lost_after / 20.0;
         let room = self.lost_after - margin - 2.0 * self.heartbeat_interval;
-        ((room * 10.0).floor() / 10.0).clamp(0.0, 30.0)
+        ((room * 5.0).floor() / 10.0).clamp(0.0, 30.0)
     }
 }
 
@@ -315,10 +317,13 @@ impl Cluster {
             .arg(state)
             .args(&self.worker_args)
             .args(
-                Some(["--max-grace".to_string(), self.timing.max_grace().to_string()])
-                    .filter(|_| !self.worker_args.iter().any(|a| a == "--max-grace"))
-                    .into_iter()
-                    .flatten(),
+                Some([
+                    "--max-grace".to_string(),
+                    self.timing.max_grace().to_string(),
+                ])
+                .filter(|_| !self.worker_args.iter().any(|a| a == "--max-grace"))
+                .into_iter()
+                .flatten(),
             )
             .args(["--cpu", &cpu.to_string(), "--mem", "8"])
             .args(["--heartbeat-interval", "0.3", "--shutdown-timeout", "5"])
@@ -442,7 +447,9 @@ impl Cluster {
     }
 
     /// Submits `sh -c 'echo $$ > PIDFILE; exec sleep 300'` pinned to
-    /// `worker`; returns the task id and the pid file.
+    /// `worker`, with `--no-requeue` (it fails at its worker's loss,
+    /// drain or shutdown, as every task did before requeues: what the
+    /// tests using it check); returns the task id and the pid file.
     pub fn submit_sleep(&mut self, worker: &str, grace: &str) -> (String, PathBuf) {
         let n = self.pidfiles.len();
         let file = std::env::temp_dir().join(format!("cloudai-mp-{}-{n}.pid", self.tag));
@@ -452,8 +459,20 @@ impl Cluster {
         let f = file.display();
         let script = format!("echo $$ > '{f}.tmp' && mv '{f}.tmp' '{f}' && exec sleep 300");
         let id = self.submit(&[
-            "--on", worker, "--cpu", "1", "--mem", "0.1", "--grace", grace, "busybox", "--", "sh",
-            "-c", &script,
+            "--on",
+            worker,
+            "--cpu",
+            "1",
+            "--mem",
+            "0.1",
+            "--grace",
+            grace,
+            "--no-requeue",
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            &script,
         ]);
         (id, file)
     }
