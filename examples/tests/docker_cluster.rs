@@ -55,7 +55,11 @@ impl Drop for Sweep {
 }
 
 fn docker_cluster(test: &str) -> (Cluster, String, usize, Sweep) {
-    let mut c = Cluster::start(test, FAST);
+    docker_cluster_with(test, FAST)
+}
+
+fn docker_cluster_with(test: &str, timing: Timing) -> (Cluster, String, usize, Sweep) {
+    let mut c = Cluster::start(test, timing);
     c.runtime = "docker";
     let w = c.id("d");
     let idx = c.spawn_worker(&w, 4.0);
@@ -64,9 +68,24 @@ fn docker_cluster(test: &str) -> (Cluster, String, usize, Sweep) {
     (c, w, idx, sweep)
 }
 
+/// Submits `sh -c script` pinned to `worker`, with `--no-requeue` (it
+/// fails at its worker's loss or shutdown, as every task did before
+/// requeues: what the tests using it check).
 fn submit(c: &Cluster, worker: &str, mem: &str, script: &str) -> String {
     c.submit(&[
-        "--on", worker, "--cpu", "0.5", "--mem", mem, "--grace", "1", IMAGE, "--", "sh", "-c",
+        "--on",
+        worker,
+        "--cpu",
+        "0.5",
+        "--mem",
+        mem,
+        "--grace",
+        "1",
+        "--no-requeue",
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
         script,
     ])
 }
@@ -85,7 +104,7 @@ fn docker_cancel_stops_and_removes_the_container() {
     assert_eq!(
         cpu_allocated(&c.worker(&w)),
         0.0,
-        "resources released at once"
+        "resources released once the worker confirmed the stop"
     );
     until(
         Duration::from_secs(4),
@@ -157,7 +176,12 @@ fn docker_cancel_reaches_the_command_through_the_init_well_before_the_grace() {
 /// does not handle: the cancel waits out the grace and ends by SIGKILL.
 #[test]
 fn docker_no_init_cancel_waits_out_the_grace_and_kills() {
-    let (mut c, _, _, _sweep) = docker_cluster("dnoinit");
+    // Timings that allow workers a grace of a few seconds.
+    let timing = Timing {
+        lost_after: 12.0,
+        ..FAST
+    };
+    let (mut c, _, _, _sweep) = docker_cluster_with("dnoinit", timing);
     c.worker_args = vec!["--no-init".into()];
     let w = c.id("noinit");
     let idx = c.spawn_worker(&w, 1.0);

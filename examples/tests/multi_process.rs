@@ -403,11 +403,12 @@ fn a_drained_worker_stops_its_tasks_at_the_deadline_and_takes_none() {
     });
 }
 
-/// A frozen worker (SIGSTOP) is declared lost and its task failed; thawed
-/// (SIGCONT), it is told to register again, re-registers, and is told to
-/// stop the run it still has, which then ends. The task stays failed.
+/// A frozen worker (SIGSTOP) renews no lease: its run's supervisor stops
+/// the run before the master declares the worker lost and fails the task
+/// (`--no-requeue`); thawed (SIGCONT), it is told to register again,
+/// re-registers, and keeps working. The task stays failed.
 #[test]
-fn frozen_worker_is_lost_and_told_to_stop_its_run_when_it_thaws() {
+fn a_frozen_workers_run_stops_at_its_lease_before_the_worker_is_lost() {
     let mut c = Cluster::start("freeze", FAST);
     let w = c.id("w");
     let idx = c.spawn_worker(&w, 2.0);
@@ -418,6 +419,17 @@ fn frozen_worker_is_lost_and_told_to_stop_its_run_when_it_thaws() {
 
     let worker_pid = c.workers[idx].child.id();
     signal(worker_pid, "STOP");
+    let frozen = Instant::now();
+    until_gone(
+        pid,
+        EVENTUALLY,
+        "the frozen worker's run is stopped at its lease",
+    );
+    assert!(
+        frozen.elapsed() < Duration::from_secs_f64(FAST.lost_after),
+        "stopped {:?} after the freeze: not before the master may declare the worker lost",
+        frozen.elapsed()
+    );
     let view = until(EVENTUALLY, "the frozen worker's task failed", || {
         let v = c.show(&id);
         (v["task"]["status"] == "failed").then_some(v)
@@ -429,17 +441,10 @@ fn frozen_worker_is_lost_and_told_to_stop_its_run_when_it_thaws() {
             .contains("worker lost"),
         "{view}"
     );
-    assert!(pid_alive(pid), "the frozen worker's child keeps running");
     assert_eq!(c.worker(&w)["health"], "lost");
 
-    let thawed = Instant::now();
     signal(worker_pid, "CONT");
     c.wait_active(&[&w]);
-    until_gone(
-        pid,
-        Duration::from_secs(10).saturating_sub(thawed.elapsed()),
-        "the stale run's sleep is stopped after the worker thaws",
-    );
 
     let view = c.show(&id);
     assert_eq!(view["task"]["status"], "failed", "{view}");
@@ -473,9 +478,10 @@ fn frozen_worker_is_lost_and_told_to_stop_its_run_when_it_thaws() {
 }
 
 /// Cancelling a task on a frozen (SIGSTOP) worker answers in about a
-/// second, with the stop owed, instead of after the cancel timeout; once
-/// the worker thaws (SIGCONT) the stop reaches it and the task's process
-/// dies.
+/// second, with the stop owed, instead of after the cancel timeout; its
+/// CPU stays held while the process may still run. Once the worker thaws
+/// (SIGCONT) the stop reaches it, the task's process dies and the CPU is
+/// released.
 #[test]
 fn cancel_on_a_frozen_worker_answers_at_once_and_the_stop_follows() {
     // Liveness slow enough that the frozen worker is only silent here.
@@ -499,7 +505,11 @@ fn cancel_on_a_frozen_worker_answers_at_once_and_the_stop_follows() {
     assert!(took < Duration::from_secs(10), "cancel took {took:?}");
     assert_eq!(v[0]["outcome"], "stop_pending", "{v}");
     assert_eq!(c.status(&id), "cancelled");
-    assert_eq!(cpu_allocated(&c.worker(&w)), 0.0, "released at once");
+    assert_eq!(
+        cpu_allocated(&c.worker(&w)),
+        1.0,
+        "held while the stop is owed: the run may still go"
+    );
     assert!(pid_alive(pid), "the frozen worker has not stopped it yet");
 
     signal(worker_pid, "CONT");
@@ -508,6 +518,9 @@ fn cancel_on_a_frozen_worker_answers_at_once_and_the_stop_follows() {
         Duration::from_secs(40),
         "the cancelled task's sleep is gone after the thaw",
     );
+    until(EVENTUALLY, "the CPU released once the stop landed", || {
+        (cpu_allocated(&c.worker(&w)) == 0.0).then_some(())
+    });
 }
 
 /// SIGINT on the README's first command (`--dev run`) shuts the dev
