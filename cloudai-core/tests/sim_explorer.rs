@@ -1,6 +1,8 @@
 //! Seeded random fault explorer: a master and three workers under random
-//! submits, cancels (single, bulk, forced), partitions, crashes, graceful
-//! shutdowns, restarts, reconciles and a lossy, slow, duplicating network.
+//! submits (with random attempt policies: retries, requeue or not, crash
+//! limits, time limits, tasks that fail until a given attempt), cancels
+//! (single, bulk, forced), partitions, crashes, graceful shutdowns,
+//! restarts, reconciles and a lossy, slow, duplicating network.
 //! After every step the always-true invariants are checked; after healing
 //! everything and letting the cluster settle, the end state is checked:
 //! every task ended exactly once, no allocation leaked, reconciliation has
@@ -14,7 +16,7 @@
 use std::time::Duration;
 
 use cloudai_core::master::MasterConfig;
-use cloudai_core::model::{Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::model::{AttemptPolicy, Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
 use cloudai_core::placement::Policy;
 use cloudai_core::rng::SplitMix64;
 use cloudai_core::store::{TaskFilter, TaskStore};
@@ -92,14 +94,32 @@ async fn explore(seed: u64) {
             0..=29 => {
                 let secs = 1 + rng.below(60);
                 let cpu = 0.5 * (1 + rng.below(4)) as f64;
-                let spec = if rng.chance(0.1) {
-                    TaskSpec::new(
+                let mut spec = match rng.below(10) {
+                    0 => TaskSpec::new(
                         "fake",
                         vec!["stubborn".into(), secs.to_string()],
                         Resources::new(cpu, 0.5, 0.0, 0).expect("valid"),
-                    )
-                } else {
-                    fake_task(secs, rng.below(2) as i32, cpu)
+                    ),
+                    1 | 2 => TaskSpec::new(
+                        "fake",
+                        vec![
+                            "fail-until".into(),
+                            (1 + rng.below(3)).to_string(),
+                            secs.to_string(),
+                        ],
+                        Resources::new(cpu, 0.5, 0.0, 0).expect("valid"),
+                    ),
+                    _ => fake_task(secs, rng.below(2) as i32, cpu),
+                };
+                spec.policy = AttemptPolicy {
+                    retries: rng.below(3) as u32,
+                    retry_delay: Duration::from_secs(rng.below(20)),
+                    crash_limit: rng.below(4) as u32,
+                    requeue: rng.chance(0.8),
+                    time_limit: rng
+                        .chance(0.3)
+                        .then(|| Duration::from_secs(1 + rng.below(40))),
+                    retry_on_timeout: rng.chance(0.3),
                 };
                 tasks.push(c.master.submit(spec).await.expect("submit"));
             }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, MasterConfig, SubmitOptions, WorkerView};
-use cloudai_core::model::{InstanceId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::model::{
+    EndCause, InstanceId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId,
+};
 use cloudai_core::store::{TaskFilter, TaskStore};
 use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
 use cloudai_core::worker::SHUTDOWN_MESSAGE;
@@ -829,5 +831,258 @@ async fn seed004_lost_worker_re_registers_and_is_told_to_drop_failed_over_tasks(
         "the run's late report did not revive it"
     );
     c.check_quiescent().await;
+    c.stop().await;
+}
+
+// ---- work that survives faults ------------------------------------------
+
+/// A fake task with `policy` applied by `f`.
+fn with_policy(
+    mut spec: TaskSpec,
+    f: impl FnOnce(&mut cloudai_core::model::AttemptPolicy),
+) -> TaskSpec {
+    f(&mut spec.policy);
+    spec
+}
+
+/// `kill -9` of a host running three tasks: each runs again on a second
+/// worker once the first is declared lost, and completes there with one
+/// result; its history names the loss.
+#[tokio::test(start_paused = true)]
+async fn a_crashed_workers_tasks_run_again_elsewhere_with_one_result_each() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        tasks.push(c.master.submit(fake_task(30, 0, 1.0)).await.unwrap());
+    }
+    c.run_for(Duration::from_secs(1)).await;
+    c.start_worker("w2", cap(4.0)).await;
+    c.crash_worker(&wid("w1"));
+    c.run_for(Duration::from_secs(200)).await;
+    for t in &tasks {
+        let v = c.master.task(t).await.unwrap();
+        assert_eq!(v.task.status, TaskStatus::Completed, "{:?}", v.task);
+        assert_eq!(v.task.worker, Some(wid("w2")));
+        let causes: Vec<EndCause> = v.task.history.iter().map(|a| a.cause).collect();
+        assert_eq!(causes, [EndCause::WorkerLost, EndCause::Completed]);
+        let r = v.result.expect("one result");
+        assert_eq!((r.worker_id, r.attempt), (wid("w2"), v.task.attempt));
+    }
+    c.check().await;
+    c.stop().await;
+}
+
+/// With `--no-requeue` the same crash fails the tasks, as before.
+#[tokio::test(start_paused = true)]
+async fn without_requeue_a_crashed_workers_tasks_fail() {
+    let mut c = cluster(&[("w1", 4.0), ("w2", 4.0)]).await;
+    let t = c
+        .master
+        .submit_with(
+            with_policy(fake_task(30, 0, 1.0), |p| p.requeue = false),
+            SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    let on = c.master.task(&t).await.unwrap().task.worker.unwrap();
+    c.crash_worker(&on);
+    c.run_for(Duration::from_secs(200)).await;
+    let task = c.master.task(&t).await.unwrap().task;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(task.reason.is_some_and(|r| r.starts_with("worker lost")));
+    c.stop().await;
+}
+
+/// A task that fails on its first two attempts completes on the third
+/// with `retries 2`, each retry after its delay.
+#[tokio::test(start_paused = true)]
+async fn a_task_failing_twice_completes_on_its_third_attempt() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let spec = TaskSpec::new(
+        "fake",
+        vec!["fail-until".into(), "3".into(), "1".into()],
+        cap(1.0),
+    );
+    let spec = with_policy(spec, |p| {
+        p.retries = 2;
+        p.retry_delay = Duration::from_secs(4);
+    });
+    let t = c.master.submit(spec).await.unwrap();
+    c.run_for(Duration::from_secs(3)).await;
+    let v = c.master.task(&t).await.unwrap();
+    assert_eq!(v.task.status, TaskStatus::Pending, "waits for its retry");
+    assert!(
+        v.waiting
+            .as_deref()
+            .is_some_and(|w| w.starts_with("retrying")),
+        "{v:?}"
+    );
+    c.run_for(Duration::from_secs(60)).await;
+    let v = c.master.task(&t).await.unwrap();
+    assert_eq!(v.task.status, TaskStatus::Completed, "{:?}", v.task);
+    let causes: Vec<EndCause> = v.task.history.iter().map(|a| a.cause).collect();
+    assert_eq!(
+        causes,
+        [EndCause::Exited, EndCause::Exited, EndCause::Completed]
+    );
+    let gaps: Vec<Duration> = v
+        .task
+        .history
+        .windows(2)
+        .map(|w| w[1].started_at.unwrap().saturating_since(w[0].ended_at))
+        .collect();
+    assert!(
+        gaps[0] >= Duration::from_secs(2) && gaps[1] >= Duration::from_secs(4),
+        "each retry waits its (jittered, doubling) delay: {gaps:?}"
+    );
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+/// A run past its time limit is stopped with its grace and fails
+/// `timeout`; a timeout is final without `retry_on_timeout`.
+#[tokio::test(start_paused = true)]
+async fn a_time_limit_stops_a_run_and_fails_it_as_timed_out() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let spec = TaskSpec::new("fake", vec!["stubborn".into(), "300".into()], cap(1.0));
+    let mut spec = with_policy(spec, |p| {
+        p.time_limit = Some(Duration::from_secs(2));
+        p.retries = 3;
+    });
+    spec.cancel_grace = Duration::from_secs(1);
+    let t = c.master.submit(spec).await.unwrap();
+    c.run_for(Duration::from_secs(10)).await;
+    let v = c.master.task(&t).await.unwrap();
+    assert_eq!(v.task.status, TaskStatus::Failed, "{:?}", v.task);
+    assert!(
+        v.task
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("timeout")),
+        "{:?}",
+        v.task.reason
+    );
+    assert_eq!(v.task.history.len(), 1, "a timeout is final");
+    let a = &v.task.history[0];
+    assert_eq!(a.cause, EndCause::TimedOut);
+    let ran = a.ended_at.saturating_since(a.started_at.unwrap());
+    assert!(
+        ran >= Duration::from_secs(2) && ran <= Duration::from_secs(4),
+        "stopped at its limit, then its grace: ran {ran:?}"
+    );
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+/// A worker cut off from its master stops its run before the master
+/// declares it lost; the task then runs on the other worker, never on
+/// both at once (the running set checks every instant), and completes.
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_workers_task_runs_again_elsewhere_never_twice_at_once() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(300, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.start_worker("w2", cap(4.0)).await;
+    c.partition(&wid("w1"));
+    c.run_for(Duration::from_secs(110)).await;
+    assert_eq!(c.host_containers(&wid("w1")), 0, "fenced before the loss");
+    assert_eq!(status(&c, &t).await, TaskStatus::Running, "not lost yet");
+    c.run_for(Duration::from_secs(20)).await;
+    let task = c.master.task(&t).await.unwrap().task;
+    assert_eq!(
+        (task.status, task.worker.as_ref()),
+        (TaskStatus::Running, Some(&wid("w2"))),
+        "{task:?}"
+    );
+    c.heal(&wid("w1"));
+    c.run_for(Duration::from_secs(400)).await;
+    let v = c.master.task(&t).await.unwrap();
+    assert_eq!(v.task.status, TaskStatus::Completed);
+    assert_eq!(v.result.unwrap().worker_id, wid("w2"));
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+/// At a drain deadline the run is stopped with its grace; the task runs
+/// again on another worker once the stop is confirmed, at no cost to its
+/// crash budget.
+#[tokio::test(start_paused = true)]
+async fn a_drained_task_runs_again_elsewhere_once_stopped() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(60, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.start_worker("w2", cap(4.0)).await;
+    c.master
+        .drain(&wid("w1"), Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    c.run_for(Duration::from_secs(100)).await;
+    let task = c.master.task(&t).await.unwrap().task;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.worker, Some(wid("w2")));
+    assert_eq!(task.history[0].cause, EndCause::Drained);
+    assert_eq!(task.counts().losses, 0, "a drain uses no crash budget");
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+/// A worker that shuts down reports its run ended once stopped; the task
+/// runs again elsewhere, its first attempt recorded with the shutdown's
+/// message.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_workers_task_runs_again_elsewhere() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let t = c.master.submit(fake_task(30, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.start_worker("w2", cap(4.0)).await;
+    c.shutdown_worker(&wid("w1")).await.unwrap();
+    c.run_for(Duration::from_secs(60)).await;
+    let task = c.master.task(&t).await.unwrap().task;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.history[0].cause, EndCause::WorkerShutdown);
+    assert_eq!(task.history[0].message.as_deref(), Some(SHUTDOWN_MESSAGE));
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+/// A master restarted on its store resumes a waiting retry: the task is
+/// placed after its not-before time, not before and not never.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_master_resumes_a_waiting_retry() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let spec = TaskSpec::new(
+        "fake",
+        vec!["fail-until".into(), "2".into(), "1".into()],
+        cap(1.0),
+    );
+    let spec = with_policy(spec, |p| {
+        p.retries = 1;
+        p.retry_delay = Duration::from_secs(60);
+    });
+    let t = c.master.submit(spec).await.unwrap();
+    c.run_for(Duration::from_secs(3)).await;
+    let waiting = c.store.get_task(&t).await.unwrap().unwrap();
+    let due = waiting.not_before.expect("a retry waits");
+    let m2 = cloudai_core::master::Master::start(
+        MasterConfig::default(),
+        c.store.clone(),
+        c.store.clone(),
+        c.net.clone(),
+        c.clock,
+    )
+    .await
+    .unwrap();
+    let old = std::mem::replace(&mut c.master, m2);
+    old.shutdown().await;
+    c.net.set_master(c.master.clone());
+    c.master.reconnect_now();
+    c.run_for(Duration::from_secs(120)).await;
+    let task = c.store.get_task(&t).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert!(
+        task.history[1].started_at.unwrap() >= due,
+        "placed before its not-before time: {task:?}"
+    );
     c.stop().await;
 }

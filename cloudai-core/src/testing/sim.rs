@@ -9,7 +9,15 @@
 //!
 //! Fake programs (the task's command):
 //! `["run", secs, code]` runs `secs` seconds, then exits with `code`;
-//! `["stubborn", secs]` runs `secs` seconds and ignores SIGTERM.
+//! `["stubborn", secs]` runs `secs` seconds and ignores SIGTERM;
+//! `["fail-until", n, secs]` runs `secs` seconds, then exits 0 from its
+//! `n`th attempt on (`CLOUDAI_ATTEMPT`) and 1 before.
+//!
+//! Every host's runtime reports its containers to one [`RunningSet`], the
+//! cluster-wide view that checks at every instant that at most one attempt
+//! of a task runs, that a completed task never runs again, and that no
+//! run outlives its time limit by more than its grace and a heartbeat
+//! timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -27,12 +35,13 @@ use crate::master::{Master, MasterConfig, MasterEvent};
 use crate::memory::MemoryStore;
 use crate::model::{
     InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Timestamp, ValidationError, WorkerId, WorkerIdentity,
+    Timestamp, ValidationError, WorkerId, WorkerIdentity, ATTEMPT_ENV, MAX_ATTEMPTS,
 };
 use crate::output::{OutputFrom, OutputLog, OutputStream};
 use crate::rng::SplitMix64;
 use crate::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
+    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow, LABEL_ATTEMPT,
+    LABEL_TASK, LABEL_WORKER,
 };
 use crate::store::{TaskFilter, TaskStore};
 use crate::sync::lock;
@@ -294,12 +303,12 @@ struct Program {
 }
 
 impl Program {
-    fn parse(command: &[String]) -> Result<Program> {
+    fn parse(command: &[String], env: &BTreeMap<String, String>) -> Result<Program> {
         let secs = |s: &String| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
         let bad = || {
             Error::InvalidInput(ValidationError::Invalid {
             field: "command",
-            reason: format!("fake runtime runs [\"run\", secs, code] or [\"stubborn\", secs], not {command:?}"),
+            reason: format!("fake runtime runs [\"run\", secs, code], [\"stubborn\", secs] or [\"fail-until\", n, secs], not {command:?}"),
         })
         };
         match command {
@@ -313,6 +322,18 @@ impl Program {
                 code: 0,
                 ignores_term: true,
             }),
+            [p, n, s] if p == "fail-until" => {
+                let n: u32 = n.parse().map_err(|_| bad())?;
+                let attempt: u32 = env
+                    .get(ATTEMPT_ENV)
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                Ok(Program {
+                    runs_for: Duration::from_secs_f64(secs(s).ok_or_else(bad)?),
+                    code: i32::from(attempt < n),
+                    ignores_term: false,
+                })
+            }
             _ => Err(bad()),
         }
     }
@@ -325,6 +346,82 @@ struct FakeContainer {
     exit: watch::Receiver<Option<ExitStatus>>,
     signal: watch::Sender<Option<i32>>,
     log: Arc<OutputLog>,
+}
+
+/// What every simulated host runs now, by task: the cluster-wide check of
+/// the at-most-one rule (see the module docs).
+#[derive(Debug)]
+pub struct RunningSet {
+    /// Task → (host, attempt) of its running container.
+    runs: Mutex<BTreeMap<String, (String, String)>>,
+    /// Tasks recorded completed.
+    completed: Mutex<BTreeSet<TaskId>>,
+    violations: Arc<Mutex<Vec<String>>>,
+    /// How long past its limit and grace a run may end (a heartbeat timeout).
+    slack: Duration,
+}
+
+impl RunningSet {
+    fn new(violations: Arc<Mutex<Vec<String>>>, slack: Duration) -> Self {
+        RunningSet {
+            runs: Mutex::default(),
+            completed: Mutex::default(),
+            violations,
+            slack,
+        }
+    }
+
+    fn violation(&self, what: String) {
+        lock(&self.violations).push(what);
+    }
+
+    fn run_of(labels: &BTreeMap<String, String>) -> Option<(String, String, String)> {
+        Some((
+            labels.get(LABEL_TASK)?.clone(),
+            labels.get(LABEL_WORKER)?.clone(),
+            labels.get(LABEL_ATTEMPT)?.clone(),
+        ))
+    }
+
+    fn started(&self, labels: &BTreeMap<String, String>) {
+        let Some((task, host, attempt)) = Self::run_of(labels) else {
+            return;
+        };
+        if TaskId::new(task.as_str()).is_ok_and(|t| lock(&self.completed).contains(&t)) {
+            self.violation(format!(
+                "task {task} completed, yet attempt {attempt} started on {host}"
+            ));
+        }
+        let other = lock(&self.runs).insert(task.clone(), (host.clone(), attempt.clone()));
+        if let Some((h, a)) = other {
+            self.violation(format!(
+                "task {task}: attempt {attempt} started on {host} while attempt {a} runs on {h}"
+            ));
+        }
+    }
+
+    fn ended(
+        &self,
+        labels: &BTreeMap<String, String>,
+        ran: Duration,
+        limit: Option<(Duration, Duration)>,
+    ) {
+        let Some((task, host, attempt)) = Self::run_of(labels) else {
+            return;
+        };
+        let mut runs = lock(&self.runs);
+        if runs.get(&task) == Some(&(host.clone(), attempt.clone())) {
+            runs.remove(&task);
+        }
+        drop(runs);
+        if let Some((limit, grace)) = limit {
+            if ran > limit + grace + self.slack {
+                self.violation(format!(
+                    "task {task}: attempt {attempt} ran {ran:?}, past its limit of {limit:?} and grace of {grace:?}"
+                ));
+            }
+        }
+    }
 }
 
 /// A fake container's exit status and signal line.
@@ -344,6 +441,8 @@ pub struct FakeRuntime {
     clock: Clock,
     /// Until when the worker stands for its runs.
     lease: watch::Sender<Option<Instant>>,
+    /// The cluster-wide view its containers report to, if any.
+    running: Option<Arc<RunningSet>>,
 }
 
 impl Default for FakeRuntime {
@@ -360,6 +459,15 @@ impl FakeRuntime {
             next: AtomicU64::new(0),
             clock,
             lease: watch::channel(None).0,
+            running: None,
+        }
+    }
+
+    /// An empty runtime whose containers report to `running`.
+    fn reporting_to(clock: Clock, running: Arc<RunningSet>) -> Self {
+        FakeRuntime {
+            running: Some(running),
+            ..FakeRuntime::new(clock)
         }
     }
 
@@ -409,7 +517,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
-        let program = Program::parse(&spec.command)?;
+        let program = Program::parse(&spec.command, &spec.env)?;
         let id = ContainerId(format!(
             "fake-{}",
             self.next.fetch_add(1, Ordering::Relaxed)
@@ -434,6 +542,11 @@ impl ContainerRuntime for FakeRuntime {
         }
         let mut lease = self.lease.subscribe();
         let (limit, grace) = (spec.time_limit, spec.grace);
+        let running = self.running.clone();
+        let labels = spec.labels.clone();
+        if let Some(set) = &running {
+            set.started(&labels);
+        }
         tokio::spawn(async move {
             let deadline = started + program.runs_for;
             // When the host stops the run on its own: its time limit, or
@@ -478,6 +591,9 @@ impl ContainerRuntime for FakeRuntime {
                 format!("exited {status:?}\n").as_bytes(),
             );
             out.close();
+            if let Some(set) = &running {
+                set.ended(&labels, started.elapsed(), limit.map(|l| (l, grace)));
+            }
             let _ = exit_tx.send(Some(status));
         });
         lock(&self.containers).insert(
@@ -576,6 +692,7 @@ pub struct SimCluster {
     runtimes: BTreeMap<WorkerId, Arc<FakeRuntime>>,
     seed: u64,
     checker: Checker,
+    running: Arc<RunningSet>,
 }
 
 impl std::fmt::Debug for SimCluster {
@@ -605,7 +722,12 @@ impl SimCluster {
             .await
             .expect("master starts on a memory store");
         net.set_master(master.clone());
-        let checker = Checker::spawn(&master, faults.max_delay);
+        let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+        let running = Arc::new(RunningSet::new(
+            violations.clone(),
+            master.config().liveness.timeout,
+        ));
+        let checker = Checker::spawn(&master, faults.max_delay, violations, running.clone());
         SimCluster {
             net,
             store,
@@ -616,6 +738,7 @@ impl SimCluster {
             runtimes: BTreeMap::new(),
             seed,
             checker,
+            running,
         }
     }
 
@@ -626,11 +749,11 @@ impl SimCluster {
         config.seed = self.seed ^ self.workers.len() as u64;
         // One instance per id, as a state directory kept across restarts.
         config.instance = InstanceId::new(format!("sim-{id}")).expect("valid instance");
-        let clock = self.clock;
+        let (clock, running) = (self.clock, self.running.clone());
         let runtime = self
             .runtimes
             .entry(wid.clone())
-            .or_insert_with(|| Arc::new(FakeRuntime::new(clock)))
+            .or_insert_with(|| Arc::new(FakeRuntime::reporting_to(clock, running)))
             .clone();
         let worker = Worker::new(
             config,
@@ -791,6 +914,15 @@ impl SimCluster {
             if t.status.is_terminal() {
                 self.checker.finals.insert(t.id.clone(), t.status);
             }
+            let (counts, p) = (t.counts(), &t.spec.policy);
+            assert!(
+                counts.total <= MAX_ATTEMPTS
+                    && counts.failures <= p.retries + 1
+                    && (p.crash_limit == 0 || counts.losses <= p.crash_limit + 1)
+                    && (p.requeue || counts.losses <= 1),
+                "seed {seed}: task {} ran past its budgets: {counts:?} under {p:?}",
+                t.id
+            );
             if let Some(r) = self.store.get_result(&t.id).await.expect("get result") {
                 assert!(
                     t.status.is_terminal(),
@@ -904,22 +1036,56 @@ struct Checker {
 }
 
 impl Checker {
-    fn spawn(master: &Master, max_delay: Duration) -> Checker {
+    fn spawn(
+        master: &Master,
+        max_delay: Duration,
+        violations: Arc<Mutex<Vec<String>>>,
+        running: Arc<RunningSet>,
+    ) -> Checker {
         let unreachable_since: Arc<Mutex<BTreeMap<WorkerId, Instant>>> = Default::default();
-        let violations: Arc<Mutex<Vec<String>>> = Default::default();
         let mut events = master.subscribe();
+        // Each retry's not-before time, until its task is placed again.
+        let mut not_before: BTreeMap<TaskId, Timestamp> = BTreeMap::new();
         let timeout = master.config().liveness.timeout;
         let (since, found) = (unreachable_since.clone(), violations.clone());
         let task = tokio::spawn(async move {
             loop {
-                let event = events.recv().await.map(|e| e.kind.clone());
+                let event = events.recv().await.map(|e| (e.at, e.kind.clone()));
                 match event {
-                    Ok(MasterEvent::Task {
-                        id,
-                        to: TaskStatus::Running,
-                        worker: Some(w),
-                        ..
-                    }) => {
+                    Ok((
+                        _,
+                        MasterEvent::Again {
+                            id,
+                            not_before: Some(at),
+                            ..
+                        },
+                    )) => {
+                        not_before.insert(id, at);
+                    }
+                    Ok((
+                        _,
+                        MasterEvent::Task {
+                            id,
+                            to: TaskStatus::Completed,
+                            ..
+                        },
+                    )) => {
+                        lock(&running.completed).insert(id);
+                    }
+                    Ok((
+                        at,
+                        MasterEvent::Task {
+                            id,
+                            to: TaskStatus::Running,
+                            worker: Some(w),
+                            ..
+                        },
+                    )) => {
+                        if let Some(due) = not_before.remove(&id).filter(|due| at < *due) {
+                            lock(&found).push(format!(
+                                "task {id} placed at {at}, before its not-before time {due}"
+                            ));
+                        }
                         if let Some(at) = lock(&since).get(&w) {
                             // A heartbeat sent just before the cut may still
                             // arrive up to `max_delay` later.
