@@ -127,7 +127,7 @@ fn report(task: &TaskId, worker: &WorkerId, attempt: u32, cause: EndCause, n: us
 /// A task-level event the model decided on, replayed later against the store.
 #[derive(Debug, Clone)]
 enum Replay {
-    Submit(TaskRecord),
+    Submit(Box<TaskRecord>),
     Event(TaskId, TaskEvent),
     Report(TaskResult),
 }
@@ -298,7 +298,7 @@ impl Model {
                     ..AttemptPolicy::default()
                 };
                 let task = TaskRecord::new(tid(self.tasks.len()), spec, self.now());
-                self.replay.push(Replay::Submit(task.clone()));
+                self.replay.push(Replay::Submit(Box::new(task.clone())));
                 self.tasks.insert(task.id.clone(), task);
             }
             Step::Place { t } => {
@@ -569,7 +569,7 @@ async fn replay(history: &[Replay]) -> Arc<MemoryStore> {
     for (n, item) in history.iter().enumerate() {
         let now = Timestamp::from_millis(n as u64);
         match item {
-            Replay::Submit(t) => store.insert_task(t.clone()).await.unwrap(),
+            Replay::Submit(t) => store.insert_task((**t).clone()).await.unwrap(),
             Replay::Event(id, e) => {
                 let _: Applied = apply_event(store.as_ref(), id, e, now).await.unwrap();
             }

@@ -600,6 +600,10 @@ struct Line {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per line typed at the prompt"
+)]
 enum ReplCommand {
     #[command(flatten)]
     Op(Command),

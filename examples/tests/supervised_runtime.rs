@@ -141,8 +141,8 @@ async fn a_new_runtime_finds_a_run_and_its_exit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// With no runtime attached for the orphan timeout, the supervisor kills
-/// the run's whole group.
+/// With no lease renewal for its lease, the supervisor stops the run's
+/// whole group: SIGTERM to the group, SIGKILL after the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orphaned_run_is_killed_by_its_supervisor() {
     let dir = state_dir("orphan");
@@ -158,7 +158,7 @@ async fn an_orphaned_run_is_killed_by_its_supervisor() {
         .await
         .expect("bounded")
         .expect("wait");
-    assert_eq!(status.signal, Some(9), "{status:?}");
+    assert_eq!(status.signal, Some(15), "{status:?}");
     again.remove(&id).await.expect("remove");
     let _ = std::fs::remove_dir_all(&dir);
 }

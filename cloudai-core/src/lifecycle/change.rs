@@ -64,7 +64,7 @@ pub struct StatusChange {
     /// The new not-before time (replaces the old one; `None` clears it).
     pub not_before: Option<Timestamp>,
     /// An ended attempt to append to the task's history.
-    pub push: Option<Attempt>,
+    pub push: Option<Box<Attempt>>,
     /// When the change happens.
     pub at: Timestamp,
 }
@@ -93,7 +93,7 @@ impl StatusChange {
         task.reason.clone_from(&self.reason);
         task.not_before = self.not_before;
         if let Some(a) = &self.push {
-            task.history.push(a.clone());
+            task.history.push((**a).clone());
         }
         task.updated_at = self.at;
         if self.to.is_terminal() {

@@ -269,7 +269,7 @@ impl TaskEvent {
                 assignment: Assignment::Keep,
                 reason: None,
                 not_before: None,
-                push: Some((**a).clone().without_logs()),
+                push: Some(Box::new((**a).clone().without_logs())),
                 at: now,
             }),
             _ => None,
@@ -449,7 +449,7 @@ impl Plan<'_> {
                             self.now,
                             Some(reason.into()),
                         );
-                        change.push = Some(entry);
+                        change.push = Some(Box::new(entry));
                     }
                     effects.push(stop(w, a, grace));
                 }
@@ -538,13 +538,13 @@ impl Plan<'_> {
         let change = match self.next(cause, what.as_deref()) {
             Next::Final { status, reason } => {
                 let mut c = self.change(status, Assignment::Keep, reason);
-                c.push = Some(entry.without_logs());
+                c.push = Some(Box::new(entry.without_logs()));
                 c
             }
             Next::Again { delay, reason } => {
                 let mut c = self.change(TaskStatus::Pending, Assignment::Clear, Some(reason));
                 c.not_before = self.not_before(delay);
-                c.push = Some(entry);
+                c.push = Some(Box::new(entry));
                 c
             }
         };
@@ -571,7 +571,7 @@ impl Plan<'_> {
                 c
             }
         };
-        change.push = Some(entry);
+        change.push = Some(Box::new(entry));
         self.done(change, vec![stop(w, a, grace)])
     }
 

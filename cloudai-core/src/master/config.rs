@@ -193,8 +193,10 @@ mod tests {
 
     #[test]
     fn a_loss_threshold_no_worker_could_fence_itself_within_is_refused() {
-        let mut c = MasterConfig::default();
-        c.heartbeat_interval = Duration::from_millis(900);
+        let mut c = MasterConfig {
+            heartbeat_interval: Duration::from_millis(900),
+            ..MasterConfig::default()
+        };
         c.liveness.timeout = Duration::from_secs(1);
         c.liveness.lost_after = Duration::from_secs(2);
         assert!(matches!(c.check(), Err(ConfigError::NoFenceMargin(_))));
