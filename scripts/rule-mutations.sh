@@ -60,9 +60,9 @@ mutate cloudai-core/src/output/log.rs "a reader from an offset gets the kept byt
   'let begin = from.max(s.start);' 'let begin = s.start;'
 mutate cloudai-core/src/output/log.rs "a run's output is kept past its retention" \
   'let keep_from = self.end.saturating_sub(self.retain);' 'let keep_from = 0;'
-mutate cloudai-core/src/events.rs "a cursor older than the event buffer resumes with a gap" \
+mutate cloudai-core/src/events/mod.rs "a cursor older than the event buffer resumes with a gap" \
   'if seq + 1 < oldest {' 'if false {'
-mutate cloudai-core/src/events.rs "a cursor from another master run is resumed" \
+mutate cloudai-core/src/events/mod.rs "a cursor from another master run is resumed" \
   'Some(c) if c.epoch != self.epoch => {' 'Some(c) if false => {'
 mutate cloudai-core/src/lifecycle/mod.rs "a late report may overwrite cancelled" \
   'const FROM_RUNNING: &[TaskStatus] = &[TaskStatus::Running];' \
@@ -95,7 +95,7 @@ mutate cloudai-core/src/ledger.rs "release leaks the allocation" \
   $'            .get(&worker)\n            .and_then(|a| a.tasks.get(task).copied())?;'
 mutate cloudai-core/src/ledger.rs "the free-capacity index misses a freed worker" \
   $'            .and_then(|a| a.remove(task))?;\n        self.refresh(&worker);' '            .and_then(|a| a.remove(task))?;'
-mutate cloudai-core/src/placement.rs "placement ignores inactive workers" \
+mutate cloudai-core/src/placement/mod.rs "placement ignores inactive workers" \
   'candidates.iter().filter(|c| c.active).collect()' 'candidates.iter().collect()'
 mutate cloudai-core/src/liveness.rs "inactive one tick late" \
   'let d = past(now, self.config.timeout);' 'let d = past(now, self.config.timeout).saturating_add(Duration::from_millis(1));'
@@ -103,37 +103,37 @@ mutate cloudai-core/src/liveness.rs "inactive one tick late" \
 # Service rules, caught by the simulation (scenarios and fault explorer)
 # and by the services' unit tests.
 mutate cloudai-core/src/master/transitions.rs "master never releases resources" \
-  $'                Effect::Release { .. } => {\n                    st.release(&task.id);\n                }' \
+  $'                Effect::Release { worker, attempt } => {\n                    st.release_run(&task.id, worker, *attempt);\n                }' \
   'Effect::Release { .. } => {}'
 mutate cloudai-core/src/master/transitions.rs "the executor skips sending assignments" \
   'Effect::SendAssignment { worker } => st.owe_send(task.clone(), worker.clone()),' \
   'Effect::SendAssignment { .. } => {}'
 mutate cloudai-core/src/master/transitions.rs "the executor skips stops" \
   'st.owe_stop(worker.clone(), run, *grace, now);' 'let _ = (worker, run, grace, now);'
-mutate cloudai-core/src/master/state/mod.rs "placement ignores liveness" \
+mutate cloudai-core/src/master/state/workers.rs "placement ignores liveness" \
   '&& self.liveness.health(worker, now) == Some(Health::Active)' ''
 mutate cloudai-core/src/master/owed_stops.rs "a stop that failed to arrive is never retried" \
   'owed.phase = Phase::Parked(why);' 'let _ = why;'
-mutate cloudai-core/src/master/state/mod.rs "a heartbeat does not retry owed stops" \
+mutate cloudai-core/src/master/state/workers.rs "a heartbeat does not retry owed stops" \
   '        self.stops.retry(worker);' ''
 mutate cloudai-core/src/master/dispatch.rs "a placement cancelled meanwhile keeps its reservation" \
   'Ok(Applied::Refused { .. }) => self.state().unreserve(&id),' 'Ok(Applied::Refused { .. }) => {}'
 mutate cloudai-core/src/master/membership.rs "re-registration keeps tasks the worker no longer has" \
-  '.filter(|r| !listed.contains(r) && !st.in_flight(&r.task))' \
-  '.filter(|r| false && !st.in_flight(&r.task))'
+  'let absent = |r: &RunningTask| !listed.contains(r) && !st.in_flight(&r.task);' \
+  'let absent = |r: &RunningTask| false && !st.in_flight(&r.task);'
 mutate cloudai-core/src/worker/runs.rs "a run stopped before its assignment still starts" \
   'if self.tombstones.contains(run) {' 'if false {'
 mutate cloudai-core/src/master/membership.rs "a registration from another instance takes a live id" \
   'Ok(Ok(answer)) if answer.id == reg.worker && answer.instance == held => {' 'Ok(Ok(answer)) if false => {'
 mutate cloudai-core/src/worker/mod.rs "a worker obeys calls meant for another" \
   'if *worker == cfg.id && instance.is_none_or(|i| *i == cfg.instance) {' 'if true {'
-mutate cloudai-core/src/master/state/placement.rs "a freed slot does not wake the tasks waiting for it" \
-  $'            self.epoch += 1;\n            self.queue.wake(worker);' '            self.epoch += 1;'
+mutate cloudai-core/src/master/state/runs.rs "a freed slot does not wake the tasks waiting for it" \
+  $'            self.epoch += 1;\n            self.queue.wake(&worker);' '            self.epoch += 1;'
 mutate cloudai-core/src/master/state/queue.rs "a blocked class is tried before it is woken" \
   '.filter(|(_, w)| w.blocked.is_none())' '.filter(|_| true)'
 mutate cloudai-core/src/master/state/queue.rs "a joining worker leaves classes no freed slot could fit asleep" \
   '        self.wake_where(worker, |_| true);' '        self.wake_where(worker, |b| !b.needs_worker);'
-mutate cloudai-core/src/master/state/mod.rs "tasks are placed on a drained worker" \
+mutate cloudai-core/src/master/state/workers.rs "tasks are placed on a drained worker" \
   '.is_some_and(|w| !w.unreachable && w.drain.is_none())' '.is_some_and(|w| !w.unreachable)'
 mutate cloudai-core/src/master/driver.rs "a drain deadline stops nothing" \
   'store_work.spawn(async move { m.drain_deadline_passed(&worker).await });' 'let _ = (&m, &worker);'
@@ -141,5 +141,23 @@ mutate cloudai-core/src/worker/shutdown.rs "a shutting-down worker does not say 
   'let leave = self.inner.master.leave(&me);' 'let leave = async { Ok::<(), crate::Error>(()) };'
 mutate cloudai-core/src/worker/shutdown.rs "shutdown leaves containers running" \
   'container.filter(|_| stopping.insert(run.clone()))' 'container.filter(|_| stopping.insert(run.clone()) && false)'
+
+# Work that survives faults: the retry budgets, at most one attempt
+# running, the fence, time limits.
+mutate cloudai-core/src/attempts.rs "a retry past the budget" \
+  'if after.failures > policy.retries {' 'if after.failures > policy.retries + 1 {'
+mutate cloudai-core/src/attempts.rs "a requeue past the crash limit" \
+  'if limit > 0 && after.losses > limit {' 'if limit > 0 && after.losses > limit + 1 {'
+mutate cloudai-core/src/lifecycle/plan.rs "a next attempt placed before the previous ended" \
+  $'                let mut c = self.change(TaskStatus::Pending, Assignment::Keep, Some(reason));\n                c.not_before = self.not_before(delay);\n                c\n            }\n        };\n        change.push = Some(Box::new(entry));\n        self.done(change, vec![stop(w, a, grace)])' \
+  $'                let mut c = self.change(TaskStatus::Pending, Assignment::Clear, Some(reason));\n                c.not_before = self.not_before(delay);\n                c\n            }\n        };\n        change.push = Some(Box::new(entry));\n        self.done(change, vec![stop(w, a, grace), release(w, a)])'
+mutate cloudai-core/src/lifecycle/plan.rs "a cancelled run's resources are freed before its stop lands" \
+  'effects.push(stop(w, a, grace));' 'effects.push(stop(w, a, grace));effects.push(release(w, a));'
+mutate cloudai-core/src/worker/session.rs "a worker does not fence itself" \
+  'session.fence_after = fence_after;' 'session.fence_after = fence_after.filter(|_| false);'
+mutate cloudai-core/src/worker/supervise.rs "a timeout loses to a late exit" \
+  'let end = match (stop, &exit) {' 'let end = match (stop.filter(|_| exit.is_err()), &exit) {'
+mutate cloudai-core/src/master/state/runs.rs "a retry is placed before its delay" \
+  'Some(due) if due > now => {' 'Some(due) if false && due > now => {'
 
 exit $survived

@@ -6,7 +6,9 @@
 
 mod array;
 mod attempt;
+mod counts;
 mod ids;
+mod policy;
 mod resources;
 mod run;
 mod task;
@@ -16,13 +18,15 @@ mod worker;
 
 pub use array::{ArrayIndices, ArrayMember, ARRAY_ID_ENV, ARRAY_INDEX_ENV, MAX_ARRAY_TASKS};
 pub use attempt::{
-    Attempt, AttemptCounts, AttemptPolicy, EndCause, EndKind, ATTEMPT_ENV, ATTEMPT_LOG_BYTES,
-    MAX_ATTEMPTS, TASK_ID_ENV,
+    Attempt, AttemptCounts, EndCause, EndKind, ATTEMPT_ENV, ATTEMPT_LOG_BYTES, MAX_ATTEMPTS,
+    TASK_ID_ENV,
 };
+pub use counts::StatusCounts;
 pub use ids::{ArrayId, InstanceId, TaskId, WorkerId};
+pub use policy::AttemptPolicy;
 pub use resources::Resources;
 pub use run::{ExitStatus, RunningTask};
-pub use task::{StatusCounts, TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
+pub use task::{TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
 pub use time::{parse_duration, Timestamp};
 pub use validation::ValidationError;
 pub use worker::{Drain, Heartbeat, Telemetry, WorkerIdentity, WorkerRecord};

@@ -34,21 +34,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod command;
 mod follow;
 mod frames;
 mod record;
@@ -57,7 +55,10 @@ pub mod supervisor;
 
 pub use supervised::SupervisedProcessRuntime;
 
-use crate::model::ValidationError;
+use command::{
+    backend, check_command, invalid_command, signal_group, task_command, to_exit_status,
+};
+
 use crate::output::{OutputFrom, OutputLog, OutputStream};
 use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
@@ -153,96 +154,6 @@ impl ProcessRuntime {
     }
 }
 
-/// The command for a task: `program` with `args` as the leader of a new
-/// process group, stdin closed, an environment of only `PATH` (the
-/// worker's, unless `env` sets one) and `env`. The program is looked up in
-/// that `PATH` here, so the standard library can start it with
-/// `posix_spawn` (a vfork) rather than fork: a fork copies the page tables
-/// of a large parent, which made every start slower as a `--dev` master
-/// held more tasks.
-fn task_command(
-    program: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-) -> std::process::Command {
-    let path = env
-        .get("PATH")
-        .map(std::ffi::OsString::from)
-        .or_else(|| std::env::var_os("PATH"));
-    let mut cmd = std::process::Command::new(resolve(program, path.as_deref()));
-    // The program sees the name it was given as its `$0`, as with a shell.
-    cmd.arg0(program)
-        .args(args)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .env_clear();
-    if let Some(path) = &path {
-        cmd.env("PATH", path);
-    }
-    cmd.envs(env);
-    cmd
-}
-
-/// `program` found in `path` (an executable file), or as given: a name
-/// with a `/`, or one not found (starting it then fails as not found).
-fn resolve(program: &str, path: Option<&std::ffi::OsStr>) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    if program.contains('/') {
-        return program.into();
-    }
-    path.into_iter()
-        .flat_map(std::env::split_paths)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .unwrap_or_else(|| program.into())
-}
-
-/// Refuses a spec the process runtimes cannot run: no command (there is no
-/// image default to fall back to), or an empty program name.
-fn check_command(spec: &ContainerSpec) -> Result<()> {
-    match spec.command.first() {
-        None => Err(invalid_command(format!(
-            "the process runtime needs a command (the image {:?} is recorded, not run)",
-            spec.image
-        ))),
-        Some(program) if program.is_empty() => Err(ValidationError::Empty {
-            field: "command[0]",
-        }
-        .into()),
-        Some(_) => Ok(()),
-    }
-}
-
-fn invalid_command(reason: String) -> Error {
-    Error::InvalidInput(ValidationError::Invalid {
-        field: "command",
-        reason,
-    })
-}
-
-fn backend(source: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Backend {
-        backend: BACKEND,
-        source: Box::new(source),
-    }
-}
-
-/// Sends `signal` to the process group led by `pid`. A group that no longer
-/// exists is not an error.
-fn signal_group(pid: i32, signal: Signal) -> Result<()> {
-    // Never signal group 0 (our own) or 1 (init's, or "all" on some systems).
-    if pid <= 1 {
-        return Ok(());
-    }
-    match killpg(Pid::from_raw(pid), signal) {
-        Ok(()) | Err(Errno::ESRCH) => Ok(()),
-        Err(e) => Err(backend(e)),
-    }
-}
-
 /// Waits until the state leaves `Running`. A reaper that went away without
 /// publishing (its tokio runtime shut down) counts as exited.
 async fn exited(state: &mut watch::Receiver<State>) {
@@ -268,14 +179,6 @@ where
             }
         }
     })
-}
-
-fn to_exit_status(status: std::process::ExitStatus) -> ExitStatus {
-    ExitStatus {
-        code: status.code(),
-        signal: status.signal(),
-        oom_killed: false,
-    }
 }
 
 #[async_trait]
@@ -458,7 +361,7 @@ impl ContainerRuntime for ProcessRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::command::resolve;
 
     #[test]
     fn programs_are_found_in_the_path_given() {
