@@ -37,6 +37,9 @@ pub struct LoadConfig {
     /// Submit the runnable tasks as one array (one call, one store batch)
     /// instead of one call each.
     pub array: bool,
+    /// Retries each task asks for after a failure (with no delay), so a
+    /// share of failing runs is run again.
+    pub retries: u32,
 }
 
 /// Master CPU (percent of one core) and heartbeats over one phase.
@@ -235,7 +238,9 @@ pub async fn run(
         tokio::time::sleep(load.idle).await;
         Some(clock.end(&swarm))
     };
-    let spec = TaskSpec::new("busybox", vec!["true".into()], load.request);
+    let mut spec = TaskSpec::new("busybox", vec!["true".into()], load.request);
+    spec.policy.retries = load.retries;
+    spec.policy.retry_delay = Duration::ZERO;
     park(&client, &spec, load.parked, load.concurrency).await?;
 
     let clock = PhaseClock::start(&swarm, master_pid);
@@ -258,7 +263,18 @@ pub async fn run(
     };
     let submits_per_s = load.tasks as f64 / start.elapsed().as_secs_f64();
     let stats = swarm.stats();
-    while stats.ended() < load.tasks as u64 {
+    // With retries a failed run is reported and run again: the master
+    // says when every task ended.
+    let ended = || async {
+        if load.retries == 0 {
+            return stats.ended();
+        }
+        match client.task_counts().await {
+            Ok(c) if c.pending + c.running == load.parked as u64 => c.completed + c.failed,
+            _ => 0,
+        }
+    };
+    while ended().await < load.tasks as u64 {
         if start.elapsed() > load.deadline {
             return Err(format!(
                 "only {} of {} tasks were reported within {:?}; {:?}",
@@ -347,7 +363,7 @@ pub async fn check(
     client: &MasterClient,
     report: &Report,
     swarm: &Swarm,
-    failed_expected: u64,
+    failed_expected: Option<u64>,
 ) -> Result<(), String> {
     let err = |e: cloudai_core::Error| e.to_string();
     if report.refused > 0 || !report.errors.is_empty() {
@@ -356,9 +372,12 @@ pub async fn check(
             report.refused, report.errors
         ));
     }
-    if report.completed + report.failed != report.tasks as u64 || report.failed != failed_expected {
+    let failed_ok = failed_expected.is_none_or(|f| report.failed == f);
+    if (failed_expected.is_some() && report.completed + report.failed != report.tasks as u64)
+        || !failed_ok
+    {
         return Err(format!(
-            "{} tasks: {} reported completed and {} failed (expected {failed_expected} failed)",
+            "{} tasks: {} reported completed and {} failed (expected {failed_expected:?} failed)",
             report.tasks, report.completed, report.failed
         ));
     }
@@ -370,7 +389,11 @@ pub async fn check(
         .tasks(&TaskFilter::status([TaskStatus::Failed]))
         .await
         .map_err(err)?;
-    if completed.len() as u64 != report.completed || failed.len() as u64 != report.failed {
+    let (done, retried) = (completed.len() + failed.len(), failed_expected.is_none());
+    if (retried && done != report.tasks)
+        || (!retried
+            && (completed.len() as u64 != report.completed || failed.len() as u64 != report.failed))
+    {
         return Err(format!(
             "the master has {} completed and {} failed; the swarm reported {} and {}",
             completed.len(),

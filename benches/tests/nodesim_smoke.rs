@@ -62,13 +62,14 @@ async fn a_swarm_runs_every_runnable_task_and_leaves_the_cluster_clean() {
         idle: Duration::ZERO,
         deadline: Duration::from_secs(120),
         array: false,
+        retries: 0,
     };
     let (report, swarm) = measure::run(&address, security.clone(), swarm, &load, None)
         .await
         .unwrap();
     assert_eq!(report.workers, 300);
     let client = MasterClient::new(&address, security).unwrap();
-    measure::check(&client, &report, &swarm, 150)
+    measure::check(&client, &report, &swarm, Some(150))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{report}"));
     swarm.stop().await;

@@ -1086,3 +1086,36 @@ async fn a_restarted_master_resumes_a_waiting_retry() {
     );
     c.stop().await;
 }
+
+/// A time-limited run whose worker agent died and whose end is never
+/// heard: the master times it out itself at its limit, grace and a
+/// heartbeat timeout past its assignment, before the worker is lost.
+#[tokio::test(start_paused = true)]
+async fn the_master_times_out_a_run_whose_end_is_never_heard() {
+    let mut c = cluster(&[("w1", 4.0)]).await;
+    let mut spec = with_policy(fake_task(600, 0, 1.0), |p| {
+        p.time_limit = Some(Duration::from_secs(5));
+    });
+    spec.cancel_grace = Duration::from_secs(1);
+    let t = c.master.submit(spec).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    c.kill_agent(&wid("w1"));
+    c.run_for(Duration::from_secs(40)).await;
+    let task = c.master.task(&t).await.unwrap().task;
+    assert_eq!(task.status, TaskStatus::Failed, "{task:?}");
+    assert!(
+        task.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("timeout: no end heard")),
+        "{task:?}"
+    );
+    assert_eq!(
+        view(&c, "w1").health,
+        Health::Inactive,
+        "timed out before the worker was lost"
+    );
+    c.restart_worker(&wid("w1")).await.unwrap();
+    c.run_for(Duration::from_secs(10)).await;
+    c.check_quiescent().await;
+    c.stop().await;
+}

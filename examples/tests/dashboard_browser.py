@@ -112,6 +112,17 @@ def main():
         shown = cli(args, "show", sleeper)
         assert shown["task"]["status"] == "cancelled", shown
 
+        step = "a retried task's page lists its attempts"
+        retried = cli(args, "task", "--retries", "1", "--retry-delay", "0", "busybox", "--",
+                      "sh", "-c", 'test "$CLOUDAI_ATTEMPT" -ge 2')["task_id"]
+        driver.get(f"{args.url}/#/task/{retried}")
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "completed")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")) == 2)
+        rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")]
+        assert "exited" in rows[0] and "completed" in rows[1], rows
+        driver.get(f"{args.url}/#/")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.drain'))
+
         step = "the drain button drains the worker"
         driver.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.drain').click()
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] td.drain').text

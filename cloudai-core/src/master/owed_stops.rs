@@ -161,11 +161,6 @@ impl OwedStops {
             .unwrap_or_default()
     }
 
-    /// `worker` came back without `run`, or was lost: its stop is moot.
-    pub(super) fn forget(&mut self, worker: &WorkerId, run: &RunningTask) {
-        let _ = self.settle(worker, run, Ok(()));
-    }
-
     /// Every stop owed, in any phase.
     pub(super) fn owed(&self) -> Vec<(WorkerId, RunningTask)> {
         self.by_worker

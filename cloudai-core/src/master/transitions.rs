@@ -167,16 +167,11 @@ impl Master {
 
     /// Attempt `attempt` of `task` on `worker` is known to have ended
     /// outside any transition (the task is final already, its stop was
-    /// owed): its resources go back, and its stop is no longer owed.
+    /// owed): its resources go back. A stop still owed goes out all the
+    /// same (harmless: the worker has no such run), and confirms.
     pub(super) fn run_ended(&self, task: &TaskId, worker: &WorkerId, attempt: u32) {
-        let run = RunningTask {
-            task: task.clone(),
-            attempt,
-        };
         let mut st = self.state();
-        if st.release_run(task, worker, attempt) {
-            st.forget_stop(worker, &run);
-        }
+        st.release_run(task, worker, attempt);
         self.done(st);
     }
 

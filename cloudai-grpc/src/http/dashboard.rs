@@ -8,7 +8,7 @@
 //! | `GET /api/session` | the session's CSRF token |
 //! | `GET /api/overview` | counts by status and the workers |
 //! | `GET /api/tasks?status=&worker=&array=&after=&limit=` | a page of tasks, newest first, with `next` |
-//! | `GET /api/tasks/{id}` | a task with its result and waiting reason |
+//! | `GET /api/tasks/{id}` | a task with its result, its attempts and waiting reason |
 //! | `GET /api/tasks/{id}/output?offset=` | its output as it is written (SSE) |
 //! | `POST /api/tasks/{id}/cancel` | cancel it |
 //! | `POST /api/workers/{id}/drain?deadline=` and `/undrain` | drain, undrain |
@@ -152,10 +152,16 @@ async fn overview(State(master): State<Master>) -> Answer {
     Ok(Json(json!({ "counts": counts, "workers": workers })))
 }
 
-/// A task as the list and the task page show it: the record, and why it
-/// waits (the sentence and its word).
+/// A task as the list and the task page show it: the record (its
+/// attempts without their kept output), and why it waits (the sentence
+/// and its word).
 fn task_json(task: &TaskRecord, waiting: Option<String>) -> Value {
     let mut v = serde_json::to_value(task).unwrap_or(Value::Null);
+    if let Some(history) = v.get_mut("history").and_then(Value::as_array_mut) {
+        for attempt in history.iter_mut().filter_map(Value::as_object_mut) {
+            attempt.remove("logs");
+        }
+    }
     v["waiting"] = json!(waiting);
     v["reason_word"] = json!(waiting.as_deref().map(short_reason));
     v

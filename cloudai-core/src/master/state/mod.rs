@@ -229,12 +229,6 @@ impl State {
         self.stops.settle(worker, run, outcome)
     }
 
-    /// `worker` ended `run` another way (it reported its end, came back
-    /// without it, or was lost): its stop is moot.
-    pub(in crate::master) fn forget_stop(&mut self, worker: &WorkerId, run: &RunningTask) {
-        self.stops.forget(worker, run);
-    }
-
     pub(in crate::master) fn wait_for_stop(
         &mut self,
         worker: &WorkerId,

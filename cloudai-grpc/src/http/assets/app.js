@@ -194,7 +194,18 @@ async function renderTask(app, id) {
       r ? [h('dt', {}, 'exit code'), h('dd', { id: 'exit-code' }, r.exit_code ?? (r.signal ? 'signal ' + r.signal : '-'))] : null,
       r && r.message ? [h('dt', {}, 'message'), h('dd', {}, r.message)] : null),
     live ? h('p', {}, h('button', { id: 'cancel', class: 'cancel danger', onclick: () => act(`/api/tasks/${enc(t.id)}/cancel`, 'cancel') }, 'Cancel')) : null,
-    h('h2', {}, 'Output'), h('div', { id: 'logs-slot' })].filter(Boolean));
+    (t.history || []).length ? attempts(t.history) : null,
+    h('h2', {}, 'Output'), h('div', { id: 'logs-slot' })].flat().filter(Boolean));
+}
+
+// Each ended attempt of a task: where it ran and how it ended.
+function attempts(history) {
+  const exit = (a) => a.exit_code ?? (a.signal ? 'signal ' + a.signal : '-');
+  return [h('h2', {}, 'Attempts'), h('table', { id: 'attempts' },
+    h('thead', {}, h('tr', {}, ...['attempt', 'worker', 'ended', 'cause', 'exit', 'message'].map((c) => h('th', {}, c)))),
+    h('tbody', {}, ...history.map((a) => h('tr', {},
+      h('td', {}, a.attempt), h('td', {}, a.worker), h('td', {}, ago(a.ended_at)),
+      h('td', {}, a.cause), h('td', {}, exit(a)), h('td', {}, a.message || '')))))];
 }
 
 // ---- routing and live updates ----------------------------------------------
