@@ -1,9 +1,11 @@
 //! The multi-process test harness: a real `cloudai-master` and real
 //! `cloudai-worker` processes talking gRPC over loopback, driven through the
-//! one-shot CLI. Shared by `multi_process.rs` (process runtime) and
-//! `docker_cluster.rs` (Docker runtime).
+//! one-shot CLI. Shared by `multi_process.rs` (process runtime),
+//! `docker_cluster.rs` (Docker runtime) and others; `partition.rs` runs the
+//! processes in network namespaces of its own (see [`netns`]).
 #![allow(clippy::print_stderr, dead_code, unreachable_pub)]
 
+pub mod netns;
 pub mod output;
 
 use std::io::{BufRead, BufReader, Read};
@@ -34,6 +36,20 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A command running `bin`, inside network namespace `netns` when one is
+/// given (`ip netns exec NS bin`, which execs `bin`: the child is `bin`
+/// itself, with its own pid).
+pub fn command(bin: &str, netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new(netns::tool("ip"));
+            cmd.args(["netns", "exec", ns, bin]);
+            cmd
+        }
+        None => Command::new(bin),
+    }
 }
 
 /// Removes every setting the children could inherit from the developer's
@@ -225,6 +241,9 @@ pub struct Cluster {
     /// Holds each worker's `--state-dir` (`<root>/<worker id>` unless a
     /// test names another); removed with the cluster.
     pub state_root: PathBuf,
+    /// The network namespace the master and the CLI run in (`None`: the
+    /// test's own).
+    pub netns: Option<String>,
 }
 
 impl Drop for Cluster {
@@ -273,9 +292,22 @@ impl Cluster {
     }
 
     pub fn start_with(test: &str, timing: Timing, extra: &[&str]) -> Cluster {
+        Self::start_at(test, timing, extra, None, "127.0.0.1")
+    }
+
+    /// Starts a master inside network namespace `netns` (when given),
+    /// listening on a free port of `ip`; the CLI runs there too.
+    pub fn start_at(
+        test: &str,
+        timing: Timing,
+        extra: &[&str],
+        netns: Option<&str>,
+        ip: &str,
+    ) -> Cluster {
         let tag = format!("{test}-{}", std::process::id());
         let token = format!("tok-{tag}");
-        let (master, address) = spawn_master(&token, "127.0.0.1:0", timing, extra, "master");
+        let (master, address) =
+            spawn_master_in(netns, &token, &format!("{ip}:0"), timing, extra, "master");
         Cluster {
             token,
             address,
@@ -287,6 +319,7 @@ impl Cluster {
             timing,
             state_root: std::env::temp_dir().join(format!("cloudai-state-{tag}")),
             tag,
+            netns: netns.map(str::to_string),
         }
     }
 
@@ -309,9 +342,24 @@ impl Cluster {
 
     /// Starts a worker process with state directory `state`.
     pub fn spawn_worker_in(&mut self, id: &str, cpu: f64, token: &str, state: &Path) -> usize {
-        let mut cmd = Command::new(WORKER_BIN);
+        self.spawn_worker_at(id, cpu, token, state, None, "127.0.0.1")
+    }
+
+    /// Starts a worker process with state directory `state` inside network
+    /// namespace `netns` (when given), listening on a free port of `ip`
+    /// (which it advertises).
+    pub fn spawn_worker_at(
+        &mut self,
+        id: &str,
+        cpu: f64,
+        token: &str,
+        state: &Path,
+        netns: Option<&str>,
+        ip: &str,
+    ) -> usize {
+        let mut cmd = command(WORKER_BIN, netns);
         clean_env(&mut cmd);
-        cmd.args(["--master", &self.address, "--listen", "127.0.0.1:0"])
+        cmd.args(["--master", &self.address, "--listen", &format!("{ip}:0")])
             .args(["--id", id, "--token", token, "--runtime", self.runtime])
             .arg("--state-dir")
             .arg(state)
@@ -355,7 +403,7 @@ impl Cluster {
 
     /// Runs `cloudai-master --master ADDR --token T <args>`.
     pub fn cli(&self, args: &[&str]) -> Out {
-        let mut cmd = Command::new(MASTER_BIN);
+        let mut cmd = command(MASTER_BIN, self.netns.as_deref());
         cmd.args(["--master", &self.address, "--token", &self.token])
             .args(args);
         run_bounded(&mut cmd, CLI_TIMEOUT).expect("run the CLI")
@@ -510,7 +558,19 @@ pub fn spawn_master(
     extra: &[&str],
     name: &str,
 ) -> (Proc, String) {
-    let mut cmd = Command::new(MASTER_BIN);
+    spawn_master_in(None, token, listen, timing, extra, name)
+}
+
+/// [`spawn_master`] inside network namespace `netns`, when given.
+pub fn spawn_master_in(
+    netns: Option<&str>,
+    token: &str,
+    listen: &str,
+    timing: Timing,
+    extra: &[&str],
+    name: &str,
+) -> (Proc, String) {
+    let mut cmd = command(MASTER_BIN, netns);
     clean_env(&mut cmd);
     cmd.args(["--listen", listen, "--token", token, "--log-json"])
         .args([
