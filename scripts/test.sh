@@ -41,4 +41,16 @@ if [[ -z "${CLOUDAI_TEST_BROWSER_PYTHON:-}" ]]; then
   export CLOUDAI_TEST_BROWSER_PYTHON
 fi
 
+# --- ip and iptables for the partition test ---
+# examples/tests/partition.rs runs a cluster across two network namespaces
+# of its own and cuts the link between them with iptables; it needs root
+# and skips, saying why, without them. Install Debian's iproute2 and
+# iptables when they are missing.
+have() { PATH=$PATH:/usr/sbin:/sbin command -v "$1" >/dev/null; }
+if [[ $(id -u) = 0 ]] && ! { have ip && have iptables; }; then
+  echo "installing Debian's iproute2 and iptables for the partition test" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 iptables; } >&2
+fi
+
 cargo test --workspace --all-features "$@"
