@@ -15,6 +15,16 @@
 //! and every stop would wait out its grace and end by SIGKILL. Turn it off
 //! with [`DockerRuntime::with_init`]; [`DockerRuntime::check_init`] tells
 //! whether the daemon has an init.
+//!
+//! Containers outlive their worker, so a restarted worker adopts them. To
+//! bound that, give the runtime a [`Watchdog`]
+//! ([`DockerRuntime::with_watchdog`]): a small process per worker (see
+//! [`watchdog`]) that holds the lease the worker renews
+//! ([`renew_lease`](ContainerRuntime::renew_lease)) and stops the worker's
+//! containers once it runs out, so a worker that dies and stays down
+//! leaves nothing running by the time its master may run its tasks
+//! elsewhere. Without one, leases are ignored and containers run on until
+//! a worker stops them, as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -41,8 +51,10 @@ use tracing::warn;
 
 mod output;
 mod pull;
+pub mod watchdog;
 
 pub use pull::DEFAULT_PULL_TIMEOUT;
+pub use watchdog::Watchdog;
 
 /// The Docker runtime.
 #[derive(Debug, Clone)]
@@ -58,6 +70,8 @@ pub struct DockerRuntime {
     init: bool,
     /// The output of the containers it started, until removed.
     outputs: Arc<Mutex<HashMap<ContainerId, Arc<OutputLog>>>>,
+    /// The watchdog holding the worker's lease, if it has one.
+    watchdog: Option<Arc<watchdog::Client>>,
 }
 
 /// Bytes of output kept per container unless configured otherwise (64 MiB).
@@ -143,7 +157,35 @@ impl DockerRuntime {
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             init: true,
             outputs: Arc::default(),
+            watchdog: None,
         })
+    }
+
+    /// Guards the containers it starts with `watchdog` (see [`watchdog`]):
+    /// each start first sends the watchdog the spec's lease (or the
+    /// watchdog's default lease), and fails if no watchdog can be reached
+    /// or started; each [`renew_lease`](ContainerRuntime::renew_lease)
+    /// sends the new lease; containers get the label
+    /// [`watchdog::LABEL_WATCHDOG`]. Once a lease runs out without a
+    /// renewal, the watchdog stops them, whether this runtime (its
+    /// worker) is still there or not. Without a watchdog (the default) a
+    /// container runs until a worker stops it, and leases are ignored.
+    pub fn with_watchdog(mut self, watchdog: Watchdog) -> Self {
+        self.watchdog = Some(Arc::new(watchdog::Client::new(
+            watchdog,
+            self.worker.clone(),
+        )));
+        self
+    }
+
+    /// Reaches the watchdog now, starting it if none answers (otherwise
+    /// that happens at the first start or renewal), so a watchdog that
+    /// cannot start is an error at once. Without a watchdog, succeeds.
+    pub async fn connect_watchdog(&self) -> Result<()> {
+        match &self.watchdog {
+            Some(w) => w.connect().await,
+            None => Ok(()),
+        }
     }
 
     /// Keeps the last `bytes` of each container's output (default
@@ -261,16 +303,19 @@ impl DockerRuntime {
             init: Some(self.init),
             ..Default::default()
         };
+        let mut labels = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<HashMap<_, _>>();
+        if let Some(w) = &self.watchdog {
+            labels.insert(watchdog::LABEL_WATCHDOG.to_string(), w.label());
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(
-                spec.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<HashMap<_, _>>(),
-            ),
+            labels: Some(labels),
             host_config: Some(host),
             ..Default::default()
         };
@@ -319,6 +364,11 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
+        // The watchdog holds the lease before the container exists; the
+        // renewals keep it while the image is pulled.
+        if let Some(w) = &self.watchdog {
+            w.lease(spec.lease.unwrap_or(w.default_lease())).await?;
+        }
         self.ensure_image(&spec.image).await?;
         let id = self.create(spec).await?;
         let log = match output::attach(&self.docker, &id, self.log_limit).await {
@@ -474,6 +524,15 @@ impl ContainerRuntime for DockerRuntime {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// With a watchdog, sends it the new lease (reaching or starting it
+    /// again if it went away); without one, does nothing.
+    async fn renew_lease(&self, lease: Duration) -> Result<()> {
+        match &self.watchdog {
+            Some(w) => w.lease(lease).await,
+            None => Ok(()),
+        }
     }
 }
 
