@@ -7,7 +7,9 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::*;
 
@@ -54,12 +56,88 @@ impl Drop for Sweep {
     }
 }
 
-fn docker_cluster(test: &str) -> (Cluster, String, usize, Sweep) {
-    docker_cluster_with(test, FAST)
+/// `docker inspect`'s `.State.<field>` (`FinishedAt`, `StartedAt`) of
+/// container `id`, in milliseconds since the epoch.
+fn state_ms(id: &str, field: &str) -> u64 {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", &format!("{{{{.State.{field}}}}}"), id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker inspect");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let at = humantime::parse_rfc3339(&text)
+        .unwrap_or_else(|e| panic!("{field} of {id}: {text:?}: {e}"));
+    at.duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
 }
 
-fn docker_cluster_with(test: &str, timing: Timing) -> (Cluster, String, usize, Sweep) {
+/// `docker inspect`'s `.State.ExitCode` of container `id`.
+fn exit_code(id: &str) -> i64 {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.ExitCode}}", id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(-1)
+}
+
+/// Counts, every few tens of milliseconds until stopped, the running
+/// containers of one task, and keeps the most seen at once.
+struct Overlap {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, usize)>,
+}
+
+impl Overlap {
+    fn watch(task: &str) -> Overlap {
+        let stop = Arc::new(AtomicBool::new(false));
+        let filter = format!("label=cloudai.task_id={task}");
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let (mut most, mut samples) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    let out = Command::new("docker")
+                        .args(["ps", "-q", "--filter", &filter])
+                        .stdin(Stdio::null())
+                        .output()
+                        .expect("docker ps");
+                    let n = String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .count();
+                    most = most.max(n);
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (most, samples)
+            }
+        });
+        Overlap { stop, thread }
+    }
+
+    /// The most running at once, and how many looks that took.
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the overlap watcher")
+    }
+}
+
+fn docker_cluster(test: &str) -> (Cluster, String, usize, Sweep) {
+    docker_cluster_with(test, FAST, &[])
+}
+
+/// [`docker_cluster`] with the master's `timing` and extra worker flags.
+fn docker_cluster_with(
+    test: &str,
+    timing: Timing,
+    worker_args: &[&str],
+) -> (Cluster, String, usize, Sweep) {
     let mut c = Cluster::start(test, timing);
+    c.worker_args = worker_args.iter().map(|a| a.to_string()).collect();
     c.runtime = "docker";
     let w = c.id("d");
     let idx = c.spawn_worker(&w, 4.0);
@@ -181,7 +259,7 @@ fn docker_no_init_cancel_waits_out_the_grace_and_kills() {
         lost_after: 12.0,
         ..FAST
     };
-    let (mut c, _, _, _sweep) = docker_cluster_with("dnoinit", timing);
+    let (mut c, _, _, _sweep) = docker_cluster_with("dnoinit", timing, &[]);
     c.worker_args = vec!["--no-init".into()];
     let w = c.id("noinit");
     let idx = c.spawn_worker(&w, 1.0);
@@ -330,9 +408,18 @@ fn docker_sigterm_fails_running_tasks_and_removes_their_containers() {
     );
 }
 
+/// `kill -9` on a worker and a restart at once: the new worker adopts the
+/// container and reports its end. The restart has to renew the lease
+/// before the watchdog stops the container at the fence, so the master's
+/// timings leave it several seconds (under `FAST` and the largest grace
+/// the fence is 0.65 s past the last heartbeat).
 #[test]
 fn docker_worker_killed_and_restarted_adopts_its_running_container() {
-    let (mut c, w, idx, _sweep) = docker_cluster("dadopt");
+    let timing = Timing {
+        lost_after: 10.0,
+        ..FAST
+    };
+    let (mut c, w, idx, _sweep) = docker_cluster_with("dadopt", timing, &["--max-grace", "1"]);
     let t = submit(&c, &w, "0.1", "sleep 4; echo finished-after-restart");
     until(EVENTUALLY, "container running", || {
         (running(&w).len() == 1).then_some(())
@@ -362,6 +449,9 @@ fn docker_worker_killed_and_restarted_adopts_its_running_container() {
     });
 }
 
+/// The container of a task whose worker died is stopped by the watchdog
+/// (see the next test) and left for the worker: when it returns, it
+/// removes it.
 #[test]
 fn docker_orphan_of_a_failed_over_task_is_removed_when_the_worker_returns() {
     let (mut c, w, idx, _sweep) = docker_cluster("dorphan");
@@ -373,13 +463,123 @@ fn docker_orphan_of_a_failed_over_task_is_removed_when_the_worker_returns() {
     until(EVENTUALLY, "task failed over", || {
         (c.status(&t) == "failed").then_some(())
     });
-    assert_eq!(running(&w).len(), 1, "the orphan still runs");
+    assert_eq!(running(&w).len(), 0, "the watchdog stopped the orphan");
+    assert_eq!(containers(&w).len(), 1, "and left it for the worker");
     c.spawn_worker(&w, 4.0);
     c.wait_active(&[&w]);
     until(EVENTUALLY, "orphan stopped and removed", || {
         containers(&w).is_empty().then_some(())
     });
     assert_eq!(c.status(&t), "failed");
+}
+
+/// `kill -9` on a Docker worker that stays down: its watchdog stops the
+/// container (SIGTERM, through the init) once the worker's lease runs out,
+/// at its fence, while the master still counts the worker in; after
+/// `lost_after` the master requeues the task and it runs on a second
+/// worker. Two containers of the task never run at once: the first
+/// finished before the master declared its worker lost, and before the
+/// second started.
+#[test]
+fn docker_a_dead_workers_container_is_stopped_before_the_master_may_run_its_task_again() {
+    let (mut c, w, idx, _sweep) = docker_cluster("dlease");
+    let lost_ms = (c.timing.lost_after * 1000.0) as u64;
+    let t = c.submit(&[
+        "--cpu",
+        "0.5",
+        "--mem",
+        "0.1",
+        "--grace",
+        "1",
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
+        "sleep 300",
+    ]);
+    let first = until(EVENTUALLY, "the container running", || {
+        running(&w).into_iter().next()
+    });
+    // The second worker comes once the task is placed on the first.
+    let w2 = c.id("d2");
+    c.spawn_worker(&w2, 4.0);
+    c.wait_active(&[&w2]);
+    let _sweep2 = Sweep(w2.clone());
+    let overlap = Overlap::watch(&t);
+
+    c.kill_worker(idx);
+    let killed = Instant::now();
+    until(
+        Duration::from_secs_f64(c.timing.lost_after),
+        "the dead worker's container stopped",
+        || (!running(&w).contains(&first)).then_some(()),
+    );
+    let seen_stopped = now_ms();
+    let stopped_after = killed.elapsed();
+    let health = c.worker(&w)["health"].clone();
+    assert!(
+        health == "active" || health == "inactive",
+        "stopped before the master declared the worker lost: {health}"
+    );
+
+    let v = until(EVENTUALLY, "attempt 2 running on the second worker", || {
+        let v = c.show(&t);
+        (v["task"]["attempt"] == 2
+            && v["task"]["status"] == "running"
+            && v["task"]["worker"] == *w2)
+            .then_some(v)
+    });
+    let second = until(EVENTUALLY, "its container running", || {
+        running(&w2).into_iter().next()
+    });
+    let second_seen = Instant::now();
+    let lost = &v["task"]["history"][0];
+    assert_eq!(lost["worker"], *w, "{v}");
+    assert_eq!(lost["cause"], "worker_lost", "{v}");
+    let lost_at = lost["ended_at"].as_u64().expect("ended_at");
+    let last_hb = c.worker(&w)["last_heartbeat_ms"]
+        .as_u64()
+        .expect("last_heartbeat_ms");
+    assert!(
+        seen_stopped < last_hb + lost_ms,
+        "docker ps showed it stopped {} ms after the last heartbeat, past lost_after",
+        seen_stopped - last_hb
+    );
+    let finished = state_ms(&first, "FinishedAt");
+    let started = state_ms(&second, "StartedAt");
+    eprintln!(
+        "container stopped {} ms after the last heartbeat ({stopped_after:?} after the kill, seen by docker ps);          worker lost {} ms after it; attempt 2 started {} ms after the stop",
+        finished as i64 - last_hb as i64,
+        lost_at as i64 - last_hb as i64,
+        started as i64 - finished as i64
+    );
+    assert!(
+        finished < lost_at,
+        "the first container finished ({finished}) before the master declared its worker lost ({lost_at})"
+    );
+    assert!(
+        finished < started,
+        "the first ended before the second started"
+    );
+    assert_eq!(
+        exit_code(&first),
+        143,
+        "stopped by SIGTERM through the init"
+    );
+    // The live worker's renewals keep its run going past its first lease
+    // (0.65 s here) and several more.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(second_seen.elapsed()));
+    assert!(
+        running(&w2).contains(&second),
+        "the second worker renews its lease: its container runs on"
+    );
+    let (most, samples) = overlap.finish();
+    assert_eq!(
+        most, 1,
+        "never two containers of the task running at once ({samples} looks)"
+    );
+    let out = c.cli(&["cancel", &t]);
+    assert_eq!(out.code, 0, "{out:?}");
 }
 
 #[test]

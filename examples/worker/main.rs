@@ -11,7 +11,7 @@ use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::process::{supervisor, SupervisedProcessRuntime};
 use cloudai_core::runtime::ContainerRuntime;
 use cloudai_core::worker::WorkerConfig;
-use cloudai_docker::DockerRuntime;
+use cloudai_docker::{watchdog, DockerRuntime, Watchdog};
 use cloudai_examples as common;
 use tracing::info;
 
@@ -117,25 +117,36 @@ fn host_name() -> String {
     host::name().unwrap_or_else(|| "worker".into())
 }
 
-/// How long a supervised run goes without its worker when the master named
-/// no loss threshold to derive its lease from (a master older than
-/// leases): the master's default `--lost-after`. Otherwise every run's
-/// lease follows from the master's timings (see `cloudai_core::fence`).
+/// How long a supervised run (or a Docker run under the watchdog) goes
+/// without its worker when the master named no loss threshold to derive
+/// its lease from (a master older than leases): the master's default
+/// `--lost-after`. Otherwise every run's lease follows from the master's
+/// timings (see `cloudai_core::fence`).
 const UNLEASED_RUN: Duration = Duration::from_secs(120);
 
 /// The first argument that puts the binary in its supervisor mode (one run's
 /// supervisor; see `cloudai_core::process::supervisor`).
 const SUPERVISOR_MODE: &str = "__supervise";
 
+/// The first argument that puts the binary in its Docker watchdog mode (one
+/// per worker, stopping its containers once its lease runs out; see
+/// `cloudai_docker::watchdog`).
+const WATCHDOG_MODE: &str = "__docker_watchdog";
+
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == SUPERVISOR_MODE) {
-        return match args.next() {
+    match args.nth(1) {
+        Some(mode) if mode == SUPERVISOR_MODE => match args.next() {
             Some(dir) => supervisor::run(std::path::Path::new(&dir)),
             None => std::process::ExitCode::from(2),
-        };
+        },
+        Some(mode) if mode == WATCHDOG_MODE => {
+            // Its stderr is its log file.
+            common::init_logging(false, "info");
+            watchdog::main(args)
+        }
+        _ => serve(),
     }
-    serve()
 }
 
 #[tokio::main]
@@ -217,14 +228,18 @@ async fn run(cli: Cli) -> Result<(), String> {
 /// answers and local processes otherwise. Local processes run under
 /// supervisors, with their records in the state directory. Docker runs
 /// tasks under the daemon's init unless `--no-init`, and a daemon with no
-/// init is an error then (with `auto` too: it does not fall back).
+/// init is an error then (with `auto` too: it does not fall back); its
+/// containers are guarded by a watchdog (this binary in its watchdog mode,
+/// on a socket in the state directory) that stops them once the worker's
+/// lease runs out, and one that cannot start is an error too.
 async fn choose_runtime(
     cli: &Cli,
     worker: &str,
     state: &std::path::Path,
 ) -> Result<Arc<dyn ContainerRuntime>, String> {
+    let me = || std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"));
     let processes = || -> Result<Arc<dyn ContainerRuntime>, String> {
-        let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let me = me()?;
         let runtime = SupervisedProcessRuntime::new(
             state,
             vec![me.into_os_string(), SUPERVISOR_MODE.into()],
@@ -245,6 +260,19 @@ async fn choose_runtime(
         } else {
             info!("Docker tasks run without an init (--no-init): a task gets SIGTERM only if it handles it");
         }
+        let watchdog = Watchdog::in_state_dir(
+            state,
+            vec![me()?.into_os_string(), WATCHDOG_MODE.into()],
+            UNLEASED_RUN,
+        )
+        .map_err(|e| e.to_string())?;
+        let socket = watchdog.socket().display().to_string();
+        let runtime = runtime.with_watchdog(watchdog);
+        runtime
+            .connect_watchdog()
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(%socket, "the Docker watchdog holds this worker's lease: it stops the containers if the worker stops renewing it");
         Ok::<Arc<dyn ContainerRuntime>, String>(Arc::new(runtime))
     };
     match cli.runtime.as_str() {
