@@ -17,6 +17,11 @@
 
 use std::time::Duration;
 
+/// How long a worker keeps its runs without an answer from a master that
+/// named no loss threshold (one that predates the rule): that master's
+/// default `lost_after`, at which it fails the runs anyway.
+pub const UNNAMED_LOSS: Duration = Duration::from_secs(120);
+
 /// What is left after the longest grace for a SIGKILL to land and for
 /// clock drift: half a second and 5% of `lost_after`.
 pub fn margin(lost_after: Duration) -> Duration {

@@ -36,8 +36,7 @@ use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig, SystemInfo,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use cloudai_core::model::{Timestamp, ValidationError};
@@ -445,34 +444,13 @@ impl ContainerRuntime for DockerRuntime {
         Ok(rx)
     }
 
+    /// SIGTERM, then SIGKILL once `grace` passed, to the millisecond (the
+    /// daemon's own stop counts whole seconds, which would stretch a short
+    /// grace past what the fence leaves a cut-off worker).
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let t = i32::try_from(grace.as_secs_f64().ceil() as i64).unwrap_or(i32::MAX);
-        let options = StopContainerOptions {
-            t: Some(t),
-            ..Default::default()
-        };
-        match self.docker.stop_container(&id.0, Some(options)).await {
-            Ok(()) => Ok(()),
-            // 304: already stopped; 404: gone.
-            Err(e) if matches!(status_of(&e), Some(304) | Some(404)) => Ok(()),
-            Err(e) => {
-                warn!(container = %id, error = %e, "graceful stop failed; killing");
-                match self
-                    .docker
-                    .kill_container(
-                        &id.0,
-                        Some(KillContainerOptions {
-                            signal: "SIGKILL".into(),
-                        }),
-                    )
-                    .await
-                {
-                    Ok(()) => Ok(()),
-                    Err(k) if matches!(status_of(&k), Some(404) | Some(409)) => Ok(()),
-                    Err(k) => Err(backend(k)),
-                }
-            }
-        }
+        watchdog::stop_within(&self.docker, &id.0, grace)
+            .await
+            .map_err(|e| Error::Unavailable(format!("stopping container {id}: {e}")))
     }
 
     async fn remove(&self, id: &ContainerId) -> Result<()> {

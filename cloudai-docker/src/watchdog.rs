@@ -1053,7 +1053,7 @@ impl Containers for Daemon {
 /// SIGTERM to the container (its init passes it on), then SIGKILL once
 /// `grace` passed unless it ended: to the millisecond, where the daemon's
 /// own stop counts whole seconds.
-async fn stop_within(
+pub(crate) async fn stop_within(
     docker: &Docker,
     id: &str,
     grace: Duration,

@@ -158,7 +158,9 @@ impl Worker {
                         reply.heartbeat_interval
                     };
                     let fence_after = match reply.lost_after {
-                        d if d.is_zero() => None,
+                        // An older master names none: it fails a silent
+                        // worker's runs at its default loss threshold.
+                        d if d.is_zero() => Some(fence::UNNAMED_LOSS),
                         lost_after => {
                             match fence::fence_after(lost_after, interval, cfg.max_grace) {
                                 Ok(f) => Some(f),
