@@ -282,14 +282,19 @@ impl Client {
     /// now; reaches it again (starting one if needed) if the connection
     /// broke.
     pub(crate) async fn lease(&self, lease: Duration) -> Result<()> {
-        let line = format!("lease {}", millis(lease));
+        // The watchdog counts the lease from when it reads it: what passed
+        // meanwhile (waiting for the connection, starting a watchdog) is
+        // taken off, so the lease never outlasts the worker's fence.
+        let asked = tokio::time::Instant::now();
+        let left = || lease.saturating_sub(asked.elapsed());
         let mut conn = self.conn.lock().await;
         let mut failed = String::new();
         for _ in 0..2 {
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => conn.insert(self.open(lease).await?),
+                None => conn.insert(self.open(left()).await?),
             };
+            let line = format!("lease {}", millis(left()));
             match c.ask(&line).await {
                 Ok(()) => return Ok(()),
                 Err(Hello::Unreachable(why) | Hello::Refused(why)) => {

@@ -231,8 +231,8 @@ pub(crate) struct TaskArgs {
     /// a signal, an OOM kill); each attempt sees CLOUDAI_ATTEMPT.
     #[arg(long, default_value_t = 0)]
     retries: u32,
-    /// Delay before the first retry, doubling per retry up to 5 min, with
-    /// jitter (seconds, or `30s`, `2m`).
+    /// Delay before the first retry, doubling per retry up to 5 min,
+    /// jitter taking up to half of each off (seconds, or `30s`, `2m`).
     #[arg(long, default_value = "10", value_parser = common::seconds)]
     retry_delay: Duration,
     /// Worker losses after which the task fails instead of running again

@@ -221,8 +221,9 @@ pub enum Decision {
 }
 
 impl TaskEvent {
-    /// A report that attempt `attempt` on `worker` ended with `cause`
-    /// (for tests and tools; workers report whole results).
+    /// A report that attempt `attempt` on `worker` ended with `cause`,
+    /// dated the epoch (for tests and tools; workers report whole results,
+    /// and the master dates what it decides itself).
     pub fn report(
         worker: WorkerId,
         attempt: u32,

@@ -13,8 +13,8 @@ use super::{Master, MasterEvent};
 use crate::apply::Applied;
 use crate::lifecycle::{assignment_effects, TaskEvent};
 use crate::model::{
-    ArrayId, ArrayIndices, ArrayMember, EndCause, RunningTask, TaskId, TaskRecord, TaskSpec,
-    TaskStatus, ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
+    ArrayId, ArrayIndices, ArrayMember, Attempt, EndCause, RunningTask, TaskId, TaskRecord,
+    TaskSpec, TaskStatus, ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
 };
 use crate::store::TaskFilter;
 use crate::{Error, Result};
@@ -303,12 +303,13 @@ impl Master {
             }
             Err(e) => {
                 warn!(task = %id, worker = %worker, error = %e, "worker refused the task");
-                TaskEvent::report(
-                    worker.clone(),
+                TaskEvent::Report(Box::new(Attempt::ended(
                     run.attempt,
+                    worker.clone(),
                     EndCause::Refused,
+                    self.now(),
                     Some(format!("worker {worker} refused the task: {e}")),
-                )
+                )))
             }
         };
         let _: Applied = self.surely(|| self.apply(&id, event.clone())).await;

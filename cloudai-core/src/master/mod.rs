@@ -47,6 +47,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::events::EventLog;
+use crate::ledger::LedgerError;
 use crate::metrics::{MasterMetrics, MeteredStore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -191,10 +192,19 @@ impl Master {
                             task: t.id.clone(),
                             attempt,
                         };
-                        if st.hold(&t.id, w, t.spec.resources, attempt).is_ok() {
-                            st.owe_stop(w.clone(), run, Duration::ZERO, now);
-                        } else {
-                            orphaned.push((t.id.clone(), w.clone(), run));
+                        match st.hold(&t.id, w, t.spec.resources, attempt) {
+                            Err(LedgerError::UnknownWorker(_)) => {
+                                orphaned.push((t.id.clone(), w.clone(), run));
+                            }
+                            held => {
+                                // A worker now too small for it still has
+                                // the run to stop; reconcile reports the
+                                // overcommit.
+                                if let Err(e) = held {
+                                    warn!(task = %t.id, error = %e, "an ending run does not fit its worker's ledger");
+                                }
+                                st.owe_stop(w.clone(), run, Duration::ZERO, now);
+                            }
                         }
                     }
                 }

@@ -20,7 +20,8 @@ pub struct AttemptPolicy {
     #[serde(default)]
     pub retries: u32,
     /// Delay before the first retry; it doubles with every retry, up to
-    /// [`AttemptPolicy::MAX_RETRY_DELAY`], with jitter.
+    /// [`AttemptPolicy::MAX_RETRY_DELAY`], jitter taking up to half of
+    /// each off (so many retries spread out).
     #[serde(with = "super::task::duration_ms", default = "default_retry_delay")]
     pub retry_delay: Duration,
     /// Worker losses after which the task fails (0: no limit).

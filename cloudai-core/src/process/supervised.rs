@@ -406,12 +406,15 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         Ok(found)
     }
 
-    /// Tells every run's supervisor the new lease.
+    /// Tells every run's supervisor the new lease, less the time the
+    /// telling took so far (a supervisor counts it from when it reads it).
     async fn renew_lease(&self, lease: Duration) -> Result<()> {
+        let asked = tokio::time::Instant::now();
         let runs: Vec<Arc<Attached>> = lock(&self.attached).values().cloned().collect();
-        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         for run in runs {
             if run.ended.borrow().is_none() {
+                let left = lease.saturating_sub(asked.elapsed());
+                let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
                 self.tell(&run, &format!("lease {ms}")).await;
             }
         }

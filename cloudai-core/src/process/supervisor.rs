@@ -116,7 +116,7 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
     )?;
 
     let ended = Arc::new(AtomicBool::new(false));
-    let lease = Arc::new(Mutex::new(started + spec.orphan_timeout));
+    let lease = Arc::new(Mutex::new(later(started, spec.orphan_timeout)));
     {
         let (ended, lease) = (ended.clone(), lease.clone());
         std::thread::spawn(move || accept(listener, pid, ended, lease));
@@ -245,6 +245,14 @@ fn copy_frames(
     });
 }
 
+/// `d` after `at`, or as late as an `Instant` goes (a lease of many
+/// years is as good as none).
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
 /// Takes attachments until the process exits.
 fn accept(listener: UnixListener, pid: i32, ended: Arc<AtomicBool>, lease: Arc<Mutex<Instant>>) {
     for stream in listener.incoming() {
@@ -276,7 +284,7 @@ fn serve(stream: UnixStream, pid: i32, ended: &Arc<AtomicBool>, lease: &Mutex<In
                 stop_group(pid, Duration::from_millis(grace_ms), ended);
             }
             (Some("lease"), Some(Ok(ms))) => {
-                *lock(lease) = Instant::now() + Duration::from_millis(ms);
+                *lock(lease) = later(Instant::now(), Duration::from_millis(ms));
             }
             (Some("kill"), None) => {
                 let _ = signal_group(pid, Signal::SIGKILL);

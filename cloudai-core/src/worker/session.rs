@@ -111,7 +111,7 @@ impl Worker {
                 let in_session = matches!(&answered, Ok(Ok(r)) if !r.register_again);
                 self.set_in_session(in_session);
                 if in_session {
-                    self.answered(sent).await;
+                    self.answered(sent, Answer::Beat).await;
                 }
                 match answered {
                     Ok(Ok(reply)) if reply.register_again => break,
@@ -175,11 +175,15 @@ impl Worker {
                             }
                         }
                     };
+                    // Marked stopped (or tombstoned) before an assignment
+                    // waiting for this registration can admit the run.
                     for run in reply.stop {
-                        let w = self.clone();
-                        tokio::spawn(async move {
-                            w.stop_run(&run, StopKind::Drop, Duration::ZERO).await
-                        });
+                        let container =
+                            lock(&self.inner.runs).stop(&run, StopKind::Drop, Duration::ZERO);
+                        if let Some(c) = container {
+                            let rt = self.inner.runtime.clone();
+                            tokio::spawn(async move { rt.stop(&c, Duration::ZERO).await });
+                        }
                     }
                     {
                         let mut session = lock(&self.inner.session);
@@ -187,7 +191,7 @@ impl Worker {
                         session.in_session = true;
                         session.fence_after = fence_after;
                     }
-                    self.answered(sent).await;
+                    self.answered(sent, Answer::Registered).await;
                     return Ok(Some(interval));
                 }
                 Ok(Err(e @ Error::InUse(_))) => {
@@ -211,20 +215,31 @@ impl Worker {
     }
 }
 
+/// What the master answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A registration: a session with its own timings begins.
+    Registered,
+    /// A heartbeat of the current session.
+    Beat,
+}
+
 impl Worker {
     /// The master answered a call sent at `sent`: the fence moves to
-    /// `sent` + the fence time, and the runs' lease with it.
-    async fn answered(&self, sent: Instant) {
+    /// `sent` + the fence time, and the runs' lease with it. A
+    /// registration sets it outright (its master's timings may be
+    /// shorter than the last one's); a heartbeat only moves it later.
+    async fn answered(&self, sent: Instant, answer: Answer) {
         let Some(after) = lock(&self.inner.session).fence_after else {
             return;
         };
         let deadline = sent + after;
         self.inner.fence.send_if_modified(|d| {
-            let later = d.is_none_or(|d| d < deadline);
-            if later {
+            let moves = answer == Answer::Registered || d.is_none_or(|d| d < deadline);
+            if moves {
                 *d = Some(deadline);
             }
-            later
+            moves
         });
         if let Some(lease) = self.lease() {
             if let Err(e) = self.inner.runtime.renew_lease(lease).await {

@@ -35,7 +35,8 @@ impl Worker {
     pub async fn shutdown(&self) -> ShutdownSummary {
         let cfg = &self.inner.config;
         self.inner.closing.store(true, Ordering::SeqCst);
-        let runs = lock(&self.inner.runs).stop_all(StopKind::Shutdown, Some(cfg.shutdown_grace));
+        let grace = cfg.shutdown_grace.min(cfg.max_grace);
+        let runs = lock(&self.inner.runs).stop_all(StopKind::Shutdown, Some(grace));
         info!(
             running = runs.len(),
             "worker shutting down; stopping its runs and reporting each as it stops"
@@ -46,7 +47,7 @@ impl Worker {
         let start = tokio::time::Instant::now();
         let (reports_by, stops_by) = (
             start + cfg.shutdown_timeout,
-            start + cfg.shutdown_timeout + cfg.shutdown_grace,
+            start + cfg.shutdown_timeout + grace,
         );
         // First say we are leaving, so the resources the reports free
         // are not placed here again.
@@ -71,7 +72,7 @@ impl Worker {
                 }
                 for (run, container) in left {
                     if let Some(c) = container.filter(|_| stopping.insert(run.clone())) {
-                        let (rt, grace) = (self.inner.runtime.clone(), cfg.shutdown_grace);
+                        let rt = self.inner.runtime.clone();
                         set.spawn(async move { rt.stop(&c, grace).await });
                     }
                 }

@@ -166,7 +166,11 @@ impl Worker {
                     let new = NewRun {
                         container: Some(c.id.clone()),
                         output: OutputLog::new(self.inner.config.log_retain),
-                        grace: grace.unwrap_or(self.inner.config.max_grace),
+                        // No longer than this worker allows now (the fence
+                        // counts on it).
+                        grace: grace
+                            .unwrap_or(self.inner.config.max_grace)
+                            .min(self.inner.config.max_grace),
                         deadline,
                     };
                     runs.insert(run.clone(), new, self.inner.clock.now());

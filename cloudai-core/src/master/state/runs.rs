@@ -31,7 +31,8 @@ pub(super) struct Backstop {
     at: Timestamp,
     worker: WorkerId,
     attempt: u32,
-    limit: Duration,
+    /// The run's limit, grace and slack: how far past its start it goes.
+    span: Duration,
 }
 
 /// The runs part of the state.
@@ -206,10 +207,10 @@ impl State {
             return;
         };
         self.clear_backstop(&task.id);
-        let at = assigned
-            .saturating_add(limit)
+        let span = limit
             .saturating_add(task.spec.cancel_grace)
             .saturating_add(slack.0);
+        let at = assigned.saturating_add(span);
         self.runs.backstops.insert((at, task.id.clone()));
         self.runs.backstop_info.insert(
             task.id.clone(),
@@ -217,7 +218,7 @@ impl State {
                 at,
                 worker,
                 attempt: task.attempt,
-                limit,
+                span,
             },
         );
     }
@@ -237,7 +238,8 @@ impl State {
 
     /// Runs whose backstop passed by `now`: each is stopped and recorded
     /// as timed out, unless its worker said it is still starting it (an
-    /// image pull does not count), which moves its backstop a limit on.
+    /// image pull does not count), which moves its backstop to its limit,
+    /// grace and slack from now.
     pub(in crate::master) fn backstops_due(
         &mut self,
         now: Timestamp,
@@ -254,7 +256,7 @@ impl State {
                 continue;
             };
             if self.is_starting(&b.worker, &id) {
-                b.at = now.saturating_add(b.limit);
+                b.at = now.saturating_add(b.span);
                 self.runs.backstops.insert((b.at, id.clone()));
                 self.runs.backstop_info.insert(id, b);
             } else {
