@@ -48,7 +48,12 @@ PY
   # a hang counts as caught, after a bounded wait. One failing test binary
   # is enough: cargo stops there (most are caught by the unit tests,
   # before the minute the fault explorer takes).
-  if timeout 300 cargo test -q -p cloudai-core --all-features >/dev/null 2>&1; then
+  # The fault explorer, by far the slowest, runs last and only if
+  # everything else passed.
+  if timeout 300 cargo test -q -p cloudai-core --all-features --lib --test invariants \
+      --test memory_conformance --test process_runtime --test sim_scenarios \
+      --test store_faults >/dev/null 2>&1 \
+    && timeout 300 cargo test -q -p cloudai-core --all-features --test sim_explorer >/dev/null 2>&1; then
     echo "SURVIVED $label"; survived=1
   else
     echo "caught   $label"
