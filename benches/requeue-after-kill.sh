@@ -55,6 +55,7 @@ for run in $(seq "$RUNS"); do
   until [[ $(active b) == 1 ]]; do sleep 0.1; done
   killed=$(now_ms)
   kill -9 "$a_pid"
+  wait "$a_pid" 2>/dev/null || true
   until [[ $("${M[@]}" tasks | field "sum(1 for t in v if t['status'] == 'running' and t['worker'] == 'b')") == "$TASKS" ]]; do
     sleep 0.1
   done
@@ -63,7 +64,7 @@ for run in $(seq "$RUNS"); do
   echo "run $run: the $TASKS tasks run on b ${took} s after the kill (lost-after ${LOST} s)"
   results+=("$took")
   "${M[@]}" cancel --all --force >/dev/null || true
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   pids=()
   pkill -9 -f "$dir" 2>/dev/null || true
 done
