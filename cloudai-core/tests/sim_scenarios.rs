@@ -845,6 +845,20 @@ fn with_policy(
     spec
 }
 
+/// A fake task that fails until its `n`th attempt, with `retries` and a
+/// first retry delay of `delay`.
+fn failing_until(n: u32, retries: u32, delay: Duration) -> TaskSpec {
+    let spec = TaskSpec::new(
+        "fake",
+        vec!["fail-until".into(), n.to_string(), "1".into()],
+        cap(1.0),
+    );
+    with_policy(spec, |p| {
+        p.retries = retries;
+        p.retry_delay = delay;
+    })
+}
+
 /// `kill -9` of a host running three tasks: each runs again on a second
 /// worker once the first is declared lost, and completes there with one
 /// result; its history names the loss.
@@ -899,15 +913,7 @@ async fn without_requeue_a_crashed_workers_tasks_fail() {
 #[tokio::test(start_paused = true)]
 async fn a_task_failing_twice_completes_on_its_third_attempt() {
     let mut c = cluster(&[("w1", 4.0)]).await;
-    let spec = TaskSpec::new(
-        "fake",
-        vec!["fail-until".into(), "3".into(), "1".into()],
-        cap(1.0),
-    );
-    let spec = with_policy(spec, |p| {
-        p.retries = 2;
-        p.retry_delay = Duration::from_secs(4);
-    });
+    let spec = failing_until(3, 2, Duration::from_secs(4));
     let t = c.master.submit(spec).await.unwrap();
     c.run_for(Duration::from_secs(3)).await;
     let v = c.master.task(&t).await.unwrap();
@@ -1051,15 +1057,7 @@ async fn a_shutdown_workers_task_runs_again_elsewhere() {
 #[tokio::test(start_paused = true)]
 async fn a_restarted_master_resumes_a_waiting_retry() {
     let mut c = cluster(&[("w1", 4.0)]).await;
-    let spec = TaskSpec::new(
-        "fake",
-        vec!["fail-until".into(), "2".into(), "1".into()],
-        cap(1.0),
-    );
-    let spec = with_policy(spec, |p| {
-        p.retries = 1;
-        p.retry_delay = Duration::from_secs(60);
-    });
+    let spec = failing_until(2, 1, Duration::from_secs(60));
     let t = c.master.submit(spec).await.unwrap();
     c.run_for(Duration::from_secs(3)).await;
     let waiting = c.store.get_task(&t).await.unwrap().unwrap();

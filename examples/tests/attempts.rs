@@ -10,6 +10,16 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
+/// A cluster on FAST timings with one 2-CPU worker, active; its id and
+/// index.
+fn one_worker(test: &str) -> (Cluster, String, usize) {
+    let mut c = Cluster::start(test, FAST);
+    let w = c.id("w");
+    let idx = c.spawn_worker(&w, 2.0);
+    c.wait_active(&[&w]);
+    (c, w, idx)
+}
+
 /// The causes of a task's ended attempts, oldest first.
 fn causes(view: &Value) -> Vec<String> {
     view["task"]["history"]
@@ -97,10 +107,7 @@ fn without_requeue_a_killed_workers_tasks_fail() {
 /// --attempt 1` prints what the first attempt said.
 #[test]
 fn a_task_failing_twice_completes_on_its_third_attempt() {
-    let mut c = Cluster::start("retries", FAST);
-    let w = c.id("w");
-    c.spawn_worker(&w, 2.0);
-    c.wait_active(&[&w]);
+    let (c, _, _) = one_worker("retries");
     let t = c.submit(&[
         "--retries",
         "2",
@@ -132,10 +139,7 @@ fn a_task_failing_twice_completes_on_its_third_attempt() {
 /// with the timeout reason; `run` exits 83.
 #[test]
 fn a_run_past_its_time_limit_is_stopped_and_fails_timed_out() {
-    let mut c = Cluster::start("timelimit", FAST);
-    let w = c.id("w");
-    c.spawn_worker(&w, 2.0);
-    c.wait_active(&[&w]);
+    let (c, _, _) = one_worker("timelimit");
     let begin = std::time::Instant::now();
     let out = c.cli(&[
         "run",
@@ -167,10 +171,7 @@ fn a_run_past_its_time_limit_is_stopped_and_fails_timed_out() {
 /// deadline.
 #[test]
 fn a_time_limit_holds_across_a_worker_restart() {
-    let mut c = Cluster::start("timelimit-restart", FAST);
-    let w = c.id("w");
-    let idx = c.spawn_worker(&w, 2.0);
-    c.wait_active(&[&w]);
+    let (mut c, w, idx) = one_worker("timelimit-restart");
     let t = c.submit(&[
         "--time-limit",
         "3s",
