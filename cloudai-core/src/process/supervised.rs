@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -52,6 +52,8 @@ use crate::{Error, Result};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a run without a supervisor is looked at.
 const POLL: Duration = Duration::from_millis(200);
+/// How often a start is looked at, should the supervisor's word not come.
+const START_POLL: Duration = Duration::from_millis(5);
 
 /// Makes ids unique within this process (the time makes them unique
 /// across restarts).
@@ -192,7 +194,7 @@ impl SupervisedProcessRuntime {
             .args(&self.supervisor[1..])
             .arg(&dir.0)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(false)
             .spawn()
@@ -202,13 +204,25 @@ impl SupervisedProcessRuntime {
                     format!("cannot start the supervisor {:?}: {e}", self.supervisor[0]),
                 ))
             })?;
+        // The supervisor says a line once its start records are written,
+        // or exits: either wakes this at once. Looking at the records
+        // again stays only as a fallback.
+        let said = supervisor.stdout.take();
         let waited = tokio::time::timeout(START_TIMEOUT, async {
+            if let Some(out) = said {
+                let mut line = String::new();
+                let read = BufReader::new(out).read_line(&mut line).await;
+                if matches!(read, Ok(0) | Err(_)) {
+                    // Gone without a word: its exit decides.
+                    let _ = supervisor.wait().await;
+                }
+            }
             loop {
                 let exited = supervisor.try_wait().ok().flatten();
                 if let Some(outcome) = start_outcome(id, dir, exited) {
                     return outcome;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(START_POLL).await;
             }
         })
         .await;

@@ -44,8 +44,9 @@ use crate::host::process_start_ticks;
 use crate::output::OutputStream;
 use crate::sync::lock;
 
-/// How often the supervisor looks at its task and its orphan timer.
-const TICK: Duration = Duration::from_millis(50);
+/// The longest the supervisor goes without looking at its time limit and
+/// lease (the task's end wakes it at once).
+const CHECK: Duration = Duration::from_millis(250);
 
 /// Runs the supervisor for the run directory `dir` until its task ended.
 /// Failures go to the run's `supervisor.log`.
@@ -64,6 +65,26 @@ pub fn run(dir: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How long the supervisor may wait for the task's end before it looks at
+/// the time limit and the lease again: until the nearer of the two, and
+/// at most [`CHECK`] (a renewal may shorten the lease).
+fn next_check(spec: &RunSpec, started: Instant, lease_until: Instant, now: Instant) -> Duration {
+    let limit_at = spec.time_limit.map(|l| later(started, l));
+    [Some(lease_until), limit_at]
+        .into_iter()
+        .flatten()
+        .map(|at| at.saturating_duration_since(now))
+        .fold(CHECK, Duration::min)
+}
+
+/// Tells the runtime that started this supervisor that its start records
+/// are written (one line on the stdout it piped); a runtime that is gone
+/// does not matter.
+fn say_started() {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(b"started\n").and_then(|()| out.flush());
 }
 
 /// Why the supervisor stops the task on its own.
@@ -94,9 +115,13 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
     // sees `pid.json`.
     let (_handle, socket) = dir.socket_via()?;
     let listener = UnixListener::bind(socket)?;
-    let (mut child, drained) = match spawn(&spec, dir) {
+    let (child, drained) = match spawn(&spec, dir) {
         Ok(started) => started,
-        Err(e) => return write_json(&dir.error(), &e),
+        Err(e) => {
+            let recorded = write_json(&dir.error(), &e);
+            say_started();
+            return recorded;
+        }
     };
     let started = Instant::now();
     let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
@@ -115,25 +140,40 @@ fn supervise(dir: &RunDir) -> io::Result<()> {
         },
     )?;
 
+    // The runtime waits for this line (on the pipe it gave as stdout)
+    // instead of looking for `pid.json` again and again.
+    say_started();
+
     let ended = Arc::new(AtomicBool::new(false));
     let lease = Arc::new(Mutex::new(later(started, spec.orphan_timeout)));
     {
         let (ended, lease) = (ended.clone(), lease.clone());
         std::thread::spawn(move || accept(listener, pid, ended, lease));
     }
+    // The task's end wakes the supervisor at once; the time limit and the
+    // lease are looked at in between, at the latest every CHECK.
+    let (exit_tx, exit_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = exit_tx.send(child.wait());
+    });
     let mut note = None;
     let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
+        let now = Instant::now();
         if note.is_none() {
-            let lease_until = *lock(&lease);
-            note = stop_note(&spec, started, lease_until, Instant::now());
+            note = stop_note(&spec, started, *lock(&lease), now);
             if note.is_some() {
                 stop_group(pid, spec.grace, &ended);
             }
         }
-        std::thread::sleep(TICK);
+        let wait = next_check(&spec, started, *lock(&lease), now);
+        match exit_rx.recv_timeout(wait) {
+            Ok(status) => break status?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(io::Error::other("lost the thread waiting for the task"));
+            }
+        }
     };
     ended.store(true, Ordering::SeqCst);
     // What the leader left behind in its group goes with it.
