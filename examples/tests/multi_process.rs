@@ -268,12 +268,15 @@ fn a_worker_restarted_after_kill_9_keeps_its_running_task() {
         "-c",
         "sleep 2; echo finished",
     ]);
-    // Running on the worker, not only recorded running: its assignment
-    // was accepted (killed before that, the task is requeued instead).
-    until(EVENTUALLY, "the worker runs the task", || {
-        let log = log_lines(&c.workers[idx].log);
-        log.iter()
-            .any(|l| l.contains("task accepted") && l.contains(&id))
+    // Running on the worker, not only recorded running: its supervisor
+    // has started it (killed before that, there is no run to re-attach
+    // to and the task is run again instead).
+    let runs = c.state_root.join(&w).join("runs");
+    until(EVENTUALLY, "the worker's supervisor runs the task", || {
+        std::fs::read_dir(&runs)
+            .ok()?
+            .flatten()
+            .any(|run| run.path().join("pid.json").exists())
             .then_some(())
     });
     c.kill_worker(idx);
