@@ -4,8 +4,8 @@
 # and logging), one array of N `true` tasks at 2 slots (`--cpu 1` on a
 # 2-CPU worker) and at 16 slots (`--cpu 0.125`), against `xargs -P<slots>
 # -n1 true` in the same run, RUNS times alternating. Prints the medians of
-# tasks/s and their ratio to xargs, CPU per task (master, worker, and the
-# worker's children: supervisors and tasks), and, from the records, the
+# tasks/s and their ratio to xargs, CPU per task (master, worker, the
+# supervisor of the worker's runs, and the tasks), and, from the records, the
 # latency from a run's end (as its worker saw it) to the master storing it
 # and from a run's end to the next start on the worker (p50/p99).
 #
@@ -66,17 +66,22 @@ for run in $(seq "$RUNS"); do
     metric='cloudai_tasks{status="completed"}'
     until [[ $(curl -s -H "Authorization: Bearer $CLOUDAI_TOKEN" "http://127.0.0.1:$port/metrics" \
       | awk -v m="$metric" '$1 == m {print int($2)}') == "$N" ]]; do
-      sleep 0.05
+      sleep 0.2
     done
-    end=$(date +%s.%N)
     read -r m1 _ < <(ticks "$mpid")
     read -r w1 c1 < <(ticks "$wpid")
+    # The supervisor of the worker's runs (a process of its own, which
+    # reaps the tasks) lives while the worker does.
+    spid=$(pgrep -f -- "__supervise $dir/state/runs" | head -1)
+    read -r s1 t1 < <(ticks "$spid")
     "${M[@]}" tasks --all --status completed >"$dir/tasks.json"
-    python3 - "$dir/tasks.json" "$slots" "$begin" "$end" "$((m1 - m0))" "$((w1 - w0))" "$((c1 - c0))" "$N" >>"$out" <<'PY'
+    python3 - "$dir/tasks.json" "$slots" "$begin" "$((m1 - m0))" "$((w1 - w0))" "$((s1 + c1 - c0))" "$t1" "$N" >>"$out" <<'PY'
 import json, os, sys
-path, slots, begin, end, m, w, c, n = sys.argv[1:]
+path, slots, begin, m, w, s, tk, n = sys.argv[1:]
 tasks = json.load(open(path))
 hz = os.sysconf("SC_CLK_TCK")
+# Until the last result was stored (not when the poll above saw it).
+end = max(t["finished_at"] for t in tasks) / 1000
 ends = sorted((t["history"][-1]["ended_at"], t["finished_at"]) for t in tasks)
 starts = sorted(t["history"][-1]["started_at"] for t in tasks)
 stored = sorted(f - e for e, f in ends)
@@ -86,7 +91,7 @@ gaps = sorted(starts[i] - e for e, _ in ends if (i := bisect.bisect_left(starts,
 pct = lambda xs, p: xs[min(len(xs) - 1, int(p * len(xs)))] if xs else None
 print(json.dumps({
     "system": "cloudai", "slots": int(slots), "secs": float(end) - float(begin),
-    "ms_per_task": {k: int(v) * 1000 / hz / int(n) for k, v in (("master", m), ("worker", w), ("children", c))},
+    "ms_per_task": {k: int(v) * 1000 / hz / int(n) for k, v in (("master", m), ("worker", w), ("supervisor", s), ("tasks", tk))},
     "end_to_stored_ms": [pct(stored, 0.5), pct(stored, 0.99)],
     "end_to_next_start_ms": [pct(gaps, 0.5), pct(gaps, 0.99)],
 }))
@@ -106,8 +111,9 @@ for slots in sorted({r["slots"] for r in runs}):
     med = lambda f: statistics.median(f(r) for r in ours)
     x, c = rate("xargs"), rate("cloudai")
     print(f"{slots} slots: xargs {x:.0f} tasks/s, CloudAI-rs {c:.0f} tasks/s, {c / x:.2f}x (medians of {len(ours)})")
-    print(f"  CPU per task: master {med(lambda r: r['ms_per_task']['master']):.2f} ms, worker {med(lambda r: r['ms_per_task']['worker']):.2f} ms, "
-          f"supervisors and tasks {med(lambda r: r['ms_per_task']['children']):.2f} ms")
+    cpu = lambda k: med(lambda r: r["ms_per_task"][k])
+    print(f"  CPU per task: master {cpu('master'):.2f} ms, worker {cpu('worker'):.2f} ms, supervisor {cpu('supervisor'):.2f} ms "
+          f"(together {cpu('master') + cpu('worker') + cpu('supervisor'):.2f} ms), tasks {cpu('tasks'):.2f} ms")
     print(f"  run end -> stored: p50 {med(lambda r: r['end_to_stored_ms'][0]):.0f} ms, p99 {med(lambda r: r['end_to_stored_ms'][1]):.0f} ms; "
           f"run end -> next start: p50 {med(lambda r: r['end_to_next_start_ms'][0]):.0f} ms, p99 {med(lambda r: r['end_to_next_start_ms'][1]):.0f} ms")
 PY

@@ -124,8 +124,9 @@ fn host_name() -> String {
 /// timings (see `cloudai_core::fence`).
 const UNLEASED_RUN: Duration = Duration::from_secs(120);
 
-/// The first argument that puts the binary in its supervisor mode (one run's
-/// supervisor; see `cloudai_core::process::supervisor`).
+/// The first argument that puts the binary in its supervisor mode (the
+/// supervisor of a state directory's runs, named as the next argument; see
+/// `cloudai_core::process::supervisor`).
 const SUPERVISOR_MODE: &str = "__supervise";
 
 /// The first argument that puts the binary in its Docker watchdog mode (one

@@ -49,9 +49,11 @@ use tokio::task::JoinHandle;
 mod command;
 mod follow;
 mod frames;
+mod one_run;
 mod record;
 mod supervised;
 pub mod supervisor;
+mod supervisor_link;
 
 pub use supervised::SupervisedProcessRuntime;
 

@@ -1,15 +1,18 @@
 //! A supervised run's directory, `<state dir>/runs/<id>/`, shared by the
-//! runtime and the run's supervisor:
+//! runtime and the supervisor of the runs (see `supervisor`):
 //!
 //! | file | written by | holds |
 //! |---|---|---|
-//! | `run.json` | runtime, before the supervisor starts | what to run, labels, its lease, time limit and grace |
+//! | `run.json` | runtime, before it asks the supervisor to start the run | what to run, labels, its lease, time limit and grace |
 //! | `output` | supervisor, as the task writes | its stdout and stderr, framed (see `frames`) |
 //! | `pid.json` | supervisor, once the task started | its pid and start time |
 //! | `error` | supervisor, if the task could not start | why |
 //! | `exit.json` | supervisor, once the task ended | its exit status |
-//! | `supervisor.sock` | supervisor | where workers attach |
-//! | `supervisor.log` | supervisor | its own diagnostics |
+//! | `supervisor.sock` | supervisor, until the end is recorded | where workers attach to the run |
+//! | `supervisor.log` | supervisor, if something went wrong | the run's diagnostics |
+//!
+//! Beside the runs, `runs/` holds the supervisor's own `supervisor.sock`,
+//! `supervisor.lock` and `supervisor.log`; no run is named like them.
 //!
 //! Records are written aside and renamed, so a reader never sees half of
 //! one.
@@ -117,17 +120,32 @@ impl RunDir {
         self.0.join(SOCKET)
     }
 
-    /// The socket's path by way of an open handle on the directory: a unix
-    /// socket path must fit in 108 bytes, and a state directory's may not.
-    /// Valid while the handle lives.
+    /// The socket's path by way of an open handle on the directory (see
+    /// [`socket_via`]).
     pub(super) fn socket_via(&self) -> io::Result<(File, PathBuf)> {
-        let handle = File::open(&self.0)?;
-        let path = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", handle.as_raw_fd()));
-        Ok((handle, path))
+        socket_via(&self.0, SOCKET)
     }
     pub(super) fn log(&self) -> PathBuf {
         self.0.join("supervisor.log")
     }
+}
+
+/// The path of socket `name` in `dir` by way of an open handle on the
+/// directory: a unix socket path must fit in 108 bytes, and a state
+/// directory's may not. Valid while the handle lives.
+pub(super) fn socket_via(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
+    let handle = File::open(dir)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", handle.as_raw_fd()));
+    Ok((handle, path))
+}
+
+/// Whether `name` can name a run: letters, digits, `-` and `_`, so never
+/// a path elsewhere, nor one of the supervisor's own files.
+pub(super) fn plain_run_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Writes `value` as JSON to `path`, aside first and then renamed.
@@ -152,31 +170,24 @@ pub(super) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T
     }
 }
 
-/// What run directory `dir` says of its start, `None` while it says
-/// nothing yet. `exited` is whether its supervisor had exited, looked at
-/// *before* the records: a supervisor may start a short task, record its
-/// end and exit between two looks, and must not then be taken for one
-/// that exited without starting it.
-pub(super) fn start_outcome(
-    id: &ContainerId,
-    dir: &RunDir,
-    exited: Option<std::process::ExitStatus>,
-) -> Option<Result<()>> {
+/// What run directory `dir` says of its start, once its supervisor
+/// answered or went away (`how`, for the error if neither record is
+/// there): started, or why not.
+pub(super) fn start_outcome(id: &ContainerId, dir: &RunDir, how: &str) -> Result<()> {
     match read_json::<StartError>(&dir.error()) {
-        Ok(Some(e)) if e.invalid => return Some(Err(invalid_command(e.message))),
-        Ok(Some(e)) => return Some(Err(backend(io::Error::other(e.message)))),
+        Ok(Some(e)) if e.invalid => return Err(invalid_command(e.message)),
+        Ok(Some(e)) => return Err(backend(io::Error::other(e.message))),
         Ok(None) => {}
-        Err(e) => return Some(Err(backend(e))),
+        Err(e) => return Err(backend(e)),
     }
     if dir.started().exists() {
-        return Some(Ok(()));
+        return Ok(());
     }
-    let status = exited?;
     let said = std::fs::read_to_string(dir.log()).unwrap_or_default();
-    Some(Err(backend(io::Error::other(format!(
-        "the supervisor of {id} exited ({status}) before starting the task: {}",
+    Err(backend(io::Error::other(format!(
+        "the supervisor {how} without starting {id}: {}",
         said.trim()
-    )))))
+    ))))
 }
 
 #[cfg(test)]
@@ -184,25 +195,23 @@ mod tests {
     use super::*;
     use crate::Error;
 
-    /// A supervisor that started a short task and exited with it before
-    /// the runtime looked counts as started (seen once in 1,000 array
-    /// tasks: the run failed "exited before starting the task").
+    /// The records decide, whatever the supervisor said: a supervisor may
+    /// start a short task, record its end and be gone before the runtime
+    /// reads its answer.
     #[test]
-    fn a_supervisor_gone_after_starting_its_task_started_it() {
-        use std::os::unix::process::ExitStatusExt;
+    fn the_records_decide_a_start() {
         let root = std::env::temp_dir().join(format!("cloudai-start-{}", std::process::id()));
         let dir = RunDir(root.clone());
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let id = ContainerId("run-test".into());
-        let exited = Some(std::process::ExitStatus::from_raw(0));
-        assert!(start_outcome(&id, &dir, None).is_none(), "nothing said yet");
-        let gone = start_outcome(&id, &dir, exited).expect("decided");
+        std::fs::write(dir.log(), "cannot bind\n").unwrap();
+        let gone = start_outcome(&id, &dir, "went away")
+            .unwrap_err()
+            .to_string();
         assert!(
-            gone.unwrap_err()
-                .to_string()
-                .contains("before starting the task"),
-            "exited with no record"
+            gone.contains("went away without starting run-test: cannot bind"),
+            "{gone}"
         );
         let started = Started {
             pid: 1,
@@ -210,16 +219,24 @@ mod tests {
             started_ms: None,
         };
         write_json(&dir.started(), &started).unwrap();
-        assert!(matches!(start_outcome(&id, &dir, exited), Some(Ok(()))));
+        assert!(start_outcome(&id, &dir, "went away").is_ok());
         let error = StartError {
             invalid: true,
             message: "cannot run \"nosuch\"".into(),
         };
         write_json(&dir.error(), &error).unwrap();
         assert!(matches!(
-            start_outcome(&id, &dir, exited),
-            Some(Err(Error::InvalidInput(_)))
+            start_outcome(&id, &dir, "answered"),
+            Err(Error::InvalidInput(_))
         ));
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn run_names_are_plain() {
+        assert!(plain_run_name("run-18f3a-2b-7"));
+        for bad in ["", "..", "a/b", "supervisor.sock", "x y"] {
+            assert!(!plain_run_name(bad), "{bad:?}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! [`SupervisedProcessRuntime`]: the process runtime for a worker that
 //! must not leave processes behind when it dies. Each run gets a directory
-//! under `<state dir>/runs/` (see `record`) and a supervisor process (see
-//! [`super::supervisor`]) that owns the task's process group.
+//! under `<state dir>/runs/` (see `record`); the supervisor process of the
+//! state directory (see [`super::supervisor`]) starts it and owns the
+//! task's process group.
 //!
 //! The rules are [`ProcessRuntime`](super::ProcessRuntime)'s (own process
 //! group; SIGTERM, grace, SIGKILL; clean environment; the image is
@@ -26,20 +27,22 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::follow::{follow_file, Outcome};
-use super::record::{read_json, start_outcome, write_json, Ended, RunDir, RunSpec, Started};
+use super::record::{
+    plain_run_name, read_json, start_outcome, write_json, Ended, RunDir, RunSpec, Started,
+};
+use super::supervisor_link::{Said, SupervisorLink};
 use super::{backend, check_command, invalid_command, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT};
 use crate::output::CHANNEL;
 use crate::runtime::{
@@ -52,8 +55,9 @@ use crate::{Error, Result};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a run without a supervisor is looked at.
 const POLL: Duration = Duration::from_millis(200);
-/// How often a start is looked at, should the supervisor's word not come.
-const START_POLL: Duration = Duration::from_millis(5);
+/// How many times a start is asked of a supervisor that went away before
+/// it answered (one on its way out as the runtime connected).
+const START_TRIES: usize = 3;
 
 /// Makes ids unique within this process (the time makes them unique
 /// across restarts).
@@ -68,8 +72,8 @@ struct Attached {
     commands: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
 }
 
-/// Runs each task as a local process under a supervisor process that keeps
-/// it independent of the worker: runs survive the worker's death, a
+/// Runs each task as a local process under the supervisor process of its
+/// state directory, which keeps it independent of the worker: runs survive the worker's death, a
 /// restarted worker finds them with `list`, and a run whose lease from its
 /// worker runs out is stopped by its supervisor, as is one past its time
 /// limit. Otherwise the rules of [`ProcessRuntime`](super::ProcessRuntime)
@@ -77,16 +81,17 @@ struct Attached {
 #[derive(Debug)]
 pub struct SupervisedProcessRuntime {
     runs: PathBuf,
-    supervisor: Vec<OsString>,
+    supervisor: SupervisorLink,
     orphan_timeout: Duration,
     attached: Mutex<HashMap<ContainerId, Arc<Attached>>>,
 }
 
 impl SupervisedProcessRuntime {
-    /// A runtime keeping its runs under `<state_dir>/runs`, starting each
-    /// run's supervisor as `supervisor[0] supervisor[1..] <run dir>` (for
-    /// the worker binary: its own path and its supervisor-mode argument);
-    /// a run started without a lease of its own gets `orphan_timeout`.
+    /// A runtime keeping its runs under `<state_dir>/runs`, starting their
+    /// supervisor (when none runs there) as `supervisor[0] supervisor[1..]
+    /// <state_dir>/runs` (for the worker binary: its own path and its
+    /// supervisor-mode argument); a run started without a lease of its own
+    /// gets `orphan_timeout`.
     pub fn new(
         state_dir: &Path,
         supervisor: Vec<OsString>,
@@ -98,8 +103,8 @@ impl SupervisedProcessRuntime {
         let runs = state_dir.join("runs");
         std::fs::create_dir_all(&runs).map_err(backend)?;
         Ok(SupervisedProcessRuntime {
+            supervisor: SupervisorLink::new(runs.clone(), supervisor),
             runs,
-            supervisor,
             orphan_timeout,
             attached: Mutex::new(HashMap::new()),
         })
@@ -107,12 +112,7 @@ impl SupervisedProcessRuntime {
 
     /// The directory of run `id`, if `id` can name one.
     fn dir(&self, id: &ContainerId) -> Option<RunDir> {
-        let name = id.0.as_str();
-        let plain = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        plain.then(|| RunDir(self.runs.join(name)))
+        plain_run_name(&id.0).then(|| RunDir(self.runs.join(&id.0)))
     }
 
     /// The attachment to run `id`, attaching now if this runtime has not
@@ -189,50 +189,25 @@ impl SupervisedProcessRuntime {
             framed_output: true,
         };
         write_json(&dir.spec(), &record).map_err(backend)?;
-        let log = std::fs::File::create(dir.log()).map_err(backend)?;
-        let mut supervisor = tokio::process::Command::new(&self.supervisor[0])
-            .args(&self.supervisor[1..])
-            .arg(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| {
-                backend(io::Error::new(
-                    e.kind(),
-                    format!("cannot start the supervisor {:?}: {e}", self.supervisor[0]),
-                ))
-            })?;
-        // The supervisor says a line once its start records are written,
-        // or exits: either wakes this at once. Looking at the records
-        // again stays only as a fallback.
-        let said = supervisor.stdout.take();
-        let waited = tokio::time::timeout(START_TIMEOUT, async {
-            if let Some(out) = said {
-                let mut line = String::new();
-                let read = BufReader::new(out).read_line(&mut line).await;
-                if matches!(read, Ok(0) | Err(_)) {
-                    // Gone without a word: its exit decides.
-                    let _ = supervisor.wait().await;
-                }
+        // The supervisor answers once the start records are written (or
+        // it goes away); those records decide.
+        for _ in 0..START_TRIES {
+            let said = tokio::time::timeout(START_TIMEOUT, self.supervisor.start(&id.0))
+                .await
+                .map_err(|_| {
+                    Error::Timeout(format!(
+                        "the supervisor did not start {id} within {START_TIMEOUT:?}"
+                    ))
+                })??;
+            match said {
+                Said::Started => return start_outcome(id, dir, "answered"),
+                Said::Failed => return start_outcome(id, dir, "failed"),
+                // Gone before it read the request, or while it started it.
+                Said::Gone if dir.started().exists() || dir.error().exists() => break,
+                Said::Gone => {}
             }
-            loop {
-                let exited = supervisor.try_wait().ok().flatten();
-                if let Some(outcome) = start_outcome(id, dir, exited) {
-                    return outcome;
-                }
-                tokio::time::sleep(START_POLL).await;
-            }
-        })
-        .await;
-        // Tokio reaps the supervisor once it exits; it is not waited here.
-        drop(supervisor);
-        waited.unwrap_or_else(|_| {
-            Err(Error::Timeout(format!(
-                "the supervisor of {id} did not start the task within {START_TIMEOUT:?}"
-            )))
-        })
+        }
+        start_outcome(id, dir, "went away")
     }
 }
 
@@ -389,7 +364,11 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             Err(e) => return Err(backend(e)),
         };
         let mut found = Vec::new();
-        for entry in entries.flatten() {
+        // The supervisor's own files are beside the runs' directories.
+        let runs = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+        for entry in runs {
             let dir = RunDir(entry.path());
             let spec = match read_json::<RunSpec>(&dir.spec()) {
                 Ok(Some(spec)) => spec,
