@@ -217,3 +217,53 @@ async fn a_run_is_listed_running_until_its_end_is_recorded() {
     rt.remove(&id).await.expect("remove");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The supervisor process serving the runs in `dir` (the worker binary in
+/// its supervisor mode, named by its command line).
+fn supervisor_of(dir: &Path) -> i32 {
+    let wanted = format!("__supervise\0{}\0", dir.join("runs").display());
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&wanted))
+        })
+        .expect("a supervisor serves the runs")
+}
+
+/// With its supervisor killed (`kill -9`), a run's task runs on, the
+/// runtime still stops it (signalling its group itself), and its wait
+/// ends in an error, as no exit was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_supervisor_was_killed_is_still_stopped() {
+    let dir = state_dir("unsupervised");
+    let pidfile = dir.join("task.pid");
+    let rt = runtime(&dir, Duration::from_secs(60));
+    let script = format!("echo $$ > '{}'; sleep 300", pidfile.display());
+    let id = rt
+        .start(&spec("t-unsupervised", &script))
+        .await
+        .expect("start");
+    let task = pid_in(&pidfile).await;
+    let supervisor = supervisor_of(&dir);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &supervisor.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -9 {supervisor}");
+    until_dead(supervisor, BOUND).await;
+    assert!(alive(task), "the task outlives its supervisor");
+    tokio::time::timeout(BOUND, rt.stop(&id, Duration::from_millis(200)))
+        .await
+        .expect("bounded")
+        .expect("stop");
+    until_dead(task, BOUND).await;
+    let waited = tokio::time::timeout(BOUND, rt.wait(&id))
+        .await
+        .expect("bounded");
+    assert!(waited.is_err(), "no exit was recorded: {waited:?}");
+    rt.remove(&id).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&dir);
+}

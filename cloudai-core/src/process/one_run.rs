@@ -4,12 +4,11 @@
 //!
 //! - The task starts as the leader of a new process group, its pid and
 //!   start time to `pid.json`. Its stdout and stderr are appended to the
-//!   run's `output` file, each read a frame naming its stream (see
-//!   `frames`).
-//! - Workers attach by connecting to the run's `supervisor.sock` and send
-//!   one command per line: `stop <grace ms>` (SIGTERM to the group,
-//!   SIGKILL after the grace), `kill`, or `lease <ms>` (the worker stands
-//!   for the run for that much longer).
+//!   run's `output` file (made at the first byte), each read a frame
+//!   naming its stream (see `frames`).
+//! - Workers command the run through the supervisor ([`Run`]): stop it
+//!   (SIGTERM to the group, SIGKILL after the grace), kill it, renew its
+//!   lease, or watch for its end.
 //! - The run holds a lease from its worker, renewed with every heartbeat
 //!   the master answers. Once it runs out (the worker died, or lost its
 //!   master) the task is stopped with its grace: so no task runs on once
@@ -20,16 +19,14 @@
 //!   timeout noted.
 //! - When the leader exits, the rest of its group is killed, the output
 //!   read to its end (for at most [`DRAIN_TIMEOUT`]), the exit recorded in
-//!   `exit.json`, and then the attached workers' connections are closed
-//!   and the socket removed: a worker that sees its connection close reads
-//!   the record. Every thread of the run ends with it.
+//!   `exit.json`, and then the watchers told. Every thread of the run ends
+//!   with it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::Shutdown;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStderr, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -70,36 +67,80 @@ pub(super) fn note(dir: &RunDir, what: &str) {
         .and_then(|mut f| writeln!(f, "{what}"));
 }
 
-/// What the run's threads share.
-struct Shared {
+/// Called once a run's end is recorded.
+pub(super) type Watcher = Box<dyn FnOnce() + Send>;
+
+/// A running task, as its supervisor's threads and workers' commands
+/// share it.
+pub(super) struct Run {
     pid: i32,
     /// The leader has exited (and was reaped).
     ended: AtomicBool,
     lease: Mutex<Instant>,
-    /// The attached workers' connections; `None` once the end is recorded.
-    attached: Mutex<Option<Vec<UnixStream>>>,
+    /// Told once the end is recorded; `None` from then on.
+    watchers: Mutex<Option<Vec<Watcher>>>,
+}
+
+impl Run {
+    /// SIGTERM to the group now, SIGKILL after `grace` unless it ended.
+    pub(super) fn stop(self: &Arc<Self>, grace: Duration) {
+        if self.ended.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = signal_group(self.pid, Signal::SIGTERM);
+        let waits = self.clone();
+        let killer = thread(move || {
+            std::thread::sleep(grace);
+            if !waits.ended.load(Ordering::SeqCst) {
+                let _ = signal_group(waits.pid, Signal::SIGKILL);
+            }
+        });
+        if killer.is_err() {
+            // No thread to wait the grace with: the stop cannot wait.
+            let _ = signal_group(self.pid, Signal::SIGKILL);
+        }
+    }
+
+    /// SIGKILL to the group, unless it ended.
+    pub(super) fn kill(&self) {
+        if !self.ended.load(Ordering::SeqCst) {
+            let _ = signal_group(self.pid, Signal::SIGKILL);
+        }
+    }
+
+    /// The worker stands for the run for `lease` from now.
+    pub(super) fn renew(&self, lease: Duration) {
+        *lock(&self.lease) = later(Instant::now(), lease);
+    }
+
+    /// Tells `watcher` once the run's end is recorded; hands it back if
+    /// it is already.
+    pub(super) fn watch(&self, watcher: Watcher) -> Result<(), Watcher> {
+        match lock(&self.watchers).as_mut() {
+            Some(watchers) => {
+                watchers.push(watcher);
+                Ok(())
+            }
+            None => Err(watcher),
+        }
+    }
 }
 
 /// Supervises the run in `dir` until its task ended and its end is
-/// recorded. `said_started` is called once its start records (`pid.json`,
-/// or `error` if it could not start) are written.
-pub(super) fn supervise(dir: &RunDir, said_started: impl FnOnce()) -> io::Result<()> {
+/// recorded. `started` is called once its start records are written:
+/// `pid.json` with the run, or `error` (it could not start) with `None`.
+pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -> io::Result<()> {
     let spec: RunSpec = read_json(&dir.spec())?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "run.json is missing"))?;
-    // Bound before the task starts, so a worker can attach as soon as it
-    // sees `pid.json`.
-    let (_handle, socket) = dir.socket_via()?;
-    let listener = UnixListener::bind(&socket)?;
     let (child, drained, give_up) = match spawn(&spec, dir) {
-        Ok(started) => started,
+        Ok(spawned) => spawned,
         Err(e) => {
             let recorded = write_json(&dir.error(), &e);
-            let _ = std::fs::remove_file(dir.socket());
-            said_started();
+            started(None);
             return recorded;
         }
     };
-    let started = Instant::now();
+    let began = Instant::now();
     let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
     // Read before the child is reaped, so it is there even if it ended.
     let start_ticks = process_start_ticks(pid).unwrap_or_default();
@@ -107,11 +148,11 @@ pub(super) fn supervise(dir: &RunDir, said_started: impl FnOnce()) -> io::Result
         .duration_since(UNIX_EPOCH)
         .ok()
         .and_then(|d| u64::try_from(d.as_millis()).ok());
-    let shared = Arc::new(Shared {
+    let run = Arc::new(Run {
         pid,
         ended: AtomicBool::new(false),
-        lease: Mutex::new(later(started, spec.orphan_timeout)),
-        attached: Mutex::new(Some(Vec::new())),
+        lease: Mutex::new(later(began, spec.orphan_timeout)),
+        watchers: Mutex::new(Some(Vec::new())),
     });
     // The task's end wakes the run at once; the time limit and the lease
     // are looked at in between, at the latest every CHECK.
@@ -128,22 +169,18 @@ pub(super) fn supervise(dir: &RunDir, said_started: impl FnOnce()) -> io::Result
             started_ms,
         },
     )?;
-    said_started();
-    {
-        let shared = shared.clone();
-        thread(move || accept(&listener, &shared))?;
-    }
+    started(Some(&run));
 
     let mut note = None;
     let status = loop {
         let now = Instant::now();
         if note.is_none() {
-            note = stop_note(&spec, started, *lock(&shared.lease), now);
+            note = stop_note(&spec, began, *lock(&run.lease), now);
             if note.is_some() {
-                stop_group(&shared, spec.grace);
+                run.stop(spec.grace);
             }
         }
-        let wait = next_check(&spec, started, *lock(&shared.lease), now);
+        let wait = next_check(&spec, began, *lock(&run.lease), now);
         match exit_rx.recv_timeout(wait) {
             Ok(status) => break status,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -152,7 +189,7 @@ pub(super) fn supervise(dir: &RunDir, said_started: impl FnOnce()) -> io::Result
             }
         }
     };
-    shared.ended.store(true, Ordering::SeqCst);
+    run.ended.store(true, Ordering::SeqCst);
     // What the leader left behind in its group goes with it.
     let _ = signal_group(pid, Signal::SIGKILL);
     // The output is read to its end before the exit is recorded, so a
@@ -169,14 +206,9 @@ pub(super) fn supervise(dir: &RunDir, said_started: impl FnOnce()) -> io::Result
             },
         )
     });
-    // Listening until the end is recorded: a run whose supervisor answers
-    // is not over (see `list`). Then every attached worker sees its
-    // connection close, and the listener's thread is woken to end.
-    for stream in lock(&shared.attached).take().into_iter().flatten() {
-        let _ = stream.shutdown(Shutdown::Both);
+    for watcher in lock(&run.watchers).take().into_iter().flatten() {
+        watcher();
     }
-    let _ = UnixStream::connect(&socket);
-    let _ = std::fs::remove_file(dir.socket());
     recorded
 }
 
@@ -225,12 +257,6 @@ fn spawn(
         invalid: false,
         message: format!("{what}: {e}"),
     };
-    let output = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(dir.output())
-        .map_err(|e| backend("cannot open the output file", e))?;
     let (give_up, given_up) =
         UnixStream::pair().map_err(|e| backend("cannot make a socket pair", e))?;
     let Some((program, args)) = spec.command.split_first() else {
@@ -256,7 +282,7 @@ fn spawn(
     let pipes = (child.stdout.take(), child.stderr.take());
     let dir = dir.clone();
     let copying = thread(move || {
-        copy_frames(pipes, output, &given_up, &dir);
+        copy_frames(pipes, &given_up, &dir);
         let _ = done.send(());
     });
     if let Err(e) = copying {
@@ -267,14 +293,16 @@ fn spawn(
     Ok((child, drained, give_up))
 }
 
-/// Appends what the task's pipes deliver to `output` as frames naming
-/// their stream, until both ended or `given_up` is readable or closed.
+/// Appends what the task's pipes deliver to the run's output file as
+/// frames naming their stream, until both ended or `given_up` is readable
+/// or closed. The file is made at the first byte: a silent task costs no
+/// file.
 fn copy_frames(
     (stdout, stderr): (Option<ChildStdout>, Option<ChildStderr>),
-    mut output: File,
     given_up: &UnixStream,
     dir: &RunDir,
 ) {
+    let mut output = None;
     let file = |fd: OwnedFd| File::from(fd);
     let mut pipes = [
         (stdout.map(OwnedFd::from).map(file), OutputStream::Stdout),
@@ -312,7 +340,8 @@ fn copy_frames(
                 // On a failed write (a full disk) the pipe is still
                 // drained, so the task does not block or die of it.
                 Ok(n) if !failed => {
-                    if let Err(e) = write_frame(&mut output, *stream, &buf[..n]) {
+                    let written = append_frame(&mut output, dir, *stream, &buf[..n]);
+                    if let Err(e) = written {
                         note(
                             dir,
                             &format!("writing the task's output failed; dropping the rest: {e}"),
@@ -331,73 +360,30 @@ fn copy_frames(
     }
 }
 
+/// Appends a frame to the run's output file, opening it first if need be.
+fn append_frame(
+    output: &mut Option<File>,
+    dir: &RunDir,
+    stream: OutputStream,
+    data: &[u8],
+) -> io::Result<()> {
+    let file = match output {
+        Some(file) => file,
+        None => output.insert(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(dir.output())?,
+        ),
+    };
+    write_frame(file, stream, data)
+}
+
 /// `d` after `at`, or as late as an `Instant` goes (a lease of many
 /// years is as good as none).
 fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
         .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
         .unwrap_or(at)
-}
-
-/// Takes attachments until the end is recorded.
-fn accept(listener: &UnixListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        {
-            let mut attached = lock(&shared.attached);
-            // Ended: this is the wake-up, or a worker just too late; either
-            // sees the connection close.
-            let Some(list) = attached.as_mut() else {
-                return;
-            };
-            match stream.try_clone() {
-                Ok(clone) => list.push(clone),
-                Err(_) => continue,
-            }
-        }
-        let shared = shared.clone();
-        if thread(move || serve(stream, &shared)).is_err() {
-            continue;
-        }
-    }
-}
-
-/// SIGTERM to the group now, SIGKILL after `grace` unless it ended.
-fn stop_group(shared: &Arc<Shared>, grace: Duration) {
-    if shared.ended.load(Ordering::SeqCst) {
-        return;
-    }
-    let _ = signal_group(shared.pid, Signal::SIGTERM);
-    let waits = shared.clone();
-    let killer = thread(move || {
-        std::thread::sleep(grace);
-        if !waits.ended.load(Ordering::SeqCst) {
-            let _ = signal_group(waits.pid, Signal::SIGKILL);
-        }
-    });
-    if killer.is_err() {
-        // No thread to wait the grace with: the stop cannot wait.
-        let _ = signal_group(shared.pid, Signal::SIGKILL);
-    }
-}
-
-/// Obeys one attached worker's commands until it goes away or the run's
-/// end closes its connection.
-fn serve(stream: UnixStream, shared: &Arc<Shared>) {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { return };
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next().map(str::parse::<u64>)) {
-            (Some("stop"), Some(Ok(grace_ms))) => {
-                stop_group(shared, Duration::from_millis(grace_ms));
-            }
-            (Some("lease"), Some(Ok(ms))) => {
-                *lock(&shared.lease) = later(Instant::now(), Duration::from_millis(ms));
-            }
-            (Some("kill"), None) if !shared.ended.load(Ordering::SeqCst) => {
-                let _ = signal_group(shared.pid, Signal::SIGKILL);
-            }
-            _ => {}
-        }
-    }
 }

@@ -4,11 +4,10 @@
 //! | file | written by | holds |
 //! |---|---|---|
 //! | `run.json` | runtime, before it asks the supervisor to start the run | what to run, labels, its lease, time limit and grace |
-//! | `output` | supervisor, as the task writes | its stdout and stderr, framed (see `frames`) |
+//! | `output` | supervisor, from the task's first byte | its stdout and stderr, framed (see `frames`) |
 //! | `pid.json` | supervisor, once the task started | its pid and start time |
 //! | `error` | supervisor, if the task could not start | why |
 //! | `exit.json` | supervisor, once the task ended | its exit status |
-//! | `supervisor.sock` | supervisor, until the end is recorded | where workers attach to the run |
 //! | `supervisor.log` | supervisor, if something went wrong | the run's diagnostics |
 //!
 //! Beside the runs, `runs/` holds the supervisor's own `supervisor.sock`,
@@ -42,7 +41,8 @@ pub(super) struct RunSpec {
     pub(super) labels: BTreeMap<String, String>,
     /// The run's lease at its start: the supervisor stops the task (with
     /// its grace) once this passes without a worker renewing the lease
-    /// (`lease <ms>` on its socket). Its worker died, or lost its master.
+    /// (a `lease` request to the supervisor). Its worker died, or lost its
+    /// master.
     pub(super) orphan_timeout: Duration,
     /// Longest the task may run, from its start.
     #[serde(default)]
@@ -93,9 +93,6 @@ pub(super) struct Ended {
     pub(super) note: Option<String>,
 }
 
-/// The supervisor's socket, in the run directory.
-const SOCKET: &str = "supervisor.sock";
-
 /// Paths of one run's directory.
 #[derive(Debug, Clone)]
 pub(super) struct RunDir(pub(super) PathBuf);
@@ -115,15 +112,6 @@ impl RunDir {
     }
     pub(super) fn ended(&self) -> PathBuf {
         self.0.join("exit.json")
-    }
-    pub(super) fn socket(&self) -> PathBuf {
-        self.0.join(SOCKET)
-    }
-
-    /// The socket's path by way of an open handle on the directory (see
-    /// [`socket_via`]).
-    pub(super) fn socket_via(&self) -> io::Result<(File, PathBuf)> {
-        socket_via(&self.0, SOCKET)
     }
     pub(super) fn log(&self) -> PathBuf {
         self.0.join("supervisor.log")

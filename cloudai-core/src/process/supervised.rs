@@ -33,16 +33,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::follow::{follow_file, Outcome};
 use super::record::{
     plain_run_name, read_json, start_outcome, write_json, Ended, RunDir, RunSpec, Started,
 };
-use super::supervisor_link::{Said, SupervisorLink};
+use super::supervisor_link::SupervisorLink;
 use super::{backend, check_command, invalid_command, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT};
 use crate::output::CHANNEL;
 use crate::runtime::{
@@ -68,8 +65,6 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 struct Attached {
     started: Started,
     ended: watch::Receiver<Outcome>,
-    /// Commands to the supervisor; `None` once it is gone.
-    commands: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
 }
 
 /// Runs each task as a local process under the supervisor process of its
@@ -81,7 +76,7 @@ struct Attached {
 #[derive(Debug)]
 pub struct SupervisedProcessRuntime {
     runs: PathBuf,
-    supervisor: SupervisorLink,
+    supervisor: Arc<SupervisorLink>,
     orphan_timeout: Duration,
     attached: Mutex<HashMap<ContainerId, Arc<Attached>>>,
 }
@@ -103,7 +98,7 @@ impl SupervisedProcessRuntime {
         let runs = state_dir.join("runs");
         std::fs::create_dir_all(&runs).map_err(backend)?;
         Ok(SupervisedProcessRuntime {
-            supervisor: SupervisorLink::new(runs.clone(), supervisor),
+            supervisor: Arc::new(SupervisorLink::new(runs.clone(), supervisor)),
             runs,
             orphan_timeout,
             attached: Mutex::new(HashMap::new()),
@@ -129,41 +124,31 @@ impl SupervisedProcessRuntime {
             return Ok(None);
         };
         let (tx, rx) = watch::channel(None);
-        let (reader, writer) = match connect(&dir).await {
-            Some(stream) => {
-                let (r, w) = stream.into_split();
-                (Some(r), Some(w))
-            }
-            None => (None, None),
-        };
-        let attached = Arc::new(Attached {
-            started,
-            ended: rx,
-            commands: tokio::sync::Mutex::new(writer),
-        });
+        let attached = Arc::new(Attached { started, ended: rx });
+        let (supervisor, name) = (self.supervisor.clone(), id.0.clone());
         tokio::spawn(async move {
-            if let Some(mut r) = reader {
-                // The supervisor sends nothing; EOF means it exited.
-                let mut sink = [0u8; 64];
-                while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
-            }
+            // Answered once the end is recorded, or at once where the
+            // supervisor does not supervise the run: then, as when it is
+            // gone, the records and the process tell.
+            let _ = supervisor.ask("watch", &name, "").await;
             tx.send_replace(Some(watch_end(&dir, started).await));
         });
         let mut map = lock(&self.attached);
         Ok(Some(map.entry(id.clone()).or_insert(attached).clone()))
     }
 
-    /// Sends a command line to the run's supervisor; false if it is gone.
-    async fn tell(&self, run: &Attached, command: &str) -> bool {
-        let mut commands = run.commands.lock().await;
-        let Some(w) = commands.as_mut() else {
-            return false;
-        };
-        if w.write_all(format!("{command}\n").as_bytes()).await.is_ok() {
-            return true;
-        }
-        *commands = None;
-        false
+    /// Whether the supervisor still supervises run `name` (it may be
+    /// draining its output after the task's exit).
+    async fn supervises(&self, name: &str) -> bool {
+        let answer = self.supervisor.ask("supervises", name, "").await;
+        matches!(answer, Ok(Some(word)) if word == "yes")
+    }
+
+    /// Has the supervisor carry out `request` (`stop`, `kill`) on run
+    /// `id`; false if it does not supervise the run (any more).
+    async fn command(&self, id: &ContainerId, request: &str, more: &str) -> bool {
+        let answer = self.supervisor.ask(request, &id.0, more).await;
+        matches!(answer, Ok(Some(word)) if word == "ok")
     }
 
     /// Signals the run's group directly, if its leader is still the
@@ -192,30 +177,23 @@ impl SupervisedProcessRuntime {
         // The supervisor answers once the start records are written (or
         // it goes away); those records decide.
         for _ in 0..START_TRIES {
-            let said = tokio::time::timeout(START_TIMEOUT, self.supervisor.start(&id.0))
+            let said = tokio::time::timeout(START_TIMEOUT, self.supervisor.ask("start", &id.0, ""))
                 .await
                 .map_err(|_| {
                     Error::Timeout(format!(
                         "the supervisor did not start {id} within {START_TIMEOUT:?}"
                     ))
                 })??;
-            match said {
-                Said::Started => return start_outcome(id, dir, "answered"),
-                Said::Failed => return start_outcome(id, dir, "failed"),
+            match said.as_deref() {
+                Some("started") => return start_outcome(id, dir, "answered"),
+                Some(_) => return start_outcome(id, dir, "failed"),
                 // Gone before it read the request, or while it started it.
-                Said::Gone if dir.started().exists() || dir.error().exists() => break,
-                Said::Gone => {}
+                None if dir.started().exists() || dir.error().exists() => break,
+                None => {}
             }
         }
         start_outcome(id, dir, "went away")
     }
-}
-
-/// A connection to the run's supervisor, if it answers (it listens until
-/// it has recorded the run's end).
-async fn connect(dir: &RunDir) -> Option<UnixStream> {
-    let (_handle, socket) = dir.socket_via().ok()?;
-    UnixStream::connect(socket).await.ok()
 }
 
 /// How long after the task's leader is gone its exit record may take: the
@@ -325,13 +303,13 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             return Ok(());
         }
         let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        if !self.tell(&run, &format!("stop {ms}")).await {
+        if !self.command(id, "stop", &ms.to_string()).await {
             Self::signal_directly(&run, Signal::SIGTERM)?;
         }
         if ended_within(&mut ended, grace + POLL).await {
             return Ok(());
         }
-        if !self.tell(&run, "kill").await {
+        if !self.command(id, "kill", "").await {
             Self::signal_directly(&run, Signal::SIGKILL)?;
         }
         if ended_within(&mut ended, KILL_TIMEOUT).await {
@@ -348,8 +326,16 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         let Some(dir) = self.dir(id).filter(|d| d.0.exists()) else {
             return Ok(());
         };
-        if let Some(run) = self.attach(id).await? {
-            if !self.tell(&run, "kill").await {
+        let running = self
+            .attach(id)
+            .await?
+            .filter(|r| r.ended.borrow().is_none());
+        if let Some(run) = running {
+            if self.command(id, "kill", "").await {
+                // Its supervisor records the end in the directory: not
+                // while the directory goes.
+                ended_within(&mut run.ended.clone(), KILL_TIMEOUT).await;
+            } else {
                 Self::signal_directly(&run, Signal::SIGKILL)?;
             }
         }
@@ -383,11 +369,12 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             }
             // Until the end is recorded the run is not over: its task may
             // have exited while the supervisor still drains the output.
+            let name = entry.file_name().to_string_lossy().into_owned();
             let started = read_json::<Started>(&dir.started()).ok().flatten();
             let running = !dir.ended().exists()
-                && (started.is_some_and(|s| s.alive()) || connect(&dir).await.is_some());
+                && (started.is_some_and(|s| s.alive()) || self.supervises(&name).await);
             found.push(ContainerInfo {
-                id: ContainerId(entry.file_name().to_string_lossy().into_owned()),
+                id: ContainerId(name),
                 labels: spec.labels,
                 running,
                 started_at: started
@@ -399,17 +386,17 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         Ok(found)
     }
 
-    /// Tells every run's supervisor the new lease, less the time the
-    /// telling took so far (a supervisor counts it from when it reads it).
+    /// Tells the supervisor the new lease of every run not yet ended, in
+    /// one write.
     async fn renew_lease(&self, lease: Duration) -> Result<()> {
-        let asked = tokio::time::Instant::now();
-        let runs: Vec<Arc<Attached>> = lock(&self.attached).values().cloned().collect();
-        for run in runs {
-            if run.ended.borrow().is_none() {
-                let left = lease.saturating_sub(asked.elapsed());
-                let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                self.tell(&run, &format!("lease {ms}")).await;
-            }
+        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let lines: String = lock(&self.attached)
+            .iter()
+            .filter(|(_, run)| run.ended.borrow().is_none())
+            .map(|(id, _)| format!("lease {id} {ms}\n"))
+            .collect();
+        if !lines.is_empty() {
+            self.supervisor.tell(&lines).await?;
         }
         Ok(())
     }

@@ -9,16 +9,25 @@
 //! - One per runs directory: it holds `supervisor.lock` there for its life
 //!   (a second one started says `running` and exits), and says `ready` on
 //!   its stdout once it listens on `supervisor.sock`.
-//! - A worker's runtime connects there and sends `start <run>` for a run
-//!   whose `run.json` it wrote; the supervisor answers `started <run>`
-//!   once the run's start records are written, or `failed <run>` (why is
-//!   in the run's `supervisor.log`).
+//! - A worker's runtime connects there and sends requests, a line each,
+//!   naming a run; the answers, in any order, repeat the request's first
+//!   two words:
+//!
+//!   | request | answer |
+//!   |---|---|
+//!   | `start <run>` (its `run.json` written) | `start <run> started` once its start records are written, or `start <run> failed` (why is in the run's `supervisor.log`) |
+//!   | `watch <run>` | `watch <run> ended` once its end is recorded, or at once if this supervisor does not supervise it |
+//!   | `stop <run> <grace ms>` | `stop <run> ok`, or `stop <run> unknown` |
+//!   | `kill <run>` | `kill <run> ok`, or `kill <run> unknown` |
+//!   | `lease <run> <ms>` | none |
+//!   | `supervises <run>` | `supervises <run> yes` or `no` |
 //! - It exits once it supervises no run and no runtime is connected: a
 //!   worker keeps it for its life, and runs keep it past the worker's.
 //!
 //! Starting a run costs a few threads here, where a process per run cost
 //! an `exec` of the worker binary (most of a short task's overhead).
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::Shutdown;
@@ -28,7 +37,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::one_run::{note, supervise, thread};
+use super::one_run::{note, supervise, thread, Run};
 use super::record::{plain_run_name, socket_via, RunDir};
 use crate::sync::lock;
 
@@ -76,6 +85,21 @@ struct Kept {
 struct Supervisor {
     runs: PathBuf,
     kept: Mutex<Kept>,
+    /// The runs started and not yet recorded as ended, by name.
+    supervised: Mutex<HashMap<String, Arc<Run>>>,
+}
+
+/// Where answers to one runtime go.
+#[derive(Clone)]
+struct Answers(Arc<Mutex<UnixStream>>);
+
+impl Answers {
+    /// Answers `request` about `run` (a runtime that is gone does not
+    /// matter).
+    fn say(&self, request: &str, run: &str, word: &str) {
+        let line = format!("{request} {run} {word}\n");
+        let _ = lock(&self.0).write_all(line.as_bytes());
+    }
 }
 
 impl Supervisor {
@@ -92,13 +116,11 @@ impl Supervisor {
 
     /// Serves one runtime's connection until it closes.
     fn serve_runtime(self: &Arc<Self>, stream: UnixStream) {
-        let replies = stream.try_clone().map(|s| Arc::new(Mutex::new(s)));
-        if let Ok(replies) = &replies {
+        if let Ok(answers) = stream.try_clone() {
+            let answers = Answers(Arc::new(Mutex::new(answers)));
             for line in BufReader::new(&stream).lines() {
                 let Ok(line) = line else { break };
-                if let Some(name) = line.strip_prefix("start ").filter(|n| plain_run_name(n)) {
-                    self.start(name, replies.clone());
-                }
+                self.obey(&line, &answers);
             }
         }
         // Closed for the runs still to answer on it as well.
@@ -107,28 +129,72 @@ impl Supervisor {
         self.exit_if_unkept();
     }
 
-    /// Supervises run `name` in a thread of its own, answering on
-    /// `replies` once its start records are written.
-    fn start(self: &Arc<Self>, name: &str, replies: Arc<Mutex<UnixStream>>) {
+    /// Carries out one request (see the module's table); an unknown one is
+    /// ignored.
+    fn obey(self: &Arc<Self>, line: &str, answers: &Answers) {
+        let mut words = line.split_whitespace();
+        let (Some(request), Some(name)) = (words.next(), words.next()) else {
+            return;
+        };
+        if !plain_run_name(name) {
+            return;
+        }
+        let ms = words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .map(Duration::from_millis);
+        let run = lock(&self.supervised).get(name).cloned();
+        match (request, run, ms) {
+            ("start", _, None) => self.start(name, answers.clone()),
+            ("watch", Some(run), None) => {
+                let (answers, name) = (answers.clone(), name.to_owned());
+                if let Err(told) = run.watch(Box::new(move || answers.say("watch", &name, "ended")))
+                {
+                    told();
+                }
+            }
+            ("watch", None, None) => answers.say("watch", name, "ended"),
+            ("stop", Some(run), Some(grace)) => {
+                run.stop(grace);
+                answers.say("stop", name, "ok");
+            }
+            ("kill", Some(run), None) => {
+                run.kill();
+                answers.say("kill", name, "ok");
+            }
+            ("stop" | "kill", None, _) => answers.say(request, name, "unknown"),
+            ("lease", Some(run), Some(lease)) => run.renew(lease),
+            ("supervises", run, None) => {
+                answers.say(request, name, if run.is_some() { "yes" } else { "no" });
+            }
+            _ => {}
+        }
+    }
+
+    /// Supervises run `name` in a thread of its own, answering once its
+    /// start records are written.
+    fn start(self: &Arc<Self>, name: &str, answers: Answers) {
         let dir = RunDir(self.runs.join(name));
         let name = name.to_owned();
-        let reply = move |word: &str| {
-            let _ = lock(&replies).write_all(format!("{word} {name}\n").as_bytes());
-        };
         lock(&self.kept).runs += 1;
         let run = {
-            let (supervisor, dir, reply) = (self.clone(), dir.clone(), reply.clone());
+            let (supervisor, dir, answers, name) =
+                (self.clone(), dir.clone(), answers.clone(), name.clone());
             move || {
                 let mut said = false;
-                let supervised = supervise(&dir, || {
+                let supervised = supervise(&dir, |run| {
                     said = true;
-                    reply("started");
+                    if let Some(run) = run {
+                        lock(&supervisor.supervised).insert(name.clone(), run.clone());
+                    }
+                    answers.say("start", &name, "started");
                 });
+                lock(&supervisor.supervised).remove(&name);
                 if let Err(e) = supervised {
                     note(&dir, &format!("supervising the run failed: {e}"));
                 }
                 if !said {
-                    reply("failed");
+                    answers.say("start", &name, "failed");
                 }
                 lock(&supervisor.kept).runs -= 1;
                 supervisor.exit_if_unkept();
@@ -136,7 +202,7 @@ impl Supervisor {
         };
         if let Err(e) = thread(run) {
             note(&dir, &format!("cannot start a thread for the run: {e}"));
-            reply("failed");
+            answers.say("start", &name, "failed");
             lock(&self.kept).runs -= 1;
         }
     }
@@ -164,6 +230,7 @@ fn serve(runs: &Path) -> io::Result<()> {
     let supervisor = Arc::new(Supervisor {
         runs: runs.to_owned(),
         kept: Mutex::default(),
+        supervised: Mutex::default(),
     });
     {
         let supervisor = supervisor.clone();

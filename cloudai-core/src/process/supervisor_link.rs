@@ -1,7 +1,7 @@
 //! A runtime's link to the supervisor of its runs (see `supervisor`): one
 //! connection, kept for the runtime's life (and so keeping the supervisor
-//! as well), on which it asks for runs to start and hears that they did.
-//! Where no supervisor answers, it starts one.
+//! as well), on which it sends requests about its runs and hears the
+//! answers. Where no supervisor answers, it starts one.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -30,19 +30,9 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// may be on its way out).
 const RETRY: Duration = Duration::from_millis(10);
 
-/// What the supervisor said of a start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Said {
-    /// Its start records are written.
-    Started,
-    /// It could not supervise the run (see the run's log).
-    Failed,
-    /// The connection closed before an answer.
-    Gone,
-}
-
-/// Answers awaited, by run; `None` once the connection closed.
-type Waiting = Arc<Mutex<Option<HashMap<String, oneshot::Sender<bool>>>>>;
+/// Answers awaited, by the request's first two words; `None` once the
+/// connection closed.
+type Waiting = Arc<Mutex<Option<HashMap<String, Vec<oneshot::Sender<String>>>>>>;
 
 #[derive(Debug)]
 struct Connection {
@@ -69,37 +59,56 @@ impl SupervisorLink {
         }
     }
 
-    /// Asks the supervisor to start the run named `name` (its `run.json`
-    /// written) and waits for its answer.
-    pub(super) async fn start(&self, name: &str) -> Result<Said> {
+    /// Sends `request` about run `run` (with `more` words after it) and
+    /// waits for the answer's word; `None` if the supervisor went away
+    /// first.
+    pub(super) async fn ask(&self, request: &str, run: &str, more: &str) -> Result<Option<String>> {
+        let key = format!("{request} {run}");
         let answer = {
             let mut connection = self.connection.lock().await;
-            let open = connection
-                .as_ref()
-                .is_some_and(|c| lock(&c.waiting).is_some());
-            if !open {
-                *connection = Some(self.connect().await?);
-            }
-            let Some(c) = connection.as_mut() else {
-                return Ok(Said::Gone);
-            };
+            let c = self.connected(&mut connection).await?;
             let (tx, rx) = oneshot::channel();
             match lock(&c.waiting).as_mut() {
-                Some(waiting) => waiting.insert(name.to_owned(), tx),
-                None => return Ok(Said::Gone),
+                Some(waiting) => waiting.entry(key.clone()).or_default().push(tx),
+                None => return Ok(None),
             };
-            let request = format!("start {name}\n");
-            if c.requests.write_all(request.as_bytes()).await.is_err() {
+            let line = format!("{key} {more}\n");
+            if c.requests.write_all(line.as_bytes()).await.is_err() {
                 *connection = None;
-                return Ok(Said::Gone);
+                return Ok(None);
             }
             rx
         };
-        Ok(match answer.await {
-            Ok(true) => Said::Started,
-            Ok(false) => Said::Failed,
-            Err(_) => Said::Gone,
-        })
+        Ok(answer.await.ok())
+    }
+
+    /// Sends requests that get no answer (`lease`), a line each; false if
+    /// the supervisor is gone.
+    pub(super) async fn tell(&self, lines: &str) -> Result<bool> {
+        let mut connection = self.connection.lock().await;
+        let c = self.connected(&mut connection).await?;
+        if c.requests.write_all(lines.as_bytes()).await.is_err() {
+            *connection = None;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The open connection, connecting anew if there is none.
+    async fn connected<'a>(
+        &self,
+        connection: &'a mut Option<Connection>,
+    ) -> Result<&'a mut Connection> {
+        let open = connection
+            .as_ref()
+            .is_some_and(|c| lock(&c.waiting).is_some());
+        if !open {
+            *connection = None;
+        }
+        match connection {
+            Some(c) => Ok(c),
+            None => Ok(connection.insert(self.connect().await?)),
+        }
     }
 
     /// Connects to the supervisor, starting it if none answers.
@@ -179,12 +188,12 @@ fn listen(stream: UnixStream) -> Connection {
     tokio::spawn(async move {
         let mut lines = BufReader::new(answers).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let Some((word, name)) = line.split_once(' ') else {
+            let Some((key, word)) = line.rsplit_once(' ') else {
                 continue;
             };
-            let waiter = lock(&heard).as_mut().and_then(|w| w.remove(name));
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(word == "started");
+            let waiters = lock(&heard).as_mut().and_then(|w| w.remove(key));
+            for waiter in waiters.into_iter().flatten() {
+                let _ = waiter.send(word.to_owned());
             }
         }
         // Whoever still waits hears that it is gone.
