@@ -10,6 +10,9 @@
 # and from a run's end to the next start on the worker (p50/p99).
 #
 #   benches/slots.sh [N] [RUNS] [SLOTS...]
+#
+# The worker's state directory (its runs' records) is made under $TMPDIR
+# (default /tmp): point it at the file system an operator's would be on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -21,7 +24,7 @@ cargo build -q --release -p cloudai-examples
 MASTER=$PWD/target/release/cloudai-master
 WORKER=$PWD/target/release/cloudai-worker
 export CLOUDAI_TOKEN=bench-slots-$$
-work=$(mktemp -d)
+work=$(mktemp -d "${TMPDIR:-/tmp}/bench-slots.XXXXXX")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done

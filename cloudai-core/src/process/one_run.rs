@@ -1,6 +1,6 @@
 //! One supervised run, inside the supervisor process of its state
-//! directory (see [`super::supervisor`]): a few threads that own the
-//! task's process group, so the task's life does not hang on the worker's.
+//! directory (see [`super::supervisor`]): a thread that owns the task's
+//! process group, so the task's life does not hang on the worker's.
 //!
 //! - The task starts as the leader of a new process group, its pid and
 //!   start time to `pid.json`. Its stdout and stderr are appended to the
@@ -19,21 +19,22 @@
 //!   timeout noted.
 //! - When the leader exits, the rest of its group is killed, the output
 //!   read to its end (for at most [`DRAIN_TIMEOUT`]), the exit recorded in
-//!   `exit.json`, and then the watchers told. Every thread of the run ends
-//!   with it.
+//!   `exit.json`, and then the watchers told. The run's thread ends with
+//!   it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
 use super::frames::write_frame;
 use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
@@ -129,10 +130,13 @@ impl Run {
 /// Supervises the run in `dir` until its task ended and its end is
 /// recorded. `started` is called once its start records are written:
 /// `pid.json` with the run, or `error` (it could not start) with `None`.
+///
+/// One thread does it all, woken by whichever comes first: output on the
+/// task's pipes, the task's exit (a pidfd), or its time limit or lease.
 pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -> io::Result<()> {
     let spec: RunSpec = read_json(&dir.spec())?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "run.json is missing"))?;
-    let (child, drained, give_up) = match spawn(&spec, dir) {
+    let (child, pipes) = match spawn(&spec) {
         Ok(spawned) => spawned,
         Err(e) => {
             let recorded = write_json(&dir.error(), &e);
@@ -154,13 +158,7 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
         lease: Mutex::new(later(began, spec.orphan_timeout)),
         watchers: Mutex::new(Some(Vec::new())),
     });
-    // The task's end wakes the run at once; the time limit and the lease
-    // are looked at in between, at the latest every CHECK.
-    let (exit_tx, exit_rx) = mpsc::channel();
-    thread(move || {
-        let mut child = child;
-        let _ = exit_tx.send(child.wait());
-    })?;
+    let exit = ExitWatch::new(child)?;
     write_json(
         &dir.started(),
         &Started {
@@ -171,32 +169,46 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
     )?;
     started(Some(&run));
 
-    let mut note = None;
-    let status = loop {
-        let now = Instant::now();
-        if note.is_none() {
-            note = stop_note(&spec, began, *lock(&run.lease), now);
-            if note.is_some() {
-                run.stop(spec.grace);
-            }
-        }
-        let wait = next_check(&spec, began, *lock(&run.lease), now);
-        match exit_rx.recv_timeout(wait) {
-            Ok(status) => break status,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break Err(io::Error::other("lost the thread waiting for the task"));
-            }
-        }
+    let mut output = Output {
+        dir,
+        pipes,
+        file: None,
+        failed: false,
+        buf: vec![0u8; 64 * 1024],
     };
-    run.ended.store(true, Ordering::SeqCst);
-    // What the leader left behind in its group goes with it.
-    let _ = signal_group(pid, Signal::SIGKILL);
-    // The output is read to its end before the exit is recorded, so a
-    // reader that sees the record has seen all of it (a process that left
-    // the group may hold the pipes open: not for ever).
-    let _ = drained.recv_timeout(DRAIN_TIMEOUT);
-    drop(give_up);
+    let mut note = None;
+    let mut exit = Some(exit);
+    let mut status = None;
+    // Once the leader exited: until when the output may still drain.
+    let mut drain_until = None;
+    loop {
+        let now = Instant::now();
+        let timeout = match drain_until {
+            Some(until) if now >= until || output.ended() => break,
+            Some(until) => until - now,
+            None => {
+                if note.is_none() {
+                    note = stop_note(&spec, began, *lock(&run.lease), now);
+                    if note.is_some() {
+                        run.stop(spec.grace);
+                    }
+                }
+                next_check(&spec, began, *lock(&run.lease), now)
+            }
+        };
+        let exited = output.wait(exit.as_ref().map(ExitWatch::fd), timeout)?;
+        if let Some(watch) = exit.take_if(|_| exited) {
+            status = Some(watch.status());
+            run.ended.store(true, Ordering::SeqCst);
+            // What the leader left behind in its group goes with it. The
+            // output is read to its end before the exit is recorded, so a
+            // reader that sees the record has seen all of it (a process
+            // that left the group may hold the pipes open: not for ever).
+            let _ = signal_group(pid, Signal::SIGKILL);
+            drain_until = Some(Instant::now() + DRAIN_TIMEOUT);
+        }
+    }
+    let status = status.unwrap_or_else(|| Err(io::Error::other("the task's exit was not seen")));
     let recorded = status.and_then(|status| {
         write_json(
             &dir.ended(),
@@ -210,6 +222,122 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
         watcher();
     }
     recorded
+}
+
+/// What tells of the task's exit: a pidfd, readable once it exited, or
+/// (on kernels before 5.3) a thread waiting for it that closes a socket.
+enum ExitWatch {
+    Pidfd(OwnedFd, Child),
+    Thread(UnixStream, mpsc::Receiver<io::Result<ExitStatus>>),
+}
+
+impl ExitWatch {
+    fn new(child: Child) -> io::Result<Self> {
+        match pidfd_open(Pid::from_child(&child), PidfdFlags::empty()) {
+            Ok(fd) => Ok(ExitWatch::Pidfd(fd, child)),
+            Err(_) => {
+                let (told, tells) = UnixStream::pair()?;
+                let (tx, rx) = mpsc::channel();
+                thread(move || {
+                    let mut child = child;
+                    let _ = tx.send(child.wait());
+                    drop(tells);
+                })?;
+                Ok(ExitWatch::Thread(told, rx))
+            }
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ExitWatch::Pidfd(fd, _) => fd.as_fd(),
+            ExitWatch::Thread(told, _) => told.as_fd(),
+        }
+    }
+
+    /// The exit, once [`fd`](Self::fd) is readable.
+    fn status(self) -> io::Result<ExitStatus> {
+        match self {
+            ExitWatch::Pidfd(_, mut child) => child.wait(),
+            ExitWatch::Thread(_, rx) => rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("lost the thread waiting for the task"))),
+        }
+    }
+}
+
+/// The task's stdout and stderr, each until it ended.
+type Pipes = [(Option<File>, OutputStream); 2];
+
+/// The task's output pipes, appended to the run's output file as frames
+/// naming their stream. The file is made at the first byte: a silent task
+/// costs no file.
+struct Output<'a> {
+    dir: &'a RunDir,
+    pipes: Pipes,
+    file: Option<File>,
+    /// A write failed (a full disk): the pipes are still drained, so the
+    /// task does not block or die of it.
+    failed: bool,
+    buf: Vec<u8>,
+}
+
+impl Output<'_> {
+    /// Both pipes ended.
+    fn ended(&self) -> bool {
+        self.pipes.iter().all(|(pipe, _)| pipe.is_none())
+    }
+
+    /// Waits up to `timeout` for output, or for `exit` to be readable,
+    /// copying what came; whether `exit` is.
+    fn wait(&mut self, exit: Option<BorrowedFd<'_>>, timeout: Duration) -> io::Result<bool> {
+        let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = exit
+                .into_iter()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                .collect();
+            fds.extend(
+                self.pipes
+                    .iter()
+                    .filter_map(|(pipe, _)| pipe.as_ref())
+                    .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
+            );
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) => fds.iter().map(|f| f.any() == Some(true)).collect(),
+                Err(nix::errno::Errno::EINTR) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let (exited, pipes_ready) = match exit {
+            Some(_) => (ready[0], &ready[1..]),
+            None => (false, &ready[..]),
+        };
+        let open = self.pipes.iter_mut().filter(|(pipe, _)| pipe.is_some());
+        for ((pipe, stream), _) in open.zip(pipes_ready).filter(|(_, ready)| **ready) {
+            let Some(p) = pipe.as_mut() else { continue };
+            match p.read(&mut self.buf) {
+                Ok(0) => *pipe = None,
+                Ok(n) if !self.failed => {
+                    let written = append_frame(&mut self.file, self.dir, *stream, &self.buf[..n]);
+                    if let Err(e) = written {
+                        note(
+                            self.dir,
+                            &format!("writing the task's output failed; dropping the rest: {e}"),
+                        );
+                        self.failed = true;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    note(self.dir, &format!("reading the task's output failed: {e}"));
+                    *pipe = None;
+                }
+            }
+        }
+        Ok(exited)
+    }
 }
 
 /// How long the run may wait for the task's end before it looks at the
@@ -245,20 +373,9 @@ fn stop_note(
     })
 }
 
-/// Starts the task as the leader of a new process group, with a thread
-/// appending what its pipes deliver to the run's `output` file. The
-/// channel returned says when both pipes ended; dropping the stream
-/// returned makes the thread give up on them.
-fn spawn(
-    spec: &RunSpec,
-    dir: &RunDir,
-) -> Result<(Child, mpsc::Receiver<()>, UnixStream), StartError> {
-    let backend = |what: &str, e: io::Error| StartError {
-        invalid: false,
-        message: format!("{what}: {e}"),
-    };
-    let (give_up, given_up) =
-        UnixStream::pair().map_err(|e| backend("cannot make a socket pair", e))?;
+/// Starts the task as the leader of a new process group, its stdout and
+/// stderr piped.
+fn spawn(spec: &RunSpec) -> Result<(Child, Pipes), StartError> {
     let Some((program, args)) = spec.command.split_first() else {
         return Err(StartError {
             invalid: true,
@@ -278,86 +395,18 @@ fn spawn(
             ),
             message: format!("cannot run {program:?}: {e}"),
         })?;
-    let (done, drained) = mpsc::channel();
-    let pipes = (child.stdout.take(), child.stderr.take());
-    let dir = dir.clone();
-    let copying = thread(move || {
-        copy_frames(pipes, &given_up, &dir);
-        let _ = done.send(());
-    });
-    if let Err(e) = copying {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(backend("cannot start a thread", e));
-    }
-    Ok((child, drained, give_up))
-}
-
-/// Appends what the task's pipes deliver to the run's output file as
-/// frames naming their stream, until both ended or `given_up` is readable
-/// or closed. The file is made at the first byte: a silent task costs no
-/// file.
-fn copy_frames(
-    (stdout, stderr): (Option<ChildStdout>, Option<ChildStderr>),
-    given_up: &UnixStream,
-    dir: &RunDir,
-) {
-    let mut output = None;
     let file = |fd: OwnedFd| File::from(fd);
-    let mut pipes = [
-        (stdout.map(OwnedFd::from).map(file), OutputStream::Stdout),
-        (stderr.map(OwnedFd::from).map(file), OutputStream::Stderr),
+    let pipes = [
+        (
+            child.stdout.take().map(OwnedFd::from).map(file),
+            OutputStream::Stdout,
+        ),
+        (
+            child.stderr.take().map(OwnedFd::from).map(file),
+            OutputStream::Stderr,
+        ),
     ];
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut failed = false;
-    while pipes.iter().any(|(pipe, _)| pipe.is_some()) {
-        // Whether `given_up`, then each open pipe, has something to say.
-        let ready: Vec<bool> = {
-            let mut fds = vec![PollFd::new(given_up.as_fd(), PollFlags::POLLIN)];
-            fds.extend(
-                pipes
-                    .iter()
-                    .filter_map(|(pipe, _)| pipe.as_ref())
-                    .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
-            );
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => fds.iter().map(|f| f.any() == Some(true)).collect(),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    note(dir, &format!("watching the task's output failed: {e}"));
-                    return;
-                }
-            }
-        };
-        if ready[0] {
-            return;
-        }
-        let open = pipes.iter_mut().filter(|(pipe, _)| pipe.is_some());
-        for ((pipe, stream), _) in open.zip(&ready[1..]).filter(|(_, ready)| **ready) {
-            let Some(p) = pipe.as_mut() else { continue };
-            match p.read(&mut buf) {
-                Ok(0) => *pipe = None,
-                // On a failed write (a full disk) the pipe is still
-                // drained, so the task does not block or die of it.
-                Ok(n) if !failed => {
-                    let written = append_frame(&mut output, dir, *stream, &buf[..n]);
-                    if let Err(e) = written {
-                        note(
-                            dir,
-                            &format!("writing the task's output failed; dropping the rest: {e}"),
-                        );
-                        failed = true;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    note(dir, &format!("reading the task's output failed: {e}"));
-                    *pipe = None;
-                }
-            }
-        }
-    }
+    Ok((child, pipes))
 }
 
 /// Appends a frame to the run's output file, opening it first if need be.
