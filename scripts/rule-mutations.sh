@@ -165,4 +165,17 @@ mutate cloudai-core/src/worker/supervise.rs "a timeout loses to a late exit" \
 mutate cloudai-core/src/master/state/runs.rs "a retry is placed before its delay" \
   'Some(due) if due > now => {' 'Some(due) if false && due > now => {'
 
+# Short tasks: one supervised run, in its state directory's supervisor.
+mutate cloudai-core/src/process/one_run.rs "a supervised run outlives its lease" \
+  '(now >= lease_until).then(|| {' '(now >= lease_until && false).then(|| {'
+mutate cloudai-core/src/process/one_run.rs "a lease renewal does not extend the lease" \
+  '*lock(&self.lease) = later(Instant::now(), lease);' 'let _ = later(Instant::now(), lease);'
+mutate cloudai-core/src/process/one_run.rs "a supervised run outlives its time limit" \
+  '.is_some_and(|limit| now.duration_since(started) >= limit)' '.is_some_and(|_| false)'
+mutate cloudai-core/src/process/one_run.rs "a run's exit is recorded before its output is drained" \
+  'Some(until) if now >= until || output.ended() => break,' 'Some(_) => break,'
+mutate cloudai-core/src/process/one_run.rs "a run's watchers are told before its end is recorded" \
+  '    let recorded = status.and_then(|status| {' \
+  $'    for watcher in lock(&run.watchers).take().into_iter().flatten() {\n        watcher();\n    }\n    let recorded = status.and_then(|status| {'
+
 exit $survived

@@ -436,3 +436,131 @@ fn later(at: Instant, d: Duration) -> Instant {
         .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
         .unwrap_or(at)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::process::frames::next_frame;
+
+    /// A fresh run directory whose `run.json` runs `script` with `sh -c`.
+    fn run_dir(script: &str, lease: Duration, time_limit: Option<Duration>) -> RunDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = RunDir(
+            std::env::temp_dir().join(format!("cloudai-one-run-{}-{n}", std::process::id())),
+        );
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let spec = RunSpec {
+            name: "t".into(),
+            image: "busybox".into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            orphan_timeout: lease,
+            time_limit,
+            grace: Duration::ZERO,
+            framed_output: true,
+        };
+        write_json(&dir.spec(), &spec).unwrap();
+        dir
+    }
+
+    fn ended(dir: &RunDir) -> Ended {
+        read_json(&dir.ended()).unwrap().expect("exit.json")
+    }
+
+    /// The output file's text by stream (stdout, stderr).
+    fn output(dir: &RunDir) -> (String, String) {
+        let bytes = std::fs::read(dir.output()).unwrap_or_default();
+        let (mut out, mut err, mut at) = (Vec::new(), Vec::new(), 0);
+        while let Some((stream, data, len)) = next_frame(&bytes[at..]).unwrap() {
+            match stream {
+                OutputStream::Stdout => out.extend_from_slice(data),
+                OutputStream::Stderr => err.extend_from_slice(data),
+            }
+            at += len;
+        }
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (text(out), text(err))
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_run_records_its_output_then_its_exit_then_tells_its_watchers() {
+        let dir = run_dir("echo out; echo err >&2; exit 3", LONG, None);
+        let told = Arc::new(AtomicBool::new(false));
+        let saw = told.clone();
+        let ended_path = dir.ended();
+        supervise(&dir, |run| {
+            let watcher = Box::new(move || saw.store(ended_path.exists(), Ordering::SeqCst));
+            assert!(run.expect("started").watch(watcher).is_ok());
+        })
+        .unwrap();
+        assert_eq!(ended(&dir).status.code, Some(3));
+        assert_eq!(output(&dir), ("out\n".into(), "err\n".into()));
+        assert!(told.load(Ordering::SeqCst), "told once exit.json was there");
+        let _ = std::fs::remove_dir_all(&dir.0);
+    }
+
+    /// Output a process that left the task's group writes after the
+    /// leader's exit is kept, within the drain; a pipe it holds open for
+    /// longer is given up on.
+    #[test]
+    fn output_after_the_exit_is_drained_and_then_given_up() {
+        let script = "setsid sh -c 'sleep 0.3; echo late; sleep 5' & sleep 0.1; exit 0";
+        let dir = run_dir(script, LONG, None);
+        let began = Instant::now();
+        supervise(&dir, |_| {}).unwrap();
+        assert!(
+            began.elapsed() < DRAIN_TIMEOUT + Duration::from_secs(2),
+            "gave up on the pipe after {:?}",
+            began.elapsed()
+        );
+        assert_eq!(ended(&dir).status.code, Some(0));
+        assert_eq!(output(&dir).0, "late\n");
+        let _ = std::fs::remove_dir_all(&dir.0);
+    }
+
+    #[test]
+    fn a_run_whose_lease_runs_out_is_stopped() {
+        let dir = run_dir("sleep 30", Duration::from_millis(300), None);
+        supervise(&dir, |_| {}).unwrap();
+        let ended = ended(&dir);
+        assert_eq!(ended.status.signal, Some(15), "{ended:?}");
+        assert!(ended.note.is_some_and(|n| n.contains("lease")));
+        let _ = std::fs::remove_dir_all(&dir.0);
+    }
+
+    #[test]
+    fn a_renewed_lease_keeps_the_run() {
+        let dir = run_dir("sleep 0.6", Duration::from_millis(300), None);
+        supervise(&dir, |run| {
+            let run = run.expect("started").clone();
+            thread(move || {
+                for _ in 0..6 {
+                    run.renew(Duration::from_millis(300));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .unwrap();
+        })
+        .unwrap();
+        assert_eq!(ended(&dir).status.code, Some(0));
+        let _ = std::fs::remove_dir_all(&dir.0);
+    }
+
+    #[test]
+    fn a_run_past_its_time_limit_is_stopped() {
+        let dir = run_dir("sleep 30", LONG, Some(Duration::from_millis(300)));
+        supervise(&dir, |_| {}).unwrap();
+        let ended = ended(&dir);
+        assert_eq!(ended.status.signal, Some(15), "{ended:?}");
+        assert!(ended.note.is_some_and(|n| n.starts_with("timeout")));
+        let _ = std::fs::remove_dir_all(&dir.0);
+    }
+}
