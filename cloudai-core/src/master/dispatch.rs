@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{Master, MasterEvent};
 use crate::apply::Applied;
@@ -283,7 +283,8 @@ impl Master {
         self.state().sent(&id);
         let event = match result {
             Ok(()) => {
-                info!("assignment delivered");
+                // "task placed" said it at info; this costs a log line a task.
+                debug!("assignment delivered");
                 return;
             }
             Err(e) if e.is_transient() => {

@@ -150,7 +150,8 @@ impl Master {
         {
             let _result = info_span!("result").entered();
             match outcome.result? {
-                Ok(()) => info!("result stored"),
+                // "task finished" said it at info.
+                Ok(()) => debug!("result stored"),
                 Err(why) => debug!(%why, "result not stored"),
             }
         }

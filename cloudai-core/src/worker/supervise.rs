@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::runs::{Admit, NewRun, StopKind};
 use super::{Worker, SHUTDOWN_MESSAGE};
@@ -108,7 +108,9 @@ impl Worker {
             }
             Admit::Start => {}
         }
-        info!(task = %run.task, attempt = run.attempt, image = %spec.image, "task accepted");
+        // At debug: a line a task costs short tasks several per cent, and
+        // "task ended" says the rest (the master's "task placed" this).
+        debug!(task = %run.task, attempt = run.attempt, image = %spec.image, "task accepted");
         let w = self.clone();
         let span = info_span!("run", task = %run.task, attempt = run.attempt);
         runs.supervise(async move { w.supervise(run, spec).await }.instrument(span));
