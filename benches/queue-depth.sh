@@ -5,20 +5,21 @@
 # a worker that never answers, RUNS times each, alternating; prints the
 # medians of the submit rate and the completion rate and their ratios.
 #
-#   benches/queue-depth.sh [TASKS] [PARKED] [RUNS] [WORKERS]
+#   benches/queue-depth.sh [TASKS] [PARKED] [RUNS] [WORKERS] [extra nodesim flags…]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-20000}
 PARKED=${2:-100000}
 RUNS=${3:-3}
 WORKERS=${4:-100}
+shift $(( $# < 4 ? $# : 4 ))
 cargo build -q --release -p cloudai-examples -p cloudai-bench
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for _ in $(seq "$RUNS"); do
   for p in 0 "$PARKED"; do
     target/release/nodesim --workers "$WORKERS" --tasks "$TASKS" --parked "$p" \
-      --idle-secs 0 --json | tee -a "$out"
+      --idle-secs 0 --json "$@" | tee -a "$out"
   done
 done
 python3 - "$out" "$PARKED" <<'PY'
