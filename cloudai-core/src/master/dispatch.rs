@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::{Master, MasterEvent};
 use crate::apply::Applied;
@@ -283,8 +283,7 @@ impl Master {
         self.state().sent(&id);
         let event = match result {
             Ok(()) => {
-                // "task placed" said it at info; this costs a log line a task.
-                debug!("assignment delivered");
+                info!("assignment delivered");
                 return;
             }
             Err(e) if e.is_transient() => {

@@ -150,8 +150,7 @@ impl Master {
         {
             let _result = info_span!("result").entered();
             match outcome.result? {
-                // "task finished" said it at info.
-                Ok(()) => debug!("result stored"),
+                Ok(()) => info!("result stored"),
                 Err(why) => debug!(%why, "result not stored"),
             }
         }
