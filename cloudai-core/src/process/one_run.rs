@@ -28,7 +28,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,8 +46,8 @@ use crate::sync::lock;
 /// (the task's end wakes it at once).
 const CHECK: Duration = Duration::from_millis(250);
 
-/// Stack of each of a run's threads: they copy through heap buffers and
-/// call nothing deep, and a run starts several.
+/// Stack of the supervisor's threads: they copy through heap buffers and
+/// call nothing deep, and there is one per run.
 const STACK: usize = 256 * 1024;
 
 /// Starts a thread of a run.
@@ -75,8 +74,10 @@ pub(super) type Watcher = Box<dyn FnOnce() + Send>;
 /// share it.
 pub(super) struct Run {
     pid: i32,
-    /// The leader has exited (and was reaped).
-    ended: AtomicBool,
+    /// The leader is not reaped yet, so its pid (the group's id) cannot
+    /// have been reused: signals are sent only under this lock, while it
+    /// holds true.
+    running: Mutex<bool>,
     lease: Mutex<Instant>,
     /// Told once the end is recorded; `None` from then on.
     watchers: Mutex<Option<Vec<Watcher>>>,
@@ -85,28 +86,32 @@ pub(super) struct Run {
 impl Run {
     /// SIGTERM to the group now, SIGKILL after `grace` unless it ended.
     pub(super) fn stop(self: &Arc<Self>, grace: Duration) {
-        if self.ended.load(Ordering::SeqCst) {
+        if !self.signal(Signal::SIGTERM) {
             return;
         }
-        let _ = signal_group(self.pid, Signal::SIGTERM);
         let waits = self.clone();
         let killer = thread(move || {
             std::thread::sleep(grace);
-            if !waits.ended.load(Ordering::SeqCst) {
-                let _ = signal_group(waits.pid, Signal::SIGKILL);
-            }
+            waits.signal(Signal::SIGKILL);
         });
         if killer.is_err() {
             // No thread to wait the grace with: the stop cannot wait.
-            let _ = signal_group(self.pid, Signal::SIGKILL);
+            self.signal(Signal::SIGKILL);
         }
     }
 
     /// SIGKILL to the group, unless it ended.
     pub(super) fn kill(&self) {
-        if !self.ended.load(Ordering::SeqCst) {
-            let _ = signal_group(self.pid, Signal::SIGKILL);
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// Signals the group unless its leader was reaped; whether it was not.
+    fn signal(&self, signal: Signal) -> bool {
+        let running = lock(&self.running);
+        if *running {
+            let _ = signal_group(self.pid, signal);
         }
+        *running
     }
 
     /// The worker stands for the run for `lease` from now.
@@ -154,19 +159,27 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
         .and_then(|d| u64::try_from(d.as_millis()).ok());
     let run = Arc::new(Run {
         pid,
-        ended: AtomicBool::new(false),
+        running: Mutex::new(true),
         lease: Mutex::new(later(began, spec.orphan_timeout)),
         watchers: Mutex::new(Some(Vec::new())),
     });
-    let exit = ExitWatch::new(child)?;
-    write_json(
+    let exit = ExitWatch::new(child).inspect_err(|_| {
+        let _ = signal_group(pid, Signal::SIGKILL);
+    })?;
+    let recorded = write_json(
         &dir.started(),
         &Started {
             pid,
             start_ticks,
             started_ms,
         },
-    )?;
+    );
+    if let Err(e) = recorded {
+        // Unrecorded, nobody could find the task again: it must not run.
+        let _ = signal_group(pid, Signal::SIGKILL);
+        let _ = exit.status();
+        return Err(e);
+    }
     started(Some(&run));
 
     let mut output = Output {
@@ -186,25 +199,42 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
         let timeout = match drain_until {
             Some(until) if now >= until || output.ended() => break,
             Some(until) => until - now,
+            // Stopping: the exit wakes it.
+            None if note.is_some() => CHECK,
             None => {
-                if note.is_none() {
-                    note = stop_note(&spec, began, *lock(&run.lease), now);
-                    if note.is_some() {
-                        run.stop(spec.grace);
-                    }
+                note = stop_note(&spec, began, *lock(&run.lease), now);
+                if note.is_some() {
+                    run.stop(spec.grace);
                 }
                 next_check(&spec, began, *lock(&run.lease), now)
             }
         };
-        let exited = output.wait(exit.as_ref().map(ExitWatch::fd), timeout)?;
+        let exited = match output.wait(exit.as_ref().map(ExitWatch::fd), timeout) {
+            Ok(exited) => exited,
+            Err(_) if drain_until.is_some() => break,
+            Err(e) => {
+                // Blind to the task, the run ends it rather than let it
+                // run unwatched.
+                note = Some(format!(
+                    "the supervisor could no longer watch the task: {e}"
+                ));
+                run.kill();
+                true
+            }
+        };
         if let Some(watch) = exit.take_if(|_| exited) {
+            // What the leader left behind in its group goes with it, while
+            // the leader, unreaped, keeps the group's id from reuse.
+            {
+                let mut running = lock(&run.running);
+                let _ = signal_group(pid, Signal::SIGKILL);
+                *running = false;
+            }
             status = Some(watch.status());
-            run.ended.store(true, Ordering::SeqCst);
-            // What the leader left behind in its group goes with it. The
-            // output is read to its end before the exit is recorded, so a
-            // reader that sees the record has seen all of it (a process
-            // that left the group may hold the pipes open: not for ever).
-            let _ = signal_group(pid, Signal::SIGKILL);
+            // The output is read to its end before the exit is recorded,
+            // so a reader that sees the record has seen all of it (a
+            // process that left the group may hold the pipes open: not
+            // for ever).
             drain_until = Some(Instant::now() + DRAIN_TIMEOUT);
         }
     }
@@ -218,7 +248,8 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
             },
         )
     });
-    for watcher in lock(&run.watchers).take().into_iter().flatten() {
+    let watchers = lock(&run.watchers).take();
+    for watcher in watchers.into_iter().flatten() {
         watcher();
     }
     recorded
@@ -440,7 +471,7 @@ fn later(at: Instant, d: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use super::*;
     use crate::process::frames::next_frame;

@@ -52,6 +52,10 @@ use crate::{Error, Result};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a run without a supervisor is looked at.
 const POLL: Duration = Duration::from_millis(200);
+/// How long an answer to `stop`, `kill` or `supervises` is waited for
+/// before the runtime does without (signals the group itself, or takes the
+/// run for not supervised).
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// How many times a start is asked of a supervisor that went away before
 /// it answered (one on its way out as the runtime connected).
 const START_TRIES: usize = 3;
@@ -140,15 +144,15 @@ impl SupervisedProcessRuntime {
     /// Whether the supervisor still supervises run `name` (it may be
     /// draining its output after the task's exit).
     async fn supervises(&self, name: &str) -> bool {
-        let answer = self.supervisor.ask("supervises", name, "").await;
-        matches!(answer, Ok(Some(word)) if word == "yes")
+        let answer = tokio::time::timeout(ANSWER_WAIT, self.supervisor.ask("supervises", name, ""));
+        matches!(answer.await, Ok(Ok(Some(word))) if word == "yes")
     }
 
     /// Has the supervisor carry out `request` (`stop`, `kill`) on run
     /// `id`; false if it does not supervise the run (any more).
     async fn command(&self, id: &ContainerId, request: &str, more: &str) -> bool {
-        let answer = self.supervisor.ask(request, &id.0, more).await;
-        matches!(answer, Ok(Some(word)) if word == "ok")
+        let answer = tokio::time::timeout(ANSWER_WAIT, self.supervisor.ask(request, &id.0, more));
+        matches!(answer.await, Ok(Ok(Some(word))) if word == "ok")
     }
 
     /// Signals the run's group directly, if its leader is still the
@@ -370,6 +374,10 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             // Until the end is recorded the run is not over: its task may
             // have exited while the supervisor still drains the output.
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Not a run this runtime made (a copy an operator left, say).
+            if !plain_run_name(&name) {
+                continue;
+            }
             let started = read_json::<Started>(&dir.started()).ok().flatten();
             let running = !dir.ended().exists()
                 && (started.is_some_and(|s| s.alive()) || self.supervises(&name).await);
@@ -387,17 +395,25 @@ impl ContainerRuntime for SupervisedProcessRuntime {
     }
 
     /// Tells the supervisor the new lease of every run not yet ended, in
-    /// one write.
+    /// one write, less the time the telling took until then (a supervisor
+    /// counts it from when it reads it).
     async fn renew_lease(&self, lease: Duration) -> Result<()> {
-        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let lines: String = lock(&self.attached)
+        let asked = tokio::time::Instant::now();
+        let runs: Vec<ContainerId> = lock(&self.attached)
             .iter()
             .filter(|(_, run)| run.ended.borrow().is_none())
-            .map(|(id, _)| format!("lease {id} {ms}\n"))
+            .map(|(id, _)| id.clone())
             .collect();
-        if !lines.is_empty() {
-            self.supervisor.tell(&lines).await?;
+        if runs.is_empty() {
+            return Ok(());
         }
+        self.supervisor
+            .tell(|| {
+                let left = lease.saturating_sub(asked.elapsed());
+                let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                runs.iter().map(|id| format!("lease {id} {ms}\n")).collect()
+            })
+            .await?;
         Ok(())
     }
 }

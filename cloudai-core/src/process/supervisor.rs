@@ -15,7 +15,7 @@
 //!
 //!   | request | answer |
 //!   |---|---|
-//!   | `start <run>` (its `run.json` written) | `start <run> started` once its start records are written, or `start <run> failed` (why is in the run's `supervisor.log`) |
+//!   | `start <run>` (its `run.json` written) | `start <run> started` once its start records are written (`pid.json`, or `error` if the task could not start), or `start <run> failed` if it could not supervise the run or already did (its records, or its `supervisor.log`, say why) |
 //!   | `watch <run>` | `watch <run> ended` once its end is recorded, or at once if this supervisor does not supervise it |
 //!   | `stop <run> <grace ms>` | `stop <run> ok`, or `stop <run> unknown` |
 //!   | `kill <run>` | `kill <run> ok`, or `kill <run> unknown` |
@@ -24,8 +24,8 @@
 //! - It exits once it supervises no run and no runtime is connected: a
 //!   worker keeps it for its life, and runs keep it past the worker's.
 //!
-//! Starting a run costs a few threads here, where a process per run cost
-//! an `exec` of the worker binary (most of a short task's overhead).
+//! Starting a run costs a thread here, where a process per run cost an
+//! `exec` of the worker binary (most of a short task's overhead).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -93,12 +93,25 @@ struct Supervisor {
 #[derive(Clone)]
 struct Answers(Arc<Mutex<UnixStream>>);
 
+/// How long an answer may wait for a runtime that does not read (a stopped
+/// worker) before its connection is closed: the runtime then reads the
+/// records instead, and no run waits on it.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Answers {
-    /// Answers `request` about `run` (a runtime that is gone does not
-    /// matter).
+    fn new(stream: UnixStream) -> Self {
+        let _ = stream.set_write_timeout(Some(ANSWER_TIMEOUT));
+        Answers(Arc::new(Mutex::new(stream)))
+    }
+
+    /// Answers `request` about `run`; a runtime that is gone does not
+    /// matter, and one that does not read loses its connection.
     fn say(&self, request: &str, run: &str, word: &str) {
         let line = format!("{request} {run} {word}\n");
-        let _ = lock(&self.0).write_all(line.as_bytes());
+        let mut stream = lock(&self.0);
+        if stream.write_all(line.as_bytes()).is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -117,7 +130,7 @@ impl Supervisor {
     /// Serves one runtime's connection until it closes.
     fn serve_runtime(self: &Arc<Self>, stream: UnixStream) {
         if let Ok(answers) = stream.try_clone() {
-            let answers = Answers(Arc::new(Mutex::new(answers)));
+            let answers = Answers::new(answers);
             for line in BufReader::new(&stream).lines() {
                 let Ok(line) = line else { break };
                 self.obey(&line, &answers);
@@ -175,6 +188,13 @@ impl Supervisor {
     /// start records are written.
     fn start(self: &Arc<Self>, name: &str, answers: Answers) {
         let dir = RunDir(self.runs.join(name));
+        // Once only: a run started before (by this supervisor or one that
+        // died) is what its records say.
+        let known = lock(&self.supervised).contains_key(name);
+        if known || dir.started().exists() || dir.error().exists() {
+            answers.say("start", name, "failed");
+            return;
+        }
         let name = name.to_owned();
         lock(&self.kept).runs += 1;
         let run = {
@@ -182,14 +202,21 @@ impl Supervisor {
                 (self.clone(), dir.clone(), answers.clone(), name.clone());
             move || {
                 let mut said = false;
+                let mut ours = None;
                 let supervised = supervise(&dir, |run| {
                     said = true;
                     if let Some(run) = run {
                         lock(&supervisor.supervised).insert(name.clone(), run.clone());
+                        ours = Some(run.clone());
                     }
                     answers.say("start", &name, "started");
                 });
-                lock(&supervisor.supervised).remove(&name);
+                if let Some(ours) = ours {
+                    let mut supervised = lock(&supervisor.supervised);
+                    if supervised.get(&name).is_some_and(|r| Arc::ptr_eq(r, &ours)) {
+                        supervised.remove(&name);
+                    }
+                }
                 if let Err(e) = supervised {
                     note(&dir, &format!("supervising the run failed: {e}"));
                 }
@@ -240,7 +267,11 @@ fn serve(runs: &Path) -> io::Result<()> {
         })?;
     }
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let Ok(stream) = stream else {
+            // Out of descriptors, say: not in a busy loop.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         lock(&supervisor.kept).runtimes += 1;
         let for_thread = supervisor.clone();
         if thread(move || for_thread.serve_runtime(stream)).is_err() {

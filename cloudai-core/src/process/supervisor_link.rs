@@ -82,12 +82,13 @@ impl SupervisorLink {
         Ok(answer.await.ok())
     }
 
-    /// Sends requests that get no answer (`lease`), a line each; false if
-    /// the supervisor is gone.
-    pub(super) async fn tell(&self, lines: &str) -> Result<bool> {
+    /// Sends requests that get no answer (`lease`), a line each, made by
+    /// `lines` once the connection is there; false if the supervisor is
+    /// gone.
+    pub(super) async fn tell(&self, lines: impl FnOnce() -> String) -> Result<bool> {
         let mut connection = self.connection.lock().await;
         let c = self.connected(&mut connection).await?;
-        if c.requests.write_all(lines.as_bytes()).await.is_err() {
+        if c.requests.write_all(lines().as_bytes()).await.is_err() {
             *connection = None;
             return Ok(false);
         }
