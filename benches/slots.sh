@@ -21,8 +21,11 @@ shift $(( $# < 2 ? $# : 2 ))
 SLOTS=("$@")
 [[ ${#SLOTS[@]} -gt 0 ]] || SLOTS=(2 16)
 cargo build -q --release -p cloudai-examples
-MASTER=$PWD/target/release/cloudai-master
-WORKER=$PWD/target/release/cloudai-worker
+# BIN=<dir> runs the cloudai-master and cloudai-worker found there (a
+# baseline built from an earlier commit) instead of this tree's.
+BIN=${BIN:-$PWD/target/release}
+MASTER=$BIN/cloudai-master
+WORKER=$BIN/cloudai-worker
 export CLOUDAI_TOKEN=bench-slots-$$
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-slots.XXXXXX")
 pids=()
