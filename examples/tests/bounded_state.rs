@@ -46,25 +46,26 @@ fn array_tasks(c: &Cluster, array: &str) -> Vec<Value> {
         .clone()
 }
 
-/// Prints the files of every supervised run directory under `root` whose
-/// record names task `id` (its spec, start and end records, and the
-/// supervisor's log), for a task that did not end.
-fn show_run_dirs(root: &std::path::Path, id: &str) {
+/// Prints every supervised run's record under `root` that names task
+/// `id` (its spec, start and end, and the supervisor's notes), and its
+/// output, for a task that did not end.
+fn show_run_records(root: &std::path::Path, id: &str) {
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        let entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-        let names_task =
-            std::fs::read_to_string(dir.join("run.json")).is_ok_and(|s| s.contains(id));
-        for path in entries {
+        for path in entries.flatten().map(|e| e.path()) {
             if path.is_dir() {
                 dirs.push(path);
-            } else if names_task {
-                let text = std::fs::read(&path).unwrap_or_default();
-                let shown = String::from_utf8_lossy(&text[..text.len().min(2048)]).into_owned();
-                eprintln!("  {}: {shown}", path.display());
+                continue;
+            }
+            let record = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "run") && record.contains(id) {
+                eprintln!("  {}: {record}", path.display());
+                let output = std::fs::read(path.with_extension("out")).unwrap_or_default();
+                let shown = String::from_utf8_lossy(&output[..output.len().min(2048)]);
+                eprintln!("  output: {shown}");
             }
         }
     }
@@ -120,7 +121,7 @@ fn an_array_runs_each_task_with_its_own_index() {
                             eprintln!("  {}: {line}", p.name);
                         }
                     }
-                    show_run_dirs(&c.state_root, id);
+                    show_run_records(&c.state_root, id);
                 }
             }
             assert!(!ended_otherwise, "an array task ended without completing");

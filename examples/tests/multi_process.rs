@@ -276,7 +276,10 @@ fn a_worker_restarted_after_kill_9_keeps_its_running_task() {
         std::fs::read_dir(&runs)
             .ok()?
             .flatten()
-            .any(|run| run.path().join("pid.json").exists())
+            .any(|run| {
+                let record = std::fs::read_to_string(run.path()).unwrap_or_default();
+                record.contains("\"started\"")
+            })
             .then_some(())
     });
     c.kill_worker(idx);

@@ -196,7 +196,8 @@ async fn a_run_is_listed_running_until_its_end_is_recorded() {
         .start(&spec("listed", "setsid sleep 2 & exit 0"))
         .await
         .expect("start");
-    let exit = dir.join("runs").join(&id.0).join("exit.json");
+    let record = dir.join("runs").join(format!("{}.run", id.0));
+    let ended = || std::fs::read_to_string(&record).is_ok_and(|r| r.contains("\"ended\""));
     let deadline = Instant::now() + BOUND;
     loop {
         let listed = rt.list(LABEL_TASK, "listed").await.expect("list");
@@ -206,7 +207,7 @@ async fn a_run_is_listed_running_until_its_end_is_recorded() {
             .expect("the run is listed");
         if !run.running {
             assert!(
-                exit.exists(),
+                ended(),
                 "listed as not running before its end was recorded"
             );
             break;

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::backend;
 use super::frames::next_frame;
-use crate::output::{OutputChunk, OutputStream};
+use crate::output::OutputChunk;
 use crate::runtime::ExitStatus;
 use crate::Result;
 
@@ -24,11 +24,9 @@ const FOLLOW_IDLE: Duration = Duration::from_millis(20);
 const FOLLOW_READ: u64 = 1 << 20;
 
 /// Follows a run's output file from its start, sending each frame as a
-/// chunk (or, not `framed`, all of it as stdout), until the run ended and
-/// the file is read to its end.
+/// chunk, until the run ended and the file is read to its end.
 pub(super) async fn follow_file(
     path: PathBuf,
-    framed: bool,
     mut ended: watch::Receiver<Outcome>,
     tx: tokio::sync::mpsc::Sender<Result<OutputChunk>>,
 ) {
@@ -61,12 +59,7 @@ pub(super) async fn follow_file(
         };
         let mut used = 0;
         loop {
-            let frame = match framed {
-                true => next_frame(&pending[used..]),
-                false => Ok((used < pending.len())
-                    .then(|| (OutputStream::Stdout, &pending[used..], pending.len() - used))),
-            };
-            match frame {
+            match next_frame(&pending[used..]) {
                 Ok(Some((stream, data, len))) => {
                     used += len;
                     if data.is_empty() {
@@ -107,13 +100,14 @@ pub(super) async fn follow_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::OutputStream;
     use crate::output::CHANNEL;
     use crate::process::frames::write_frame;
 
-    async fn follow(path: PathBuf, framed: bool) -> Vec<OutputChunk> {
+    async fn follow(path: PathBuf) -> Vec<OutputChunk> {
         let (_ended_tx, ended) = watch::channel(Some(Ok(ExitStatus::default())));
         let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL);
-        tokio::spawn(follow_file(path, framed, ended, tx));
+        tokio::spawn(follow_file(path, ended, tx));
         let mut got = Vec::new();
         while let Some(c) = rx.recv().await {
             got.push(c.expect("a chunk"));
@@ -122,7 +116,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_ended_runs_file_is_read_framed_or_as_an_earlier_version_wrote_it() {
+    async fn an_ended_runs_file_is_read_frame_by_frame() {
         let dir = std::env::temp_dir().join(format!("cloudai-follow-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let framed = dir.join("framed");
@@ -130,7 +124,7 @@ mod tests {
         write_frame(&mut file, OutputStream::Stdout, b"out\n").unwrap();
         write_frame(&mut file, OutputStream::Stderr, b"err\n").unwrap();
         std::fs::write(&framed, &file).unwrap();
-        let got = follow(framed, true).await;
+        let got = follow(framed).await;
         let seen: Vec<_> = got
             .iter()
             .map(|c| (c.offset, c.stream, c.data.as_slice()))
@@ -142,12 +136,6 @@ mod tests {
                 (4, OutputStream::Stderr, &b"err\n"[..])
             ]
         );
-        let raw = dir.join("raw");
-        std::fs::write(&raw, b"written by the task itself\n").unwrap();
-        let got = follow(raw, false).await;
-        assert_eq!(got.len(), 1);
-        assert_eq!((got[0].offset, got[0].stream), (0, OutputStream::Stdout));
-        assert_eq!(got[0].data, b"written by the task itself\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

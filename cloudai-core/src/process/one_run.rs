@@ -3,8 +3,8 @@
 //! process group, so the task's life does not hang on the worker's.
 //!
 //! - The task starts as the leader of a new process group, its pid and
-//!   start time to `pid.json`. Its stdout and stderr are appended to the
-//!   run's `output` file (made at the first byte), each read a frame
+//!   start time to the run's record. Its stdout and stderr are appended to
+//!   the run's output file (made at the first byte), each read a frame
 //!   naming its stream (see `frames`).
 //! - Workers command the run through the supervisor ([`Run`]): stop it
 //!   (SIGTERM to the group, SIGKILL after the grace), kill it, renew its
@@ -18,12 +18,12 @@
 //!   stopped with its grace, whether or not a worker is attached, and the
 //!   timeout noted.
 //! - When the leader exits, the rest of its group is killed, the output
-//!   read to its end (for at most [`DRAIN_TIMEOUT`]), the exit recorded in
-//!   `exit.json`, and then the watchers told. The run's thread ends with
+//!   read to its end (for at most [`DRAIN_TIMEOUT`]), the exit recorded,
+//!   and then the watchers told. The run's thread ends with
 //!   it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
@@ -36,7 +36,7 @@ use nix::sys::signal::Signal;
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
 use super::frames::write_frame;
-use super::record::{read_json, write_json, Ended, RunDir, RunSpec, StartError, Started};
+use super::record::{Ended, Entry, RunFiles, RunSpec, StartError, Started};
 use super::{signal_group, task_command, to_exit_status, DRAIN_TIMEOUT};
 use crate::host::process_start_ticks;
 use crate::output::OutputStream;
@@ -56,15 +56,6 @@ pub(super) fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         .stack_size(STACK)
         .spawn(f)
         .map(drop)
-}
-
-/// Appends a line to the run's `supervisor.log`, its diagnostics.
-pub(super) fn note(dir: &RunDir, what: &str) {
-    let _ = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.log())
-        .and_then(|mut f| writeln!(f, "{what}"));
 }
 
 /// Called once a run's end is recorded.
@@ -132,19 +123,24 @@ impl Run {
     }
 }
 
-/// Supervises the run in `dir` until its task ended and its end is
-/// recorded. `started` is called once its start records are written:
-/// `pid.json` with the run, or `error` (it could not start) with `None`.
+/// Supervises run `files` until its task ended and its end is recorded.
+/// `started` is called once its start is recorded: with the run, or with
+/// `None` if it could not start (and why is recorded).
 ///
 /// One thread does it all, woken by whichever comes first: output on the
 /// task's pipes, the task's exit (a pidfd), or its time limit or lease.
-pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -> io::Result<()> {
-    let spec: RunSpec = read_json(&dir.spec())?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "run.json is missing"))?;
+pub(super) fn supervise(
+    files: &RunFiles,
+    started: impl FnOnce(Option<&Arc<Run>>),
+) -> io::Result<()> {
+    let spec = files
+        .read()?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the run's record is missing"))?
+        .spec;
     let (child, pipes) = match spawn(&spec) {
         Ok(spawned) => spawned,
         Err(e) => {
-            let recorded = write_json(&dir.error(), &e);
+            let recorded = files.append(&Entry::Error(e));
             started(None);
             return recorded;
         }
@@ -156,7 +152,8 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()
-        .and_then(|d| u64::try_from(d.as_millis()).ok());
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .unwrap_or_default();
     let run = Arc::new(Run {
         pid,
         running: Mutex::new(true),
@@ -166,14 +163,11 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
     let exit = ExitWatch::new(child).inspect_err(|_| {
         let _ = signal_group(pid, Signal::SIGKILL);
     })?;
-    let recorded = write_json(
-        &dir.started(),
-        &Started {
-            pid,
-            start_ticks,
-            started_ms,
-        },
-    );
+    let recorded = files.append(&Entry::Started(Started {
+        pid,
+        start_ticks,
+        started_ms,
+    }));
     if let Err(e) = recorded {
         // Unrecorded, nobody could find the task again: it must not run.
         let _ = signal_group(pid, Signal::SIGKILL);
@@ -183,7 +177,7 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
     started(Some(&run));
 
     let mut output = Output {
-        dir,
+        files,
         pipes,
         file: None,
         failed: false,
@@ -240,13 +234,10 @@ pub(super) fn supervise(dir: &RunDir, started: impl FnOnce(Option<&Arc<Run>>)) -
     }
     let status = status.unwrap_or_else(|| Err(io::Error::other("the task's exit was not seen")));
     let recorded = status.and_then(|status| {
-        write_json(
-            &dir.ended(),
-            &Ended {
-                status: to_exit_status(status),
-                note,
-            },
-        )
+        files.append(&Entry::Ended(Ended {
+            status: to_exit_status(status),
+            note,
+        }))
     });
     let watchers = lock(&run.watchers).take();
     for watcher in watchers.into_iter().flatten() {
@@ -304,7 +295,7 @@ type Pipes = [(Option<File>, OutputStream); 2];
 /// naming their stream. The file is made at the first byte: a silent task
 /// costs no file.
 struct Output<'a> {
-    dir: &'a RunDir,
+    files: &'a RunFiles,
     pipes: Pipes,
     file: Option<File>,
     /// A write failed (a full disk): the pipes are still drained, so the
@@ -350,19 +341,19 @@ impl Output<'_> {
             match p.read(&mut self.buf) {
                 Ok(0) => *pipe = None,
                 Ok(n) if !self.failed => {
-                    let written = append_frame(&mut self.file, self.dir, *stream, &self.buf[..n]);
+                    let written = append_frame(&mut self.file, self.files, *stream, &self.buf[..n]);
                     if let Err(e) = written {
-                        note(
-                            self.dir,
-                            &format!("writing the task's output failed; dropping the rest: {e}"),
-                        );
+                        self.files.note(&format!(
+                            "writing the task's output failed; dropping the rest: {e}"
+                        ));
                         self.failed = true;
                     }
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    note(self.dir, &format!("reading the task's output failed: {e}"));
+                    self.files
+                        .note(&format!("reading the task's output failed: {e}"));
                     *pipe = None;
                 }
             }
@@ -443,7 +434,7 @@ fn spawn(spec: &RunSpec) -> Result<(Child, Pipes), StartError> {
 /// Appends a frame to the run's output file, opening it first if need be.
 fn append_frame(
     output: &mut Option<File>,
-    dir: &RunDir,
+    files: &RunFiles,
     stream: OutputStream,
     data: &[u8],
 ) -> io::Result<()> {
@@ -454,7 +445,7 @@ fn append_frame(
                 .create(true)
                 .append(true)
                 .mode(0o600)
-                .open(dir.output())?,
+                .open(files.output())?,
         ),
     };
     write_frame(file, stream, data)
@@ -476,15 +467,15 @@ mod tests {
     use super::*;
     use crate::process::frames::next_frame;
 
-    /// A fresh run directory whose `run.json` runs `script` with `sh -c`.
-    fn run_dir(script: &str, lease: Duration, time_limit: Option<Duration>) -> RunDir {
+    /// A fresh run whose record runs `script` with `sh -c`, alone in its
+    /// runs directory.
+    fn run_files(script: &str, lease: Duration, time_limit: Option<Duration>) -> RunFiles {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = RunDir(
-            std::env::temp_dir().join(format!("cloudai-one-run-{}-{n}", std::process::id())),
-        );
-        let _ = std::fs::remove_dir_all(&dir.0);
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let runs = std::env::temp_dir().join(format!("cloudai-one-run-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&runs);
+        std::fs::create_dir_all(&runs).unwrap();
+        let files = RunFiles::new(&runs, "run-t").unwrap();
         let spec = RunSpec {
             name: "t".into(),
             image: "busybox".into(),
@@ -494,19 +485,27 @@ mod tests {
             orphan_timeout: lease,
             time_limit,
             grace: Duration::ZERO,
-            framed_output: true,
         };
-        write_json(&dir.spec(), &spec).unwrap();
-        dir
+        files.create(&spec).unwrap();
+        files
     }
 
-    fn ended(dir: &RunDir) -> Ended {
-        read_json(&dir.ended()).unwrap().expect("exit.json")
+    fn ended(files: &RunFiles) -> Ended {
+        files
+            .read()
+            .unwrap()
+            .expect("a record")
+            .ended
+            .expect("its end")
+    }
+
+    fn clean(files: &RunFiles) {
+        let _ = std::fs::remove_dir_all(files.output().parent().unwrap());
     }
 
     /// The output file's text by stream (stdout, stderr).
-    fn output(dir: &RunDir) -> (String, String) {
-        let bytes = std::fs::read(dir.output()).unwrap_or_default();
+    fn output(files: &RunFiles) -> (String, String) {
+        let bytes = std::fs::read(files.output()).unwrap_or_default();
         let (mut out, mut err, mut at) = (Vec::new(), Vec::new(), 0);
         while let Some((stream, data, len)) = next_frame(&bytes[at..]).unwrap() {
             match stream {
@@ -523,19 +522,25 @@ mod tests {
 
     #[test]
     fn a_run_records_its_output_then_its_exit_then_tells_its_watchers() {
-        let dir = run_dir("echo out; echo err >&2; exit 3", LONG, None);
+        let files = run_files("echo out; echo err >&2; exit 3", LONG, None);
         let told = Arc::new(AtomicBool::new(false));
         let saw = told.clone();
-        let ended_path = dir.ended();
-        supervise(&dir, |run| {
-            let watcher = Box::new(move || saw.store(ended_path.exists(), Ordering::SeqCst));
+        let told_files = files.clone();
+        supervise(&files, |run| {
+            let watcher = Box::new(move || {
+                let recorded = told_files.read().unwrap().unwrap().ended.is_some();
+                saw.store(recorded, Ordering::SeqCst);
+            });
             assert!(run.expect("started").watch(watcher).is_ok());
         })
         .unwrap();
-        assert_eq!(ended(&dir).status.code, Some(3));
-        assert_eq!(output(&dir), ("out\n".into(), "err\n".into()));
-        assert!(told.load(Ordering::SeqCst), "told once exit.json was there");
-        let _ = std::fs::remove_dir_all(&dir.0);
+        assert_eq!(ended(&files).status.code, Some(3));
+        assert_eq!(output(&files), ("out\n".into(), "err\n".into()));
+        assert!(
+            told.load(Ordering::SeqCst),
+            "told once the end was recorded"
+        );
+        clean(&files);
     }
 
     /// Output a process that left the task's group writes after the
@@ -544,33 +549,33 @@ mod tests {
     #[test]
     fn output_after_the_exit_is_drained_and_then_given_up() {
         let script = "setsid sh -c 'sleep 0.3; echo late; sleep 5' & sleep 0.1; exit 0";
-        let dir = run_dir(script, LONG, None);
+        let files = run_files(script, LONG, None);
         let began = Instant::now();
-        supervise(&dir, |_| {}).unwrap();
+        supervise(&files, |_| {}).unwrap();
         assert!(
             began.elapsed() < DRAIN_TIMEOUT + Duration::from_secs(2),
             "gave up on the pipe after {:?}",
             began.elapsed()
         );
-        assert_eq!(ended(&dir).status.code, Some(0));
-        assert_eq!(output(&dir).0, "late\n");
-        let _ = std::fs::remove_dir_all(&dir.0);
+        assert_eq!(ended(&files).status.code, Some(0));
+        assert_eq!(output(&files).0, "late\n");
+        clean(&files);
     }
 
     #[test]
     fn a_run_whose_lease_runs_out_is_stopped() {
-        let dir = run_dir("sleep 30", Duration::from_millis(300), None);
-        supervise(&dir, |_| {}).unwrap();
-        let ended = ended(&dir);
+        let files = run_files("sleep 30", Duration::from_millis(300), None);
+        supervise(&files, |_| {}).unwrap();
+        let ended = ended(&files);
         assert_eq!(ended.status.signal, Some(15), "{ended:?}");
         assert!(ended.note.is_some_and(|n| n.contains("lease")));
-        let _ = std::fs::remove_dir_all(&dir.0);
+        clean(&files);
     }
 
     #[test]
     fn a_renewed_lease_keeps_the_run() {
-        let dir = run_dir("sleep 0.6", Duration::from_millis(300), None);
-        supervise(&dir, |run| {
+        let files = run_files("sleep 0.6", Duration::from_millis(300), None);
+        supervise(&files, |run| {
             let run = run.expect("started").clone();
             thread(move || {
                 for _ in 0..6 {
@@ -581,17 +586,17 @@ mod tests {
             .unwrap();
         })
         .unwrap();
-        assert_eq!(ended(&dir).status.code, Some(0));
-        let _ = std::fs::remove_dir_all(&dir.0);
+        assert_eq!(ended(&files).status.code, Some(0));
+        clean(&files);
     }
 
     #[test]
     fn a_run_past_its_time_limit_is_stopped() {
-        let dir = run_dir("sleep 30", LONG, Some(Duration::from_millis(300)));
-        supervise(&dir, |_| {}).unwrap();
-        let ended = ended(&dir);
+        let files = run_files("sleep 30", LONG, Some(Duration::from_millis(300)));
+        supervise(&files, |_| {}).unwrap();
+        let ended = ended(&files);
         assert_eq!(ended.status.signal, Some(15), "{ended:?}");
         assert!(ended.note.is_some_and(|n| n.starts_with("timeout")));
-        let _ = std::fs::remove_dir_all(&dir.0);
+        clean(&files);
     }
 }

@@ -1,29 +1,33 @@
-//! A supervised run's directory, `<state dir>/runs/<id>/`, shared by the
-//! runtime and the supervisor of the runs (see `supervisor`):
+//! A supervised run's files in `<state dir>/runs/`, shared by the runtime
+//! and the supervisor of the runs (see `supervisor`):
 //!
 //! | file | written by | holds |
 //! |---|---|---|
-//! | `run.json` | runtime, before it asks the supervisor to start the run | what to run, labels, its lease, time limit and grace |
-//! | `output` | supervisor, from the task's first byte | its stdout and stderr, framed (see `frames`) |
-//! | `pid.json` | supervisor, once the task started | its pid and start time |
-//! | `error` | supervisor, if the task could not start | why |
-//! | `exit.json` | supervisor, once the task ended | its exit status |
-//! | `supervisor.log` | supervisor, if something went wrong | the run's diagnostics |
+//! | `<run>.run` | runtime (its first line), then supervisor (appended) | the run's record, a JSON [`Entry`] a line: what to run, then its start (or why it could not start), its end, and the supervisor's notes on it |
+//! | `<run>.out` | supervisor, from the task's first byte | its stdout and stderr, framed (see `frames`) |
 //!
-//! Beside the runs, `runs/` holds the supervisor's own `supervisor.sock`,
-//! `supervisor.lock` and `supervisor.log`; no run is named like them.
+//! One record file a run, appended to, rather than a directory of records
+//! each written aside and renamed: a short task then costs one inode (its
+//! output aside), where a directory and three records cost four, each
+//! made and unlinked again (on ext4 without a journal a new inode is
+//! looked for past every inode freed in the last seconds, so the cost of
+//! each grew with the task rate).
 //!
-//! Records are written aside and renamed, so a reader never sees half of
-//! one.
+//! An entry is one `write` ending in its newline, so a reader that sees a
+//! line without its newline (written as it reads, or cut short by a crash)
+//! takes it for not written yet.
+//!
+//! Beside the runs, `runs/` holds the supervisor's own `supervisor-2.sock`,
+//! `supervisor-2.lock` and `supervisor-2.log`; no run is named like them.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{backend, invalid_command};
@@ -50,10 +54,6 @@ pub(super) struct RunSpec {
     /// SIGTERM→SIGKILL grace of the stops the supervisor makes itself.
     #[serde(default)]
     pub(super) grace: Duration,
-    /// The output file is framed by stream (false: a run an earlier
-    /// version started, whose task wrote the file itself).
-    #[serde(default)]
-    pub(super) framed_output: bool,
 }
 
 /// The task's process, as its supervisor started it.
@@ -63,10 +63,8 @@ pub(super) struct Started {
     pub(super) pid: i32,
     /// The leader's start time in clock ticks since boot.
     pub(super) start_ticks: u64,
-    /// Its start on the wall clock, in milliseconds since the Unix epoch
-    /// (a run an earlier version started has none).
-    #[serde(default)]
-    pub(super) started_ms: Option<u64>,
+    /// Its start on the wall clock, in milliseconds since the Unix epoch.
+    pub(super) started_ms: u64,
 }
 
 impl Started {
@@ -93,29 +91,168 @@ pub(super) struct Ended {
     pub(super) note: Option<String>,
 }
 
-/// Paths of one run's directory.
-#[derive(Debug, Clone)]
-pub(super) struct RunDir(pub(super) PathBuf);
+/// One line of a run's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Entry {
+    /// The first line, the runtime's.
+    Spec(RunSpec),
+    Started(Started),
+    Error(StartError),
+    Ended(Ended),
+    /// Something the supervisor has to say of the run (why it could not
+    /// supervise it, a failed write of its output).
+    Note(String),
+}
 
-impl RunDir {
-    pub(super) fn spec(&self) -> PathBuf {
-        self.0.join("run.json")
+/// A run's record as far as it is written.
+#[derive(Debug, Clone)]
+pub(super) struct Record {
+    pub(super) spec: RunSpec,
+    pub(super) started: Option<Started>,
+    pub(super) error: Option<StartError>,
+    pub(super) ended: Option<Ended>,
+    pub(super) notes: Vec<String>,
+}
+
+/// The files of run `name` in a runs directory.
+#[derive(Debug, Clone)]
+pub(super) struct RunFiles {
+    record: PathBuf,
+    output: PathBuf,
+}
+
+impl RunFiles {
+    /// The files of run `name` in `runs`, if `name` can name a run.
+    pub(super) fn new(runs: &Path, name: &str) -> Option<Self> {
+        plain_run_name(name).then(|| RunFiles {
+            record: runs.join(format!("{name}.{RECORD}")),
+            output: runs.join(format!("{name}.out")),
+        })
     }
-    pub(super) fn output(&self) -> PathBuf {
-        self.0.join("output")
+
+    /// The run named by record file `path`, if it is one.
+    pub(super) fn of_record(path: &Path) -> Option<(String, Self)> {
+        let name = path
+            .file_name()?
+            .to_str()?
+            .strip_suffix(RECORD)?
+            .strip_suffix('.')?;
+        Some((name.to_owned(), Self::new(path.parent()?, name)?))
     }
-    pub(super) fn started(&self) -> PathBuf {
-        self.0.join("pid.json")
+
+    pub(super) fn output(&self) -> &Path {
+        &self.output
     }
-    pub(super) fn error(&self) -> PathBuf {
-        self.0.join("error")
+
+    /// Whether the run's record exists.
+    pub(super) fn exists(&self) -> bool {
+        self.record.exists()
     }
-    pub(super) fn ended(&self) -> PathBuf {
-        self.0.join("exit.json")
+
+    /// Makes the run's record with its spec; fails if it exists.
+    pub(super) fn create(&self, spec: &RunSpec) -> io::Result<()> {
+        let line = line(&Entry::Spec(spec.clone()))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.record)?;
+        file.write_all(&line)
     }
-    pub(super) fn log(&self) -> PathBuf {
-        self.0.join("supervisor.log")
+
+    /// Appends `entry` to the run's record, which must exist (a removed
+    /// run is not made again).
+    pub(super) fn append(&self, entry: &Entry) -> io::Result<()> {
+        let line = line(entry)?;
+        OpenOptions::new()
+            .append(true)
+            .open(&self.record)?
+            .write_all(&line)
     }
+
+    /// Appends a note, as far as it can: the supervisor's diagnostics.
+    pub(super) fn note(&self, what: &str) {
+        let _ = self.append(&Entry::Note(what.to_owned()));
+    }
+
+    /// The run's record; `Ok(None)` if there is none, or its spec is not
+    /// written yet.
+    pub(super) fn read(&self) -> io::Result<Option<Record>> {
+        let bytes = match std::fs::read(&self.record) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = |e: serde_json::Error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", self.record.display()),
+            )
+        };
+        // Only whole lines: the last one may be being written.
+        let Some(end) = bytes.iter().rposition(|b| *b == b'\n') else {
+            return Ok(None);
+        };
+        let mut entries = bytes[..end]
+            .split(|b| *b == b'\n')
+            .map(|l| serde_json::from_slice::<Entry>(l).map_err(bad));
+        let spec = match entries.next() {
+            Some(Ok(Entry::Spec(spec))) => spec,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: does not start with the run's spec",
+                        self.record.display()
+                    ),
+                ))
+            }
+            None => return Ok(None),
+        };
+        let mut record = Record {
+            spec,
+            started: None,
+            error: None,
+            ended: None,
+            notes: Vec::new(),
+        };
+        for entry in entries {
+            match entry? {
+                Entry::Spec(_) => {}
+                Entry::Started(s) => record.started = Some(s),
+                Entry::Error(e) => record.error = Some(e),
+                Entry::Ended(e) => record.ended = Some(e),
+                Entry::Note(n) => record.notes.push(n),
+            }
+        }
+        Ok(Some(record))
+    }
+
+    /// Removes the run's files: its output first, so that what is left
+    /// after a crash between the two is still a run (found and removed
+    /// again), never output nobody knows of.
+    pub(super) fn remove(&self) -> io::Result<()> {
+        for path in [&self.output, &self.record] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The extension of a run's record file.
+const RECORD: &str = "run";
+
+/// `entry` as a line of a record.
+fn line(entry: &Entry) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// The path of socket `name` in `dir` by way of an open handle on the
@@ -136,45 +273,22 @@ pub(super) fn plain_run_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Writes `value` as JSON to `path`, aside first and then renamed.
-pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let text = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let aside = path.with_extension("tmp");
-    std::fs::write(&aside, text)?;
-    std::fs::rename(&aside, path)
-}
-
-/// Reads a JSON record; `Ok(None)` if it does not exist (yet).
-pub(super) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// What run `files` says of its start, once its supervisor answered or
+/// went away (`how`, for the error if neither is recorded): started, or
+/// why not.
+pub(super) fn start_outcome(id: &ContainerId, files: &RunFiles, how: &str) -> Result<()> {
+    let record = files.read().map_err(backend)?;
+    match record.as_ref().and_then(|r| r.error.as_ref()) {
+        Some(e) if e.invalid => return Err(invalid_command(e.message.clone())),
+        Some(e) => return Err(backend(io::Error::other(e.message.clone()))),
+        None => {}
     }
-}
-
-/// What run directory `dir` says of its start, once its supervisor
-/// answered or went away (`how`, for the error if neither record is
-/// there): started, or why not.
-pub(super) fn start_outcome(id: &ContainerId, dir: &RunDir, how: &str) -> Result<()> {
-    match read_json::<StartError>(&dir.error()) {
-        Ok(Some(e)) if e.invalid => return Err(invalid_command(e.message)),
-        Ok(Some(e)) => return Err(backend(io::Error::other(e.message))),
-        Ok(None) => {}
-        Err(e) => return Err(backend(e)),
-    }
-    if dir.started().exists() {
+    if record.as_ref().is_some_and(|r| r.started.is_some()) {
         return Ok(());
     }
-    let said = std::fs::read_to_string(dir.log()).unwrap_or_default();
+    let said = record.map(|r| r.notes.join("; ")).unwrap_or_default();
     Err(backend(io::Error::other(format!(
-        "the supervisor {how} without starting {id}: {}",
-        said.trim()
+        "the supervisor {how} without starting {id}: {said}"
     ))))
 }
 
@@ -183,18 +297,37 @@ mod tests {
     use super::*;
     use crate::Error;
 
+    fn spec() -> RunSpec {
+        RunSpec {
+            name: "t".into(),
+            image: "busybox".into(),
+            command: vec!["true".into()],
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            orphan_timeout: Duration::from_secs(60),
+            time_limit: None,
+            grace: Duration::ZERO,
+        }
+    }
+
+    fn runs_dir(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("cloudai-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
     /// The records decide, whatever the supervisor said: a supervisor may
     /// start a short task, record its end and be gone before the runtime
     /// reads its answer.
     #[test]
     fn the_records_decide_a_start() {
-        let root = std::env::temp_dir().join(format!("cloudai-start-{}", std::process::id()));
-        let dir = RunDir(root.clone());
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
+        let root = runs_dir("start");
+        let files = RunFiles::new(&root, "run-test").unwrap();
         let id = ContainerId("run-test".into());
-        std::fs::write(dir.log(), "cannot bind\n").unwrap();
-        let gone = start_outcome(&id, &dir, "went away")
+        files.create(&spec()).unwrap();
+        files.note("cannot bind");
+        let gone = start_outcome(&id, &files, "went away")
             .unwrap_err()
             .to_string();
         assert!(
@@ -204,19 +337,47 @@ mod tests {
         let started = Started {
             pid: 1,
             start_ticks: 0,
-            started_ms: None,
+            started_ms: 0,
         };
-        write_json(&dir.started(), &started).unwrap();
-        assert!(start_outcome(&id, &dir, "went away").is_ok());
+        files.append(&Entry::Started(started)).unwrap();
+        assert!(start_outcome(&id, &files, "went away").is_ok());
         let error = StartError {
             invalid: true,
             message: "cannot run \"nosuch\"".into(),
         };
-        write_json(&dir.error(), &error).unwrap();
+        files.append(&Entry::Error(error)).unwrap();
         assert!(matches!(
-            start_outcome(&id, &dir, "answered"),
+            start_outcome(&id, &files, "answered"),
             Err(Error::InvalidInput(_))
         ));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A line not yet ended by its newline is not read; a removed run is
+    /// not made again by an append.
+    #[test]
+    fn a_record_is_read_by_whole_lines_and_not_made_again() {
+        let root = runs_dir("record");
+        let files = RunFiles::new(&root, "run-1").unwrap();
+        assert!(files.read().unwrap().is_none());
+        std::fs::write(&files.record, b"{\"spec\":").unwrap();
+        assert!(files.read().unwrap().is_none(), "half a spec is none yet");
+        std::fs::remove_file(&files.record).unwrap();
+        files.create(&spec()).unwrap();
+        assert!(files.create(&spec()).is_err(), "made once");
+        let mut file = OpenOptions::new().append(true).open(&files.record).unwrap();
+        file.write_all(b"{\"ended\":{\"status\":").unwrap();
+        let record = files.read().unwrap().expect("a record");
+        assert!(record.ended.is_none(), "a line being written is not read");
+        assert_eq!(record.spec.command, ["true"]);
+        std::fs::write(files.output(), b"x").unwrap();
+        files.remove().unwrap();
+        assert!(!files.output().exists() && !files.exists());
+        assert!(files.append(&Entry::Note("late".into())).is_err());
+        assert!(
+            !files.exists(),
+            "an append does not make a removed run again"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -225,6 +386,15 @@ mod tests {
         assert!(plain_run_name("run-18f3a-2b-7"));
         for bad in ["", "..", "a/b", "supervisor.sock", "x y"] {
             assert!(!plain_run_name(bad), "{bad:?}");
+        }
+        let runs = Path::new("/state/runs");
+        let (name, files) = RunFiles::of_record(&runs.join("run-1.run")).unwrap();
+        assert_eq!(
+            (name.as_str(), files.output()),
+            ("run-1", &*runs.join("run-1.out"))
+        );
+        for other in ["run-1.out", "supervisor-2.sock", "a.b.run", ".run"] {
+            assert!(RunFiles::of_record(&runs.join(other)).is_none(), "{other}");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! [`SupervisedProcessRuntime`]: the process runtime for a worker that
-//! must not leave processes behind when it dies. Each run gets a directory
-//! under `<state dir>/runs/` (see `record`); the supervisor process of the
+//! must not leave processes behind when it dies. Each run gets a record
+//! file in `<state dir>/runs/` (see `record`); the supervisor process of the
 //! state directory (see [`super::supervisor`]) starts it and owns the
 //! task's process group.
 //!
@@ -36,9 +36,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
 use super::follow::{follow_file, Outcome};
-use super::record::{
-    plain_run_name, read_json, start_outcome, write_json, Ended, RunDir, RunSpec, Started,
-};
+use super::record::{start_outcome, RunFiles, RunSpec, Started};
 use super::supervisor_link::SupervisorLink;
 use super::{backend, check_command, invalid_command, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT};
 use crate::output::CHANNEL;
@@ -109,9 +107,9 @@ impl SupervisedProcessRuntime {
         })
     }
 
-    /// The directory of run `id`, if `id` can name one.
-    fn dir(&self, id: &ContainerId) -> Option<RunDir> {
-        plain_run_name(&id.0).then(|| RunDir(self.runs.join(&id.0)))
+    /// The files of run `id`, if `id` can name one.
+    fn files(&self, id: &ContainerId) -> Option<RunFiles> {
+        RunFiles::new(&self.runs, &id.0)
     }
 
     /// The attachment to run `id`, attaching now if this runtime has not
@@ -121,10 +119,11 @@ impl SupervisedProcessRuntime {
         if let Some(a) = lock(&self.attached).get(id) {
             return Ok(Some(a.clone()));
         }
-        let Some(dir) = self.dir(id).filter(|d| d.spec().exists()) else {
+        let Some(files) = self.files(id) else {
             return Ok(None);
         };
-        let Some(started) = read_json::<Started>(&dir.started()).map_err(backend)? else {
+        let record = files.read().map_err(backend)?;
+        let Some(started) = record.and_then(|r| r.started) else {
             return Ok(None);
         };
         let (tx, rx) = watch::channel(None);
@@ -135,7 +134,7 @@ impl SupervisedProcessRuntime {
             // supervisor does not supervise the run: then, as when it is
             // gone, the records and the process tell.
             let _ = supervisor.ask("watch", &name, "").await;
-            tx.send_replace(Some(watch_end(&dir, started).await));
+            tx.send_replace(Some(watch_end(&files, started).await));
         });
         let mut map = lock(&self.attached);
         Ok(Some(map.entry(id.clone()).or_insert(attached).clone()))
@@ -164,8 +163,12 @@ impl SupervisedProcessRuntime {
         Ok(())
     }
 
-    async fn start_run(&self, id: &ContainerId, dir: &RunDir, spec: &ContainerSpec) -> Result<()> {
-        std::fs::create_dir(&dir.0).map_err(backend)?;
+    async fn start_run(
+        &self,
+        id: &ContainerId,
+        files: &RunFiles,
+        spec: &ContainerSpec,
+    ) -> Result<()> {
         let record = RunSpec {
             name: spec.name.clone(),
             image: spec.image.clone(),
@@ -175,9 +178,8 @@ impl SupervisedProcessRuntime {
             orphan_timeout: spec.lease.unwrap_or(self.orphan_timeout),
             time_limit: spec.time_limit,
             grace: spec.grace,
-            framed_output: true,
         };
-        write_json(&dir.spec(), &record).map_err(backend)?;
+        files.create(&record).map_err(backend)?;
         // The supervisor answers once the start records are written (or
         // it goes away); those records decide.
         for _ in 0..START_TRIES {
@@ -189,14 +191,19 @@ impl SupervisedProcessRuntime {
                     ))
                 })??;
             match said.as_deref() {
-                Some("started") => return start_outcome(id, dir, "answered"),
-                Some(_) => return start_outcome(id, dir, "failed"),
+                Some("started") => return start_outcome(id, files, "answered"),
+                Some(_) => return start_outcome(id, files, "failed"),
                 // Gone before it read the request, or while it started it.
-                None if dir.started().exists() || dir.error().exists() => break,
+                None if files
+                    .read()
+                    .is_ok_and(|r| r.is_some_and(|r| r.started.is_some() || r.error.is_some())) =>
+                {
+                    break
+                }
                 None => {}
             }
         }
-        start_outcome(id, dir, "went away")
+        start_outcome(id, files, "went away")
     }
 }
 
@@ -208,12 +215,16 @@ const RECORD_WAIT: Duration = DRAIN_TIMEOUT.saturating_add(Duration::from_secs(2
 /// Waits for the end of a run whose supervisor is gone (or about to be):
 /// its recorded exit, or, if the supervisor died without one, the end of
 /// the process itself.
-async fn watch_end(dir: &RunDir, started: Started) -> std::result::Result<ExitStatus, String> {
+async fn watch_end(files: &RunFiles, started: Started) -> std::result::Result<ExitStatus, String> {
     let mut gone_since = None;
     loop {
-        match read_json::<Ended>(&dir.ended()) {
-            Ok(Some(ended)) => return Ok(ended.status),
-            Ok(None) => {}
+        match files.read() {
+            Ok(Some(record)) => {
+                if let Some(ended) = record.ended {
+                    return Ok(ended.status);
+                }
+            }
+            Ok(None) => return Err("the run's record is gone".to_string()),
             Err(e) => return Err(e.to_string()),
         }
         if gone_since.is_none() && !started.alive() {
@@ -221,8 +232,8 @@ async fn watch_end(dir: &RunDir, started: Started) -> std::result::Result<ExitSt
         }
         if gone_since.is_some_and(|since| since.elapsed() > RECORD_WAIT) {
             return Err(format!(
-                "the supervisor of {} ended without recording the task's exit",
-                dir.0.display()
+                "the supervisor of run {} ended without recording the task's exit",
+                started.pid
             ));
         }
         tokio::time::sleep(POLL).await;
@@ -254,11 +265,11 @@ impl ContainerRuntime for SupervisedProcessRuntime {
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
         check_command(spec)?;
         let id = fresh_id();
-        let dir = self
-            .dir(&id)
+        let files = self
+            .files(&id)
             .ok_or_else(|| backend(io::Error::other(format!("bad run id {id}"))))?;
-        if let Err(e) = self.start_run(&id, &dir, spec).await {
-            let _ = std::fs::remove_dir_all(&dir.0);
+        if let Err(e) = self.start_run(&id, &files, spec).await {
+            let _ = files.remove();
             return Err(e);
         }
         self.attach(&id)
@@ -285,15 +296,13 @@ impl ContainerRuntime for SupervisedProcessRuntime {
     }
 
     async fn output(&self, id: &ContainerId) -> Result<Follow> {
-        let (dir, run) = match (self.dir(id), self.attach(id).await?) {
-            (Some(dir), Some(run)) => (dir, run),
+        let (files, run) = match (self.files(id), self.attach(id).await?) {
+            (Some(files), Some(run)) => (files, run),
             _ => return Err(Error::not_found("container", id)),
         };
-        let framed = read_json::<RunSpec>(&dir.spec())
-            .map_err(backend)?
-            .is_some_and(|spec| spec.framed_output);
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL);
-        tokio::spawn(follow_file(dir.output(), framed, run.ended.clone(), tx));
+        let path = files.output().to_owned();
+        tokio::spawn(follow_file(path, run.ended.clone(), tx));
         Ok(rx)
     }
 
@@ -327,7 +336,7 @@ impl ContainerRuntime for SupervisedProcessRuntime {
 
     /// Unknown ids (never started, or already removed) succeed.
     async fn remove(&self, id: &ContainerId) -> Result<()> {
-        let Some(dir) = self.dir(id).filter(|d| d.0.exists()) else {
+        let Some(files) = self.files(id).filter(RunFiles::exists) else {
             return Ok(());
         };
         let running = self
@@ -336,15 +345,15 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             .filter(|r| r.ended.borrow().is_none());
         if let Some(run) = running {
             if self.command(id, "kill", "").await {
-                // Its supervisor records the end in the directory: not
-                // while the directory goes.
+                // Its supervisor records the end in the record: not
+                // while the record goes.
                 ended_within(&mut run.ended.clone(), KILL_TIMEOUT).await;
             } else {
                 Self::signal_directly(&run, Signal::SIGKILL)?;
             }
         }
         lock(&self.attached).remove(id);
-        std::fs::remove_dir_all(&dir.0).map_err(backend)
+        files.remove().map_err(backend)
     }
 
     async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>> {
@@ -354,40 +363,34 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             Err(e) => return Err(backend(e)),
         };
         let mut found = Vec::new();
-        // The supervisor's own files are beside the runs' directories.
+        // Beside the records: runs' output, the supervisor's own files.
         let runs = entries
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
-        for entry in runs {
-            let dir = RunDir(entry.path());
-            let spec = match read_json::<RunSpec>(&dir.spec()) {
-                Ok(Some(spec)) => spec,
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| RunFiles::of_record(&e.path()));
+        for (name, files) in runs {
+            let record = match files.read() {
+                Ok(Some(record)) => record,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(run = %dir.0.display(), error = %e, "skipping an unreadable run record");
+                    tracing::warn!(run = %name, error = %e, "skipping an unreadable run record");
                     continue;
                 }
             };
-            if spec.labels.get(key).is_none_or(|v| v != value) {
+            if record.spec.labels.get(key).is_none_or(|v| v != value) {
                 continue;
             }
             // Until the end is recorded the run is not over: its task may
             // have exited while the supervisor still drains the output.
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Not a run this runtime made (a copy an operator left, say).
-            if !plain_run_name(&name) {
-                continue;
-            }
-            let started = read_json::<Started>(&dir.started()).ok().flatten();
-            let running = !dir.ended().exists()
-                && (started.is_some_and(|s| s.alive()) || self.supervises(&name).await);
+            let running = record.ended.is_none()
+                && (record.started.is_some_and(|s| s.alive()) || self.supervises(&name).await);
             found.push(ContainerInfo {
                 id: ContainerId(name),
-                labels: spec.labels,
+                labels: record.spec.labels,
                 running,
-                started_at: started
-                    .and_then(|s| s.started_ms)
-                    .map(crate::model::Timestamp::from_millis),
+                started_at: record
+                    .started
+                    .map(|s| crate::model::Timestamp::from_millis(s.started_ms)),
             });
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));

@@ -6,16 +6,20 @@
 //!
 //! - It leaves the worker's session (`setsid`), so neither a terminal's
 //!   Ctrl-C nor the worker's death reaches it.
-//! - One per runs directory: it holds `supervisor.lock` there for its life
-//!   (a second one started says `running` and exits), and says `ready` on
-//!   its stdout once it listens on `supervisor.sock`.
+//! - One per runs directory: it holds `supervisor-2.lock` there for its
+//!   life (a second one started says `running` and exits), and says
+//!   `ready` on its stdout once it listens on `supervisor-2.sock`. The
+//!   names carry the version of the runs' files and of this protocol: a
+//!   supervisor of an earlier version, still kept by its runs after an
+//!   upgrade, keeps them under its own names and is never asked to start
+//!   a run it cannot read.
 //! - A worker's runtime connects there and sends requests, a line each,
 //!   naming a run; the answers, in any order, repeat the request's first
 //!   two words:
 //!
 //!   | request | answer |
 //!   |---|---|
-//!   | `start <run>` (its `run.json` written) | `start <run> started` once its start records are written (`pid.json`, or `error` if the task could not start), or `start <run> failed` if it could not supervise the run or already did (its records, or its `supervisor.log`, say why) |
+//!   | `start <run>` (its record made) | `start <run> started` once its start is recorded (or, if the task could not start, why), or `start <run> failed` if it could not supervise the run or already did (its record says why) |
 //!   | `watch <run>` | `watch <run> ended` once its end is recorded, or at once if this supervisor does not supervise it |
 //!   | `stop <run> <grace ms>` | `stop <run> ok`, or `stop <run> unknown` |
 //!   | `kill <run>` | `kill <run> ok`, or `kill <run> unknown` |
@@ -37,14 +41,14 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::one_run::{note, supervise, thread, Run};
-use super::record::{plain_run_name, socket_via, RunDir};
+use super::one_run::{supervise, thread, Run};
+use super::record::{plain_run_name, socket_via, RunFiles};
 use crate::sync::lock;
 
 /// The supervisor's socket, lock and log, in the runs directory.
-pub(super) const SOCKET: &str = "supervisor.sock";
-const LOCK: &str = "supervisor.lock";
-pub(super) const LOG: &str = "supervisor.log";
+pub(super) const SOCKET: &str = "supervisor-2.sock";
+const LOCK: &str = "supervisor-2.lock";
+pub(super) const LOG: &str = "supervisor-2.log";
 
 /// How long a supervisor that nobody connected to waits before it exits
 /// (its runtime went away as it started it).
@@ -185,25 +189,31 @@ impl Supervisor {
     }
 
     /// Supervises run `name` in a thread of its own, answering once its
-    /// start records are written.
+    /// start is recorded.
     fn start(self: &Arc<Self>, name: &str, answers: Answers) {
-        let dir = RunDir(self.runs.join(name));
+        let Some(files) = RunFiles::new(&self.runs, name) else {
+            answers.say("start", name, "failed");
+            return;
+        };
         // Once only: a run started before (by this supervisor or one that
-        // died) is what its records say.
-        let known = lock(&self.supervised).contains_key(name);
-        if known || dir.started().exists() || dir.error().exists() {
+        // died) is what its record says.
+        let known = lock(&self.supervised).contains_key(name)
+            || files
+                .read()
+                .is_ok_and(|r| r.is_some_and(|r| r.started.is_some() || r.error.is_some()));
+        if known {
             answers.say("start", name, "failed");
             return;
         }
         let name = name.to_owned();
         lock(&self.kept).runs += 1;
         let run = {
-            let (supervisor, dir, answers, name) =
-                (self.clone(), dir.clone(), answers.clone(), name.clone());
+            let (supervisor, files, answers, name) =
+                (self.clone(), files.clone(), answers.clone(), name.clone());
             move || {
                 let mut said = false;
                 let mut ours = None;
-                let supervised = supervise(&dir, |run| {
+                let supervised = supervise(&files, |run| {
                     said = true;
                     if let Some(run) = run {
                         lock(&supervisor.supervised).insert(name.clone(), run.clone());
@@ -218,7 +228,7 @@ impl Supervisor {
                     }
                 }
                 if let Err(e) = supervised {
-                    note(&dir, &format!("supervising the run failed: {e}"));
+                    files.note(&format!("supervising the run failed: {e}"));
                 }
                 if !said {
                     answers.say("start", &name, "failed");
@@ -228,7 +238,7 @@ impl Supervisor {
             }
         };
         if let Err(e) = thread(run) {
-            note(&dir, &format!("cannot start a thread for the run: {e}"));
+            files.note(&format!("cannot start a thread for the run: {e}"));
             answers.say("start", &name, "failed");
             lock(&self.kept).runs -= 1;
         }
