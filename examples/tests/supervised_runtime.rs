@@ -206,10 +206,7 @@ async fn a_run_is_listed_running_until_its_end_is_recorded() {
             .find(|c| c.id == id)
             .expect("the run is listed");
         if !run.running {
-            assert!(
-                ended(),
-                "listed as not running before its end was recorded"
-            );
+            assert!(ended(), "listed as not running before its end was recorded");
             break;
         }
         assert!(Instant::now() < deadline, "still listed running");

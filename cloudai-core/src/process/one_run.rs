@@ -40,6 +40,7 @@ use super::record::{Ended, Entry, RunFiles, RunSpec, StartError, Started};
 use super::{signal_group, task_command, to_exit_status, DRAIN_TIMEOUT};
 use crate::host::process_start_ticks;
 use crate::output::OutputStream;
+use crate::runtime::ExitStatus as Exit;
 use crate::sync::lock;
 
 /// The longest a run goes without looking at its time limit and lease
@@ -58,20 +59,27 @@ pub(super) fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         .map(drop)
 }
 
-/// Called once a run's end is recorded.
-pub(super) type Watcher = Box<dyn FnOnce() + Send>;
+/// Called once a run's end is recorded, with the exit recorded (`None`
+/// if it could not be).
+pub(super) type Watcher = Box<dyn FnOnce(Option<Exit>) + Send>;
+
+/// A run's watchers until its end is recorded, then that end.
+enum Watchers {
+    Waiting(Vec<Watcher>),
+    Told(Option<Exit>),
+}
 
 /// A running task, as its supervisor's threads and workers' commands
 /// share it.
 pub(super) struct Run {
-    pid: i32,
+    /// The task's start, as recorded.
+    pub(super) started: Started,
     /// The leader is not reaped yet, so its pid (the group's id) cannot
     /// have been reused: signals are sent only under this lock, while it
     /// holds true.
     running: Mutex<bool>,
     lease: Mutex<Instant>,
-    /// Told once the end is recorded; `None` from then on.
-    watchers: Mutex<Option<Vec<Watcher>>>,
+    watchers: Mutex<Watchers>,
 }
 
 impl Run {
@@ -100,7 +108,7 @@ impl Run {
     fn signal(&self, signal: Signal) -> bool {
         let running = lock(&self.running);
         if *running {
-            let _ = signal_group(self.pid, signal);
+            let _ = signal_group(self.started.pid, signal);
         }
         *running
     }
@@ -110,34 +118,43 @@ impl Run {
         *lock(&self.lease) = later(Instant::now(), lease);
     }
 
-    /// Tells `watcher` once the run's end is recorded; hands it back if
-    /// it is already.
-    pub(super) fn watch(&self, watcher: Watcher) -> Result<(), Watcher> {
-        match lock(&self.watchers).as_mut() {
-            Some(watchers) => {
-                watchers.push(watcher);
-                Ok(())
+    /// Tells `watcher` once the run's end is recorded (now, if it is).
+    pub(super) fn watch(&self, watcher: Watcher) {
+        let mut watchers = lock(&self.watchers);
+        match &mut *watchers {
+            Watchers::Waiting(waiting) => waiting.push(watcher),
+            Watchers::Told(status) => {
+                let status = *status;
+                drop(watchers);
+                watcher(status);
             }
-            None => Err(watcher),
+        }
+    }
+
+    /// Records that the run's end is recorded and tells its watchers.
+    fn tell(&self, status: Option<Exit>) {
+        let told = std::mem::replace(&mut *lock(&self.watchers), Watchers::Told(status));
+        if let Watchers::Waiting(watchers) = told {
+            for watcher in watchers {
+                watcher(status);
+            }
         }
     }
 }
 
-/// Supervises run `files` until its task ended and its end is recorded.
-/// `started` is called once its start is recorded: with the run, or with
-/// `None` if it could not start (and why is recorded).
+/// Supervises run `files`, which is to run `spec`, until its task ended
+/// and its end is recorded. `started` is called once its start is
+/// recorded: with the run, or with `None` if it could not start (and why
+/// is recorded).
 ///
 /// One thread does it all, woken by whichever comes first: output on the
 /// task's pipes, the task's exit (a pidfd), or its time limit or lease.
 pub(super) fn supervise(
     files: &RunFiles,
+    spec: &RunSpec,
     started: impl FnOnce(Option<&Arc<Run>>),
 ) -> io::Result<()> {
-    let spec = files
-        .read()?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the run's record is missing"))?
-        .spec;
-    let (child, pipes) = match spawn(&spec) {
+    let (child, pipes) = match spawn(spec) {
         Ok(spawned) => spawned,
         Err(e) => {
             let recorded = files.append(&Entry::Error(e));
@@ -155,19 +172,19 @@ pub(super) fn supervise(
         .and_then(|d| u64::try_from(d.as_millis()).ok())
         .unwrap_or_default();
     let run = Arc::new(Run {
-        pid,
+        started: Started {
+            pid,
+            start_ticks,
+            started_ms,
+        },
         running: Mutex::new(true),
         lease: Mutex::new(later(began, spec.orphan_timeout)),
-        watchers: Mutex::new(Some(Vec::new())),
+        watchers: Mutex::new(Watchers::Waiting(Vec::new())),
     });
     let exit = ExitWatch::new(child).inspect_err(|_| {
         let _ = signal_group(pid, Signal::SIGKILL);
     })?;
-    let recorded = files.append(&Entry::Started(Started {
-        pid,
-        start_ticks,
-        started_ms,
-    }));
+    let recorded = files.append(&Entry::Started(run.started));
     if let Err(e) = recorded {
         // Unrecorded, nobody could find the task again: it must not run.
         let _ = signal_group(pid, Signal::SIGKILL);
@@ -196,11 +213,11 @@ pub(super) fn supervise(
             // Stopping: the exit wakes it.
             None if note.is_some() => CHECK,
             None => {
-                note = stop_note(&spec, began, *lock(&run.lease), now);
+                note = stop_note(spec, began, *lock(&run.lease), now);
                 if note.is_some() {
                     run.stop(spec.grace);
                 }
-                next_check(&spec, began, *lock(&run.lease), now)
+                next_check(spec, began, *lock(&run.lease), now)
             }
         };
         let exited = match output.wait(exit.as_ref().map(ExitWatch::fd), timeout) {
@@ -234,16 +251,13 @@ pub(super) fn supervise(
     }
     let status = status.unwrap_or_else(|| Err(io::Error::other("the task's exit was not seen")));
     let recorded = status.and_then(|status| {
-        files.append(&Entry::Ended(Ended {
-            status: to_exit_status(status),
-            note,
-        }))
+        let status = to_exit_status(status);
+        files
+            .append(&Entry::Ended(Ended { status, note }))
+            .map(|()| status)
     });
-    let watchers = lock(&run.watchers).take();
-    for watcher in watchers.into_iter().flatten() {
-        watcher();
-    }
-    recorded
+    run.tell(recorded.as_ref().ok().copied());
+    recorded.map(drop)
 }
 
 /// What tells of the task's exit: a pidfd, readable once it exited, or
@@ -490,6 +504,10 @@ mod tests {
         files
     }
 
+    fn spec_of(files: &RunFiles) -> RunSpec {
+        files.read().unwrap().expect("a record").spec
+    }
+
     fn ended(files: &RunFiles) -> Ended {
         files
             .read()
@@ -526,19 +544,20 @@ mod tests {
         let told = Arc::new(AtomicBool::new(false));
         let saw = told.clone();
         let told_files = files.clone();
-        supervise(&files, |run| {
-            let watcher = Box::new(move || {
-                let recorded = told_files.read().unwrap().unwrap().ended.is_some();
-                saw.store(recorded, Ordering::SeqCst);
+        supervise(&files, &spec_of(&files), |run| {
+            let watcher = Box::new(move |status: Option<Exit>| {
+                let recorded = told_files.read().unwrap().unwrap().ended;
+                let same = recorded.is_some_and(|r| Some(r.status) == status);
+                saw.store(same, Ordering::SeqCst);
             });
-            assert!(run.expect("started").watch(watcher).is_ok());
+            run.expect("started").watch(watcher);
         })
         .unwrap();
         assert_eq!(ended(&files).status.code, Some(3));
         assert_eq!(output(&files), ("out\n".into(), "err\n".into()));
         assert!(
             told.load(Ordering::SeqCst),
-            "told once the end was recorded"
+            "told, once the end was recorded, the exit recorded"
         );
         clean(&files);
     }
@@ -551,7 +570,7 @@ mod tests {
         let script = "setsid sh -c 'sleep 0.3; echo late; sleep 5' & sleep 0.1; exit 0";
         let files = run_files(script, LONG, None);
         let began = Instant::now();
-        supervise(&files, |_| {}).unwrap();
+        supervise(&files, &spec_of(&files), |_| {}).unwrap();
         assert!(
             began.elapsed() < DRAIN_TIMEOUT + Duration::from_secs(2),
             "gave up on the pipe after {:?}",
@@ -565,7 +584,7 @@ mod tests {
     #[test]
     fn a_run_whose_lease_runs_out_is_stopped() {
         let files = run_files("sleep 30", Duration::from_millis(300), None);
-        supervise(&files, |_| {}).unwrap();
+        supervise(&files, &spec_of(&files), |_| {}).unwrap();
         let ended = ended(&files);
         assert_eq!(ended.status.signal, Some(15), "{ended:?}");
         assert!(ended.note.is_some_and(|n| n.contains("lease")));
@@ -575,7 +594,7 @@ mod tests {
     #[test]
     fn a_renewed_lease_keeps_the_run() {
         let files = run_files("sleep 0.6", Duration::from_millis(300), None);
-        supervise(&files, |run| {
+        supervise(&files, &spec_of(&files), |run| {
             let run = run.expect("started").clone();
             thread(move || {
                 for _ in 0..6 {
@@ -593,7 +612,7 @@ mod tests {
     #[test]
     fn a_run_past_its_time_limit_is_stopped() {
         let files = run_files("sleep 30", LONG, Some(Duration::from_millis(300)));
-        supervise(&files, |_| {}).unwrap();
+        supervise(&files, &spec_of(&files), |_| {}).unwrap();
         let ended = ended(&files);
         assert_eq!(ended.status.signal, Some(15), "{ended:?}");
         assert!(ended.note.is_some_and(|n| n.starts_with("timeout")));

@@ -274,17 +274,17 @@ pub(super) fn plain_run_name(name: &str) -> bool {
 }
 
 /// What run `files` says of its start, once its supervisor answered or
-/// went away (`how`, for the error if neither is recorded): started, or
-/// why not.
-pub(super) fn start_outcome(id: &ContainerId, files: &RunFiles, how: &str) -> Result<()> {
+/// went away (`how`, for the error if neither is recorded): the start, or
+/// why there was none.
+pub(super) fn start_outcome(id: &ContainerId, files: &RunFiles, how: &str) -> Result<Started> {
     let record = files.read().map_err(backend)?;
     match record.as_ref().and_then(|r| r.error.as_ref()) {
         Some(e) if e.invalid => return Err(invalid_command(e.message.clone())),
         Some(e) => return Err(backend(io::Error::other(e.message.clone()))),
         None => {}
     }
-    if record.as_ref().is_some_and(|r| r.started.is_some()) {
-        return Ok(());
+    if let Some(started) = record.as_ref().and_then(|r| r.started) {
+        return Ok(started);
     }
     let said = record.map(|r| r.notes.join("; ")).unwrap_or_default();
     Err(backend(io::Error::other(format!(

@@ -123,21 +123,38 @@ impl SupervisedProcessRuntime {
             return Ok(None);
         };
         let record = files.read().map_err(backend)?;
-        let Some(started) = record.and_then(|r| r.started) else {
-            return Ok(None);
-        };
+        Ok(record
+            .and_then(|r| r.started)
+            .map(|started| self.attach_started(id, files, started)))
+    }
+
+    /// The attachment to run `id`, started as `started`, attaching now if
+    /// this runtime has not yet.
+    fn attach_started(&self, id: &ContainerId, files: RunFiles, started: Started) -> Arc<Attached> {
+        let mut map = lock(&self.attached);
+        if let Some(a) = map.get(id) {
+            return a.clone();
+        }
         let (tx, rx) = watch::channel(None);
         let attached = Arc::new(Attached { started, ended: rx });
         let (supervisor, name) = (self.supervisor.clone(), id.0.clone());
         tokio::spawn(async move {
-            // Answered once the end is recorded, or at once where the
-            // supervisor does not supervise the run: then, as when it is
-            // gone, the records and the process tell.
-            let _ = supervisor.ask("watch", &name, "").await;
-            tx.send_replace(Some(watch_end(&files, started).await));
+            // Answered once the end is recorded, with the exit; at once
+            // where the supervisor does not supervise the run: then, as
+            // when it is gone, the record and the process tell.
+            let said = supervisor.ask("watch", &name, "").await;
+            let status = said
+                .ok()
+                .flatten()
+                .and_then(|words| serde_json::from_str(words.strip_prefix("ended ")?).ok());
+            let outcome = match status {
+                Some(status) => Ok(status),
+                None => watch_end(&files, started).await,
+            };
+            tx.send_replace(Some(outcome));
         });
-        let mut map = lock(&self.attached);
-        Ok(Some(map.entry(id.clone()).or_insert(attached).clone()))
+        map.insert(id.clone(), attached.clone());
+        attached
     }
 
     /// Whether the supervisor still supervises run `name` (it may be
@@ -168,7 +185,7 @@ impl SupervisedProcessRuntime {
         id: &ContainerId,
         files: &RunFiles,
         spec: &ContainerSpec,
-    ) -> Result<()> {
+    ) -> Result<Started> {
         let record = RunSpec {
             name: spec.name.clone(),
             image: spec.image.clone(),
@@ -191,7 +208,12 @@ impl SupervisedProcessRuntime {
                     ))
                 })??;
             match said.as_deref() {
-                Some("started") => return start_outcome(id, files, "answered"),
+                Some(words) if words.starts_with("started") => {
+                    return match started_from(words) {
+                        Some(started) => Ok(started),
+                        None => start_outcome(id, files, "answered"),
+                    }
+                }
                 Some(_) => return start_outcome(id, files, "failed"),
                 // Gone before it read the request, or while it started it.
                 None if files
@@ -205,6 +227,18 @@ impl SupervisedProcessRuntime {
         }
         start_outcome(id, files, "went away")
     }
+}
+
+/// The start a `start` answer carries: `started <pid> <start ticks>
+/// <start ms>` (without them, the task could not start).
+fn started_from(words: &str) -> Option<Started> {
+    let mut numbers = words.strip_prefix("started ")?.split(' ');
+    let started = Started {
+        pid: numbers.next()?.parse().ok()?,
+        start_ticks: numbers.next()?.parse().ok()?,
+        started_ms: numbers.next()?.parse().ok()?,
+    };
+    numbers.next().is_none().then_some(started)
 }
 
 /// How long after the task's leader is gone its exit record may take: the
@@ -268,13 +302,14 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         let files = self
             .files(&id)
             .ok_or_else(|| backend(io::Error::other(format!("bad run id {id}"))))?;
-        if let Err(e) = self.start_run(&id, &files, spec).await {
-            let _ = files.remove();
-            return Err(e);
-        }
-        self.attach(&id)
-            .await?
-            .ok_or_else(|| backend(io::Error::other(format!("run {id} vanished as it started"))))?;
+        let started = match self.start_run(&id, &files, spec).await {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = files.remove();
+                return Err(e);
+            }
+        };
+        self.attach_started(&id, files, started);
         tracing::debug!(%id, name = %spec.name, image = %spec.image, "started supervised process");
         Ok(id)
     }
@@ -418,5 +453,27 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             })
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_answer_carries_the_start_or_nothing() {
+        let started = started_from("started 42 1234 1700000000000").expect("a start");
+        assert_eq!(
+            (started.pid, started.start_ticks, started.started_ms),
+            (42, 1234, 1_700_000_000_000)
+        );
+        for nothing in [
+            "started",
+            "started 42 1234",
+            "started 42 x 5",
+            "started 1 2 3 4",
+        ] {
+            assert!(started_from(nothing).is_none(), "{nothing}");
+        }
     }
 }

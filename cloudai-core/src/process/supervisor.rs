@@ -19,8 +19,11 @@
 //!
 //!   | request | answer |
 //!   |---|---|
-//!   | `start <run>` (its record made) | `start <run> started` once its start is recorded (or, if the task could not start, why), or `start <run> failed` if it could not supervise the run or already did (its record says why) |
-//!   | `watch <run>` | `watch <run> ended` once its end is recorded, or at once if this supervisor does not supervise it |
+//!   | `start <run>` (its record made) | `start <run> started <pid> <start ticks> <start ms>` once its start is recorded (`start <run> started` if the task could not start: its record says why), or `start <run> failed` if it could not supervise the run or already did (its record says why) |
+//!   | `watch <run>` | `watch <run> ended <exit status as JSON>` once its end is recorded (without the status if it could not be), or `watch <run> ended` at once if this supervisor does not supervise it |
+//!
+//!   An answer carries what the run's record says, so a runtime reads the
+//!   record only where the supervisor cannot answer.
 //!   | `stop <run> <grace ms>` | `stop <run> ok`, or `stop <run> unknown` |
 //!   | `kill <run>` | `kill <run> ok`, or `kill <run> unknown` |
 //!   | `lease <run> <ms>` | none |
@@ -43,6 +46,7 @@ use std::time::Duration;
 
 use super::one_run::{supervise, thread, Run};
 use super::record::{plain_run_name, socket_via, RunFiles};
+use crate::runtime::ExitStatus;
 use crate::sync::lock;
 
 /// The supervisor's socket, lock and log, in the runs directory.
@@ -165,10 +169,9 @@ impl Supervisor {
             ("start", _, None) => self.start(name, answers.clone()),
             ("watch", Some(run), None) => {
                 let (answers, name) = (answers.clone(), name.to_owned());
-                if let Err(told) = run.watch(Box::new(move || answers.say("watch", &name, "ended")))
-                {
-                    told();
-                }
+                run.watch(Box::new(move |status| {
+                    answers.say("watch", &name, &ended(status));
+                }));
             }
             ("watch", None, None) => answers.say("watch", name, "ended"),
             ("stop", Some(run), Some(grace)) => {
@@ -197,11 +200,19 @@ impl Supervisor {
         };
         // Once only: a run started before (by this supervisor or one that
         // died) is what its record says.
-        let known = lock(&self.supervised).contains_key(name)
-            || files
-                .read()
-                .is_ok_and(|r| r.is_some_and(|r| r.started.is_some() || r.error.is_some()));
-        if known {
+        let spec = match files.read() {
+            Ok(Some(r)) if r.started.is_none() && r.error.is_none() => r.spec,
+            Ok(_) => {
+                answers.say("start", name, "failed");
+                return;
+            }
+            Err(e) => {
+                files.note(&format!("cannot read the run's record: {e}"));
+                answers.say("start", name, "failed");
+                return;
+            }
+        };
+        if lock(&self.supervised).contains_key(name) {
             answers.say("start", name, "failed");
             return;
         }
@@ -213,13 +224,19 @@ impl Supervisor {
             move || {
                 let mut said = false;
                 let mut ours = None;
-                let supervised = supervise(&files, |run| {
+                let supervised = supervise(&files, &spec, |run| {
                     said = true;
-                    if let Some(run) = run {
-                        lock(&supervisor.supervised).insert(name.clone(), run.clone());
-                        ours = Some(run.clone());
-                    }
-                    answers.say("start", &name, "started");
+                    let word = match run {
+                        Some(run) => {
+                            lock(&supervisor.supervised).insert(name.clone(), run.clone());
+                            ours = Some(run.clone());
+                            let s = run.started;
+                            format!("started {} {} {}", s.pid, s.start_ticks, s.started_ms)
+                        }
+                        // Why is recorded.
+                        None => "started".to_owned(),
+                    };
+                    answers.say("start", &name, &word);
                 });
                 if let Some(ours) = ours {
                     let mut supervised = lock(&supervisor.supervised);
@@ -242,6 +259,15 @@ impl Supervisor {
             answers.say("start", &name, "failed");
             lock(&self.kept).runs -= 1;
         }
+    }
+}
+
+/// The word of a `watch` answer: `ended`, and the exit recorded (as
+/// JSON) if it was.
+fn ended(status: Option<ExitStatus>) -> String {
+    match status.and_then(|s| serde_json::to_string(&s).ok()) {
+        Some(json) => format!("ended {json}"),
+        None => "ended".to_owned(),
     }
 }
 

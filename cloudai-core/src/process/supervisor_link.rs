@@ -60,7 +60,7 @@ impl SupervisorLink {
     }
 
     /// Sends `request` about run `run` (with `more` words after it) and
-    /// waits for the answer's word; `None` if the supervisor went away
+    /// waits for the answer's words; `None` if the supervisor went away
     /// first.
     pub(super) async fn ask(&self, request: &str, run: &str, more: &str) -> Result<Option<String>> {
         let key = format!("{request} {run}");
@@ -189,7 +189,12 @@ fn listen(stream: UnixStream) -> Connection {
     tokio::spawn(async move {
         let mut lines = BufReader::new(answers).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let Some((key, word)) = line.rsplit_once(' ') else {
+            // `<request> <run> <words…>`: the words go to who asked.
+            let Some((key, word)) = line
+                .match_indices(' ')
+                .nth(1)
+                .map(|(at, _)| (&line[..at], &line[at + 1..]))
+            else {
                 continue;
             };
             let waiters = lock(&heard).as_mut().and_then(|w| w.remove(key));
