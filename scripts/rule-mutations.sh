@@ -176,6 +176,16 @@ mutate cloudai-core/src/process/one_run.rs "a run's exit is recorded before its 
   'Some(until) if now >= until || output.ended() => break,' 'Some(_) => break,'
 mutate cloudai-core/src/process/one_run.rs "a run's watchers are told before its end is recorded" \
   '    let recorded = status.and_then(|status| {' \
-  $'    for watcher in lock(&run.watchers).take().into_iter().flatten() {\n        watcher();\n    }\n    let recorded = status.and_then(|status| {'
+  $'    run.tell(None);\n    let recorded = status.and_then(|status| {'
+mutate cloudai-core/src/process/supervisor.rs "a run is started twice" \
+  'if supervised.contains_key(name) || !files.holds_only(first) {' 'if supervised.contains_key(name) && false {'
+mutate cloudai-core/src/process/record.rs "half a record's line is read" \
+  "let Some(end) = bytes.iter().rposition(|b| *b == b'\\n') else {" \
+  'let Some(end) = Some(bytes.len()).filter(|n| *n > 0) else {'
+mutate cloudai-core/src/process/record.rs "an append makes a removed run's record again" \
+  '            .append(true)
+            .open(&self.record)?' '            .append(true)
+            .create(true)
+            .open(&self.record)?'
 
 exit $survived

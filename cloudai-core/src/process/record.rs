@@ -150,15 +150,27 @@ impl RunFiles {
         self.record.exists()
     }
 
-    /// Makes the run's record with its spec; fails if it exists.
-    pub(super) fn create(&self, spec: &RunSpec) -> io::Result<()> {
-        let line = line(&Entry::Spec(spec.clone()))?;
+    /// Makes the run's record with its spec (fails if it exists), and
+    /// returns that first line without its newline: a `start` request
+    /// carries it.
+    pub(super) fn create(&self, spec: &RunSpec) -> io::Result<String> {
+        let mut line =
+            serde_json::to_string(&Entry::Spec(spec.clone())).map_err(io::Error::other)?;
+        line.push('\n');
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&self.record)?;
-        file.write_all(&line)
+        file.write_all(line.as_bytes())?;
+        line.pop();
+        Ok(line)
+    }
+
+    /// Whether the record holds `first` and nothing after it: the run is
+    /// not started yet (nor was it tried), found with a `stat`.
+    pub(super) fn holds_only(&self, first: &str) -> bool {
+        std::fs::metadata(&self.record).is_ok_and(|m| m.len() == first.len() as u64 + 1)
     }
 
     /// Appends `entry` to the run's record, which must exist (a removed
@@ -363,12 +375,14 @@ mod tests {
         std::fs::write(&files.record, b"{\"spec\":").unwrap();
         assert!(files.read().unwrap().is_none(), "half a spec is none yet");
         std::fs::remove_file(&files.record).unwrap();
-        files.create(&spec()).unwrap();
+        let first = files.create(&spec()).unwrap();
+        assert!(files.holds_only(&first), "not started yet");
         assert!(files.create(&spec()).is_err(), "made once");
         let mut file = OpenOptions::new().append(true).open(&files.record).unwrap();
         file.write_all(b"{\"ended\":{\"status\":").unwrap();
         let record = files.read().unwrap().expect("a record");
         assert!(record.ended.is_none(), "a line being written is not read");
+        assert!(!files.holds_only(&first), "more than the spec");
         assert_eq!(record.spec.command, ["true"]);
         std::fs::write(files.output(), b"x").unwrap();
         files.remove().unwrap();

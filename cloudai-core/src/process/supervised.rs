@@ -196,17 +196,18 @@ impl SupervisedProcessRuntime {
             time_limit: spec.time_limit,
             grace: spec.grace,
         };
-        files.create(&record).map_err(backend)?;
+        let first = files.create(&record).map_err(backend)?;
         // The supervisor answers once the start records are written (or
         // it goes away); those records decide.
         for _ in 0..START_TRIES {
-            let said = tokio::time::timeout(START_TIMEOUT, self.supervisor.ask("start", &id.0, ""))
-                .await
-                .map_err(|_| {
-                    Error::Timeout(format!(
-                        "the supervisor did not start {id} within {START_TIMEOUT:?}"
-                    ))
-                })??;
+            let said =
+                tokio::time::timeout(START_TIMEOUT, self.supervisor.ask("start", &id.0, &first))
+                    .await
+                    .map_err(|_| {
+                        Error::Timeout(format!(
+                            "the supervisor did not start {id} within {START_TIMEOUT:?}"
+                        ))
+                    })??;
             match said.as_deref() {
                 Some(words) if words.starts_with("started") => {
                     return match started_from(words) {

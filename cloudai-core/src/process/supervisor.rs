@@ -19,7 +19,7 @@
 //!
 //!   | request | answer |
 //!   |---|---|
-//!   | `start <run>` (its record made) | `start <run> started <pid> <start ticks> <start ms>` once its start is recorded (`start <run> started` if the task could not start: its record says why), or `start <run> failed` if it could not supervise the run or already did (its record says why) |
+//!   | `start <run> <its record's first line>` (the record made) | `start <run> started <pid> <start ticks> <start ms>` once its start is recorded (`start <run> started` if the task could not start: its record says why), or `start <run> failed` if it could not supervise the run or already did (its record says why) |
 //!   | `watch <run>` | `watch <run> ended <exit status as JSON>` once its end is recorded (without the status if it could not be), or `watch <run> ended` at once if this supervisor does not supervise it |
 //!
 //!   An answer carries what the run's record says, so a runtime reads the
@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::one_run::{supervise, thread, Run};
-use super::record::{plain_run_name, socket_via, RunFiles};
+use super::record::{plain_run_name, socket_via, Entry, RunFiles};
 use crate::runtime::ExitStatus;
 use crate::sync::lock;
 
@@ -93,8 +93,9 @@ struct Kept {
 struct Supervisor {
     runs: PathBuf,
     kept: Mutex<Kept>,
-    /// The runs started and not yet recorded as ended, by name.
-    supervised: Mutex<HashMap<String, Arc<Run>>>,
+    /// The runs this supervisor took on and has not yet recorded as ended,
+    /// by name: `None` until started.
+    supervised: Mutex<HashMap<String, Option<Arc<Run>>>>,
 }
 
 /// Where answers to one runtime go.
@@ -153,20 +154,22 @@ impl Supervisor {
     /// Carries out one request (see the module's table); an unknown one is
     /// ignored.
     fn obey(self: &Arc<Self>, line: &str, answers: &Answers) {
-        let mut words = line.split_whitespace();
-        let (Some(request), Some(name)) = (words.next(), words.next()) else {
+        let mut words = line.splitn(3, ' ');
+        let (Some(request), Some(name), more) = (words.next(), words.next(), words.next()) else {
             return;
         };
         if !plain_run_name(name) {
             return;
         }
-        let ms = words
-            .next()
-            .and_then(|w| w.parse().ok())
+        if request == "start" {
+            self.start(name, more.unwrap_or_default(), answers.clone());
+            return;
+        }
+        let ms = more
+            .and_then(|w| w.trim().parse().ok())
             .map(Duration::from_millis);
-        let run = lock(&self.supervised).get(name).cloned();
+        let run = lock(&self.supervised).get(name).cloned().flatten();
         match (request, run, ms) {
-            ("start", _, None) => self.start(name, answers.clone()),
             ("watch", Some(run), None) => {
                 let (answers, name) = (answers.clone(), name.to_owned());
                 run.watch(Box::new(move |status| {
@@ -191,30 +194,26 @@ impl Supervisor {
         }
     }
 
-    /// Supervises run `name` in a thread of its own, answering once its
-    /// start is recorded.
-    fn start(self: &Arc<Self>, name: &str, answers: Answers) {
+    /// Supervises run `name`, whose record begins with `first`, in a
+    /// thread of its own, answering once its start is recorded.
+    fn start(self: &Arc<Self>, name: &str, first: &str, answers: Answers) {
+        let spec = match serde_json::from_str(first) {
+            Ok(Entry::Spec(spec)) => spec,
+            _ => return answers.say("start", name, "failed"),
+        };
         let Some(files) = RunFiles::new(&self.runs, name) else {
-            answers.say("start", name, "failed");
-            return;
+            return answers.say("start", name, "failed");
         };
-        // Once only: a run started before (by this supervisor or one that
-        // died) is what its record says.
-        let spec = match files.read() {
-            Ok(Some(r)) if r.started.is_none() && r.error.is_none() => r.spec,
-            Ok(_) => {
-                answers.say("start", name, "failed");
-                return;
+        // Once only: not while this supervisor has the run, nor once its
+        // record holds more than its spec (a start, by this supervisor or
+        // one that died, or why there was none).
+        {
+            let mut supervised = lock(&self.supervised);
+            if supervised.contains_key(name) || !files.holds_only(first) {
+                drop(supervised);
+                return answers.say("start", name, "failed");
             }
-            Err(e) => {
-                files.note(&format!("cannot read the run's record: {e}"));
-                answers.say("start", name, "failed");
-                return;
-            }
-        };
-        if lock(&self.supervised).contains_key(name) {
-            answers.say("start", name, "failed");
-            return;
+            supervised.insert(name.to_owned(), None);
         }
         let name = name.to_owned();
         lock(&self.kept).runs += 1;
@@ -223,13 +222,11 @@ impl Supervisor {
                 (self.clone(), files.clone(), answers.clone(), name.clone());
             move || {
                 let mut said = false;
-                let mut ours = None;
                 let supervised = supervise(&files, &spec, |run| {
                     said = true;
                     let word = match run {
                         Some(run) => {
-                            lock(&supervisor.supervised).insert(name.clone(), run.clone());
-                            ours = Some(run.clone());
+                            lock(&supervisor.supervised).insert(name.clone(), Some(run.clone()));
                             let s = run.started;
                             format!("started {} {} {}", s.pid, s.start_ticks, s.started_ms)
                         }
@@ -238,12 +235,7 @@ impl Supervisor {
                     };
                     answers.say("start", &name, &word);
                 });
-                if let Some(ours) = ours {
-                    let mut supervised = lock(&supervisor.supervised);
-                    if supervised.get(&name).is_some_and(|r| Arc::ptr_eq(r, &ours)) {
-                        supervised.remove(&name);
-                    }
-                }
+                lock(&supervisor.supervised).remove(&name);
                 if let Err(e) = supervised {
                     files.note(&format!("supervising the run failed: {e}"));
                 }
@@ -257,6 +249,7 @@ impl Supervisor {
         if let Err(e) = thread(run) {
             files.note(&format!("cannot start a thread for the run: {e}"));
             answers.say("start", &name, "failed");
+            lock(&self.supervised).remove(&name);
             lock(&self.kept).runs -= 1;
         }
     }
@@ -316,4 +309,64 @@ fn serve(runs: &Path) -> io::Result<()> {
     }
     drop(lock_file);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::BufRead;
+
+    use super::*;
+    use crate::process::record::RunSpec;
+
+    /// A run is started once: not again while it starts or runs, nor once
+    /// its record says it was.
+    #[test]
+    fn a_run_is_started_once() {
+        let runs = std::env::temp_dir().join(format!("cloudai-once-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&runs);
+        std::fs::create_dir_all(&runs).unwrap();
+        let supervisor = Arc::new(Supervisor {
+            runs: runs.clone(),
+            // A runtime keeps it: it must not exit the test's process.
+            kept: Mutex::new(Kept {
+                runs: 0,
+                runtimes: 1,
+            }),
+            supervised: Mutex::default(),
+        });
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let answers = Answers::new(ours);
+        let mut heard = BufReader::new(theirs).lines();
+        let mut hear = || heard.next().expect("an answer").expect("read");
+        let spec = RunSpec {
+            name: "t".into(),
+            image: "busybox".into(),
+            command: vec!["sh".into(), "-c".into(), "sleep 0.3".into()],
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            orphan_timeout: Duration::from_secs(60),
+            time_limit: None,
+            grace: Duration::ZERO,
+        };
+        let first = RunFiles::new(&runs, "run-1")
+            .unwrap()
+            .create(&spec)
+            .unwrap();
+        let start = format!("start run-1 {first}");
+        supervisor.obey(&start, &answers);
+        supervisor.obey(&start, &answers);
+        let mut said = [hear(), hear()];
+        said.sort();
+        assert_eq!(said[0], "start run-1 failed", "{said:?}");
+        assert!(said[1].starts_with("start run-1 started "), "{said:?}");
+        supervisor.obey("watch run-1", &answers);
+        assert!(hear().starts_with("watch run-1 ended {"));
+        supervisor.obey(&start, &answers);
+        assert_eq!(hear(), "start run-1 failed", "its record says it ran");
+        let _ = std::fs::remove_dir_all(&runs);
+    }
 }
