@@ -127,14 +127,13 @@ impl Master {
         let outcome = record_report(self.inner.store.as_ref(), result, self.now()).await?;
         // The transition's effects (the release) run even when the result
         // write failed, so a failed write cannot strand the allocation.
-        let refusal = match outcome.status {
+        let (finished, refusal) = match outcome.status {
             Applied::Changed {
                 task: t,
                 transition,
             } => {
                 self.carry_out(&t, &transition);
-                info!(task = %task, worker = %worker, status = %transition.to, "task finished");
-                None
+                (Some(transition.to), None)
             }
             Applied::Refused {
                 refusal,
@@ -143,17 +142,28 @@ impl Master {
                 // Refused (a cancel or the master's own stop came first),
                 // the report still says the run is over.
                 self.run_ended(&t.id, &worker, result_attempt);
-                Some(refusal)
+                (None, Some(refusal))
             }
-            Applied::Refused { refusal, .. } => Some(refusal),
+            Applied::Refused { refusal, .. } => (None, Some(refusal)),
         };
         {
+            // One line a finished task, its result's fate in it: a short
+            // task's log lines cost the master more than its transition.
             let _result = info_span!("result").entered();
-            match outcome.result? {
-                Ok(()) => info!("result stored"),
-                Err(why) => debug!(%why, "result not stored"),
+            if let Some(status) = finished {
+                let result = match &outcome.result {
+                    Ok(Ok(())) => "stored".to_owned(),
+                    Ok(Err(why)) => format!("not stored: {why}"),
+                    Err(e) => format!("not stored: {e}"),
+                };
+                info!(task = %task, worker = %worker, %status, %result, "task finished");
+            } else if let Ok(Err(why)) = &outcome.result {
+                debug!(%why, "result not stored");
             }
         }
+        // A failed write is the worker's to retry; an ignored result is
+        // no error of the report's.
+        let _ignored = outcome.result?;
         match refusal {
             None => Ok(()),
             Some(refusal) => {
