@@ -58,6 +58,14 @@ struct ServerArgs {
     /// process runtime, generated token).
     #[arg(long)]
     dev: bool,
+    /// Threads that run the master. One, the default, does most per CPU:
+    /// a task's steps (a report, its transition, the next assignment) are
+    /// small and come one after another, and on several threads each step
+    /// wakes another thread (`benches/slots.sh`, `benches/swarm-scale.sh`).
+    /// More let a slow request (a large listing, say) run beside the rest.
+    #[arg(long, env = "CLOUDAI_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
     /// Address to listen on [default: 127.0.0.1:50051; --dev: a free port].
     #[arg(long, env = "CLOUDAI_LISTEN")]
     listen: Option<String>,
@@ -160,12 +168,35 @@ impl ServerArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage(&e),
     };
+    let runtime = match cli.server.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+    }
+    .enable_all()
+    .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(cli)),
+        Err(e) => {
+            output::error(
+                cli.json,
+                "config",
+                &format!("cannot start the runtime: {e}"),
+            );
+            std::process::ExitCode::from(exit::CONFIG)
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> std::process::ExitCode {
     let quiet = cli.command.is_some() || cli.master.is_some();
     common::init_logging(cli.log_json, if quiet { "warn" } else { "info" });
     let json = cli.json;
