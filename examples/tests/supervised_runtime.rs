@@ -265,34 +265,3 @@ async fn a_run_whose_supervisor_was_killed_is_still_stopped() {
     rt.remove(&id).await.expect("remove");
     let _ = std::fs::remove_dir_all(&dir);
 }
-
-/// Every run holds four descriptors in the one supervisor, so it raises
-/// its soft limit on open files to the hard one (here from the 256 it was
-/// started with), and its tasks inherit it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_supervisor_is_not_held_to_a_low_open_files_limit() {
-    let dir = state_dir("nofile");
-    let supervisor: Vec<OsString> = vec![
-        "prlimit".into(),
-        "--nofile=256:".into(),
-        WORKER_BIN.into(),
-        "__supervise".into(),
-    ];
-    let rt =
-        SupervisedProcessRuntime::new(&dir, supervisor, Duration::from_secs(60)).expect("runtime");
-    let id = rt
-        .start(&spec("t-nofile", "echo $(ulimit -Sn) $(ulimit -Hn)"))
-        .await
-        .expect("start");
-    let mut output = rt.output(&id).await.expect("output");
-    let mut text = Vec::new();
-    while let Some(c) = output.recv().await {
-        text.extend(c.expect("a chunk").data);
-    }
-    let text = String::from_utf8(text).expect("utf-8");
-    let (soft, hard) = text.trim().split_once(' ').expect("two limits");
-    assert_ne!(soft, "256", "the soft limit was raised: {text}");
-    assert!(soft == hard || hard == "unlimited", "{text}");
-    rt.remove(&id).await.expect("remove");
-    let _ = std::fs::remove_dir_all(&dir);
-}

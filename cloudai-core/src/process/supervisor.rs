@@ -67,9 +67,6 @@ const UNCLAIMED: Duration = Duration::from_secs(10);
 pub fn run(runs: &Path) -> ExitCode {
     // Its own session: terminal signals and the worker's end pass it by.
     let _ = nix::unistd::setsid();
-    if let Err(e) = raise_open_files_limit() {
-        eprintln!("cannot raise the limit on open files: {e}");
-    }
     match serve(runs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -77,25 +74,6 @@ pub fn run(runs: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Raises the soft limit on open files to the hard one: every run holds
-/// four here (two pipes, a pidfd, its output), so the usual soft limit of
-/// 1,024 would fail starts at about 250 runs at once. Tasks inherit it, as
-/// a container's processes get Docker's high default.
-fn raise_open_files_limit() -> io::Result<()> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    // An unlimited hard limit is capped by the kernel's `nr_open`.
-    let most = limit.maximum.unwrap_or(1 << 20);
-    if limit.current.is_some_and(|now| now < most) {
-        let raised = Rlimit {
-            current: Some(most),
-            maximum: limit.maximum,
-        };
-        setrlimit(Resource::Nofile, raised)?;
-    }
-    Ok(())
 }
 
 /// Says one line to the runtime that started this process (on the stdout
