@@ -177,8 +177,10 @@ mutate cloudai-core/src/process/one_run.rs "a run's exit is recorded before its 
 mutate cloudai-core/src/process/one_run.rs "a run's watchers are told before its end is recorded" \
   '    let recorded = status.and_then(|status| {' \
   $'    run.tell(None);\n    let recorded = status.and_then(|status| {'
-mutate cloudai-core/src/process/supervisor.rs "a run is started twice" \
-  'if supervised.contains_key(name) || !files.holds_only(first) {' 'if supervised.contains_key(name) && false {'
+mutate cloudai-core/src/process/supervisor.rs "a run whose record says it ran is started again" \
+  'None if !files.holds_only(first) => {' 'None if false => {'
+mutate cloudai-core/src/process/supervisor.rs "a run asked to start again as it starts is started twice" \
+  'Some(Claim::Starting(others)) => return others.push(answers),' 'Some(Claim::Starting(_)) => {}'
 mutate cloudai-core/src/process/record.rs "half a record's line is read" \
   "let Some(end) = bytes.iter().rposition(|b| *b == b'\\n') else {" \
   'let Some(end) = Some(bytes.len()).filter(|n| *n > 0) else {'

@@ -454,13 +454,23 @@ fn append_frame(
 ) -> io::Result<()> {
     let file = match output {
         Some(file) => file,
-        None => output.insert(
-            OpenOptions::new()
+        None => {
+            let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
-                .open(files.output())?,
-        ),
+                .open(files.output())?;
+            // Made after its run was removed (its worker stopped waiting
+            // for the end): not left behind.
+            if !files.exists() {
+                let _ = std::fs::remove_file(files.output());
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the run was removed",
+                ));
+            }
+            output.insert(file)
+        }
     };
     write_frame(file, stream, data)
 }

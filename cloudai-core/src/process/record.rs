@@ -13,9 +13,11 @@
 //! looked for past every inode freed in the last seconds, so the cost of
 //! each grew with the task rate).
 //!
-//! An entry is one `write` ending in its newline, so a reader that sees a
-//! line without its newline (written as it reads, or cut short by a crash)
-//! takes it for not written yet.
+//! Only whole lines are read: a line without its newline is being written,
+//! or was cut short by a crash, and reads as not written yet. An appended
+//! entry begins with a newline too, so a line cut short by a failed write
+//! (a full disk) is closed off by the next entry and skipped, rather than
+//! spoiling it; blank lines are skipped.
 //!
 //! Beside the runs, `runs/` holds the supervisor's own `supervisor-2.sock`,
 //! `supervisor-2.lock` and `supervisor-2.log`; no run is named like them.
@@ -176,7 +178,9 @@ impl RunFiles {
     /// Appends `entry` to the run's record, which must exist (a removed
     /// run is not made again).
     pub(super) fn append(&self, entry: &Entry) -> io::Result<()> {
-        let line = line(entry)?;
+        let mut line = vec![b'\n'];
+        line.extend(serde_json::to_vec(entry).map_err(io::Error::other)?);
+        line.push(b'\n');
         OpenOptions::new()
             .append(true)
             .open(&self.record)?
@@ -206,12 +210,10 @@ impl RunFiles {
         let Some(end) = bytes.iter().rposition(|b| *b == b'\n') else {
             return Ok(None);
         };
-        let mut entries = bytes[..end]
-            .split(|b| *b == b'\n')
-            .map(|l| serde_json::from_slice::<Entry>(l).map_err(bad));
-        let spec = match entries.next() {
+        let mut lines = bytes[..end].split(|b| *b == b'\n');
+        let spec = match lines.next().map(serde_json::from_slice::<Entry>) {
             Some(Ok(Entry::Spec(spec))) => spec,
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => return Err(bad(e)),
             Some(Ok(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -230,8 +232,10 @@ impl RunFiles {
             ended: None,
             notes: Vec::new(),
         };
+        // A line a failed write cut short is no entry.
+        let entries = lines.filter_map(|l| serde_json::from_slice::<Entry>(l).ok());
         for entry in entries {
-            match entry? {
+            match entry {
                 Entry::Spec(_) => {}
                 Entry::Started(s) => record.started = Some(s),
                 Entry::Error(e) => record.error = Some(e),
@@ -259,13 +263,6 @@ impl RunFiles {
 
 /// The extension of a run's record file.
 const RECORD: &str = "run";
-
-/// `entry` as a line of a record.
-fn line(entry: &Entry) -> io::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
-    line.push(b'\n');
-    Ok(line)
-}
 
 /// The path of socket `name` in `dir` by way of an open handle on the
 /// directory: a unix socket path must fit in 108 bytes, and a state
@@ -379,10 +376,17 @@ mod tests {
         assert!(files.holds_only(&first), "not started yet");
         assert!(files.create(&spec()).is_err(), "made once");
         let mut file = OpenOptions::new().append(true).open(&files.record).unwrap();
-        file.write_all(b"{\"ended\":{\"status\":").unwrap();
+        file.write_all(b"\n{\"note\":\"cut sh").unwrap();
         let record = files.read().unwrap().expect("a record");
-        assert!(record.ended.is_none(), "a line being written is not read");
+        assert!(record.notes.is_empty(), "a line being written is not read");
         assert!(!files.holds_only(&first), "more than the spec");
+        files.note("after a write cut short");
+        let record = files.read().unwrap().expect("a record");
+        assert_eq!(
+            record.notes,
+            ["after a write cut short"],
+            "the next entry is whole"
+        );
         assert_eq!(record.spec.command, ["true"]);
         std::fs::write(files.output(), b"x").unwrap();
         files.remove().unwrap();

@@ -197,8 +197,8 @@ impl SupervisedProcessRuntime {
             grace: spec.grace,
         };
         let first = files.create(&record).map_err(backend)?;
-        // The supervisor answers once the start records are written (or
-        // it goes away); those records decide.
+        // The supervisor answers once the start is recorded, carrying it
+        // (or goes away: then the record decides).
         for _ in 0..START_TRIES {
             let said =
                 tokio::time::timeout(START_TIMEOUT, self.supervisor.ask("start", &id.0, &first))
@@ -267,7 +267,7 @@ async fn watch_end(files: &RunFiles, started: Started) -> std::result::Result<Ex
         }
         if gone_since.is_some_and(|since| since.elapsed() > RECORD_WAIT) {
             return Err(format!(
-                "the supervisor of run {} ended without recording the task's exit",
+                "the supervisor ended without recording the exit of the task (pid {})",
                 started.pid
             ));
         }
@@ -375,10 +375,16 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         let Some(files) = self.files(id).filter(RunFiles::exists) else {
             return Ok(());
         };
-        let running = self
-            .attach(id)
-            .await?
-            .filter(|r| r.ended.borrow().is_none());
+        let running = match self.attach(id).await {
+            Ok(run) => run.filter(|r| r.ended.borrow().is_none()),
+            Err(e) => {
+                // A record that cannot be read must not keep the run for
+                // ever: what its supervisor runs under the name goes.
+                tracing::warn!(%id, error = %e, "removing a run whose record cannot be read");
+                self.command(id, "kill", "").await;
+                None
+            }
+        };
         if let Some(run) = running {
             if self.command(id, "kill", "").await {
                 // Its supervisor records the end in the record: not

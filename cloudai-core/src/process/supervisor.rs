@@ -19,15 +19,15 @@
 //!
 //!   | request | answer |
 //!   |---|---|
-//!   | `start <run> <its record's first line>` (the record made) | `start <run> started <pid> <start ticks> <start ms>` once its start is recorded (`start <run> started` if the task could not start: its record says why), or `start <run> failed` if it could not supervise the run or already did (its record says why) |
+//!   | `start <run> <its record's first line>` (the record made) | `start <run> started <pid> <start ticks> <start ms>` once its start is recorded (the same again to a runtime asking again meanwhile); `start <run> started` if the task could not start (its record says why); `start <run> failed` if it could not take the run on (a record holding more than its spec: it was started before) |
 //!   | `watch <run>` | `watch <run> ended <exit status as JSON>` once its end is recorded (without the status if it could not be), or `watch <run> ended` at once if this supervisor does not supervise it |
-//!
-//!   An answer carries what the run's record says, so a runtime reads the
-//!   record only where the supervisor cannot answer.
 //!   | `stop <run> <grace ms>` | `stop <run> ok`, or `stop <run> unknown` |
 //!   | `kill <run>` | `kill <run> ok`, or `kill <run> unknown` |
 //!   | `lease <run> <ms>` | none |
 //!   | `supervises <run>` | `supervises <run> yes` or `no` |
+//!
+//!   An answer carries what the run's record says, so a runtime reads the
+//!   record only where the supervisor cannot answer.
 //! - It exits once it supervises no run and no runtime is connected: a
 //!   worker keeps it for its life, and runs keep it past the worker's.
 //!
@@ -94,8 +94,17 @@ struct Supervisor {
     runs: PathBuf,
     kept: Mutex<Kept>,
     /// The runs this supervisor took on and has not yet recorded as ended,
-    /// by name: `None` until started.
-    supervised: Mutex<HashMap<String, Option<Arc<Run>>>>,
+    /// by name.
+    supervised: Mutex<HashMap<String, Claim>>,
+}
+
+/// A run the supervisor took on, until its end is recorded.
+enum Claim {
+    /// Being started; who else asked to start it meanwhile (a runtime
+    /// whose connection closed before its answer, asking again), to be
+    /// answered as the first is.
+    Starting(Vec<Answers>),
+    Started(Arc<Run>),
 }
 
 /// Where answers to one runtime go.
@@ -168,7 +177,10 @@ impl Supervisor {
         let ms = more
             .and_then(|w| w.trim().parse().ok())
             .map(Duration::from_millis);
-        let run = lock(&self.supervised).get(name).cloned().flatten();
+        let run = match lock(&self.supervised).get(name) {
+            Some(Claim::Started(run)) => Some(run.clone()),
+            _ => None,
+        };
         match (request, run, ms) {
             ("watch", Some(run), None) => {
                 let (answers, name) = (answers.clone(), name.to_owned());
@@ -204,16 +216,27 @@ impl Supervisor {
         let Some(files) = RunFiles::new(&self.runs, name) else {
             return answers.say("start", name, "failed");
         };
-        // Once only: not while this supervisor has the run, nor once its
-        // record holds more than its spec (a start, by this supervisor or
-        // one that died, or why there was none).
+        // Once only. Asked again while this supervisor has the run, it
+        // answers as it did or will; otherwise the record must hold
+        // nothing past the spec (no start, by this supervisor or one that
+        // died, nor why there was none).
         {
             let mut supervised = lock(&self.supervised);
-            if supervised.contains_key(name) || !files.holds_only(first) {
-                drop(supervised);
-                return answers.say("start", name, "failed");
+            match supervised.get_mut(name) {
+                Some(Claim::Starting(others)) => return others.push(answers),
+                Some(Claim::Started(run)) => {
+                    let word = started_word(run);
+                    drop(supervised);
+                    return answers.say("start", name, &word);
+                }
+                None if !files.holds_only(first) => {
+                    drop(supervised);
+                    return answers.say("start", name, "failed");
+                }
+                None => {
+                    supervised.insert(name.to_owned(), Claim::Starting(Vec::new()));
+                }
             }
-            supervised.insert(name.to_owned(), None);
         }
         let name = name.to_owned();
         lock(&self.kept).runs += 1;
@@ -224,24 +247,26 @@ impl Supervisor {
                 let mut said = false;
                 let supervised = supervise(&files, &spec, |run| {
                     said = true;
-                    let word = match run {
-                        Some(run) => {
-                            lock(&supervisor.supervised).insert(name.clone(), Some(run.clone()));
-                            let s = run.started;
-                            format!("started {} {} {}", s.pid, s.start_ticks, s.started_ms)
-                        }
+                    let (word, claim) = match run {
+                        Some(run) => (started_word(run), Claim::Started(run.clone())),
                         // Why is recorded.
-                        None => "started".to_owned(),
+                        None => ("started".to_owned(), Claim::Starting(Vec::new())),
                     };
-                    answers.say("start", &name, &word);
+                    let others = match lock(&supervisor.supervised).insert(name.clone(), claim) {
+                        Some(Claim::Starting(others)) => others,
+                        _ => Vec::new(),
+                    };
+                    for asked in std::iter::once(&answers).chain(&others) {
+                        asked.say("start", &name, &word);
+                    }
                 });
-                lock(&supervisor.supervised).remove(&name);
                 if let Err(e) = supervised {
                     files.note(&format!("supervising the run failed: {e}"));
                 }
                 if !said {
                     answers.say("start", &name, "failed");
                 }
+                supervisor.release(&name, if said { "started" } else { "failed" });
                 lock(&supervisor.kept).runs -= 1;
                 supervisor.exit_if_unkept();
             }
@@ -249,10 +274,27 @@ impl Supervisor {
         if let Err(e) = thread(run) {
             files.note(&format!("cannot start a thread for the run: {e}"));
             answers.say("start", &name, "failed");
-            lock(&self.supervised).remove(&name);
+            self.release(&name, "failed");
             lock(&self.kept).runs -= 1;
         }
     }
+
+    /// Gives up the claim on run `name`, its end recorded (or its start
+    /// failed), answering `word` to whoever still waits for its start.
+    fn release(&self, name: &str, word: &str) {
+        let claim = lock(&self.supervised).remove(name);
+        if let Some(Claim::Starting(others)) = claim {
+            for asked in others {
+                asked.say("start", name, word);
+            }
+        }
+    }
+}
+
+/// The words of a `start` answer for a started run.
+fn started_word(run: &Run) -> String {
+    let s = run.started;
+    format!("started {} {} {}", s.pid, s.start_ticks, s.started_ms)
 }
 
 /// The word of a `watch` answer: `ended`, and the exit recorded (as
@@ -319,8 +361,8 @@ mod tests {
     use super::*;
     use crate::process::record::RunSpec;
 
-    /// A run is started once: not again while it starts or runs, nor once
-    /// its record says it was.
+    /// A run is started once: asked again while it starts, the supervisor
+    /// answers with the one start; once its record says it ran, it refuses.
     #[test]
     fn a_run_is_started_once() {
         let runs = std::env::temp_dir().join(format!("cloudai-once-{}", std::process::id()));
@@ -359,12 +401,11 @@ mod tests {
         let start = format!("start run-1 {first}");
         supervisor.obey(&start, &answers);
         supervisor.obey(&start, &answers);
-        let mut said = [hear(), hear()];
-        said.sort();
-        assert_eq!(said[0], "start run-1 failed", "{said:?}");
-        assert!(said[1].starts_with("start run-1 started "), "{said:?}");
+        let said = [hear(), hear()];
+        assert!(said[0].starts_with("start run-1 started "), "{said:?}");
+        assert_eq!(said[0], said[1], "one start, told twice");
         supervisor.obey("watch run-1", &answers);
-        assert!(hear().starts_with("watch run-1 ended {"));
+        assert!(hear().starts_with("watch run-1 ended"));
         supervisor.obey(&start, &answers);
         assert_eq!(hear(), "start run-1 failed", "its record says it ran");
         let _ = std::fs::remove_dir_all(&runs);
