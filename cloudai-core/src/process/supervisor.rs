@@ -406,6 +406,13 @@ mod tests {
         assert_eq!(said[0], said[1], "one start, told twice");
         supervisor.obey("watch run-1", &answers);
         assert!(hear().starts_with("watch run-1 ended"));
+        // Watchers are told as the end is recorded; the claim goes as the
+        // run's thread ends, just after.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock(&supervisor.supervised).contains_key("run-1") {
+            assert!(std::time::Instant::now() < deadline, "the claim stays");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         supervisor.obey(&start, &answers);
         assert_eq!(hear(), "start run-1 failed", "its record says it ran");
         let _ = std::fs::remove_dir_all(&runs);
