@@ -70,6 +70,27 @@ pub(super) struct Started {
 }
 
 impl Started {
+    /// The start as a `start` answer carries it: `started <pid> <start
+    /// ticks> <start ms>`.
+    pub(super) fn to_words(self) -> String {
+        format!(
+            "started {} {} {}",
+            self.pid, self.start_ticks, self.started_ms
+        )
+    }
+
+    /// The start a `start` answer carries; `None` for a bare `started`
+    /// (the task could not start) or anything else.
+    pub(super) fn from_words(words: &str) -> Option<Self> {
+        let mut numbers = words.strip_prefix("started ")?.split(' ');
+        let started = Started {
+            pid: numbers.next()?.parse().ok()?,
+            start_ticks: numbers.next()?.parse().ok()?,
+            started_ms: numbers.next()?.parse().ok()?,
+        };
+        numbers.next().is_none().then_some(started)
+    }
+
     /// Whether the recorded process still exists (and is not a later
     /// process that reused its pid).
     pub(super) fn alive(&self) -> bool {
@@ -397,6 +418,24 @@ mod tests {
             "an append does not make a removed run again"
         );
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_start_answer_carries_the_start_or_nothing() {
+        let started = Started::from_words("started 42 1234 1700000000000").expect("a start");
+        assert_eq!(
+            (started.pid, started.start_ticks, started.started_ms),
+            (42, 1234, 1_700_000_000_000)
+        );
+        assert_eq!(started.to_words(), "started 42 1234 1700000000000");
+        for nothing in [
+            "started",
+            "started 42 1234",
+            "started 42 x 5",
+            "started 1 2 3 4",
+        ] {
+            assert!(Started::from_words(nothing).is_none(), "{nothing}");
+        }
     }
 
     #[test]

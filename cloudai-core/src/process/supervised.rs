@@ -210,36 +210,19 @@ impl SupervisedProcessRuntime {
                     })??;
             match said.as_deref() {
                 Some(words) if words.starts_with("started") => {
-                    return match started_from(words) {
+                    return match Started::from_words(words) {
                         Some(started) => Ok(started),
                         None => start_outcome(id, files, "answered"),
                     }
                 }
                 Some(_) => return start_outcome(id, files, "failed"),
                 // Gone before it read the request, or while it started it.
-                None if files
-                    .read()
-                    .is_ok_and(|r| r.is_some_and(|r| r.started.is_some() || r.error.is_some())) =>
-                {
-                    break
-                }
+                None if !files.holds_only(&first) => break,
                 None => {}
             }
         }
         start_outcome(id, files, "went away")
     }
-}
-
-/// The start a `start` answer carries: `started <pid> <start ticks>
-/// <start ms>` (without them, the task could not start).
-fn started_from(words: &str) -> Option<Started> {
-    let mut numbers = words.strip_prefix("started ")?.split(' ');
-    let started = Started {
-        pid: numbers.next()?.parse().ok()?,
-        start_ticks: numbers.next()?.parse().ok()?,
-        started_ms: numbers.next()?.parse().ok()?,
-    };
-    numbers.next().is_none().then_some(started)
 }
 
 /// How long after the task's leader is gone its exit record may take: the
@@ -460,27 +443,5 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             })
             .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_start_answer_carries_the_start_or_nothing() {
-        let started = started_from("started 42 1234 1700000000000").expect("a start");
-        assert_eq!(
-            (started.pid, started.start_ticks, started.started_ms),
-            (42, 1234, 1_700_000_000_000)
-        );
-        for nothing in [
-            "started",
-            "started 42 1234",
-            "started 42 x 5",
-            "started 1 2 3 4",
-        ] {
-            assert!(started_from(nothing).is_none(), "{nothing}");
-        }
     }
 }

@@ -225,7 +225,7 @@ impl Supervisor {
             match supervised.get_mut(name) {
                 Some(Claim::Starting(others)) => return others.push(answers),
                 Some(Claim::Started(run)) => {
-                    let word = started_word(run);
+                    let word = run.started.to_words();
                     drop(supervised);
                     return answers.say("start", name, &word);
                 }
@@ -248,7 +248,7 @@ impl Supervisor {
                 let supervised = supervise(&files, &spec, |run| {
                     said = true;
                     let (word, claim) = match run {
-                        Some(run) => (started_word(run), Claim::Started(run.clone())),
+                        Some(run) => (run.started.to_words(), Claim::Started(run.clone())),
                         // Why is recorded.
                         None => ("started".to_owned(), Claim::Starting(Vec::new())),
                     };
@@ -289,12 +289,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// The words of a `start` answer for a started run.
-fn started_word(run: &Run) -> String {
-    let s = run.started;
-    format!("started {} {} {}", s.pid, s.start_ticks, s.started_ms)
 }
 
 /// The word of a `watch` answer: `ended`, and the exit recorded (as
