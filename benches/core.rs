@@ -27,7 +27,7 @@ fn lifecycle(c: &mut Criterion) {
 fn ledger(c: &mut Criterion) {
     let mut l = Ledger::new();
     let w = WorkerId::new("w").unwrap();
-    l.set_capacity(w.clone(), Resources::new(1e6, 1e6, 0.0, 0).unwrap());
+    l.set_capacity(w.clone(), Resources::new(1e6, 1e6, 0.0, 0).unwrap(), vec![]);
     let t = TaskId::new("t").unwrap();
     let req = Resources::new(1.0, 1.0, 0.0, 0).unwrap();
     c.bench_function("ledger reserve+release", |b| {
@@ -70,7 +70,7 @@ fn placement_at_scale(c: &mut Criterion) {
         .collect();
     let mut held = std::collections::VecDeque::new();
     for (i, id) in ids.iter().enumerate() {
-        ledger.set_capacity(id.clone(), capacity);
+        ledger.set_capacity(id.clone(), capacity, vec![]);
         let slots = if i % 10 == 0 { 4 } else { 8 };
         for s in 0..slots {
             let t = TaskId::new(format!("t{i}-{s}")).unwrap();

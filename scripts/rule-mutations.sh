@@ -190,4 +190,15 @@ mutate cloudai-core/src/process/record.rs "an append makes a removed run's recor
             .create(true)
             .open(&self.record)?'
 
+# Each task gets its own GPUs.
+mutate cloudai-core/src/ledger.rs "a GPU another run holds is handed out again" \
+  '.filter(|g| !self.in_use.contains_key(g))' '.filter(|_| true)'
+mutate cloudai-core/src/ledger.rs "named GPUs are reserved though another run holds them" \
+  'self.devices.binary_search(g).is_ok() && !self.in_use.contains_key(g))' \
+  'self.devices.binary_search(g).is_ok())'
+mutate cloudai-core/src/ledger.rs "a reconcile gives runs other GPUs than the store names" \
+  '.partition(|(_, h)| h.gpus.len() >= h.req.gpus as usize);' '.partition(|_| false);'
+mutate cloudai-core/src/process/command.rs "a run without GPUs sees every GPU of its host" \
+  'env.insert("CUDA_VISIBLE_DEVICES".into(), devices.clone());' ''
+
 exit $survived

@@ -166,9 +166,12 @@ async fn store_phases(args: &Args) -> Result<(), String> {
         let s = s.clone();
         async move {
             let w = worker_id(i % 100);
-            let change = TaskEvent::Assign { worker: w }
-                .blind_change(Timestamp::from_millis(10))
-                .ok_or("an assignment is blind")?;
+            let change = TaskEvent::Assign {
+                worker: w,
+                gpus: vec![],
+            }
+            .blind_change(Timestamp::from_millis(10))
+            .ok_or("an assignment is blind")?;
             match s.update_status(&task_id(i), &change).await {
                 Ok(CasOutcome::Applied { .. }) => Ok(()),
                 other => Err(format!("assign {i}: {other:?}")),
@@ -343,7 +346,13 @@ impl MasterToWorker for Unreachable {
     async fn master_register(&self, _: &WorkerEndpoint, _: &MasterInfo) -> Result<()> {
         Err(Error::Unavailable("benchmark workers take no calls".into()))
     }
-    async fn assign(&self, _: &WorkerEndpoint, _: &RunningTask, _: &TaskSpec) -> Result<()> {
+    async fn assign(
+        &self,
+        _: &WorkerEndpoint,
+        _: &RunningTask,
+        _: &TaskSpec,
+        _: &[u32],
+    ) -> Result<()> {
         Err(Error::Unavailable("benchmark workers take no calls".into()))
     }
     async fn cancel(&self, _: &WorkerEndpoint, _: &RunningTask, _: Duration) -> Result<()> {
@@ -388,6 +397,7 @@ async fn heartbeat_phase(args: &Args) -> Result<(), String> {
                 instance: instance(w),
                 address: format!("127.0.0.1:{}", 20_000 + w),
                 capacity: Resources::new(4.0, 4.0, 0.0, 0).map_err(|e| e.to_string())?,
+                gpus: vec![],
                 running: vec![],
             })
             .await

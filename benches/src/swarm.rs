@@ -301,6 +301,7 @@ async fn register(shared: &Shared, id: &WorkerId) -> Result<(), String> {
         instance: w.me.instance.clone(),
         address: w.address.clone(),
         capacity: shared.config.capacity,
+        gpus: Vec::new(),
         running,
     };
     let mut tries = 0;

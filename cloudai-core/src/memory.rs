@@ -284,6 +284,7 @@ impl WorkerRegistry for MemoryStore {
             Some(known) => {
                 known.address = worker.address;
                 known.capacity = worker.capacity;
+                known.gpus = worker.gpus;
                 known.instance = worker.instance;
                 known.clone()
             }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::ExitStatus;
-use crate::model::{Resources, Timestamp};
+use crate::model::{Gpu, Resources, Timestamp};
 pub use crate::output::{Follow, OutputChunk, OutputStream};
 use crate::Result;
 
@@ -49,6 +49,9 @@ pub struct ContainerSpec {
     pub env: BTreeMap<String, String>,
     /// Limits to enforce where the runtime can.
     pub limits: Resources,
+    /// The worker's GPUs the run gets (`limits.gpus` of them): the runtime
+    /// makes exactly these visible to it, and no others.
+    pub gpus: Vec<Gpu>,
     /// Labels to attach (see [`LABEL_TASK`], [`LABEL_WORKER`]).
     pub labels: BTreeMap<String, String>,
     /// Longest the run may go, from its start: a runtime that keeps runs

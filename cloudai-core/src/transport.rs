@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model::RunningTask;
 use crate::model::{
-    InstanceId, Resources, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
+    Gpu, InstanceId, Resources, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
 };
 use crate::output::{Follow, OutputFrom};
 use crate::Result;
@@ -52,6 +52,8 @@ pub struct Registration {
     pub address: String,
     /// What it offers.
     pub capacity: Resources,
+    /// Its GPUs (`capacity.gpus` of them; empty: numbered from 0).
+    pub gpus: Vec<Gpu>,
     /// Tasks it is running right now (empty on a fresh start).
     pub running: Vec<RunningTask>,
 }
@@ -87,8 +89,15 @@ pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
     /// Asks the worker to register with this master (when it reconnects to an inactive worker, or is told of a new one).
     async fn master_register(&self, to: &WorkerEndpoint, master: &MasterInfo) -> Result<()>;
 
-    /// Hands the worker assignment `run` of a task. Repeats are harmless.
-    async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()>;
+    /// Hands the worker assignment `run` of a task, with the indices of
+    /// the worker's GPUs it gets. Repeats are harmless.
+    async fn assign(
+        &self,
+        to: &WorkerEndpoint,
+        run: &RunningTask,
+        spec: &TaskSpec,
+        gpus: &[u32],
+    ) -> Result<()>;
 
     /// Asks the worker to stop assignment `run`, SIGKILL after `grace`.
     /// Stopping a run the worker does not have succeeds (and keeps that run

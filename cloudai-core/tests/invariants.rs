@@ -204,10 +204,11 @@ impl Model {
                         Effect::Reserve {
                             worker,
                             resources,
+                            gpus,
                             attempt,
                         } => {
                             self.ledger
-                                .reserve(&worker, id, resources)
+                                .reserve_devices(&worker, id, resources, &gpus)
                                 .unwrap_or_else(|e| {
                                     panic!(
                                         "placed while a run holds resources, or without room: {e}"
@@ -276,7 +277,8 @@ impl Model {
                     None => cap,
                 };
                 self.capacity.insert(wid(w), cap);
-                self.ledger.set_capacity(wid(w), cap);
+                self.ledger
+                    .set_capacity(wid(w), cap, (0..cap.gpus).collect());
                 self.lost.remove(&wid(w));
             }
             Step::Submit {
@@ -311,7 +313,17 @@ impl Model {
                 let cands = self.candidates();
                 if let Placement::On(worker) = place(self.scheduler.as_mut(), &req, &cands) {
                     assert!(!self.lost.contains(&worker), "placed on an inactive worker");
-                    self.event(&id, TaskEvent::Assign { worker }, None);
+                    // The ledger picks the GPUs, as in the master's pass (a
+                    // task holding resources gets none: its assignment must
+                    // be refused).
+                    let gpus = match self.ledger.reserve(&worker, &id, req) {
+                        Ok(gpus) => {
+                            self.ledger.release(&id);
+                            gpus
+                        }
+                        Err(_) => Vec::new(),
+                    };
+                    self.event(&id, TaskEvent::Assign { worker, gpus }, None);
                 }
             }
             Step::Report {
@@ -392,7 +404,8 @@ impl Model {
                 // owed its stop again (what the master's load does).
                 self.ledger = Ledger::new();
                 for (w, cap) in &self.capacity {
-                    self.ledger.set_capacity(w.clone(), *cap);
+                    self.ledger
+                        .set_capacity(w.clone(), *cap, (0..cap.gpus).collect());
                 }
                 self.owed.clear();
                 for t in self.tasks.values() {
@@ -403,11 +416,12 @@ impl Model {
                 let open = self.open_runs();
                 self.held = open
                     .iter()
-                    .map(|(r, _, _)| (r.task.clone(), r.attempt))
+                    .map(|(r, _, _, _)| (r.task.clone(), r.attempt))
                     .collect();
-                let r = self
-                    .ledger
-                    .reconcile(open.into_iter().map(|(r, w, req)| (r.task, w, req)));
+                let r = self.ledger.reconcile(
+                    open.into_iter()
+                        .map(|(r, w, req, gpus)| (r.task, w, req, gpus)),
+                );
                 assert!(
                     r.unknown_workers.is_empty() && r.overcommitted.is_empty(),
                     "{r:?}"
@@ -415,9 +429,10 @@ impl Model {
             }
             Step::Reconcile => {
                 let open = self.open_runs();
-                let r = self
-                    .ledger
-                    .reconcile(open.into_iter().map(|(r, w, req)| (r.task, w, req)));
+                let r = self.ledger.reconcile(
+                    open.into_iter()
+                        .map(|(r, w, req, gpus)| (r.task, w, req, gpus)),
+                );
                 assert!(
                     r.is_clean(),
                     "effects kept the ledger exact, yet reconcile corrected it: {r:?}"
@@ -428,8 +443,8 @@ impl Model {
 
     /// The runs whose end is not known: running tasks, and the runs whose
     /// stop is still owed (a pending task's ending attempt, a cancelled
-    /// task's last run), each with its worker and request.
-    fn open_runs(&self) -> Vec<(RunningTask, WorkerId, Resources)> {
+    /// task's last run), each with its worker, request and GPUs.
+    fn open_runs(&self) -> Vec<(RunningTask, WorkerId, Resources, Vec<u32>)> {
         let run = |t: &TaskRecord, w: &WorkerId| {
             (
                 RunningTask {
@@ -438,6 +453,7 @@ impl Model {
                 },
                 w.clone(),
                 t.spec.resources,
+                t.gpus.clone(),
             )
         };
         let mut open: Vec<_> = self
@@ -529,9 +545,22 @@ impl Model {
             .keys()
             .map(|w| (w.clone(), Resources::ZERO))
             .collect();
-        for (_, w, req) in self.open_runs() {
+        let mut devices: BTreeMap<WorkerId, BTreeSet<u32>> = BTreeMap::new();
+        for (run, w, req, gpus) in self.open_runs() {
             let sum = want.get_mut(&w).expect("running on a known worker");
             *sum = sum.checked_add(&req).unwrap();
+            // A run not known ended holds exactly its GPUs: as many as it
+            // asked for, each a GPU of its worker no other such run holds.
+            assert_eq!(gpus.len(), req.gpus as usize, "{}: GPUs", run.task);
+            let held = devices.entry(w.clone()).or_default();
+            for g in gpus {
+                assert!(
+                    g < self.capacity[&w].gpus,
+                    "{}: GPU {g} is not {w}'s",
+                    run.task
+                );
+                assert!(held.insert(g), "{}: GPU {g} of {w} held twice", run.task);
+            }
         }
         for (w, cap) in &self.capacity {
             let allocated = self.ledger.allocated(w).unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudai_core::model::Resources;
+use cloudai_core::model::{Gpu, Resources};
 use cloudai_core::process::ProcessRuntime;
 use cloudai_core::runtime::{ContainerId, ContainerRuntime, ContainerSpec};
 use cloudai_core::Error;
@@ -28,6 +28,7 @@ fn spec(command: &[&str]) -> ContainerSpec {
         command: command.iter().map(|s| s.to_string()).collect(),
         env: BTreeMap::new(),
         limits: Resources::ZERO,
+        gpus: Vec::new(),
         labels: BTreeMap::new(),
         time_limit: None,
         grace: Duration::ZERO,
@@ -146,6 +147,38 @@ async fn environment_is_clean_but_has_path() {
         );
     }
     rt.remove(&id).await.expect("remove");
+}
+
+/// A run sees only its own GPUs, by UUID where all are known, else by
+/// index; one without GPUs sees none (unset, CUDA would show it all), even
+/// if its spec says otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_sees_only_its_own_gpus() {
+    let rt = ProcessRuntime::new();
+    let script = "echo \"cuda=[${CUDA_VISIBLE_DEVICES-unset}] nvidia=[${NVIDIA_VISIBLE_DEVICES-unset}] order=[$CUDA_DEVICE_ORDER]\"";
+    let uuid = |i: u32| Gpu {
+        index: i,
+        uuid: Some(format!("GPU-{i}")),
+        name: None,
+    };
+    for (gpus, want) in [
+        (vec![uuid(1), uuid(3)], "GPU-1,GPU-3"),
+        (vec![uuid(1), Gpu::indexed(3)], "1,3"),
+        (vec![], ""),
+    ] {
+        let mut s = sh(script);
+        s.env
+            .insert("CUDA_VISIBLE_DEVICES".into(), "0,1,2,3".into());
+        s.gpus = gpus;
+        let id = rt.start(&s).await.expect("start");
+        assert!(rt.wait(&id).await.expect("wait").success());
+        let (_, text) = read_until(&rt, &id, |_| false).await;
+        assert!(
+            text.contains(&format!("cuda=[{want}] nvidia=[{want}] order=[PCI_BUS_ID]")),
+            "{want:?}: {text}"
+        );
+        rt.remove(&id).await.expect("remove");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

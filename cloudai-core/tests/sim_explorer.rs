@@ -81,7 +81,7 @@ async fn explore(seed: u64) {
         let cpu = 2.0 + rng.below(4) as f64;
         c.start_worker(
             &format!("w{i}"),
-            Resources::new(cpu, 16.0, 100.0, 0).expect("valid"),
+            Resources::new(cpu, 16.0, 100.0, 2).expect("valid"),
         )
         .await;
     }
@@ -111,6 +111,10 @@ async fn explore(seed: u64) {
                     ),
                     _ => fake_task(secs, rng.below(2) as i32, cpu),
                 };
+                // Some ask for GPUs: each run must get its own.
+                if rng.chance(0.3) {
+                    spec.resources.gpus = 1 + rng.below(2) as u32;
+                }
                 spec.policy = AttemptPolicy {
                     retries: rng.below(3) as u32,
                     retry_delay: Duration::from_secs(rng.below(20)),

@@ -86,7 +86,13 @@ impl MasterToWorker for Accepting {
     async fn master_register(&self, _: &WorkerEndpoint, _: &MasterInfo) -> Result<()> {
         Ok(())
     }
-    async fn assign(&self, _: &WorkerEndpoint, _: &RunningTask, _: &TaskSpec) -> Result<()> {
+    async fn assign(
+        &self,
+        _: &WorkerEndpoint,
+        _: &RunningTask,
+        _: &TaskSpec,
+        _: &[u32],
+    ) -> Result<()> {
         Ok(())
     }
     async fn cancel(&self, _: &WorkerEndpoint, _: &RunningTask, _: Duration) -> Result<()> {
@@ -131,6 +137,7 @@ async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() 
             instance: InstanceId::new("w1-instance").unwrap(),
             address: "w1:1".into(),
             capacity: Resources::new(2.0, 2.0, 0.0, 0).unwrap(),
+            gpus: Vec::new(),
             running: Vec::new(),
         })
         .await
@@ -175,6 +182,7 @@ async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
         .unwrap();
     let assign = TaskEvent::Assign {
         worker: worker.clone(),
+        gpus: vec![],
     };
     let _: Applied = apply_event(&store, &id, &assign, Timestamp::ZERO)
         .await

@@ -39,7 +39,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
-use cloudai_core::model::{Timestamp, ValidationError};
+use cloudai_core::model::{Gpu, Timestamp, ValidationError};
 use cloudai_core::output::{OutputFrom, OutputLog, CHANNEL};
 use cloudai_core::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
@@ -280,16 +280,33 @@ impl DockerRuntime {
             .map_err(missing)
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+    /// Creates the container for `spec` without starting it (what
+    /// [`ContainerRuntime::start`] starts), for a caller that inspects it
+    /// first; the image must be present.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         let limits = spec.limits;
-        let gpus = (limits.gpus > 0).then(|| {
+        // The run's own devices by id: a count would make the daemon hand
+        // out devices 0..n-1 to every run.
+        let device_ids = Gpu::device_ids(&spec.gpus);
+        let gpus = (!device_ids.is_empty()).then(|| {
             vec![DeviceRequest {
                 driver: Some("nvidia".into()),
-                count: Some(i64::from(limits.gpus)),
+                device_ids: Some(device_ids.clone()),
                 capabilities: Some(vec![vec!["gpu".into()]]),
                 ..Default::default()
             }]
         });
+        // A run without GPUs gets `void`, so an image saying `all` (as the
+        // CUDA images do) under an NVIDIA default runtime sees none.
+        let mut env = spec.env.clone();
+        env.insert(
+            "NVIDIA_VISIBLE_DEVICES".into(),
+            if device_ids.is_empty() {
+                "void".into()
+            } else {
+                device_ids.join(",")
+            },
+        );
         let mb = |v: u64| i64::try_from(v.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         let host = HostConfig {
             nano_cpus: (limits.cpu_millis > 0).then(|| {
@@ -313,7 +330,7 @@ impl DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             host_config: Some(host),
             ..Default::default()

@@ -39,6 +39,7 @@ async fn a_missing_image_is_a_clear_error_naming_the_worker() {
         command: vec!["true".into()],
         env: Default::default(),
         limits: cloudai_core::model::Resources::new(0.1, 0.01, 0.0, 0).unwrap(),
+        gpus: Vec::new(),
         labels: Default::default(),
         time_limit: None,
         grace: std::time::Duration::ZERO,

@@ -387,6 +387,7 @@ impl WorkerToMaster for MasterClient {
             instance: registration.instance.to_string(),
             address: registration.address.clone(),
             capacity: Some(registration.capacity.into()),
+            gpus: registration.gpus.iter().cloned().map(Into::into).collect(),
             running: registration
                 .running
                 .iter()
@@ -521,10 +522,17 @@ impl MasterToWorker for WorkerClients {
         Ok(())
     }
 
-    async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()> {
+    async fn assign(
+        &self,
+        to: &WorkerEndpoint,
+        run: &RunningTask,
+        spec: &TaskSpec,
+        gpus: &[u32],
+    ) -> Result<()> {
         let req = proto::AssignRequest {
             run: Some(run.clone().into()),
             spec: Some(spec.clone().into()),
+            gpus: gpus.to_vec(),
         };
         self.client(to)?
             .assign(self.req(to, req))

@@ -8,7 +8,7 @@ use cloudai_core::ledger::{Correction, Reconciliation};
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, InstanceId, Resources,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, Gpu, InstanceId, Resources,
     StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
     ValidationError, WorkerId, WorkerIdentity,
 };
@@ -269,6 +269,26 @@ impl From<Resources> for proto::Resources {
     }
 }
 
+impl From<Gpu> for proto::Gpu {
+    fn from(g: Gpu) -> Self {
+        proto::Gpu {
+            index: g.index,
+            uuid: g.uuid,
+            name: g.name,
+        }
+    }
+}
+
+impl From<proto::Gpu> for Gpu {
+    fn from(g: proto::Gpu) -> Self {
+        Gpu {
+            index: g.index,
+            uuid: g.uuid,
+            name: g.name,
+        }
+    }
+}
+
 /// Resources from the wire (missing = invalid), range-checked.
 pub fn resources(r: Option<proto::Resources>, field: &'static str) -> Result<Resources, Status> {
     let r = r.ok_or_else(|| invalid(field, "missing"))?;
@@ -396,6 +416,7 @@ impl From<TaskRecord> for proto::Task {
             history: t.history.into_iter().map(Into::into).collect(),
             not_before: t.not_before.map(Timestamp::as_millis),
             assigned_at: t.assigned_at.map(Timestamp::as_millis),
+            gpus: t.gpus,
         }
     }
 }
@@ -426,6 +447,7 @@ pub fn task(t: proto::Task) -> Result<TaskRecord, Status> {
             .collect::<Result<_, _>>()?,
         not_before: t.not_before.map(Timestamp::from_millis),
         assigned_at: t.assigned_at.map(Timestamp::from_millis),
+        gpus: t.gpus,
     })
 }
 

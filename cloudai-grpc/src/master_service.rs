@@ -59,6 +59,7 @@ impl master_server::Master for MasterService {
             instance: convert::instance(&r.instance)?,
             address: r.address,
             capacity: convert::resources(r.capacity, "capacity")?,
+            gpus: r.gpus.into_iter().map(Into::into).collect(),
             running: r
                 .running
                 .into_iter()

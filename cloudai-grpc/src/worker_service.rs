@@ -84,7 +84,10 @@ impl worker_server::Worker for WorkerService {
         let r = req.into_inner();
         let run = convert::run(r.run)?;
         let spec = convert::spec(r.spec)?;
-        self.worker.assign(run, spec).await.map_err(to_status)?;
+        self.worker
+            .assign(run, spec, r.gpus)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(proto::Empty {}))
     }
 

@@ -323,7 +323,10 @@ async fn a_worker_obeys_only_its_own_master() {
         task: TaskId::new("t-x").unwrap(),
         attempt: 1,
     };
-    let err = stranger.assign(&to, &run, &sh("true")).await.unwrap_err();
+    let err = stranger
+        .assign(&to, &run, &sh("true"), &[])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
     assert!(w.worker.running().is_empty());
     let _ = c.stop.send(true);
@@ -348,7 +351,7 @@ async fn a_worker_refuses_calls_meant_for_another() {
         address: w.address.clone(),
     };
     for to in [at("w2", None), at("w1", Some("another-instance"))] {
-        let err = link.assign(&to, &run, &sh("true")).await.unwrap_err();
+        let err = link.assign(&to, &run, &sh("true"), &[]).await.unwrap_err();
         assert!(
             matches!(&err, Error::Unavailable(m) if m.contains("this address serves worker w1")),
             "{to:?}: {err:?}"

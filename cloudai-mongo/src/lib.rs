@@ -68,7 +68,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use records::{
-    AssignmentDoc, AttemptDoc, DrainDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc, WorkerDoc,
+    AssignmentDoc, AttemptDoc, DrainDoc, GpuDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc,
+    WorkerDoc,
 };
 
 /// Tasks: `_id` is the task id.
@@ -486,13 +487,20 @@ impl TaskStore for MongoStore {
         let mut update = Document::new();
         match &change.assignment {
             Assignment::Keep => {}
-            Assignment::Set(w) => {
+            Assignment::Set(w, gpus) => {
                 set.insert("worker", w.as_str());
                 set.insert("assigned_at", at);
+                if gpus.is_empty() {
+                    unset.insert("gpus", "");
+                } else {
+                    let gpus: Vec<i64> = gpus.iter().map(|g| i64::from(*g)).collect();
+                    set.insert("gpus", gpus);
+                }
                 update.insert("$inc", doc! { "attempt": 1_i64 });
             }
             Assignment::Clear => {
                 unset.insert("worker", "");
+                unset.insert("gpus", "");
             }
         }
         match &change.reason {
@@ -536,7 +544,7 @@ impl TaskStore for MongoStore {
                 .await?;
             if let Some(before) = before {
                 let before = before.into_core()?;
-                if let Assignment::Set(w) = &change.assignment {
+                if let Assignment::Set(w, _) = &change.assignment {
                     self.record_assignment(id, w, before.attempt.saturating_add(1), at)
                         .await;
                 }
@@ -637,6 +645,22 @@ impl WorkerRegistry for MongoStore {
             Some(i) => set.insert("instance", i.as_str()),
             None => unset.insert("instance", ""),
         };
+        if worker.gpus.is_empty() {
+            unset.insert("gpus", "");
+        } else {
+            let gpus = mongodb::bson::serialize_to_bson(
+                &worker
+                    .gpus
+                    .iter()
+                    .map(GpuDoc::from_core)
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| Error::Backend {
+                backend: "mongodb",
+                source: Box::new(e),
+            })?;
+            set.insert("gpus", gpus);
+        }
         let mut update = doc! { "$set": set };
         if !unset.is_empty() {
             update.insert("$unset", unset);

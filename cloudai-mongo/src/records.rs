@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, InstanceId, Resources, TaskId,
-    TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError, WorkerId,
-    WorkerRecord,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, Gpu, InstanceId, Resources,
+    TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError,
+    WorkerId, WorkerRecord,
 };
 use cloudai_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -305,6 +305,9 @@ pub(crate) struct TaskDoc {
     not_before: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     assigned_at: Option<i64>,
+    /// The GPU indices of the current (or last) attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gpus: Vec<i64>,
 }
 
 impl TaskDoc {
@@ -328,6 +331,7 @@ impl TaskDoc {
                 .collect::<Result<_>>()?,
             not_before: t.not_before.map(|n| ts("not_before", n)).transpose()?,
             assigned_at: t.assigned_at.map(|a| ts("assigned_at", a)).transpose()?,
+            gpus: t.gpus.iter().map(|g| i64::from(*g)).collect(),
         })
     }
 
@@ -365,6 +369,11 @@ impl TaskDoc {
                 .assigned_at
                 .map(|a| from_ts("assigned_at", a))
                 .transpose()?,
+            gpus: self
+                .gpus
+                .into_iter()
+                .map(|g| to_u32("gpus", g))
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -486,6 +495,36 @@ pub(crate) struct WorkerDoc {
     instance: Option<InstanceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     drain: Option<DrainDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gpus: Vec<GpuDoc>,
+}
+
+/// One GPU inside a WORKERS document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GpuDoc {
+    index: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+impl GpuDoc {
+    pub(crate) fn from_core(g: &Gpu) -> Self {
+        GpuDoc {
+            index: i64::from(g.index),
+            uuid: g.uuid.clone(),
+            name: g.name.clone(),
+        }
+    }
+
+    fn into_core(self) -> Result<Gpu> {
+        Ok(Gpu {
+            index: to_u32("gpu index", self.index)?,
+            uuid: self.uuid,
+            name: self.name,
+        })
+    }
 }
 
 /// An operator's drain inside a WORKERS document.
@@ -533,6 +572,7 @@ impl WorkerDoc {
                 .transpose()?,
             instance: w.instance.clone(),
             drain: w.drain.as_ref().map(DrainDoc::from_core).transpose()?,
+            gpus: w.gpus.iter().map(GpuDoc::from_core).collect(),
         })
     }
 
@@ -549,6 +589,11 @@ impl WorkerDoc {
             telemetry: self.telemetry.map(TelemetryDoc::into_core).transpose()?,
             instance: self.instance,
             drain: self.drain.map(DrainDoc::into_core).transpose()?,
+            gpus: self
+                .gpus
+                .into_iter()
+                .map(GpuDoc::into_core)
+                .collect::<Result<_>>()?,
         })
     }
 }

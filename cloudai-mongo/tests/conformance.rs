@@ -116,7 +116,10 @@ async fn assignments_are_in_the_task_document_and_in_the_history() {
         .await
         .expect("insert");
     let (a, b) = (worker_id("w-a"), worker_id("w-b"));
-    let assign = |w: &cloudai_core::model::WorkerId| TaskEvent::Assign { worker: w.clone() };
+    let assign = |w: &cloudai_core::model::WorkerId| TaskEvent::Assign {
+        worker: w.clone(),
+        gpus: vec![],
+    };
     let requeue = TaskEvent::Requeue {
         worker: a.clone(),
         attempt: 1,

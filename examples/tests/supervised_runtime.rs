@@ -41,6 +41,7 @@ fn spec(task: &str, script: &str) -> ContainerSpec {
         command: vec!["sh".into(), "-c".into(), script.into()],
         env: BTreeMap::new(),
         limits: Resources::ZERO,
+        gpus: Vec::new(),
         labels: BTreeMap::from([(LABEL_TASK.to_string(), task.to_string())]),
         time_limit: None,
         grace: Duration::ZERO,

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod gpus;
+
 use clap::Parser;
 use cloudai_core::host;
 use cloudai_core::model::{Resources, WorkerId};
@@ -50,9 +52,14 @@ struct Cli {
     /// Disk offered, GB (default: 100).
     #[arg(long, default_value_t = 100.0)]
     disk: f64,
-    /// GPUs offered (default: `nvidia-smi -L` count, else 0).
+    /// GPUs offered: the first N that `nvidia-smi` finds (default: all of
+    /// them, else 0). Without `nvidia-smi`, GPUs 0..N.
     #[arg(long)]
     gpus: Option<u32>,
+    /// The GPUs to offer, by `nvidia-smi` index (`0,2`): each task gets
+    /// its own of these.
+    #[arg(long, value_delimiter = ',')]
+    gpu_ids: Option<Vec<u32>>,
     /// Heartbeat interval until the master names one, seconds.
     #[arg(long, default_value = "5", value_parser = common::seconds)]
     heartbeat_interval: Duration,
@@ -96,21 +103,6 @@ fn detected_memory_gb() -> f64 {
     host::memory_total_kb()
         .map(|kb| (kb as f64 / 1e6 * 10.0).floor() / 10.0)
         .unwrap_or(1.0)
-}
-
-fn detected_gpus() -> u32 {
-    std::process::Command::new("nvidia-smi")
-        .arg("-L")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| l.starts_with("GPU "))
-                .count() as u32
-        })
-        .unwrap_or(0)
 }
 
 fn host_name() -> String {
@@ -177,11 +169,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| common::default_state_dir(&id));
     let state = common::StateDir::open(&state_path)?;
+    let gpus = gpus::resolve(gpus::detect(), cli.gpus, cli.gpu_ids.as_deref())?;
     let capacity = Resources::new(
         cli.cpu.unwrap_or_else(detected_cores),
         cli.mem.unwrap_or_else(detected_memory_gb),
         cli.disk,
-        cli.gpus.unwrap_or_else(detected_gpus),
+        u32::try_from(gpus.len()).map_err(|_| "too many GPUs")?,
     )
     .map_err(|e| format!("capacity: {e}"))?;
     let runtime = choose_runtime(&cli, id.as_str(), state.path()).await?;
@@ -199,12 +192,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         capacity,
     );
     config.instance = state.instance().clone();
+    let indices: Vec<String> = gpus.iter().map(|g| g.index.to_string()).collect();
+    config.gpus = gpus;
     config.heartbeat_interval = cli.heartbeat_interval;
     config.max_grace = cli.max_grace;
     config.shutdown_timeout = cli.shutdown_timeout;
     config.log_retain = cli.log_retain;
     info!(worker = %id, instance = %state.instance(), state_dir = %state.path().display(), listen = %bound,
-          master = %cli.master, %capacity, runtime = runtime.name(), "worker starting");
+          master = %cli.master, %capacity, gpus = %indices.join(","), runtime = runtime.name(), "worker starting");
     let mut worker =
         common::spawn_worker(config, runtime, &cli.master, listener, http, security).await?;
     let refusal = tokio::select! {

@@ -8,9 +8,10 @@ use crate::model::{Attempt, TaskRecord, TaskStatus, Timestamp, WorkerId};
 pub enum Assignment {
     /// Leave it as it is.
     Keep,
-    /// Assign the task to this worker (a new attempt).
-    Set(WorkerId),
-    /// Unassign it.
+    /// Assign the task to this worker, with these of its GPUs (a new
+    /// attempt).
+    Set(WorkerId, Vec<u32>),
+    /// Unassign it (its GPUs go with it).
     Clear,
 }
 
@@ -83,12 +84,16 @@ impl StatusChange {
         task.status = self.to;
         match &self.assignment {
             Assignment::Keep => {}
-            Assignment::Set(w) => {
+            Assignment::Set(w, gpus) => {
                 task.worker = Some(w.clone());
+                task.gpus.clone_from(gpus);
                 task.attempt += 1;
                 task.assigned_at = Some(self.at);
             }
-            Assignment::Clear => task.worker = None,
+            Assignment::Clear => {
+                task.worker = None;
+                task.gpus.clear();
+            }
         }
         task.reason.clone_from(&self.reason);
         task.not_before = self.not_before;

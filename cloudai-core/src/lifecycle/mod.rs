@@ -41,6 +41,8 @@ pub enum TaskEvent {
     Assign {
         /// Where it goes.
         worker: WorkerId,
+        /// The worker's GPUs it gets (as many as it asked for).
+        gpus: Vec<u32>,
     },
     /// The assignment could not be delivered: the task goes back to the
     /// queue once the stop owed to the worker lands.
@@ -105,6 +107,8 @@ pub enum Effect {
         worker: WorkerId,
         /// The task's request.
         resources: Resources,
+        /// The worker's GPUs it holds.
+        gpus: Vec<u32>,
         /// The attempt they are for.
         attempt: u32,
     },
@@ -262,7 +266,7 @@ impl TaskEvent {
     /// written.
     pub fn blind_change(&self, now: Timestamp) -> Option<StatusChange> {
         match self {
-            TaskEvent::Assign { worker } => Some(assign_change(worker, now)),
+            TaskEvent::Assign { worker, gpus } => Some(assign_change(worker, gpus, now)),
             TaskEvent::Report(a) if a.cause == EndCause::Completed => Some(StatusChange {
                 allowed_from: FROM_RUNNING.to_vec(),
                 expected_worker: WorkerGuard::Is(a.worker.clone()),

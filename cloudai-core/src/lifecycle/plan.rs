@@ -10,13 +10,13 @@ use crate::attempts::{self, Next};
 use crate::model::{Attempt, EndCause, Resources, TaskRecord, TaskStatus, Timestamp, WorkerId};
 use crate::rng::SplitMix64;
 
-pub(super) fn assign_change(worker: &WorkerId, now: Timestamp) -> StatusChange {
+pub(super) fn assign_change(worker: &WorkerId, gpus: &[u32], now: Timestamp) -> StatusChange {
     StatusChange {
         allowed_from: FROM_PENDING.to_vec(),
         expected_worker: WorkerGuard::Unassigned,
         expected_attempt: None,
         to: TaskStatus::Running,
-        assignment: Assignment::Set(worker.clone()),
+        assignment: Assignment::Set(worker.clone(), gpus.to_vec()),
         reason: None,
         not_before: None,
         push: None,
@@ -69,10 +69,11 @@ impl Plan<'_> {
         };
         let running = t.status == TaskStatus::Running;
         match (event, w) {
-            (TaskEvent::Assign { worker }, _) => {
-                let mut change = assign_change(worker, self.now);
+            (TaskEvent::Assign { worker, gpus }, _) => {
+                let mut change = assign_change(worker, gpus, self.now);
                 change.expected_attempt = Some(t.attempt);
-                self.done(change, assigned(worker, t.spec.resources, t.attempt + 1))
+                let effects = assigned(worker, t.spec.resources, gpus, t.attempt + 1);
+                self.done(change, effects)
             }
             (TaskEvent::Cancel { force }, w) => {
                 let reason = if *force {
@@ -243,17 +244,18 @@ impl Plan<'_> {
 pub fn assignment_effects(task: &TaskRecord) -> Vec<Effect> {
     match &task.worker {
         Some(w) if task.status == TaskStatus::Running => {
-            assigned(w, task.spec.resources, task.attempt)
+            assigned(w, task.spec.resources, &task.gpus, task.attempt)
         }
         _ => Vec::new(),
     }
 }
 
-fn assigned(worker: &WorkerId, resources: Resources, attempt: u32) -> Vec<Effect> {
+fn assigned(worker: &WorkerId, resources: Resources, gpus: &[u32], attempt: u32) -> Vec<Effect> {
     vec![
         Effect::Reserve {
             worker: worker.clone(),
             resources,
+            gpus: gpus.to_vec(),
             attempt,
         },
         Effect::SendAssignment {

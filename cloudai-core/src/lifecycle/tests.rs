@@ -38,7 +38,10 @@ fn after(t: &TaskRecord, e: &TaskEvent) -> TaskRecord {
 fn assign_reserves_and_sends() {
     let t = apply(
         &task(TaskStatus::Pending, None),
-        &TaskEvent::Assign { worker: w("a") },
+        &TaskEvent::Assign {
+            worker: w("a"),
+            gpus: vec![],
+        },
     );
     assert_eq!((t.from, t.to), (TaskStatus::Pending, TaskStatus::Running));
     assert!(matches!(t.effects[0], Effect::Reserve { attempt: 1, .. }));
@@ -59,7 +62,10 @@ fn cancel_beats_a_later_report() {
 #[test]
 fn terminal_states_absorb_every_event() {
     let events = [
-        TaskEvent::Assign { worker: w("a") },
+        TaskEvent::Assign {
+            worker: w("a"),
+            gpus: vec![],
+        },
         TaskEvent::Requeue {
             worker: w("a"),
             attempt: 1,
@@ -183,7 +189,10 @@ fn assigning_twice_or_while_the_last_attempt_ends_is_refused() {
     assert_eq!(
         decide(
             Some(&task(TaskStatus::Running, Some("a"))),
-            &TaskEvent::Assign { worker: w("b") },
+            &TaskEvent::Assign {
+                worker: w("b"),
+                gpus: vec![],
+            },
             NOW
         ),
         Decision::Refuse(Refusal::AlreadyAssigned(w("a")))
@@ -191,7 +200,10 @@ fn assigning_twice_or_while_the_last_attempt_ends_is_refused() {
     assert_eq!(
         decide(
             Some(&task(TaskStatus::Pending, Some("a"))),
-            &TaskEvent::Assign { worker: w("b") },
+            &TaskEvent::Assign {
+                worker: w("b"),
+                gpus: vec![],
+            },
             NOW
         ),
         Decision::Refuse(Refusal::Ending(w("a")))
@@ -237,7 +249,13 @@ fn a_failure_is_retried_after_its_delay_with_the_attempt_in_the_history() {
     assert!(queued.not_before.is_some_and(|at| at > NOW));
     assert_eq!(queued.history.len(), 1);
     // The second attempt fails too: its retry is used, it is final.
-    let mut second = after(&queued, &TaskEvent::Assign { worker: w("b") });
+    let mut second = after(
+        &queued,
+        &TaskEvent::Assign {
+            worker: w("b"),
+            gpus: vec![],
+        },
+    );
     assert_eq!(second.attempt, 2);
     second.not_before = None;
     let failed = after(
@@ -327,7 +345,10 @@ fn a_blind_change_is_what_deciding_on_the_record_writes() {
     let blind = done.blind_change(NOW).expect("a success is blind");
     assert_eq!(apply(&running, &done).change, blind);
     let pending = task(TaskStatus::Pending, None);
-    let assign = TaskEvent::Assign { worker: w("a") };
+    let assign = TaskEvent::Assign {
+        worker: w("a"),
+        gpus: vec![],
+    };
     let mut decided = apply(&pending, &assign).change;
     decided.expected_attempt = None;
     assert_eq!(assign.blind_change(NOW), Some(decided));

@@ -205,18 +205,19 @@ impl Master {
     pub(super) fn place_queued(&self) {
         let (picks, pass) = self.state().pick_placements(self.now());
         self.inner.passes.send_replace(pass);
-        for (id, worker) in picks {
+        for (id, worker, gpus) in picks {
             let m = self.clone();
             let span = info_span!("place", task = %id, worker = %worker);
-            tokio::spawn(async move { m.assign(id, worker).await }.instrument(span));
+            tokio::spawn(async move { m.assign(id, worker, gpus).await }.instrument(span));
         }
     }
 
     /// Writes one placement's assignment. Executing the stored transition
     /// confirms the reservation and owes the send.
-    async fn assign(&self, id: TaskId, worker: WorkerId) {
+    async fn assign(&self, id: TaskId, worker: WorkerId, gpus: Vec<u32>) {
         let event = TaskEvent::Assign {
             worker: worker.clone(),
+            gpus,
         };
         match self.apply(&id, event.clone()).await {
             Ok(Applied::Changed { task, .. }) => {
@@ -271,7 +272,10 @@ impl Master {
                 "worker {worker} has no address"
             ))),
             Some(to) => {
-                let call = self.inner.transport.assign(&to, &run, &task.spec);
+                let call = self
+                    .inner
+                    .transport
+                    .assign(&to, &run, &task.spec, &task.gpus);
                 match tokio::time::timeout(self.inner.config.assign_timeout, call).await {
                     Ok(r) => r,
                     Err(_) => Err(Error::Timeout(format!(

@@ -10,7 +10,7 @@ use crate::apply::Applied;
 use crate::lifecycle::TaskEvent;
 use crate::liveness::Health;
 use crate::model::{
-    Resources, RunningTask, TaskRecord, TaskStatus, Telemetry, ValidationError, WorkerId,
+    Gpu, Resources, RunningTask, TaskRecord, TaskStatus, Telemetry, ValidationError, WorkerId,
     WorkerIdentity, WorkerRecord,
 };
 use crate::store::TaskFilter;
@@ -67,6 +67,7 @@ impl Master {
     pub async fn register(&self, reg: Registration) -> Result<RegistrationReply> {
         validate_address(&reg.address)?;
         reg.capacity.validate()?;
+        Gpu::validate_list(&reg.gpus, reg.capacity.gpus)?;
         self.check_identity(&reg).await?;
         let now = self.now();
         let id = reg.worker.clone();
@@ -77,6 +78,7 @@ impl Master {
         let mut record =
             WorkerRecord::new(id.clone(), Some(reg.address.clone()), reg.capacity, now);
         record.instance = Some(reg.instance.clone());
+        record.gpus.clone_from(&reg.gpus);
         self.inner.registry.upsert_worker(record).await?;
         let on_here = self.inner.store.list_tasks(&on_worker(&id)).await?;
         let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
@@ -109,7 +111,7 @@ impl Master {
                 .into_iter()
                 .filter(|r| absent(r) && !missing.contains(r))
                 .collect();
-            let (revived, owed) = st.register(&who, &reg.address, reg.capacity, now);
+            let (revived, owed) = st.register(&who, &reg.address, reg.capacity, &reg.gpus, now);
             self.done(st);
             (missing, gone, revived, owed)
         };

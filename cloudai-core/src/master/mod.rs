@@ -192,7 +192,7 @@ impl Master {
                             task: t.id.clone(),
                             attempt,
                         };
-                        match st.hold(&t.id, w, t.spec.resources, attempt) {
+                        match st.hold(&t.id, w, t.spec.resources, &t.gpus, attempt) {
                             Err(LedgerError::UnknownWorker(_)) => {
                                 orphaned.push((t.id.clone(), w.clone(), run));
                             }

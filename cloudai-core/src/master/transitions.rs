@@ -79,9 +79,10 @@ impl Master {
                 Effect::Reserve {
                     worker,
                     resources,
+                    gpus,
                     attempt,
                 } => {
-                    if let Err(e) = st.hold(&task.id, worker, *resources, *attempt) {
+                    if let Err(e) = st.hold(&task.id, worker, *resources, gpus, *attempt) {
                         // Only an uncertain write can get here; reconcile
                         // reports the worker as overcommitted.
                         warn!(task = %task.id, error = %e, "assigned task does not fit its worker's ledger");

@@ -29,4 +29,4 @@ pub use run::{ExitStatus, RunningTask};
 pub use task::{TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
 pub use time::{parse_duration, Timestamp};
 pub use validation::ValidationError;
-pub use worker::{Drain, Heartbeat, Telemetry, WorkerIdentity, WorkerRecord};
+pub use worker::{Drain, Gpu, Heartbeat, Telemetry, WorkerIdentity, WorkerRecord, GPUS_ENV};

@@ -240,6 +240,9 @@ pub struct TaskRecord {
     /// When the current attempt was assigned (its run starts no earlier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_at: Option<Timestamp>,
+    /// The GPU indices on `worker` that the current (or last) attempt got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
 }
 
 impl TaskRecord {
@@ -259,6 +262,7 @@ impl TaskRecord {
             history: Vec::new(),
             not_before: None,
             assigned_at: None,
+            gpus: Vec::new(),
         }
     }
 

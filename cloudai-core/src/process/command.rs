@@ -11,9 +11,24 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use super::BACKEND;
+use crate::model::Gpu;
 use crate::model::ValidationError;
 use crate::runtime::{ContainerSpec, ExitStatus};
 use crate::{Error, Result};
+
+/// A run's environment: the spec's, and which GPUs the run may use, which
+/// wins over the spec's. CUDA numbers devices fastest first unless told to
+/// follow the PCI order that `nvidia-smi` (and so the GPU indices) uses.
+/// A run without GPUs gets the variables empty: unset, CUDA would show it
+/// every GPU of the host.
+pub(super) fn run_env(spec: &ContainerSpec) -> BTreeMap<String, String> {
+    let devices = Gpu::device_ids(&spec.gpus).join(",");
+    let mut env = spec.env.clone();
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    env.insert("CUDA_VISIBLE_DEVICES".into(), devices.clone());
+    env.insert("NVIDIA_VISIBLE_DEVICES".into(), devices);
+    env
+}
 
 /// The command for a task: `program` with `args` as the leader of a new
 /// process group, stdin closed, an environment of only `PATH` (the

@@ -58,7 +58,7 @@ mod supervisor_link;
 pub use supervised::SupervisedProcessRuntime;
 
 use command::{
-    backend, check_command, invalid_command, signal_group, task_command, to_exit_status,
+    backend, check_command, invalid_command, run_env, signal_group, task_command, to_exit_status,
 };
 
 use crate::output::{OutputFrom, OutputLog, OutputStream};
@@ -194,7 +194,7 @@ impl ContainerRuntime for ProcessRuntime {
         let Some((program, args)) = spec.command.split_first() else {
             return Err(invalid_command("empty command".into()));
         };
-        let mut cmd = Command::from(task_command(program, args, &spec.env));
+        let mut cmd = Command::from(task_command(program, args, &run_env(spec)));
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);

@@ -38,7 +38,9 @@ use tokio::sync::watch;
 use super::follow::{follow_file, Outcome};
 use super::record::{start_outcome, RunFiles, RunSpec, Started};
 use super::supervisor_link::SupervisorLink;
-use super::{backend, check_command, invalid_command, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT};
+use super::{
+    backend, check_command, invalid_command, run_env, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT,
+};
 use crate::output::CHANNEL;
 use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
@@ -190,7 +192,7 @@ impl SupervisedProcessRuntime {
             name: spec.name.clone(),
             image: spec.image.clone(),
             command: spec.command.clone(),
-            env: spec.env.clone(),
+            env: run_env(spec),
             labels: spec.labels.clone(),
             orphan_timeout: spec.lease.unwrap_or(self.orphan_timeout),
             time_limit: spec.time_limit,

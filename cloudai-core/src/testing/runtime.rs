@@ -78,6 +78,7 @@ fn sh(case: &str, image: &str, script: &str) -> ContainerSpec {
         command: vec!["sh".into(), "-c".into(), script.into()],
         env: BTreeMap::new(),
         limits: Resources::ZERO,
+        gpus: Vec::new(),
         labels: BTreeMap::from([
             (LABEL_TASK.to_string(), format!("{case}-{u}")),
             (LABEL_WORKER.to_string(), "conformance".to_string()),

@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::master::{Master, MasterConfig, MasterEvent};
 use crate::memory::MemoryStore;
 use crate::model::{
-    InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
+    Gpu, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
     Timestamp, ValidationError, WorkerId, WorkerIdentity, ATTEMPT_ENV, MAX_ATTEMPTS,
 };
 use crate::output::{OutputFrom, OutputLog, OutputStream};
@@ -212,11 +212,17 @@ impl MasterToWorker for SimNet {
         .await
     }
 
-    async fn assign(&self, to: &WorkerEndpoint, run: &RunningTask, spec: &TaskSpec) -> Result<()> {
+    async fn assign(
+        &self,
+        to: &WorkerEndpoint,
+        run: &RunningTask,
+        spec: &TaskSpec,
+        gpus: &[u32],
+    ) -> Result<()> {
         let w = self.worker(to)?;
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
-            w.assign(run.clone(), spec.clone()).await
+            w.assign(run.clone(), spec.clone(), gpus.to_vec()).await
         })
         .await
     }
@@ -354,6 +360,9 @@ struct FakeContainer {
 pub struct RunningSet {
     /// Task → (host, attempt) of its running container.
     runs: Mutex<BTreeMap<String, (String, String)>>,
+    /// (host, GPU index) → (task, attempt) of the running container that
+    /// has it: the check that no two runs share a device.
+    gpus: Mutex<BTreeMap<(String, u32), (String, String)>>,
     /// Tasks recorded completed.
     completed: Mutex<BTreeSet<TaskId>>,
     violations: Arc<Mutex<Vec<String>>>,
@@ -365,6 +374,7 @@ impl RunningSet {
     fn new(violations: Arc<Mutex<Vec<String>>>, slack: Duration) -> Self {
         RunningSet {
             runs: Mutex::default(),
+            gpus: Mutex::default(),
             completed: Mutex::default(),
             violations,
             slack,
@@ -383,10 +393,20 @@ impl RunningSet {
         ))
     }
 
-    fn started(&self, labels: &BTreeMap<String, String>) {
+    fn started(&self, labels: &BTreeMap<String, String>, gpus: &[Gpu]) {
         let Some((task, host, attempt)) = Self::run_of(labels) else {
             return;
         };
+        for g in gpus {
+            let run = (task.clone(), attempt.clone());
+            let other = lock(&self.gpus).insert((host.clone(), g.index), run);
+            if let Some((t, a)) = other {
+                self.violation(format!(
+                    "task {task}: attempt {attempt} got GPU {} of {host} while attempt {a} of task {t} has it",
+                    g.index
+                ));
+            }
+        }
         if TaskId::new(task.as_str()).is_ok_and(|t| lock(&self.completed).contains(&t)) {
             self.violation(format!(
                 "task {task} completed, yet attempt {attempt} started on {host}"
@@ -414,6 +434,7 @@ impl RunningSet {
             runs.remove(&task);
         }
         drop(runs);
+        lock(&self.gpus).retain(|(h, _), (t, a)| !(*h == host && *t == task && *a == attempt));
         if let Some((limit, grace)) = limit {
             if ran > limit + grace + self.slack {
                 self.violation(format!(
@@ -545,7 +566,7 @@ impl ContainerRuntime for FakeRuntime {
         let running = self.running.clone();
         let labels = spec.labels.clone();
         if let Some(set) = &running {
-            set.started(&labels);
+            set.started(&labels, &spec.gpus);
         }
         tokio::spawn(async move {
             let deadline = started + program.runs_for;

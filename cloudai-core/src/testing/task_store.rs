@@ -90,9 +90,11 @@ fn change(
     }
 }
 
+/// Assigns `task` to `worker`, with the worker's GPU 0.
 async fn assign(store: &dyn TaskStore, task: &str, worker: &WorkerId) {
     let event = TaskEvent::Assign {
         worker: worker.clone(),
+        gpus: vec![0],
     };
     let applied = apply_event(store, &task_id(task), &event, Timestamp::from_millis(10))
         .await
@@ -477,7 +479,7 @@ pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
             TaskStatus::Pending,
             WorkerGuard::Unassigned,
             TaskStatus::Running,
-            Assignment::Set(w.clone()),
+            Assignment::Set(w.clone(), vec![1, 3]),
             50,
         )
     };
@@ -490,6 +492,7 @@ pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
     assert_eq!(now.status, TaskStatus::Running);
     assert_eq!(now.worker, Some(w.clone()));
     assert_eq!(now.attempt, 1, "an assignment bumps the attempt");
+    assert_eq!(now.gpus, vec![1, 3], "an assignment stores its GPUs");
     assert_eq!(now.reason.as_deref(), Some("placed"));
     assert_eq!(now.updated_at, Timestamp::from_millis(50));
     assert_eq!(
@@ -513,6 +516,11 @@ pub async fn cas_applies_when_the_guard_holds(store: Arc<dyn TaskStore>) {
     assert_eq!(
         (now.status, now.worker, now.reason),
         (TaskStatus::Completed, Some(w), None)
+    );
+    assert_eq!(
+        now.gpus,
+        vec![1, 3],
+        "a final task keeps the GPUs it ran on"
     );
     assert_eq!(
         now.finished_at,
@@ -698,15 +706,16 @@ pub async fn requeue_clears_the_assignment(store: Arc<dyn TaskStore>) {
         .expect("get")
         .expect("exists");
     assert_eq!(
-        (t.status, t.worker.as_ref()),
-        (TaskStatus::Pending, Some(&w_a)),
-        "the ending attempt keeps its worker"
+        (t.status, t.worker.as_ref(), t.gpus.as_slice()),
+        (TaskStatus::Pending, Some(&w_a), &[0][..]),
+        "the ending attempt keeps its worker and GPUs"
     );
     let early = apply_event(
         store.as_ref(),
         &task_id("rq"),
         &TaskEvent::Assign {
             worker: worker_id("w-b"),
+            gpus: vec![],
         },
         Timestamp::from_millis(4),
     )
@@ -722,6 +731,7 @@ pub async fn requeue_clears_the_assignment(store: Arc<dyn TaskStore>) {
         .expect("get")
         .expect("exists");
     assert_eq!((t.status, t.worker), (TaskStatus::Pending, None));
+    assert!(t.gpus.is_empty(), "its GPUs went with the assignment");
     assign(store.as_ref(), "rq", &worker_id("w-b")).await;
 }
 
@@ -954,7 +964,10 @@ pub async fn race_assignments(store: Arc<dyn TaskStore>) {
             let (s, id) = (store.clone(), id.clone());
             set.spawn(async move {
                 let w = worker_id(&format!("w-{k}"));
-                let e = TaskEvent::Assign { worker: w.clone() };
+                let e = TaskEvent::Assign {
+                    worker: w.clone(),
+                    gpus: vec![],
+                };
                 let a = apply_event(s.as_ref(), &task_id(&id), &e, Timestamp::ZERO)
                     .await
                     .expect("assign");

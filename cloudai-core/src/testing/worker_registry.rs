@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::worker_id;
-use crate::model::{Drain, Heartbeat, InstanceId, Resources, Telemetry, Timestamp, WorkerRecord};
+use crate::model::{
+    Drain, Gpu, Heartbeat, InstanceId, Resources, Telemetry, Timestamp, WorkerRecord,
+};
 use crate::store::WorkerRegistry;
 use crate::Error;
 
@@ -74,9 +76,19 @@ pub async fn reregistration_keeps_history(reg: Arc<dyn WorkerRegistry>) {
         .await
         .expect("beats");
     assert!(unknown.is_empty());
-    let again = worker("w", 16.0, 900);
+    let mut again = worker("w", 16.0, 900);
+    again.capacity.gpus = 2;
+    again.gpus = vec![
+        Gpu {
+            index: 1,
+            uuid: Some("GPU-b".into()),
+            name: Some("Test GPU".into()),
+        },
+        Gpu::indexed(3),
+    ];
     let stored = reg.upsert_worker(again.clone()).await.expect("upsert");
     assert_eq!(stored.capacity, again.capacity, "capacity must update");
+    assert_eq!(stored.gpus, again.gpus, "GPUs must update");
     assert_eq!(stored.address, again.address, "address must update");
     assert_eq!(
         stored.registered_at,

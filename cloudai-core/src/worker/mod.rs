@@ -35,7 +35,7 @@ use tokio::sync::{watch, Notify};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::metrics::{MeteredRuntime, WorkerMetrics};
-use crate::model::{InstanceId, Resources, RunningTask, WorkerId, WorkerIdentity};
+use crate::model::{Gpu, InstanceId, Resources, RunningTask, WorkerId, WorkerIdentity};
 use crate::rng::SplitMix64;
 use crate::runtime::ContainerRuntime;
 use crate::sync::lock;
@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     pub advertise_address: String,
     /// What it offers to tasks.
     pub capacity: Resources,
+    /// Its GPUs, `capacity.gpus` of them (by default numbered from 0).
+    pub gpus: Vec<Gpu>,
     /// Heartbeat interval until the master names one (5 s).
     pub heartbeat_interval: Duration,
     /// Longest SIGTERM→SIGKILL grace a cancel may ask for (30 s).
@@ -90,6 +92,7 @@ impl WorkerConfig {
             id,
             instance: InstanceId::ephemeral(),
             advertise_address: advertise_address.into(),
+            gpus: (0..capacity.gpus).map(Gpu::indexed).collect(),
             capacity,
             heartbeat_interval: Duration::from_secs(5),
             max_grace: Duration::from_secs(30),

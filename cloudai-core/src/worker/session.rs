@@ -145,6 +145,7 @@ impl Worker {
                 instance: cfg.instance.clone(),
                 address: cfg.advertise_address.clone(),
                 capacity: cfg.capacity,
+                gpus: cfg.gpus.clone(),
                 running,
             };
             let sent = Instant::now();

@@ -9,8 +9,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::runs::{Admit, NewRun, StopKind};
 use super::{Worker, SHUTDOWN_MESSAGE};
 use crate::model::{
-    EndCause, ExitStatus, Resources, RunningTask, TaskId, TaskResult, TaskSpec, TaskStatus,
-    Timestamp, ATTEMPT_ENV, TASK_ID_ENV,
+    EndCause, ExitStatus, Gpu, Resources, RunningTask, TaskId, TaskResult, TaskSpec, TaskStatus,
+    Timestamp, ATTEMPT_ENV, GPUS_ENV, TASK_ID_ENV,
 };
 use crate::output::{OutputLog, Tail};
 use crate::runtime::{
@@ -74,7 +74,7 @@ impl Worker {
     /// stopped before its assignment arrived is not started. A worker cut
     /// off from its master past its fence refuses it, as one shutting
     /// down does.
-    pub async fn assign(&self, run: RunningTask, spec: TaskSpec) -> Result<()> {
+    pub async fn assign(&self, run: RunningTask, spec: TaskSpec, gpus: Vec<u32>) -> Result<()> {
         if self.closing() {
             return Err(Error::Unavailable(format!(
                 "worker {} is shutting down",
@@ -88,6 +88,7 @@ impl Worker {
             )));
         }
         spec.validate()?;
+        let gpus = Gpu::pick(&self.inner.config.gpus, &gpus, spec.resources.gpus)?;
         // Not while a registration is on its way: it lists the runs as they
         // were when it left, and the master would fail this one as vanished.
         let _not_registering = self.inner.registering.read().await;
@@ -113,7 +114,7 @@ impl Worker {
         debug!(task = %run.task, attempt = run.attempt, image = %spec.image, "task accepted");
         let w = self.clone();
         let span = info_span!("run", task = %run.task, attempt = run.attempt);
-        runs.supervise(async move { w.supervise(run, spec).await }.instrument(span));
+        runs.supervise(async move { w.supervise(run, spec, gpus).await }.instrument(span));
         Ok(())
     }
 
@@ -205,13 +206,15 @@ impl Worker {
         Ok(())
     }
 
-    async fn supervise(&self, run: RunningTask, spec: TaskSpec) {
+    async fn supervise(&self, run: RunningTask, spec: TaskSpec, gpus: Vec<Gpu>) {
         let cfg = &self.inner.config;
         let limit = spec.policy.time_limit;
         let grace = spec.cancel_grace.min(cfg.max_grace);
         let mut env = spec.env.clone();
         env.insert(TASK_ID_ENV.into(), run.task.to_string());
         env.insert(ATTEMPT_ENV.into(), run.attempt.to_string());
+        let indices: Vec<String> = gpus.iter().map(|g| g.index.to_string()).collect();
+        env.insert(GPUS_ENV.into(), indices.join(","));
         let mut labels: std::collections::BTreeMap<String, String> = [
             (LABEL_TASK.to_string(), run.task.to_string()),
             (LABEL_ATTEMPT.to_string(), run.attempt.to_string()),
@@ -228,6 +231,7 @@ impl Worker {
             command: spec.command.clone(),
             env,
             limits: spec.resources,
+            gpus,
             labels,
             time_limit: limit,
             grace,

@@ -53,7 +53,7 @@ impl State {
     pub(in crate::master) fn pick_placements(
         &mut self,
         now: Timestamp,
-    ) -> (Vec<(TaskId, WorkerId)>, u64) {
+    ) -> (Vec<(TaskId, WorkerId, Vec<u32>)>, u64) {
         self.passes += 1;
         let mut queue = std::mem::take(&mut self.queue);
         let mut picks = Vec::new();
@@ -66,13 +66,14 @@ impl State {
             }
             match place(self.scheduler.as_mut(), r, &room) {
                 Placement::On(worker) => {
-                    self.ledger
+                    let gpus = self
+                        .ledger
                         .reserve(&worker, task, class.resources)
                         .map_err(|e| Blocked::new(e.to_string(), false))?;
                     self.epoch += 1;
                     self.cursor = Some(worker.clone());
                     self.placing.insert(task.clone());
-                    picks.push((task.clone(), worker));
+                    picks.push((task.clone(), worker, gpus));
                     Ok(())
                 }
                 Placement::Wait(reason) => Err(blocked(&reason, class.pin.as_ref())),
@@ -129,31 +130,32 @@ impl State {
         if self.epoch != epoch {
             return None;
         }
-        let mut truth: Vec<(TaskId, WorkerId, Resources)> = Vec::new();
+        let mut truth: Vec<(TaskId, WorkerId, Resources, Vec<u32>)> = Vec::new();
         let mut held: Vec<(TaskId, u32)> = Vec::new();
         for t in running {
             // A master restarted on its store keeps enforcing time limits.
             self.ensure_backstop(&t, slack);
             if let Some(w) = t.worker {
                 held.push((t.id.clone(), t.attempt));
-                truth.push((t.id, w, t.spec.resources));
+                truth.push((t.id, w, t.spec.resources, t.gpus));
             }
         }
         // A run whose stop is owed may still run: it holds its resources
-        // until the stop lands (a cancel, a requeue, a drain).
+        // and GPUs until the stop lands (a cancel, a requeue, a drain).
         for (worker, run) in self.stops.owed() {
-            if let (true, Some((_, req))) = (
+            if let (true, Some((_, req, gpus))) = (
                 self.holds(&worker, &run),
                 self.ledger.reservation(&run.task),
             ) {
+                let gpus = gpus.to_vec();
                 held.push((run.task.clone(), run.attempt));
-                truth.push((run.task, worker, req));
+                truth.push((run.task, worker, req, gpus));
             }
         }
         // Reservations whose `Assign` is not stored yet are real too.
         for id in &self.placing {
-            if let Some((w, req)) = self.ledger.reservation(id) {
-                truth.push((id.clone(), w.clone(), req));
+            if let Some((w, req, gpus)) = self.ledger.reservation(id) {
+                truth.push((id.clone(), w.clone(), req, gpus.to_vec()));
             }
         }
         let report = self.ledger.reconcile(truth);

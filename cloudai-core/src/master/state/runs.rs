@@ -54,23 +54,28 @@ pub(super) struct Runs {
 pub(in crate::master) struct BackstopSlack(pub(in crate::master) Duration);
 
 impl State {
-    /// The ledger holds `task`'s resources on `worker` for `attempt` from
-    /// now on: the reservation its placement made is confirmed, or one is
-    /// made (an assignment whose write was uncertain). Either way the
-    /// reservation now stands for a stored assignment, so a concurrent
-    /// reconcile must retry.
+    /// The ledger holds `task`'s resources and GPUs `gpus` on `worker`
+    /// for `attempt` from now on: the reservation its placement made is
+    /// confirmed, or one is made (an assignment whose write was
+    /// uncertain). Either way the reservation now stands for a stored
+    /// assignment, so a concurrent reconcile must retry.
     pub(in crate::master) fn hold(
         &mut self,
         task: &TaskId,
         worker: &WorkerId,
         resources: Resources,
+        gpus: &[u32],
         attempt: u32,
     ) -> Result<(), LedgerError> {
         self.placing.remove(task);
         self.epoch += 1;
         let held = match self.ledger.reservation(task) {
-            Some((w, _)) if w == worker => Ok(()),
-            _ => self.ledger.reserve(worker, task, resources),
+            Some((w, _, held)) if w == worker && held == gpus => Ok(()),
+            // Stored before GPUs had indices: any free ones.
+            _ if gpus.len() < resources.gpus as usize => {
+                self.ledger.reserve(worker, task, resources).map(drop)
+            }
+            _ => self.ledger.reserve_devices(worker, task, resources, gpus),
         };
         if held.is_ok() {
             self.runs.held.insert(task.clone(), attempt);

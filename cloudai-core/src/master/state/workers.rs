@@ -6,8 +6,8 @@ use crate::liveness::Health;
 use crate::master::views::WorkerView;
 use crate::metrics::Snapshot;
 use crate::model::{
-    Drain, Heartbeat, InstanceId, Resources, RunningTask, TaskId, Telemetry, Timestamp, WorkerId,
-    WorkerIdentity, WorkerRecord,
+    Drain, Gpu, Heartbeat, InstanceId, Resources, RunningTask, TaskId, Telemetry, Timestamp,
+    WorkerId, WorkerIdentity, WorkerRecord,
 };
 
 impl State {
@@ -15,7 +15,8 @@ impl State {
     /// doubt (a heartbeat now) and, if it has an address, is asked to
     /// register again.
     pub(in crate::master) fn load_worker(&mut self, w: WorkerRecord, now: Timestamp) {
-        self.ledger.set_capacity(w.id.clone(), w.capacity);
+        let devices = Gpu::indices(&w.gpus, w.capacity.gpus);
+        self.ledger.set_capacity(w.id.clone(), w.capacity, devices);
         let _ = self.liveness.heartbeat(&w.id, now);
         if w.address.is_some() {
             self.reconnect.add(w.id.clone(), now);
@@ -43,10 +44,12 @@ impl State {
         who: &WorkerIdentity,
         address: &str,
         capacity: Resources,
+        gpus: &[Gpu],
         now: Timestamp,
     ) -> (bool, Vec<RunningTask>) {
         let id = &who.id;
-        self.ledger.set_capacity(id.clone(), capacity);
+        let devices = Gpu::indices(gpus, capacity.gpus);
+        self.ledger.set_capacity(id.clone(), capacity, devices);
         let revived = self.liveness.heartbeat(id, now);
         self.reconnect.remove(id);
         let info = self.workers.entry(id.clone()).or_default();
@@ -64,7 +67,8 @@ impl State {
     /// ask it to register, with backoff.
     pub(in crate::master) fn pre_register(&mut self, w: &WorkerRecord, now: Timestamp) {
         if self.ledger.capacity(&w.id).is_none() {
-            self.ledger.set_capacity(w.id.clone(), w.capacity);
+            let devices = Gpu::indices(&w.gpus, w.capacity.gpus);
+            self.ledger.set_capacity(w.id.clone(), w.capacity, devices);
         }
         self.liveness.track(w.id.clone());
         self.reconnect.add(w.id.clone(), now);
