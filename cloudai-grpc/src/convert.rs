@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cloudai_core::ledger::{Correction, Reconciliation};
 use cloudai_core::liveness::Health;
-use cloudai_core::master::{CancelOutcome, TaskView, WorkerView};
+use cloudai_core::master::{CancelOutcome, GpuView, TaskView, WorkerView};
 use cloudai_core::model::{
     ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, Gpu, InstanceId, Resources,
     StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
@@ -647,6 +647,14 @@ impl From<WorkerView> for proto::WorkerView {
             drain_deadline: w.drain.and_then(|d| d.deadline).map(Timestamp::as_millis),
             drain_since: w.drain.map(|d| d.since.as_millis()),
             telemetry: w.telemetry.map(Into::into),
+            gpus: w
+                .gpus
+                .into_iter()
+                .map(|g| proto::GpuUse {
+                    gpu: Some(g.gpu.into()),
+                    task: g.task.map(String::from),
+                })
+                .collect(),
         }
     }
 }
@@ -679,6 +687,16 @@ impl TryFrom<proto::WorkerView> for WorkerView {
             last_heartbeat: w.last_heartbeat.map(Timestamp::from_millis),
             telemetry: w.telemetry.map(|t| telemetry(Some(t))).transpose()?,
             drain,
+            gpus: w
+                .gpus
+                .into_iter()
+                .map(|g| {
+                    Ok(GpuView {
+                        gpu: g.gpu.ok_or_else(|| invalid("gpu", "missing"))?.into(),
+                        task: g.task.as_deref().map(task_id).transpose()?,
+                    })
+                })
+                .collect::<Result<_, Status>>()?,
         })
     }
 }

@@ -168,8 +168,30 @@ struct WorkerRow<'a> {
     memory_capacity_gb: f64,
     gpus_allocated: u32,
     gpus_capacity: u32,
+    /// Each GPU, with the task holding it.
+    gpus: Vec<GpuRow<'a>>,
     tasks: &'a [TaskId],
     last_heartbeat_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct GpuRow<'a> {
+    index: u32,
+    uuid: Option<&'a str>,
+    name: Option<&'a str>,
+    task: Option<&'a TaskId>,
+}
+
+/// The GPU cell of a worker: allocated/capacity, then a line per GPU in
+/// use naming its task.
+fn gpu_cell(w: &WorkerView) -> String {
+    let mut cell = format!("{}/{}", w.allocated.gpus, w.capacity.gpus);
+    for g in &w.gpus {
+        if let Some(t) = &g.task {
+            cell.push_str(&format!("\n{}: {t}", g.gpu.index));
+        }
+    }
+    cell
 }
 
 pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
@@ -192,6 +214,16 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
                     memory_capacity_gb: mc,
                     gpus_allocated: ga,
                     gpus_capacity: gc,
+                    gpus: w
+                        .gpus
+                        .iter()
+                        .map(|g| GpuRow {
+                            index: g.gpu.index,
+                            uuid: g.gpu.uuid.as_deref(),
+                            name: g.gpu.name.as_deref(),
+                            task: g.task.as_ref(),
+                        })
+                        .collect(),
                     tasks: &w.tasks,
                     last_heartbeat_ms: w.last_heartbeat.map(Timestamp::as_millis),
                 }
@@ -220,8 +252,8 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
             Health::Lost => ("✗", Color::Red),
             Health::Inactive => ("○", Color::Yellow),
         };
-        let (ca, ma, ga) = res(&w.allocated);
-        let (cc, mc, gc) = res(&w.capacity);
+        let (ca, ma, _) = res(&w.allocated);
+        let (cc, mc, _) = res(&w.capacity);
         let status = match w.drain_state() {
             Some(drain) => format!("{}, {drain}", w.health.as_str()),
             None => w.health.as_str().to_string(),
@@ -233,7 +265,7 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
             Cell::new(w.address.as_deref().unwrap_or("-")),
             right(format!("{ca}/{cc}")),
             right(format!("{ma}/{mc}")),
-            right(format!("{ga}/{gc}")),
+            right(gpu_cell(w)),
             right(w.tasks.len()),
             Cell::new(w.last_heartbeat.map(ago).unwrap_or_else(|| "never".into())),
         ]);
@@ -345,6 +377,10 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-"),
         t.attempt
     );
+    if !t.gpus.is_empty() {
+        let gpus: Vec<String> = t.gpus.iter().map(u32::to_string).collect();
+        say!("gpus      {}", gpus.join(","));
+    }
     if let Some(r) = &t.reason {
         say!("reason    {r}");
     }

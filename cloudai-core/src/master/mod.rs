@@ -67,7 +67,7 @@ pub use dispatch::SubmitOptions;
 pub use output::{TaskFollow, TaskOutput};
 pub use probes::READY_WITHIN;
 pub use stops::CancelOutcome;
-pub use views::{short_reason, TaskView, WorkerView, MAX_PAGE};
+pub use views::{short_reason, GpuView, TaskView, WorkerView, MAX_PAGE};
 
 pub use crate::events::{Cursor, Event, EventWatch, MasterEvent, Resync};
 

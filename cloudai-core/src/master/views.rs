@@ -5,7 +5,7 @@ use super::state::State;
 use super::Master;
 use crate::liveness::Health;
 use crate::model::{
-    Drain, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry,
+    Drain, Gpu, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry,
     Timestamp, WorkerId,
 };
 use crate::store::{PageKey, TaskFilter};
@@ -64,12 +64,23 @@ pub struct WorkerView {
     pub available: Resources,
     /// Tasks holding resources on it.
     pub tasks: Vec<TaskId>,
+    /// Its GPUs, each with the task holding it.
+    pub gpus: Vec<GpuView>,
     /// Its last heartbeat.
     pub last_heartbeat: Option<Timestamp>,
     /// Telemetry from that heartbeat.
     pub telemetry: Option<Telemetry>,
     /// Set while an operator drains it.
     pub drain: Option<Drain>,
+}
+
+/// One GPU of a worker, and the task that holds it (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuView {
+    /// The GPU.
+    pub gpu: Gpu,
+    /// The task holding it.
+    pub task: Option<TaskId>,
 }
 
 impl WorkerView {

@@ -236,6 +236,8 @@ pub struct Cluster {
     pub runtime: &'static str,
     /// Extra flags for every worker started from now on.
     pub worker_args: Vec<String>,
+    /// Extra environment for every worker started from now on.
+    pub worker_env: Vec<(String, String)>,
     /// The master's timings (workers get a `--max-grace` that fits them).
     pub timing: Timing,
     /// Holds each worker's `--state-dir` (`<root>/<worker id>` unless a
@@ -316,6 +318,7 @@ impl Cluster {
             pidfiles: Vec::new(),
             runtime: "process",
             worker_args: Vec::new(),
+            worker_env: Vec::new(),
             timing,
             state_root: std::env::temp_dir().join(format!("cloudai-state-{tag}")),
             tag,
@@ -375,6 +378,7 @@ impl Cluster {
             )
             .args(["--cpu", &cpu.to_string(), "--mem", "8"])
             .args(["--heartbeat-interval", "0.3", "--shutdown-timeout", "5"])
+            .envs(self.worker_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

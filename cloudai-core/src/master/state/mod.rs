@@ -24,7 +24,8 @@ use crate::backoff::ReconnectSchedule;
 use crate::ledger::Ledger;
 use crate::liveness::{Liveness, LivenessEvent};
 use crate::model::{
-    Drain, Heartbeat, InstanceId, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp, WorkerId,
+    Drain, Gpu, Heartbeat, InstanceId, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp,
+    WorkerId,
 };
 
 use crate::placement::Scheduler;
@@ -48,6 +49,8 @@ struct WorkerInfo {
     /// it is heard from again (avoids a requeue loop on a dead link).
     unreachable: bool,
     telemetry: Option<Telemetry>,
+    /// Its GPUs as it named them (empty: numbered from 0).
+    gpus: Vec<Gpu>,
 }
 
 /// Work that state changes made owed; the driver performs it.

@@ -1,9 +1,11 @@
 //! What the master knows of each worker beyond the ledger and liveness:
 //! registration, heartbeats, leaving, drains, and the views built from it.
 
+use std::collections::BTreeMap;
+
 use super::{State, WorkerInfo};
 use crate::liveness::Health;
-use crate::master::views::WorkerView;
+use crate::master::views::{GpuView, WorkerView};
 use crate::metrics::Snapshot;
 use crate::model::{
     Drain, Gpu, Heartbeat, InstanceId, Resources, RunningTask, TaskId, Telemetry, Timestamp,
@@ -31,6 +33,7 @@ impl State {
                 instance: w.instance,
                 drain: w.drain,
                 telemetry: w.telemetry,
+                gpus: w.gpus,
                 ..WorkerInfo::default()
             },
         );
@@ -55,6 +58,7 @@ impl State {
         let info = self.workers.entry(id.clone()).or_default();
         info.address = Some(address.to_string());
         info.instance = Some(who.instance.clone());
+        info.gpus = gpus.to_vec();
         info.left = false;
         info.session = true;
         info.unreachable = false;
@@ -238,9 +242,31 @@ impl State {
                 allocated: self.ledger.allocated(id).unwrap_or_default(),
                 available: self.ledger.available(id).unwrap_or_default(),
                 tasks: self.ledger.tasks_on(id).cloned().collect(),
+                gpus: self.gpu_views(id, &info.gpus),
                 last_heartbeat: self.liveness.last_heartbeat(id),
                 telemetry: info.telemetry.clone(),
                 drain: info.drain,
+            })
+            .collect()
+    }
+
+    /// The worker's GPUs as the ledger has them, each with its holder.
+    fn gpu_views(&self, id: &WorkerId, named: &[Gpu]) -> Vec<GpuView> {
+        let holders: BTreeMap<u32, &TaskId> = self
+            .ledger
+            .gpus_on(id)
+            .flat_map(|(t, gpus)| gpus.iter().map(move |g| (*g, t)))
+            .collect();
+        self.ledger
+            .devices(id)
+            .iter()
+            .map(|i| GpuView {
+                gpu: named
+                    .iter()
+                    .find(|g| g.index == *i)
+                    .cloned()
+                    .unwrap_or_else(|| Gpu::indexed(*i)),
+                task: holders.get(i).map(|t| (*t).clone()),
             })
             .collect()
     }
