@@ -50,7 +50,7 @@ fn seen(out: &Path) -> Option<(String, String)> {
 
 #[test]
 fn four_one_gpu_tasks_each_get_their_own_and_a_fifth_gets_the_freed_one() {
-    let mut c = Cluster::start("gpus", FAST);
+    let mut c = Cluster::start_with("gpus", FAST, &["--http-listen", "0"]);
     let bin = fake_nvidia_smi(&c.state_root.join("bin"));
     let path = format!(
         "{}:{}",
@@ -97,6 +97,27 @@ fn four_one_gpu_tasks_each_get_their_own_and_a_fifth_gets_the_freed_one() {
             (gpu["task"].as_str(), gpu["uuid"].as_str()),
             (Some(t.as_str()), Some(cuda.as_str())),
             "{listed}"
+        );
+    }
+
+    // So does the dashboard.
+    let url = until(EVENTUALLY, "the HTTP listener's URL in the log", || {
+        c.master_log().iter().find_map(|l| {
+            l["fields"]["url"]
+                .as_str()
+                .and_then(|u| u.strip_suffix("/metrics"))
+                .map(str::to_string)
+        })
+    });
+    let (code, body) = get(&format!("{url}/api/overview"), Some(&c.token));
+    assert_eq!(code, 200, "{body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let devices = &overview["workers"][0]["gpu_devices"];
+    for (t, (_, index)) in tasks.iter().zip(&first) {
+        assert_eq!(
+            devices[index.parse::<usize>().unwrap()]["task"],
+            t.as_str(),
+            "{devices}"
         );
     }
 

@@ -145,6 +145,11 @@ async fn overview(State(master): State<Master>) -> Answer {
                 "cpu": [w.allocated.cpu_cores(), w.capacity.cpu_cores()],
                 "memory_gb": [w.allocated.memory_gb(), w.capacity.memory_gb()],
                 "gpus": [w.allocated.gpus, w.capacity.gpus],
+                "gpu_devices": w.gpus.iter().map(|g| json!({
+                    "index": g.gpu.index,
+                    "uuid": g.gpu.uuid,
+                    "task": g.task,
+                })).collect::<Vec<_>>(),
                 "last_heartbeat": w.last_heartbeat,
             })
         })

@@ -8,7 +8,7 @@
 pub mod netns;
 pub mod output;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -619,4 +619,34 @@ pub fn spawn_master_in(
             panic!("{name} did not start listening: {lines:#?}");
         }
     }
+}
+
+/// An HTTP/1.1 client, enough for the probes and the dashboard's API:
+/// `GET url` (`http://host:port/path`), with the token if given: the
+/// status code and the body.
+pub fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the HTTP listener");
+    s.set_read_timeout(Some(CLI_TIMEOUT)).expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read the reply");
+    let code = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {reply:?}"));
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }

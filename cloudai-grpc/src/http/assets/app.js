@@ -84,13 +84,15 @@ async function renderCounts() {
 
 function workersTable(workers) {
   return h('table', { id: 'workers' },
-    h('tr', {}, ['worker', 'health', 'drain', 'CPU', 'memory', 'tasks', 'last heartbeat', ''].map((t) => h('th', {}, t))),
+    h('tr', {}, ['worker', 'health', 'drain', 'CPU', 'memory', 'GPUs', 'tasks', 'last heartbeat', ''].map((t) => h('th', {}, t))),
     workers.map((w) => h('tr', { 'data-worker': w.id },
       h('td', {}, h('code', {}, w.id), h('br'), h('small', { class: 'muted' }, w.address || '')),
       h('td', { class: 'health ' + w.health }, w.health),
       h('td', { class: 'drain' }, w.drain || '-'),
       h('td', {}, bar(w.cpu[0], w.cpu[1], ' cores')),
       h('td', {}, bar(w.memory_gb[0], w.memory_gb[1], ' GB')),
+      h('td', { class: 'gpus' }, w.gpu_devices.length === 0 ? '-'
+        : w.gpu_devices.map((g) => h('div', {}, `${g.index}: `, g.task ? h('code', {}, g.task) : 'free'))),
       h('td', { class: 'num' }, w.tasks),
       h('td', {}, ago(w.last_heartbeat)),
       h('td', {}, w.drain
