@@ -56,3 +56,73 @@ async fn a_missing_image_is_a_clear_error_naming_the_worker() {
         "{msg}"
     );
 }
+
+/// A run's container names its own GPUs to the daemon by id (a count
+/// would make the daemon give every run devices 0..n-1), and a run
+/// without GPUs is told it has none. This machine has no GPU: the test
+/// inspects the created containers and stops short of starting them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_run_asks_the_daemon_for_its_own_devices_by_id() {
+    use cloudai_core::model::{Gpu, Resources};
+    use cloudai_core::runtime::{ContainerId, ContainerSpec};
+    let rt = DockerRuntime::connect("w-gpu")
+        .await
+        .expect("a Docker daemon (run ./scripts/test.sh)");
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
+    let gpu = |index: u32| Gpu {
+        index,
+        uuid: Some(format!("GPU-test-{index}")),
+        name: None,
+    };
+    for (gpus, visible) in [
+        (vec![gpu(1), gpu(3)], Some("GPU-test-1,GPU-test-3")),
+        (vec![Gpu::indexed(1), Gpu::indexed(3)], Some("1,3")),
+        (vec![], None),
+    ] {
+        let spec = ContainerSpec {
+            name: format!("cloudai-gpu-request-{}", std::process::id()),
+            image: image(),
+            command: vec!["true".into()],
+            env: Default::default(),
+            limits: Resources::new(0.1, 0.01, 0.0, gpus.len() as u32).unwrap(),
+            gpus,
+            labels: Default::default(),
+            time_limit: None,
+            grace: std::time::Duration::ZERO,
+            lease: None,
+        };
+        let id = rt.create(&spec).await.expect("create");
+        let inspected = docker.inspect_container(&id, None).await.expect("inspect");
+        rt.remove(&ContainerId(id)).await.expect("remove");
+        let requests = inspected
+            .host_config
+            .and_then(|h| h.device_requests)
+            .unwrap_or_default();
+        let env = inspected.config.and_then(|c| c.env).unwrap_or_default();
+        match visible {
+            Some(ids) => {
+                assert_eq!(requests.len(), 1, "{requests:?}");
+                let ids: Vec<String> = ids.split(',').map(String::from).collect();
+                assert_eq!(requests[0].device_ids.as_ref(), Some(&ids), "{requests:?}");
+                // The daemon stores an unset count as 0.
+                assert!(
+                    matches!(requests[0].count, None | Some(0)),
+                    "by id, never a count: {requests:?}"
+                );
+                assert_eq!(
+                    requests[0].capabilities,
+                    Some(vec![vec!["gpu".to_string()]])
+                );
+                let want = format!("NVIDIA_VISIBLE_DEVICES={}", ids.join(","));
+                assert!(env.contains(&want), "{env:?}");
+            }
+            None => {
+                assert!(requests.is_empty(), "{requests:?}");
+                assert!(
+                    env.contains(&"NVIDIA_VISIBLE_DEVICES=void".to_string()),
+                    "{env:?}"
+                );
+            }
+        }
+    }
+}
