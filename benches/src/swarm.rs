@@ -466,6 +466,7 @@ async fn report(
         message: (status == TaskStatus::Cancelled).then(|| "stopped on cancel".into()),
         started_at: Some(started),
         finished_at: now(),
+        usage: None,
     };
     let mut tries = 0;
     let outcome = loop {

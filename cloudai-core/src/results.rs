@@ -137,6 +137,7 @@ mod tests {
             cause: EndCause::inferred(status, Some(0), None),
             started_at: None,
             finished_at: Timestamp::ZERO,
+            usage: None,
         }
     }
 

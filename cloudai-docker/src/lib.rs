@@ -50,6 +50,18 @@ use tracing::warn;
 
 mod output;
 mod pull;
+mod usage;
+
+/// A container this runtime started: its output, and what it used.
+#[derive(Debug)]
+struct Started {
+    log: Arc<OutputLog>,
+    usage: usage::Sampled,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 pub mod watchdog;
 
 pub use pull::DEFAULT_PULL_TIMEOUT;
@@ -67,8 +79,8 @@ pub struct DockerRuntime {
     pull_timeout: Duration,
     /// Whether containers run under the daemon's init.
     init: bool,
-    /// The output of the containers it started, until removed.
-    outputs: Arc<Mutex<HashMap<ContainerId, Arc<OutputLog>>>>,
+    /// The containers it started, until removed.
+    started: Arc<Mutex<HashMap<ContainerId, Started>>>,
     /// The watchdog holding the worker's lease, if it has one.
     watchdog: Option<Arc<watchdog::Client>>,
 }
@@ -155,7 +167,7 @@ impl DockerRuntime {
             log_limit: DEFAULT_LOG_LIMIT,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             init: true,
-            outputs: Arc::default(),
+            started: Arc::default(),
             watchdog: None,
         })
     }
@@ -255,14 +267,15 @@ impl DockerRuntime {
         }
     }
 
-    fn outputs(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, Arc<OutputLog>>> {
-        self.outputs.lock().unwrap_or_else(|p| p.into_inner())
+    fn started(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, Started>> {
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes sure `image` is present, pulling it only if it is not.
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+    /// Makes sure `image` is present, pulling it only if it is not;
+    /// how long a pull took.
+    async fn ensure_image(&self, image: &str) -> Result<Option<Duration>> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(None),
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(backend(e)),
         }
@@ -275,9 +288,11 @@ impl DockerRuntime {
                 ),
             })
         };
+        let began = std::time::Instant::now();
         pull::pull(&self.docker, image, self.pull_timeout)
             .await
-            .map_err(missing)
+            .map_err(missing)?;
+        Ok(Some(began.elapsed()))
     }
 
     /// Creates the container for `spec` without starting it (what
@@ -385,7 +400,7 @@ impl ContainerRuntime for DockerRuntime {
         if let Some(w) = &self.watchdog {
             w.lease(spec.lease.unwrap_or(w.default_lease())).await?;
         }
-        self.ensure_image(&spec.image).await?;
+        let pulled = self.ensure_image(&spec.image).await?;
         let id = self.create(spec).await?;
         let log = match output::attach(&self.docker, &id, self.log_limit).await {
             Ok(log) => log,
@@ -394,7 +409,13 @@ impl ContainerRuntime for DockerRuntime {
                 return Err(e);
             }
         };
-        self.outputs().insert(ContainerId(id.clone()), log);
+        let usage = usage::sample(
+            self.docker.clone(),
+            id.clone(),
+            pulled.map(|d| d.as_millis() as u64),
+        );
+        self.started()
+            .insert(ContainerId(id.clone()), Started { log, usage });
         if let Err(e) = self.docker.start_container(&id, None).await {
             let _ = self.remove(&ContainerId(id.clone())).await;
             let hint = if self.init && e.to_string().contains("init") {
@@ -436,10 +457,13 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(backend)?;
         let oom_killed = inspected.state.and_then(|s| s.oom_killed).unwrap_or(false);
+        // Only for a container this runtime started and sampled.
+        let usage = self.started().get(id).map(|s| *lock(&s.usage));
         Ok(ExitStatus {
             code: i32::try_from(code).ok(),
             signal: None,
             oom_killed,
+            usage,
         })
     }
 
@@ -448,8 +472,8 @@ impl ContainerRuntime for DockerRuntime {
     /// runtime copied since the start, or, for a container it did not
     /// start, from the daemon's log (see `output`).
     async fn output(&self, id: &ContainerId) -> Result<Follow> {
-        if let Some(log) = self.outputs().get(id) {
-            return Ok(log.follow(OutputFrom::Offset(0), true));
+        if let Some(s) = self.started().get(id) {
+            return Ok(s.log.follow(OutputFrom::Offset(0), true));
         }
         // Here, so an unknown id is NotFound rather than a failed stream.
         self.docker
@@ -476,7 +500,7 @@ impl ContainerRuntime for DockerRuntime {
             v: true,
             ..Default::default()
         };
-        self.outputs().remove(id);
+        self.started().remove(id);
         match self.docker.remove_container(&id.0, Some(options)).await {
             Ok(()) => Ok(()),
             // 404: gone; 409: removal already in progress.

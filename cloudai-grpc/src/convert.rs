@@ -10,7 +10,7 @@ use cloudai_core::master::{CancelOutcome, GpuView, TaskView, WorkerView};
 use cloudai_core::model::{
     ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, Gpu, InstanceId, Resources,
     StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
-    ValidationError, WorkerId, WorkerIdentity,
+    Usage, ValidationError, WorkerId, WorkerIdentity,
 };
 use cloudai_core::store::PageKey;
 use cloudai_core::transport::RunningTask;
@@ -360,6 +360,31 @@ impl From<Attempt> for proto::Attempt {
             message: a.message,
             logs: a.logs,
             logs_offset: a.logs_offset,
+            usage: a.usage.map(Into::into),
+        }
+    }
+}
+
+impl From<Usage> for proto::Usage {
+    fn from(u: Usage) -> Self {
+        proto::Usage {
+            wall_ms: u.wall_ms,
+            user_cpu_ms: u.user_cpu_ms,
+            system_cpu_ms: u.system_cpu_ms,
+            peak_memory_bytes: u.peak_memory_bytes,
+            pull_ms: u.pull_ms,
+        }
+    }
+}
+
+impl From<proto::Usage> for Usage {
+    fn from(u: proto::Usage) -> Self {
+        Usage {
+            wall_ms: u.wall_ms,
+            user_cpu_ms: u.user_cpu_ms,
+            system_cpu_ms: u.system_cpu_ms,
+            peak_memory_bytes: u.peak_memory_bytes,
+            pull_ms: u.pull_ms,
         }
     }
 }
@@ -376,6 +401,7 @@ fn attempt(a: proto::Attempt) -> Result<Attempt, Status> {
         message: a.message,
         logs: a.logs,
         logs_offset: a.logs_offset,
+        usage: a.usage.map(Into::into),
     })
 }
 
@@ -466,6 +492,7 @@ impl From<TaskResult> for proto::TaskResult {
             started_at: r.started_at.map(Timestamp::as_millis),
             finished_at: r.finished_at.as_millis(),
             cause: r.cause.as_str().into(),
+            usage: r.usage.map(Into::into),
         }
     }
 }
@@ -490,6 +517,7 @@ pub fn result(r: proto::TaskResult) -> Result<TaskResult, Status> {
         message: r.message,
         started_at: r.started_at.map(Timestamp::from_millis),
         finished_at: Timestamp::from_millis(r.finished_at),
+        usage: r.usage.map(Into::into),
     })
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use cloudai_core::model::{
     ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, Gpu, InstanceId, Resources,
-    TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, ValidationError,
-    WorkerId, WorkerRecord,
+    TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, Usage,
+    ValidationError, WorkerId, WorkerRecord,
 };
 use cloudai_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -143,6 +143,42 @@ pub(crate) struct AttemptDoc {
     logs: String,
     #[serde(default)]
     logs_offset: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageDoc>,
+}
+
+/// What a run used, inside an attempt or a result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct UsageDoc {
+    #[serde(default)]
+    wall_ms: i64,
+    user_cpu_ms: i64,
+    system_cpu_ms: i64,
+    peak_memory_bytes: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pull_ms: Option<i64>,
+}
+
+impl UsageDoc {
+    fn from_core(u: &Usage) -> Result<Self> {
+        Ok(UsageDoc {
+            wall_ms: to_i64("wall_ms", u.wall_ms)?,
+            user_cpu_ms: to_i64("user_cpu_ms", u.user_cpu_ms)?,
+            system_cpu_ms: to_i64("system_cpu_ms", u.system_cpu_ms)?,
+            peak_memory_bytes: to_i64("peak_memory_bytes", u.peak_memory_bytes)?,
+            pull_ms: u.pull_ms.map(|p| to_i64("pull_ms", p)).transpose()?,
+        })
+    }
+
+    fn into_core(self) -> Result<Usage> {
+        Ok(Usage {
+            wall_ms: to_u64("wall_ms", self.wall_ms)?,
+            user_cpu_ms: to_u64("user_cpu_ms", self.user_cpu_ms)?,
+            system_cpu_ms: to_u64("system_cpu_ms", self.system_cpu_ms)?,
+            peak_memory_bytes: to_u64("peak_memory_bytes", self.peak_memory_bytes)?,
+            pull_ms: self.pull_ms.map(|p| to_u64("pull_ms", p)).transpose()?,
+        })
+    }
 }
 
 impl AttemptDoc {
@@ -158,6 +194,7 @@ impl AttemptDoc {
             message: a.message.clone(),
             logs: a.logs.clone(),
             logs_offset: to_i64("logs_offset", a.logs_offset)?,
+            usage: a.usage.as_ref().map(UsageDoc::from_core).transpose()?,
         })
     }
 
@@ -176,6 +213,7 @@ impl AttemptDoc {
             message: self.message,
             logs: self.logs,
             logs_offset: to_u64("logs_offset", self.logs_offset)?,
+            usage: self.usage.map(UsageDoc::into_core).transpose()?,
         })
     }
 }
@@ -403,6 +441,8 @@ pub(crate) struct ResultDoc {
     /// Absent in results stored before causes: read from status and exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cause: Option<EndCause>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageDoc>,
 }
 
 impl ResultDoc {
@@ -420,6 +460,7 @@ impl ResultDoc {
             started_at: r.started_at.map(|s| ts("started_at", s)).transpose()?,
             finished_at: ts("finished_at", r.finished_at)?,
             cause: Some(r.cause),
+            usage: r.usage.as_ref().map(UsageDoc::from_core).transpose()?,
         })
     }
 
@@ -443,6 +484,7 @@ impl ResultDoc {
                 .map(|s| from_ts("started_at", s))
                 .transpose()?,
             finished_at: from_ts("finished_at", self.finished_at)?,
+            usage: self.usage.map(UsageDoc::into_core).transpose()?,
         })
     }
 }

@@ -10,7 +10,7 @@ use cloudai_core::liveness::Health;
 use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{
     ArrayId, ArrayIndices, AttemptPolicy, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus,
-    WorkerId,
+    UsageSummary, WorkerId,
 };
 use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
@@ -63,6 +63,10 @@ pub(crate) enum Command {
         /// List again whenever a task changes, until interrupted.
         #[arg(long, conflicts_with = "all")]
         watch: bool,
+        /// Instead of the tasks, what the array's tasks used: total CPU,
+        /// peak memory (max, p95) and wall time (p50, p95).
+        #[arg(long, requires = "array", conflicts_with = "watch")]
+        summary: bool,
     },
     /// Show one task with its result and logs.
     Show {
@@ -370,12 +374,18 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             all,
             sort,
             watch,
+            summary,
         } => {
             let filter = TaskFilter {
                 statuses: statuses(&status)?,
                 worker: worker.map(WorkerId::new).transpose()?,
                 array: array.map(ArrayId::new).transpose()?,
             };
+            if summary {
+                let tasks = client.tasks(&filter).await?;
+                output::usage_summary(json, &UsageSummary::of(&tasks));
+                return Ok(ExitCode::SUCCESS);
+            }
             let list = || async {
                 let mut tasks = if all {
                     client.tasks(&filter).await?

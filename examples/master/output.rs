@@ -14,7 +14,8 @@ use cloudai_core::master::{
     short_reason, CancelOutcome, MasterEvent, TaskOutput, TaskView, WorkerView,
 };
 use cloudai_core::model::{
-    ArrayId, Attempt, Resources, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp,
+    ArrayId, Attempt, Resources, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp, Usage,
+    UsageSummary,
 };
 use cloudai_core::output::OutputStream;
 use cloudai_grpc::events::Watched;
@@ -419,6 +420,9 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         if let Some(m) = &r.message {
             say!("message   {m}");
         }
+        if let Some(u) = &r.usage {
+            say!("usage     {}", usage_line(u));
+        }
         match r.logs_offset {
             0 => say!("--- logs ---"),
             n => say!("--- logs (the end: {n} bytes before it left out) ---"),
@@ -431,8 +435,54 @@ pub(crate) fn task(json: bool, v: &TaskView) {
 }
 
 /// Each ended attempt of a task: where it ran, how it ended.
+/// Bytes as people read them (`210.0 MiB`).
+fn bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().to_string()
+}
+
+/// Milliseconds as seconds (`1.25s`).
+fn secs(ms: u64) -> String {
+    format!("{:.2}s", ms as f64 / 1000.0)
+}
+
+/// What a run used, on one line.
+fn usage_line(u: &Usage) -> String {
+    let pull = u
+        .pull_ms
+        .map(|p| format!(", image pull {}", secs(p)))
+        .unwrap_or_default();
+    format!(
+        "wall {}, cpu {} user + {} system, peak memory {}{pull}",
+        secs(u.wall_ms),
+        secs(u.user_cpu_ms),
+        secs(u.system_cpu_ms),
+        bytes(u.peak_memory_bytes)
+    )
+}
+
+/// `tasks --array A --summary`.
+pub(crate) fn usage_summary(json: bool, s: &UsageSummary) {
+    if json {
+        return json_line(s);
+    }
+    say!("{} tasks, {} with a measured attempt", s.tasks, s.measured);
+    say!("cpu total    {}", secs(s.cpu_ms));
+    say!(
+        "peak memory  max {}, p95 {}",
+        bytes(s.peak_memory_max),
+        bytes(s.peak_memory_p95)
+    );
+    say!(
+        "wall time    p50 {}, p95 {}",
+        secs(s.wall_ms_p50),
+        secs(s.wall_ms_p95)
+    );
+}
+
 fn attempts(history: &[Attempt]) {
-    let mut table = table(&["ATTEMPT", "WORKER", "ENDED", "CAUSE", "EXIT", "MESSAGE"]);
+    let mut table = table(&[
+        "ATTEMPT", "WORKER", "ENDED", "CAUSE", "EXIT", "CPU", "PEAK MEM", "MESSAGE",
+    ]);
     for a in history {
         let exit = match (a.exit_code, a.signal) {
             (Some(c), _) => c.to_string(),
@@ -445,6 +495,8 @@ fn attempts(history: &[Attempt]) {
             Cell::new(ago(a.ended_at)),
             Cell::new(a.cause),
             right(exit),
+            right(a.usage.map_or("-".into(), |u| secs(u.cpu_ms()))),
+            right(a.usage.map_or("-".into(), |u| bytes(u.peak_memory_bytes))),
             Cell::new(a.message.as_deref().unwrap_or("")),
         ]);
     }

@@ -124,7 +124,7 @@ impl Master {
 
     async fn take_report(&self, result: TaskResult) -> Result<()> {
         let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
-        let result_attempt = result.attempt;
+        let (result_attempt, usage) = (result.attempt, result.usage);
         let outcome = record_report(self.inner.store.as_ref(), result, self.now()).await?;
         // The transition's effects (the release) run even when the result
         // write failed, so a failed write cannot strand the allocation.
@@ -134,6 +134,9 @@ impl Master {
                 transition,
             } => {
                 self.carry_out(&t, &transition);
+                if let Some(u) = &usage {
+                    self.inner.metrics.used(&t.spec.resources, u);
+                }
                 (Some(transition.to), None)
             }
             Applied::Refused {

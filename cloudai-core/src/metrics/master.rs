@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::{latencies, render, Labels, Latencies, Rpcs};
 use crate::liveness::Health;
-use crate::model::{EndCause, Resources, StatusCounts, TaskStatus};
+use crate::model::{EndCause, Resources, StatusCounts, TaskStatus, Usage};
 
 type Level = Gauge<f64, AtomicU64>;
 
@@ -60,6 +60,9 @@ pub(crate) struct Snapshot {
     pub(crate) capacity: Resources,
 }
 
+/// Buckets of a use over a request: a tenth used up to four times over.
+const USE_RATIO: [f64; 10] = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0, 4.0];
+
 #[derive(Debug)]
 struct Series {
     registry: Registry,
@@ -71,6 +74,8 @@ struct Series {
     heartbeats: Counter,
     start: Histogram,
     stop: Histogram,
+    memory_use: Histogram,
+    cpu_use: Histogram,
     store: Latencies,
     rpcs: Rpcs,
     tasks: Family<Labels<1>, Gauge>,
@@ -106,6 +111,8 @@ impl MasterMetrics {
             heartbeats: Counter::default(),
             start: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             stop: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            memory_use: Histogram::new(USE_RATIO.into_iter()),
+            cpu_use: Histogram::new(USE_RATIO.into_iter()),
             store: latencies(),
             rpcs: Rpcs::default(),
             tasks: Family::default(),
@@ -156,6 +163,16 @@ impl MasterMetrics {
             s.stop.clone(),
         );
         r.register(
+            "attempt_memory_use_ratio",
+            "An ended attempt's peak memory over the memory its task asked for",
+            s.memory_use.clone(),
+        );
+        r.register(
+            "attempt_cpu_use_ratio",
+            "An ended attempt's CPU time over its wall time and the cores its task asked for",
+            s.cpu_use.clone(),
+        );
+        r.register(
             "store_operation_seconds",
             "Task store and worker registry calls, by operation",
             s.store.clone(),
@@ -203,6 +220,20 @@ impl MasterMetrics {
 
     pub(crate) fn stopped(&self, took: Duration) {
         self.0.stop.observe(took.as_secs_f64());
+    }
+
+    /// An attempt that ended having used `used` of `asked`: how well the
+    /// request fitted (what a user sizing `--mem` for a sweep needs).
+    pub(crate) fn used(&self, asked: &Resources, used: &Usage) {
+        if asked.memory_mb > 0 {
+            let asked_bytes = asked.memory_mb as f64 * 1e6;
+            self.0
+                .memory_use
+                .observe(used.peak_memory_bytes as f64 / asked_bytes);
+        }
+        if let (true, Some(cores)) = (asked.cpu_millis > 0, used.cores()) {
+            self.0.cpu_use.observe(cores / asked.cpu_cores());
+        }
     }
 
     /// A stored transition to `to`; `waited` is how long a first placement
@@ -360,5 +391,33 @@ mod tests {
             line(&text, r#"cloudai_tasks{status="running"}"#),
             r#"cloudai_tasks{status="running"} 4"#
         );
+    }
+
+    #[test]
+    fn use_over_request_lands_in_its_bucket() {
+        let m = MasterMetrics::new();
+        let asked = Resources::new(2.0, 1.0, 0.0, 0).unwrap();
+        // Half the memory asked for, one of two cores for a second.
+        let used = Usage {
+            wall_ms: 1000,
+            user_cpu_ms: 900,
+            system_cpu_ms: 100,
+            peak_memory_bytes: 500_000_000,
+            pull_ms: None,
+        };
+        m.used(&asked, &used);
+        // No request, no ratio.
+        m.used(&Resources::ZERO, &used);
+        let text = m.render(&Snapshot::default());
+        for (series, want) in [
+            ("cloudai_attempt_memory_use_ratio_bucket{le=\"0.25\"}", "0"),
+            ("cloudai_attempt_memory_use_ratio_bucket{le=\"0.5\"}", "1"),
+            ("cloudai_attempt_memory_use_ratio_count", "1"),
+            ("cloudai_attempt_cpu_use_ratio_bucket{le=\"0.25\"}", "0"),
+            ("cloudai_attempt_cpu_use_ratio_bucket{le=\"0.5\"}", "1"),
+            ("cloudai_attempt_cpu_use_ratio_count", "1"),
+        ] {
+            assert_eq!(line(&text, series), format!("{series} {want}"));
+        }
     }
 }

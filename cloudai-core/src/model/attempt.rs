@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{TaskResult, TaskStatus, Timestamp, ValidationError, WorkerId};
+use super::{TaskResult, TaskStatus, Timestamp, Usage, ValidationError, WorkerId};
 
 /// The most attempts any task gets, whatever its policy.
 pub const MAX_ATTEMPTS: u32 = 20;
@@ -185,6 +185,9 @@ pub struct Attempt {
     /// Offset of the first byte of `logs` in the attempt's output.
     #[serde(default)]
     pub logs_offset: u64,
+    /// What it used, where its runtime measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl Attempt {
@@ -208,6 +211,7 @@ impl Attempt {
             message,
             logs: String::new(),
             logs_offset: 0,
+            usage: None,
         }
     }
 
@@ -226,6 +230,7 @@ impl Attempt {
             message: result.message.clone(),
             logs,
             logs_offset,
+            usage: result.usage,
         }
     }
 

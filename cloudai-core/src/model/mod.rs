@@ -13,6 +13,7 @@ mod resources;
 mod run;
 mod task;
 mod time;
+mod usage;
 mod validation;
 mod worker;
 
@@ -28,5 +29,6 @@ pub use resources::Resources;
 pub use run::{ExitStatus, RunningTask};
 pub use task::{TaskRecord, TaskResult, TaskSpec, TaskStatus, MAX_COMMAND_BYTES};
 pub use time::{parse_duration, Timestamp};
+pub use usage::{Usage, UsageSummary};
 pub use validation::ValidationError;
 pub use worker::{Drain, Gpu, Heartbeat, Telemetry, WorkerIdentity, WorkerRecord, GPUS_ENV};

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::TaskId;
+use super::{TaskId, Usage};
 
 /// One assignment of a task: the task and its attempt number.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct ExitStatus {
     pub signal: Option<i32>,
     /// Whether it was killed for exceeding its memory limit.
     pub oom_killed: bool,
+    /// What it used, where the runtime measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl ExitStatus {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ArrayMember, Attempt, AttemptCounts, AttemptPolicy, EndCause, Resources, TaskId, Timestamp,
-    ValidationError, WorkerId,
+    Usage, ValidationError, WorkerId,
 };
 
 /// Largest command line accepted (all arguments together), in bytes. Far
@@ -322,6 +322,9 @@ pub struct TaskResult {
     pub started_at: Option<Timestamp>,
     /// When the worker saw it end.
     pub finished_at: Timestamp,
+    /// What the run used, where its runtime measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 pub(crate) mod duration_ms {

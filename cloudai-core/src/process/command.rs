@@ -125,5 +125,6 @@ pub(super) fn to_exit_status(status: std::process::ExitStatus) -> ExitStatus {
         code: status.code(),
         signal: status.signal(),
         oom_killed: false,
+        usage: None,
     }
 }

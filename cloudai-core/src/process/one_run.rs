@@ -27,18 +27,20 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use wait4::{ResUse, Wait4};
 
 use super::frames::write_frame;
 use super::record::{Ended, Entry, RunFiles, RunSpec, StartError, Started};
 use super::{signal_group, task_command, to_exit_status, DRAIN_TIMEOUT};
 use crate::host::process_start_ticks;
+use crate::model::Usage;
 use crate::output::OutputStream;
 use crate::runtime::ExitStatus as Exit;
 use crate::sync::lock;
@@ -251,7 +253,7 @@ pub(super) fn supervise(
     }
     let status = status.unwrap_or_else(|| Err(io::Error::other("the task's exit was not seen")));
     let recorded = status.and_then(|status| {
-        let status = to_exit_status(status);
+        let status = used(status);
         files
             .append(&Entry::Ended(Ended { status, note }))
             .map(|()| status)
@@ -264,7 +266,7 @@ pub(super) fn supervise(
 /// (on kernels before 5.3) a thread waiting for it that closes a socket.
 enum ExitWatch {
     Pidfd(OwnedFd, Child),
-    Thread(UnixStream, mpsc::Receiver<io::Result<ExitStatus>>),
+    Thread(UnixStream, mpsc::Receiver<io::Result<ResUse>>),
 }
 
 impl ExitWatch {
@@ -275,8 +277,7 @@ impl ExitWatch {
                 let (told, tells) = UnixStream::pair()?;
                 let (tx, rx) = mpsc::channel();
                 thread(move || {
-                    let mut child = child;
-                    let _ = tx.send(child.wait());
+                    let _ = tx.send(child.wait4());
                     drop(tells);
                 })?;
                 Ok(ExitWatch::Thread(told, rx))
@@ -291,14 +292,29 @@ impl ExitWatch {
         }
     }
 
-    /// The exit, once [`fd`](Self::fd) is readable.
-    fn status(self) -> io::Result<ExitStatus> {
+    /// The exit and what the task used (with the children it waited
+    /// for), once [`fd`](Self::fd) is readable.
+    fn status(self) -> io::Result<ResUse> {
         match self {
-            ExitWatch::Pidfd(_, mut child) => child.wait(),
+            ExitWatch::Pidfd(_, child) => child.wait4(),
             ExitWatch::Thread(_, rx) => rx
                 .recv()
                 .unwrap_or_else(|_| Err(io::Error::other("lost the thread waiting for the task"))),
         }
+    }
+}
+
+/// The exit and what the task used, as the run records it.
+fn used(res: ResUse) -> Exit {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Exit {
+        usage: Some(Usage {
+            user_cpu_ms: ms(res.rusage.utime),
+            system_cpu_ms: ms(res.rusage.stime),
+            peak_memory_bytes: res.rusage.maxrss,
+            ..Usage::default()
+        }),
+        ..to_exit_status(res.status)
     }
 }
 

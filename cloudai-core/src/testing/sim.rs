@@ -526,6 +526,7 @@ async fn exited(mut rx: watch::Receiver<Option<ExitStatus>>) -> ExitStatus {
                 code: None,
                 signal: Some(9),
                 oom_killed: false,
+                usage: None,
             };
         }
     }
@@ -587,21 +588,21 @@ impl ContainerRuntime for FakeRuntime {
                     }
                 };
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => break ExitStatus { code: Some(program.code), signal: None, oom_killed: false },
+                    _ = tokio::time::sleep_until(deadline) => break ExitStatus { code: Some(program.code), signal: None, oom_killed: false, usage: None },
                     () = stop => match forced {
-                        Some(_) => break ExitStatus { code: None, signal: Some(9), oom_killed: false },
+                        Some(_) => break ExitStatus { code: None, signal: Some(9), oom_killed: false, usage: None },
                         None if program.ignores_term => {
                             out.push(OutputStream::Stderr, b"ignoring SIGTERM\n");
                             forced = Some(Instant::now() + grace);
                         }
-                        None => break ExitStatus { code: None, signal: Some(15), oom_killed: false },
+                        None => break ExitStatus { code: None, signal: Some(15), oom_killed: false, usage: None },
                     },
                     _ = lease.changed() => {}
                     changed = sig_rx.changed() => {
                         let sig = if changed.is_ok() { *sig_rx.borrow_and_update() } else { Some(9) };
                         match sig {
                             Some(15) if program.ignores_term => out.push(OutputStream::Stderr, b"ignoring SIGTERM\n"),
-                            Some(s) => break ExitStatus { code: None, signal: Some(s), oom_killed: false },
+                            Some(s) => break ExitStatus { code: None, signal: Some(s), oom_killed: false, usage: None },
                             None => {}
                         }
                     }

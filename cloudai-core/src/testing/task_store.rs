@@ -10,7 +10,7 @@ use crate::apply::{apply_event, record_report, Applied};
 use crate::lifecycle::TaskEvent;
 use crate::model::{
     ArrayId, ArrayMember, AttemptPolicy, EndCause, StatusCounts, TaskResult, TaskStatus, Timestamp,
-    WorkerId,
+    Usage, WorkerId,
 };
 use crate::store::{
     Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
@@ -66,6 +66,13 @@ fn result(task: &str, worker: &WorkerId, status: TaskStatus, logs: &str) -> Task
         cause: EndCause::inferred(status, Some(1), None),
         started_at: Some(Timestamp::from_millis(1)),
         finished_at: Timestamp::from_millis(2),
+        usage: Some(Usage {
+            wall_ms: 1,
+            user_cpu_ms: 700,
+            system_cpu_ms: 50,
+            peak_memory_bytes: 200 << 20,
+            pull_ms: Some(30),
+        }),
     }
 }
 

@@ -370,6 +370,14 @@ impl Worker {
         logs: Tail,
         started_at: Option<Timestamp>,
     ) -> TaskResult {
+        let finished_at = self.inner.clock.now();
+        // The runtime measures what the run used; its wall time is the
+        // worker's view of its start and end.
+        let usage = exit.and_then(|e| e.usage).map(|mut u| {
+            u.wall_ms =
+                started_at.map_or(0, |s| finished_at.saturating_since(s).as_millis() as u64);
+            u
+        });
         TaskResult {
             task_id: run.task.clone(),
             worker_id: self.inner.config.id.clone(),
@@ -382,7 +390,8 @@ impl Worker {
             logs_offset: logs.offset,
             message: end.message,
             started_at,
-            finished_at: self.inner.clock.now(),
+            finished_at,
+            usage,
         }
     }
 }
