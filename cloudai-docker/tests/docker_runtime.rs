@@ -126,3 +126,61 @@ async fn a_gpu_run_asks_the_daemon_for_its_own_devices_by_id() {
         }
     }
 }
+
+/// A container that holds 200 MiB and burns CPU reports what it used,
+/// within 25%, though its cgroup is gone once it stops: its stats are
+/// sampled while it runs. It idles a second at the end, so the last sample
+/// before its end sees all its CPU (a run loses what it burns in its last
+/// quarter second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_reports_its_peak_memory_and_cpu_time() {
+    use cloudai_core::model::Resources;
+    use cloudai_core::runtime::{ContainerSpec, LABEL_TASK};
+    let rt = DockerRuntime::connect("w-usage")
+        .await
+        .expect("a Docker daemon (run ./scripts/test.sh)");
+    let script = r#"dd if=/dev/zero bs=200M count=1 2>/dev/null | sleep 1
+i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done
+set -- $(cat /proc/$$/stat); echo "ticks $(( ${14} + ${15} + ${16} + ${17} ))"
+sleep 1"#;
+    let spec = ContainerSpec {
+        name: format!("cloudai-usage-{}", std::process::id()),
+        image: image(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: Default::default(),
+        limits: Resources::new(1.0, 0.5, 0.0, 0).unwrap(),
+        gpus: Vec::new(),
+        labels: [(LABEL_TASK.to_string(), "usage".to_string())].into(),
+        time_limit: None,
+        grace: std::time::Duration::ZERO,
+        lease: None,
+    };
+    let id = rt.start(&spec).await.expect("start");
+    let exit = rt.wait(&id).await.expect("wait");
+    let mut out = rt.output(&id).await.expect("output");
+    let mut text = Vec::new();
+    while let Some(c) = out.recv().await {
+        text.extend_from_slice(&c.expect("chunk").data);
+    }
+    rt.remove(&id).await.expect("remove");
+    let text = String::from_utf8_lossy(&text);
+    let ticks: f64 = text
+        .trim()
+        .strip_prefix("ticks ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ticks line in {text:?}"));
+    let u = exit.usage.expect("a started container's usage");
+    let cpu_ms = u.cpu_ms() as f64;
+    let want_ms = ticks * 10.0;
+    assert!(
+        (cpu_ms - want_ms).abs() <= 0.25 * want_ms,
+        "cpu {cpu_ms} ms, the container counted {want_ms} ms: {u:?}"
+    );
+    let mib_200 = 200.0 * 1024.0 * 1024.0;
+    let peak = u.peak_memory_bytes as f64;
+    assert!(
+        (peak - mib_200).abs() <= 0.25 * mib_200,
+        "peak {peak} bytes: {u:?}"
+    );
+    assert_eq!(u.pull_ms, None, "the image was there");
+}
