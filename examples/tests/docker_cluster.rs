@@ -682,6 +682,10 @@ fn docker_pulls_a_missing_image_and_a_slow_pull_fails_its_task_clearly() {
         log.contains("pulling it") && log.contains("image pulled"),
         "the pull is in the log: {log}"
     );
+    assert!(
+        v["result"]["usage"]["pull_ms"].as_u64().is_some(),
+        "the pull's time is in the run's usage: {v}"
+    );
 
     c.worker_args = vec!["--pull-timeout".into(), "1ms".into()];
     let slow = c.id("slow");
