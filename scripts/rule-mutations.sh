@@ -201,4 +201,12 @@ mutate cloudai-core/src/ledger.rs "a reconcile gives runs other GPUs than the st
 mutate cloudai-core/src/process/command.rs "a run without GPUs sees every GPU of its host" \
   'env.insert("CUDA_VISIBLE_DEVICES".into(), devices.clone());' ''
 
+# Each attempt keeps a record of what it used.
+mutate cloudai-core/src/worker/supervise.rs "a run's usage is left out of its result" \
+  '            finished_at,
+            usage,' '            finished_at,
+            usage: usage.filter(|_| false),'
+mutate cloudai-core/src/model/attempt.rs "an attempt forgets what its run used" \
+  'usage: result.usage,' 'usage: None,'
+
 exit $survived

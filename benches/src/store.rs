@@ -227,6 +227,7 @@ async fn store_phases(args: &Args) -> Result<(), String> {
         message: None,
         started_at: Some(Timestamp::from_millis(11)),
         finished_at: Timestamp::from_millis(20),
+        usage: None,
     };
     let s = stores.tasks.clone();
     let d = timed(n, callers, move |i| {

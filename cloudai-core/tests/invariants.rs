@@ -121,6 +121,7 @@ fn report(task: &TaskId, worker: &WorkerId, attempt: u32, cause: EndCause, n: us
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(n as u64),
+        usage: None,
     }
 }
 

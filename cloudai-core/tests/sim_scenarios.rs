@@ -60,6 +60,32 @@ async fn until<F: AsyncFn() -> bool>(limit: Duration, what: &str, f: F) {
     }
 }
 
+// ---- usage ---------------------------------------------------------------
+
+/// What a run used reaches its result and its attempt, with the wall time
+/// its worker saw.
+#[tokio::test(start_paused = true)]
+async fn a_runs_usage_is_kept_with_its_result_and_attempt() {
+    let c = cluster(&[("w", 4.0)]).await;
+    let t = c.master.submit(fake_task(5, 0, 1.0)).await.unwrap();
+    until(Duration::from_secs(30), "completed", async || {
+        status(&c, &t).await == TaskStatus::Completed
+    })
+    .await;
+    let view = c.master.task(&t).await.unwrap();
+    let usage = view
+        .result
+        .and_then(|r| r.usage)
+        .expect("the result's usage");
+    assert_eq!(
+        (usage.user_cpu_ms, usage.peak_memory_bytes),
+        (5000, 1 << 20)
+    );
+    assert!((5000..5200).contains(&usage.wall_ms), "{usage:?}");
+    assert_eq!(view.task.history[0].usage, Some(usage));
+    c.stop().await;
+}
+
 // ---- resource release on worker shutdown -------------------------------
 
 async fn shutdown_with(n: usize) {

@@ -200,6 +200,7 @@ async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
         cause: EndCause::Completed,
         started_at: None,
         finished_at: Timestamp::from_millis(5),
+        usage: None,
     };
     let out = record_report(&store, report, Timestamp::from_millis(5))
         .await

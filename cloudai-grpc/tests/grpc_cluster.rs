@@ -516,6 +516,7 @@ async fn a_refused_report_answers_failed_precondition_with_the_reason() {
         message: None,
         started_at: None,
         finished_at: Timestamp::from_millis(1),
+        usage: None,
     };
     let unknown = TaskId::new("task-0-0").unwrap();
     for (r, reason) in [

@@ -781,6 +781,13 @@ mod tests {
             message: Some("m".into()),
             started_at: None,
             finished_at: Timestamp::from_millis(8),
+            usage: Some(Usage {
+                wall_ms: 3,
+                user_cpu_ms: 2,
+                system_cpu_ms: 1,
+                peak_memory_bytes: 1 << 30,
+                pull_ms: None,
+            }),
         };
         let doc = bson::serialize_to_document(&ResultDoc::from_core(&r).unwrap()).unwrap();
         let back: ResultDoc = bson::deserialize_from_document(doc).unwrap();

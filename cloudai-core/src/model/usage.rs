@@ -60,11 +60,11 @@ impl UsageSummary {
         let mut cpu_ms = 0u64;
         let (mut peaks, mut walls) = (Vec::new(), Vec::new());
         for t in tasks {
-            let measured = t.history.iter().filter_map(|a| a.usage.as_ref());
+            let mut measured = t.history.iter().filter_map(|a| a.usage.as_ref());
             cpu_ms = measured
                 .clone()
                 .fold(cpu_ms, |sum, u| sum.saturating_add(u.cpu_ms()));
-            if let Some(last) = measured.last() {
+            if let Some(last) = measured.next_back() {
                 peaks.push(last.peak_memory_bytes);
                 walls.push(last.wall_ms);
             }

@@ -35,7 +35,7 @@ use crate::master::{Master, MasterConfig, MasterEvent};
 use crate::memory::MemoryStore;
 use crate::model::{
     Gpu, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Timestamp, ValidationError, WorkerId, WorkerIdentity, ATTEMPT_ENV, MAX_ATTEMPTS,
+    Timestamp, Usage, ValidationError, WorkerId, WorkerIdentity, ATTEMPT_ENV, MAX_ATTEMPTS,
 };
 use crate::output::{OutputFrom, OutputLog, OutputStream};
 use crate::rng::SplitMix64;
@@ -588,7 +588,17 @@ impl ContainerRuntime for FakeRuntime {
                     }
                 };
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => break ExitStatus { code: Some(program.code), signal: None, oom_killed: false, usage: None },
+                    // A fake run keeps a core busy and a megabyte resident.
+                    _ = tokio::time::sleep_until(deadline) => break ExitStatus {
+                        code: Some(program.code),
+                        signal: None,
+                        oom_killed: false,
+                        usage: Some(Usage {
+                            user_cpu_ms: program.runs_for.as_millis() as u64,
+                            peak_memory_bytes: 1 << 20,
+                            ..Usage::default()
+                        }),
+                    },
                     () = stop => match forced {
                         Some(_) => break ExitStatus { code: None, signal: Some(9), oom_killed: false, usage: None },
                         None if program.ignores_term => {
