@@ -8,9 +8,9 @@ use cloudai_core::ledger::{Correction, Reconciliation};
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, GpuView, TaskView, WorkerView};
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, Gpu, InstanceId, Resources,
-    StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp,
-    Usage, ValidationError, WorkerId, WorkerIdentity,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, ContainerOptions, Drain, EndCause, Gpu,
+    InstanceId, Mount, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec,
+    TaskStatus, Telemetry, Timestamp, Tmpfs, Usage, ValidationError, WorkerId, WorkerIdentity,
 };
 use cloudai_core::store::PageKey;
 use cloudai_core::transport::RunningTask;
@@ -312,6 +312,7 @@ impl From<TaskSpec> for proto::TaskSpec {
             cancel_grace_ms: millis(s.cancel_grace),
             pin: s.pin.map(String::from),
             policy: Some(s.policy.into()),
+            options: (!s.options.is_default()).then(|| s.options.into()),
         }
     }
 }
@@ -405,6 +406,62 @@ fn attempt(a: proto::Attempt) -> Result<Attempt, Status> {
     })
 }
 
+impl From<ContainerOptions> for proto::ContainerOptions {
+    fn from(o: ContainerOptions) -> Self {
+        proto::ContainerOptions {
+            workdir: o.workdir,
+            mounts: o
+                .mounts
+                .into_iter()
+                .map(|m| proto::Mount {
+                    source: m.source,
+                    target: m.target,
+                    read_only: m.read_only,
+                })
+                .collect(),
+            tmpfs: o
+                .tmpfs
+                .into_iter()
+                .map(|t| proto::Tmpfs {
+                    target: t.target,
+                    size_bytes: t.size_bytes,
+                })
+                .collect(),
+            user: o.user.map(|u| u.to_string()),
+            shm_size: o.shm_size,
+        }
+    }
+}
+
+/// Container options from the wire (absent: none); the spec validates them.
+fn options(o: Option<proto::ContainerOptions>) -> Result<ContainerOptions, Status> {
+    let Some(o) = o else {
+        return Ok(ContainerOptions::default());
+    };
+    Ok(ContainerOptions {
+        workdir: o.workdir,
+        mounts: o
+            .mounts
+            .into_iter()
+            .map(|m| Mount {
+                source: m.source,
+                target: m.target,
+                read_only: m.read_only,
+            })
+            .collect(),
+        tmpfs: o
+            .tmpfs
+            .into_iter()
+            .map(|t| Tmpfs {
+                target: t.target,
+                size_bytes: t.size_bytes,
+            })
+            .collect(),
+        user: valid(o.user.as_deref().map(str::parse).transpose())?,
+        shm_size: o.shm_size,
+    })
+}
+
 /// A task spec from the wire, fully validated.
 pub fn spec(s: Option<proto::TaskSpec>) -> Result<TaskSpec, Status> {
     let s = s.ok_or_else(|| invalid("spec", "missing"))?;
@@ -416,6 +473,7 @@ pub fn spec(s: Option<proto::TaskSpec>) -> Result<TaskSpec, Status> {
         cancel_grace: Duration::from_millis(s.cancel_grace_ms),
         pin: s.pin.as_deref().map(worker_id).transpose()?,
         policy: policy(s.policy),
+        options: options(s.options)?,
     };
     valid(spec.validate())?;
     Ok(spec)

@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Attempt, AttemptPolicy, Drain, EndCause, Gpu, InstanceId, Resources,
-    TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Timestamp, Usage,
-    ValidationError, WorkerId, WorkerRecord,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, ContainerOptions, Drain, EndCause, Gpu,
+    InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
+    Timestamp, Usage, ValidationError, WorkerId, WorkerRecord,
 };
 use cloudai_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -270,6 +270,9 @@ struct SpecDoc {
     pin: Option<WorkerId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     policy: Option<PolicyDoc>,
+    /// Absent when none is set (and in tasks stored before options).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    options: Option<ContainerOptions>,
 }
 
 impl SpecDoc {
@@ -292,6 +295,7 @@ impl SpecDoc {
             )?,
             pin: s.pin.clone(),
             policy: Some(PolicyDoc::from_core(&s.policy)?),
+            options: (!s.options.is_default()).then(|| s.options.clone()),
         })
     }
 
@@ -310,6 +314,7 @@ impl SpecDoc {
                 Some(p) => p.into_core()?,
                 None => AttemptPolicy::legacy(),
             },
+            options: self.options.unwrap_or_default(),
         })
     }
 }

@@ -6,6 +6,7 @@
 
 mod array;
 mod attempt;
+mod container;
 mod counts;
 mod ids;
 mod policy;
@@ -21,6 +22,9 @@ pub use array::{ArrayIndices, ArrayMember, ARRAY_ID_ENV, ARRAY_INDEX_ENV, MAX_AR
 pub use attempt::{
     Attempt, AttemptCounts, EndCause, EndKind, ATTEMPT_ENV, ATTEMPT_LOG_BYTES, MAX_ATTEMPTS,
     TASK_ID_ENV,
+};
+pub use container::{
+    parse_size, ContainerOption, ContainerOptions, Mount, Tmpfs, User, MAX_MOUNTS,
 };
 pub use counts::StatusCounts;
 pub use ids::{ArrayId, InstanceId, TaskId, WorkerId};

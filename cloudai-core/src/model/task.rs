@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ArrayMember, Attempt, AttemptCounts, AttemptPolicy, EndCause, Resources, TaskId, Timestamp,
-    Usage, ValidationError, WorkerId,
+    ArrayMember, Attempt, AttemptCounts, AttemptPolicy, ContainerOptions, EndCause, Resources,
+    TaskId, Timestamp, Usage, ValidationError, WorkerId,
 };
 
 /// Largest command line accepted (all arguments together), in bytes. Far
@@ -43,6 +43,9 @@ pub struct TaskSpec {
     /// had a policy reads as [`AttemptPolicy::legacy`]).
     #[serde(default = "AttemptPolicy::legacy")]
     pub policy: AttemptPolicy,
+    /// Working directory, mounts, user and `/dev/shm` of its container.
+    #[serde(default, skip_serializing_if = "ContainerOptions::is_default")]
+    pub options: ContainerOptions,
 }
 
 impl TaskSpec {
@@ -59,6 +62,7 @@ impl TaskSpec {
             cancel_grace: Self::DEFAULT_CANCEL_GRACE,
             pin: None,
             policy: AttemptPolicy::default(),
+            options: ContainerOptions::default(),
         }
     }
 
@@ -131,6 +135,7 @@ impl TaskSpec {
             ));
         }
         self.policy.validate()?;
+        self.options.validate()?;
         self.resources.validate()
     }
 }

@@ -9,7 +9,7 @@ use super::{pending_task, task_id, worker_id};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::lifecycle::TaskEvent;
 use crate::model::{
-    ArrayId, ArrayMember, AttemptPolicy, EndCause, StatusCounts, TaskResult, TaskStatus, Timestamp,
+    ArrayId, ArrayMember, AttemptPolicy, ContainerOptions, EndCause, StatusCounts, TaskResult, TaskStatus, Timestamp,
     Usage, WorkerId,
 };
 use crate::store::{
@@ -753,15 +753,22 @@ pub async fn attempts_are_kept_with_the_task(store: Arc<dyn TaskStore>) {
         time_limit: Some(std::time::Duration::from_millis(2500)),
         ..AttemptPolicy::default()
     };
+    t.spec.options = ContainerOptions {
+        workdir: Some("/work".into()),
+        mounts: vec!["/data/in:/in:ro".parse().expect("mount")],
+        tmpfs: vec!["/scratch:64MiB".parse().expect("tmpfs")],
+        user: Some("1000:100".parse().expect("user")),
+        shm_size: Some(1 << 30),
+    };
     store.insert_task(t.clone()).await.expect("insert");
     assert_eq!(
         store
             .get_task(&t.id)
             .await
             .expect("get")
-            .map(|r| r.spec.policy),
-        Some(t.spec.policy),
-        "the policy reads back"
+            .map(|r| (r.spec.policy, r.spec.options)),
+        Some((t.spec.policy, t.spec.options.clone())),
+        "the policy and container options read back"
     );
     let w = worker_id("w-a");
     assign(store.as_ref(), "retry", &w).await;
