@@ -399,6 +399,7 @@ async fn heartbeat_phase(args: &Args) -> Result<(), String> {
                 address: format!("127.0.0.1:{}", 20_000 + w),
                 capacity: Resources::new(4.0, 4.0, 0.0, 0).map_err(|e| e.to_string())?,
                 gpus: vec![],
+                allow_mounts: Vec::new(),
                 running: vec![],
             })
             .await

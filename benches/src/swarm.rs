@@ -302,6 +302,7 @@ async fn register(shared: &Shared, id: &WorkerId) -> Result<(), String> {
         address: w.address.clone(),
         capacity: shared.config.capacity,
         gpus: Vec::new(),
+        allow_mounts: Vec::new(),
         running,
     };
     let mut tries = 0;

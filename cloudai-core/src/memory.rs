@@ -285,6 +285,7 @@ impl WorkerRegistry for MemoryStore {
                 known.address = worker.address;
                 known.capacity = worker.capacity;
                 known.gpus = worker.gpus;
+                known.allow_mounts = worker.allow_mounts;
                 known.instance = worker.instance;
                 known.clone()
             }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::ExitStatus;
-use crate::model::{Gpu, Resources, Timestamp};
+use crate::model::{ContainerOption, ContainerOptions, Gpu, Resources, Timestamp, ValidationError};
 pub use crate::output::{Follow, OutputChunk, OutputStream};
 use crate::Result;
 
@@ -52,6 +52,9 @@ pub struct ContainerSpec {
     /// The worker's GPUs the run gets (`limits.gpus` of them): the runtime
     /// makes exactly these visible to it, and no others.
     pub gpus: Vec<Gpu>,
+    /// Working directory, mounts, user and `/dev/shm`: each applied, or
+    /// the start refused (see [`ContainerRuntime::unsupported`]).
+    pub options: ContainerOptions,
     /// Labels to attach (see [`LABEL_TASK`], [`LABEL_WORKER`]).
     pub labels: BTreeMap<String, String>,
     /// Longest the run may go, from its start: a runtime that keeps runs
@@ -86,7 +89,14 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
     /// The runtime's name (`"process"`, `"docker"`, ...).
     fn name(&self) -> &'static str;
 
-    /// Creates and starts a container.
+    /// The options set in `options` that this runtime cannot apply. By
+    /// default every one: a runtime names those it does apply.
+    fn unsupported(&self, options: &ContainerOptions) -> Vec<ContainerOption> {
+        options.set()
+    }
+
+    /// Creates and starts a container. A spec setting an option the
+    /// runtime cannot apply is refused ([`refuse_unsupported`]).
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId>;
 
     /// Waits until the container exits.
@@ -118,4 +128,26 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
         let _ = lease;
         Ok(())
     }
+}
+
+/// Refuses `options` if `runtime` cannot apply one of them, naming each,
+/// so that no option is silently ignored.
+pub fn refuse_unsupported(
+    runtime: &(impl ContainerRuntime + ?Sized),
+    options: &ContainerOptions,
+) -> Result<()> {
+    let missing = runtime.unsupported(options);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let flags: Vec<&str> = missing.iter().map(|o| o.flag()).collect();
+    Err(ValidationError::Invalid {
+        field: "container options",
+        reason: format!(
+            "the {} runtime cannot apply {}",
+            runtime.name(),
+            flags.join(", ")
+        ),
+    }
+    .into())
 }

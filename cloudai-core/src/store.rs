@@ -171,8 +171,8 @@ pub trait TaskStore: Send + Sync + Debug {
 /// Registered workers and their liveness fields.
 #[async_trait]
 pub trait WorkerRegistry: Send + Sync + Debug {
-    /// Registers a worker, or updates the address, capacity, GPUs and
-    /// instance of a known one (keeping its `registered_at`, last heartbeat, telemetry
+    /// Registers a worker, or updates the address, capacity, GPUs, allowed
+    /// mounts and instance of a known one (keeping its `registered_at`, last heartbeat, telemetry
     /// and drain). Returns the stored record.
     async fn upsert_worker(&self, worker: WorkerRecord) -> Result<WorkerRecord>;
 

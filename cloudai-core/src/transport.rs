@@ -54,6 +54,8 @@ pub struct Registration {
     pub capacity: Resources,
     /// Its GPUs (`capacity.gpus` of them; empty: numbered from 0).
     pub gpus: Vec<Gpu>,
+    /// Host directories under which its tasks may bind-mount.
+    pub allow_mounts: Vec<String>,
     /// Tasks it is running right now (empty on a fresh start).
     pub running: Vec<RunningTask>,
 }

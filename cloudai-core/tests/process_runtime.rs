@@ -29,6 +29,7 @@ fn spec(command: &[&str]) -> ContainerSpec {
         env: BTreeMap::new(),
         limits: Resources::ZERO,
         gpus: Vec::new(),
+        options: Default::default(),
         labels: BTreeMap::new(),
         time_limit: None,
         grace: Duration::ZERO,

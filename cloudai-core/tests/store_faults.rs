@@ -138,6 +138,7 @@ async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() 
             address: "w1:1".into(),
             capacity: Resources::new(2.0, 2.0, 0.0, 0).unwrap(),
             gpus: Vec::new(),
+            allow_mounts: Vec::new(),
             running: Vec::new(),
         })
         .await

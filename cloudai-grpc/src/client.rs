@@ -388,6 +388,7 @@ impl WorkerToMaster for MasterClient {
             address: registration.address.clone(),
             capacity: Some(registration.capacity.into()),
             gpus: registration.gpus.iter().cloned().map(Into::into).collect(),
+            allow_mounts: registration.allow_mounts.clone(),
             running: registration
                 .running
                 .iter()

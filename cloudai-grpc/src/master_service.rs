@@ -60,6 +60,7 @@ impl master_server::Master for MasterService {
             address: r.address,
             capacity: convert::resources(r.capacity, "capacity")?,
             gpus: r.gpus.into_iter().map(Into::into).collect(),
+            allow_mounts: r.allow_mounts,
             running: r
                 .running
                 .into_iter()

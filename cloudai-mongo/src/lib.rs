@@ -661,6 +661,11 @@ impl WorkerRegistry for MongoStore {
             })?;
             set.insert("gpus", gpus);
         }
+        if worker.allow_mounts.is_empty() {
+            unset.insert("allow_mounts", "");
+        } else {
+            set.insert("allow_mounts", worker.allow_mounts.clone());
+        }
         let mut update = doc! { "$set": set };
         if !unset.is_empty() {
             update.insert("$unset", unset);

@@ -544,6 +544,8 @@ pub(crate) struct WorkerDoc {
     drain: Option<DrainDoc>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     gpus: Vec<GpuDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_mounts: Vec<String>,
 }
 
 /// One GPU inside a WORKERS document.
@@ -620,6 +622,7 @@ impl WorkerDoc {
             instance: w.instance.clone(),
             drain: w.drain.as_ref().map(DrainDoc::from_core).transpose()?,
             gpus: w.gpus.iter().map(GpuDoc::from_core).collect(),
+            allow_mounts: w.allow_mounts.clone(),
         })
     }
 
@@ -641,6 +644,7 @@ impl WorkerDoc {
                 .into_iter()
                 .map(GpuDoc::into_core)
                 .collect::<Result<_>>()?,
+            allow_mounts: self.allow_mounts,
         })
     }
 }

@@ -42,6 +42,7 @@ fn spec(task: &str, script: &str) -> ContainerSpec {
         env: BTreeMap::new(),
         limits: Resources::ZERO,
         gpus: Vec::new(),
+        options: Default::default(),
         labels: BTreeMap::from([(LABEL_TASK.to_string(), task.to_string())]),
         time_limit: None,
         grace: Duration::ZERO,

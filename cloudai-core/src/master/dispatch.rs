@@ -64,6 +64,21 @@ impl Master {
         if options.wait_for_capacity {
             return Ok(());
         }
+        let sources = spec.options.sources();
+        if !self
+            .state()
+            .mounts_allowed_somewhere(&sources, spec.pin.as_ref())
+        {
+            return Err(ValidationError::Invalid {
+                field: "mount",
+                reason: format!(
+                    "no registered worker{} allows bind mounts from {} (a worker allows them with --allow-mount); submit with --wait-for-capacity to queue it for one that does",
+                    if spec.pin.is_some() { " (pinned)" } else { "" },
+                    sources.join(", "),
+                ),
+            }
+            .into());
+        }
         let never_fits = self.state().never_fits(&spec.resources, spec.pin.as_ref());
         match never_fits {
             None => Ok(()),

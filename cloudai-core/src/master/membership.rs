@@ -79,6 +79,7 @@ impl Master {
             WorkerRecord::new(id.clone(), Some(reg.address.clone()), reg.capacity, now);
         record.instance = Some(reg.instance.clone());
         record.gpus.clone_from(&reg.gpus);
+        record.allow_mounts.clone_from(&reg.allow_mounts);
         self.inner.registry.upsert_worker(record).await?;
         let on_here = self.inner.store.list_tasks(&on_worker(&id)).await?;
         let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
@@ -111,7 +112,14 @@ impl Master {
                 .into_iter()
                 .filter(|r| absent(r) && !missing.contains(r))
                 .collect();
-            let (revived, owed) = st.register(&who, &reg.address, reg.capacity, &reg.gpus, now);
+            let (revived, owed) = st.register(
+                &who,
+                &reg.address,
+                reg.capacity,
+                &reg.gpus,
+                &reg.allow_mounts,
+                now,
+            );
             self.done(st);
             (missing, gone, revived, owed)
         };

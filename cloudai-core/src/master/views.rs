@@ -28,6 +28,8 @@ pub fn short_reason(reason: &str) -> &'static str {
         }
     } else if reason.contains("exceeds") {
         "TooLarge"
+    } else if reason.contains("allows bind mounts") {
+        "MountNotAllowed"
     } else if reason.contains("enough free resources") {
         if pinned {
             "PinnedWorkerBusy"

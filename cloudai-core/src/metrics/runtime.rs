@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{timed, Latencies};
+use crate::model::{ContainerOption, ContainerOptions};
 use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
 };
@@ -30,6 +31,10 @@ impl MeteredRuntime {
 impl ContainerRuntime for MeteredRuntime {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    fn unsupported(&self, options: &ContainerOptions) -> Vec<ContainerOption> {
+        self.inner.unsupported(options)
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {

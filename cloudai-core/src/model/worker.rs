@@ -166,6 +166,9 @@ pub struct WorkerRecord {
     /// Its GPUs, by index (empty: `capacity.gpus` GPUs numbered from 0).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<Gpu>,
+    /// Host directories under which its tasks may bind-mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_mounts: Vec<String>,
 }
 
 impl WorkerRecord {
@@ -181,6 +184,7 @@ impl WorkerRecord {
             instance: None,
             drain: None,
             gpus: Vec::new(),
+            allow_mounts: Vec::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::Stdio;
 
 use nix::errno::Errno;
@@ -11,8 +12,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use super::BACKEND;
-use crate::model::Gpu;
-use crate::model::ValidationError;
+use crate::model::{ContainerOption, ContainerOptions, Gpu, User, ValidationError};
 use crate::runtime::{ContainerSpec, ExitStatus};
 use crate::{Error, Result};
 
@@ -41,6 +41,8 @@ pub(super) fn task_command(
     program: &str,
     args: &[String],
     env: &BTreeMap<String, String>,
+    workdir: Option<&Path>,
+    user: Option<User>,
 ) -> std::process::Command {
     let path = env
         .get("PATH")
@@ -57,6 +59,13 @@ pub(super) fn task_command(
         cmd.env("PATH", path);
     }
     cmd.envs(env);
+    if let Some(dir) = workdir {
+        cmd.current_dir(dir);
+    }
+    if let Some(u) = user {
+        // As root, the standard library also drops the supplementary groups.
+        cmd.uid(u.uid).gid(u.gid);
+    }
     cmd
 }
 
@@ -79,6 +88,22 @@ pub(super) fn resolve(program: &str, path: Option<&std::ffi::OsStr>) -> std::pat
 
 /// Refuses a spec the process runtimes cannot run: no command (there is no
 /// image default to fall back to), or an empty program name.
+/// The options of `options` the process runtimes cannot apply: a process
+/// has no mounts of its own and no `/dev/shm` of its own, and can run as
+/// another user only when the worker runs as root.
+pub(super) fn unsupported(options: &ContainerOptions) -> Vec<ContainerOption> {
+    let root = rustix::process::geteuid().is_root();
+    options
+        .set()
+        .into_iter()
+        .filter(|o| match o {
+            ContainerOption::Workdir => false,
+            ContainerOption::User => !root,
+            ContainerOption::Mount | ContainerOption::Tmpfs | ContainerOption::ShmSize => true,
+        })
+        .collect()
+}
+
 pub(super) fn check_command(spec: &ContainerSpec) -> Result<()> {
     match spec.command.first() {
         None => Err(invalid_command(format!(

@@ -34,6 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,11 +60,14 @@ pub use supervised::SupervisedProcessRuntime;
 
 use command::{
     backend, check_command, invalid_command, run_env, signal_group, task_command, to_exit_status,
+    unsupported,
 };
 
+use crate::model::{ContainerOption, ContainerOptions};
 use crate::output::{OutputFrom, OutputLog, OutputStream};
 use crate::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
+    refuse_unsupported, ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus,
+    Follow,
 };
 use crate::sync::lock;
 use crate::{Error, Result};
@@ -189,12 +193,24 @@ impl ContainerRuntime for ProcessRuntime {
         "process"
     }
 
+    fn unsupported(&self, options: &ContainerOptions) -> Vec<ContainerOption> {
+        unsupported(options)
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
         check_command(spec)?;
+        refuse_unsupported(self, &spec.options)?;
         let Some((program, args)) = spec.command.split_first() else {
             return Err(invalid_command("empty command".into()));
         };
-        let mut cmd = Command::from(task_command(program, args, &run_env(spec)));
+        let workdir = spec.options.workdir.as_deref().map(Path::new);
+        let mut cmd = Command::from(task_command(
+            program,
+            args,
+            &run_env(spec),
+            workdir,
+            spec.options.user,
+        ));
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);

@@ -434,7 +434,7 @@ fn spawn(spec: &RunSpec) -> Result<(Child, Pipes), StartError> {
             message: "empty command".into(),
         });
     };
-    let mut child = task_command(program, args, &spec.env)
+    let mut child = task_command(program, args, &spec.env, spec.workdir.as_deref(), spec.user)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -525,6 +525,8 @@ mod tests {
             orphan_timeout: lease,
             time_limit,
             grace: Duration::ZERO,
+            workdir: None,
+            user: None,
         };
         files.create(&spec).unwrap();
         files

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `<run>.run` | runtime (its first line), then supervisor (appended) | the run's record, a JSON [`Entry`] a line: what to run, then its start (or why it could not start), its end, and the supervisor's notes on it |
 //! | `<run>.out` | supervisor, from the task's first byte | its stdout and stderr, framed (see `frames`) |
+//! | `<run>.wd/` | runtime, unless the task names a `--workdir` | the directory the task starts in, removed with the run |
 //!
 //! One record file a run, appended to, rather than a directory of records
 //! each written aside and renamed: a short task then costs one inode (its
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backend, invalid_command};
 use crate::host::process_start_ticks;
+use crate::model::User;
 use crate::runtime::{ContainerId, ExitStatus};
 use crate::Result;
 
@@ -56,6 +58,12 @@ pub(super) struct RunSpec {
     /// SIGTERM→SIGKILL grace of the stops the supervisor makes itself.
     #[serde(default)]
     pub(super) grace: Duration,
+    /// The directory the task starts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) workdir: Option<PathBuf>,
+    /// Whom the task runs as (the supervisor's user if not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) user: Option<User>,
 }
 
 /// The task's process, as its supervisor started it.
@@ -143,6 +151,7 @@ pub(super) struct Record {
 pub(super) struct RunFiles {
     record: PathBuf,
     output: PathBuf,
+    workdir: PathBuf,
 }
 
 impl RunFiles {
@@ -151,6 +160,7 @@ impl RunFiles {
         plain_run_name(name).then(|| RunFiles {
             record: runs.join(format!("{name}.{RECORD}")),
             output: runs.join(format!("{name}.out")),
+            workdir: runs.join(format!("{name}.wd")),
         })
     }
 
@@ -166,6 +176,12 @@ impl RunFiles {
 
     pub(super) fn output(&self) -> &Path {
         &self.output
+    }
+
+    /// The directory a run starts in unless its spec names one; it goes
+    /// with the run.
+    pub(super) fn workdir(&self) -> &Path {
+        &self.workdir
     }
 
     /// Whether the run's record exists.
@@ -271,6 +287,11 @@ impl RunFiles {
     /// after a crash between the two is still a run (found and removed
     /// again), never output nobody knows of.
     pub(super) fn remove(&self) -> io::Result<()> {
+        match std::fs::remove_dir_all(&self.workdir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         for path in [&self.output, &self.record] {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -337,6 +358,8 @@ mod tests {
             orphan_timeout: Duration::from_secs(60),
             time_limit: None,
             grace: Duration::ZERO,
+            workdir: None,
+            user: None,
         }
     }
 

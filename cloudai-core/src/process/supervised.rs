@@ -39,11 +39,14 @@ use super::follow::{follow_file, Outcome};
 use super::record::{start_outcome, RunFiles, RunSpec, Started};
 use super::supervisor_link::SupervisorLink;
 use super::{
-    backend, check_command, invalid_command, run_env, signal_group, DRAIN_TIMEOUT, KILL_TIMEOUT,
+    backend, check_command, invalid_command, run_env, signal_group, unsupported, DRAIN_TIMEOUT,
+    KILL_TIMEOUT,
 };
+use crate::model::{ContainerOption, ContainerOptions};
 use crate::output::CHANNEL;
 use crate::runtime::{
-    ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
+    refuse_unsupported, ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus,
+    Follow,
 };
 use crate::sync::lock;
 use crate::{Error, Result};
@@ -188,7 +191,20 @@ impl SupervisedProcessRuntime {
         files: &RunFiles,
         spec: &ContainerSpec,
     ) -> Result<Started> {
+        let workdir = match &spec.options.workdir {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let dir = files.workdir();
+                std::fs::create_dir(dir).map_err(backend)?;
+                if let Some(u) = spec.options.user {
+                    std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(backend)?;
+                }
+                dir.to_path_buf()
+            }
+        };
         let record = RunSpec {
+            workdir: Some(workdir),
+            user: spec.options.user,
             name: spec.name.clone(),
             image: spec.image.clone(),
             command: spec.command.clone(),
@@ -282,8 +298,13 @@ impl ContainerRuntime for SupervisedProcessRuntime {
         "process"
     }
 
+    fn unsupported(&self, options: &ContainerOptions) -> Vec<ContainerOption> {
+        unsupported(options)
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {
         check_command(spec)?;
+        refuse_unsupported(self, &spec.options)?;
         let id = fresh_id();
         let files = self
             .files(&id)

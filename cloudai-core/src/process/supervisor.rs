@@ -387,6 +387,8 @@ mod tests {
             orphan_timeout: Duration::from_secs(60),
             time_limit: None,
             grace: Duration::ZERO,
+            workdir: None,
+            user: None,
         };
         let first = RunFiles::new(&runs, "run-1")
             .unwrap()

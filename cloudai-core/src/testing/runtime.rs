@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::model::Resources;
+use crate::model::{ContainerOptions, Resources};
 use crate::runtime::{
     ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, OutputChunk, OutputStream,
     LABEL_TASK, LABEL_WORKER,
@@ -79,6 +79,7 @@ fn sh(case: &str, image: &str, script: &str) -> ContainerSpec {
         env: BTreeMap::new(),
         limits: Resources::ZERO,
         gpus: Vec::new(),
+        options: ContainerOptions::default(),
         labels: BTreeMap::from([
             (LABEL_TASK.to_string(), format!("{case}-{u}")),
             (LABEL_WORKER.to_string(), "conformance".to_string()),

@@ -9,8 +9,8 @@ use super::{pending_task, task_id, worker_id};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::lifecycle::TaskEvent;
 use crate::model::{
-    ArrayId, ArrayMember, AttemptPolicy, ContainerOptions, EndCause, StatusCounts, TaskResult, TaskStatus, Timestamp,
-    Usage, WorkerId,
+    ArrayId, ArrayMember, AttemptPolicy, ContainerOptions, EndCause, StatusCounts, TaskResult,
+    TaskStatus, Timestamp, Usage, WorkerId,
 };
 use crate::store::{
     Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,

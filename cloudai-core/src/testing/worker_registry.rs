@@ -86,9 +86,14 @@ pub async fn reregistration_keeps_history(reg: Arc<dyn WorkerRegistry>) {
         },
         Gpu::indexed(3),
     ];
+    again.allow_mounts = vec!["/data".into(), "/scratch".into()];
     let stored = reg.upsert_worker(again.clone()).await.expect("upsert");
     assert_eq!(stored.capacity, again.capacity, "capacity must update");
     assert_eq!(stored.gpus, again.gpus, "GPUs must update");
+    assert_eq!(
+        stored.allow_mounts, again.allow_mounts,
+        "allowed mounts must update"
+    );
     assert_eq!(stored.address, again.address, "address must update");
     assert_eq!(
         stored.registered_at,

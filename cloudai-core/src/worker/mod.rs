@@ -61,6 +61,8 @@ pub struct WorkerConfig {
     pub capacity: Resources,
     /// Its GPUs, `capacity.gpus` of them (by default numbered from 0).
     pub gpus: Vec<Gpu>,
+    /// Host directories under which tasks may bind-mount (none by default).
+    pub allow_mounts: Vec<String>,
     /// Heartbeat interval until the master names one (5 s).
     pub heartbeat_interval: Duration,
     /// Longest SIGTERM→SIGKILL grace a cancel may ask for (30 s).
@@ -93,6 +95,7 @@ impl WorkerConfig {
             instance: InstanceId::ephemeral(),
             advertise_address: advertise_address.into(),
             gpus: (0..capacity.gpus).map(Gpu::indexed).collect(),
+            allow_mounts: Vec::new(),
             capacity,
             heartbeat_interval: Duration::from_secs(5),
             max_grace: Duration::from_secs(30),

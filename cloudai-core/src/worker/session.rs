@@ -146,6 +146,7 @@ impl Worker {
                 address: cfg.advertise_address.clone(),
                 capacity: cfg.capacity,
                 gpus: cfg.gpus.clone(),
+                allow_mounts: cfg.allow_mounts.clone(),
                 running,
             };
             let sent = Instant::now();

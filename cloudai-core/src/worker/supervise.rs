@@ -9,13 +9,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::runs::{Admit, NewRun, StopKind};
 use super::{Worker, SHUTDOWN_MESSAGE};
 use crate::model::{
-    EndCause, ExitStatus, Gpu, Resources, RunningTask, TaskId, TaskResult, TaskSpec, TaskStatus,
-    Timestamp, ATTEMPT_ENV, GPUS_ENV, TASK_ID_ENV,
+    ContainerOptions, EndCause, ExitStatus, Gpu, Mount, Resources, RunningTask, TaskId, TaskResult,
+    TaskSpec, TaskStatus, Timestamp, ValidationError, ATTEMPT_ENV, GPUS_ENV, TASK_ID_ENV,
 };
 use crate::output::{OutputLog, Tail};
 use crate::runtime::{
-    ContainerId, ContainerInfo, ContainerSpec, LABEL_ATTEMPT, LABEL_GRACE, LABEL_TASK,
-    LABEL_TIME_LIMIT, LABEL_WORKER,
+    refuse_unsupported, ContainerId, ContainerInfo, ContainerSpec, LABEL_ATTEMPT, LABEL_GRACE,
+    LABEL_TASK, LABEL_TIME_LIMIT, LABEL_WORKER,
 };
 use crate::sync::lock;
 use crate::{Error, Result};
@@ -89,6 +89,8 @@ impl Worker {
         }
         spec.validate()?;
         let gpus = Gpu::pick(&self.inner.config.gpus, &gpus, spec.resources.gpus)?;
+        refuse_unsupported(self.inner.runtime.as_ref(), &spec.options)?;
+        self.check_mounts(&spec.options)?;
         // Not while a registration is on its way: it lists the runs as they
         // were when it left, and the master would fail this one as vanished.
         let _not_registering = self.inner.registering.read().await;
@@ -115,6 +117,35 @@ impl Worker {
         let w = self.clone();
         let span = info_span!("run", task = %run.task, attempt = run.attempt);
         runs.supervise(async move { w.supervise(run, spec, gpus).await }.instrument(span));
+        Ok(())
+    }
+
+    /// Refuses bind mounts from outside the directories this worker
+    /// allows (`--allow-mount`), judged on the paths as the file system
+    /// resolves them, so a symbolic link cannot lead out of them.
+    fn check_mounts(&self, options: &ContainerOptions) -> Result<()> {
+        let cfg = &self.inner.config;
+        let resolved = |p: &str| std::fs::canonicalize(p).map(|p| p.to_string_lossy().into_owned());
+        let allowed: Vec<String> = cfg
+            .allow_mounts
+            .iter()
+            .filter_map(|p| resolved(p).ok())
+            .collect();
+        for source in options.sources() {
+            let refuse = |why: String| {
+                Error::from(ValidationError::Invalid {
+                    field: "mount",
+                    reason: format!("worker {} refuses to mount {source}: {why}", cfg.id),
+                })
+            };
+            let real = resolved(&source).map_err(|e| refuse(e.to_string()))?;
+            if !Mount::allowed_by(&real, &allowed) {
+                return Err(refuse(format!(
+                    "{real} is not under a directory it allows (--allow-mount {})",
+                    cfg.allow_mounts.join(",")
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -232,6 +263,7 @@ impl Worker {
             env,
             limits: spec.resources,
             gpus,
+            options: spec.options.clone(),
             labels,
             time_limit: limit,
             grace,

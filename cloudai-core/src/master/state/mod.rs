@@ -51,6 +51,8 @@ struct WorkerInfo {
     telemetry: Option<Telemetry>,
     /// Its GPUs as it named them (empty: numbered from 0).
     gpus: Vec<Gpu>,
+    /// Host directories under which its tasks may bind-mount.
+    allow_mounts: Vec<String>,
 }
 
 /// Work that state changes made owed; the driver performs it.

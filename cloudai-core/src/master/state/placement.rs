@@ -20,6 +20,16 @@ fn blocked(reason: &NoCapacity, pin: Option<&WorkerId>) -> Blocked {
     Blocked::new(text, *reason != NoCapacity::AllBusy)
 }
 
+/// A class no active worker allows the mounts of: only a worker joining,
+/// returning or being undrained can help.
+fn blocked_on_mounts(reason: String, pin: Option<&WorkerId>) -> Blocked {
+    let text = match pin {
+        Some(p) => format!("waiting for worker {p}: {reason}"),
+        None => reason,
+    };
+    Blocked::new(text, true)
+}
+
 impl State {
     /// Queues a pending task, with a note on why it (re)joined the queue.
     pub(in crate::master) fn enqueue(&mut self, task: &TaskRecord, note: Option<String>) {
@@ -59,6 +69,13 @@ impl State {
         let mut picks = Vec::new();
         queue.pass(|task, class| {
             let r = &class.resources;
+            if !class.mounts.is_empty() && !self.any_active_allows(now, class) {
+                let reason = format!(
+                    "no active worker allows bind mounts from {}",
+                    class.mounts.join(", ")
+                );
+                return Err(blocked_on_mounts(reason, class.pin.as_ref()));
+            }
             let room = sample(r, self.candidates(now, class, false));
             if room.is_empty() {
                 let reason = no_room(r, self.candidates(now, class, true));
@@ -95,6 +112,10 @@ impl State {
         all: bool,
     ) -> Box<dyn Iterator<Item = Candidate> + 'a> {
         let candidate = move |id: &WorkerId| {
+            // Only workers that allow its mounts are candidates at all.
+            if !self.allows_mounts(id, &class.mounts) {
+                return None;
+            }
             Some(Candidate {
                 id: id.clone(),
                 active: self.placeable(id, now),
@@ -111,6 +132,18 @@ impl State {
             Box::new(walk_from(self.ledger.open(), cursor).filter_map(move |(id, _)| candidate(id)))
         } else {
             Box::new(walk_from(&self.workers, cursor).filter_map(move |(id, _)| candidate(id)))
+        }
+    }
+
+    /// Whether an active worker (its pin, if it has one) allows every bind
+    /// mount of `class`.
+    fn any_active_allows(&self, now: Timestamp, class: &Class) -> bool {
+        match &class.pin {
+            Some(p) => self.placeable(p, now) && self.allows_mounts(p, &class.mounts),
+            None => self
+                .workers
+                .keys()
+                .any(|w| self.placeable(w, now) && self.allows_mounts(w, &class.mounts)),
         }
     }
 

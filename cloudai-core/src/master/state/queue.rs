@@ -24,6 +24,8 @@ use crate::model::{Resources, TaskId, Timestamp, WorkerId};
 pub(in crate::master) struct Class {
     pub(in crate::master) resources: Resources,
     pub(in crate::master) pin: Option<WorkerId>,
+    /// The host directories its bind mounts need a worker to allow.
+    pub(in crate::master) mounts: Vec<String>,
 }
 
 impl Class {
@@ -32,6 +34,7 @@ impl Class {
         Class {
             resources: task.spec.resources,
             pin: task.spec.pin.clone(),
+            mounts: task.spec.options.sources(),
         }
     }
 }
@@ -231,6 +234,7 @@ mod tests {
         Class {
             resources: Resources::new(cpu, 0.0, 0.0, 0).unwrap(),
             pin: pin.map(|p| WorkerId::new(p).unwrap()),
+            mounts: Vec::new(),
         }
     }
 

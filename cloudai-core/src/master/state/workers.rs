@@ -8,7 +8,7 @@ use crate::liveness::Health;
 use crate::master::views::{GpuView, WorkerView};
 use crate::metrics::Snapshot;
 use crate::model::{
-    Drain, Gpu, Heartbeat, InstanceId, Resources, RunningTask, TaskId, Telemetry, Timestamp,
+    Drain, Gpu, Heartbeat, InstanceId, Mount, Resources, RunningTask, TaskId, Telemetry, Timestamp,
     WorkerId, WorkerIdentity, WorkerRecord,
 };
 
@@ -34,6 +34,7 @@ impl State {
                 drain: w.drain,
                 telemetry: w.telemetry,
                 gpus: w.gpus,
+                allow_mounts: w.allow_mounts,
                 ..WorkerInfo::default()
             },
         );
@@ -48,6 +49,7 @@ impl State {
         address: &str,
         capacity: Resources,
         gpus: &[Gpu],
+        allow_mounts: &[String],
         now: Timestamp,
     ) -> (bool, Vec<RunningTask>) {
         let id = &who.id;
@@ -59,6 +61,7 @@ impl State {
         info.address = Some(address.to_string());
         info.instance = Some(who.instance.clone());
         info.gpus = gpus.to_vec();
+        info.allow_mounts = allow_mounts.to_vec();
         info.left = false;
         info.session = true;
         info.unreachable = false;
@@ -79,6 +82,7 @@ impl State {
         let info = self.workers.entry(w.id.clone()).or_default();
         info.address = w.address.clone();
         info.instance = w.instance.clone();
+        info.allow_mounts.clone_from(&w.allow_mounts);
     }
 
     /// Takes a heartbeat. `None` if the worker must register again (unknown
@@ -171,6 +175,33 @@ impl State {
             None => crate::placement::never_fits(request, self.ledger.capacities().filter(known))?,
         };
         Some((largest.clone(), capacity))
+    }
+
+    /// Whether `worker` allows bind mounts from every one of `sources`.
+    pub(in crate::master) fn allows_mounts(&self, worker: &WorkerId, sources: &[String]) -> bool {
+        sources.is_empty()
+            || self.workers.get(worker).is_some_and(|w| {
+                sources
+                    .iter()
+                    .all(|s| Mount::allowed_by(s, &w.allow_mounts))
+            })
+    }
+
+    /// Whether a registered worker (`pin`, if given) allows bind mounts
+    /// from every one of `sources`, or none is known yet (then the task
+    /// queues, as one asking for more than any worker has does).
+    pub(in crate::master) fn mounts_allowed_somewhere(
+        &self,
+        sources: &[String],
+        pin: Option<&WorkerId>,
+    ) -> bool {
+        match pin {
+            Some(p) => !self.workers.contains_key(p) || self.allows_mounts(p, sources),
+            None => {
+                self.workers.is_empty()
+                    || self.workers.keys().any(|w| self.allows_mounts(w, sources))
+            }
+        }
     }
 
     /// Whether `worker` said in its last heartbeat that it is still
