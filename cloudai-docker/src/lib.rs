@@ -39,7 +39,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
-use cloudai_core::model::{Gpu, Timestamp, ValidationError};
+use cloudai_core::model::{ContainerOption, ContainerOptions, Gpu, Timestamp, ValidationError};
 use cloudai_core::output::{OutputFrom, OutputLog, CHANNEL};
 use cloudai_core::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow,
@@ -332,6 +332,30 @@ impl DockerRuntime {
             memory_swap: (limits.memory_mb > 0).then(|| mb(limits.memory_mb)),
             device_requests: gpus,
             init: Some(self.init),
+            binds: (!spec.options.mounts.is_empty()).then(|| {
+                spec.options
+                    .mounts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            }),
+            tmpfs: (!spec.options.tmpfs.is_empty()).then(|| {
+                spec.options
+                    .tmpfs
+                    .iter()
+                    .map(|t| {
+                        let size = t
+                            .size_bytes
+                            .map(|b| format!("size={b}"))
+                            .unwrap_or_default();
+                        (t.target.clone(), size)
+                    })
+                    .collect()
+            }),
+            shm_size: spec
+                .options
+                .shm_size
+                .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
             ..Default::default()
         };
         let mut labels = spec
@@ -346,6 +370,8 @@ impl DockerRuntime {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: spec.options.workdir.clone(),
+            user: spec.options.user.map(|u| u.to_string()),
             labels: Some(labels),
             host_config: Some(host),
             ..Default::default()
@@ -392,6 +418,11 @@ impl DockerRuntime {
 impl ContainerRuntime for DockerRuntime {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    /// Docker applies every container option.
+    fn unsupported(&self, _: &ContainerOptions) -> Vec<ContainerOption> {
+        Vec::new()
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerId> {

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use cloudai_core::liveness::Health;
 use cloudai_core::master::SubmitOptions;
 use cloudai_core::model::{
-    ArrayId, ArrayIndices, AttemptPolicy, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus,
-    UsageSummary, WorkerId,
+    parse_size, ArrayId, ArrayIndices, AttemptPolicy, ContainerOptions, Mount, Resources, TaskId,
+    TaskRecord, TaskSpec, TaskStatus, Tmpfs, UsageSummary, User, WorkerId,
 };
 use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
@@ -255,6 +255,24 @@ pub(crate) struct TaskArgs {
     /// is final).
     #[arg(long)]
     retry_on_timeout: bool,
+    /// The directory the command starts in (default: the image's; on the
+    /// process runtime, a directory of its own removed with the run).
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Bind-mount host directory SRC at DST (`SRC:DST[:ro]`); only under
+    /// the directories a worker allows (its `--allow-mount`). Repeatable.
+    #[arg(long = "mount", value_parser = parse_with::<Mount>)]
+    mounts: Vec<Mount>,
+    /// A memory-backed scratch directory (`DST[:SIZE]`, e.g.
+    /// `/scratch:1GiB`). Repeatable.
+    #[arg(long = "tmpfs", value_parser = parse_with::<Tmpfs>)]
+    tmpfs: Vec<Tmpfs>,
+    /// Run as `UID[:GID]` (numeric; the group defaults to the uid).
+    #[arg(long, value_parser = parse_with::<User>)]
+    user: Option<User>,
+    /// Size of the container's /dev/shm (`64MiB`, `1GiB`).
+    #[arg(long, value_parser = shm_size)]
+    shm_size: Option<u64>,
     /// Container image (the process runtime records it but runs the command).
     image: String,
     /// Command and arguments.
@@ -263,8 +281,18 @@ pub(crate) struct TaskArgs {
 }
 
 fn array_indices(s: &str) -> Result<ArrayIndices, String> {
+    parse_with(s)
+}
+
+fn parse_with<T: std::str::FromStr<Err = cloudai_core::model::ValidationError>>(
+    s: &str,
+) -> Result<T, String> {
     s.parse()
         .map_err(|e: cloudai_core::model::ValidationError| e.to_string())
+}
+
+fn shm_size(s: &str) -> Result<u64, String> {
+    parse_size("shm size", s).map_err(|e| e.to_string())
 }
 
 fn env_pair(s: &str) -> Result<(String, String), String> {
@@ -293,6 +321,13 @@ impl TaskArgs {
             requeue: !self.no_requeue,
             time_limit: self.time_limit,
             retry_on_timeout: self.retry_on_timeout,
+        };
+        spec.options = ContainerOptions {
+            workdir: self.workdir.clone(),
+            mounts: self.mounts.clone(),
+            tmpfs: self.tmpfs.clone(),
+            user: self.user,
+            shm_size: self.shm_size,
         };
         spec.validate()?;
         Ok(spec)

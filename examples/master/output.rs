@@ -382,6 +382,22 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         let gpus: Vec<String> = t.gpus.iter().map(u32::to_string).collect();
         say!("gpus      {}", gpus.join(","));
     }
+    let o = &t.spec.options;
+    if let Some(w) = &o.workdir {
+        say!("workdir   {w}");
+    }
+    for m in &o.mounts {
+        say!("mount     {m}");
+    }
+    for tmp in &o.tmpfs {
+        say!("tmpfs     {tmp}");
+    }
+    if let Some(u) = &o.user {
+        say!("user      {u}");
+    }
+    if let Some(s) = o.shm_size {
+        say!("shm size  {}", bytes(s));
+    }
     if let Some(r) = &t.reason {
         say!("reason    {r}");
     }

@@ -60,6 +60,10 @@ struct Cli {
     /// its own of these.
     #[arg(long, value_delimiter = ',')]
     gpu_ids: Option<Vec<u32>>,
+    /// Host directories under which tasks may bind-mount (`--mount`),
+    /// comma-separated absolute paths (`/data,/scratch`); none by default.
+    #[arg(long, value_delimiter = ',')]
+    allow_mount: Vec<String>,
     /// Heartbeat interval until the master names one, seconds.
     #[arg(long, default_value = "5", value_parser = common::seconds)]
     heartbeat_interval: Duration,
@@ -194,6 +198,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.instance = state.instance().clone();
     let indices: Vec<String> = gpus.iter().map(|g| g.index.to_string()).collect();
     config.gpus = gpus;
+    if let Some(bad) = cli.allow_mount.iter().find(|p| !p.starts_with('/')) {
+        return Err(format!("--allow-mount {bad}: not an absolute path"));
+    }
+    config.allow_mounts = cli.allow_mount.clone();
     config.heartbeat_interval = cli.heartbeat_interval;
     config.max_grace = cli.max_grace;
     config.shutdown_timeout = cli.shutdown_timeout;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::model::{ContainerOptions, Resources};
+use crate::model::{ContainerOption, ContainerOptions, Resources};
 use crate::runtime::{
     ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, OutputChunk, OutputStream,
     LABEL_TASK, LABEL_WORKER,
@@ -48,6 +48,7 @@ where
     stop_and_remove_are_idempotent(new_runtime().await, image).await;
     list_finds_containers_by_label(new_runtime().await, image).await;
     env_is_passed(new_runtime().await, image).await;
+    container_options_are_applied_or_refused(new_runtime().await, image).await;
     unknown_program_fails_cleanly(new_runtime().await, image).await;
     unknown_id_is_not_found(new_runtime().await, image).await;
 }
@@ -492,6 +493,84 @@ pub async fn env_is_passed(rt: Arc<dyn ContainerRuntime>, image: &str) {
         "env FOO=bar must be passed: {got:?}"
     );
     remove(rt, &id).await;
+}
+
+/// Each container option is applied by a runtime that claims it (the run
+/// sees its effect) and refused at `start` by one that does not, naming
+/// its flag: never silently ignored.
+pub async fn container_options_are_applied_or_refused(rt: Arc<dyn ContainerRuntime>, image: &str) {
+    let rt = rt.as_ref();
+    let host = std::env::temp_dir().join(format!("cloudai-conf-mount-{}", unique()));
+    std::fs::create_dir_all(&host).expect("mkdir");
+    std::fs::write(host.join("hello"), "mounted\n").expect("write");
+    let source = host.to_string_lossy().into_owned();
+    for option in ContainerOption::ALL {
+        let mut options = ContainerOptions::default();
+        let (script, want): (&str, &[&str]) = match option {
+            ContainerOption::Workdir => {
+                options.workdir = Some("/tmp".into());
+                ("pwd", &["/tmp"])
+            }
+            ContainerOption::Mount => {
+                options.mounts = vec![format!("{source}:/cloudai-in:ro").parse().expect("mount")];
+                (
+                    "cat /cloudai-in/hello; touch /cloudai-in/x 2>/dev/null && echo writable || echo read-only",
+                    &["mounted", "read-only"],
+                )
+            }
+            ContainerOption::Tmpfs => {
+                options.tmpfs = vec!["/cloudai-scratch:8MiB".parse().expect("tmpfs")];
+                (
+                    "grep ' /cloudai-scratch ' /proc/mounts",
+                    &["tmpfs", "size=8192k"],
+                )
+            }
+            ContainerOption::User => {
+                options.user = Some("1234:4321".parse().expect("user"));
+                ("echo \"uid=$(id -u) gid=$(id -g)\"", &["uid=1234 gid=4321"])
+            }
+            ContainerOption::ShmSize => {
+                options.shm_size = Some(16 << 20);
+                ("grep ' /dev/shm ' /proc/mounts", &["size=16384k"])
+            }
+        };
+        let mut spec = sh("options", image, script);
+        spec.options = options;
+        if rt.unsupported(&spec.options).contains(&option) {
+            let refused = tokio::time::timeout(QUICK, rt.start(&spec))
+                .await
+                .unwrap_or_else(|_| panic!("{}: start did not return", rt.name()));
+            match refused {
+                Err(Error::InvalidInput(e)) => assert!(
+                    e.to_string().contains(option.flag()),
+                    "{}: the refusal names {option}: {e}",
+                    rt.name()
+                ),
+                other => panic!(
+                    "{}: {option} is not applied, yet start gave {other:?}",
+                    rt.name()
+                ),
+            }
+            continue;
+        }
+        let id = start(rt, &spec).await;
+        let status = wait(rt, &id).await;
+        let got = text_of(&output(rt, &id).await, None);
+        remove(rt, &id).await;
+        assert!(
+            status.success(),
+            "{}: {option}: {status:?} {got:?}",
+            rt.name()
+        );
+        for w in want {
+            assert!(
+                got.contains(w),
+                "{}: {option} must show {w:?}: {got:?}",
+                rt.name()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&host);
 }
 
 /// A command naming a program that does not exist fails at `start` or exits
