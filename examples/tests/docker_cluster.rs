@@ -748,3 +748,75 @@ fn docker_a_hanging_pull_shows_pulling_until_its_timeout() {
     let reason = v["task"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("within 6s"), "{v}");
 }
+
+/// Bind mounts only from directories a worker allows: a task mounting
+/// from a directory no worker allows is refused at submit (exit 65); with
+/// one worker allowing it, the task is placed there and reads the file; a
+/// symbolic link inside the allowed directory that leads out of it is
+/// refused by the worker, which judges the resolved path.
+#[test]
+fn docker_bind_mounts_only_from_directories_a_worker_allows() {
+    let (mut c, plain, _, _sweep) = docker_cluster("dmount");
+    let allowed = c.state_root.join("allowed");
+    std::fs::create_dir_all(allowed.join("in")).expect("mkdir");
+    std::fs::write(allowed.join("in/data.txt"), "from the host\n").expect("write");
+    std::os::unix::fs::symlink("/etc", allowed.join("escape")).expect("symlink");
+    let mount = |sub: &str| format!("{}:/in:ro", allowed.join(sub).display());
+    let task = |c: &Cluster, mount: &str| {
+        c.cli(&[
+            "--json",
+            "task",
+            "--cpu",
+            "0.5",
+            "--mem",
+            "0.1",
+            "--mount",
+            mount,
+            IMAGE,
+            "--",
+            "cat",
+            "/in/data.txt",
+        ])
+    };
+
+    let out = task(&c, &mount("in"));
+    assert_eq!(out.code, 65, "no worker allows it: {out:?}");
+    assert!(out.stdout.contains("allows bind mounts"), "{out:?}");
+
+    c.worker_args = vec!["--allow-mount".into(), allowed.display().to_string()];
+    let open = c.id("open");
+    c.spawn_worker(&open, 4.0);
+    c.wait_active(&[&open]);
+    let _sweep_open = Sweep(open.clone());
+    let out = task(&c, &mount("in"));
+    assert_eq!(out.code, 0, "{out:?}");
+    let id: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let id = id["task_id"].as_str().expect("task id").to_string();
+    let v = until(EVENTUALLY, "the mounting task completed", || {
+        let v = c.show(&id);
+        (v["task"]["status"] == "completed").then_some(v)
+    });
+    assert_eq!(
+        v["task"]["worker"],
+        open.as_str(),
+        "placed where allowed, not on {plain}: {v}"
+    );
+    assert_eq!(v["result"]["logs"], "from the host\n", "{v}");
+
+    let out = task(&c, &mount("escape"));
+    assert_eq!(
+        out.code, 0,
+        "lexically under the allowed directory: {out:?}"
+    );
+    let id: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let id = id["task_id"].as_str().expect("task id").to_string();
+    let v = until(EVENTUALLY, "the escaping task failed", || {
+        let v = c.show(&id);
+        (v["task"]["status"] == "failed").then_some(v)
+    });
+    let reason = v["task"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("refuses to mount") && reason.contains("/etc"),
+        "{v}"
+    );
+}
