@@ -209,4 +209,16 @@ mutate cloudai-core/src/worker/supervise.rs "a run's usage is left out of its re
 mutate cloudai-core/src/model/attempt.rs "an attempt forgets what its run used" \
   'usage: result.usage,' 'usage: None,'
 
+# Container options: applied or refused; mounts only where allowed.
+mutate cloudai-core/src/master/state/placement.rs "a task is placed on a worker that does not allow its mounts" \
+  'if !self.allows_mounts(id, &class.mounts) {' 'if false && !self.allows_mounts(id, &class.mounts) {'
+mutate cloudai-core/src/master/dispatch.rs "a mount no registered worker allows is accepted at submit" \
+  '            .mounts_allowed_somewhere(&sources, spec.pin.as_ref())' \
+  '            .mounts_allowed_somewhere(&sources, spec.pin.as_ref())
+            && false'
+mutate cloudai-core/src/worker/supervise.rs "a worker mounts a path that resolves outside what it allows" \
+  '            if !Mount::allowed_by(&real, &allowed) {' '            if !Mount::allowed_by(&source, &cfg.allow_mounts) {'
+mutate cloudai-core/src/runtime.rs "an option a runtime cannot apply is ignored" \
+  '    if missing.is_empty() {' '    if true {'
+
 exit $survived

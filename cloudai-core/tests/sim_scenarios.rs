@@ -86,6 +86,61 @@ async fn a_runs_usage_is_kept_with_its_result_and_attempt() {
     c.stop().await;
 }
 
+// ---- bind mounts ---------------------------------------------------------
+
+/// A task mounting a host directory goes only to a worker that allows it,
+/// is refused at submit when no registered worker does, and a worker
+/// refuses a mount whose resolved path leaves what it allows. (The fake
+/// runtime applies no mounts: the task it is placed with fails, naming the
+/// option, which is how a runtime refuses one.)
+#[tokio::test(start_paused = true)]
+async fn mounts_go_only_where_a_worker_allows_them() {
+    let host = std::env::temp_dir().join(format!("cloudai-sim-mounts-{}", std::process::id()));
+    let allowed = host.join("allowed");
+    std::fs::create_dir_all(allowed.join("in")).unwrap();
+    let _ = std::os::unix::fs::symlink("/etc", allowed.join("escape"));
+    let allowed = allowed.to_string_lossy().into_owned();
+    let mut c = SimCluster::start(1, Faults::NONE, MasterConfig::default()).await;
+    c.start_worker("a-plain", cap(4.0)).await;
+    c.run_for(Duration::from_millis(100)).await;
+    let mounting = |sub: &str| {
+        let mut spec = fake_task(1, 0, 1.0);
+        spec.options.mounts = vec![format!("{allowed}/{sub}:/in:ro").parse().unwrap()];
+        spec
+    };
+    let refused = c.master.submit(mounting("in")).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("allows bind mounts"),
+        "{refused}"
+    );
+
+    c.allow_mounts("b-open", vec![allowed.clone()]);
+    c.start_worker("b-open", cap(4.0)).await;
+    c.run_for(Duration::from_millis(100)).await;
+    let ended = async |t: &TaskId| {
+        until(Duration::from_secs(30), "the task ended", async || {
+            status(&c, t).await.is_terminal()
+        })
+        .await;
+        c.master.task(t).await.unwrap().task
+    };
+    for _ in 0..3 {
+        let t = c.master.submit(mounting("in")).await.unwrap();
+        let task = ended(&t).await;
+        assert_eq!(task.worker, Some(wid("b-open")), "{task:?}");
+        let reason = task.reason.unwrap_or_default();
+        assert!(reason.contains("cannot apply --mount"), "{reason}");
+    }
+    let t = c.master.submit(mounting("escape")).await.unwrap();
+    let reason = ended(&t).await.reason.unwrap_or_default();
+    assert!(
+        reason.contains("refuses to mount") && reason.contains("/etc"),
+        "{reason}"
+    );
+    c.stop().await;
+    let _ = std::fs::remove_dir_all(&host);
+}
+
 // ---- resource release on worker shutdown -------------------------------
 
 async fn shutdown_with(n: usize) {

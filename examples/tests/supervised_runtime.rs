@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cloudai_core::model::Resources;
 use cloudai_core::process::SupervisedProcessRuntime;
-use cloudai_core::runtime::{ContainerRuntime, ContainerSpec, LABEL_TASK};
+use cloudai_core::runtime::{ContainerId, ContainerRuntime, ContainerSpec, ExitStatus, LABEL_TASK};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_cloudai-worker");
 const BOUND: Duration = Duration::from_secs(15);
@@ -82,6 +82,23 @@ async fn until_dead(pid: i32, within: Duration) {
     }
 }
 
+/// A run's exit (waited for within [`BOUND`]) and its whole output, each
+/// byte once from its start.
+async fn ended(rt: &SupervisedProcessRuntime, id: &ContainerId) -> (ExitStatus, Vec<u8>) {
+    let status = tokio::time::timeout(BOUND, rt.wait(id))
+        .await
+        .expect("bounded")
+        .expect("wait");
+    let mut output = rt.output(id).await.expect("output");
+    let mut text = Vec::new();
+    while let Some(c) = output.recv().await {
+        let c = c.expect("a chunk");
+        assert_eq!(c.offset, text.len() as u64);
+        text.extend(c.data);
+    }
+    (status, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
     let dirs = std::sync::Mutex::new(Vec::new());
@@ -97,6 +114,32 @@ async fn conformance() {
     for d in dirs.into_inner().unwrap() {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// Without a `--workdir`, a run starts in a directory of its own under
+/// the state directory (not the worker's), which goes with the run, what
+/// it wrote there included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_starts_in_a_directory_of_its_own_removed_with_it() {
+    let dir = state_dir("workdir");
+    let rt = runtime(&dir, Duration::from_secs(60));
+    let id = rt
+        .start(&spec("t-workdir", "echo left-behind > here.txt; pwd"))
+        .await
+        .expect("start");
+    let (status, text) = ended(rt.as_ref(), &id).await;
+    assert!(status.success(), "{status:?}");
+    let cwd = std::path::PathBuf::from(String::from_utf8_lossy(&text).trim());
+    assert!(
+        cwd.starts_with(&dir),
+        "{} is under {}",
+        cwd.display(),
+        dir.display()
+    );
+    assert!(cwd.join("here.txt").exists());
+    rt.remove(&id).await.expect("remove");
+    assert!(!cwd.exists(), "{} goes with the run", cwd.display());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A run outlives the runtime that started it (a killed worker); a new
@@ -117,18 +160,8 @@ async fn a_new_runtime_finds_a_run_and_its_exit() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].id, id);
     assert!(found[0].running, "{found:?}");
-    let status = tokio::time::timeout(BOUND, second.wait(&id))
-        .await
-        .expect("bounded")
-        .expect("wait");
+    let (status, text) = ended(second.as_ref(), &id).await;
     assert_eq!(status.code, Some(7));
-    let mut output = second.output(&id).await.expect("output");
-    let mut text = Vec::new();
-    while let Some(c) = output.recv().await {
-        let c = c.expect("a chunk");
-        assert_eq!(c.offset, text.len() as u64);
-        text.extend(c.data);
-    }
     assert_eq!(
         text, b"done\n",
         "the new runtime reads the output from its start"

@@ -719,6 +719,8 @@ pub struct SimCluster {
     pub clock: Clock,
     workers: BTreeMap<WorkerId, SimWorker>,
     capacities: BTreeMap<WorkerId, Resources>,
+    /// The host directories each worker allows bind mounts from.
+    allowed_mounts: BTreeMap<WorkerId, Vec<String>>,
     /// Each host's runtime outlives its agent (as Docker outlives a
     /// `kill -9` of the worker).
     runtimes: BTreeMap<WorkerId, Arc<FakeRuntime>>,
@@ -767,6 +769,7 @@ impl SimCluster {
             clock,
             workers: BTreeMap::new(),
             capacities: BTreeMap::new(),
+            allowed_mounts: BTreeMap::new(),
             runtimes: BTreeMap::new(),
             seed,
             checker,
@@ -781,6 +784,7 @@ impl SimCluster {
         config.seed = self.seed ^ self.workers.len() as u64;
         // One instance per id, as a state directory kept across restarts.
         config.instance = InstanceId::new(format!("sim-{id}")).expect("valid instance");
+        config.allow_mounts = self.allowed_mounts.get(&wid).cloned().unwrap_or_default();
         let (clock, running) = (self.clock, self.running.clone());
         let runtime = self
             .runtimes
@@ -905,6 +909,13 @@ impl SimCluster {
         }
         let capacity = *self.capacities.get(id)?;
         Some(self.start_worker(id.as_str(), capacity).await)
+    }
+
+    /// Worker `id`, when it next starts, allows bind mounts from under
+    /// `prefixes` (its `--allow-mount`).
+    pub fn allow_mounts(&mut self, id: &str, prefixes: Vec<String>) {
+        let wid = WorkerId::new(id).expect("valid worker id");
+        self.allowed_mounts.insert(wid, prefixes);
     }
 
     /// Cuts the worker off.

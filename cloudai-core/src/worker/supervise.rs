@@ -89,8 +89,8 @@ impl Worker {
         }
         spec.validate()?;
         let gpus = Gpu::pick(&self.inner.config.gpus, &gpus, spec.resources.gpus)?;
-        refuse_unsupported(self.inner.runtime.as_ref(), &spec.options)?;
         self.check_mounts(&spec.options)?;
+        refuse_unsupported(self.inner.runtime.as_ref(), &spec.options)?;
         // Not while a registration is on its way: it lists the runs as they
         // were when it left, and the master would fail this one as vanished.
         let _not_registering = self.inner.registering.read().await;
