@@ -236,6 +236,10 @@ mod tests {
                 "requeued: worker lost: w1 (loss 1 of 5)".to_string(),
                 "Requeued",
             ),
+            (
+                "no active worker allows bind mounts from /data".to_string(),
+                "MountNotAllowed",
+            ),
         ] {
             assert_eq!(short_reason(&sentence), word, "{sentence}");
         }
