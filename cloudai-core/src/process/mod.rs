@@ -55,6 +55,7 @@ mod record;
 mod supervised;
 pub mod supervisor;
 mod supervisor_link;
+mod workdirs;
 
 pub use supervised::SupervisedProcessRuntime;
 

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `<run>.run` | runtime (its first line), then supervisor (appended) | the run's record, a JSON [`Entry`] a line: what to run, then its start (or why it could not start), its end, and the supervisor's notes on it |
 //! | `<run>.out` | supervisor, from the task's first byte | its stdout and stderr, framed (see `frames`) |
-//! | `<run>.wd/` | runtime, unless the task names a `--workdir` | the directory the task starts in, removed with the run |
+//! | `<run>.wd/` | runtime, unless the task names a `--workdir` | the directory the task starts in, removed with the run (kept for a next run, renamed, when empty: see `workdirs`) |
 //!
 //! One record file a run, appended to, rather than a directory of records
 //! each written aside and renamed: a short task then costs one inode (its
@@ -287,7 +287,12 @@ impl RunFiles {
     /// after a crash between the two is still a run (found and removed
     /// again), never output nobody knows of.
     pub(super) fn remove(&self) -> io::Result<()> {
-        match std::fs::remove_dir_all(&self.workdir) {
+        // Most runs leave their directory empty: one `rmdir`, then the walk.
+        let removed = std::fs::remove_dir(&self.workdir).or_else(|e| match e.kind() {
+            io::ErrorKind::DirectoryNotEmpty => std::fs::remove_dir_all(&self.workdir),
+            _ => Err(e),
+        });
+        match removed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use super::follow::{follow_file, Outcome};
 use super::record::{start_outcome, RunFiles, RunSpec, Started};
 use super::supervisor_link::SupervisorLink;
+use super::workdirs::Workdirs;
 use super::{
     backend, check_command, invalid_command, run_env, signal_group, unsupported, DRAIN_TIMEOUT,
     KILL_TIMEOUT,
@@ -86,6 +87,7 @@ pub struct SupervisedProcessRuntime {
     supervisor: Arc<SupervisorLink>,
     orphan_timeout: Duration,
     attached: Mutex<HashMap<ContainerId, Arc<Attached>>>,
+    workdirs: Workdirs,
 }
 
 impl SupervisedProcessRuntime {
@@ -106,6 +108,7 @@ impl SupervisedProcessRuntime {
         std::fs::create_dir_all(&runs).map_err(backend)?;
         Ok(SupervisedProcessRuntime {
             supervisor: Arc::new(SupervisorLink::new(runs.clone(), supervisor)),
+            workdirs: Workdirs::new(&runs),
             runs,
             orphan_timeout,
             attached: Mutex::new(HashMap::new()),
@@ -195,7 +198,7 @@ impl SupervisedProcessRuntime {
             Some(dir) => PathBuf::from(dir),
             None => {
                 let dir = files.workdir();
-                std::fs::create_dir(dir).map_err(backend)?;
+                self.workdirs.make(dir).map_err(backend)?;
                 if let Some(u) = spec.options.user {
                     std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(backend)?;
                 }
@@ -401,6 +404,7 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             }
         }
         lock(&self.attached).remove(id);
+        self.workdirs.keep(files.workdir());
         files.remove().map_err(backend)
     }
 
