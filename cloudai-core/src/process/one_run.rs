@@ -277,6 +277,7 @@ impl ExitWatch {
                 let (told, tells) = UnixStream::pair()?;
                 let (tx, rx) = mpsc::channel();
                 thread(move || {
+                    let mut child = child;
                     let _ = tx.send(child.wait4());
                     drop(tells);
                 })?;
@@ -296,7 +297,7 @@ impl ExitWatch {
     /// for), once [`fd`](Self::fd) is readable.
     fn status(self) -> io::Result<ResUse> {
         match self {
-            ExitWatch::Pidfd(_, child) => child.wait4(),
+            ExitWatch::Pidfd(_, mut child) => child.wait4(),
             ExitWatch::Thread(_, rx) => rx
                 .recv()
                 .unwrap_or_else(|_| Err(io::Error::other("lost the thread waiting for the task"))),
