@@ -355,8 +355,11 @@ impl Worker {
             slot.map(|s| s.started_at),
         );
         // A run found ended past its deadline ran out of time, whoever
-        // stopped it (its supervisor, while this worker was away).
-        let timed_out = deadline.is_some_and(|at| ended_at >= at);
+        // stopped it (its supervisor, while this worker was away). The
+        // supervisor stops it on its own monotonic clock, at the limit to
+        // the millisecond; this worker's timestamps are whole milliseconds
+        // of another clock: a stop at the limit can read a little early.
+        let timed_out = deadline.is_some_and(|at| ended_at.saturating_add(CLOCK_SLACK) >= at);
         // One that ended past the fence was stopped for the loss (by its
         // supervisor, whose lease ran out with the fence).
         let stop = match stop {
@@ -427,6 +430,10 @@ impl Worker {
         }
     }
 }
+
+/// How far apart this worker's clock and a supervisor's may read the same
+/// moment (both count whole milliseconds, on different clocks).
+const CLOCK_SLACK: Duration = Duration::from_millis(50);
 
 /// The run an adopted container is, with its deadline (its start and
 /// time limit) and grace.
