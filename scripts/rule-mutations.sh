@@ -97,7 +97,7 @@ mutate cloudai-core/src/results.rs "stored result keeps the reporter's status" \
   $'        status: task.status,\n        message,\n        ..incoming' $'        message,\n        ..incoming'
 mutate cloudai-core/src/ledger.rs "release leaks the allocation" \
   $'            .get_mut(&worker)\n            .and_then(|a| a.remove(task))?;' \
-  $'            .get(&worker)\n            .and_then(|a| a.tasks.get(task).copied())?;'
+  $'            .get(&worker)\n            .and_then(|a| a.tasks.get(task).map(|h| h.req))?;'
 mutate cloudai-core/src/ledger.rs "the free-capacity index misses a freed worker" \
   $'            .and_then(|a| a.remove(task))?;\n        self.refresh(&worker);' '            .and_then(|a| a.remove(task))?;'
 mutate cloudai-core/src/placement/mod.rs "placement ignores inactive workers" \

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::{latencies, render, Labels, Latencies, Rpcs};
 use crate::liveness::Health;
-use crate::model::{EndCause, Resources, StatusCounts, TaskStatus, Usage};
+use crate::model::{EndCause, Resources, StatusCounts, TaskStatus, Usage, WorkerId};
 
 type Level = Gauge<f64, AtomicU64>;
 
@@ -58,7 +58,12 @@ pub(crate) struct Snapshot {
     pub(crate) allocated: Resources,
     /// Summed over the workers not lost.
     pub(crate) capacity: Resources,
+    /// GPUs allocated and offered, by worker not lost that has any.
+    pub(crate) worker_gpus: Vec<(WorkerId, u32, u32)>,
 }
+
+/// A series by worker.
+type ByWorker = [(&'static str, String); 1];
 
 /// Buckets of a use over a request: a tenth used up to four times over.
 const USE_RATIO: [f64; 10] = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0, 4.0];
@@ -86,6 +91,8 @@ struct Series {
     memory: Resource,
     storage: Resource,
     gpus: Resource,
+    worker_gpus_allocated: Family<ByWorker, Gauge>,
+    worker_gpus_capacity: Family<ByWorker, Gauge>,
 }
 
 /// A master's metrics. Cheap to clone; clones share the series.
@@ -123,6 +130,8 @@ impl MasterMetrics {
             memory: Resource::default(),
             storage: Resource::default(),
             gpus: Resource::default(),
+            worker_gpus_allocated: Family::default(),
+            worker_gpus_capacity: Family::default(),
         };
         let r = &mut s.registry;
         let counters = [
@@ -198,6 +207,16 @@ impl MasterMetrics {
         s.memory.register(r, "memory", "_bytes", "Memory");
         s.storage.register(r, "storage", "_bytes", "Storage");
         s.gpus.register(r, "gpus", "", "GPUs");
+        r.register(
+            "worker_gpus_allocated",
+            "GPUs held by running tasks on each worker that has GPUs",
+            s.worker_gpus_allocated.clone(),
+        );
+        r.register(
+            "worker_gpus_capacity",
+            "GPUs each worker that has GPUs offers",
+            s.worker_gpus_capacity.clone(),
+        );
         MasterMetrics(Arc::new(s))
     }
 
@@ -292,6 +311,18 @@ impl MasterMetrics {
         s.storage
             .set(megabytes(a.storage_mb), megabytes(c.storage_mb));
         s.gpus.set(f64::from(a.gpus), f64::from(c.gpus));
+        // Workers come and go: only those of this scrape are listed.
+        s.worker_gpus_allocated.clear();
+        s.worker_gpus_capacity.clear();
+        for (w, allocated, capacity) in &now.worker_gpus {
+            let by = [("worker", w.to_string())];
+            s.worker_gpus_allocated
+                .get_or_create(&by)
+                .set(i64::from(*allocated));
+            s.worker_gpus_capacity
+                .get_or_create(&by)
+                .set(i64::from(*capacity));
+        }
         render(&s.registry)
     }
 }
@@ -331,6 +362,7 @@ mod tests {
             workers: vec![Health::Active, Health::Active, Health::Lost],
             allocated: Resources::new(0.5, 0.25, 0.0, 1).unwrap(),
             capacity: Resources::new(4.0, 8.0, 10.0, 2).unwrap(),
+            worker_gpus: vec![(WorkerId::new("g1").unwrap(), 1, 2)],
         });
         assert_eq!(
             line(&text, "cloudai_tasks_submitted_total"),
@@ -373,6 +405,17 @@ mod tests {
             line(&text, "cloudai_gpus_allocated"),
             "cloudai_gpus_allocated 1.0"
         );
+        assert_eq!(
+            line(&text, r#"cloudai_worker_gpus_allocated{worker="g1"}"#),
+            r#"cloudai_worker_gpus_allocated{worker="g1"} 1"#
+        );
+        assert_eq!(
+            line(&text, r#"cloudai_worker_gpus_capacity{worker="g1"}"#),
+            r#"cloudai_worker_gpus_capacity{worker="g1"} 2"#
+        );
+        // A worker gone by the next scrape is no longer listed.
+        let text = m.render(&Snapshot::default());
+        assert!(!text.contains(r#"worker="g1""#), "{text}");
     }
 
     #[test]

@@ -320,6 +320,12 @@ impl State {
             };
             add(&mut snap.allocated, self.ledger.allocated(id));
             add(&mut snap.capacity, self.ledger.capacity(id));
+            let gpus = |r: Option<Resources>| r.map_or(0, |r| r.gpus);
+            let capacity = gpus(self.ledger.capacity(id));
+            if capacity > 0 {
+                let allocated = gpus(self.ledger.allocated(id));
+                snap.worker_gpus.push((id.clone(), allocated, capacity));
+            }
         }
         snap
     }
