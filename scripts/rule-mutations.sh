@@ -217,7 +217,7 @@ mutate cloudai-core/src/master/dispatch.rs "a mount no registered worker allows 
   '            .mounts_allowed_somewhere(&sources, spec.pin.as_ref())
             && false'
 mutate cloudai-core/src/worker/supervise.rs "a worker mounts a path that resolves outside what it allows" \
-  '            if !Mount::allowed_by(&real, &allowed) {' '            if !Mount::allowed_by(&source, &cfg.allow_mounts) {'
+  '            if !Mount::allowed_by(&real, &allowed) {' '            if !Mount::allowed_by(source, &cfg.allow_mounts) {'
 mutate cloudai-core/src/runtime.rs "an option a runtime cannot apply is ignored" \
   '    if missing.is_empty() {' '    if true {'
 

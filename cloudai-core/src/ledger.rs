@@ -129,7 +129,7 @@ impl Account {
 impl Account {
     /// This account as `holds` make it: holds naming their GPUs first,
     /// then those naming none.
-    fn rebuilt(&self, holds: Vec<(TaskId, Hold)>) -> Account {
+    fn rebuilt(&self, holds: BTreeMap<TaskId, Hold>) -> Account {
         let mut fresh = Account {
             capacity: self.capacity,
             devices: self.devices.clone(),
@@ -141,13 +141,25 @@ impl Account {
         for (t, h) in named {
             fresh.insert(t, h);
         }
+        // Those that keep what the ledger gave them first, so that none
+        // takes a device another unnamed one already has.
+        let mut rest = Vec::new();
         for (t, mut h) in unnamed {
             let kept = self
                 .tasks
                 .get(&t)
                 .map(|old| old.gpus.clone())
                 .filter(|g| g.len() == h.req.gpus as usize && fresh.are_free(g));
-            h.gpus = kept.or_else(|| fresh.pick(h.req.gpus)).unwrap_or_default();
+            match kept {
+                Some(g) => {
+                    h.gpus = g;
+                    fresh.insert(t, h);
+                }
+                None => rest.push((t, h)),
+            }
+        }
+        for (t, mut h) in rest {
+            h.gpus = fresh.pick(h.req.gpus).unwrap_or_default();
             fresh.insert(t, h);
         }
         fresh
@@ -431,14 +443,16 @@ impl Ledger {
         &mut self,
         running: impl IntoIterator<Item = (TaskId, WorkerId, Resources, Vec<u32>)>,
     ) -> Reconciliation {
-        let mut truth: BTreeMap<WorkerId, Vec<(TaskId, Hold)>> = BTreeMap::new();
+        // By task: a task listed twice (stored, and still being placed)
+        // holds once.
+        let mut truth: BTreeMap<WorkerId, BTreeMap<TaskId, Hold>> = BTreeMap::new();
         let mut out = Reconciliation::default();
         for (task, worker, req, gpus) in running {
             if self.accounts.contains_key(&worker) {
                 truth
                     .entry(worker)
                     .or_default()
-                    .push((task, Hold { req, gpus }));
+                    .insert(task, Hold { req, gpus });
             } else {
                 out.unknown_workers.push((task, worker));
             }
@@ -645,6 +659,28 @@ mod tests {
         assert_eq!(l.reservation(&t("new")).unwrap().2, &[2]);
         assert_eq!(l.reservation(&t("legacy")).unwrap().2, &[1]);
         assert_devices_disjoint(&l);
+        // A task listed twice (stored, and still being placed) holds once.
+        let before = l.allocated(&w("a"));
+        let twice = l.reconcile([
+            (t("old"), w("a"), gpus(1), vec![0]),
+            (t("old"), w("a"), gpus(1), vec![0]),
+            (t("new"), w("a"), gpus(1), vec![2]),
+            (t("legacy"), w("a"), gpus(1), vec![1]),
+        ]);
+        assert!(twice.is_clean(), "{twice:?}");
+        assert_eq!(l.allocated(&w("a")), before);
+        // Unnamed holds keep what they had, whatever their order: "a-first"
+        // sorts before "z-had-0" and must not take its GPU 0.
+        let mut m = Ledger::new();
+        m.set_capacity(w("a"), with_gpus(2), vec![0, 1]);
+        m.reserve(&w("a"), &t("z-had-0"), gpus(1)).unwrap();
+        let r = m.reconcile([
+            (t("a-first"), w("a"), gpus(1), vec![]),
+            (t("z-had-0"), w("a"), gpus(1), vec![]),
+        ]);
+        assert!(r.overcommitted.is_empty());
+        assert_eq!(m.reservation(&t("z-had-0")).unwrap().2, &[0]);
+        assert_eq!(m.reservation(&t("a-first")).unwrap().2, &[1]);
         // One device named twice is flagged, not hidden.
         let r = l.reconcile([
             (t("x"), w("a"), gpus(1), vec![1]),

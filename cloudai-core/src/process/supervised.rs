@@ -394,6 +394,9 @@ impl ContainerRuntime for SupervisedProcessRuntime {
                 None
             }
         };
+        // Only a run that had ended leaves its directory for a next run:
+        // one killed now may not be gone yet.
+        let ended = running.is_none();
         if let Some(run) = running {
             if self.command(id, "kill", "").await {
                 // Its supervisor records the end in the record: not
@@ -404,7 +407,9 @@ impl ContainerRuntime for SupervisedProcessRuntime {
             }
         }
         lock(&self.attached).remove(id);
-        self.workdirs.keep(files.workdir());
+        if ended {
+            self.workdirs.keep(files.workdir());
+        }
         files.remove().map_err(backend)
     }
 

@@ -74,7 +74,7 @@ impl Worker {
     /// stopped before its assignment arrived is not started. A worker cut
     /// off from its master past its fence refuses it, as one shutting
     /// down does.
-    pub async fn assign(&self, run: RunningTask, spec: TaskSpec, gpus: Vec<u32>) -> Result<()> {
+    pub async fn assign(&self, run: RunningTask, mut spec: TaskSpec, gpus: Vec<u32>) -> Result<()> {
         if self.closing() {
             return Err(Error::Unavailable(format!(
                 "worker {} is shutting down",
@@ -89,7 +89,7 @@ impl Worker {
         }
         spec.validate()?;
         let gpus = Gpu::pick(&self.inner.config.gpus, &gpus, spec.resources.gpus)?;
-        self.check_mounts(&spec.options)?;
+        self.resolve_mounts(&mut spec.options)?;
         refuse_unsupported(self.inner.runtime.as_ref(), &spec.options)?;
         // Not while a registration is on its way: it lists the runs as they
         // were when it left, and the master would fail this one as vanished.
@@ -122,8 +122,10 @@ impl Worker {
 
     /// Refuses bind mounts from outside the directories this worker
     /// allows (`--allow-mount`), judged on the paths as the file system
-    /// resolves them, so a symbolic link cannot lead out of them.
-    fn check_mounts(&self, options: &ContainerOptions) -> Result<()> {
+    /// resolves them, so a symbolic link cannot lead out of them; the
+    /// mounts the run gets name those resolved paths, so a link swapped in
+    /// after the check cannot either.
+    fn resolve_mounts(&self, options: &mut ContainerOptions) -> Result<()> {
         if options.mounts.is_empty() {
             return Ok(());
         }
@@ -134,20 +136,22 @@ impl Worker {
             .iter()
             .filter_map(|p| resolved(p).ok())
             .collect();
-        for source in options.sources() {
+        for mount in &mut options.mounts {
+            let source = &mount.source;
             let refuse = |why: String| {
                 Error::from(ValidationError::Invalid {
                     field: "mount",
                     reason: format!("worker {} refuses to mount {source}: {why}", cfg.id),
                 })
             };
-            let real = resolved(&source).map_err(|e| refuse(e.to_string()))?;
+            let real = resolved(source).map_err(|e| refuse(e.to_string()))?;
             if !Mount::allowed_by(&real, &allowed) {
                 return Err(refuse(format!(
                     "{real} is not under a directory it allows (--allow-mount {})",
                     cfg.allow_mounts.join(",")
                 )));
             }
+            mount.source = real;
         }
         Ok(())
     }
