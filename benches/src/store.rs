@@ -23,7 +23,7 @@ use cloudai_core::master::{Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
     Drain, EndCause, Heartbeat, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec,
-    TaskStatus, Telemetry, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
+    TaskStatus, Telemetry, Term, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
 };
 use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{CasOutcome, InsertOutcome, TaskStore, WorkerRegistry};
@@ -312,6 +312,10 @@ struct Counting {
 
 #[async_trait]
 impl WorkerRegistry for Counting {
+    /// Not counted: the benchmark's master runs alone, at term 0.
+    fn fenced(&self, term: Term) -> Arc<dyn WorkerRegistry> {
+        self.inner.fenced(term)
+    }
     async fn upsert_worker(&self, worker: WorkerRecord) -> Result<WorkerRecord> {
         self.inner.upsert_worker(worker).await
     }

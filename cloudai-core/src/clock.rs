@@ -15,6 +15,9 @@ use crate::model::Timestamp;
 pub struct Clock {
     origin: Timestamp,
     start: Instant,
+    /// How fast it runs against tokio's clock (1: exactly; a simulation
+    /// slows one master's clock to break the lease's rate assumption).
+    rate: f64,
 }
 
 impl Clock {
@@ -34,17 +37,33 @@ impl Clock {
         Clock {
             origin,
             start: Instant::now(),
+            rate: 1.0,
         }
+    }
+
+    /// This clock, running `rate` times as fast from its origin on
+    /// (simulations: a slow or fast host clock). `rate` must be positive.
+    pub fn with_rate(self, rate: f64) -> Self {
+        assert!(rate > 0.0, "a clock runs forward");
+        Clock { rate, ..self }
     }
 
     /// The current time.
     pub fn now(&self) -> Timestamp {
-        self.origin.saturating_add(self.start.elapsed())
+        let elapsed = self.start.elapsed();
+        if self.rate == 1.0 {
+            return self.origin.saturating_add(elapsed);
+        }
+        self.origin.saturating_add(elapsed.mul_f64(self.rate))
     }
 
     /// The tokio instant at which this clock will read `t`.
     pub fn instant_at(&self, t: Timestamp) -> Instant {
-        self.start + t.saturating_since(self.origin)
+        let ahead = t.saturating_since(self.origin);
+        if self.rate == 1.0 {
+            return self.start + ahead;
+        }
+        self.start + ahead.div_f64(self.rate)
     }
 }
 

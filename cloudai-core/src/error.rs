@@ -1,7 +1,7 @@
 //! One error type for every backend trait, classified by what the caller
 //! should do about it (retry, fix the input, give up), as object_store does.
 
-use crate::model::ValidationError;
+use crate::model::{Term, ValidationError};
 
 /// A boxed error from a backend library (driver, daemon client, codec).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -49,6 +49,16 @@ pub enum Error {
     /// (for example, cancelling a task that already completed).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A master's write was refused because the document it would change
+    /// was fenced by a later term: another master has taken over, and this
+    /// one must stop acting.
+    #[error("fenced: a write of term {writer} reached a document fenced at term {fence}")]
+    Fenced {
+        /// The writer's term.
+        writer: Term,
+        /// The document's fence.
+        fence: Term,
+    },
     /// The request itself is malformed; retrying it cannot help.
     #[error("invalid input: {0}")]
     InvalidInput(#[from] ValidationError),

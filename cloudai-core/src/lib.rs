@@ -50,6 +50,7 @@ mod error;
 pub mod events;
 pub mod fence;
 pub mod host;
+pub mod lease;
 pub mod ledger;
 pub mod lifecycle;
 pub mod liveness;

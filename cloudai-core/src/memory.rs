@@ -1,37 +1,84 @@
-//! The embedded default store: [`TaskStore`] and [`WorkerRegistry`] in
-//! memory, with the same compare-and-set and insert-if-absent semantics as
-//! every other backend (it runs the same conformance suites).
+//! The embedded default store: [`TaskStore`], [`WorkerRegistry`] and
+//! [`LeaseStore`] in memory, with the same compare-and-set,
+//! insert-if-absent and fencing semantics as every other backend (it runs
+//! the same conformance suites).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
 
 use async_trait::async_trait;
 
 use crate::model::{
-    ArrayId, Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
-    WorkerId, WorkerRecord,
+    ArrayId, Drain, Heartbeat, RequestId, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
+    Term, Timestamp, WorkerId, WorkerRecord,
 };
 use crate::store::{
-    CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore, WorkerRegistry,
+    CasOutcome, InsertOutcome, LeaseRecord, LeaseStore, PageKey, RequestClaim, StatusChange,
+    TaskFilter, TaskStore, WorkerRegistry,
 };
 use crate::{Error, Result};
 
-/// Tasks, results and workers in memory. Cheap to create; share it as
-/// `Arc<MemoryStore>`. Locks are never held across an `.await`.
+/// Tasks, results, workers and the lease in memory. Cheap to create;
+/// share it as `Arc<MemoryStore>`. Locks are never held across an
+/// `.await`. Handles of other terms ([`MemoryStore::at_term`]) share the
+/// same data.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
+    shared: Arc<Shared>,
+    /// The term this handle's writes carry.
+    term: Term,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
     tasks: Mutex<Tasks>,
     results: Mutex<HashMap<TaskId, TaskResult>>,
-    workers: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
+    workers: Mutex<Workers>,
+    requests: Mutex<HashMap<RequestId, RequestClaim>>,
+    lease: Mutex<Option<LeaseRecord>>,
+    #[cfg(feature = "testing")]
+    writes: Mutex<Option<Vec<AppliedWrite>>>,
+}
+
+/// One write the store applied, with the term it carried and the fence
+/// the document had (feature `testing`): a simulation checks that no
+/// write landed on a document fenced above its term.
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedWrite {
+    /// The task or worker written.
+    pub document: String,
+    /// The writer's term.
+    pub term: Term,
+    /// The document's fence before the write (`None`: it had none).
+    pub fence: Option<Term>,
 }
 
 /// The tasks, with what is kept beside them for cheap reads.
 #[derive(Debug, Default)]
 struct Tasks {
     by_id: HashMap<TaskId, TaskRecord>,
+    /// Each task's fence (absent: written by nothing that fences).
+    fences: HashMap<TaskId, Term>,
     index: Index,
+}
+
+/// The workers, with their fences.
+#[derive(Debug, Default)]
+struct Workers {
+    by_id: BTreeMap<WorkerId, WorkerRecord>,
+    fences: HashMap<WorkerId, Term>,
+}
+
+/// Whether a write of term `writer` may land on a document fenced at
+/// `fence`.
+fn admit(fence: Option<Term>, writer: Term) -> Result<()> {
+    match fence {
+        Some(fence) if fence > writer => Err(Error::Fenced { writer, fence }),
+        _ => Ok(()),
+    }
 }
 
 /// A task's place in creation order.
@@ -122,6 +169,7 @@ impl Tasks {
 
     fn remove(&mut self, id: &TaskId) -> Option<TaskRecord> {
         let task = self.by_id.remove(id)?;
+        self.fences.remove(id);
         self.index.track(&task, false);
         Some(task)
     }
@@ -138,23 +186,75 @@ impl Tasks {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store (its writes carry term 0).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A handle on the same data whose writes carry `term`.
+    pub fn at_term(&self, term: Term) -> MemoryStore {
+        MemoryStore {
+            shared: self.shared.clone(),
+            term,
+        }
+    }
+
+    /// Notes an applied write (feature `testing`, once
+    /// [`MemoryStore::log_writes`] turned the log on).
+    fn applied(&self, _document: &str, _fence: Option<Term>) {
+        #[cfg(feature = "testing")]
+        if let Some(log) = lock(&self.shared.writes).as_mut() {
+            log.push(AppliedWrite {
+                document: _document.to_owned(),
+                term: self.term,
+                fence: _fence,
+            });
+        }
+    }
+
+    /// Starts logging every applied task and worker write (feature
+    /// `testing`).
+    #[cfg(feature = "testing")]
+    pub fn log_writes(&self) {
+        lock(&self.shared.writes).get_or_insert_with(Vec::new);
+    }
+
+    /// The writes applied since the last call (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn take_writes(&self) -> Vec<AppliedWrite> {
+        lock(&self.shared.writes)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 }
 
 #[async_trait]
 impl TaskStore for MemoryStore {
+    fn fenced(&self, term: Term) -> Arc<dyn TaskStore> {
+        Arc::new(self.at_term(term))
+    }
+
+    async fn claim_request(&self, claim: RequestClaim) -> Result<Option<RequestClaim>> {
+        let mut requests = lock(&self.shared.requests);
+        if let Some(held) = requests.get(&claim.request) {
+            return Ok(Some(held.clone()));
+        }
+        requests.insert(claim.request.clone(), claim);
+        Ok(None)
+    }
+
     async fn insert_task(&self, task: TaskRecord) -> Result<()> {
-        let mut tasks = lock(&self.tasks);
+        let mut tasks = lock(&self.shared.tasks);
         tasks.taken(&task.id)?;
+        tasks.fences.insert(task.id.clone(), self.term);
+        self.applied(task.id.as_str(), None);
         tasks.insert(task);
         Ok(())
     }
 
     async fn insert_tasks(&self, batch: Vec<TaskRecord>) -> Result<()> {
-        let mut tasks = lock(&self.tasks);
+        let mut tasks = lock(&self.shared.tasks);
         let mut ids = HashSet::new();
         for t in &batch {
             tasks.taken(&t.id)?;
@@ -166,17 +266,19 @@ impl TaskStore for MemoryStore {
             }
         }
         for t in batch {
+            tasks.fences.insert(t.id.clone(), self.term);
+            self.applied(t.id.as_str(), None);
             tasks.insert(t);
         }
         Ok(())
     }
 
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        Ok(lock(&self.tasks).by_id.get(id).cloned())
+        Ok(lock(&self.shared.tasks).by_id.get(id).cloned())
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        let tasks = lock(&self.tasks);
+        let tasks = lock(&self.shared.tasks);
         let live = |s: &TaskStatus| !s.is_terminal();
         if let (Some(worker), false, true) = (
             &filter.worker,
@@ -206,7 +308,7 @@ impl TaskStore for MemoryStore {
         after: Option<&PageKey>,
         limit: usize,
     ) -> Result<Vec<TaskRecord>> {
-        let tasks = lock(&self.tasks);
+        let tasks = lock(&self.shared.tasks);
         let keys = tasks.index.candidates(filter);
         let older = match after {
             Some(k) => keys.range(..(k.created_at, k.id.clone())),
@@ -222,12 +324,14 @@ impl TaskStore for MemoryStore {
     }
 
     async fn update_status(&self, id: &TaskId, change: &StatusChange) -> Result<CasOutcome> {
-        let mut guard = lock(&self.tasks);
+        let mut guard = lock(&self.shared.tasks);
         let tasks = &mut *guard;
         let task = tasks
             .by_id
             .get_mut(id)
             .ok_or_else(|| Error::not_found("task", id))?;
+        let fence = tasks.fences.get(id).copied();
+        admit(fence, self.term)?;
         if !change.admits(task) {
             return Ok(CasOutcome::Rejected {
                 current: task.clone(),
@@ -235,13 +339,15 @@ impl TaskStore for MemoryStore {
         }
         let before = task.clone();
         change.apply_to(task);
+        tasks.fences.insert(id.clone(), self.term);
+        self.applied(id.as_str(), fence);
         tasks.index.track(&before, false);
         tasks.index.track(task, true);
         Ok(CasOutcome::Applied { before })
     }
 
     async fn insert_result(&self, result: TaskResult) -> Result<InsertOutcome> {
-        let mut results = lock(&self.results);
+        let mut results = lock(&self.shared.results);
         if results.contains_key(&result.task_id) {
             return Ok(InsertOutcome::AlreadyPresent);
         }
@@ -250,15 +356,15 @@ impl TaskStore for MemoryStore {
     }
 
     async fn get_result(&self, id: &TaskId) -> Result<Option<TaskResult>> {
-        Ok(lock(&self.results).get(id).cloned())
+        Ok(lock(&self.shared.results).get(id).cloned())
     }
 
     async fn count_tasks(&self) -> Result<StatusCounts> {
-        Ok(lock(&self.tasks).index.counts)
+        Ok(lock(&self.shared.tasks).index.counts)
     }
 
     async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
-        let mut tasks = lock(&self.tasks);
+        let mut tasks = lock(&self.shared.tasks);
         let due: Vec<TaskId> = tasks
             .index
             .finished
@@ -267,21 +373,29 @@ impl TaskStore for MemoryStore {
             .take(limit)
             .map(|(_, id)| id.clone())
             .collect();
-        let mut results = lock(&self.results);
+        let mut results = lock(&self.shared.results);
         for id in &due {
             results.remove(id);
             tasks.remove(id);
         }
+        lock(&self.shared.requests).retain(|_, claim| claim.at >= before);
         Ok(due.len())
     }
 }
 
 #[async_trait]
 impl WorkerRegistry for MemoryStore {
+    fn fenced(&self, term: Term) -> Arc<dyn WorkerRegistry> {
+        Arc::new(self.at_term(term))
+    }
+
     async fn upsert_worker(&self, worker: WorkerRecord) -> Result<WorkerRecord> {
-        let mut workers = lock(&self.workers);
-        let stored = match workers.get_mut(&worker.id) {
+        let mut guard = lock(&self.shared.workers);
+        let workers = &mut *guard;
+        let fence = workers.fences.get(&worker.id).copied();
+        let stored = match workers.by_id.get_mut(&worker.id) {
             Some(known) => {
+                admit(fence, self.term)?;
                 known.address = worker.address;
                 known.capacity = worker.capacity;
                 known.gpus = worker.gpus;
@@ -290,51 +404,145 @@ impl WorkerRegistry for MemoryStore {
                 known.clone()
             }
             None => {
-                workers.insert(worker.id.clone(), worker.clone());
+                workers.by_id.insert(worker.id.clone(), worker.clone());
                 worker
             }
         };
+        workers.fences.insert(stored.id.clone(), self.term);
+        self.applied(stored.id.as_str(), fence);
         Ok(stored)
     }
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
-        Ok(lock(&self.workers).get(id).cloned())
+        Ok(lock(&self.shared.workers).by_id.get(id).cloned())
     }
 
     async fn set_drain(&self, id: &WorkerId, drain: Option<Drain>) -> Result<()> {
-        let mut workers = lock(&self.workers);
+        let mut guard = lock(&self.shared.workers);
+        let workers = &mut *guard;
         let known = workers
+            .by_id
             .get_mut(id)
             .ok_or_else(|| Error::not_found("worker", id))?;
+        let fence = workers.fences.get(id).copied();
+        admit(fence, self.term)?;
         known.drain = drain;
+        workers.fences.insert(id.clone(), self.term);
+        self.applied(id.as_str(), fence);
         Ok(())
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        Ok(lock(&self.workers).values().cloned().collect())
+        Ok(lock(&self.shared.workers).by_id.values().cloned().collect())
     }
 
     async fn remove_worker(&self, id: &WorkerId) -> Result<()> {
-        lock(&self.workers)
-            .remove(id)
-            .map(|_| ())
-            .ok_or_else(|| Error::not_found("worker", id))
+        let mut workers = lock(&self.shared.workers);
+        if !workers.by_id.contains_key(id) {
+            return Err(Error::not_found("worker", id));
+        }
+        let fence = workers.fences.get(id).copied();
+        admit(fence, self.term)?;
+        workers.by_id.remove(id);
+        workers.fences.remove(id);
+        self.applied(id.as_str(), fence);
+        Ok(())
     }
 
+    /// All or nothing: a batch that reaches a worker fenced above this
+    /// handle's term changes no worker.
     async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<Vec<WorkerId>> {
-        let mut workers = lock(&self.workers);
+        let mut guard = lock(&self.shared.workers);
+        let workers = &mut *guard;
+        for beat in beats {
+            admit(workers.fences.get(&beat.worker).copied(), self.term)?;
+        }
         let mut unknown = Vec::new();
         for beat in beats {
-            match workers.get_mut(&beat.worker) {
+            match workers.by_id.get_mut(&beat.worker) {
                 Some(w) if w.last_heartbeat.is_some_and(|last| last > beat.at) => {}
                 Some(w) => {
                     w.last_heartbeat = Some(beat.at);
                     w.telemetry = Some(beat.telemetry.clone());
+                    let fence = workers.fences.insert(beat.worker.clone(), self.term);
+                    self.applied(beat.worker.as_str(), fence);
                 }
                 None if !unknown.contains(&beat.worker) => unknown.push(beat.worker.clone()),
                 None => {}
             }
         }
         Ok(unknown)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn read_lease(&self) -> Result<Option<LeaseRecord>> {
+        Ok(lock(&self.shared.lease).clone())
+    }
+
+    async fn create_lease(&self, record: &LeaseRecord) -> Result<()> {
+        let mut lease = lock(&self.shared.lease);
+        if lease.is_some() {
+            return Err(Error::AlreadyExists {
+                kind: "lease",
+                id: "master".into(),
+            });
+        }
+        *lease = Some(record.clone());
+        Ok(())
+    }
+
+    async fn swap_lease(&self, term: Term, version: u64, new: &LeaseRecord) -> Result<bool> {
+        let mut lease = lock(&self.shared.lease);
+        match lease.as_mut() {
+            Some(held) if held.term == term && held.version == version => {
+                *held = new.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn raise_fence(&self, term: Term) -> Result<u64> {
+        let mut raised = 0;
+        {
+            let mut guard = lock(&self.shared.tasks);
+            let tasks = &mut *guard;
+            for t in tasks.by_id.values().filter(|t| !t.status.is_terminal()) {
+                let fence = tasks.fences.entry(t.id.clone()).or_default();
+                *fence = (*fence).max(term);
+                raised += 1;
+            }
+        }
+        let mut guard = lock(&self.shared.workers);
+        let workers = &mut *guard;
+        for id in workers.by_id.keys() {
+            let fence = workers.fences.entry(id.clone()).or_default();
+            *fence = (*fence).max(term);
+            raised += 1;
+        }
+        Ok(raised)
+    }
+
+    async fn adopt_pending(&self, term: Term, limit: usize) -> Result<Vec<TaskRecord>> {
+        let mut guard = lock(&self.shared.tasks);
+        let tasks = &mut *guard;
+        let pending = tasks.index.by_status.get(&TaskStatus::Pending);
+        let below: Vec<TaskId> = pending
+            .into_iter()
+            .flatten()
+            .map(|(_, id)| id)
+            .filter(|id| tasks.fences.get(*id).is_some_and(|f| *f < term))
+            .take(limit)
+            .cloned()
+            .collect();
+        for id in &below {
+            tasks.fences.insert(id.clone(), term);
+        }
+        Ok(below
+            .iter()
+            .filter_map(|id| tasks.by_id.get(id).cloned())
+            .collect())
     }
 }

@@ -1,5 +1,6 @@
-//! The storage seams: [`TaskStore`] (tasks, assignments, results) and
-//! [`WorkerRegistry`] (workers and their heartbeats).
+//! The storage seams: [`TaskStore`] (tasks, assignments, results),
+//! [`WorkerRegistry`] (workers and their heartbeats) and [`LeaseStore`]
+//! (the masters' leader lease and the fences it raises).
 //!
 //! Both are object-safe and used as `Arc<dyn …>`. Precedence rests on two
 //! store guarantees, checked by the conformance suites in `testing`:
@@ -7,13 +8,15 @@
 //! result insertion is insert-if-absent ([`TaskStore::insert_result`]).
 
 use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use crate::lifecycle::{Assignment, StatusChange, WorkerGuard};
 use crate::model::{
-    ArrayId, Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
-    ValidationError, WorkerId, WorkerRecord,
+    ArrayId, Drain, Heartbeat, RequestId, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
+    Term, Timestamp, ValidationError, WorkerId, WorkerRecord,
 };
 use crate::Result;
 
@@ -120,9 +123,46 @@ impl std::str::FromStr for PageKey {
     }
 }
 
+/// What a submit with a request id made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// One task.
+    Task(TaskId),
+    /// An array.
+    Array(ArrayId),
+}
+
+/// A request id's record: what the first submit under it made, and a hash
+/// of the spec as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestClaim {
+    /// The client's request id.
+    pub request: RequestId,
+    /// The task or array the submit made.
+    pub made: Submitted,
+    /// A hash of the spec the client sent (before the master added to it).
+    pub spec_hash: String,
+    /// When it was claimed (retention removes old claims).
+    pub at: Timestamp,
+}
+
 /// Persistent tasks and results.
+///
+/// A handle carries a [`Term`] ([`TaskStore::fenced`]; term 0 for a plain
+/// handle) into every state-changing write. A task document keeps a fence:
+/// a write lands only where the fence is at most the writer's term (or
+/// the document has no fence yet), and sets it to that term; a refused
+/// write is [`crate::Error::Fenced`]. Inserts cannot be fenced (the
+/// document does not exist yet) and write the handle's term.
 #[async_trait]
 pub trait TaskStore: Send + Sync + Debug {
+    /// A handle on the same tasks whose writes carry `term`.
+    fn fenced(&self, term: Term) -> Arc<dyn TaskStore>;
+
+    /// Records `claim` unless its request id is taken; returns the claim
+    /// that holds it when it was (insert-if-absent).
+    async fn claim_request(&self, claim: RequestClaim) -> Result<Option<RequestClaim>>;
+
     /// Stores a new task. [`crate::Error::AlreadyExists`] if the id is taken.
     async fn insert_task(&self, task: TaskRecord) -> Result<()>;
 
@@ -164,13 +204,19 @@ pub trait TaskStore: Send + Sync + Debug {
 
     /// Removes at most `limit` tasks that finished before `before`, each
     /// with its result (the result first, so nothing is left without its
-    /// task). Returns how many tasks went.
+    /// task), and the request claims made before `before`. Returns how
+    /// many tasks went.
     async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize>;
 }
 
-/// Registered workers and their liveness fields.
+/// Registered workers and their liveness fields. Fenced like
+/// [`TaskStore`]: every write but a first registration is refused by a
+/// worker document fenced above the handle's term.
 #[async_trait]
 pub trait WorkerRegistry: Send + Sync + Debug {
+    /// A handle on the same workers whose writes carry `term`.
+    fn fenced(&self, term: Term) -> Arc<dyn WorkerRegistry>;
+
     /// Registers a worker, or updates the address, capacity, GPUs, allowed
     /// mounts and instance of a known one (keeping its `registered_at`, last heartbeat, telemetry
     /// and drain). Returns the stored record.
@@ -193,4 +239,48 @@ pub trait WorkerRegistry: Send + Sync + Debug {
     /// so a heartbeat costs no write of its own). A worker's last heartbeat
     /// never moves backwards. Returns the ids that are not registered.
     async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<Vec<WorkerId>>;
+}
+
+/// The leader lease: one record all masters of a cluster share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The id of the master that holds it; `None` once released.
+    pub holder: Option<String>,
+    /// A nonce for each start of that master's process.
+    pub run: String,
+    /// Where the holder's clients and workers reach it.
+    pub address: String,
+    /// The term: raised by each takeover.
+    pub term: Term,
+    /// Raised by each renewal within a term.
+    pub version: u64,
+    /// How long the holder lets a renewal stand.
+    pub ttl: Duration,
+}
+
+/// The lease and the fences a new term raises. No call reads the server's
+/// clock: time is judged by each master on its own clock.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + Debug {
+    /// The lease, if one was ever created.
+    async fn read_lease(&self) -> Result<Option<LeaseRecord>>;
+
+    /// Creates the lease as `record` (term 1, version 0), or
+    /// [`crate::Error::AlreadyExists`].
+    async fn create_lease(&self, record: &LeaseRecord) -> Result<()>;
+
+    /// Replaces the lease with `new` if it is still at (`term`,
+    /// `version`): one conditional write, so of racing swaps on one value
+    /// exactly one applies. Renews (same term, version + 1), takes over
+    /// (term + 1, version 0) and releases (holder cleared).
+    async fn swap_lease(&self, term: Term, version: u64, new: &LeaseRecord) -> Result<bool>;
+
+    /// Raises the fence of every task that has not ended and of every
+    /// worker to at least `term`, in batches. Returns how many documents it
+    /// touched.
+    async fn raise_fence(&self, term: Term) -> Result<u64>;
+
+    /// At most `limit` pending tasks fenced below `term` (inserted by an
+    /// older term after its raise), their fence raised to `term`.
+    async fn adopt_pending(&self, term: Term, limit: usize) -> Result<Vec<TaskRecord>>;
 }

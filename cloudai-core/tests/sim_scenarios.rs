@@ -807,6 +807,7 @@ async fn queued_task_is_placed_when_a_running_task_ends() {
     );
     let waiting = SubmitOptions {
         wait_for_capacity: true,
+        ..SubmitOptions::default()
     };
     let too_big = c
         .master

@@ -13,11 +13,11 @@ use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{
     EndCause, InstanceId, Resources, RunningTask, StatusCounts, TaskId, TaskRecord, TaskResult,
-    TaskSpec, TaskStatus, Timestamp, WorkerId, WorkerIdentity,
+    TaskSpec, TaskStatus, Term, Timestamp, WorkerId, WorkerIdentity,
 };
 use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{
-    CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
+    CasOutcome, InsertOutcome, PageKey, RequestClaim, StatusChange, TaskFilter, TaskStore,
 };
 use cloudai_core::transport::{MasterInfo, MasterToWorker, Registration, WorkerEndpoint};
 use cloudai_core::{Error, Result};
@@ -34,6 +34,15 @@ struct Faulty {
 
 #[async_trait]
 impl TaskStore for Faulty {
+    fn fenced(&self, term: Term) -> Arc<dyn TaskStore> {
+        Arc::new(Faulty {
+            store: self.store.at_term(term),
+            ..*self
+        })
+    }
+    async fn claim_request(&self, claim: RequestClaim) -> Result<Option<RequestClaim>> {
+        self.store.claim_request(claim).await
+    }
     async fn insert_task(&self, task: TaskRecord) -> Result<()> {
         self.store.insert_task(task).await
     }

@@ -140,6 +140,7 @@ impl master_server::Master for MasterService {
         let spec = convert::spec(r.spec)?;
         let options = SubmitOptions {
             wait_for_capacity: r.wait_for_capacity,
+            ..SubmitOptions::default()
         };
         let m = self.master.clone();
         let Some(array) = r.array else {

@@ -18,7 +18,15 @@
 //! | [`TASKS`] | task id | the task: spec, `status`, the assignment (`worker`, `attempt`), `reason`, times |
 //! | [`RESULTS`] | task id | the one result of a task |
 //! | [`WORKERS`] | worker id | address, capacity, `registered_at`, `last_heartbeat`, telemetry |
-//! | [`ASSIGNMENTS`] | generated | append-only placement history `{task_id, worker, attempt, at}` |
+//! | [`ASSIGNMENTS`] | generated | append-only placement history `{task_id, worker, attempt, at, term}` |
+//! | [`REQUESTS`] | request id | what a submit under a client's request id made, and its spec's hash |
+//! | [`LEASE`] | `"master"` | the leader lease `{holder, run, address, term, version, ttl_ms}` |
+//!
+//! Task and worker documents carry a `fence`: the highest term that wrote
+//! or raised them. Every write through a handle of term T
+//! ([`TaskStore::fenced`]) is filtered on `fence ≤ T` (or no fence yet)
+//! and sets `fence` to T, so a deposed master's late write changes
+//! nothing; it fails with [`Error::Fenced`].
 //!
 //! Numbers are int64 (timestamps in milliseconds since the epoch). Indexes,
 //! created by [`MongoStore::connect`]: TASKS on `status`, on `worker` and on
@@ -53,23 +61,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudai_core::model::{
-    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Timestamp,
+    Drain, Heartbeat, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Term, Timestamp,
     ValidationError, WorkerId, WorkerRecord,
 };
 use cloudai_core::store::{
-    Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
-    WorkerGuard, WorkerRegistry,
+    Assignment, CasOutcome, InsertOutcome, LeaseRecord, LeaseStore, PageKey, RequestClaim,
+    StatusChange, TaskFilter, TaskStore, WorkerGuard, WorkerRegistry,
 };
 use cloudai_core::{Error, Result};
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
+use std::sync::Arc;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use records::{
-    AssignmentDoc, AttemptDoc, DrainDoc, GpuDoc, ResourcesDoc, ResultDoc, TaskDoc, TelemetryDoc,
-    WorkerDoc,
+    AssignmentDoc, AttemptDoc, DrainDoc, GpuDoc, LeaseDoc, RequestDoc, ResourcesDoc, ResultDoc,
+    TaskDoc, TelemetryDoc, WorkerDoc,
 };
 
 /// Tasks: `_id` is the task id.
@@ -80,7 +89,13 @@ pub const RESULTS: &str = "RESULTS";
 pub const ASSIGNMENTS: &str = "ASSIGNMENTS";
 /// Workers: `_id` is the worker id.
 pub const WORKERS: &str = "WORKERS";
+/// Submits by request id: `_id` is the client's request id.
+pub const REQUESTS: &str = "REQUESTS";
+/// The leader lease: one document, `_id: "master"`.
+pub const LEASE: &str = "LEASE";
 
+/// How many documents one `raise_fence` write covers.
+const RAISE_BATCH: i64 = 1_000;
 /// How many times [`TaskStore::update_status`] re-tries its compare-and-set
 /// when the record changed between a rejected write and the read that
 /// explains it (so that a `Rejected` always carries a record the guard
@@ -154,6 +169,10 @@ pub struct MongoStore {
     results: Collection<ResultDoc>,
     assignments: Collection<AssignmentDoc>,
     workers: Collection<WorkerDoc>,
+    requests: Collection<RequestDoc>,
+    lease: Collection<LeaseDoc>,
+    /// The term this handle's writes carry (0: a plain handle).
+    term: Term,
     /// `host:port` list for messages (never the URI, which may hold a password).
     hosts: String,
     operation_timeout: Duration,
@@ -222,6 +241,9 @@ impl MongoStore {
             results: db.collection(RESULTS),
             assignments: db.collection(ASSIGNMENTS),
             workers: db.collection(WORKERS),
+            requests: db.collection(REQUESTS),
+            lease: db.collection(LEASE),
+            term: Term::ZERO,
             db,
             hosts,
             operation_timeout: config.operation_timeout,
@@ -245,7 +267,109 @@ impl MongoStore {
             .assignments
             .create_index(IndexModel::builder().keys(doc! { "task_id": 1 }).build()))
             .await?;
+        self.op(self
+            .requests
+            .create_index(IndexModel::builder().keys(doc! { "at": 1 }).build()))
+            .await?;
         Ok(())
+    }
+
+    /// This handle's term, as stored.
+    fn fence(&self) -> i64 {
+        i64::try_from(self.term.get()).unwrap_or(i64::MAX)
+    }
+
+    /// The filter clause a fenced write adds: the document's fence is at
+    /// most this handle's term, or it has none yet (written before masters
+    /// had terms). `$exists` rather than `$not`, which nx-27017 lacks.
+    fn within_fence(&self) -> Document {
+        doc! { "$or": [
+            { "fence": { "$lte": self.fence() } },
+            { "fence": { "$exists": false } },
+        ] }
+    }
+
+    /// Explains a fenced write of document `id` in `collection` that
+    /// matched nothing: [`Error::Fenced`] when the document is fenced
+    /// above this handle's term, else whether it exists.
+    async fn exists_unfenced<T: Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        id: &str,
+    ) -> Result<bool> {
+        let found = self
+            .op(collection
+                .clone_with_type::<Document>()
+                .find_one(doc! { "_id": id })
+                .projection(doc! { "fence": 1 }))
+            .await?;
+        let Some(d) = found else {
+            return Ok(false);
+        };
+        self.check_fence(&d)?;
+        Ok(true)
+    }
+
+    /// [`Error::Fenced`] if document `d` is fenced above this handle.
+    fn check_fence(&self, d: &Document) -> Result<()> {
+        let fence = match d.get("fence") {
+            Some(Bson::Int64(f)) => *f,
+            Some(Bson::Int32(f)) => i64::from(*f),
+            _ => return Ok(()),
+        };
+        if fence > self.fence() {
+            return Err(Error::Fenced {
+                writer: self.term,
+                fence: Term::new(u64::try_from(fence).unwrap_or(u64::MAX)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Raises `fence` to `term` on the documents of `collection` that
+    /// `select` picks, at most [`RAISE_BATCH`] per write, walking `_id`s in
+    /// order. Returns how many it covered.
+    async fn raise_in(
+        &self,
+        collection: &Collection<Document>,
+        select: Document,
+        term: i64,
+    ) -> Result<u64> {
+        let mut covered = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let mut q = select.clone();
+            if let Some(a) = &after {
+                q.insert("_id", doc! { "$gt": a.as_str() });
+            }
+            let mut cursor = self
+                .op(collection
+                    .find(q)
+                    .sort(doc! { "_id": 1 })
+                    .limit(RAISE_BATCH)
+                    .projection(doc! { "_id": 1 }))
+                .await?;
+            let mut ids: Vec<String> = Vec::new();
+            while self.op(cursor.advance()).await? {
+                let d = self.driver(cursor.deserialize_current())?;
+                if let Ok(id) = d.get_str("_id") {
+                    ids.push(id.to_owned());
+                }
+            }
+            let Some(last) = ids.last().cloned() else {
+                return Ok(covered);
+            };
+            self.op(collection.update_many(
+                doc! { "_id": { "$in": &ids } },
+                doc! { "$max": { "fence": term } },
+            ))
+            .await?;
+            covered += ids.len() as u64;
+            if (ids.len() as i64) < RAISE_BATCH {
+                return Ok(covered);
+            }
+            after = Some(last);
+        }
     }
 
     /// The database's name.
@@ -321,6 +445,7 @@ impl MongoStore {
             worker: worker.clone(),
             attempt: i64::from(attempt),
             at,
+            term: self.fence(),
         };
         if let Err(e) = self.op(self.assignments.insert_one(entry)).await {
             warn!(task = %id, %worker, attempt, error = %e, "could not append to the assignment history");
@@ -341,6 +466,8 @@ impl MongoStore {
     async fn beat(
         workers: &Collection<WorkerDoc>,
         beat: &Heartbeat,
+        within_fence: Document,
+        term: i64,
     ) -> Result<mongodb::error::Result<bool>> {
         let at = records::ts("heartbeat time", beat.at)?;
         let telemetry = mongodb::bson::serialize_to_bson(&TelemetryDoc::from_core(
@@ -350,10 +477,13 @@ impl MongoStore {
             backend: "mongodb",
             source: Box::new(e),
         })?;
-        let update = doc! { "$set": { "last_heartbeat": at, "telemetry": telemetry } };
+        let update =
+            doc! { "$set": { "last_heartbeat": at, "telemetry": telemetry, "fence": term } };
         let id = beat.worker.as_str();
-        let newer = doc! { "_id": id, "last_heartbeat": { "$lte": at } };
-        let first = doc! { "_id": id, "last_heartbeat": Bson::Null };
+        let mut newer = doc! { "_id": id, "last_heartbeat": { "$lte": at } };
+        let mut first = doc! { "_id": id, "last_heartbeat": Bson::Null };
+        newer.extend(within_fence.clone());
+        first.extend(within_fence);
         for filter in [newer.clone(), first, newer] {
             match workers.update_one(filter, update.clone()).await {
                 Ok(r) if r.matched_count > 0 => return Ok(Ok(true)),
@@ -403,8 +533,37 @@ impl MongoStore {
 
 #[async_trait]
 impl TaskStore for MongoStore {
+    fn fenced(&self, term: Term) -> Arc<dyn TaskStore> {
+        Arc::new(MongoStore {
+            term,
+            ..self.clone()
+        })
+    }
+
+    async fn claim_request(&self, claim: RequestClaim) -> Result<Option<RequestClaim>> {
+        let doc = RequestDoc::from_core(&claim)?;
+        match self.raw(self.requests.insert_one(doc)).await? {
+            Ok(_) => return Ok(None),
+            Err(e) if errors::is_duplicate_key(&e) => {}
+            Err(e) => return Err(errors::map(e, &self.hosts)),
+        }
+        let held = self
+            .op(self
+                .requests
+                .find_one(doc! { "_id": claim.request.as_str() }))
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "request id {} was taken and then removed; submit again",
+                    claim.request
+                ))
+            })?;
+        held.into_core().map(Some)
+    }
+
     async fn insert_task(&self, task: TaskRecord) -> Result<()> {
-        let doc = TaskDoc::from_core(&task)?;
+        let mut doc = TaskDoc::from_core(&task)?;
+        doc.fence = Some(self.fence());
         match self.raw(self.tasks.insert_one(doc)).await? {
             Ok(_) => Ok(()),
             Err(e) if errors::is_duplicate_key(&e) => Err(Error::AlreadyExists {
@@ -422,7 +581,11 @@ impl TaskStore for MongoStore {
     async fn insert_tasks(&self, tasks: Vec<TaskRecord>) -> Result<()> {
         let docs = tasks
             .iter()
-            .map(TaskDoc::from_core)
+            .map(|t| {
+                let mut d = TaskDoc::from_core(t)?;
+                d.fence = Some(self.fence());
+                Ok(d)
+            })
             .collect::<Result<Vec<_>>>()?;
         if docs.is_empty() {
             return Ok(());
@@ -481,8 +644,10 @@ impl TaskStore for MongoStore {
         if let Some(a) = change.expected_attempt {
             filter.insert("attempt", i64::from(a));
         }
+        filter.extend(self.within_fence());
         // Exactly what `StatusChange::apply_to` does, as one update.
-        let mut set = doc! { "status": change.to.as_str(), "updated_at": at };
+        let mut set =
+            doc! { "status": change.to.as_str(), "updated_at": at, "fence": self.fence() };
         let mut unset = Document::new();
         let mut update = Document::new();
         match &change.assignment {
@@ -551,9 +716,19 @@ impl TaskStore for MongoStore {
                 return Ok(CasOutcome::Applied { before });
             }
             let current = self
-                .find_task(id)
+                .op(self
+                    .tasks
+                    .clone_with_type::<Document>()
+                    .find_one(doc! { "_id": id.as_str() }))
                 .await?
                 .ok_or_else(|| Error::not_found("task", id))?;
+            self.check_fence(&current)?;
+            let current: TaskDoc =
+                bson::deserialize_from_document(current).map_err(|e| Error::Backend {
+                    backend: "mongodb",
+                    source: Box::new(e),
+                })?;
+            let current = current.into_core()?;
             if !change.admits(&current) {
                 return Ok(CasOutcome::Rejected { current });
             }
@@ -605,6 +780,8 @@ impl TaskStore for MongoStore {
         let these = doc! { "_id": { "$in": &ids } };
         self.op(self.results.delete_many(these.clone())).await?;
         self.op(self.tasks.delete_many(these)).await?;
+        self.op(self.requests.delete_many(doc! { "at": { "$lt": before } }))
+            .await?;
         Ok(ids.len())
     }
 
@@ -626,8 +803,16 @@ impl TaskStore for MongoStore {
 
 #[async_trait]
 impl WorkerRegistry for MongoStore {
+    fn fenced(&self, term: Term) -> Arc<dyn WorkerRegistry> {
+        Arc::new(MongoStore {
+            term,
+            ..self.clone()
+        })
+    }
+
     async fn upsert_worker(&self, worker: WorkerRecord) -> Result<WorkerRecord> {
-        let doc = WorkerDoc::from_core(&worker)?;
+        let mut doc = WorkerDoc::from_core(&worker)?;
+        doc.fence = Some(self.fence());
         let capacity = mongodb::bson::serialize_to_bson(&ResourcesDoc::from_core(
             &worker.capacity,
         )?)
@@ -635,7 +820,7 @@ impl WorkerRegistry for MongoStore {
             backend: "mongodb",
             source: Box::new(e),
         })?;
-        let mut set = doc! { "capacity": capacity };
+        let mut set = doc! { "capacity": capacity, "fence": self.fence() };
         let mut unset = Document::new();
         match &worker.address {
             Some(a) => set.insert("address", a.as_str()),
@@ -680,15 +865,20 @@ impl WorkerRegistry for MongoStore {
                 Err(e) if errors::is_duplicate_key(&e) => {}
                 Err(e) => return Err(errors::map(e, &self.hosts)),
             }
+            let mut known = doc! { "_id": worker.id.as_str() };
+            known.extend(self.within_fence());
             let stored = self
                 .op(self
                     .workers
-                    .find_one_and_update(doc! { "_id": worker.id.as_str() }, update.clone())
+                    .find_one_and_update(known, update.clone())
                     .return_document(ReturnDocument::After))
                 .await?;
             if let Some(stored) = stored {
                 return stored.into_core();
             }
+            // Fenced, or removed since the insert was refused.
+            self.exists_unfenced(&self.workers, worker.id.as_str())
+                .await?;
         }
         Err(Error::Conflict(format!(
             "worker {} was removed and re-added under {CAS_RETRIES} consecutive upserts",
@@ -713,14 +903,14 @@ impl WorkerRegistry for MongoStore {
                             source: Box::new(e),
                         }
                     })?;
-                doc! { "$set": { "drain": d } }
+                doc! { "$set": { "drain": d, "fence": self.fence() } }
             }
-            None => doc! { "$unset": { "drain": "" } },
+            None => doc! { "$unset": { "drain": "" }, "$set": { "fence": self.fence() } },
         };
-        let r = self
-            .op(self.workers.update_one(doc! { "_id": id.as_str() }, update))
-            .await?;
-        if r.matched_count == 0 {
+        let mut filter = doc! { "_id": id.as_str() };
+        filter.extend(self.within_fence());
+        let r = self.op(self.workers.update_one(filter, update)).await?;
+        if r.matched_count == 0 && !self.exists_unfenced(&self.workers, id.as_str()).await? {
             return Err(Error::not_found("worker", id));
         }
         Ok(())
@@ -738,10 +928,10 @@ impl WorkerRegistry for MongoStore {
     }
 
     async fn remove_worker(&self, id: &WorkerId) -> Result<()> {
-        let r = self
-            .op(self.workers.delete_one(doc! { "_id": id.as_str() }))
-            .await?;
-        if r.deleted_count == 0 {
+        let mut filter = doc! { "_id": id.as_str() };
+        filter.extend(self.within_fence());
+        let r = self.op(self.workers.delete_one(filter)).await?;
+        if r.deleted_count == 0 && !self.exists_unfenced(&self.workers, id.as_str()).await? {
             return Err(Error::not_found("worker", id));
         }
         Ok(())
@@ -769,13 +959,15 @@ impl WorkerRegistry for MongoStore {
         let mut queue = order.iter().map(|w| (*newest[w]).clone());
         let mut results: HashMap<WorkerId, bool> = HashMap::new();
         let operation_timeout = self.operation_timeout;
+        let (within_fence, term) = (self.within_fence(), self.fence());
         loop {
             while running.len() < HEARTBEAT_CONCURRENCY {
                 let Some(beat) = queue.next() else { break };
                 let workers = self.workers.clone();
+                let within_fence = within_fence.clone();
                 running.spawn(async move {
-                    let r =
-                        tokio::time::timeout(operation_timeout, Self::beat(&workers, &beat)).await;
+                    let beating = Self::beat(&workers, &beat, within_fence, term);
+                    let r = tokio::time::timeout(operation_timeout, beating).await;
                     (beat.worker, r)
                 });
             }
@@ -804,24 +996,111 @@ impl WorkerRegistry for MongoStore {
         if missed.is_empty() {
             return Ok(missed);
         }
-        // A beat that took no document is either older than the stored one
-        // or from an unregistered worker: ask which ids exist.
+        // A beat that took no document is older than the stored one, from
+        // an unregistered worker, or fenced: ask which ids exist, and how
+        // they are fenced.
         let ids: Vec<&str> = missed.iter().map(|w| w.as_str()).collect();
         let mut cursor = self
             .op(self
                 .workers
                 .clone_with_type::<Document>()
                 .find(doc! { "_id": { "$in": ids } })
-                .projection(doc! { "_id": 1 }))
+                .projection(doc! { "_id": 1, "fence": 1 }))
             .await?;
         let mut known = Vec::new();
         while self.op(cursor.advance()).await? {
             let d = self.driver(cursor.deserialize_current())?;
+            self.check_fence(&d)?;
             if let Ok(id) = d.get_str("_id") {
                 known.push(id.to_owned());
             }
         }
         missed.retain(|w| !known.iter().any(|k| k == w.as_str()));
         Ok(missed)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MongoStore {
+    async fn read_lease(&self) -> Result<Option<LeaseRecord>> {
+        self.op(self.lease.find_one(doc! { "_id": LeaseDoc::ID }))
+            .await?
+            .map(LeaseDoc::into_core)
+            .transpose()
+    }
+
+    async fn create_lease(&self, record: &LeaseRecord) -> Result<()> {
+        let doc = LeaseDoc::from_core(record)?;
+        match self.raw(self.lease.insert_one(doc)).await? {
+            Ok(_) => Ok(()),
+            Err(e) if errors::is_duplicate_key(&e) => Err(Error::AlreadyExists {
+                kind: "lease",
+                id: LeaseDoc::ID.into(),
+            }),
+            Err(e) => Err(errors::map(e, &self.hosts)),
+        }
+    }
+
+    /// One `findOneAndUpdate` filtered on the term and version read: of
+    /// racing swaps on one value, the server applies exactly one.
+    async fn swap_lease(&self, term: Term, version: u64, new: &LeaseRecord) -> Result<bool> {
+        let filter = doc! {
+            "_id": LeaseDoc::ID,
+            "term": records::to_i64("term", term.get())?,
+            "version": records::to_i64("lease version", version)?,
+        };
+        let mut set = bson::serialize_to_document(&LeaseDoc::from_core(new)?).map_err(|e| {
+            Error::Backend {
+                backend: "mongodb",
+                source: Box::new(e),
+            }
+        })?;
+        set.remove("_id");
+        let mut update = doc! {};
+        if new.holder.is_none() {
+            update.insert("$unset", doc! { "holder": "" });
+        }
+        update.insert("$set", set);
+        let before = self
+            .op(self.lease.find_one_and_update(filter, update))
+            .await?;
+        Ok(before.is_some())
+    }
+
+    /// Selects by status (through its index), not by `fence`: `{fence:
+    /// {$lt: T}}` matches no document that lacks the field.
+    async fn raise_fence(&self, term: Term) -> Result<u64> {
+        let term = records::to_i64("term", term.get())?;
+        let live: Vec<&str> = TaskStatus::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        let tasks = self.tasks.clone_with_type::<Document>();
+        let workers = self.workers.clone_with_type::<Document>();
+        let raised = self
+            .raise_in(&tasks, doc! { "status": { "$in": live } }, term)
+            .await?;
+        Ok(raised + self.raise_in(&workers, doc! {}, term).await?)
+    }
+
+    async fn adopt_pending(&self, term: Term, limit: usize) -> Result<Vec<TaskRecord>> {
+        let term = records::to_i64("term", term.get())?;
+        let below = doc! { "status": TaskStatus::Pending.as_str(), "fence": { "$lt": term } };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let found = self
+            .find_tasks(below.clone(), doc! { "created_at": 1 }, Some(limit))
+            .await?;
+        if found.is_empty() {
+            return Ok(found);
+        }
+        let ids: Vec<&str> = found.iter().map(|t| t.id.as_str()).collect();
+        let mut these = below;
+        these.insert("_id", doc! { "$in": ids });
+        self.op(self
+            .tasks
+            .update_many(these, doc! { "$max": { "fence": term } }))
+            .await?;
+        Ok(found)
     }
 }

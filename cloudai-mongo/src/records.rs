@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use cloudai_core::model::{
     ArrayId, ArrayMember, Attempt, AttemptPolicy, ContainerOptions, Drain, EndCause, Gpu,
-    InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Timestamp, Usage, ValidationError, WorkerId, WorkerRecord,
+    InstanceId, RequestId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
+    Telemetry, Term, Timestamp, Usage, ValidationError, WorkerId, WorkerRecord,
 };
+use cloudai_core::store::{LeaseRecord, RequestClaim, Submitted};
 use cloudai_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -351,6 +352,10 @@ pub(crate) struct TaskDoc {
     /// The GPU indices of the current (or last) attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     gpus: Vec<i64>,
+    /// The highest term that wrote it or raised it (absent: written before
+    /// masters had terms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fence: Option<i64>,
 }
 
 impl TaskDoc {
@@ -375,6 +380,7 @@ impl TaskDoc {
             not_before: t.not_before.map(|n| ts("not_before", n)).transpose()?,
             assigned_at: t.assigned_at.map(|a| ts("assigned_at", a)).transpose()?,
             gpus: t.gpus.iter().map(|g| i64::from(*g)).collect(),
+            fence: None,
         })
     }
 
@@ -546,6 +552,9 @@ pub(crate) struct WorkerDoc {
     gpus: Vec<GpuDoc>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     allow_mounts: Vec<String>,
+    /// As a task's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fence: Option<i64>,
 }
 
 /// One GPU inside a WORKERS document.
@@ -623,6 +632,7 @@ impl WorkerDoc {
             drain: w.drain.as_ref().map(DrainDoc::from_core).transpose()?,
             gpus: w.gpus.iter().map(GpuDoc::from_core).collect(),
             allow_mounts: w.allow_mounts.clone(),
+            fence: None,
         })
     }
 
@@ -657,6 +667,100 @@ pub(crate) struct AssignmentDoc {
     pub(crate) worker: WorkerId,
     pub(crate) attempt: i64,
     pub(crate) at: i64,
+    /// The writer's term (audit only).
+    #[serde(default)]
+    pub(crate) term: i64,
+}
+
+/// A REQUESTS document: `_id` is the client's request id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RequestDoc {
+    #[serde(rename = "_id")]
+    request: RequestId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    array: Option<ArrayId>,
+    spec_hash: String,
+    at: i64,
+}
+
+impl RequestDoc {
+    pub(crate) fn from_core(c: &RequestClaim) -> Result<Self> {
+        let (task, array) = match &c.made {
+            Submitted::Task(t) => (Some(t.clone()), None),
+            Submitted::Array(a) => (None, Some(a.clone())),
+        };
+        Ok(RequestDoc {
+            request: c.request.clone(),
+            task,
+            array,
+            spec_hash: c.spec_hash.clone(),
+            at: ts("request time", c.at)?,
+        })
+    }
+
+    pub(crate) fn into_core(self) -> Result<RequestClaim> {
+        let made = match (self.task, self.array) {
+            (Some(t), None) => Submitted::Task(t),
+            (None, Some(a)) => Submitted::Array(a),
+            _ => {
+                return Err(corrupt(format!(
+                    "request {} names no task or array",
+                    self.request
+                )))
+            }
+        };
+        Ok(RequestClaim {
+            request: self.request,
+            made,
+            spec_hash: self.spec_hash,
+            at: from_ts("request time", self.at)?,
+        })
+    }
+}
+
+/// The LEASE document: `_id` is always `"master"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LeaseDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    /// Absent once released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<String>,
+    run: String,
+    address: String,
+    term: i64,
+    version: i64,
+    ttl_ms: i64,
+}
+
+impl LeaseDoc {
+    /// The one document's id.
+    pub(crate) const ID: &'static str = "master";
+
+    pub(crate) fn from_core(r: &LeaseRecord) -> Result<Self> {
+        Ok(LeaseDoc {
+            id: Self::ID.into(),
+            holder: r.holder.clone(),
+            run: r.run.clone(),
+            address: r.address.clone(),
+            term: to_i64("term", r.term.get())?,
+            version: to_i64("lease version", r.version)?,
+            ttl_ms: ms("lease ttl", r.ttl)?,
+        })
+    }
+
+    pub(crate) fn into_core(self) -> Result<LeaseRecord> {
+        Ok(LeaseRecord {
+            holder: self.holder,
+            run: self.run,
+            address: self.address,
+            term: Term::new(to_u64("term", self.term)?),
+            version: to_u64("lease version", self.version)?,
+            ttl: Duration::from_millis(to_u64("lease ttl", self.ttl_ms)?),
+        })
+    }
 }
 
 #[cfg(test)]

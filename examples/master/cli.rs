@@ -305,6 +305,7 @@ impl TaskArgs {
     fn options(&self) -> SubmitOptions {
         SubmitOptions {
             wait_for_capacity: self.wait_for_capacity,
+            ..SubmitOptions::default()
         }
     }
 

@@ -163,6 +163,7 @@ impl ServerArgs {
             ConfigError::DefaultAboveMaxTimeLimit { default, max } => format!(
                 "--default-time-limit ({default:?}) exceeds --max-time-limit ({max:?})"
             ),
+            ConfigError::LeaseTtlTooShort(_) => e.to_string(),
         })?;
         Ok(config)
     }

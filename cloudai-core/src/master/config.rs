@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// declared lost (see [`crate::fence`]).
     #[error(transparent)]
     NoFenceMargin(#[from] NoFenceMargin),
+    /// A leader lease too short to renew over a real network.
+    #[error("the lease TTL ({0:?}) must be at least 1s: the leader renews every third of it")]
+    LeaseTtlTooShort(Duration),
     /// The default time limit exceeds the largest one allowed.
     #[error("the default time limit ({default:?}) exceeds the largest allowed ({max:?})")]
     DefaultAboveMaxTimeLimit {
@@ -88,6 +91,11 @@ pub struct MasterConfig {
     /// Largest time limit a task may ask for; a larger request is refused
     /// at submit (`None`: any), as a Slurm partition's MaxTime.
     pub max_time_limit: Option<Duration>,
+    /// How long a leader's lease renewal stands, for masters that share a
+    /// store under a lease (15 s; at least 1 s). The leader renews every
+    /// third of it and acts until two thirds past its last renewal's
+    /// sending; a candidate takes over a lease left unchanged this long.
+    pub lease_ttl: Duration,
 }
 
 impl Default for MasterConfig {
@@ -110,6 +118,7 @@ impl Default for MasterConfig {
             event_buffer: 10_000,
             default_time_limit: None,
             max_time_limit: None,
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -147,6 +156,9 @@ impl MasterConfig {
             return Err(ConfigError::IntervalNotBelowTimeout { interval, timeout });
         }
         fence::fence_after(lost_after, interval, Duration::ZERO)?;
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::LeaseTtlTooShort(self.lease_ttl));
+        }
         if let (Some(default), Some(max)) = (self.default_time_limit, self.max_time_limit) {
             if default > max {
                 return Err(ConfigError::DefaultAboveMaxTimeLimit { default, max });
@@ -200,6 +212,15 @@ mod tests {
         c.liveness.timeout = Duration::from_secs(1);
         c.liveness.lost_after = Duration::from_secs(2);
         assert!(matches!(c.check(), Err(ConfigError::NoFenceMargin(_))));
+    }
+
+    #[test]
+    fn a_lease_ttl_under_a_second_is_refused() {
+        let c = MasterConfig {
+            lease_ttl: Duration::from_millis(999),
+            ..MasterConfig::default()
+        };
+        assert!(matches!(c.check(), Err(ConfigError::LeaseTtlTooShort(_))));
     }
 
     #[test]

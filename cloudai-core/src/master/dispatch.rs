@@ -13,31 +13,100 @@ use super::{Master, MasterEvent};
 use crate::apply::Applied;
 use crate::lifecycle::{assignment_effects, TaskEvent};
 use crate::model::{
-    ArrayId, ArrayIndices, ArrayMember, Attempt, EndCause, RunningTask, TaskId, TaskRecord,
-    TaskSpec, TaskStatus, ValidationError, WorkerId, ARRAY_ID_ENV, ARRAY_INDEX_ENV,
+    ArrayId, ArrayIndices, ArrayMember, Attempt, EndCause, RequestId, RunningTask, TaskId,
+    TaskRecord, TaskSpec, TaskStatus, Timestamp, ValidationError, WorkerId, ARRAY_ID_ENV,
+    ARRAY_INDEX_ENV,
 };
-use crate::store::TaskFilter;
+use crate::store::{RequestClaim, Submitted, TaskFilter};
 use crate::{Error, Result};
 
 /// How a submit treats its task.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubmitOptions {
     /// Queue it even if no registered worker could ever hold it (it waits
     /// for a bigger worker to join). Without it such a submit is refused
     /// once any worker has registered.
     pub wait_for_capacity: bool,
+    /// The client's name for this submit: retried under the same one (with
+    /// the same spec), it returns what the first made instead of making it
+    /// again, whichever master answers.
+    pub request: Option<RequestId>,
 }
+
+/// Ids of one term never collide with another's: the term is in the
+/// high bits of each id's number.
+const TERM_SHIFT: u32 = 32;
 
 impl Master {
     fn next_n(&self) -> u64 {
-        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << TERM_SHIFT) - 1);
+        self.term()
+            .get()
+            .saturating_mul(1 << TERM_SHIFT)
+            .saturating_add(n)
+    }
+
+    /// A submit is acknowledged only while this master still acts when its
+    /// task is stored: after that, the next leader may have loaded its
+    /// state without the task (it adopts it within a TTL).
+    fn acknowledge<T>(&self, made: T) -> Result<T> {
+        if self.acting() {
+            return Ok(made);
+        }
+        Err(Error::Unavailable(
+            "no longer the leader: the task may have been stored; retry with the same request id"
+                .into(),
+        ))
+    }
+
+    /// Claims `request` for what a submit is about to make; `Some` with
+    /// the claim that holds it when an earlier submit made it, refused
+    /// when that one had another spec.
+    async fn claim(
+        &self,
+        request: &Option<RequestId>,
+        made: Submitted,
+        digest: &str,
+        now: Timestamp,
+    ) -> Result<Option<RequestClaim>> {
+        let Some(request) = request else {
+            return Ok(None);
+        };
+        let claim = RequestClaim {
+            request: request.clone(),
+            made,
+            spec_hash: digest.to_owned(),
+            at: now,
+        };
+        match self.inner.store.claim_request(claim).await? {
+            Some(held) if held.spec_hash != digest => Err(Error::Conflict(format!(
+                "request id {request} was used for another submit ({})",
+                match &held.made {
+                    Submitted::Task(t) => format!("task {t}"),
+                    Submitted::Array(a) => format!("array {a}"),
+                }
+            ))),
+            held => Ok(held),
+        }
+    }
+
+    /// Queues stored pending tasks this master is not already placing:
+    /// what a retried submit finds, or what an older term stored after
+    /// this one's raise (adopted by [`super::Leadership`]).
+    pub(crate) fn adopt_stored(&self, tasks: &[TaskRecord]) {
+        let now = self.now();
+        let mut st = self.state();
+        for t in tasks {
+            st.adopt(t, now);
+        }
+        self.done(st);
     }
 
     /// What every submit checks first: a valid spec within the time
     /// limits in force (the default filled in), a pin to a worker this
     /// master knows, and (unless told to wait for capacity) a request some
     /// registered worker could hold.
-    fn check_submit(&self, spec: &mut TaskSpec, options: SubmitOptions) -> Result<()> {
+    fn check_submit(&self, spec: &mut TaskSpec, options: &SubmitOptions) -> Result<()> {
         let config = &self.inner.config;
         if spec.policy.time_limit.is_none() {
             spec.policy.time_limit = config.default_time_limit;
@@ -106,16 +175,31 @@ impl Master {
 
     /// [`Master::submit`], with options.
     pub async fn submit_with(&self, mut spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
-        self.check_submit(&mut spec, options)?;
+        let digest = spec.digest();
+        self.check_submit(&mut spec, &options)?;
         let now = self.now();
-        let task = loop {
-            let task = TaskRecord::new(TaskId::generated(now, self.next_n()), spec.clone(), now);
-            match self.inner.store.insert_task(task.clone()).await {
-                Ok(()) => break task,
-                Err(Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(e),
+        let fresh = TaskId::generated(now, self.next_n());
+        let claimed = self
+            .claim(
+                &options.request,
+                Submitted::Task(fresh.clone()),
+                &digest,
+                now,
+            )
+            .await?;
+        let task = match claimed {
+            None => self.insert_fresh(fresh, &spec, now).await?,
+            Some(held) => {
+                let Submitted::Task(id) = held.made else {
+                    return Err(Error::Conflict(format!(
+                        "request id {} made an array, not a task",
+                        held.request
+                    )));
+                };
+                return self.replay_task(id, spec, held.at).await;
             }
         };
+        self.acknowledge(())?;
         let span = info_span!("submit", task = %task.id);
         async {
             info!(image = %spec.image, resources = %spec.resources, "task submitted");
@@ -124,6 +208,45 @@ impl Master {
         .instrument(span)
         .await;
         Ok(task.id)
+    }
+
+    /// Stores a new task under `id` (or, taken, the next generated id).
+    async fn insert_fresh(
+        &self,
+        mut id: TaskId,
+        spec: &TaskSpec,
+        now: Timestamp,
+    ) -> Result<TaskRecord> {
+        loop {
+            let task = TaskRecord::new(id, spec.clone(), now);
+            match self.inner.store.insert_task(task.clone()).await {
+                Ok(()) => return Ok(task),
+                Err(Error::AlreadyExists { .. }) => id = TaskId::generated(now, self.next_n()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A submit retried under a request id that made task `id`: the task
+    /// as stored (queued if placeable and new to this master), or stored
+    /// now if the first submit's insert never landed.
+    async fn replay_task(&self, id: TaskId, spec: TaskSpec, at: Timestamp) -> Result<TaskId> {
+        let task = match self.inner.store.get_task(&id).await? {
+            Some(t) => t,
+            None => {
+                let t = TaskRecord::new(id.clone(), spec, at);
+                match self.inner.store.insert_task(t.clone()).await {
+                    Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                self.acknowledge(())?;
+                self.queue_and_wait(std::slice::from_ref(&t)).await;
+                return Ok(id);
+            }
+        };
+        info!(task = %id, "submit retried under its request id; returning its task");
+        self.adopt_stored(std::slice::from_ref(&task));
+        self.acknowledge(id)
     }
 
     /// Accepts one task per index, in one store batch: each is `spec` with
@@ -146,14 +269,42 @@ impl Master {
         indices: &ArrayIndices,
         options: SubmitOptions,
     ) -> Result<(ArrayId, Vec<TaskId>)> {
-        self.check_submit(&mut spec, options)?;
+        let digest = format!("{}/{indices}", spec.digest());
+        self.check_submit(&mut spec, &options)?;
         if indices.is_empty() {
             return Err(ValidationError::Empty { field: "array" }.into());
         }
         let now = self.now();
-        let array = ArrayId::generated(now, self.next_n());
-        let tasks: Vec<TaskRecord> = indices
-            .iter()
+        let mut array = ArrayId::generated(now, self.next_n());
+        let claimed = self
+            .claim(
+                &options.request,
+                Submitted::Array(array.clone()),
+                &digest,
+                now,
+            )
+            .await?;
+        let mut wanted: Vec<u32> = indices.iter().collect();
+        let mut stored = Vec::new();
+        if let Some(held) = claimed {
+            let Submitted::Array(id) = held.made else {
+                return Err(Error::Conflict(format!(
+                    "request id {} made a task, not an array",
+                    held.request
+                )));
+            };
+            array = id;
+            stored = self.inner.store.list_tasks(&in_array(&array)).await?;
+            wanted.retain(|i| {
+                !stored
+                    .iter()
+                    .any(|t| t.array.as_ref().is_some_and(|m| m.index == *i))
+            });
+            info!(array = %array, stored = stored.len(), missing = wanted.len(), "array submit retried under its request id");
+            self.adopt_stored(&stored);
+        }
+        let tasks: Vec<TaskRecord> = wanted
+            .into_iter()
             .map(|index| {
                 let mut s = spec.clone();
                 s.env.insert(ARRAY_INDEX_ENV.into(), index.to_string());
@@ -166,23 +317,25 @@ impl Master {
                 t
             })
             .collect();
-        if let Err(e) = self.inner.store.insert_tasks(tasks.clone()).await {
-            return Err(self.partial_array(&array, tasks.len(), e).await);
+        if !tasks.is_empty() {
+            if let Err(e) = self.inner.store.insert_tasks(tasks.clone()).await {
+                return Err(self.partial_array(&array, indices.len(), e).await);
+            }
+            self.acknowledge(())?;
+            info!(array = %array, tasks = tasks.len(), indices = %indices, image = %spec.image, "array submitted");
+            self.queue_and_wait(&tasks).await;
         }
-        info!(array = %array, tasks = tasks.len(), indices = %indices, image = %spec.image, "array submitted");
-        self.queue_and_wait(&tasks).await;
-        Ok((array, tasks.into_iter().map(|t| t.id).collect()))
+        self.acknowledge(())?;
+        stored.extend(tasks);
+        stored.sort_by_key(|t| t.array.as_ref().map(|m| m.index));
+        Ok((array, stored.into_iter().map(|t| t.id).collect()))
     }
 
     /// A batch that failed may have been stored in part (a backend that
     /// cannot undo one): the tasks that landed are queued, so they run, and
     /// the error says how many did.
     async fn partial_array(&self, array: &ArrayId, wanted: usize, e: Error) -> Error {
-        let filter = TaskFilter {
-            array: Some(array.clone()),
-            ..TaskFilter::default()
-        };
-        let landed = match self.inner.store.list_tasks(&filter).await {
+        let landed = match self.inner.store.list_tasks(&in_array(array)).await {
             Ok(landed) if !landed.is_empty() => landed,
             _ => return e,
         };
@@ -246,7 +399,9 @@ impl Master {
                 // The write may or may not have landed: read until the
                 // store answers, then carry it out (it landed) or requeue.
                 warn!(task = %id, error = %e, "assignment write failed; checking whether it landed");
-                let task = self.surely(|| self.inner.store.get_task(&id)).await;
+                let Some(task) = self.surely(|| self.inner.store.get_task(&id)).await else {
+                    return;
+                };
                 match task {
                     Some(t)
                         if t.status == TaskStatus::Running
@@ -333,6 +488,14 @@ impl Master {
                 )))
             }
         };
-        let _: Applied = self.surely(|| self.apply(&id, event.clone())).await;
+        let _: Option<Applied> = self.surely(|| self.apply(&id, event.clone())).await;
+    }
+}
+
+/// Every task of `array`.
+fn in_array(array: &ArrayId) -> TaskFilter {
+    TaskFilter {
+        array: Some(array.clone()),
+        ..TaskFilter::default()
     }
 }

@@ -10,7 +10,6 @@ use tracing::{info, warn};
 
 use super::membership::running_on;
 use super::{Master, MasterEvent};
-use crate::apply::Applied;
 use crate::lifecycle::TaskEvent;
 use crate::model::{Drain, WorkerId};
 use crate::{Error, Result};
@@ -61,7 +60,9 @@ impl Master {
     /// stopped (or fails as drained, if it asked not to be requeued).
     pub(super) async fn drain_deadline_passed(&self, worker: &WorkerId) {
         let filter = running_on(worker);
-        let tasks = self.surely(|| self.inner.store.list_tasks(&filter)).await;
+        let Some(tasks) = self.surely(|| self.inner.store.list_tasks(&filter)).await else {
+            return;
+        };
         if !tasks.is_empty() {
             warn!(worker = %worker, tasks = tasks.len(), "drain deadline passed; stopping the tasks still running");
         }
@@ -70,7 +71,13 @@ impl Master {
                 worker: worker.clone(),
                 attempt: t.attempt,
             };
-            let _: Applied = self.surely(|| self.apply(&t.id, drained.clone())).await;
+            if self
+                .surely(|| self.apply(&t.id, drained.clone()))
+                .await
+                .is_none()
+            {
+                return;
+            }
         }
     }
 }

@@ -308,7 +308,9 @@ impl Master {
     /// all before it could be declared lost.
     pub(super) async fn fail_lost_tasks(&self, worker: &WorkerId) {
         let filter = on_worker(worker);
-        let tasks = self.surely(|| self.inner.store.list_tasks(&filter)).await;
+        let Some(tasks) = self.surely(|| self.inner.store.list_tasks(&filter)).await else {
+            return;
+        };
         for t in tasks {
             if self.state().in_session(worker, self.now()) {
                 info!(worker = %worker, "lost worker came back; its registration settled its runs");
@@ -317,7 +319,13 @@ impl Master {
             let lost = TaskEvent::WorkerLost {
                 worker: worker.clone(),
             };
-            let _: Applied = self.surely(|| self.apply(&t.id, lost.clone())).await;
+            if self
+                .surely(|| self.apply(&t.id, lost.clone()))
+                .await
+                .is_none()
+            {
+                return;
+            }
         }
         if self.state().in_session(worker, self.now()) {
             return;

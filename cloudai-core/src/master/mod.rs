@@ -30,6 +30,7 @@ mod config;
 mod dispatch;
 mod drain;
 mod driver;
+mod leadership;
 mod membership;
 mod output;
 mod owed_stops;
@@ -47,15 +48,16 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::events::EventLog;
+use crate::lease::Tenure;
 use crate::ledger::LedgerError;
-use crate::metrics::{MasterMetrics, MeteredStore};
+use crate::metrics::{FenceAlarm, MasterMetrics, MeteredStore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::apply::Applied;
 use crate::clock::Clock;
 use crate::lifecycle::TaskEvent;
-use crate::model::{RunningTask, TaskStatus, Timestamp, ValidationError, WorkerId};
+use crate::model::{RunningTask, TaskStatus, Term, Timestamp, ValidationError, WorkerId};
 use crate::rng::SplitMix64;
 use crate::store::{TaskFilter, TaskStore, WorkerRegistry};
 use crate::sync::lock;
@@ -64,6 +66,7 @@ use crate::Result;
 
 pub use config::{ConfigError, MasterConfig};
 pub use dispatch::SubmitOptions;
+pub use leadership::Leadership;
 pub use output::{TaskFollow, TaskOutput};
 pub use probes::READY_WITHIN;
 pub use stops::CancelOutcome;
@@ -80,6 +83,10 @@ struct Inner {
     registry: Arc<dyn WorkerRegistry>,
     transport: Arc<dyn MasterToWorker>,
     clock: Clock,
+    /// The term it acts in, and until when.
+    tenure: Tenure,
+    /// Flips when a write was fenced: another master took over.
+    deposed: watch::Receiver<bool>,
     state: Mutex<State>,
     /// Wakes the driver: a deadline moved or work became owed.
     wake: Notify,
@@ -117,15 +124,36 @@ impl Master {
         transport: Arc<dyn MasterToWorker>,
         clock: Clock,
     ) -> Result<Master> {
+        Self::start_term(config, store, registry, transport, Tenure::single(clock)).await
+    }
+
+    /// [`Master::start`] for one term of a leader: `store` and `registry`
+    /// are handles fenced at `tenure`'s term, and the master sends no write
+    /// once the tenure ends. A fenced write flips [`Master::deposed`].
+    pub async fn start_term(
+        config: MasterConfig,
+        store: Arc<dyn TaskStore>,
+        registry: Arc<dyn WorkerRegistry>,
+        transport: Arc<dyn MasterToWorker>,
+        tenure: Tenure,
+    ) -> Result<Master> {
         config.check().map_err(|e| ValidationError::Invalid {
             field: "master config",
             reason: e.to_string(),
         })?;
+        let clock = tenure.clock();
         // Every store and registry call is timed, whatever the backend.
         let metrics = MasterMetrics::new();
-        let store: Arc<dyn TaskStore> = Arc::new(MeteredStore::new(store, metrics.store().clone()));
-        let registry: Arc<dyn WorkerRegistry> =
-            Arc::new(MeteredStore::new(registry, metrics.store().clone()));
+        let alarm = FenceAlarm::new(metrics.fenced().clone());
+        let metered =
+            |s| MeteredStore::new(s, metrics.store().clone(), alarm.clone(), tenure.clone());
+        let store: Arc<dyn TaskStore> = Arc::new(metered(store));
+        let registry: Arc<dyn WorkerRegistry> = Arc::new(MeteredStore::new(
+            registry,
+            metrics.store().clone(),
+            alarm.clone(),
+            tenure.clone(),
+        ));
         let mut rng = SplitMix64::new(config.seed ^ clock.now().as_millis());
         // Its own epoch per run: a watcher's cursor from an earlier run (or
         // another master) is told to resync rather than read as this one's.
@@ -141,6 +169,8 @@ impl Master {
                 registry,
                 transport,
                 clock,
+                deposed: alarm.subscribe(),
+                tenure,
                 wake: Notify::new(),
                 passes: watch::channel(0).0,
                 shutdown: watch::channel(false).0,
@@ -270,6 +300,23 @@ impl Master {
         self.inner.clock.now()
     }
 
+    /// The term this master acts in (0: a single master without a lease).
+    pub fn term(&self) -> Term {
+        self.inner.tenure.term()
+    }
+
+    /// Whether it may act now: its tenure has not ended and no write of
+    /// its was fenced.
+    pub fn acting(&self) -> bool {
+        !*self.inner.deposed.borrow() && self.inner.tenure.acting()
+    }
+
+    /// Flips to `true` once a write of this master's was fenced: another
+    /// master took over, and this one must stop.
+    pub fn deposed(&self) -> watch::Receiver<bool> {
+        self.inner.deposed.clone()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.inner.state)
     }
@@ -307,8 +354,10 @@ impl Master {
     }
 
     /// Retries a store operation that must not be dropped (a requeue, a
-    /// failure, a worker loss) with backoff until the store answers.
-    async fn surely<T, F, Fut>(&self, op: F) -> T
+    /// failure, a worker loss) with backoff until the store answers; `None`
+    /// once this master no longer acts (a fenced write, or its term
+    /// ended): the next leader loads the work from the store instead.
+    async fn surely<T, F, Fut>(&self, op: F) -> Option<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -316,7 +365,11 @@ impl Master {
         let mut failures = 0;
         loop {
             match op().await {
-                Ok(v) => return v,
+                Ok(v) => return Some(v),
+                Err(e) if matches!(e, crate::Error::Fenced { .. }) || !self.acting() => {
+                    warn!(error = %e, "store write given up: this master no longer acts");
+                    return None;
+                }
                 Err(e) => {
                     failures += 1;
                     let jitter = self.state().jitter();

@@ -230,7 +230,7 @@ impl Master {
     pub(super) async fn time_out(&self, task: TaskId, worker: WorkerId, attempt: u32) {
         warn!(task = %task, worker = %worker, attempt, "no end heard by the time limit; stopping the run");
         let event = TaskEvent::TimedOut { worker, attempt };
-        let _: Applied = self.surely(|| self.apply(&task, event.clone())).await;
+        let _: Option<Applied> = self.surely(|| self.apply(&task, event.clone())).await;
     }
 
     /// Delivers one owed stop within the cancel deadline (run by the
@@ -268,7 +268,7 @@ impl Master {
                 worker: worker.clone(),
                 attempt: run.attempt,
             };
-            let _: Applied = self.surely(|| self.apply(&run.task, ended.clone())).await;
+            let _: Option<Applied> = self.surely(|| self.apply(&run.task, ended.clone())).await;
         }
     }
 }

@@ -77,6 +77,7 @@ struct Series {
     failed: Counter,
     cancelled: Counter,
     heartbeats: Counter,
+    fenced: Counter,
     start: Histogram,
     stop: Histogram,
     memory_use: Histogram,
@@ -116,6 +117,7 @@ impl MasterMetrics {
             failed: Counter::default(),
             cancelled: Counter::default(),
             heartbeats: Counter::default(),
+            fenced: Counter::default(),
             start: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             stop: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             memory_use: Histogram::new(USE_RATIO),
@@ -156,6 +158,11 @@ impl MasterMetrics {
                 "heartbeats_received",
                 "Worker heartbeats taken",
                 &s.heartbeats,
+            ),
+            (
+                "store_writes_fenced",
+                "Store writes refused because a later term fenced the document (this master was deposed)",
+                &s.fenced,
             ),
         ];
         for (name, help, counter) in counters {
@@ -227,6 +234,10 @@ impl MasterMetrics {
 
     pub(crate) fn store(&self) -> &Latencies {
         &self.0.store
+    }
+
+    pub(crate) fn fenced(&self) -> &Counter {
+        &self.0.fenced
     }
 
     pub(crate) fn submitted(&self, n: usize) {

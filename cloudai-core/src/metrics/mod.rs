@@ -7,6 +7,7 @@
 //! workers by health, resources) are set from the live state when scraped.
 //! Every name is listed in the README, section "Metrics".
 
+mod lease;
 mod master;
 mod runtime;
 mod store;
@@ -20,9 +21,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+pub use lease::LeaseMetrics;
 pub use master::MasterMetrics;
 pub(crate) use master::Snapshot;
 pub use runtime::MeteredRuntime;
+pub(crate) use store::FenceAlarm;
 pub use store::MeteredStore;
 pub use worker::WorkerMetrics;
 

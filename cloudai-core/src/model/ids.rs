@@ -105,6 +105,48 @@ id_type!(
     "worker instance"
 );
 
+id_type!(
+    /// A client's name for one submit: a submit retried with the same one
+    /// makes no second task (or array).
+    RequestId,
+    "request id"
+);
+
+/// A master's term: how many times the lease changed hands. Term 0 is a
+/// single master without a lease. Every store write carries its writer's
+/// term, and a document refuses a write from a term below its fence.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Term(u64);
+
+impl Term {
+    /// A single master without a lease.
+    pub const ZERO: Term = Term(0);
+
+    /// The term numbered `n`.
+    pub const fn new(n: u64) -> Term {
+        Term(n)
+    }
+
+    /// Its number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The term after this one.
+    pub const fn next(self) -> Term {
+        Term(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl TaskId {
     /// The `n`th id a master generates at `at`: `task-<ms>-<n>`. The id
     /// tells when the task was created ([`TaskId::created_at`]).

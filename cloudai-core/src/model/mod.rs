@@ -27,7 +27,7 @@ pub use container::{
     parse_size, ContainerOption, ContainerOptions, Mount, Tmpfs, User, MAX_MOUNTS,
 };
 pub use counts::StatusCounts;
-pub use ids::{ArrayId, InstanceId, TaskId, WorkerId};
+pub use ids::{ArrayId, InstanceId, RequestId, TaskId, Term, WorkerId};
 pub use policy::AttemptPolicy;
 pub use resources::Resources;
 pub use run::{ExitStatus, RunningTask};

@@ -52,6 +52,18 @@ impl TaskSpec {
     /// Default grace between SIGTERM and SIGKILL on cancel (10 s, as in the original system).
     pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
+    /// A digest of the whole spec (SHA-256 of its JSON, in hex): a submit
+    /// retried under one request id must carry the same spec.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        // Every map in a spec is ordered, so the JSON is canonical.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        sha2::Sha256::digest(&json)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// A spec with no env and the default grace.
     pub fn new(image: impl Into<String>, command: Vec<String>, resources: Resources) -> Self {
         TaskSpec {

@@ -155,6 +155,20 @@ impl State {
         }
     }
 
+    /// Queues a stored pending task this master may not have seen (one
+    /// an older term stored, a submit retried under its request id): only
+    /// if it is placeable and this master is not already placing, sending
+    /// or holding it. Returns whether it was queued.
+    pub(in crate::master) fn adopt(&mut self, task: &TaskRecord, now: Timestamp) -> bool {
+        let placeable = task.status == TaskStatus::Pending && task.worker.is_none();
+        if !placeable || self.in_flight(&task.id) || self.ledger.holder(&task.id).is_some() {
+            return false;
+        }
+        self.forget_delayed(&task.id);
+        self.enqueue_when_due(task, now);
+        true
+    }
+
     /// Queues a placeable pending task now, or at its not-before time.
     pub(in crate::master) fn enqueue_when_due(&mut self, task: &TaskRecord, now: Timestamp) {
         match task.not_before {

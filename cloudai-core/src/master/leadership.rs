@@ -1,0 +1,249 @@
+//! Leadership: a [`Master`] that runs only while it holds the lease.
+//!
+//! Several masters share one store; each runs a [`Leadership`]. The one
+//! whose [`LeaseKeeper`] takes the lease at term T raises every fence to
+//! T, then starts a master on store handles fenced at T, which loads and
+//! reconciles as after a restart. When the lease is lost, its acting
+//! deadline passes or one of its writes is fenced, that master shuts
+//! down and this one follows again. While it leads it adopts, every TTL,
+//! the pending tasks an older term stored after the raise.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant as StdInstant;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{Master, MasterConfig};
+use crate::clock::Clock;
+use crate::lease::{Candidate, LeaseKeeper, Role, Tenure};
+use crate::metrics::LeaseMetrics;
+use crate::model::{Term, ValidationError};
+use crate::store::{LeaseRecord, LeaseStore, TaskStore, WorkerRegistry};
+use crate::sync::lock;
+use crate::transport::MasterToWorker;
+use crate::Result;
+
+/// How many pending tasks one adoption round takes.
+const ADOPT_BATCH: usize = 1_000;
+
+/// What a master needs to start in a term.
+#[derive(Debug, Clone)]
+struct Office {
+    config: MasterConfig,
+    store: Arc<dyn TaskStore>,
+    registry: Arc<dyn WorkerRegistry>,
+    lease: Arc<dyn LeaseStore>,
+    transport: Arc<dyn MasterToWorker>,
+    clock: Clock,
+}
+
+/// A master that acts only while it holds the lease. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    keeper: LeaseKeeper,
+    me: Candidate,
+    current: watch::Sender<Option<Master>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    metrics: LeaseMetrics,
+}
+
+impl Leadership {
+    /// Starts following (and leading when it takes the lease) as the
+    /// master `config` describes. `run` names this process start; `store`,
+    /// `registry` and `lease` are one backend's handles.
+    pub fn start(
+        config: MasterConfig,
+        store: Arc<dyn TaskStore>,
+        registry: Arc<dyn WorkerRegistry>,
+        lease: Arc<dyn LeaseStore>,
+        transport: Arc<dyn MasterToWorker>,
+        clock: Clock,
+        run: String,
+    ) -> Result<Leadership> {
+        config.check().map_err(|e| ValidationError::Invalid {
+            field: "master config",
+            reason: e.to_string(),
+        })?;
+        let me = Candidate {
+            id: config.id.clone(),
+            run,
+            address: config.advertise_address.clone(),
+        };
+        let metrics = LeaseMetrics::new();
+        let keeper = LeaseKeeper::spawn(
+            lease.clone(),
+            me.clone(),
+            config.lease_ttl,
+            clock,
+            metrics.clone(),
+        );
+        let role = keeper.role();
+        let inner = Arc::new(Inner {
+            keeper,
+            me,
+            current: watch::channel(None).0,
+            task: Mutex::new(None),
+            metrics,
+        });
+        let office = Office {
+            config,
+            store,
+            registry,
+            lease,
+            transport,
+            clock,
+        };
+        let task = tokio::spawn(lead(inner.clone(), office, role));
+        *lock(&inner.task) = Some(task);
+        Ok(Leadership { inner })
+    }
+
+    /// The master acting now, if this one leads.
+    pub fn current(&self) -> Option<Master> {
+        self.inner.current.borrow().clone()
+    }
+
+    /// The acting master, now and as it changes.
+    pub fn masters(&self) -> watch::Receiver<Option<Master>> {
+        self.inner.current.subscribe()
+    }
+
+    /// This master's role, now and as it changes.
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.inner.keeper.role()
+    }
+
+    /// Who leads, as far as this master knows: itself, or the holder of
+    /// the lease it last read.
+    pub fn leader(&self) -> Option<LeaseRecord> {
+        match &*self.inner.keeper.role().borrow() {
+            Role::Leading { term, .. } => Some(LeaseRecord {
+                holder: Some(self.inner.me.id.clone()),
+                run: self.inner.me.run.clone(),
+                address: self.inner.me.address.clone(),
+                term: *term,
+                version: 0,
+                ttl: std::time::Duration::ZERO,
+            }),
+            Role::Following { leader } => leader.clone(),
+        }
+    }
+
+    /// The lease metrics, kept across terms.
+    pub fn metrics(&self) -> &LeaseMetrics {
+        &self.inner.metrics
+    }
+
+    /// Graceful stop: the acting master shuts down, then the lease is
+    /// released so that another master takes over at once.
+    pub async fn shutdown(&self) {
+        if let Some(t) = lock(&self.inner.task).take() {
+            t.abort();
+        }
+        if let Some(m) = self.inner.current.send_replace(None) {
+            m.shutdown().await;
+        }
+        if let Err(e) = self.inner.keeper.release().await {
+            warn!(error = %e, "could not release the lease; it expires by itself");
+        }
+    }
+}
+
+/// Follows until the keeper says this master leads, serves the term, and
+/// again.
+async fn lead(inner: Arc<Inner>, office: Office, mut role: watch::Receiver<Role>) {
+    loop {
+        let term = loop {
+            if let Role::Leading { term, .. } = *role.borrow_and_update() {
+                break term;
+            }
+            if role.changed().await.is_err() {
+                return;
+            }
+        };
+        let master = match take_office(&office, term, role.clone()).await {
+            Ok(master) => master,
+            Err(e) => {
+                warn!(%term, error = %e, "could not take office; retrying");
+                tokio::time::sleep(office.config.lease_ttl / 6).await;
+                continue;
+            }
+        };
+        inner.current.send_replace(Some(master.clone()));
+        serve(&office, &master, term, &mut role).await;
+        inner.current.send_replace(None);
+        master.shutdown().await;
+        info!(%term, "stopped acting");
+        // A fenced write ends the master before the keeper notices the
+        // lease moved on: start again only once the term is over.
+        while role.borrow().acts(term, office.clock.now()) {
+            let Role::Leading { until, .. } = *role.borrow() else {
+                break;
+            };
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(office.clock.instant_at(until)) => {}
+            }
+        }
+    }
+}
+
+/// Raises the fences to `term` and starts a master fenced at it.
+async fn take_office(office: &Office, term: Term, role: watch::Receiver<Role>) -> Result<Master> {
+    let began = StdInstant::now();
+    let raised = office.lease.raise_fence(term).await?;
+    let raise = began.elapsed();
+    let tenure = Tenure::new(term, role, office.clock);
+    let master = Master::start_term(
+        office.config.clone(),
+        office.store.fenced(term),
+        office.registry.fenced(term),
+        office.transport.clone(),
+        tenure,
+    )
+    .await?;
+    info!(%term, raised, raise = ?raise, load = ?(began.elapsed() - raise), "leading");
+    Ok(master)
+}
+
+/// Serves `term` until the master stops acting, adopting every TTL the
+/// pending tasks an older term stored after the raise.
+async fn serve(office: &Office, master: &Master, term: Term, role: &mut watch::Receiver<Role>) {
+    let mut deposed = master.deposed();
+    let ttl = office.config.lease_ttl;
+    let mut next_adopt = office.clock.now().saturating_add(ttl);
+    loop {
+        let until = match *role.borrow() {
+            Role::Leading { term: t, until } if t == term => until,
+            _ => return,
+        };
+        if !master.acting() {
+            return;
+        }
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() { return },
+            _ = deposed.changed() => {}
+            _ = tokio::time::sleep_until(office.clock.instant_at(until)) => {}
+            _ = tokio::time::sleep_until(office.clock.instant_at(next_adopt)) => {
+                next_adopt = office.clock.now().saturating_add(ttl);
+                if master.acting() {
+                    match office.lease.adopt_pending(term, ADOPT_BATCH).await {
+                        Ok(tasks) if !tasks.is_empty() => {
+                            info!(%term, tasks = tasks.len(), "adopted tasks an older term stored");
+                            master.adopt_stored(&tasks);
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "could not adopt pending tasks"),
+                    }
+                }
+            }
+        }
+    }
+}
