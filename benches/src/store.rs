@@ -9,6 +9,44 @@
 //!
 //! With a MongoDB URI it uses a fresh database (`cloudai_bench_<pid>_<n>`)
 //! and drops it at the end.
+//!
+//! With `--lease` it measures the master lease instead of the store phases
+//! (`benches/ha-lease.sh RUNS TTL` runs it on memory and nx-27017 and
+//! prints medians and maxima against the targets). On a store holding
+//! `--lease-tasks` (20,000) pending tasks, with lease TTL `--ttl` (2 s):
+//! 1. renewals under a raise: a renewal loop on its own task sends a
+//!    `swap_lease` renewal every TTL/3 (the keeper's cadence) and times
+//!    it, while takeovers raise the fence back to back, until `--renewals`
+//!    renewals were in flight during a raise; prints their p50/p99/max
+//!    (target p99 ≤ TTL/10);
+//! 2. raise and load: one takeover's `raise_fence` and `Master::start_term`
+//!    on handles fenced at its term, scaled to 10,000 tasks (target ≤ 2 s);
+//! 3. takeover after a crash: a `LeaseKeeper` A leads, a `Leadership` B
+//!    (fake transport) follows; A is dropped (no release) at a random phase
+//!    of the cadences; the time to B's role `Leading`, then B's raise and
+//!    load (target median ≤ 1.25·TTL, max ≤ 1.5·TTL), `--takeovers` times;
+//! 4. takeover after a release: as 3 with `release()` (target ≤ TTL/6);
+//! 5. contention (unless `--handovers 0`), always on fresh memory stores:
+//!    `--contention-groups` stores with three keepers each, in real time
+//!    with a short TTL (`--contention-ttl-ms`, 60 ms: tokio's paused clock
+//!    needs its `test-util` feature, which this crate does not enable), a
+//!    driver per store releasing or crashing the leader or restarting a
+//!    follower at random and a gate before each keeper delaying its lease
+//!    calls at random, until `--handovers` (1,000) handovers in all. Each
+//!    keeper's acting windows are taken twice: from the writes its gate saw
+//!    apply (each grant or renewal acts from the call to 2/3 TTL later),
+//!    and from every `Role::Leading { until }` it published (from until −
+//!    2/3 TTL, the renewal's sending, to until), both cut at the keeper's
+//!    release. Prints the windows of different keepers that overlap and
+//!    the terms granted to (or led by) two keepers: both must be 0 (with
+//!    a timeline of the first overlap, if any). A keeper's clock counts
+//!    whole milliseconds, so a published window may start up to 1 ms
+//!    before its swap: overlaps of published windows within that are
+//!    counted apart. `--contention-skew R` runs one keeper per store on a
+//!    clock R times as fast: beyond the argument's factor of 1.5 (R > 1.5
+//!    or R < 1/1.5) overlaps must show, a check of the check.
+//!
+//! `--json` adds one JSON line with the results (the script reads it).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,13 +64,15 @@ use cloudai_core::model::{
     TaskStatus, Telemetry, Term, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
 };
 use cloudai_core::output::{Follow, OutputFrom};
-use cloudai_core::store::{CasOutcome, InsertOutcome, TaskStore, WorkerRegistry};
+use cloudai_core::store::{CasOutcome, InsertOutcome, LeaseStore, TaskStore, WorkerRegistry};
 use cloudai_core::transport::{
     MasterInfo, MasterToWorker, Registration, RunningTask, WorkerEndpoint,
 };
 use cloudai_core::{Error, Result};
 use cloudai_mongo::{MongoConfig, MongoStore};
 use tokio::task::JoinSet;
+
+mod ha_lease;
 
 /// Measures store operations per second.
 #[derive(Debug, Parser)]
@@ -52,12 +92,51 @@ struct Args {
     /// Length of the heartbeat phase, seconds.
     #[arg(long, default_value_t = 5.0)]
     heartbeat_secs: f64,
+    /// Measure the master lease instead of the store phases.
+    #[arg(long)]
+    lease: bool,
+    /// `--lease`: the lease TTL, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    ttl: f64,
+    /// `--lease`: pending tasks stored first.
+    #[arg(long, default_value_t = 20_000)]
+    lease_tasks: usize,
+    /// `--lease`: renewals to time while a raise runs (at least).
+    #[arg(long, default_value_t = 9)]
+    renewals: usize,
+    /// `--lease`: takeovers after a crash, and after a release, to time.
+    #[arg(long, default_value_t = 1)]
+    takeovers: usize,
+    /// `--lease`: handovers to reach in the contention phase (0: skip it).
+    #[arg(long, default_value_t = 1_000)]
+    handovers: usize,
+    /// `--lease`: the contention phase's lease TTL, milliseconds.
+    #[arg(long, default_value_t = 60)]
+    contention_ttl_ms: u64,
+    /// `--lease`: memory stores (three keepers each) contending at once.
+    #[arg(long, default_value_t = 20)]
+    contention_groups: usize,
+    /// `--lease`: slot 0's keepers in each contention store run their
+    /// clocks this many times as fast (1: no skew; beyond 1.5 either way
+    /// the lease's argument no longer holds: a check of the check).
+    #[arg(long, default_value_t = 1.0)]
+    contention_skew: f64,
+    /// `--lease`: bound on the contention phase, seconds.
+    #[arg(long, default_value_t = 120)]
+    contention_cap_secs: u64,
+    /// `--lease`: random seed (default: from the time).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// `--lease`: end with one JSON line of the results.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Stores {
     tasks: Arc<dyn TaskStore>,
     registry: Arc<dyn WorkerRegistry>,
+    lease: Arc<dyn LeaseStore>,
     mongo: Option<MongoStore>,
 }
 
@@ -66,7 +145,8 @@ async fn open(store: &str, tag: &str) -> Result<Stores, String> {
         let s = Arc::new(MemoryStore::new());
         return Ok(Stores {
             tasks: s.clone(),
-            registry: s,
+            registry: s.clone(),
+            lease: s,
             mongo: None,
         });
     }
@@ -81,7 +161,8 @@ async fn open(store: &str, tag: &str) -> Result<Stores, String> {
     let shared = Arc::new(s.clone());
     Ok(Stores {
         tasks: shared.clone(),
-        registry: shared,
+        registry: shared.clone(),
+        lease: shared,
         mongo: Some(s),
     })
 }
@@ -489,6 +570,9 @@ async fn main() -> Result<(), String> {
                 .trim_start_matches("mongodb://")
         )
     };
+    if args.lease {
+        return ha_lease::run(&args, &label).await;
+    }
     println!(
         "store {label}: {} ops per phase, {} concurrent callers",
         args.ops, args.callers

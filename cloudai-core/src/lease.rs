@@ -41,6 +41,10 @@ pub enum Role {
     Leading {
         /// The term it leads.
         term: Term,
+        /// When this stretch of leading began (a master that stopped for
+        /// want of renewals and leads again in the same term starts a new
+        /// stretch: what acted in the old one must not act on).
+        since: Timestamp,
         /// When it must stop acting unless a renewal succeeds first.
         until: Timestamp,
     },
@@ -57,13 +61,23 @@ impl Role {
     pub fn single() -> Role {
         Role::Leading {
             term: Term::ZERO,
+            since: Timestamp::ZERO,
             until: Timestamp::from_millis(u64::MAX),
         }
     }
 
-    /// Whether it may act at `term` at time `now`.
-    pub fn acts(&self, term: Term, now: Timestamp) -> bool {
-        matches!(self, Role::Leading { term: t, until } if *t == term && now < *until)
+    /// The stretch of leading it describes, `(term, since)`; `None` while
+    /// following.
+    pub fn stretch(&self) -> Option<(Term, Timestamp)> {
+        match self {
+            Role::Leading { term, since, .. } => Some((*term, *since)),
+            Role::Following { .. } => None,
+        }
+    }
+
+    /// Whether it may act in stretch `(term, since)` at time `now`.
+    pub fn acts(&self, stretch: (Term, Timestamp), now: Timestamp) -> bool {
+        matches!(self, Role::Leading { until, .. } if self.stretch() == Some(stretch) && now < *until)
     }
 }
 
@@ -80,8 +94,10 @@ pub struct Candidate {
 }
 
 /// Keeps (or waits for) the lease in the background and publishes this
-/// master's [`Role`]. Dropping it stops the keeping without a release (as
-/// a crash would); [`LeaseKeeper::release`] hands the lease on at once.
+/// master's [`Role`]. Dropping it (or [`LeaseKeeper::abort`]) stops the
+/// keeping without a release, as a crash would: nothing acts on it any
+/// more, and the lease expires by itself. [`LeaseKeeper::release`] hands
+/// the lease on at once.
 #[derive(Debug)]
 pub struct LeaseKeeper {
     role: watch::Receiver<Role>,
@@ -92,7 +108,7 @@ pub struct LeaseKeeper {
 
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
-        self.task.abort();
+        self.abort();
     }
 }
 
@@ -120,6 +136,8 @@ struct Seen {
 #[derive(Debug, Clone, Copy)]
 struct Lead {
     term: Term,
+    /// When this stretch of leading began.
+    since: Timestamp,
     version: u64,
     /// When the last successful renewal was sent.
     sent: Timestamp,
@@ -157,6 +175,12 @@ impl LeaseKeeper {
     /// This master's role, now and as it changes.
     pub fn role(&self) -> watch::Receiver<Role> {
         self.role.clone()
+    }
+
+    /// Stops keeping the lease without releasing it.
+    pub fn abort(&self) {
+        self.task.abort();
+        self.shared.step_down(None);
     }
 
     /// Stops keeping the lease and, if this master holds it, clears its
@@ -207,6 +231,7 @@ impl Keeping {
     fn lead(&self, lead: &Lead) {
         self.role.send_replace(Role::Leading {
             term: lead.term,
+            since: lead.since,
             until: lead.until,
         });
         self.metrics.leading(lead.term);
@@ -226,6 +251,7 @@ impl Keeping {
             .await?;
         Ok(applied.then(|| Lead {
             term: new.term,
+            since: sent,
             version: new.version,
             sent,
             until: sent.saturating_add(self.ttl * 2 / 3),
@@ -253,6 +279,7 @@ impl Keeping {
                 return match self.bounded(self.store.create_lease(&first)).await {
                     Ok(()) => Some(Lead {
                         term: first.term,
+                        since: sent,
                         version: 0,
                         sent,
                         until: sent.saturating_add(self.ttl * 2 / 3),
@@ -330,7 +357,10 @@ impl Keeping {
                 match outcome {
                     Ok(Some(renewed)) => {
                         self.metrics.renewed(began.elapsed());
-                        break renewed;
+                        break Lead {
+                            since: lead.since,
+                            ..renewed
+                        };
                     }
                     Ok(None) => {
                         info!(term = %lead.term, "the lease moved on: following");
@@ -370,6 +400,7 @@ async fn keep(k: Arc<Keeping>, held: Arc<Mutex<Option<(Term, u64)>>>) {
 #[derive(Debug, Clone)]
 pub struct Tenure {
     term: Term,
+    since: Timestamp,
     role: watch::Receiver<Role>,
     clock: Clock,
 }
@@ -377,12 +408,20 @@ pub struct Tenure {
 impl Tenure {
     /// A single master without a lease: term 0, for ever.
     pub fn single(clock: Clock) -> Tenure {
-        Tenure::new(Term::ZERO, watch::channel(Role::single()).1, clock)
+        let role = Role::single();
+        let (term, since) = role.stretch().unwrap_or_default();
+        Tenure::new(term, since, watch::channel(role).1, clock)
     }
 
-    /// Term `term`, while `role` says this master leads it.
-    pub fn new(term: Term, role: watch::Receiver<Role>, clock: Clock) -> Tenure {
-        Tenure { term, role, clock }
+    /// The stretch of leading `term` that began at `since`, while `role`
+    /// says this master is still in it.
+    pub fn new(term: Term, since: Timestamp, role: watch::Receiver<Role>, clock: Clock) -> Tenure {
+        Tenure {
+            term,
+            since,
+            role,
+            clock,
+        }
     }
 
     /// The term.
@@ -398,6 +437,231 @@ impl Tenure {
     /// Whether the master may act now: it still leads its term and the
     /// acting deadline has not passed.
     pub fn acting(&self) -> bool {
-        self.role.borrow().acts(self.term, self.clock.now())
+        self.role
+            .borrow()
+            .acts((self.term, self.since), self.clock.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::model::TaskRecord;
+
+    const TTL: Duration = Duration::from_secs(6);
+
+    /// The memory store's lease behind a switch (a store outage) and a
+    /// delay on every call, with the send time of each swap.
+    #[derive(Debug, Default)]
+    struct Gate {
+        store: MemoryStore,
+        down: AtomicBool,
+        delay: Mutex<Duration>,
+        /// Each swap's sending, and whether it applied.
+        swaps: Mutex<Vec<(Instant, bool)>>,
+    }
+
+    impl Gate {
+        /// When the last swap that applied was sent.
+        fn last_renewal(&self) -> Instant {
+            lock(&self.swaps)
+                .iter()
+                .rev()
+                .find(|(_, ok)| *ok)
+                .expect("renewed")
+                .0
+        }
+    }
+
+    impl Gate {
+        async fn pass(&self) -> Result<()> {
+            let delay = *lock(&self.delay);
+            tokio::time::sleep(delay).await;
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::Unavailable("store down".into()));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl LeaseStore for Gate {
+        async fn read_lease(&self) -> Result<Option<LeaseRecord>> {
+            self.pass().await?;
+            self.store.read_lease().await
+        }
+        async fn create_lease(&self, record: &LeaseRecord) -> Result<()> {
+            self.pass().await?;
+            self.store.create_lease(record).await
+        }
+        async fn swap_lease(&self, term: Term, version: u64, new: &LeaseRecord) -> Result<bool> {
+            let sent = Instant::now();
+            let passed = self.pass().await;
+            let applied = match passed {
+                Ok(()) => self.store.swap_lease(term, version, new).await?,
+                Err(_) => false,
+            };
+            lock(&self.swaps).push((sent, applied));
+            passed.map(|()| applied)
+        }
+        async fn raise_fence(&self, term: Term) -> Result<u64> {
+            self.store.raise_fence(term).await
+        }
+        async fn adopt_pending(&self, term: Term, limit: usize) -> Result<Vec<TaskRecord>> {
+            self.store.adopt_pending(term, limit).await
+        }
+    }
+
+    fn keeper(gate: &Arc<Gate>, id: &str, ttl: Duration) -> LeaseKeeper {
+        let me = Candidate {
+            id: id.into(),
+            run: format!("{id}-run"),
+            address: format!("{id}:1"),
+        };
+        let clock = Clock::starting_at(Timestamp::from_millis(1_000_000));
+        LeaseKeeper::spawn(gate.clone(), me, ttl, clock, LeaseMetrics::new())
+    }
+
+    /// When `k` next leads: its term and the instant.
+    async fn leads(k: &LeaseKeeper) -> (Term, Instant) {
+        let mut role = k.role();
+        let term = match &*role
+            .wait_for(|r| matches!(r, Role::Leading { .. }))
+            .await
+            .expect("keeper runs")
+        {
+            Role::Leading { term, .. } => *term,
+            Role::Following { .. } => unreachable!(),
+        };
+        (term, Instant::now())
+    }
+
+    async fn follows(k: &LeaseKeeper) -> Instant {
+        let mut role = k.role();
+        role.wait_for(|r| matches!(r, Role::Following { .. }))
+            .await
+            .expect("keeper runs");
+        Instant::now()
+    }
+
+    fn until(k: &LeaseKeeper) -> Duration {
+        match *k.role().borrow() {
+            Role::Leading { until, .. } => {
+                until.saturating_since(Timestamp::from_millis(1_000_000))
+            }
+            Role::Following { .. } => Duration::ZERO,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_renews_every_third_and_acts_until_two_thirds_past_the_send() {
+        let gate = Arc::new(Gate::default());
+        *lock(&gate.delay) = Duration::from_millis(300);
+        let start = Instant::now();
+        let a = keeper(&gate, "a", TTL);
+        let (term, _) = leads(&a).await;
+        assert_eq!(term, Term::new(1));
+        // Mid-interval: the last renewal has been answered.
+        tokio::time::sleep(TTL * 3 + TTL / 6).await;
+        let swaps = lock(&gate.swaps).clone();
+        assert!(swaps.len() >= 8, "renewals every TTL/3: {}", swaps.len());
+        for pair in swaps.windows(2) {
+            assert_eq!(pair[1].0 - pair[0].0, TTL / 3, "renewal cadence");
+        }
+        // The deadline counts from the last renewal's sending, not from
+        // its answer 300 ms later.
+        let last = gate.last_renewal();
+        assert_eq!(until(&a), (last - start) + TTL * 2 / 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_takes_over_no_earlier_than_a_ttl_after_its_first_read() {
+        let gate = Arc::new(Gate::default());
+        let a = keeper(&gate, "a", TTL);
+        leads(&a).await;
+        let b = keeper(&gate, "b", TTL);
+        tokio::time::sleep(TTL * 2).await;
+        assert!(matches!(*b.role().borrow(), Role::Following { .. }));
+        let crashed = Instant::now();
+        drop(a);
+        let last = gate.last_renewal();
+        let (term, led) = leads(&b).await;
+        assert_eq!(term, Term::new(2));
+        // B's first read of A's last record returned after that renewal
+        // was sent, and B waited a full TTL from it.
+        assert!(
+            led - last >= TTL,
+            "took over {:?} after the last renewal",
+            led - last
+        );
+        assert!(
+            led - crashed <= TTL + TTL / 6 + TTL / 3,
+            "took {:?}",
+            led - crashed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_with_a_shorter_ttl_waits_the_holders() {
+        let gate = Arc::new(Gate::default());
+        let a = keeper(&gate, "a", TTL * 2);
+        leads(&a).await;
+        let b = keeper(&gate, "b", TTL);
+        tokio::time::sleep(TTL).await;
+        drop(a);
+        let last = gate.last_renewal();
+        let (_, led) = leads(&b).await;
+        assert!(
+            led - last >= TTL * 2,
+            "took over {:?} after the last renewal",
+            led - last
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_cut_off_stops_at_its_deadline_and_leads_again_at_the_same_term() {
+        let gate = Arc::new(Gate::default());
+        let a = keeper(&gate, "a", TTL);
+        leads(&a).await;
+        tokio::time::sleep(TTL).await;
+        gate.down.store(true, Ordering::SeqCst);
+        let cut = Instant::now();
+        let stopped = follows(&a).await;
+        let last = gate.last_renewal();
+        assert!(last <= cut);
+        assert_eq!(
+            stopped - last,
+            TTL * 2 / 3,
+            "stops at its deadline, not later"
+        );
+        tokio::time::sleep(TTL * 2).await;
+        gate.down.store(false, Ordering::SeqCst);
+        let (term, _) = leads(&a).await;
+        assert_eq!(
+            term,
+            Term::new(1),
+            "its own unchanged record: the same term"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once() {
+        let gate = Arc::new(Gate::default());
+        let a = keeper(&gate, "a", TTL);
+        leads(&a).await;
+        let b = keeper(&gate, "b", TTL);
+        tokio::time::sleep(TTL).await;
+        let released = Instant::now();
+        a.release().await.expect("released");
+        assert!(matches!(*a.role().borrow(), Role::Following { .. }));
+        let (term, led) = leads(&b).await;
+        assert_eq!(term, Term::new(2));
+        assert!(led - released <= TTL / 6, "took {:?}", led - released);
     }
 }

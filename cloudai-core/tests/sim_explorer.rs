@@ -9,14 +9,27 @@
 //! nothing to fix, no container is left running, and every cancel that
 //! succeeded left its task `cancelled`.
 //!
+//! The same exploration runs with two masters sharing the store under the
+//! lease: it also pauses, resumes, cuts off, heals, crashes, restarts and
+//! gracefully hands over masters, sometimes with one master's clock at
+//! half speed, submits at whichever master leads and retries a failed
+//! submit there with the same request id. On top of the invariants above
+//! it checks the lease's (see `SimCluster::start_ha`): no two acting
+//! windows overlap (unless a clock is slow), no write lands on a document
+//! fenced above its term, terms and fences never go back, no attempt
+//! starts twice, and every submit made exactly one task.
+//!
 //! `SIM_SEEDS` sets how many seeds run (default 200); `SIM_SEED_START` the
 //! first. A failure names its seed: rerun it alone with
-//! `SIM_SEED_START=<seed> SIM_SEEDS=1`.
+//! `SIM_SEED_START=<seed> SIM_SEEDS=1` (and the test's name).
 
 use std::time::Duration;
 
 use cloudai_core::master::MasterConfig;
-use cloudai_core::model::{AttemptPolicy, Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::master::{Master, SubmitOptions};
+use cloudai_core::model::{
+    AttemptPolicy, RequestId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId,
+};
 use cloudai_core::placement::Policy;
 use cloudai_core::rng::SplitMix64;
 use cloudai_core::store::{TaskFilter, TaskStore};
@@ -33,6 +46,15 @@ fn env(name: &str, default: u64) -> u64 {
 
 #[test]
 fn random_faults_never_break_the_invariants() {
+    explore_seeds(1);
+}
+
+#[test]
+fn two_masters_under_random_faults_never_break_the_invariants() {
+    explore_seeds(2);
+}
+
+fn explore_seeds(masters: usize) {
     let start = env("SIM_SEED_START", 0);
     let count = env("SIM_SEEDS", 200);
     for seed in start..start + count {
@@ -42,7 +64,7 @@ fn random_faults_never_break_the_invariants() {
                 .start_paused(true)
                 .build()
                 .expect("runtime")
-                .block_on(explore(seed))
+                .block_on(explore(seed, masters))
         });
         if let Err(panic) = run {
             let msg = panic
@@ -59,7 +81,64 @@ fn pick<T: Clone>(rng: &mut SplitMix64, items: &[T]) -> Option<T> {
     (!items.is_empty()).then(|| items[rng.below(items.len() as u64) as usize].clone())
 }
 
-async fn explore(seed: u64) {
+/// A client's call: run on a task of its own (as the gRPC layer runs each
+/// call), given up after a while (its master may be paused). `None`: no
+/// answer in time.
+async fn answered<T: Send + 'static>(
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(10), tokio::spawn(call))
+        .await
+        .ok()
+        .map(|joined| joined.expect("the call does not panic"))
+}
+
+/// Submits at whichever master leads, each under its request id until one
+/// is acknowledged.
+#[derive(Default)]
+struct Submits {
+    waiting: Vec<(RequestId, TaskSpec)>,
+    made: Vec<TaskId>,
+    requests: usize,
+}
+
+impl Submits {
+    async fn submit(&mut self, leader: Option<Master>, spec: TaskSpec, seed: u64) {
+        self.requests += 1;
+        let request = RequestId::new(format!("req-{}", self.requests)).expect("valid id");
+        self.waiting.push((request, spec));
+        self.retry(leader, seed).await;
+    }
+
+    async fn retry(&mut self, leader: Option<Master>, seed: u64) {
+        let Some(m) = leader else { return };
+        let mut still = Vec::new();
+        for (request, spec) in std::mem::take(&mut self.waiting) {
+            let options = SubmitOptions {
+                request: Some(request.clone()),
+                ..SubmitOptions::default()
+            };
+            let submit = {
+                let (m, spec) = (m.clone(), spec.clone());
+                answered(async move { m.submit_with(spec, options).await }).await
+            };
+            match submit {
+                // No answer in time: the outcome is unknown; retried.
+                None => still.push((request, spec)),
+                Some(Ok(id)) => self.made.push(id),
+                Some(Err(e))
+                    if e.is_transient() || matches!(e, cloudai_core::Error::Fenced { .. }) =>
+                {
+                    still.push((request, spec))
+                }
+                Some(Err(e)) => panic!("seed {seed}: submit under {request} refused: {e}"),
+            }
+        }
+        self.waiting = still;
+    }
+}
+
+async fn explore(seed: u64, masters: usize) {
     let mut rng = SplitMix64::new(seed);
     let faults = if rng.chance(0.5) {
         Faults::HOSTILE
@@ -74,9 +153,17 @@ async fn explore(seed: u64) {
         // No periodic repair: the services alone must keep the ledger exact.
         reconcile_interval: None,
         seed,
+        lease_ttl: Duration::from_secs(6),
         ..MasterConfig::default()
     };
-    let mut c = SimCluster::start(seed, faults, config).await;
+    let ha = masters > 1;
+    let mut c = if ha {
+        let slow = rng.chance(0.15).then_some(1);
+        SimCluster::start_ha(seed, faults, config, masters, slow).await
+    } else {
+        SimCluster::start(seed, faults, config).await
+    };
+    let mut submits = Submits::default();
     for i in 0..3 {
         let cpu = 2.0 + rng.below(4) as f64;
         c.start_worker(
@@ -90,7 +177,10 @@ async fn explore(seed: u64) {
     for _ in 0..STEPS {
         let live = c.live_workers();
         let all = c.all_workers();
-        match rng.below(100) {
+        let leader = c.leader();
+        submits.retry(leader.clone(), seed).await;
+        let op = rng.below(if ha { 112 } else { 100 });
+        match op {
             0..=29 => {
                 let secs = 1 + rng.below(60);
                 let cpu = 0.5 * (1 + rng.below(4)) as f64;
@@ -125,11 +215,19 @@ async fn explore(seed: u64) {
                         .then(|| Duration::from_secs(1 + rng.below(40))),
                     retry_on_timeout: rng.chance(0.3),
                 };
-                tasks.push(c.master.submit(spec).await.expect("submit"));
+                if ha {
+                    submits.submit(leader, spec, seed).await;
+                } else {
+                    tasks.push(c.master.submit(spec).await.expect("submit"));
+                }
             }
             30..=41 => {
-                if let Some(t) = pick(&mut rng, &tasks) {
-                    if c.master.cancel(&t, rng.chance(0.3)).await.is_ok() {
+                let known: Vec<TaskId> = tasks.iter().chain(&submits.made).cloned().collect();
+                if let (Some(t), Some(m)) = (pick(&mut rng, &known), leader.clone()) {
+                    let force = rng.chance(0.3);
+                    let id = t.clone();
+                    let done = answered(async move { m.cancel(&id, force).await }).await;
+                    if matches!(done, Some(Ok(_))) {
                         cancelled.push(t);
                     }
                 }
@@ -141,12 +239,17 @@ async fn explore(seed: u64) {
                         worker: Some(w),
                         array: None,
                     };
-                    let done = c
-                        .master
-                        .cancel_all(&on_w, rng.chance(0.5))
-                        .await
-                        .expect("bulk cancel");
-                    cancelled.extend(done.into_iter().map(|(t, _)| t));
+                    let force = rng.chance(0.5);
+                    if let Some(m) = leader.clone() {
+                        let done = answered(async move { m.cancel_all(&on_w, force).await }).await;
+                        let done = match done {
+                            Some(done) if ha => done.unwrap_or_default(),
+                            Some(done) => done.expect("bulk cancel"),
+                            None if ha => Vec::new(),
+                            None => panic!("seed {seed}: bulk cancel unanswered"),
+                        };
+                        cancelled.extend(done.into_iter().map(|(t, _)| t));
+                    }
                 }
             }
             46..=53 => {
@@ -177,25 +280,73 @@ async fn explore(seed: u64) {
                 }
             }
             79..=81 => {
-                let _ = c.master.reconcile().await.expect("reconcile");
+                if let Some(m) = leader.clone() {
+                    let done = answered(async move { m.reconcile().await.map(drop) }).await;
+                    assert!(
+                        ha || matches!(done, Some(Ok(()))),
+                        "seed {seed}: reconcile failed"
+                    );
+                }
             }
-            82..=83 => c.master.reconnect_now(),
+            82..=83 => {
+                if let Some(m) = &leader {
+                    m.reconnect_now();
+                }
+            }
             84..=88 => {
                 if let Some(w) = pick(&mut rng, &live) {
                     c.kill_agent(&w);
                 }
             }
+            100..=102 => c.pause_master(rng.below(masters as u64) as usize),
+            103..=104 => c.resume_master(rng.below(masters as u64) as usize),
+            105 => c.cut_master(rng.below(masters as u64) as usize),
+            106..=107 => c.crash_master(rng.below(masters as u64) as usize),
+            108..=109 => c.restart_master(rng.below(masters as u64) as usize),
+            110..=111 => c.hand_over(rng.below(masters as u64) as usize).await,
             _ => {}
         }
         c.run_for(Duration::from_millis(rng.below(20_000))).await;
         c.check().await;
     }
+    if ha {
+        c.heal_masters();
+    }
     for w in c.all_workers() {
         c.heal(&w);
         c.restart_worker(&w).await;
     }
+    // Every submit not yet acknowledged is retried at the leader until it is.
+    for _ in 0..60 {
+        if submits.waiting.is_empty() {
+            break;
+        }
+        c.run_for(Duration::from_secs(5)).await;
+        submits.retry(c.leader(), seed).await;
+    }
+    assert!(
+        submits.waiting.is_empty(),
+        "seed {seed}: {} submits never acknowledged",
+        submits.waiting.len()
+    );
     c.run_for(Duration::from_secs(900)).await;
     c.check_quiescent().await;
+    if ha {
+        let stored = c.statuses().await;
+        assert_eq!(
+            stored.len(),
+            submits.requests,
+            "seed {seed}: {} submits made {} tasks",
+            submits.requests,
+            stored.len()
+        );
+        for t in &submits.made {
+            assert!(
+                stored.contains_key(t),
+                "seed {seed}: acknowledged task {t} is not stored"
+            );
+        }
+    }
     for t in &cancelled {
         let task = c.store.get_task(t).await.expect("get").expect("exists");
         assert_eq!(

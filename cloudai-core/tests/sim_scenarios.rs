@@ -1199,3 +1199,150 @@ async fn the_master_times_out_a_run_whose_end_is_never_heard() {
     c.check_quiescent().await;
     c.stop().await;
 }
+
+// ---- two masters under the lease ------------------------------------------
+
+fn ha_config() -> MasterConfig {
+    MasterConfig {
+        lease_ttl: Duration::from_secs(6),
+        ..MasterConfig::default()
+    }
+}
+
+/// Which master leads, by its id.
+fn leader_id(c: &SimCluster) -> Option<String> {
+    c.leader().map(|m| m.config().id.clone())
+}
+
+fn index_of(id: &str) -> usize {
+    id.trim_start_matches('m').parse().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_leaders_work_goes_on_under_the_next_and_its_running_task_is_kept() {
+    let mut c = SimCluster::start_ha(7, Faults::NONE, ha_config(), 2, None).await;
+    c.start_worker("w1", cap(4.0)).await;
+    c.run_for(Duration::from_millis(200)).await;
+    let first = leader_id(&c).unwrap();
+    let long = c
+        .leader()
+        .unwrap()
+        .submit(fake_task(60, 0, 1.0))
+        .await
+        .unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    assert_eq!(status(&c, &long).await, TaskStatus::Running);
+    c.crash_master(index_of(&first));
+    let crashed = tokio::time::Instant::now();
+    until(
+        Duration::from_secs(30),
+        "the other master leads",
+        async || leader_id(&c).is_some_and(|l| l != first),
+    )
+    .await;
+    let took = crashed.elapsed();
+    assert!(
+        took <= Duration::from_secs(9),
+        "takeover within 1.5×TTL: {took:?}"
+    );
+    let next = c.leader().unwrap();
+    assert_eq!(next.term().get(), 2);
+    // New work is placed, the running task was never stopped, and both end
+    // completed, once each.
+    let short = next.submit(fake_task(5, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(90)).await;
+    assert_eq!(status(&c, &long).await, TaskStatus::Completed);
+    assert_eq!(status(&c, &short).await, TaskStatus::Completed);
+    let t = c.store.get_task(&long).await.unwrap().unwrap();
+    assert_eq!(t.attempt, 1, "the takeover did not restart the run");
+    c.restart_master(index_of(&first));
+    c.run_for(Duration::from_secs(20)).await;
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_cut_off_briefly_stops_acting_then_leads_again_in_its_term() {
+    let mut c = SimCluster::start_ha(8, Faults::NONE, ha_config(), 2, None).await;
+    c.start_worker("w1", cap(4.0)).await;
+    c.run_for(Duration::from_millis(200)).await;
+    let first = leader_id(&c).unwrap();
+    // Cut for longer than its acting window (4 s past its last renewal)
+    // but not the TTL the other needs from its first read of that renewal.
+    c.cut_master(index_of(&first));
+    c.run_for(Duration::from_millis(4_500)).await;
+    assert!(
+        c.leader().is_none(),
+        "nobody acts while the leader cannot renew"
+    );
+    c.resume_master(index_of(&first));
+    until(Duration::from_secs(5), "it leads again", async || {
+        c.leader().is_some()
+    })
+    .await;
+    assert_eq!(leader_id(&c).unwrap(), first, "no takeover");
+    assert_eq!(c.leader().unwrap().term().get(), 1, "in its own term");
+    let t = c
+        .leader()
+        .unwrap()
+        .submit(fake_task(2, 0, 1.0))
+        .await
+        .unwrap();
+    c.run_for(Duration::from_secs(10)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Completed);
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_leaders_late_writes_are_fenced_and_a_retried_submit_makes_one_task() {
+    let mut c = SimCluster::start_ha(9, Faults::NONE, ha_config(), 2, None).await;
+    c.start_worker("w1", cap(4.0)).await;
+    c.run_for(Duration::from_millis(200)).await;
+    let first = leader_id(&c).unwrap();
+    let old = c.leader().unwrap();
+    let running = old.submit(fake_task(30, 0, 1.0)).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    // The leader's process stops; a cancel it was writing lands later.
+    c.pause_master(index_of(&first));
+    let late = {
+        let old = old.clone();
+        let t = running.clone();
+        tokio::spawn(async move { old.cancel(&t, false).await })
+    };
+    until(
+        Duration::from_secs(30),
+        "the other master leads",
+        async || leader_id(&c).is_some_and(|l| l != first),
+    )
+    .await;
+    c.resume_master(index_of(&first));
+    let refused = late.await.unwrap();
+    assert!(
+        refused.is_err(),
+        "the deposed master's cancel was refused: {refused:?}"
+    );
+    assert_eq!(status(&c, &running).await, TaskStatus::Running);
+    // A submit retried under one request id makes one task.
+    let next = c.leader().unwrap();
+    let options = SubmitOptions {
+        request: Some(cloudai_core::model::RequestId::new("r-1").unwrap()),
+        ..SubmitOptions::default()
+    };
+    let a = next
+        .submit_with(fake_task(1, 0, 1.0), options.clone())
+        .await
+        .unwrap();
+    let b = next
+        .submit_with(fake_task(1, 0, 1.0), options.clone())
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    let other = next.submit_with(fake_task(2, 0, 1.0), options).await;
+    assert!(matches!(other, Err(Error::Conflict(_))), "{other:?}");
+    c.restart_master(index_of(&first));
+    c.run_for(Duration::from_secs(60)).await;
+    assert_eq!(c.statuses().await.len(), 2);
+    c.check_quiescent().await;
+    c.stop().await;
+}

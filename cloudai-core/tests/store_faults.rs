@@ -1,13 +1,16 @@
 //! Behaviour under store faults the memory store never shows: a slow
 //! assignment write (a cancel lands meanwhile) and a failing result write
-//! (the report path keeps the transition).
+//! (the report path keeps the transition); and under a takeover, writes
+//! refused by a later term's fence.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudai_core::apply::{apply_event, record_report, Applied};
 use cloudai_core::clock::Clock;
+use cloudai_core::lease::{Role, Tenure};
 use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
 use cloudai_core::memory::MemoryStore;
@@ -17,7 +20,8 @@ use cloudai_core::model::{
 };
 use cloudai_core::output::{Follow, OutputFrom};
 use cloudai_core::store::{
-    CasOutcome, InsertOutcome, PageKey, RequestClaim, StatusChange, TaskFilter, TaskStore,
+    CasOutcome, InsertOutcome, LeaseStore, PageKey, RequestClaim, StatusChange, TaskFilter,
+    TaskStore,
 };
 use cloudai_core::transport::{MasterInfo, MasterToWorker, Registration, WorkerEndpoint};
 use cloudai_core::{Error, Result};
@@ -86,9 +90,11 @@ impl TaskStore for Faulty {
     }
 }
 
-/// Workers that accept everything.
-#[derive(Debug)]
-struct Accepting;
+/// Workers that accept everything (counting the assignments).
+#[derive(Debug, Default)]
+struct Accepting {
+    assigned: AtomicUsize,
+}
 
 #[async_trait]
 impl MasterToWorker for Accepting {
@@ -102,6 +108,7 @@ impl MasterToWorker for Accepting {
         _: &TaskSpec,
         _: &[u32],
     ) -> Result<()> {
+        self.assigned.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     async fn cancel(&self, _: &WorkerEndpoint, _: &RunningTask, _: Duration) -> Result<()> {
@@ -134,7 +141,7 @@ async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() 
             ..Faulty::default()
         }),
         registry,
-        Arc::new(Accepting),
+        Arc::new(Accepting::default()),
         Clock::starting_at(Timestamp::from_millis(1_700_000_000_000)),
     )
     .await
@@ -197,21 +204,7 @@ async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
     let _: Applied = apply_event(&store, &id, &assign, Timestamp::ZERO)
         .await
         .unwrap();
-    let report = TaskResult {
-        task_id: id.clone(),
-        worker_id: worker,
-        attempt: 1,
-        status: TaskStatus::Completed,
-        exit_code: Some(0),
-        logs: String::new(),
-        logs_offset: 0,
-        signal: None,
-        message: None,
-        cause: EndCause::Completed,
-        started_at: None,
-        finished_at: Timestamp::from_millis(5),
-        usage: None,
-    };
+    let report = completed(&id, worker);
     let out = record_report(&store, report, Timestamp::from_millis(5))
         .await
         .expect("the transition was written");
@@ -225,4 +218,155 @@ async fn a_failed_result_write_keeps_the_stored_transition_and_its_effects() {
         "the reporter is told to retry: {:?}",
         out.result
     );
+}
+
+fn w1() -> Registration {
+    Registration {
+        worker: WorkerId::new("w1").unwrap(),
+        instance: InstanceId::new("w1-instance").unwrap(),
+        address: "w1:1".into(),
+        capacity: Resources::new(2.0, 2.0, 0.0, 0).unwrap(),
+        gpus: Vec::new(),
+        allow_mounts: Vec::new(),
+        running: Vec::new(),
+    }
+}
+
+fn one_cpu() -> TaskSpec {
+    TaskSpec::new("img", vec![], Resources::new(1.0, 1.0, 0.0, 0).unwrap())
+}
+
+/// A master leading term 1 of `store` for ever (as far as its lease goes).
+async fn term_one(store: &MemoryStore, config: MasterConfig, workers: Arc<Accepting>) -> Master {
+    let clock = Clock::starting_at(Timestamp::from_millis(1_700_000_000_000));
+    let role = Role::Leading {
+        term: Term::new(1),
+        since: Timestamp::ZERO,
+        until: Timestamp::from_millis(u64::MAX / 2),
+    };
+    // The sender must outlive the master: a tenure ends with it only by
+    // its deadline, which is far away here.
+    let (tx, rx) = tokio::sync::watch::channel(role);
+    std::mem::forget(tx);
+    Master::start_term(
+        config,
+        Arc::new(store.at_term(Term::new(1))),
+        Arc::new(store.at_term(Term::new(1))),
+        workers,
+        Tenure::new(Term::new(1), Timestamp::ZERO, rx, clock),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fenced_assignment_write_sends_nothing_and_deposes_the_master() {
+    let store = MemoryStore::new();
+    let workers = Arc::new(Accepting::default());
+    let master = term_one(&store, MasterConfig::default(), workers.clone()).await;
+    // Stored at term 1, waiting for a worker.
+    let id = master.submit(one_cpu()).await.unwrap();
+    // Another master takes over: term 2 raises every fence.
+    store.raise_fence(Term::new(2)).await.unwrap();
+    // A worker joins (its first registration is an insert, which no fence
+    // can refuse); placing the task is refused.
+    let _ = master.register(w1()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        *master.deposed().borrow(),
+        "a fenced write deposes the master"
+    );
+    assert!(!master.acting());
+    assert_eq!(
+        workers.assigned.load(Ordering::SeqCst),
+        0,
+        "nothing was sent"
+    );
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!((task.status, task.worker), (TaskStatus::Pending, None));
+    // It sends no further write: a submit is now refused unsent.
+    assert!(master.submit(one_cpu()).await.is_err());
+    assert_eq!(store.count_tasks().await.unwrap().total(), 1);
+    master.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fenced_report_stores_no_result_and_the_worker_is_told_to_retry() {
+    let store = MemoryStore::new();
+    let id = TaskId::new("t").unwrap();
+    let worker = WorkerId::new("w").unwrap();
+    let old = store.at_term(Term::new(1));
+    old.insert_task(TaskRecord::new(id.clone(), one_cpu(), Timestamp::ZERO))
+        .await
+        .unwrap();
+    let assign = TaskEvent::Assign {
+        worker: worker.clone(),
+        gpus: vec![],
+    };
+    let _: Applied = apply_event(&old, &id, &assign, Timestamp::ZERO)
+        .await
+        .unwrap();
+    store.raise_fence(Term::new(2)).await.unwrap();
+    let report = completed(&id, worker);
+    let refused = record_report(&old, report, Timestamp::from_millis(5)).await;
+    assert!(
+        matches!(refused, Err(Error::Fenced { .. })),
+        "the reporter is told to retry, at the next leader: {refused:?}"
+    );
+    assert!(
+        store.get_result(&id).await.unwrap().is_none(),
+        "no result stored"
+    );
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fenced_write_ends_a_write_that_must_not_be_lost_and_the_master_steps_down() {
+    let store = MemoryStore::new();
+    let mut config = MasterConfig::default();
+    config.liveness.timeout = Duration::from_secs(10);
+    config.liveness.lost_after = Duration::from_secs(20);
+    config.heartbeat_interval = Duration::from_secs(2);
+    let master = term_one(&store, config, Arc::new(Accepting::default())).await;
+    let _ = master.register(w1()).await.unwrap();
+    let id = master.submit(one_cpu()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        store.get_task(&id).await.unwrap().unwrap().status,
+        TaskStatus::Running
+    );
+    store.raise_fence(Term::new(2)).await.unwrap();
+    // The worker goes silent: its loss must be written (a write retried
+    // until the store answers), but the store refuses this term for good.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(*master.deposed().borrow(), "the fenced write deposed it");
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(
+        task.status,
+        TaskStatus::Running,
+        "the old term changed nothing"
+    );
+    tokio::time::timeout(Duration::from_secs(5), master.shutdown())
+        .await
+        .expect("no write is left retrying: the master stops");
+}
+
+/// Attempt 1 of `id` on `worker` reported completed.
+fn completed(id: &TaskId, worker: WorkerId) -> TaskResult {
+    TaskResult {
+        task_id: id.clone(),
+        worker_id: worker,
+        attempt: 1,
+        status: TaskStatus::Completed,
+        exit_code: Some(0),
+        logs: String::new(),
+        logs_offset: 0,
+        signal: None,
+        message: None,
+        cause: EndCause::Completed,
+        started_at: None,
+        finished_at: Timestamp::from_millis(5),
+        usage: None,
+    }
 }

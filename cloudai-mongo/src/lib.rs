@@ -1085,6 +1085,10 @@ impl LeaseStore for MongoStore {
     }
 
     async fn adopt_pending(&self, term: Term, limit: usize) -> Result<Vec<TaskRecord>> {
+        // A find's limit of 0 means no limit to MongoDB.
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let term = records::to_i64("term", term.get())?;
         let below = doc! { "status": TaskStatus::Pending.as_str(), "fence": { "$lt": term } };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

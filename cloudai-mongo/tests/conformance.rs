@@ -12,8 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudai_core::lifecycle::TaskEvent;
-use cloudai_core::model::{Heartbeat, Resources, Telemetry, Timestamp, WorkerRecord};
-use cloudai_core::store::{TaskStore, WorkerRegistry};
+use cloudai_core::model::{
+    Drain, Heartbeat, Resources, TaskStatus, Telemetry, Term, Timestamp, WorkerRecord,
+};
+use cloudai_core::store::{LeaseStore, TaskStore, WorkerRegistry};
+use cloudai_core::testing::lease::{self, expect_fenced, tasks_at, workers_at, LeaseBackend};
 use cloudai_core::testing::{pending_task, task_id, task_store, worker_id, worker_registry};
 use cloudai_core::Error;
 use cloudai_mongo::{MongoConfig, MongoStore, TASKS, WORKERS};
@@ -88,6 +91,18 @@ async fn mongo_worker_registry_conforms() {
     worker_registry::run_all(|| {
         let (made, uri) = (made.clone(), uri.clone());
         async move { Arc::new(made.fresh(&uri).await) as Arc<dyn WorkerRegistry> }
+    })
+    .await;
+    made.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongo_lease_store_conforms() {
+    let uri = test_uri();
+    let made = Made::default();
+    lease::run_all(|| {
+        let (made, uri) = (made.clone(), uri.clone());
+        async move { Arc::new(made.fresh(&uri).await) as Arc<dyn LeaseBackend> }
     })
     .await;
     made.drop_all().await;
@@ -385,4 +400,224 @@ async fn calls_fail_unavailable_while_the_server_is_down_and_recover_after() {
         .is_empty());
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Removes the `fence` field from document `id` of `collection`, as a
+/// document written before masters had terms lacks it.
+async fn unset_fence(raw: &mongodb::Collection<Document>, id: &str) {
+    let r = raw
+        .update_one(doc! { "_id": id }, doc! { "$unset": { "fence": "" } })
+        .await
+        .expect("unset fence");
+    assert_eq!(r.matched_count, 1, "{id} must exist");
+    let d = raw
+        .find_one(doc! { "_id": id })
+        .await
+        .expect("find")
+        .expect("stored");
+    assert!(!d.contains_key("fence"), "the fence must be gone: {d}");
+}
+
+/// The fence of raw document `d` (`None`: it has none).
+fn fence_of(d: &Document) -> Option<i64> {
+    match d.get("fence") {
+        Some(Bson::Int64(f)) => Some(*f),
+        Some(Bson::Int32(f)) => Some(i64::from(*f)),
+        None => None,
+        Some(other) => panic!("fence must be an integer, got {other:?} in {d}"),
+    }
+}
+
+async fn raw_fence(raw: &mongodb::Collection<Document>, id: &str) -> Option<i64> {
+    let d = raw
+        .find_one(doc! { "_id": id })
+        .await
+        .expect("find")
+        .expect("stored");
+    fence_of(&d)
+}
+
+/// Documents written before masters had terms have no `fence`: every
+/// write lands on them (and fences them), `adopt_pending` leaves them
+/// alone, and `raise_fence` covers them, after which a lower term is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_without_a_fence_take_writes_until_a_raise() {
+    let uri = test_uri();
+    let made = Made::default();
+    let store = made.fresh(&uri).await;
+    let db = store.database_name().to_owned();
+    let tasks = raw_collection(&uri, &db, TASKS).await;
+    let workers = raw_collection(&uri, &db, WORKERS).await;
+    store
+        .insert_task(pending_task("t", 1))
+        .await
+        .expect("insert");
+    store
+        .insert_task(pending_task("old-pending", 2))
+        .await
+        .expect("insert");
+    let w = WorkerRecord::new(
+        worker_id("w"),
+        Some("127.0.0.1:9".into()),
+        Resources::new(2.0, 2.0, 0.0, 0).expect("valid"),
+        Timestamp::from_millis(1),
+    );
+    store.upsert_worker(w.clone()).await.expect("upsert");
+    assert_eq!(
+        raw_fence(&tasks, "t").await,
+        Some(0),
+        "an insert writes its term"
+    );
+    assert_eq!(
+        raw_fence(&workers, "w").await,
+        Some(0),
+        "an insert writes its term"
+    );
+
+    // Term 0 and term 1 writes land on documents without a fence.
+    for (term, at) in [(0, 10), (1, 20)] {
+        unset_fence(&tasks, "t").await;
+        unset_fence(&workers, "w").await;
+        let reason = format!("term {term}");
+        let change = cloudai_core::store::StatusChange {
+            allowed_from: vec![TaskStatus::Pending],
+            expected_worker: cloudai_core::store::WorkerGuard::Any,
+            expected_attempt: None,
+            to: TaskStatus::Pending,
+            assignment: cloudai_core::store::Assignment::Keep,
+            reason: Some(reason.clone()),
+            not_before: None,
+            push: None,
+            at: Timestamp::from_millis(at),
+        };
+        let outcome = tasks_at(&store, term)
+            .update_status(&task_id("t"), &change)
+            .await
+            .unwrap_or_else(|e| panic!("term {term} on a task without a fence: {e:?}"));
+        assert!(
+            matches!(outcome, cloudai_core::store::CasOutcome::Applied { .. }),
+            "term {term} on a task without a fence must apply: {outcome:?}"
+        );
+        let t = store
+            .get_task(&task_id("t"))
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(t.reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(
+            raw_fence(&tasks, "t").await,
+            Some(term as i64),
+            "a write sets the fence to its term"
+        );
+        let drain = Drain {
+            since: Timestamp::from_millis(at),
+            deadline: None,
+        };
+        let workers_t = workers_at(&store, term);
+        workers_t
+            .set_drain(&w.id, Some(drain))
+            .await
+            .unwrap_or_else(|e| panic!("term {term} drain on a worker without a fence: {e:?}"));
+        assert_eq!(raw_fence(&workers, "w").await, Some(term as i64));
+        unset_fence(&workers, "w").await;
+        let beat = Heartbeat {
+            worker: w.id.clone(),
+            at: Timestamp::from_millis(at),
+            telemetry: Telemetry::default(),
+        };
+        assert!(workers_t
+            .record_heartbeats(&[beat])
+            .await
+            .unwrap_or_else(|e| panic!("term {term} beat on a worker without a fence: {e:?}"))
+            .is_empty());
+        unset_fence(&workers, "w").await;
+        let stored = workers_t
+            .upsert_worker(w.clone())
+            .await
+            .unwrap_or_else(|e| panic!("term {term} upsert on a worker without a fence: {e:?}"));
+        assert_eq!(stored.drain, Some(drain));
+        assert_eq!(stored.last_heartbeat, Some(Timestamp::from_millis(at)));
+        assert_eq!(raw_fence(&workers, "w").await, Some(term as i64));
+    }
+
+    // adopt_pending takes only tasks with a fence below its term.
+    unset_fence(&tasks, "old-pending").await;
+    let adopted: Vec<String> = store
+        .adopt_pending(Term::new(5), 10)
+        .await
+        .expect("adopt")
+        .into_iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert_eq!(
+        adopted,
+        vec!["t".to_owned()],
+        "adopt_pending must skip a task without a fence"
+    );
+    assert_eq!(raw_fence(&tasks, "old-pending").await, None);
+
+    // raise_fence covers documents without a fence.
+    unset_fence(&tasks, "t").await;
+    unset_fence(&workers, "w").await;
+    assert_eq!(
+        store.raise_fence(Term::new(2)).await.expect("raise"),
+        3,
+        "raise_fence covers the two pending tasks and the worker"
+    );
+    for (raw, id) in [(&tasks, "t"), (&tasks, "old-pending"), (&workers, "w")] {
+        assert_eq!(
+            raw_fence(raw, id).await,
+            Some(2),
+            "raise_fence(2) must fence {id}, which had no fence"
+        );
+    }
+    let before = store.get_task(&task_id("t")).await.expect("get");
+    let t1 = tasks_at(&store, 1);
+    let cancel = cloudai_core::store::StatusChange {
+        allowed_from: vec![TaskStatus::Pending],
+        expected_worker: cloudai_core::store::WorkerGuard::Any,
+        expected_attempt: None,
+        to: TaskStatus::Cancelled,
+        assignment: cloudai_core::store::Assignment::Keep,
+        reason: None,
+        not_before: None,
+        push: None,
+        at: Timestamp::from_millis(90),
+    };
+    expect_fenced(
+        t1.update_status(&task_id("t"), &cancel).await,
+        1,
+        2,
+        "a term-1 write on a task raised from no fence",
+    );
+    expect_fenced(
+        t1.update_status(&task_id("old-pending"), &cancel).await,
+        1,
+        2,
+        "a term-1 write on a task raised from no fence",
+    );
+    assert_eq!(store.get_task(&task_id("t")).await.expect("get"), before);
+    let before = store.get_worker(&w.id).await.expect("get");
+    let w1 = workers_at(&store, 1);
+    expect_fenced(
+        w1.set_drain(&w.id, None).await,
+        1,
+        2,
+        "a term-1 drain on a worker raised from no fence",
+    );
+    expect_fenced(
+        w1.upsert_worker(w.clone()).await,
+        1,
+        2,
+        "a term-1 upsert on a worker raised from no fence",
+    );
+    expect_fenced(
+        w1.remove_worker(&w.id).await,
+        1,
+        2,
+        "a term-1 removal of a worker raised from no fence",
+    );
+    assert_eq!(store.get_worker(&w.id).await.expect("get"), before);
+    made.drop_all().await;
 }

@@ -43,6 +43,14 @@ pub(super) async fn run(master: Master, mut shutdown: watch::Receiver<bool>) {
             _ = master.inner.wake.notified() => {}
             _ = shutdown.changed() => break,
         }
+        if !master.acting() {
+            // Deposed or past its term: every write would be refused, and
+            // owed work retried at once would spin. Its leadership shuts
+            // it down; the next leader loads the work.
+            info!("no longer acting; waiting to be shut down");
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
+            break;
+        }
         let now = master.now();
         let (events, due) = master.state().expire(now);
         for event in events {

@@ -19,7 +19,7 @@ use super::{Master, MasterConfig};
 use crate::clock::Clock;
 use crate::lease::{Candidate, LeaseKeeper, Role, Tenure};
 use crate::metrics::LeaseMetrics;
-use crate::model::{Term, ValidationError};
+use crate::model::{Term, Timestamp, ValidationError};
 use crate::store::{LeaseRecord, LeaseStore, TaskStore, WorkerRegistry};
 use crate::sync::lock;
 use crate::transport::MasterToWorker;
@@ -141,6 +141,19 @@ impl Leadership {
         &self.inner.metrics
     }
 
+    /// Stops at once without releasing the lease, as a crashed process
+    /// would: the master stops acting now (its driver winds down in the
+    /// background, sending nothing), and the lease expires by itself.
+    pub fn abort(&self) {
+        if let Some(t) = lock(&self.inner.task).take() {
+            t.abort();
+        }
+        self.inner.keeper.abort();
+        if let Some(m) = self.inner.current.send_replace(None) {
+            tokio::spawn(async move { m.shutdown().await });
+        }
+    }
+
     /// Graceful stop: the acting master shuts down, then the lease is
     /// released so that another master takes over at once.
     pub async fn shutdown(&self) {
@@ -159,16 +172,8 @@ impl Leadership {
 /// Follows until the keeper says this master leads, serves the term, and
 /// again.
 async fn lead(inner: Arc<Inner>, office: Office, mut role: watch::Receiver<Role>) {
-    loop {
-        let term = loop {
-            if let Role::Leading { term, .. } = *role.borrow_and_update() {
-                break term;
-            }
-            if role.changed().await.is_err() {
-                return;
-            }
-        };
-        let master = match take_office(&office, term, role.clone()).await {
+    while let Some((term, since)) = acting_stretch(&mut role, office.clock).await {
+        let master = match take_office(&office, term, since, role.clone()).await {
             Ok(master) => master,
             Err(e) => {
                 warn!(%term, error = %e, "could not take office; retrying");
@@ -177,30 +182,53 @@ async fn lead(inner: Arc<Inner>, office: Office, mut role: watch::Receiver<Role>
             }
         };
         inner.current.send_replace(Some(master.clone()));
-        serve(&office, &master, term, &mut role).await;
+        serve(&office, &master, (term, since), &mut role).await;
         inner.current.send_replace(None);
+        let deposed = *master.deposed().borrow();
         master.shutdown().await;
-        info!(%term, "stopped acting");
-        // A fenced write ends the master before the keeper notices the
-        // lease moved on: start again only once the term is over.
-        while role.borrow().acts(term, office.clock.now()) {
-            let Role::Leading { until, .. } = *role.borrow() else {
-                break;
-            };
-            tokio::select! {
-                changed = role.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep_until(office.clock.instant_at(until)) => {}
+        info!(%term, deposed, "stopped acting");
+        if deposed {
+            // Fenced: a later term exists, and the keeper is about to find
+            // its renewal refused. Lead again only in another term.
+            while matches!(*role.borrow_and_update(), Role::Leading { term: t, .. } if t == term) {
+                if role.changed().await.is_err() {
+                    return;
+                }
             }
         }
     }
 }
 
-/// Raises the fences to `term` and starts a master fenced at it.
-async fn take_office(office: &Office, term: Term, role: watch::Receiver<Role>) -> Result<Master> {
+/// Waits until the keeper says this master leads and may act; the
+/// stretch of leading, `(term, since)`. (A role still leading past its
+/// deadline waits for the keeper to renew or step down.) `None` once the
+/// keeper is gone.
+async fn acting_stretch(
+    role: &mut watch::Receiver<Role>,
+    clock: Clock,
+) -> Option<(Term, Timestamp)> {
+    loop {
+        if let Role::Leading { term, since, until } = *role.borrow_and_update() {
+            if clock.now() < until {
+                return Some((term, since));
+            }
+        }
+        role.changed().await.ok()?;
+    }
+}
+
+/// Raises the fences to `term` and starts a master fenced at it, acting
+/// in the stretch that began at `since`.
+async fn take_office(
+    office: &Office,
+    term: Term,
+    since: Timestamp,
+    role: watch::Receiver<Role>,
+) -> Result<Master> {
     let began = StdInstant::now();
     let raised = office.lease.raise_fence(term).await?;
     let raise = began.elapsed();
-    let tenure = Tenure::new(term, role, office.clock);
+    let tenure = Tenure::new(term, since, role, office.clock);
     let master = Master::start_term(
         office.config.clone(),
         office.store.fenced(term),
@@ -213,15 +241,23 @@ async fn take_office(office: &Office, term: Term, role: watch::Receiver<Role>) -
     Ok(master)
 }
 
-/// Serves `term` until the master stops acting, adopting every TTL the
-/// pending tasks an older term stored after the raise.
-async fn serve(office: &Office, master: &Master, term: Term, role: &mut watch::Receiver<Role>) {
+/// Serves the stretch `(term, since)` until the master stops acting (its
+/// stretch ends: a later one, even in the same term, gets a new master),
+/// adopting every TTL the pending tasks an older term stored after the
+/// raise.
+async fn serve(
+    office: &Office,
+    master: &Master,
+    stretch: (Term, Timestamp),
+    role: &mut watch::Receiver<Role>,
+) {
+    let term = stretch.0;
     let mut deposed = master.deposed();
     let ttl = office.config.lease_ttl;
     let mut next_adopt = office.clock.now().saturating_add(ttl);
     loop {
         let until = match *role.borrow() {
-            Role::Leading { term: t, until } if t == term => until,
+            Role::Leading { until, .. } if role.borrow().stretch() == Some(stretch) => until,
             _ => return,
         };
         if !master.acting() {

@@ -38,6 +38,7 @@ mod probes;
 mod retention;
 mod state;
 mod stops;
+mod tenured;
 mod transitions;
 mod views;
 
@@ -145,15 +146,22 @@ impl Master {
         // Every store and registry call is timed, whatever the backend.
         let metrics = MasterMetrics::new();
         let alarm = FenceAlarm::new(metrics.fenced().clone());
-        let metered =
-            |s| MeteredStore::new(s, metrics.store().clone(), alarm.clone(), tenure.clone());
-        let store: Arc<dyn TaskStore> = Arc::new(metered(store));
+        let store: Arc<dyn TaskStore> = Arc::new(MeteredStore::new(
+            store,
+            metrics.store().clone(),
+            alarm.clone(),
+            tenure.clone(),
+        ));
         let registry: Arc<dyn WorkerRegistry> = Arc::new(MeteredStore::new(
             registry,
             metrics.store().clone(),
             alarm.clone(),
             tenure.clone(),
         ));
+        let transport = Arc::new(tenured::Tenured {
+            tenure: tenure.clone(),
+            inner: transport,
+        });
         let mut rng = SplitMix64::new(config.seed ^ clock.now().as_millis());
         // Its own epoch per run: a watcher's cursor from an earlier run (or
         // another master) is told to resync rather than read as this one's.
@@ -309,6 +317,12 @@ impl Master {
     /// its was fenced.
     pub fn acting(&self) -> bool {
         !*self.inner.deposed.borrow() && self.inner.tenure.acting()
+    }
+
+    /// Whether `other` is this very master (not another one, or another
+    /// term's).
+    pub fn is(&self, other: &Master) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Flips to `true` once a write of this master's was fenced: another

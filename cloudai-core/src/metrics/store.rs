@@ -80,13 +80,13 @@ impl<B: ?Sized> MeteredStore<B> {
     }
 
     /// [`MeteredStore::call`] for a write: refused unsent outside the
-    /// tenure.
+    /// tenure, or once a write was fenced.
     async fn write<T>(
         &self,
         operation: &'static str,
         call: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        if !self.tenure.acting() {
+        if *self.alarm.raised.borrow() || !self.tenure.acting() {
             return Err(Error::Unavailable(format!(
                 "this master no longer leads (its term {} ended)",
                 self.tenure.term()

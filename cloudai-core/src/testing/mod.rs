@@ -17,6 +17,8 @@
 //!
 //! Cases panic with a message naming the broken rule.
 
+pub mod gate;
+pub mod lease;
 pub mod runtime;
 pub mod sim;
 pub mod task_store;

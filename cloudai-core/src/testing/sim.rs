@@ -52,6 +52,10 @@ use crate::transport::{
 use crate::worker::{ShutdownSummary, Worker, WorkerConfig};
 use crate::{Error, Result};
 
+mod ha;
+
+pub use ha::ActingWindow;
+
 /// Message faults, per message, independently.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Faults {
@@ -120,6 +124,19 @@ impl SimNet {
     /// Connects the master.
     pub fn set_master(&self, master: Master) {
         *lock(&self.master) = Some(master);
+    }
+
+    /// Disconnects `master`, if it is the one connected.
+    pub fn clear_master(&self, master: &Master) {
+        let mut slot = lock(&self.master);
+        if slot.as_ref().is_some_and(|m| m.is(master)) {
+            *slot = None;
+        }
+    }
+
+    /// The master connected now.
+    pub fn current_master(&self) -> Option<Master> {
+        lock(&self.master).clone()
     }
 
     /// Connects a worker agent (it becomes reachable at its address).
@@ -365,6 +382,8 @@ pub struct RunningSet {
     gpus: Mutex<BTreeMap<(String, u32), (String, String)>>,
     /// Tasks recorded completed.
     completed: Mutex<BTreeSet<TaskId>>,
+    /// Every (task, attempt) ever started: none may start twice.
+    starts: Mutex<BTreeSet<(String, String)>>,
     violations: Arc<Mutex<Vec<String>>>,
     /// How long past its limit and grace a run may end (a heartbeat timeout).
     slack: Duration,
@@ -376,6 +395,7 @@ impl RunningSet {
             runs: Mutex::default(),
             gpus: Mutex::default(),
             completed: Mutex::default(),
+            starts: Mutex::default(),
             violations,
             slack,
         }
@@ -406,6 +426,11 @@ impl RunningSet {
                     g.index
                 ));
             }
+        }
+        if !lock(&self.starts).insert((task.clone(), attempt.clone())) {
+            self.violation(format!(
+                "task {task}: attempt {attempt} started a second time, on {host}"
+            ));
         }
         if TaskId::new(task.as_str()).is_ok_and(|t| lock(&self.completed).contains(&t)) {
             self.violation(format!(
@@ -727,6 +752,8 @@ pub struct SimCluster {
     seed: u64,
     checker: Checker,
     running: Arc<RunningSet>,
+    /// The masters, when several share the store.
+    ha: Option<ha::Ha>,
 }
 
 impl std::fmt::Debug for SimCluster {
@@ -757,11 +784,22 @@ impl SimCluster {
             .expect("master starts on a memory store");
         net.set_master(master.clone());
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-        let running = Arc::new(RunningSet::new(
-            violations.clone(),
-            master.config().liveness.timeout,
-        ));
-        let checker = Checker::spawn(&master, faults.max_delay, violations, running.clone());
+        let timeout = master.config().liveness.timeout;
+        let running = Arc::new(RunningSet::new(violations.clone(), timeout));
+        let checker = Checker::new(timeout, faults.max_delay, violations, running.clone());
+        checker.shared.watch(&master, 1.0);
+        SimCluster::assemble(seed, net, store, master, clock, checker, running)
+    }
+
+    fn assemble(
+        seed: u64,
+        net: Arc<SimNet>,
+        store: Arc<MemoryStore>,
+        master: Master,
+        clock: Clock,
+        checker: Checker,
+        running: Arc<RunningSet>,
+    ) -> SimCluster {
         SimCluster {
             net,
             store,
@@ -774,6 +812,7 @@ impl SimCluster {
             seed,
             checker,
             running,
+            ha: None,
         }
     }
 
@@ -986,7 +1025,7 @@ impl SimCluster {
                 );
             }
         }
-        for w in self.master.workers() {
+        for w in self.leader().map(|m| m.workers()).unwrap_or_default() {
             assert!(
                 w.allocated.fits_within(&w.capacity),
                 "seed {seed}: {} allocated {} > capacity {}",
@@ -1001,7 +1040,8 @@ impl SimCluster {
                 w.id
             );
         }
-        let violations = std::mem::take(&mut *lock(&self.checker.violations));
+        let mut violations = self.checker.violations();
+        violations.extend(self.check_ha().await);
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
         tasks
     }
@@ -1022,7 +1062,10 @@ impl SimCluster {
                 t.reason
             );
         }
-        for w in self.master.workers() {
+        let leader = self
+            .leader()
+            .expect("a master leads once the cluster is quiet");
+        for w in leader.workers() {
             assert!(
                 w.allocated.is_zero(),
                 "seed {seed}: {} still has {} allocated for {:?}",
@@ -1031,7 +1074,7 @@ impl SimCluster {
                 w.tasks
             );
         }
-        let r = self.master.reconcile().await.expect("reconcile");
+        let r = leader.reconcile().await.expect("reconcile");
         assert!(r.is_clean(), "seed {seed}: the ledger had drifted: {r:?}");
         for (id, rt) in &self.runtimes {
             assert_eq!(
@@ -1064,102 +1107,140 @@ impl SimCluster {
             w.worker.abort();
             w.handle.abort();
         }
-        self.master.shutdown().await;
-        self.checker.task.abort();
+        self.stop_ha();
+        if self.ha.is_none() {
+            self.master.shutdown().await;
+        }
+        self.checker.stop();
     }
 }
 
-/// Watches master events for placements on workers that cannot have been
-/// heard from within the heartbeat timeout.
+/// Watches every master's events for placements on workers that cannot
+/// have been heard from within the heartbeat timeout, and for retries
+/// placed before their time.
 struct Checker {
-    unreachable_since: Arc<Mutex<BTreeMap<WorkerId, Instant>>>,
-    violations: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Watching>,
     finals: BTreeMap<TaskId, TaskStatus>,
-    task: JoinHandle<()>,
+}
+
+/// What the event listeners share.
+struct Watching {
+    unreachable_since: Mutex<BTreeMap<WorkerId, Instant>>,
+    violations: Arc<Mutex<Vec<String>>>,
+    /// Each retry's not-before time, until its task is placed again.
+    not_before: Mutex<BTreeMap<TaskId, Timestamp>>,
+    running: Arc<RunningSet>,
+    max_delay: Duration,
+    timeout: Duration,
+    listeners: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Checker {
-    fn spawn(
-        master: &Master,
+    fn new(
+        timeout: Duration,
         max_delay: Duration,
         violations: Arc<Mutex<Vec<String>>>,
         running: Arc<RunningSet>,
     ) -> Checker {
-        let unreachable_since: Arc<Mutex<BTreeMap<WorkerId, Instant>>> = Default::default();
-        let mut events = master.subscribe();
-        // Each retry's not-before time, until its task is placed again.
-        let mut not_before: BTreeMap<TaskId, Timestamp> = BTreeMap::new();
-        let timeout = master.config().liveness.timeout;
-        let (since, found) = (unreachable_since.clone(), violations.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let event = events.recv().await.map(|e| (e.at, e.kind.clone()));
-                match event {
-                    Ok((
-                        _,
-                        MasterEvent::Again {
-                            id,
-                            not_before: Some(at),
-                            ..
-                        },
-                    )) => {
-                        not_before.insert(id, at);
-                    }
-                    Ok((
-                        _,
-                        MasterEvent::Task {
-                            id,
-                            to: TaskStatus::Completed,
-                            ..
-                        },
-                    )) => {
-                        lock(&running.completed).insert(id);
-                    }
-                    Ok((
-                        at,
-                        MasterEvent::Task {
-                            id,
-                            to: TaskStatus::Running,
-                            worker: Some(w),
-                            ..
-                        },
-                    )) => {
-                        if let Some(due) = not_before.remove(&id).filter(|due| at < *due) {
-                            lock(&found).push(format!(
-                                "task {id} placed at {at}, before its not-before time {due}"
-                            ));
-                        }
-                        if let Some(at) = lock(&since).get(&w) {
-                            // A heartbeat sent just before the cut may still
-                            // arrive up to `max_delay` later.
-                            if at.elapsed() > timeout + max_delay + Duration::from_millis(1) {
-                                lock(&found).push(format!(
-                                    "task {id} placed on {w}, unreachable for {:?}",
-                                    at.elapsed()
-                                ));
-                            }
-                        }
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
         Checker {
-            unreachable_since,
-            violations,
+            shared: Arc::new(Watching {
+                unreachable_since: Mutex::default(),
+                violations,
+                not_before: Mutex::default(),
+                running,
+                max_delay,
+                timeout,
+                listeners: Mutex::default(),
+            }),
             finals: BTreeMap::new(),
-            task,
         }
     }
 
+    fn violations(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.shared.violations))
+    }
+
     fn unreachable(&self, id: &WorkerId) {
-        lock(&self.unreachable_since)
+        lock(&self.shared.unreachable_since)
             .entry(id.clone())
             .or_insert_with(Instant::now);
     }
 
     fn reachable(&self, id: &WorkerId) {
-        lock(&self.unreachable_since).remove(id);
+        lock(&self.shared.unreachable_since).remove(id);
+    }
+
+    fn stop(&self) {
+        for l in lock(&self.shared.listeners).drain(..) {
+            l.abort();
+        }
+    }
+}
+
+impl Watching {
+    /// Listens to `master`'s events from now on. A master that starts
+    /// (a takeover) cannot know what an earlier one heard: it gives every
+    /// worker a heartbeat's benefit of the doubt, so a worker counts as
+    /// unreachable to it from its start at the earliest. `rate` is how
+    /// fast its clock runs: a slow clock judges liveness slowly.
+    fn watch(self: &Arc<Self>, master: &Master, rate: f64) {
+        let mut events = master.subscribe();
+        let me = self.clone();
+        let started = Instant::now();
+        let listener = tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) => me.saw(e.at, &e.kind, started, rate),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        lock(&self.listeners).push(listener);
+    }
+
+    fn saw(&self, at: Timestamp, event: &MasterEvent, started: Instant, rate: f64) {
+        match event {
+            MasterEvent::Again {
+                id,
+                not_before: Some(due),
+                ..
+            } => {
+                lock(&self.not_before).insert(id.clone(), *due);
+            }
+            MasterEvent::Task {
+                id,
+                to: TaskStatus::Completed,
+                ..
+            } => {
+                lock(&self.running.completed).insert(id.clone());
+            }
+            MasterEvent::Task {
+                id,
+                to: TaskStatus::Running,
+                worker: Some(w),
+                ..
+            } => {
+                let early = lock(&self.not_before).remove(id).filter(|due| at < *due);
+                if let Some(due) = early {
+                    lock(&self.violations).push(format!(
+                        "task {id} placed at {at}, before its not-before time {due}"
+                    ));
+                }
+                if let Some(since) = lock(&self.unreachable_since).get(w) {
+                    let since = (*since).max(started);
+                    // A heartbeat sent just before the cut may still
+                    // arrive up to `max_delay` later.
+                    let timeout = self.timeout.div_f64(rate);
+                    if since.elapsed() > timeout + self.max_delay + Duration::from_millis(1) {
+                        lock(&self.violations).push(format!(
+                            "task {id} placed on {w}, unreachable for {:?}",
+                            since.elapsed()
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
