@@ -95,7 +95,7 @@ pub const REQUESTS: &str = "REQUESTS";
 pub const LEASE: &str = "LEASE";
 
 /// How many documents one `raise_fence` write covers.
-const RAISE_BATCH: i64 = 1_000;
+const RAISE_BATCH: usize = 1_000;
 /// How many times [`TaskStore::update_status`] re-tries its compare-and-set
 /// when the record changed between a rejected write and the read that
 /// explains it (so that a `Rejected` always carries a record the guard
@@ -327,49 +327,38 @@ impl MongoStore {
     }
 
     /// Raises `fence` to `term` on the documents of `collection` that
-    /// `select` picks, at most [`RAISE_BATCH`] per write, walking `_id`s in
-    /// order. Returns how many it covered.
+    /// `select` picks: their ids read in one pass (a cursor: the server
+    /// serves other commands between its batches), then raised at most
+    /// [`RAISE_BATCH`] per write, so that no write holds the database long
+    /// (a lease renewal waits at most one batch on a server that locks per
+    /// database). Returns how many it covered.
     async fn raise_in(
         &self,
         collection: &Collection<Document>,
         select: Document,
         term: i64,
     ) -> Result<u64> {
-        let mut covered = 0;
-        let mut after: Option<String> = None;
-        loop {
-            let mut q = select.clone();
-            if let Some(a) = &after {
-                q.insert("_id", doc! { "$gt": a.as_str() });
+        let mut cursor = self
+            .op(collection
+                .find(select)
+                .projection(doc! { "_id": 1 })
+                .batch_size(RAISE_BATCH as u32))
+            .await?;
+        let mut ids: Vec<String> = Vec::new();
+        while self.op(cursor.advance()).await? {
+            let d = self.driver(cursor.deserialize_current())?;
+            if let Ok(id) = d.get_str("_id") {
+                ids.push(id.to_owned());
             }
-            let mut cursor = self
-                .op(collection
-                    .find(q)
-                    .sort(doc! { "_id": 1 })
-                    .limit(RAISE_BATCH)
-                    .projection(doc! { "_id": 1 }))
-                .await?;
-            let mut ids: Vec<String> = Vec::new();
-            while self.op(cursor.advance()).await? {
-                let d = self.driver(cursor.deserialize_current())?;
-                if let Ok(id) = d.get_str("_id") {
-                    ids.push(id.to_owned());
-                }
-            }
-            let Some(last) = ids.last().cloned() else {
-                return Ok(covered);
-            };
+        }
+        for batch in ids.chunks(RAISE_BATCH) {
             self.op(collection.update_many(
-                doc! { "_id": { "$in": &ids } },
+                doc! { "_id": { "$in": batch } },
                 doc! { "$max": { "fence": term } },
             ))
             .await?;
-            covered += ids.len() as u64;
-            if (ids.len() as i64) < RAISE_BATCH {
-                return Ok(covered);
-            }
-            after = Some(last);
         }
+        Ok(ids.len() as u64)
     }
 
     /// The database's name.
