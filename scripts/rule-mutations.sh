@@ -221,4 +221,54 @@ mutate cloudai-core/src/worker/supervise.rs "a worker mounts a path that resolve
 mutate cloudai-core/src/runtime.rs "an option a runtime cannot apply is ignored" \
   '    if missing.is_empty() {' '    if true {'
 
+# Master HA, part 1: the lease, fenced writes, acting only within a tenure.
+mutate cloudai-core/src/memory.rs "a write lands on a document fenced by a later term" \
+  'Some(fence) if fence > writer => Err(Error::Fenced { writer, fence }),' \
+  'Some(fence) if false && fence > writer => Err(Error::Fenced { writer, fence }),'
+mutate cloudai-core/src/memory.rs "a raise lowers a fence" \
+  '                *fence = (*fence).max(term);
+                raised += 1;' '                *fence = term;
+                raised += 1;'
+mutate cloudai-core/src/memory.rs "an adopted task keeps its old fence" \
+  '        for id in &below {
+            tasks.fences.insert(id.clone(), term);
+        }' ''
+mutate cloudai-core/src/lease.rs "a candidate takes over without waiting a TTL" \
+  'if returned >= s.since.saturating_add(wait) {' 'if true {'
+mutate cloudai-core/src/lease.rs "a candidate waits its own TTL, not the holder's longer one" \
+  'let wait = self.ttl.max(record.ttl);' 'let wait = self.ttl;'
+mutate cloudai-core/src/lease.rs "a leader's acting deadline counts from the renewal's answer" \
+  '        Ok(applied.then(|| Lead {
+            term: new.term,
+            since: sent,
+            version: new.version,
+            sent,
+            until: sent.saturating_add(self.ttl * 2 / 3),' '        Ok(applied.then(|| Lead {
+            term: new.term,
+            since: sent,
+            version: new.version,
+            sent,
+            until: self.clock.now().saturating_add(self.ttl * 2 / 3),'
+mutate cloudai-core/src/master/leadership.rs "a new leader serves without raising the fences" \
+  'let raised = office.lease.raise_fence(term).await?;' 'let raised = 0u64;'
+mutate cloudai-core/src/master/leadership.rs "tasks an older term stored late are never adopted" \
+  'master.adopt_stored(&tasks);' 'drop(tasks);'
+mutate cloudai-core/src/metrics/store.rs "a master sends writes after its tenure or a fenced write" \
+  'if *self.alarm.raised.borrow() || !self.tenure.acting() {' 'if false {'
+mutate cloudai-core/src/master/mod.rs "a write that must not be lost retries a fenced write for ever" \
+  'Err(e) if matches!(e, crate::Error::Fenced { .. }) || !self.acting() => {' 'Err(e) if false => {'
+mutate cloudai-core/src/master/dispatch.rs "a submit stored after its master's tenure is acknowledged" \
+  '    fn acknowledge<T>(&self, made: T) -> Result<T> {
+        if self.acting() {' '    fn acknowledge<T>(&self, made: T) -> Result<T> {
+        if true {'
+mutate cloudai-core/src/master/dispatch.rs "a request id retried with another spec returns the first task" \
+  'Some(held) if held.spec_hash != digest =>' 'Some(held) if false =>'
+mutate cloudai-core/src/master/dispatch.rs "ids of two terms can collide" \
+  '            .saturating_mul(1 << TERM_SHIFT)
+            .saturating_add(n)' '            .saturating_mul(0)
+            .saturating_add(n)'
+mutate cloudai-core/src/lease.rs "a master that lapsed and leads again in its term keeps its old master" \
+  'matches!(self, Role::Leading { until, .. } if self.stretch() == Some(stretch) && now < *until)' \
+  'matches!(self, Role::Leading { term, until, .. } if *term == stretch.0 && now < *until)'
+
 exit $survived

@@ -121,6 +121,10 @@ struct Keeping {
     clock: Clock,
     metrics: LeaseMetrics,
     role: watch::Sender<Role>,
+    /// Set once the keeping stopped (aborted or released): the keeping
+    /// task, which may still be running its last step on another thread,
+    /// publishes nothing after.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// A (term, version) a candidate saw, and when the first read that showed
@@ -161,6 +165,7 @@ impl LeaseKeeper {
             clock,
             metrics,
             role,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let held = Arc::new(Mutex::new(None));
         let task = tokio::spawn(keep(shared.clone(), held.clone()));
@@ -177,18 +182,24 @@ impl LeaseKeeper {
         self.role.clone()
     }
 
+    /// The lease as this master last wrote it, while it holds it.
+    pub fn held(&self) -> Option<LeaseRecord> {
+        let (term, version) = (*lock(&self.held))?;
+        Some(self.shared.record(term, version))
+    }
+
     /// Stops keeping the lease without releasing it.
     pub fn abort(&self) {
+        self.shared.stop();
         self.task.abort();
-        self.shared.step_down(None);
     }
 
     /// Stops keeping the lease and, if this master holds it, clears its
     /// holder so that a candidate takes over at once. Publishes
     /// [`Role::Following`] first: nothing acts on the lease any more.
     pub async fn release(&self) -> Result<()> {
+        self.shared.stop();
         self.task.abort();
-        self.shared.step_down(None);
         let Some((term, version)) = lock(&self.held).take() else {
             return Ok(());
         };
@@ -229,12 +240,29 @@ impl Keeping {
     }
 
     fn lead(&self, lead: &Lead) {
-        self.role.send_replace(Role::Leading {
-            term: lead.term,
-            since: lead.since,
-            until: lead.until,
+        // Checked under the role's lock: once `stop` has published
+        // `Following`, nothing publishes `Leading` again.
+        let published = self.role.send_if_modified(|role| {
+            if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return false;
+            }
+            *role = Role::Leading {
+                term: lead.term,
+                since: lead.since,
+                until: lead.until,
+            };
+            true
         });
-        self.metrics.leading(lead.term);
+        if published {
+            self.metrics.leading(lead.term);
+        }
+    }
+
+    /// Stops the keeping for good and publishes `Following`.
+    fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.step_down(None);
     }
 
     fn step_down(&self, leader: Option<LeaseRecord>) {

@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
+use cloudai_core::apply::apply_event;
+use cloudai_core::lifecycle::TaskEvent;
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, MasterConfig, SubmitOptions, WorkerView};
 use cloudai_core::model::{
-    EndCause, InstanceId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId,
+    EndCause, InstanceId, Resources, TaskId, TaskSpec, TaskStatus, Term, WorkerId,
 };
-use cloudai_core::store::{TaskFilter, TaskStore};
+use cloudai_core::store::{TaskFilter, TaskStore, WorkerRegistry};
 use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
 use cloudai_core::worker::SHUTDOWN_MESSAGE;
 use cloudai_core::Error;
@@ -1247,9 +1249,25 @@ async fn a_crashed_leaders_work_goes_on_under_the_next_and_its_running_task_is_k
     );
     let next = c.leader().unwrap();
     assert_eq!(next.term().get(), 2);
+    // It raised every fence before it acted: the first term can change
+    // neither the running task nor the worker any more.
+    let old = c.store.at_term(Term::new(1));
+    let late = apply_event(
+        &old,
+        &long,
+        &TaskEvent::Cancel { force: true },
+        c.clock.now(),
+    )
+    .await;
+    assert!(matches!(late, Err(Error::Fenced { .. })), "{late:?}");
+    let late = WorkerRegistry::set_drain(&old, &wid("w1"), None).await;
+    assert!(matches!(late, Err(Error::Fenced { .. })), "{late:?}");
     // New work is placed, the running task was never stopped, and both end
     // completed, once each.
     let short = next.submit(fake_task(5, 0, 1.0)).await.unwrap();
+    // Its ids carry its term: none can collide with the first master's.
+    let n: u64 = short.as_str().rsplit('-').next().unwrap().parse().unwrap();
+    assert_eq!(n >> 32, 2, "{short}");
     c.run_for(Duration::from_secs(90)).await;
     assert_eq!(status(&c, &long).await, TaskStatus::Completed);
     assert_eq!(status(&c, &short).await, TaskStatus::Completed);
@@ -1343,6 +1361,41 @@ async fn a_paused_leaders_late_writes_are_fenced_and_a_retried_submit_makes_one_
     c.restart_master(index_of(&first));
     c.run_for(Duration::from_secs(60)).await;
     assert_eq!(c.statuses().await.len(), 2);
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_submit_stored_after_its_masters_tenure_is_refused_and_the_next_leader_adopts_it() {
+    let mut c = SimCluster::start_ha(10, Faults::NONE, ha_config(), 2, None).await;
+    c.start_worker("w1", cap(4.0)).await;
+    c.run_for(Duration::from_millis(200)).await;
+    let first = leader_id(&c).unwrap();
+    let old = c.leader().unwrap();
+    // The leader's process stops while its insert is on the way.
+    c.pause_master(index_of(&first));
+    let late = tokio::spawn(async move { old.submit(fake_task(2, 0, 1.0)).await });
+    until(
+        Duration::from_secs(30),
+        "the other master leads",
+        async || leader_id(&c).is_some_and(|l| l != first),
+    )
+    .await;
+    c.run_for(Duration::from_secs(1)).await;
+    // It resumes: the insert lands after the next leader loaded its state.
+    c.resume_master(index_of(&first));
+    let refused = late.await.unwrap();
+    assert!(
+        matches!(refused, Err(Error::Unavailable(_))),
+        "not acknowledged: {refused:?}"
+    );
+    let stored: Vec<TaskId> = c.statuses().await.into_keys().collect();
+    assert_eq!(stored.len(), 1, "the task was stored");
+    // Within a TTL the next leader adopts it, and it runs once.
+    c.run_for(Duration::from_secs(20)).await;
+    assert_eq!(status(&c, &stored[0]).await, TaskStatus::Completed);
+    c.restart_master(index_of(&first));
+    c.run_for(Duration::from_secs(10)).await;
     c.check_quiescent().await;
     c.stop().await;
 }

@@ -48,7 +48,6 @@ pub struct Leadership {
 #[derive(Debug)]
 struct Inner {
     keeper: LeaseKeeper,
-    me: Candidate,
     current: watch::Sender<Option<Master>>,
     task: Mutex<Option<JoinHandle<()>>>,
     metrics: LeaseMetrics,
@@ -77,17 +76,11 @@ impl Leadership {
             address: config.advertise_address.clone(),
         };
         let metrics = LeaseMetrics::new();
-        let keeper = LeaseKeeper::spawn(
-            lease.clone(),
-            me.clone(),
-            config.lease_ttl,
-            clock,
-            metrics.clone(),
-        );
+        let keeper =
+            LeaseKeeper::spawn(lease.clone(), me, config.lease_ttl, clock, metrics.clone());
         let role = keeper.role();
         let inner = Arc::new(Inner {
             keeper,
-            me,
             current: watch::channel(None).0,
             task: Mutex::new(None),
             metrics,
@@ -124,14 +117,7 @@ impl Leadership {
     /// the lease it last read.
     pub fn leader(&self) -> Option<LeaseRecord> {
         match &*self.inner.keeper.role().borrow() {
-            Role::Leading { term, .. } => Some(LeaseRecord {
-                holder: Some(self.inner.me.id.clone()),
-                run: self.inner.me.run.clone(),
-                address: self.inner.me.address.clone(),
-                term: *term,
-                version: 0,
-                ttl: std::time::Duration::ZERO,
-            }),
+            Role::Leading { .. } => self.inner.keeper.held(),
             Role::Following { leader } => leader.clone(),
         }
     }
