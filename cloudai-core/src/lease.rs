@@ -371,16 +371,19 @@ impl Keeping {
             self.lead(&lead);
             let mut next = lead.sent.saturating_add(self.ttl / 3);
             lead = loop {
-                self.sleep_until(next).await;
+                self.sleep_until(next.min(lead.until)).await;
                 let renewed = self.record(lead.term, lead.version.saturating_add(1));
                 let began = tokio::time::Instant::now();
+                // The deadline first: a failure that answers at once must
+                // not keep a leader past it.
                 let outcome = tokio::select! {
-                    outcome = self.swap(lead.term, lead.version, renewed) => outcome,
+                    biased;
                     _ = self.sleep_until(lead.until) => {
                         warn!(term = %lead.term, "no lease renewal in time: stopped acting");
                         self.step_down(None);
                         return lead.term;
                     }
+                    outcome = self.swap(lead.term, lead.version, renewed) => outcome,
                 };
                 match outcome {
                     Ok(Some(renewed)) => {
