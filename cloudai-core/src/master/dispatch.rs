@@ -175,7 +175,12 @@ impl Master {
 
     /// [`Master::submit`], with options.
     pub async fn submit_with(&self, mut spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
-        let digest = spec.digest();
+        // Hashed only for a request id: most submits name none.
+        let digest = options
+            .request
+            .as_ref()
+            .map(|_| spec.digest())
+            .unwrap_or_default();
         self.check_submit(&mut spec, &options)?;
         let now = self.now();
         let fresh = TaskId::generated(now, self.next_n());
@@ -269,7 +274,11 @@ impl Master {
         indices: &ArrayIndices,
         options: SubmitOptions,
     ) -> Result<(ArrayId, Vec<TaskId>)> {
-        let digest = format!("{}/{indices}", spec.digest());
+        let digest = options
+            .request
+            .as_ref()
+            .map(|_| format!("{}/{indices}", spec.digest()))
+            .unwrap_or_default();
         self.check_submit(&mut spec, &options)?;
         if indices.is_empty() {
             return Err(ValidationError::Empty { field: "array" }.into());
