@@ -339,7 +339,9 @@ impl TaskStore for MemoryStore {
         }
         let before = task.clone();
         change.apply_to(task);
-        tasks.fences.insert(id.clone(), self.term);
+        if fence != Some(self.term) {
+            tasks.fences.insert(id.clone(), self.term);
+        }
         self.applied(id.as_str(), fence);
         tasks.index.track(&before, false);
         tasks.index.track(task, true);
@@ -464,7 +466,10 @@ impl WorkerRegistry for MemoryStore {
                 Some(w) => {
                     w.last_heartbeat = Some(beat.at);
                     w.telemetry = Some(beat.telemetry.clone());
-                    let fence = workers.fences.insert(beat.worker.clone(), self.term);
+                    let fence = workers.fences.get(&beat.worker).copied();
+                    if fence != Some(self.term) {
+                        workers.fences.insert(beat.worker.clone(), self.term);
+                    }
                     self.applied(beat.worker.as_str(), fence);
                 }
                 None if !unknown.contains(&beat.worker) => unknown.push(beat.worker.clone()),
