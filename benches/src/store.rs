@@ -456,6 +456,9 @@ impl MasterToWorker for Unreachable {
     async fn identify(&self, _: &WorkerEndpoint) -> Result<WorkerIdentity> {
         Err(Error::Unavailable("benchmark workers take no calls".into()))
     }
+    fn fenced(&self, _: cloudai_core::model::Term) -> Arc<dyn MasterToWorker> {
+        Arc::new(Unreachable)
+    }
 }
 
 async fn heartbeat_phase(args: &Args) -> Result<(), String> {

@@ -59,6 +59,16 @@ pub enum Error {
         /// The document's fence.
         fence: Term,
     },
+    /// This master does not lead: the call goes to the leader, whose
+    /// advertised address is given when this master knows it.
+    #[error("not the leader: {}", match leader {
+        Some(a) => format!("the leader is at {a}"),
+        None => "no master leads right now; retry shortly".to_string(),
+    })]
+    NotLeader {
+        /// Where the leader is reached, if one leads.
+        leader: Option<String>,
+    },
     /// The request itself is malformed; retrying it cannot help.
     #[error("invalid input: {0}")]
     InvalidInput(#[from] ValidationError),
@@ -94,6 +104,9 @@ impl Error {
     /// Whether trying again later may succeed (the peer or backend was
     /// unreachable or slow), as opposed to a definite answer.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Timeout(_))
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::Timeout(_) | Error::NotLeader { .. }
+        )
     }
 }

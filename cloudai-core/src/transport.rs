@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model::RunningTask;
 use crate::model::{
-    Gpu, InstanceId, Resources, TaskResult, TaskSpec, Telemetry, WorkerId, WorkerIdentity,
+    Gpu, InstanceId, Resources, TaskResult, TaskSpec, Telemetry, Term, WorkerId, WorkerIdentity,
 };
 use crate::output::{Follow, OutputFrom};
 use crate::Result;
@@ -38,6 +38,11 @@ pub struct MasterInfo {
     pub id: String,
     /// Where workers reach it.
     pub address: String,
+    /// Its term (0: a master without a lease). A worker obeys no call of
+    /// a term below the highest it has seen, and moves to a master of a
+    /// higher one.
+    #[serde(default)]
+    pub term: Term,
 }
 
 /// A worker announcing itself to a master.
@@ -68,8 +73,11 @@ pub struct RegistrationReply {
     pub stop: Vec<RunningTask>,
     /// How often to send heartbeats.
     pub heartbeat_interval: Duration,
-    /// The master's id: the worker obeys only this master from now on.
+    /// The master's id (for the logs: terms decide whom a worker obeys).
     pub master_id: String,
+    /// The master's term: the worker obeys no call of a lower one from now on.
+    #[serde(default)]
+    pub term: Term,
     /// Silence after which the master declares a worker lost (zero: not
     /// said, an older master): the worker stops its runs before that (see
     /// [`crate::fence`]).
@@ -119,6 +127,11 @@ pub trait MasterToWorker: Send + Sync + std::fmt::Debug {
     /// Who answers at `to.address` (the probe that decides whether a
     /// worker's session is still live). Names nobody, so nobody refuses it.
     async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity>;
+
+    /// The same transport, its calls carrying `term`: a worker that has
+    /// seen a later term refuses them. A master signs every call with
+    /// its own term this way.
+    fn fenced(&self, term: Term) -> std::sync::Arc<dyn MasterToWorker>;
 }
 
 /// Calls a worker makes to its master.
@@ -140,4 +153,8 @@ pub trait WorkerToMaster: Send + Sync + std::fmt::Debug {
     /// Says the worker is shutting down: the master places nothing more on
     /// it from now on.
     async fn leave(&self, worker: &WorkerIdentity) -> Result<()>;
+
+    /// Sends every later call to the master at `address`: a master of a
+    /// higher term asked this worker to register with it.
+    fn follow(&self, address: &str);
 }

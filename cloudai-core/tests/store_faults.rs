@@ -93,7 +93,7 @@ impl TaskStore for Faulty {
 /// Workers that accept everything (counting the assignments).
 #[derive(Debug, Default)]
 struct Accepting {
-    assigned: AtomicUsize,
+    assigned: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -127,6 +127,11 @@ impl MasterToWorker for Accepting {
         Ok(WorkerIdentity {
             id: to.id.clone(),
             instance: InstanceId::new("accepting").expect("valid"),
+        })
+    }
+    fn fenced(&self, _: cloudai_core::model::Term) -> Arc<dyn MasterToWorker> {
+        Arc::new(Accepting {
+            assigned: self.assigned.clone(),
         })
     }
 }

@@ -4,13 +4,18 @@
 
 use std::fmt;
 
-use cloudai_core::model::{InstanceId, WorkerId};
+use cloudai_core::model::{InstanceId, Term, WorkerId};
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 /// Header naming the calling master on master→worker calls.
 pub const MASTER_HEADER: &str = "x-cloudai-master";
+/// Header carrying the calling master's term on master→worker calls
+/// (absent: 0); a worker refuses a term below the highest it has seen.
+pub const TERM_HEADER: &str = "x-cloudai-term";
+/// Header a follower's `UNAVAILABLE` answer carries: where the leader is.
+pub const LEADER_HEADER: &str = "x-cloudai-leader";
 /// Header naming the worker a master→worker call is meant for.
 pub const WORKER_HEADER: &str = "x-cloudai-worker";
 /// Header naming that worker's instance, once the master knows it.
@@ -63,15 +68,34 @@ pub fn check(token: Option<&Token>, metadata: &MetadataMap) -> Result<(), Status
     }
 }
 
-/// Adds the token (and, for a master, its id) to an outgoing request.
-pub(crate) fn sign<T>(req: &mut Request<T>, token: Option<&Token>, master: Option<&str>) {
+/// Adds the token (and, for a master, its id and term) to an outgoing
+/// request.
+pub(crate) fn sign<T>(req: &mut Request<T>, token: Option<&Token>, master: Option<(&str, Term)>) {
     if let Some(t) = token {
         if let Ok(v) = t.header().parse() {
             req.metadata_mut().insert("authorization", v);
         }
     }
-    if let Some(m) = master.and_then(|m| m.parse().ok()) {
-        req.metadata_mut().insert(MASTER_HEADER, m);
+    if let Some((id, term)) = master {
+        if let Ok(m) = id.parse() {
+            req.metadata_mut().insert(MASTER_HEADER, m);
+        }
+        if let Ok(t) = term.get().to_string().parse() {
+            req.metadata_mut().insert(TERM_HEADER, t);
+        }
+    }
+}
+
+/// The calling master's term (0 if it names none); refused if malformed.
+pub fn caller_term(metadata: &MetadataMap) -> Result<Term, Status> {
+    match metadata.get(TERM_HEADER) {
+        None => Ok(Term::ZERO),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Term::new)
+            .ok_or_else(|| Status::invalid_argument(format!("{TERM_HEADER}: not a term"))),
     }
 }
 

@@ -11,7 +11,7 @@ use cloudai_core::master::{
     CancelOutcome, Cursor, SubmitOptions, TaskFollow, TaskView, WorkerView,
 };
 use cloudai_core::model::{
-    ArrayId, ArrayIndices, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry,
+    ArrayId, ArrayIndices, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec, Telemetry, Term,
     WorkerId, WorkerIdentity,
 };
 use cloudai_core::output::{Follow, OutputFrom};
@@ -24,6 +24,7 @@ use cloudai_core::{Error, Result};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Request;
+use tracing::debug;
 
 use crate::auth::{address_to, sign};
 use crate::convert::{self, from_status};
@@ -48,20 +49,81 @@ fn bad_reply(e: tonic::Status) -> Error {
     }
 }
 
-/// A connection to a master.
+/// A connection to the leading master among those it was given.
+///
+/// Every call goes to the master it follows now. A follower's answer
+/// that names the leader (`x-cloudai-leader`) moves it there and the call
+/// is sent again at once; any other failure to reach a master moves it
+/// to the next address in its list. With [`MasterClient::leader_wait`],
+/// a call is retried across the list for that long before it fails.
 #[derive(Debug, Clone)]
 pub struct MasterClient {
-    client: master_client::MasterClient<Channel>,
+    route: Arc<Route>,
     security: Security,
     /// Open heartbeat streams not in use (a beat takes one, or opens one,
-    /// and puts it back once answered; one dropped midway is closed).
+    /// and puts it back once answered; one dropped midway is closed). All
+    /// go to the master followed now: they are closed when it changes.
     beats: Arc<Mutex<Vec<BeatStream>>>,
+    /// How long a call is retried while no master leads or answers.
+    leader_wait: Duration,
+}
+
+/// Which master the client follows, and a channel to each it knows.
+#[derive(Debug)]
+struct Route {
+    /// The addresses it was given, in order.
+    listed: Vec<String>,
+    state: Mutex<Following>,
+}
+
+#[derive(Debug)]
+struct Following {
+    /// The address calls go to now.
+    now: String,
+    channels: HashMap<String, master_client::MasterClient<Channel>>,
+}
+
+/// How many times in a row a call follows a redirect at once.
+const MAX_REDIRECTS: u32 = 3;
+/// The pause between two rounds of a call retried while no master leads.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How long one attempt of a retried call may take before the next
+/// master is tried (a stopped leader holds its connections open).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client for the master at `address`.
+fn connect(address: &str, security: &Security) -> Result<master_client::MasterClient<Channel>> {
+    let channel = security.channel(address, CONNECT_TIMEOUT)?;
+    Ok(master_client::MasterClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// A call no master answered as the leader: the one answer, or each
+/// address's.
+fn no_leader(mut answers: Vec<(String, Error)>, waited: Duration) -> Error {
+    if answers.len() == 1 {
+        return answers
+            .pop()
+            .map_or_else(|| Error::Unavailable("no master".into()), |(_, e)| e);
+    }
+    let each: Vec<String> = answers.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+    Error::Unavailable(format!(
+        "no master answered as the leader within {waited:?} ({})",
+        each.join("; ")
+    ))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One `Heartbeats` stream: beats go out on `tx`, replies come back in
 /// order on `rx`.
 #[derive(Debug)]
 struct BeatStream {
+    /// The master's address.
+    to: String,
     tx: mpsc::Sender<proto::HeartbeatRequest>,
     rx: tonic::Streaming<proto::HeartbeatReply>,
 }
@@ -79,30 +141,70 @@ impl BeatStream {
 }
 
 impl MasterClient {
-    /// A client for the master at `address` (`host:port`); connects lazily.
+    /// A client for the master at `address` (`host:port`), or for the
+    /// leader among several (`a:1,b:2`); connects lazily.
     pub fn new(address: &str, security: Security) -> Result<MasterClient> {
-        let channel = security.channel(address, CONNECT_TIMEOUT)?;
-        let client = master_client::MasterClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let listed: Vec<String> = address
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        let Some(first) = listed.first().cloned() else {
+            return Err(Error::InvalidInput(
+                cloudai_core::model::ValidationError::Invalid {
+                    field: "master address",
+                    reason: "names no address".into(),
+                },
+            ));
+        };
+        let mut channels = HashMap::new();
+        for a in &listed {
+            channels.insert(a.clone(), connect(a, &security)?);
+        }
         Ok(MasterClient {
-            client,
+            route: Arc::new(Route {
+                listed,
+                state: Mutex::new(Following {
+                    now: first,
+                    channels,
+                }),
+            }),
             security,
             beats: Arc::default(),
+            leader_wait: Duration::ZERO,
         })
+    }
+
+    /// The same client, retrying a call for up to `wait` while no master
+    /// leads or answers (Nomad's `RPCHoldTimeout`): a takeover then shows
+    /// as a slow answer rather than an error.
+    #[must_use]
+    pub fn leader_wait(mut self, wait: Duration) -> MasterClient {
+        self.leader_wait = wait;
+        self
+    }
+
+    /// The address calls go to now.
+    pub fn following(&self) -> String {
+        lock(&self.route.state).now.clone()
     }
 
     /// Opens a heartbeat stream.
     async fn open_beats(&self) -> Result<BeatStream> {
         let (tx, rx) = mpsc::channel(1);
         let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let rx = self
-            .c()
+        let (address, mut client) = self.c();
+        let rx = client
             .heartbeats(self.req(outbound))
             .await
-            .map_err(from_status)?
+            .map_err(|s| self.failed(&address, s))?
             .into_inner();
-        Ok(BeatStream { tx, rx })
+        Ok(BeatStream {
+            to: address,
+            tx,
+            rx,
+        })
     }
 
     fn req<T>(&self, msg: T) -> Request<T> {
@@ -111,8 +213,115 @@ impl MasterClient {
         r
     }
 
-    fn c(&self) -> master_client::MasterClient<Channel> {
-        self.client.clone()
+    /// The address followed now, and its client.
+    fn c(&self) -> (String, master_client::MasterClient<Channel>) {
+        let state = lock(&self.route.state);
+        let client = state.channels[&state.now].clone();
+        (state.now.clone(), client)
+    }
+
+    /// Moves to `to`, unless a call already moved it off `from`.
+    fn move_to(&self, from: &str, to: &str) {
+        let mut state = lock(&self.route.state);
+        if state.now != from || from == to {
+            return;
+        }
+        if !state.channels.contains_key(to) {
+            match connect(to, &self.security) {
+                Ok(c) => {
+                    state.channels.insert(to.to_string(), c);
+                }
+                Err(e) => {
+                    debug!(address = %to, error = %e, "cannot follow the leader's address");
+                    return;
+                }
+            }
+        }
+        debug!(from, to, "following another master");
+        state.now = to.to_string();
+        drop(state);
+        lock(&self.beats).clear();
+    }
+
+    /// A call to `address` failed with `status`: its error, after moving
+    /// to the leader it names, or, when that master could not be talked
+    /// to or does not lead, to the next address listed.
+    fn failed(&self, address: &str, status: tonic::Status) -> Error {
+        self.routed(address, from_status(status))
+    }
+
+    /// [`MasterClient::failed`], for an error already converted.
+    fn routed(&self, address: &str, e: Error) -> Error {
+        match &e {
+            Error::NotLeader {
+                leader: Some(leader),
+            } => self.move_to(address, leader),
+            e if e.is_transient() => {
+                let listed = &self.route.listed;
+                let next = listed
+                    .iter()
+                    .position(|a| a == address)
+                    .map_or(0, |i| (i + 1) % listed.len());
+                self.move_to(address, &listed[next]);
+            }
+            _ => {}
+        }
+        e
+    }
+
+    /// Sends `msg` through `call` to the master followed now; follows a
+    /// redirect to the leader at once, and retries a master that could
+    /// not answer for up to [`MasterClient::leader_wait`], across the
+    /// list. Every retry carries the same message (a submit's request id
+    /// makes its retry return the first one's task).
+    async fn call<M, R, F, Fut>(&self, msg: M, call: F) -> Result<R>
+    where
+        M: Clone,
+        F: Fn(master_client::MasterClient<Channel>, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let until = tokio::time::Instant::now() + self.leader_wait;
+        let several = self.route.listed.len() > 1;
+        let mut redirects = 0;
+        let mut answers: Vec<(String, Error)> = Vec::new();
+        loop {
+            let (address, client) = self.c();
+            let attempt = call(client, self.req(msg.clone()));
+            let answer = if several && !self.leader_wait.is_zero() {
+                tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::unavailable(format!(
+                            "no answer within {ATTEMPT_TIMEOUT:?}"
+                        )))
+                    })
+            } else {
+                attempt.await
+            };
+            let e = match answer {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => self.failed(&address, s),
+            };
+            // One master that is down fails at once, as without a list; a
+            // follower, or one of several, is retried while a leader may
+            // be taking over.
+            let retried = several || matches!(e, Error::NotLeader { .. });
+            if !e.is_transient() || !retried {
+                return Err(e);
+            }
+            let redirected = matches!(&e, Error::NotLeader { leader: Some(l) } if *l != address);
+            answers.retain(|(a, _)| *a != address);
+            answers.push((address, e));
+            if redirected && redirects < MAX_REDIRECTS {
+                redirects += 1;
+                continue;
+            }
+            redirects = 0;
+            if tokio::time::Instant::now() + RETRY_PAUSE > until {
+                return Err(no_leader(answers, self.leader_wait));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 
     /// Submits a task.
@@ -123,15 +332,17 @@ impl MasterClient {
     /// [`MasterClient::submit`], with options.
     pub async fn submit_with(&self, spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
         let r = self
-            .c()
-            .submit(self.req(proto::SubmitRequest {
-                spec: Some(spec.into()),
-                array: None,
-                wait_for_capacity: options.wait_for_capacity,
-            }))
-            .await
-            .map_err(from_status)?;
-        convert::task_id(&r.into_inner().task_id).map_err(bad_reply)
+            .call(
+                proto::SubmitRequest {
+                    spec: Some(spec.into()),
+                    array: None,
+                    wait_for_capacity: options.wait_for_capacity,
+                    request_id: options.request.as_ref().map(ToString::to_string),
+                },
+                |mut c, r| async move { c.submit(r).await },
+            )
+            .await?;
+        convert::task_id(&r.task_id).map_err(bad_reply)
     }
 
     /// Submits one task per index of `indices` in one call; returns the
@@ -143,15 +354,16 @@ impl MasterClient {
         options: SubmitOptions,
     ) -> Result<(ArrayId, usize)> {
         let r = self
-            .c()
-            .submit(self.req(proto::SubmitRequest {
-                spec: Some(spec.into()),
-                array: Some(indices.to_string()),
-                wait_for_capacity: options.wait_for_capacity,
-            }))
-            .await
-            .map_err(from_status)?
-            .into_inner();
+            .call(
+                proto::SubmitRequest {
+                    spec: Some(spec.into()),
+                    array: Some(indices.to_string()),
+                    wait_for_capacity: options.wait_for_capacity,
+                    request_id: options.request.as_ref().map(ToString::to_string),
+                },
+                |mut c, r| async move { c.submit(r).await },
+            )
+            .await?;
         let id = r.array_id.ok_or_else(|| {
             bad_reply(tonic::Status::internal(
                 "an array submit came back without its id",
@@ -168,10 +380,10 @@ impl MasterClient {
             force,
             wait,
         };
-        let r = self.c().cancel(self.req(req)).await.map_err(from_status)?;
-        Ok(convert::cancel_outcome(r.into_inner())
-            .map_err(bad_reply)?
-            .1)
+        let r = self
+            .call(req, |mut c, r| async move { c.cancel(r).await })
+            .await?;
+        Ok(convert::cancel_outcome(r).map_err(bad_reply)?.1)
     }
 
     /// Cancels every pending or running task passing `filter` (`wait` as
@@ -194,12 +406,9 @@ impl MasterClient {
             array: filter.array.as_ref().map(ToString::to_string),
         };
         let r = self
-            .c()
-            .cancel_many(self.req(req))
-            .await
-            .map_err(from_status)?;
-        r.into_inner()
-            .cancelled
+            .call(req, |mut c, r| async move { c.cancel_many(r).await })
+            .await?;
+        r.cancelled
             .into_iter()
             .map(|o| convert::cancel_outcome(o).map_err(bad_reply))
             .collect()
@@ -241,11 +450,8 @@ impl MasterClient {
             after: after.map(ToString::to_string),
         };
         let r = self
-            .c()
-            .list_tasks(self.req(req))
-            .await
-            .map_err(from_status)?
-            .into_inner();
+            .call(req, |mut c, r| async move { c.list_tasks(r).await })
+            .await?;
         let tasks = r
             .tasks
             .into_iter()
@@ -263,34 +469,35 @@ impl MasterClient {
     /// How many tasks are in each status.
     pub async fn task_counts(&self) -> Result<StatusCounts> {
         let r = self
-            .c()
-            .count_tasks(self.req(proto::Empty {}))
-            .await
-            .map_err(from_status)?;
-        Ok(r.into_inner().into())
+            .call(
+                proto::Empty {},
+                |mut c, r| async move { c.count_tasks(r).await },
+            )
+            .await?;
+        Ok(r.into())
     }
 
     /// One task with its result.
     pub async fn task(&self, id: &TaskId) -> Result<TaskView> {
         let r = self
-            .c()
-            .get_task(self.req(proto::TaskRef {
-                task_id: id.to_string(),
-            }))
-            .await
-            .map_err(from_status)?;
-        convert::task_view(r.into_inner()).map_err(bad_reply)
+            .call(
+                proto::TaskRef {
+                    task_id: id.to_string(),
+                },
+                |mut c, r| async move { c.get_task(r).await },
+            )
+            .await?;
+        convert::task_view(r).map_err(bad_reply)
     }
 
     /// Every worker as the master sees it.
     pub async fn workers(&self) -> Result<Vec<WorkerView>> {
         let r = self
-            .c()
-            .list_workers(self.req(proto::Empty {}))
-            .await
-            .map_err(from_status)?;
-        r.into_inner()
-            .workers
+            .call(proto::Empty {}, |mut c, r| async move {
+                c.list_workers(r).await
+            })
+            .await?;
+        r.workers
             .into_iter()
             .map(|w| WorkerView::try_from(w).map_err(bad_reply))
             .collect()
@@ -302,10 +509,8 @@ impl MasterClient {
             worker_id: id.to_string(),
             address: address.to_string(),
         };
-        self.c()
-            .pre_register(self.req(req))
-            .await
-            .map_err(from_status)?;
+        self.call(req, |mut c, r| async move { c.pre_register(r).await })
+            .await?;
         Ok(())
     }
 
@@ -316,7 +521,8 @@ impl MasterClient {
             worker_id: id.to_string(),
             deadline_ms: deadline.map(ms),
         };
-        self.c().drain(self.req(req)).await.map_err(from_status)?;
+        self.call(req, |mut c, r| async move { c.drain(r).await })
+            .await?;
         Ok(())
     }
 
@@ -325,26 +531,29 @@ impl MasterClient {
         let req = proto::WorkerRef {
             worker_id: id.to_string(),
         };
-        self.c().undrain(self.req(req)).await.map_err(from_status)?;
+        self.call(req, |mut c, r| async move { c.undrain(r).await })
+            .await?;
         Ok(())
     }
 
     /// Reconciles allocations; returns the corrections.
     pub async fn reconcile(&self) -> Result<Reconciliation> {
         let r = self
-            .c()
-            .reconcile(self.req(proto::Empty {}))
-            .await
-            .map_err(from_status)?;
-        Reconciliation::try_from(r.into_inner()).map_err(bad_reply)
+            .call(
+                proto::Empty {},
+                |mut c, r| async move { c.reconcile(r).await },
+            )
+            .await?;
+        Reconciliation::try_from(r).map_err(bad_reply)
     }
 
     /// Makes every reconnection attempt due now.
     pub async fn reconnect(&self) -> Result<()> {
-        self.c()
-            .reconnect(self.req(proto::Empty {}))
-            .await
-            .map_err(from_status)?;
+        self.call(
+            proto::Empty {},
+            |mut c, r| async move { c.reconnect(r).await },
+        )
+        .await?;
         Ok(())
     }
 
@@ -360,8 +569,10 @@ impl MasterClient {
             task_id: id.to_string(),
             from: Some(output::from_to_proto(from, follow)),
         };
-        let r = self.c().follow_output(self.req(req)).await;
-        Ok(output::channel(r.map_err(from_status)?.into_inner()))
+        let r = self
+            .call(req, |mut c, r| async move { c.follow_output(r).await })
+            .await;
+        Ok(output::channel(r?))
     }
 
     /// The master's events after `cursor` (`None`: from now), a bookmark
@@ -374,8 +585,10 @@ impl MasterClient {
         let req = proto::WatchEventsRequest {
             cursor: cursor.map(ToString::to_string).unwrap_or_default(),
         };
-        let r = self.c().watch_events(self.req(req)).await;
-        Ok(events::receive(r.map_err(from_status)?.into_inner()))
+        let r = self
+            .call(req, |mut c, r| async move { c.watch_events(r).await })
+            .await;
+        Ok(events::receive(r?))
     }
 }
 
@@ -397,11 +610,8 @@ impl WorkerToMaster for MasterClient {
                 .collect(),
         };
         let r = self
-            .c()
-            .register(self.req(req))
-            .await
-            .map_err(from_status)?
-            .into_inner();
+            .call(req, |mut c, r| async move { c.register(r).await })
+            .await?;
         Ok(RegistrationReply {
             stop: r
                 .stop
@@ -410,6 +620,7 @@ impl WorkerToMaster for MasterClient {
                 .collect::<Result<_>>()?,
             heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
             master_id: r.master_id,
+            term: Term::new(r.term),
             lost_after: Duration::from_millis(r.lost_after_ms),
         })
     }
@@ -426,7 +637,7 @@ impl WorkerToMaster for MasterClient {
         };
         // An idle stream may have died with its connection (the master
         // restarted): then the beat goes once more, on a new stream.
-        let idle = self.beats.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = lock(&self.beats).pop();
         let answered = match idle {
             Some(mut s) => s.beat(req.clone()).await.ok().map(|reply| (s, reply)),
             None => None,
@@ -435,24 +646,21 @@ impl WorkerToMaster for MasterClient {
             Some(done) => done,
             None => {
                 let mut s = self.open_beats().await?;
-                let reply = s.beat(req).await?;
+                let reply = s.beat(req).await.map_err(|e| self.routed(&s.to, e))?;
                 (s, reply)
             }
         };
-        self.beats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(stream);
+        lock(&self.beats).push(stream);
         Ok(HeartbeatReply {
             register_again: reply.register_again,
         })
     }
 
     async fn report(&self, result: &TaskResult) -> Result<()> {
-        self.c()
-            .report(self.req(result.clone().into()))
-            .await
-            .map_err(from_status)?;
+        self.call(result.clone().into(), |mut c, r| async move {
+            c.report(r).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -461,32 +669,43 @@ impl WorkerToMaster for MasterClient {
             worker_id: worker.id.to_string(),
             instance: worker.instance.to_string(),
         };
-        self.c().leave(self.req(req)).await.map_err(from_status)?;
+        self.call(req, |mut c, r| async move { c.leave(r).await })
+            .await?;
         Ok(())
+    }
+
+    fn follow(&self, address: &str) {
+        let now = self.following();
+        self.move_to(&now, address);
     }
 }
 
 /// The master's connections to its workers, one lazily connected channel
-/// per address, every call signed with the token and the master's id.
+/// per address, every call signed with the token and the master's id and
+/// term.
 #[derive(Debug)]
 pub struct WorkerClients {
     security: Security,
     master_id: String,
-    channels: Mutex<HashMap<String, Channel>>,
+    term: Term,
+    /// Shared with the handles of other terms.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl WorkerClients {
-    /// Clients for a master called `master_id`.
+    /// Clients for a master called `master_id` (its calls carry term 0
+    /// until [`MasterToWorker::fenced`] gives a handle of another term).
     pub fn new(master_id: impl Into<String>, security: Security) -> Self {
         WorkerClients {
             security,
             master_id: master_id.into(),
-            channels: Mutex::new(HashMap::new()),
+            term: Term::ZERO,
+            channels: Arc::default(),
         }
     }
 
     fn client(&self, to: &WorkerEndpoint) -> Result<worker_client::WorkerClient<Channel>> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = lock(&self.channels);
         let channel = match channels.get(&to.address) {
             Some(c) => c.clone(),
             None => {
@@ -503,9 +722,17 @@ impl WorkerClients {
     /// A request signed by this master and naming the worker it is for.
     fn req<T>(&self, to: &WorkerEndpoint, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
-        sign(&mut r, self.security.token.as_ref(), Some(&self.master_id));
+        self.sign(&mut r);
         address_to(&mut r, &to.id, to.instance.as_ref());
         r
+    }
+
+    fn sign<T>(&self, r: &mut Request<T>) {
+        sign(
+            r,
+            self.security.token.as_ref(),
+            Some((&self.master_id, self.term)),
+        );
     }
 }
 
@@ -515,6 +742,7 @@ impl MasterToWorker for WorkerClients {
         let req = proto::MasterRegisterRequest {
             master_id: master.id.clone(),
             address: master.address.clone(),
+            term: master.term.get(),
         };
         self.client(to)?
             .master_register(self.req(to, req))
@@ -575,11 +803,7 @@ impl MasterToWorker for WorkerClients {
 
     async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity> {
         let mut req = Request::new(proto::Empty {});
-        sign(
-            &mut req,
-            self.security.token.as_ref(),
-            Some(&self.master_id),
-        );
+        self.sign(&mut req);
         let r = self
             .client(to)?
             .identify(req)
@@ -587,5 +811,14 @@ impl MasterToWorker for WorkerClients {
             .map_err(from_status)?
             .into_inner();
         convert::identity(&r.worker_id, &r.instance).map_err(bad_reply)
+    }
+
+    fn fenced(&self, term: Term) -> Arc<dyn MasterToWorker> {
+        Arc::new(WorkerClients {
+            security: self.security.clone(),
+            master_id: self.master_id.clone(),
+            term,
+            channels: self.channels.clone(),
+        })
     }
 }

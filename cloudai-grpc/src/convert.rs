@@ -17,6 +17,7 @@ use cloudai_core::transport::RunningTask;
 use cloudai_core::Error;
 use tonic::{Code, Status};
 
+use crate::auth::LEADER_HEADER;
 use crate::proto;
 
 const KIND: &str = "x-cloudai-kind";
@@ -44,7 +45,10 @@ pub fn to_status(e: Error) -> Status {
         Error::AlreadyExists { .. } | Error::InUse(_) => Status::already_exists(msg),
         Error::Conflict(_) => Status::failed_precondition(msg),
         Error::InvalidInput(_) => Status::invalid_argument(msg),
-        Error::Unavailable(_) => Status::unavailable(msg),
+        // A deposed master's answer: the caller tries the leader.
+        Error::Unavailable(_) | Error::NotLeader { .. } | Error::Fenced { .. } => {
+            Status::unavailable(msg)
+        }
         Error::Timeout(_) => Status::deadline_exceeded(msg),
         Error::Unauthenticated(_) => Status::unauthenticated(msg),
         _ => Status::internal(msg),
@@ -56,6 +60,14 @@ pub fn to_status(e: Error) -> Status {
         if let (Ok(k), Ok(i)) = (kind.parse(), id.parse()) {
             status.metadata_mut().insert(KIND, k);
             status.metadata_mut().insert(ID, i);
+        }
+    }
+    if let Error::NotLeader {
+        leader: Some(address),
+    } = &e
+    {
+        if let Ok(v) = address.parse() {
+            status.metadata_mut().insert(LEADER_HEADER, v);
         }
     }
     if let Error::Expired { retention, .. } = &e {
@@ -117,6 +129,9 @@ pub fn from_status(s: Status) -> Error {
             field: "request",
             reason: strip(&msg, "invalid input: "),
         }),
+        Code::Unavailable if meta(LEADER_HEADER).is_some() => Error::NotLeader {
+            leader: meta(LEADER_HEADER),
+        },
         Code::Unavailable | Code::Unknown | Code::ResourceExhausted | Code::Aborted => {
             Error::Unavailable(if msg.is_empty() {
                 "peer unavailable".into()

@@ -1,10 +1,13 @@
-//! The master's gRPC service: a thin shell over [`Master`].
+//! The master's gRPC service: a thin shell over the [`Master`] acting
+//! now. A follower answers every call `UNAVAILABLE`, naming the leader's
+//! address in `x-cloudai-leader` when it knows it: it holds no liveness,
+//! queue, event log or worker endpoints, so it forwards nothing.
 
 use std::pin::Pin;
 use std::time::Duration;
 
-use cloudai_core::master::{Cursor, Master, SubmitOptions, MAX_PAGE};
-use cloudai_core::model::{ArrayIndices, ValidationError};
+use cloudai_core::master::{Cursor, Master, Serving, SubmitOptions, MAX_PAGE};
+use cloudai_core::model::{ArrayIndices, RequestId, ValidationError};
 use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::transport::Registration;
 use prost::Message;
@@ -19,13 +22,20 @@ use crate::proto::{self, master_server};
 /// Serves [`Master`] over gRPC.
 #[derive(Debug, Clone)]
 pub struct MasterService {
-    master: Master,
+    serving: Serving,
 }
 
 impl MasterService {
-    /// Wraps a master.
-    pub fn new(master: Master) -> Self {
-        MasterService { master }
+    /// Wraps a master, or a leadership's acting master.
+    pub fn new(serving: impl Into<Serving>) -> Self {
+        MasterService {
+            serving: serving.into(),
+        }
+    }
+
+    /// The master acting now; a follower's answer otherwise.
+    fn master(&self) -> Result<Master, Status> {
+        self.serving.master().map_err(to_status)
     }
 }
 
@@ -53,6 +63,7 @@ const PAGE_BYTES: usize = 8 << 20;
 #[tonic::async_trait]
 impl master_server::Master for MasterService {
     async fn register(&self, req: Request<proto::RegisterRequest>) -> Reply<proto::RegisterReply> {
+        let m = self.master()?;
         let r = req.into_inner();
         let registration = Registration {
             worker: convert::worker_id(&r.worker_id)?,
@@ -67,13 +78,13 @@ impl master_server::Master for MasterService {
                 .map(|x| convert::run(Some(x)))
                 .collect::<Result<_, _>>()?,
         };
-        let m = self.master.clone();
         let reply = detached(async move { m.register(registration).await }).await?;
         Ok(Response::new(proto::RegisterReply {
             stop: reply.stop.into_iter().map(Into::into).collect(),
             heartbeat_interval_ms: u64::try_from(reply.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             master_id: reply.master_id,
+            term: reply.term.get(),
             lost_after_ms: u64::try_from(reply.lost_after.as_millis()).unwrap_or(u64::MAX),
         }))
     }
@@ -82,15 +93,19 @@ impl master_server::Master for MasterService {
         Pin<Box<dyn Stream<Item = Result<proto::HeartbeatReply, Status>> + Send>>;
 
     /// Answers each beat in order. A beat only takes the state lock (its
-    /// store write is batched), so it is handled inline.
+    /// store write is batched), so it is handled inline. Each goes to the
+    /// master acting when it arrives: a stream outlives a term, and a
+    /// deposed master must not keep a worker in session.
     async fn heartbeats(
         &self,
         req: Request<Streaming<proto::HeartbeatRequest>>,
     ) -> Reply<Self::HeartbeatsStream> {
-        let master = self.master.clone();
+        self.master()?;
+        let serving = self.serving.clone();
         let replies = req.into_inner().then(move |beat| {
-            let m = master.clone();
+            let serving = serving.clone();
             async move {
+                let m = serving.master().map_err(to_status)?;
                 let r = beat?;
                 let worker = convert::identity(&r.worker_id, &r.instance)?;
                 let reply = m
@@ -106,43 +121,50 @@ impl master_server::Master for MasterService {
     }
 
     async fn report(&self, req: Request<proto::TaskResult>) -> Reply<proto::Empty> {
+        let m = self.master()?;
         let result = convert::result(req.into_inner())?;
-        let m = self.master.clone();
         detached(async move { m.report(result).await }).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn leave(&self, req: Request<proto::LeaveRequest>) -> Reply<proto::Empty> {
+        let m = self.master()?;
         let r = req.into_inner();
         let worker = convert::identity(&r.worker_id, &r.instance)?;
-        self.master.leave(&worker).map_err(to_status)?;
+        m.leave(&worker).map_err(to_status)?;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn drain(&self, req: Request<proto::DrainRequest>) -> Reply<proto::Empty> {
+        let m = self.master()?;
         let r = req.into_inner();
         let worker = convert::worker_id(&r.worker_id)?;
         let deadline = r.deadline_ms.map(Duration::from_millis);
-        let m = self.master.clone();
         detached(async move { m.drain(&worker, deadline).await }).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn undrain(&self, req: Request<proto::WorkerRef>) -> Reply<proto::Empty> {
+        let m = self.master()?;
         let worker = convert::worker_id(&req.into_inner().worker_id)?;
-        let m = self.master.clone();
         detached(async move { m.undrain(&worker).await }).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn submit(&self, req: Request<proto::SubmitRequest>) -> Reply<proto::SubmitReply> {
+        let m = self.master()?;
         let r = req.into_inner();
         let spec = convert::spec(r.spec)?;
+        let request = r
+            .request_id
+            .as_deref()
+            .map(RequestId::new)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(format!("request id: {e}")))?;
         let options = SubmitOptions {
             wait_for_capacity: r.wait_for_capacity,
-            ..SubmitOptions::default()
+            request,
         };
-        let m = self.master.clone();
         let Some(array) = r.array else {
             let id = detached(async move { m.submit_with(spec, options).await }).await?;
             return Ok(Response::new(proto::SubmitReply {
@@ -164,9 +186,10 @@ impl master_server::Master for MasterService {
     }
 
     async fn cancel(&self, req: Request<proto::CancelRequest>) -> Reply<proto::CancelOutcome> {
+        let m = self.master()?;
         let r = req.into_inner();
         let id = convert::task_id(&r.task_id)?;
-        let (m, t) = (self.master.clone(), id.clone());
+        let t = id.clone();
         let outcome = detached(async move {
             if r.wait {
                 m.cancel_and_wait(&t, r.force).await
@@ -182,9 +205,9 @@ impl master_server::Master for MasterService {
         &self,
         req: Request<proto::CancelManyRequest>,
     ) -> Reply<proto::CancelManyReply> {
+        let m = self.master()?;
         let r = req.into_inner();
         let f = filter(&r.statuses, r.worker.as_deref(), r.array.as_deref())?;
-        let m = self.master.clone();
         let done = detached(async move {
             if r.wait {
                 m.cancel_all_and_wait(&f, r.force).await
@@ -202,6 +225,7 @@ impl master_server::Master for MasterService {
         &self,
         req: Request<proto::ListTasksRequest>,
     ) -> Reply<proto::ListTasksReply> {
+        let m = self.master()?;
         let r = req.into_inner();
         let f = filter(&r.statuses, r.worker.as_deref(), r.array.as_deref())?;
         let after = r.after.as_deref().map(convert::page_key).transpose()?;
@@ -210,15 +234,15 @@ impl master_server::Master for MasterService {
         } else {
             r.limit as usize
         };
-        let (tasks, mut next) = self
-            .master
+        let master = m;
+        let (tasks, mut next) = master
             .page(&f, after.as_ref(), limit)
             .await
             .map_err(to_status)?;
         let mut out = Vec::with_capacity(tasks.len());
         let mut bytes = 0;
         let mut last: Option<PageKey> = None;
-        let waiting = self.master.waiting_each(&tasks);
+        let waiting = master.waiting_each(&tasks);
         for (mut t, waiting) in tasks.into_iter().zip(waiting) {
             let key = PageKey::after(&t);
             // A waiting task's reason is why it waits now.
@@ -242,37 +266,40 @@ impl master_server::Master for MasterService {
     }
 
     async fn count_tasks(&self, _req: Request<proto::Empty>) -> Reply<proto::TaskCounts> {
-        let counts = self.master.task_counts().await.map_err(to_status)?;
+        let m = self.master()?;
+        let counts = m.task_counts().await.map_err(to_status)?;
         Ok(Response::new(counts.into()))
     }
 
     async fn get_task(&self, req: Request<proto::TaskRef>) -> Reply<proto::TaskView> {
+        let m = self.master()?;
         let id = convert::task_id(&req.into_inner().task_id)?;
-        Ok(Response::new(
-            self.master.task(&id).await.map_err(to_status)?.into(),
-        ))
+        Ok(Response::new(m.task(&id).await.map_err(to_status)?.into()))
     }
 
     async fn list_workers(&self, _req: Request<proto::Empty>) -> Reply<proto::ListWorkersReply> {
-        let workers = self.master.workers().into_iter().map(Into::into).collect();
+        let m = self.master()?;
+        let workers = m.workers().into_iter().map(Into::into).collect();
         Ok(Response::new(proto::ListWorkersReply { workers }))
     }
 
     async fn pre_register(&self, req: Request<proto::PreRegisterRequest>) -> Reply<proto::Empty> {
+        let m = self.master()?;
         let r = req.into_inner();
-        let (m, id) = (self.master.clone(), convert::worker_id(&r.worker_id)?);
+        let id = convert::worker_id(&r.worker_id)?;
         detached(async move { m.pre_register(id, r.address).await }).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn reconcile(&self, _req: Request<proto::Empty>) -> Reply<proto::ReconcileReply> {
-        let m = self.master.clone();
+        let m = self.master()?;
         let r = detached(async move { m.reconcile().await }).await?;
         Ok(Response::new(r.into()))
     }
 
     async fn reconnect(&self, _req: Request<proto::Empty>) -> Reply<proto::Empty> {
-        self.master.reconnect_now();
+        let m = self.master()?;
+        m.reconnect_now();
         Ok(Response::new(proto::Empty {}))
     }
 
@@ -282,10 +309,11 @@ impl master_server::Master for MasterService {
         &self,
         req: Request<proto::TaskOutputRequest>,
     ) -> Reply<Self::FollowOutputStream> {
+        let m = self.master()?;
         let r = req.into_inner();
         let id = convert::task_id(&r.task_id)?;
         let (from, follow) = output::from_from_proto(r.from);
-        let master = self.master.clone();
+        let master = m;
         let rx = detached(async move { master.follow_output(&id, from, follow).await }).await?;
         Ok(Response::new(output::replies(rx)))
     }
@@ -296,6 +324,7 @@ impl master_server::Master for MasterService {
         &self,
         req: Request<proto::WatchEventsRequest>,
     ) -> Reply<Self::WatchEventsStream> {
+        let m = self.master()?;
         let cursor = req.into_inner().cursor;
         let from = if cursor.is_empty() {
             None
@@ -306,10 +335,10 @@ impl master_server::Master for MasterService {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             )
         };
-        let watch = self
-            .master
+        let master = m;
+        let watch = master
             .watch_events(from.as_ref())
             .map_err(|why| Status::failed_precondition(why.to_string()))?;
-        Ok(Response::new(events::serve(watch, self.master.now())))
+        Ok(Response::new(events::serve(watch, master.now())))
     }
 }

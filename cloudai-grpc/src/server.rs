@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use cloudai_core::master::Master;
+use cloudai_core::master::Serving;
 use cloudai_core::metrics::Rpcs;
 use cloudai_core::worker::Worker;
 use cloudai_core::Error;
@@ -66,27 +66,29 @@ pub async fn serve(
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
 }
 
-/// Serves `master` on `listener` until `shutdown` completes, with the
-/// standard gRPC health service beside it: serving while the master's
-/// store answers.
+/// Serves `master` (a [`cloudai_core::master::Master`], or a
+/// [`cloudai_core::master::Leadership`]'s acting master) on `listener`
+/// until `shutdown` completes, with the standard gRPC health service
+/// beside it: serving while this process leads and its store answers.
 pub async fn serve_master(
-    master: Master,
+    master: impl Into<Serving>,
     listener: TcpListener,
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let service = MasterServer::new(MasterService::new(master.clone()))
+    let serving: Serving = master.into();
+    let service = MasterServer::new(MasterService::new(serving.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let (reporter, health) = tonic_health::server::health_reporter();
-    let rpcs = master.metrics().rpcs();
-    let watches = master.clone();
+    let rpcs = serving.metrics().rpcs();
+    let watches = serving.clone();
     let probe = tokio::spawn(report_health(
         reporter,
         <MasterServer<MasterService> as NamedService>::NAME,
         move || {
-            let m = master.clone();
-            async move { m.ready().await.is_ok() }
+            let s = serving.clone();
+            async move { s.ready().await.is_ok() }
         },
     ));
     let routes = Routes::new(service).add_service(health);

@@ -1,5 +1,5 @@
 //! The worker's gRPC service: a thin shell over [`Worker`]. Orders are
-//! obeyed only from the master the worker registered with.
+//! obeyed from no master of a term below the highest the worker has seen.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use cloudai_core::transport::MasterInfo;
 use cloudai_core::worker::Worker;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{addressee, MASTER_HEADER};
+use crate::auth::{addressee, caller_term, MASTER_HEADER};
 use crate::convert::{self, detached, to_status};
 use crate::output::{self, OutputReplies};
 use crate::proto::{self, worker_server};
@@ -25,32 +25,28 @@ impl WorkerService {
     }
 
     /// Refuses calls meant for another worker (see
-    /// [`Worker::check_addressed`]) and calls from any master but the one
-    /// this worker registered with. Until the first registration reply
-    /// arrives the worker knows no master and accepts any caller holding
-    /// the token (the master may assign work while its reply is still in
-    /// flight).
+    /// [`Worker::check_addressed`]) and calls from a master of a term
+    /// below the highest this worker has seen ([`Worker::check_master`]):
+    /// a deposed master's late orders. Any caller holding the token may
+    /// otherwise order (the master may assign work while its registration
+    /// reply is still in flight); a higher term is remembered.
     fn check_master<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let (worker, instance) = addressee(req.metadata())?;
         self.worker
             .check_addressed(&worker, instance.as_ref())
             .map_err(to_status)?;
-        let Some(mine) = self.worker.master_id() else {
-            return Ok(());
-        };
-        let caller = req
-            .metadata()
-            .get(MASTER_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if caller == Some(mine.as_str()) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!(
-                "worker {} is registered with master {mine}, not {}",
-                self.worker.id(),
-                caller.unwrap_or("(unnamed)")
-            )))
-        }
+        let term = caller_term(req.metadata())?;
+        self.worker.check_master(term).map_err(|e| {
+            let caller = req
+                .metadata()
+                .get(MASTER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(unnamed)");
+            Status::permission_denied(format!(
+                "worker {} refuses master {caller}: {e}",
+                self.worker.id()
+            ))
+        })
     }
 }
 
@@ -75,6 +71,7 @@ impl worker_server::Worker for WorkerService {
         self.worker.master_register(&MasterInfo {
             id: r.master_id,
             address: r.address,
+            term: cloudai_core::model::Term::new(r.term),
         });
         Ok(Response::new(proto::Empty {}))
     }

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudai_core::clock::Clock;
-use cloudai_core::master::{CancelOutcome, Master, MasterConfig};
+use cloudai_core::master::{CancelOutcome, Leadership, Master, MasterConfig, SubmitOptions};
 use cloudai_core::memory::MemoryStore;
-use cloudai_core::model::{InstanceId, Resources, TaskId, TaskSpec, TaskStatus, WorkerId};
+use cloudai_core::model::{
+    InstanceId, RequestId, Resources, TaskId, TaskSpec, TaskStatus, Term, WorkerId,
+};
 use cloudai_core::process::ProcessRuntime;
 use cloudai_core::store::TaskFilter;
-use cloudai_core::transport::{MasterToWorker, RunningTask, WorkerEndpoint};
+use cloudai_core::transport::{MasterInfo, MasterToWorker, RunningTask, WorkerEndpoint};
 use cloudai_core::worker::{Worker, WorkerConfig, SHUTDOWN_MESSAGE};
 use cloudai_core::Error;
+use cloudai_grpc::proto::{self, master_client};
 use cloudai_grpc::{serve_master, serve_worker, MasterClient, Security, Token, WorkerClients};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -303,17 +306,12 @@ async fn bad_input_gets_invalid_argument_and_no_state_change() {
     let _ = c.stop.send(true);
 }
 
+/// Workers obey the highest term they have seen: a call of a lower one
+/// (a deposed master's) is refused, whoever sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_obeys_only_its_own_master() {
+async fn a_worker_refuses_a_lower_terms_assign_cancel_and_master_register() {
     let c = start_master().await;
     let w = start_worker(&c, "w1", 2.0).await;
-    until(
-        Duration::from_secs(5),
-        "worker knows its master",
-        || async { w.worker.master_id().is_some() },
-    )
-    .await;
-    let stranger = WorkerClients::new("some-other-master", secure());
     let to = WorkerEndpoint {
         id: WorkerId::new("w1").unwrap(),
         instance: None,
@@ -323,12 +321,258 @@ async fn a_worker_obeys_only_its_own_master() {
         task: TaskId::new("t-x").unwrap(),
         attempt: 1,
     };
-    let err = stranger
-        .assign(&to, &run, &sh("true"), &[])
+    // A term-3 caller is obeyed (a cancel of a run it does not have is
+    // harmless) and raises the worker's term.
+    let later = WorkerClients::new("master", secure()).fenced(Term::new(3));
+    later
+        .cancel(&to, &run, Duration::ZERO)
         .await
-        .unwrap_err();
+        .expect("a higher term is obeyed");
+    assert_eq!(w.worker.term(), Term::new(3));
+    let older = WorkerClients::new("master", secure()).fenced(Term::new(2));
+    let err = older.assign(&to, &run, &sh("true"), &[]).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+    let err = older.cancel(&to, &run, Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+    let info = MasterInfo {
+        id: "master".into(),
+        address: "127.0.0.1:9".into(),
+        term: Term::new(2),
+    };
+    let err = older.master_register(&to, &info).await.unwrap_err();
     assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
     assert!(w.worker.running().is_empty());
+    assert_eq!(w.worker.term(), Term::new(3));
+    let _ = c.stop.send(true);
+}
+
+/// Two masters under a lease on one store, each serving its own port.
+struct Pair {
+    leaderships: Vec<Leadership>,
+    addresses: Vec<String>,
+    stops: Vec<watch::Sender<bool>>,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let store = Arc::new(MemoryStore::new());
+        let mut pair = Pair {
+            leaderships: Vec::new(),
+            addresses: Vec::new(),
+            stops: Vec::new(),
+        };
+        for i in 0..2 {
+            let (l, address) = listener().await;
+            let config = MasterConfig {
+                id: format!("m{i}"),
+                advertise_address: address.clone(),
+                lease_ttl: Duration::from_secs(1),
+                ..MasterConfig::default()
+            };
+            let transport = Arc::new(WorkerClients::new(config.id.clone(), secure()));
+            let leadership = Leadership::start(
+                config,
+                store.clone(),
+                store.clone(),
+                store.clone(),
+                transport,
+                Clock::system(),
+                format!("run{i}"),
+            )
+            .unwrap();
+            let (stop, rx) = watch::channel(false);
+            tokio::spawn(serve_master(
+                leadership.clone(),
+                l,
+                secure(),
+                until_stopped(rx),
+            ));
+            pair.leaderships.push(leadership);
+            pair.addresses.push(address);
+            pair.stops.push(stop);
+        }
+        pair
+    }
+
+    /// The index of the master acting now, once one does.
+    async fn leader(&self) -> usize {
+        let found = std::cell::Cell::new(None);
+        until(Duration::from_secs(10), "a master leads", || {
+            let i = self.leaderships.iter().position(|l| l.acting().is_ok());
+            found.set(i);
+            std::future::ready(i.is_some())
+        })
+        .await;
+        found.get().unwrap()
+    }
+}
+
+/// A follower answers every master RPC but health `UNAVAILABLE`, naming
+/// the leader's address; a client given only the follower follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_redirects_each_rpc_to_the_leader() {
+    let pair = Pair::start().await;
+    let leader = pair.leader().await;
+    let follower = 1 - leader;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", pair.addresses[follower]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut raw = master_client::MasterClient::new(channel);
+    fn signed<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        r
+    }
+    let empty = || proto::Empty {};
+    let answers = vec![
+        (
+            "submit",
+            raw.submit(signed(proto::SubmitRequest::default()))
+                .await
+                .err(),
+        ),
+        ("count_tasks", raw.count_tasks(signed(empty())).await.err()),
+        (
+            "list_tasks",
+            raw.list_tasks(signed(proto::ListTasksRequest::default()))
+                .await
+                .err(),
+        ),
+        (
+            "get_task",
+            raw.get_task(signed(proto::TaskRef::default())).await.err(),
+        ),
+        (
+            "cancel",
+            raw.cancel(signed(proto::CancelRequest::default()))
+                .await
+                .err(),
+        ),
+        (
+            "list_workers",
+            raw.list_workers(signed(empty())).await.err(),
+        ),
+        (
+            "register",
+            raw.register(signed(proto::RegisterRequest::default()))
+                .await
+                .err(),
+        ),
+        (
+            "report",
+            raw.report(signed(proto::TaskResult::default())).await.err(),
+        ),
+        (
+            "drain",
+            raw.drain(signed(proto::DrainRequest::default()))
+                .await
+                .err(),
+        ),
+        ("reconcile", raw.reconcile(signed(empty())).await.err()),
+        (
+            "watch_events",
+            raw.watch_events(signed(proto::WatchEventsRequest::default()))
+                .await
+                .err(),
+        ),
+        (
+            "follow_output",
+            raw.follow_output(signed(proto::TaskOutputRequest::default()))
+                .await
+                .err(),
+        ),
+    ];
+    for (rpc, answer) in answers {
+        let status = answer.unwrap_or_else(|| panic!("{rpc}: a follower answered"));
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{rpc}: {status:?}");
+        let leader_at = status
+            .metadata()
+            .get("x-cloudai-leader")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(leader_at, Some(pair.addresses[leader].as_str()), "{rpc}");
+    }
+    let cl = MasterClient::new(&pair.addresses[follower], secure()).unwrap();
+    cl.task_counts().await.expect("the redirect is followed");
+    assert_eq!(cl.following(), pair.addresses[leader]);
+    for s in pair.stops {
+        let _ = s.send(true);
+    }
+}
+
+/// A worker registered with the leader moves to the next one when it
+/// crashes: the new leader's higher term pulls it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_terms_master_register_moves_the_worker() {
+    let pair = Pair::start().await;
+    let first = pair.leader().await;
+    let (l, address) = listener().await;
+    let capacity = Resources::new(2.0, 4.0, 10.0, 0).unwrap();
+    let config = WorkerConfig::new(WorkerId::new("w1").unwrap(), address, capacity);
+    let link = Arc::new(MasterClient::new(&pair.addresses.join(","), secure()).unwrap());
+    let worker = Worker::new(
+        config,
+        Arc::new(ProcessRuntime::new()),
+        link.clone(),
+        Clock::system(),
+    );
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(serve_worker(
+        worker.clone(),
+        l,
+        secure(),
+        until_stopped(rx.clone()),
+    ));
+    let w = worker.clone();
+    tokio::spawn(async move { w.run(rx).await });
+    until(
+        Duration::from_secs(10),
+        "registered with the leader",
+        || std::future::ready(worker.in_session()),
+    )
+    .await;
+    let term = worker.term();
+    pair.leaderships[first].abort();
+    let _ = pair.stops[first].send(true);
+    let second = 1 - first;
+    until(
+        Duration::from_secs(20),
+        "registered with the new leader",
+        || {
+            let registered = pair.leaderships[second].acting().is_ok_and(|m| {
+                m.workers()
+                    .iter()
+                    .any(|v| v.id.as_str() == "w1" && v.registered)
+            });
+            std::future::ready(registered && worker.in_session())
+        },
+    )
+    .await;
+    assert!(worker.term() > term, "{} after {term}", worker.term());
+    assert_eq!(link.following(), pair.addresses[second]);
+    let _ = stop.send(true);
+    let _ = pair.stops[second].send(true);
+}
+
+/// A submit retried under its request id returns the task the first one
+/// made; the same id with another spec is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_retried_with_its_request_id_returns_the_same_task() {
+    let c = start_master().await;
+    let cl = client(&c);
+    let options = SubmitOptions {
+        request: Some(RequestId::new("req-1").unwrap()),
+        ..SubmitOptions::default()
+    };
+    let first = cl.submit_with(sh("true"), options.clone()).await.unwrap();
+    let again = cl.submit_with(sh("true"), options.clone()).await.unwrap();
+    assert_eq!(first, again);
+    let err = cl.submit_with(sh("false"), options).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert_eq!(cl.tasks(&TaskFilter::default()).await.unwrap().len(), 1);
     let _ = c.stop.send(true);
 }
 

@@ -18,12 +18,12 @@ use tracing::{info, warn};
 use super::{Master, MasterConfig};
 use crate::clock::Clock;
 use crate::lease::{Candidate, LeaseKeeper, Role, Tenure};
-use crate::metrics::LeaseMetrics;
+use crate::metrics::{LeaseMetrics, MasterMetrics};
 use crate::model::{Term, Timestamp, ValidationError};
 use crate::store::{LeaseRecord, LeaseStore, TaskStore, WorkerRegistry};
 use crate::sync::lock;
 use crate::transport::MasterToWorker;
-use crate::Result;
+use crate::{Error, Result};
 
 /// How many pending tasks one adoption round takes.
 const ADOPT_BATCH: usize = 1_000;
@@ -37,6 +37,8 @@ struct Office {
     lease: Arc<dyn LeaseStore>,
     transport: Arc<dyn MasterToWorker>,
     clock: Clock,
+    /// Shared by every term's master.
+    metrics: MasterMetrics,
 }
 
 /// A master that acts only while it holds the lease. Cheap to clone.
@@ -51,6 +53,7 @@ struct Inner {
     current: watch::Sender<Option<Master>>,
     task: Mutex<Option<JoinHandle<()>>>,
     metrics: LeaseMetrics,
+    master_metrics: MasterMetrics,
 }
 
 impl Leadership {
@@ -79,11 +82,13 @@ impl Leadership {
         let keeper =
             LeaseKeeper::spawn(lease.clone(), me, config.lease_ttl, clock, metrics.clone());
         let role = keeper.role();
+        let master_metrics = MasterMetrics::new();
         let inner = Arc::new(Inner {
             keeper,
             current: watch::channel(None).0,
             task: Mutex::new(None),
             metrics,
+            master_metrics: master_metrics.clone(),
         });
         let office = Office {
             config,
@@ -92,6 +97,7 @@ impl Leadership {
             lease,
             transport,
             clock,
+            metrics: master_metrics,
         };
         let task = tokio::spawn(lead(inner.clone(), office, role));
         *lock(&inner.task) = Some(task);
@@ -122,9 +128,51 @@ impl Leadership {
         }
     }
 
+    /// The master to answer a call with: the one acting now.
+    /// [`Error::NotLeader`] on a follower, naming the leader's address
+    /// when it knows one; [`Error::Unavailable`] while this one is taking
+    /// over (raising the fences, loading, reconciling) or stepping down.
+    pub fn acting(&self) -> Result<Master> {
+        if let Some(m) = self.current().filter(Master::acting) {
+            return Ok(m);
+        }
+        match &*self.inner.keeper.role().borrow() {
+            Role::Leading { term, .. } => Err(Error::Unavailable(format!(
+                "taking over as the leader (term {term}); retry shortly"
+            ))),
+            Role::Following { leader } => Err(Error::NotLeader {
+                leader: leader
+                    .as_ref()
+                    .filter(|l| l.holder.is_some())
+                    .map(|l| l.address.clone()),
+            }),
+        }
+    }
+
+    /// On a follower, what its probes say: `follower; leader <id> at
+    /// <address>`. `None` while this master leads.
+    pub fn following(&self) -> Option<String> {
+        match &*self.inner.keeper.role().borrow() {
+            Role::Leading { .. } => None,
+            Role::Following { leader } => Some(match leader {
+                Some(LeaseRecord {
+                    holder: Some(holder),
+                    address,
+                    ..
+                }) => format!("follower; leader {holder} at {address}"),
+                _ => "follower; no master leads right now".to_string(),
+            }),
+        }
+    }
+
     /// The lease metrics, kept across terms.
     pub fn metrics(&self) -> &LeaseMetrics {
         &self.inner.metrics
+    }
+
+    /// The masters' metrics, shared by every term's master.
+    pub fn master_metrics(&self) -> &MasterMetrics {
+        &self.inner.master_metrics
     }
 
     /// Stops at once without releasing the lease, as a crashed process
@@ -215,12 +263,13 @@ async fn take_office(
     let raised = office.lease.raise_fence(term).await?;
     let raise = began.elapsed();
     let tenure = Tenure::new(term, since, role, office.clock);
-    let master = Master::start_term(
+    let master = Master::start_metered(
         office.config.clone(),
         office.store.fenced(term),
         office.registry.fenced(term),
         office.transport.clone(),
         tenure,
+        office.metrics.clone(),
     )
     .await?;
     info!(%term, raised, raise = ?raise, load = ?(began.elapsed() - raise), "leading");

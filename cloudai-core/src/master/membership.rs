@@ -152,6 +152,7 @@ impl Master {
             stop: stop.into_iter().collect(),
             heartbeat_interval: self.inner.config.heartbeat_interval,
             master_id: self.inner.config.id.clone(),
+            term: self.term(),
             lost_after: self.inner.config.liveness.lost_after,
         })
     }
@@ -345,6 +346,7 @@ impl Master {
         let master = MasterInfo {
             id: self.inner.config.id.clone(),
             address: self.inner.config.advertise_address.clone(),
+            term: self.term(),
         };
         let call = self.inner.transport.master_register(&to, &master);
         match tokio::time::timeout(self.inner.config.reconnect_timeout, call).await {

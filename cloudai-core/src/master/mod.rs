@@ -36,6 +36,7 @@ mod output;
 mod owed_stops;
 mod probes;
 mod retention;
+mod serving;
 mod state;
 mod stops;
 mod tenured;
@@ -70,6 +71,7 @@ pub use dispatch::SubmitOptions;
 pub use leadership::Leadership;
 pub use output::{TaskFollow, TaskOutput};
 pub use probes::READY_WITHIN;
+pub use serving::Serving;
 pub use stops::CancelOutcome;
 pub use views::{short_reason, GpuView, TaskView, WorkerView, MAX_PAGE};
 
@@ -138,13 +140,26 @@ impl Master {
         transport: Arc<dyn MasterToWorker>,
         tenure: Tenure,
     ) -> Result<Master> {
+        let metrics = MasterMetrics::new();
+        Self::start_metered(config, store, registry, transport, tenure, metrics).await
+    }
+
+    /// [`Master::start_term`] into `metrics`: a process's terms share
+    /// one set, so its counters do not start over at each takeover.
+    pub(crate) async fn start_metered(
+        config: MasterConfig,
+        store: Arc<dyn TaskStore>,
+        registry: Arc<dyn WorkerRegistry>,
+        transport: Arc<dyn MasterToWorker>,
+        tenure: Tenure,
+        metrics: MasterMetrics,
+    ) -> Result<Master> {
         config.check().map_err(|e| ValidationError::Invalid {
             field: "master config",
             reason: e.to_string(),
         })?;
         let clock = tenure.clock();
         // Every store and registry call is timed, whatever the backend.
-        let metrics = MasterMetrics::new();
         let alarm = FenceAlarm::new(metrics.fenced().clone());
         let store: Arc<dyn TaskStore> = Arc::new(MeteredStore::new(
             store,
@@ -158,9 +173,10 @@ impl Master {
             alarm.clone(),
             tenure.clone(),
         ));
+        // Every call to a worker carries the term, sent only while it acts.
         let transport = Arc::new(tenured::Tenured {
             tenure: tenure.clone(),
-            inner: transport,
+            inner: transport.fenced(tenure.term()),
         });
         let mut rng = SplitMix64::new(config.seed ^ clock.now().as_millis());
         // Its own epoch per run: a watcher's cursor from an earlier run (or

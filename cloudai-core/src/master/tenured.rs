@@ -71,4 +71,11 @@ impl<T: MasterToWorker + ?Sized> MasterToWorker for Tenured<T> {
         self.acting()?;
         self.inner.identify(to).await
     }
+
+    fn fenced(&self, term: crate::model::Term) -> std::sync::Arc<dyn MasterToWorker> {
+        std::sync::Arc::new(Tenured {
+            tenure: self.tenure.clone(),
+            inner: self.inner.fenced(term),
+        })
+    }
 }

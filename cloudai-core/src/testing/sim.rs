@@ -35,7 +35,7 @@ use crate::master::{Master, MasterConfig, MasterEvent};
 use crate::memory::MemoryStore;
 use crate::model::{
     Gpu, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Timestamp, Usage, ValidationError, WorkerId, WorkerIdentity, ATTEMPT_ENV, MAX_ATTEMPTS,
+    Term, Timestamp, Usage, ValidationError, WorkerId, WorkerIdentity, ATTEMPT_ENV, MAX_ATTEMPTS,
 };
 use crate::output::{OutputFrom, OutputLog, OutputStream};
 use crate::rng::SplitMix64;
@@ -88,8 +88,14 @@ impl Faults {
     };
 }
 
-/// The in-process network.
+/// The in-process network. A handle's calls to workers carry its term
+/// ([`MasterToWorker::fenced`] gives another handle on the same network).
 pub struct SimNet {
+    shared: Arc<Shared>,
+    term: Term,
+}
+
+struct Shared {
     master: Mutex<Option<Master>>,
     /// Reachable worker agents by address.
     workers: Mutex<BTreeMap<String, Worker>>,
@@ -108,27 +114,30 @@ impl SimNet {
     /// A network with the given faults, seeded.
     pub fn new(seed: u64, faults: Faults) -> Arc<SimNet> {
         Arc::new(SimNet {
-            master: Mutex::new(None),
-            workers: Mutex::new(BTreeMap::new()),
-            partitioned: Mutex::new(BTreeSet::new()),
-            faults: Mutex::new(faults),
-            rng: Mutex::new(SplitMix64::new(seed)),
+            shared: Arc::new(Shared {
+                master: Mutex::new(None),
+                workers: Mutex::new(BTreeMap::new()),
+                partitioned: Mutex::new(BTreeSet::new()),
+                faults: Mutex::new(faults),
+                rng: Mutex::new(SplitMix64::new(seed)),
+            }),
+            term: Term::ZERO,
         })
     }
 
     /// Changes the faults from now on.
     pub fn set_faults(&self, faults: Faults) {
-        *lock(&self.faults) = faults;
+        *lock(&self.shared.faults) = faults;
     }
 
     /// Connects the master.
     pub fn set_master(&self, master: Master) {
-        *lock(&self.master) = Some(master);
+        *lock(&self.shared.master) = Some(master);
     }
 
     /// Disconnects `master`, if it is the one connected.
     pub fn clear_master(&self, master: &Master) {
-        let mut slot = lock(&self.master);
+        let mut slot = lock(&self.shared.master);
         if slot.as_ref().is_some_and(|m| m.is(master)) {
             *slot = None;
         }
@@ -136,27 +145,27 @@ impl SimNet {
 
     /// The master connected now.
     pub fn current_master(&self) -> Option<Master> {
-        lock(&self.master).clone()
+        lock(&self.shared.master).clone()
     }
 
     /// Connects a worker agent (it becomes reachable at its address).
     pub fn attach(&self, worker: Worker) {
-        lock(&self.workers).insert(worker.address().to_string(), worker);
+        lock(&self.shared.workers).insert(worker.address().to_string(), worker);
     }
 
     /// Disconnects a worker agent (a crashed or stopped process).
     pub fn detach(&self, worker: &Worker) {
-        lock(&self.workers).remove(worker.address());
+        lock(&self.shared.workers).remove(worker.address());
     }
 
     /// Cuts a worker off from the master, both ways.
     pub fn partition(&self, id: &WorkerId) {
-        lock(&self.partitioned).insert(id.clone());
+        lock(&self.shared.partitioned).insert(id.clone());
     }
 
     /// Restores a worker's link.
     pub fn heal(&self, id: &WorkerId) {
-        lock(&self.partitioned).remove(id);
+        lock(&self.shared.partitioned).remove(id);
     }
 
     /// The worker side of the link for `worker`.
@@ -170,14 +179,14 @@ impl SimNet {
     /// The agent listening at `to.address`; each call then checks that it
     /// is the worker the caller names, as a real worker does.
     fn worker(&self, to: &WorkerEndpoint) -> Result<Worker> {
-        lock(&self.workers)
+        lock(&self.shared.workers)
             .get(&to.address)
             .cloned()
             .ok_or_else(|| Error::Unavailable(format!("{}: connection refused", to.address)))
     }
 
     fn master(&self) -> Result<Master> {
-        lock(&self.master)
+        lock(&self.shared.master)
             .clone()
             .ok_or_else(|| Error::Unavailable("master: connection refused".into()))
     }
@@ -189,8 +198,8 @@ impl SimNet {
         Fut: Future<Output = Result<T>>,
     {
         let (delay, lose_request, lose_response, twice) = {
-            let f = *lock(&self.faults);
-            let mut rng = lock(&self.rng);
+            let f = *lock(&self.shared.faults);
+            let mut rng = lock(&self.shared.rng);
             let delay = f.max_delay.mul_f64(rng.next_f64());
             (
                 delay,
@@ -200,7 +209,7 @@ impl SimNet {
             )
         };
         tokio::time::sleep(delay).await;
-        if lock(&self.partitioned).contains(worker) {
+        if lock(&self.shared.partitioned).contains(worker) {
             return Err(Error::Unavailable(format!("{worker}: network partitioned")));
         }
         if lose_request {
@@ -223,6 +232,7 @@ impl MasterToWorker for SimNet {
         let w = self.worker(to)?;
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
+            w.check_master(self.term)?;
             w.master_register(master);
             Ok(())
         })
@@ -239,6 +249,7 @@ impl MasterToWorker for SimNet {
         let w = self.worker(to)?;
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
+            w.check_master(self.term)?;
             w.assign(run.clone(), spec.clone(), gpus.to_vec()).await
         })
         .await
@@ -248,6 +259,7 @@ impl MasterToWorker for SimNet {
         let w = self.worker(to)?;
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
+            w.check_master(self.term)?;
             w.cancel(run, grace).await
         })
         .await
@@ -263,6 +275,7 @@ impl MasterToWorker for SimNet {
         let w = self.worker(to)?;
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
+            w.check_master(self.term)?;
             w.follow_output(run, from, keep_following)
         })
         .await
@@ -271,6 +284,13 @@ impl MasterToWorker for SimNet {
     async fn identify(&self, to: &WorkerEndpoint) -> Result<WorkerIdentity> {
         let w = self.worker(to)?;
         self.carry(&to.id, || async { Ok(w.identity()) }).await
+    }
+
+    fn fenced(&self, term: Term) -> Arc<dyn MasterToWorker> {
+        Arc::new(SimNet {
+            shared: self.shared.clone(),
+            term,
+        })
     }
 }
 
@@ -314,6 +334,8 @@ impl WorkerToMaster for SimLink {
             .carry(&self.worker, || async { m.leave(worker) })
             .await
     }
+
+    fn follow(&self, _address: &str) {}
 }
 
 // ---- fake runtime -------------------------------------------------------

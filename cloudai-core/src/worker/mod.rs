@@ -35,7 +35,7 @@ use tokio::sync::{watch, Notify};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::metrics::{MeteredRuntime, WorkerMetrics};
-use crate::model::{Gpu, InstanceId, Resources, RunningTask, WorkerId, WorkerIdentity};
+use crate::model::{Gpu, InstanceId, Resources, RunningTask, Term, WorkerId, WorkerIdentity};
 use crate::rng::SplitMix64;
 use crate::runtime::ContainerRuntime;
 use crate::sync::lock;
@@ -173,6 +173,8 @@ impl Worker {
                 outbox: Mutex::default(),
                 session: Mutex::new(session::Session {
                     master_id: None,
+                    registered: Term::ZERO,
+                    term: Term::ZERO,
                     in_session: false,
                     rng,
                     fence_after: None,

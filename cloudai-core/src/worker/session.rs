@@ -1,6 +1,7 @@
 //! The worker's session with its master: registration (listing the runs it
-//! still has), heartbeats with telemetry, and registering again when the
-//! master asks.
+//! still has), heartbeats with telemetry, registering again when the
+//! master asks, and which master to obey: none of a term below the
+//! highest this worker has seen.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tracing::{debug, error, info, warn};
 use super::runs::StopKind;
 use super::{telemetry, Worker};
 use crate::fence;
-use crate::model::ValidationError;
+use crate::model::{Term, ValidationError};
 use crate::sync::lock;
 use crate::transport::{MasterInfo, Registration};
 use crate::{Error, Result};
@@ -29,8 +30,12 @@ impl Drop for AbortOnDrop {
 /// What the worker knows of its master, and its retry jitter.
 #[derive(Debug)]
 pub(super) struct Session {
-    /// The master this worker registered with; it obeys no other.
+    /// The id of the master this worker registered with (for the logs).
     pub(super) master_id: Option<String>,
+    /// The term of the master this worker registered with.
+    pub(super) registered: Term,
+    /// The highest term seen: calls of a lower one are refused.
+    pub(super) term: Term,
     /// Registered, and the last heartbeat was answered.
     pub(super) in_session: bool,
     pub(super) rng: crate::rng::SplitMix64,
@@ -55,10 +60,36 @@ impl Worker {
         lock(&self.inner.session).in_session = yes;
     }
 
+    /// The highest master term this worker has seen.
+    pub fn term(&self) -> Term {
+        lock(&self.inner.session).term
+    }
+
+    /// Whether to obey a call from a master of `term`: refused
+    /// ([`Error::Fenced`]) below the highest term seen, which a higher
+    /// one raises. A deposed master's late calls stop here.
+    pub fn check_master(&self, term: Term) -> Result<()> {
+        let mut session = lock(&self.inner.session);
+        if term < session.term {
+            return Err(Error::Fenced {
+                writer: term,
+                fence: session.term,
+            });
+        }
+        session.term = term;
+        Ok(())
+    }
+
     /// The master asks this worker to register with it (it reconnects to an
-    /// inactive worker, or was told of a new one).
+    /// inactive worker, or was told of a new one). One of a higher term
+    /// than the master this worker registered with has taken over: every
+    /// later call goes to it. (The caller checked the term first.)
     pub fn master_register(&self, master: &MasterInfo) {
-        info!(master = %master.id, address = %master.address, "master asked us to register");
+        info!(master = %master.id, address = %master.address, term = %master.term, "master asked us to register");
+        let moves = master.term > lock(&self.inner.session).registered;
+        if moves && !master.address.is_empty() {
+            self.inner.master.follow(&master.address);
+        }
         self.inner.register_now.notify_one();
     }
 
@@ -152,6 +183,9 @@ impl Worker {
             let sent = Instant::now();
             let call = self.inner.master.register(&registration);
             match tokio::time::timeout(cfg.rpc_timeout, call).await {
+                Ok(Ok(reply)) if self.check_master(reply.term).is_err() => {
+                    warn!(master = %reply.master_id, term = %reply.term, seen = %self.term(), "a master of an older term answered the registration; trying again");
+                }
                 Ok(Ok(reply)) => {
                     info!(worker = %cfg.id, running = registration.running.len(), stop = reply.stop.len(), "registered with master");
                     let interval = if reply.heartbeat_interval.is_zero() {
@@ -190,6 +224,7 @@ impl Worker {
                     {
                         let mut session = lock(&self.inner.session);
                         session.master_id = Some(reply.master_id.clone());
+                        session.registered = reply.term;
                         session.in_session = true;
                         session.fence_after = fence_after;
                     }

@@ -17,7 +17,8 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, KeepAliveStream, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine;
 use cloudai_core::events::Resync;
-use cloudai_core::master::{short_reason, CancelOutcome, Cursor, Master, MAX_PAGE};
+use cloudai_core::master::{short_reason, CancelOutcome, Cursor, Master, Serving, MAX_PAGE};
 use cloudai_core::model::{
     parse_duration, ArrayId, TaskId, TaskRecord, TaskStatus, ValidationError, WorkerId,
 };
@@ -48,7 +49,7 @@ const STYLE: &str = include_str!("assets/style.css");
 /// Tasks on one page of the list unless asked otherwise.
 const PAGE: usize = 50;
 
-pub(super) fn routes(master: Master) -> Router {
+pub(super) fn routes(master: Serving) -> Router {
     Router::new()
         .route(
             "/",
@@ -91,6 +92,24 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The master acting now, for a handler; a follower answers 503 with
+/// who leads, as its probe does, and shows that instead of the cluster.
+struct Acting(Master);
+
+impl FromRequestParts<Serving> for Acting {
+    type Rejection = Failed;
+
+    async fn from_request_parts(_: &mut Parts, serving: &Serving) -> Result<Self, Failed> {
+        serving.master().map(Acting).map_err(|e| {
+            let following = match serving {
+                Serving::Elected(l) => l.following(),
+                Serving::One(_) => None,
+            };
+            Failed(following.map_or(e, Error::Unavailable))
+        })
+    }
+}
+
 /// A failed call: its status code and `{"error": message}`.
 struct Failed(Error);
 
@@ -114,7 +133,7 @@ impl IntoResponse for Failed {
             Error::Conflict(_) | Error::AlreadyExists { .. } | Error::InUse(_) => {
                 StatusCode::CONFLICT
             }
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,7 +148,7 @@ async fn session(info: Option<Extension<SessionInfo>>) -> Json<Value> {
     Json(json!({ "csrf": info.map(|Extension(s)| s.csrf) }))
 }
 
-async fn overview(State(master): State<Master>) -> Answer {
+async fn overview(Acting(master): Acting) -> Answer {
     let counts = master.task_counts().await?;
     let workers: Vec<Value> = master
         .workers()
@@ -185,7 +204,7 @@ fn nonempty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.trim().is_empty())
 }
 
-async fn tasks(State(master): State<Master>, Query(q): Query<TaskQuery>) -> Answer {
+async fn tasks(Acting(master): Acting, Query(q): Query<TaskQuery>) -> Answer {
     let statuses = match nonempty(q.status) {
         None => Vec::new(),
         Some(s) => vec![s.parse::<TaskStatus>()?],
@@ -211,14 +230,14 @@ async fn tasks(State(master): State<Master>, Query(q): Query<TaskQuery>) -> Answ
     ))
 }
 
-async fn task(State(master): State<Master>, Path(id): Path<String>) -> Answer {
+async fn task(Acting(master): Acting, Path(id): Path<String>) -> Answer {
     let view = master.task(&TaskId::new(id)?).await?;
     let mut v = task_json(&view.task, view.waiting);
     v["result"] = serde_json::to_value(&view.result).unwrap_or(Value::Null);
     Ok(Json(v))
 }
 
-async fn cancel(State(master): State<Master>, Path(id): Path<String>) -> Answer {
+async fn cancel(Acting(master): Acting, Path(id): Path<String>) -> Answer {
     let outcome = master.cancel(&TaskId::new(id)?, false).await?;
     let said = match outcome {
         CancelOutcome::Dequeued => json!({ "outcome": "dequeued" }),
@@ -239,7 +258,7 @@ struct DrainQuery {
 }
 
 async fn drain(
-    State(master): State<Master>,
+    Acting(master): Acting,
     Path(id): Path<String>,
     Query(q): Query<DrainQuery>,
 ) -> Answer {
@@ -256,7 +275,7 @@ async fn drain(
     Ok(Json(json!({ "drained": true })))
 }
 
-async fn undrain(State(master): State<Master>, Path(id): Path<String>) -> Answer {
+async fn undrain(Acting(master): Acting, Path(id): Path<String>) -> Answer {
     master.undrain(&WorkerId::new(id)?).await?;
     Ok(Json(json!({ "drained": false })))
 }
@@ -273,7 +292,7 @@ fn sse(events: impl Stream<Item = Relayed<SseEvent>> + Send + 'static) -> Events
 /// The event stream, each event with its cursor as the SSE id (so a
 /// reconnecting `EventSource` resumes after it); a cursor that cannot be
 /// resumed gets one `resync` event and the end.
-async fn events(State(master): State<Master>, headers: HeaderMap) -> Result<Events, Failed> {
+async fn events(Acting(master): Acting, headers: HeaderMap) -> Result<Events, Failed> {
     let from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -314,7 +333,7 @@ struct OutputQuery {
 /// event of `{attempt, offset, stream, data}` (data in base64, so bytes
 /// split across chunks stay exact), then an `end` event.
 async fn output(
-    State(master): State<Master>,
+    Acting(master): Acting,
     Path(id): Path<String>,
     Query(q): Query<OutputQuery>,
 ) -> Result<Events, Failed> {

@@ -15,7 +15,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cloudai_core::master::Master;
+use cloudai_core::master::Serving;
 use cloudai_core::metrics::CONTENT_TYPE;
 use cloudai_core::worker::Worker;
 use cloudai_core::Error;
@@ -42,10 +42,13 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The routes a probe or scraper may be let through without the token.
 pub const PROBES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
-/// `/metrics`, `/healthz` and `/readyz` of a master (ready while its store
-/// answers within [`cloudai_core::master::READY_WITHIN`]), and its
-/// dashboard at `/`.
-pub fn master_routes(master: Master) -> Router {
+/// `/metrics`, `/healthz` and `/readyz` of a master (ready while it leads
+/// and its store answers within [`cloudai_core::master::READY_WITHIN`]),
+/// and its dashboard at `/`. `master` is a
+/// [`cloudai_core::master::Master`], or a
+/// [`cloudai_core::master::Leadership`] whose acting master answers.
+pub fn master_routes(master: impl Into<Serving>) -> Router {
+    let master: Serving = master.into();
     let (m, r) = (master.clone(), master.clone());
     dashboard::routes(master)
         .route("/healthz", get(|| async { "ok\n" }))
