@@ -350,6 +350,14 @@ impl Keeping {
                 }
             }
             _ => {
+                if record.holder.as_deref() == Some(self.me.id.as_str())
+                    && record.run != self.me.run
+                    && seen.is_none_or(|s| s.term != record.term)
+                {
+                    // Allowed (terms decide), but logs and events cannot
+                    // tell the two apart.
+                    warn!(id = %self.me.id, address = %record.address, "another master holds the lease under this master's id; give each master its own --id");
+                }
                 *seen = Some(Seen {
                     term: record.term,
                     version: record.version,

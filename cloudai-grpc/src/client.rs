@@ -185,6 +185,11 @@ impl MasterClient {
         self
     }
 
+    /// The addresses it was given.
+    pub fn listed(&self) -> &[String] {
+        &self.route.listed
+    }
+
     /// The address calls go to now.
     pub fn following(&self) -> String {
         lock(&self.route.state).now.clone()

@@ -7,10 +7,10 @@ use std::time::Duration;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 use cloudai_core::liveness::Health;
-use cloudai_core::master::SubmitOptions;
+use cloudai_core::master::{Cursor, SubmitOptions};
 use cloudai_core::model::{
-    parse_size, ArrayId, ArrayIndices, AttemptPolicy, ContainerOptions, Mount, Resources, TaskId,
-    TaskRecord, TaskSpec, TaskStatus, Tmpfs, UsageSummary, User, WorkerId,
+    parse_size, ArrayId, ArrayIndices, AttemptPolicy, ContainerOptions, Mount, RequestId,
+    Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, Tmpfs, UsageSummary, User, WorkerId,
 };
 use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
@@ -231,6 +231,11 @@ pub(crate) struct TaskArgs {
     /// for a bigger worker to join); otherwise such a request is refused.
     #[arg(long)]
     wait_for_capacity: bool,
+    /// Names this submit so that a retry returns the task the first one
+    /// made (default: an id made for this invocation, sent on each of its
+    /// retries). The same id with another spec is refused.
+    #[arg(long, value_parser = parse_with::<RequestId>)]
+    request_id: Option<RequestId>,
     /// Further attempts after the task fails on its own (a non-zero exit,
     /// a signal, an OOM kill); each attempt sees CLOUDAI_ATTEMPT.
     #[arg(long, default_value_t = 0)]
@@ -302,11 +307,18 @@ fn env_pair(s: &str) -> Result<(String, String), String> {
 }
 
 impl TaskArgs {
-    fn options(&self) -> SubmitOptions {
-        SubmitOptions {
+    /// The submit's options, under the request id given or one made for
+    /// this invocation: every retry of it (across masters, after a
+    /// takeover) returns the task the first made.
+    fn options(&self) -> Result<SubmitOptions, Error> {
+        let request = match &self.request_id {
+            Some(id) => id.clone(),
+            None => RequestId::new(common::random_token().map_err(Error::Unavailable)?)?,
+        };
+        Ok(SubmitOptions {
             wait_for_capacity: self.wait_for_capacity,
-            ..SubmitOptions::default()
-        }
+            request: Some(request),
+        })
     }
 
     fn spec(&self) -> Result<TaskSpec, Error> {
@@ -380,12 +392,12 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
         Command::Task(args) => match &args.array {
             Some(indices) => {
                 let (array, count) = client
-                    .submit_array(args.spec()?, indices, args.options())
+                    .submit_array(args.spec()?, indices, args.options()?)
                     .await?;
                 output::array_submitted(json, &array, count);
             }
             None => {
-                let id = client.submit_with(args.spec()?, args.options()).await?;
+                let id = client.submit_with(args.spec()?, args.options()?).await?;
                 output::submitted(json, &id);
             }
         },
@@ -395,7 +407,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             ));
         }
         Command::Run(args) => {
-            let id = client.submit_with(args.spec()?, args.options()).await?;
+            let id = client.submit_with(args.spec()?, args.options()?).await?;
             if !json {
                 output::progress(&format!("task {id} submitted; following its output"));
             }
@@ -542,16 +554,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                 }
             }
         }
-        Command::Events { cursor } => {
-            let cursor = cursor.map(|c| c.parse()).transpose()?;
-            let mut events = client.watch_events(cursor.as_ref()).await?;
-            while let Some(e) = events.recv().await {
-                output::event(json, &e?);
-            }
-            return Err(Error::Unavailable(
-                "the master closed the event stream".into(),
-            ));
-        }
+        Command::Events { cursor } => return events(client, cursor, json).await,
         Command::Drain { id, deadline } => {
             let id = WorkerId::new(id)?;
             client.drain(&id, deadline).await?;
@@ -582,6 +585,42 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `events`: every event from `cursor` (or from now). Given several
+/// masters, a stream that ends (a takeover) resumes on the next leader;
+/// its event log is another, so the watch starts over from now there,
+/// after a `resync` line, as after a master restart.
+async fn events(
+    client: &MasterClient,
+    cursor: Option<String>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let mut cursor: Option<Cursor> = cursor.map(|c| c.parse()).transpose()?;
+    let mut resumed = false;
+    loop {
+        let mut events = match client.watch_events(cursor.as_ref()).await {
+            Err(Error::Conflict(why)) if resumed => {
+                output::resync(json, &why);
+                client.watch_events(None).await?
+            }
+            answer => answer?,
+        };
+        let ended = loop {
+            match events.recv().await {
+                Some(Ok(e)) => {
+                    cursor = Some(e.cursor.clone());
+                    output::event(json, &e);
+                }
+                Some(Err(e)) => break e,
+                None => break Error::Unavailable("the master closed the event stream".into()),
+            }
+        };
+        if client.listed().len() < 2 {
+            return Err(ended);
+        }
+        resumed = true;
+    }
 }
 
 /// How long `tasks --watch` lets a burst of changes settle before listing.

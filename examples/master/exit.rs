@@ -44,7 +44,9 @@ pub(crate) fn of_error(e: &Error) -> (u8, &'static str) {
             (CONFLICT, "conflict")
         }
         Error::InvalidInput(_) => (INVALID, "invalid_input"),
-        Error::Unavailable(_) | Error::Timeout(_) => (UNAVAILABLE, "unavailable"),
+        Error::Unavailable(_) | Error::Timeout(_) | Error::NotLeader { .. } => {
+            (UNAVAILABLE, "unavailable")
+        }
         Error::Unauthenticated(_) => (UNAUTHENTICATED, "unauthenticated"),
         _ => (INTERNAL, "internal"),
     }

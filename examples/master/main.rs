@@ -17,12 +17,12 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use cloudai_core::clock::Clock;
 use cloudai_core::liveness::LivenessConfig;
-use cloudai_core::master::{ConfigError, Master, MasterConfig};
+use cloudai_core::master::{ConfigError, Leadership, Master, MasterConfig, Serving};
 use cloudai_core::memory::MemoryStore;
 use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::placement::Policy;
 use cloudai_core::process::ProcessRuntime;
-use cloudai_core::store::{TaskStore, WorkerRegistry};
+use cloudai_core::store::{LeaseRecord, LeaseStore, TaskStore, WorkerRegistry};
 use cloudai_core::worker::WorkerConfig;
 use cloudai_examples as common;
 use cloudai_grpc::{MasterClient, Security, WorkerClients};
@@ -35,9 +35,15 @@ use tracing::info;
 struct Cli {
     #[command(flatten)]
     server: ServerArgs,
-    /// Talk to the running master at this address instead of starting one.
+    /// Talk to the running master at this address instead of starting one;
+    /// with several (`a:50051,b:50051`), to whichever leads.
     #[arg(long, env = "CLOUDAI_MASTER", global = true)]
     master: Option<String>,
+    /// How long a command retries while no master leads or answers (a
+    /// takeover), when given several masters or a follower (seconds, or
+    /// `30s`); then it fails with code 69, naming each one's answer.
+    #[arg(long, env = "CLOUDAI_LEADER_WAIT", global = true, default_value = "30", value_parser = common::seconds)]
+    leader_wait: Duration,
     /// Print command results as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -72,9 +78,23 @@ struct ServerArgs {
     /// Address workers use to reach the master (default: the listen address).
     #[arg(long, env = "CLOUDAI_ADVERTISE")]
     advertise: Option<String>,
-    /// The master's id; workers obey only the master they registered with.
+    /// The master's id, in logs, events and the lease. Workers obey the
+    /// highest master term they have seen, not an id; give each `--ha`
+    /// master its own.
     #[arg(long, env = "CLOUDAI_MASTER_ID", default_value = "master")]
     id: String,
+    /// Run as one of several masters on one MongoDB store: the one that
+    /// holds the store's lease leads; the others follow, send clients and
+    /// workers to it, and take over when it stops renewing. A lone `--ha`
+    /// master works too (and is the way back to one master on a database
+    /// that ran with `--ha`).
+    #[arg(long, env = "CLOUDAI_HA")]
+    ha: bool,
+    /// With `--ha`: how long a leader's lease renewal stands (seconds, or
+    /// `15s`). A takeover takes about this to 1.5 times it; a store or
+    /// master that stalls for 2/3 of it causes a needless one.
+    #[arg(long, env = "CLOUDAI_LEASE_TTL", default_value = "15", value_parser = common::seconds)]
+    lease_ttl: Duration,
     /// Task and worker store: `memory`, or a `mongodb://…` URI.
     #[arg(long, env = "CLOUDAI_STORE", default_value = "memory")]
     store: String,
@@ -146,9 +166,15 @@ impl ServerArgs {
             event_buffer: self.event_buffer,
             default_time_limit: self.default_time_limit,
             max_time_limit: self.max_time_limit,
+            lease_ttl: self.lease_ttl,
             ..MasterConfig::default()
         };
-        config.check().map_err(|e| match e {
+        let checked = if self.ha {
+            config.check_lease()
+        } else {
+            config.check()
+        };
+        checked.map_err(|e| match e {
             ConfigError::BadId => format!("--id {:?}: {e}", self.id),
             ConfigError::IntervalNotBelowTimeout { interval, timeout } => format!(
                 "--heartbeat-interval ({interval:?}) must be shorter than --heartbeat-timeout ({timeout:?}): every worker would turn inactive between two beats"
@@ -163,7 +189,16 @@ impl ServerArgs {
             ConfigError::DefaultAboveMaxTimeLimit { default, max } => format!(
                 "--default-time-limit ({default:?}) exceeds --max-time-limit ({max:?})"
             ),
-            ConfigError::LeaseTtlTooShort(_) => e.to_string(),
+            ConfigError::LeaseTtlTooShort(ttl) => format!(
+                "--lease-ttl ({ttl:?}) must be at least 1s: the leader renews every third of it"
+            ),
+            ConfigError::NoTakeoverMargin {
+                lost_after,
+                stop_margin,
+                lease_ttl,
+            } => format!(
+                "--lost-after ({lost_after:?}) lets a cut-off worker keep its runs for {stop_margin:?}, under two --lease-ttl ({lease_ttl:?} each): every takeover would stop the running work; raise --lost-after or lower --lease-ttl"
+            ),
         })?;
         Ok(config)
     }
@@ -238,7 +273,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     }
     if let Some(address) = &cli.master {
         let security = cli.security.resolve(None)?;
-        let client = MasterClient::new(address, security).map_err(|e| e.to_string())?;
+        let client = MasterClient::new(address, security)
+            .map_err(|e| e.to_string())?
+            .leader_wait(cli.leader_wait);
         return match cli.command {
             Some(cmd) => Ok(cli::execute(&client, cmd, cli.json).await),
             None => cli::repl(&client, cli.json)
@@ -252,10 +289,27 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     if !dev && cli.command.is_some() {
         return Err("commands need --master HOST:PORT (a running master) or --dev".into());
     }
+    if cli.server.ha && dev {
+        return Err(
+            "--ha runs several masters on one MongoDB store: it cannot go with --dev".into(),
+        );
+    }
     // Configuration and store first: a bad flag or an unreachable store is
     // reported as such, before the port is taken.
     let mut config = cli.server.config(String::new())?;
-    let (tasks, registry) = open_store(&cli.server).await?;
+    let stores = open_store(&cli.server).await?;
+    let lease = match (&stores.lease, cli.server.ha) {
+        (None, true) => {
+            return Err(
+                "--ha needs --store mongodb://…: the masters share the store and its lease".into(),
+            )
+        }
+        (Some(lease), false) => {
+            refuse_leased(lease.as_ref()).await?;
+            None
+        }
+        (lease, _) => lease.clone(),
+    };
     let listen = cli.server.listen.clone().unwrap_or_else(|| {
         if dev {
             "127.0.0.1:0"
@@ -279,9 +333,33 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
         .unwrap_or_else(|| bound.clone());
     config.advertise_address = advertise;
     let transport = Arc::new(WorkerClients::new(config.id.clone(), security.clone()));
-    let master = Master::start(config, tasks, registry, transport, Clock::system())
+    let master: Serving = match lease {
+        Some(lease) => {
+            let run = common::random_token()?;
+            info!(id = %config.id, %run, ttl = ?config.lease_ttl, "following; leading when this master holds the store's lease");
+            Leadership::start(
+                config,
+                stores.tasks,
+                stores.registry,
+                lease,
+                transport,
+                Clock::system(),
+                run,
+            )
+            .map_err(|e| e.to_string())?
+            .into()
+        }
+        None => Master::start(
+            config,
+            stores.tasks,
+            stores.registry,
+            transport,
+            Clock::system(),
+        )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .into(),
+    };
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let http = http.map(|h| {
         h.spawn(
@@ -354,7 +432,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     if let Some(h) = http {
         let _ = h.await;
     }
-    master.shutdown().await;
+    // With --ha, the lease is released after the master stopped: another
+    // master takes over at once.
+    match &master {
+        Serving::One(m) => m.shutdown().await,
+        Serving::Elected(l) => l.shutdown().await,
+    }
     match signalled {
         // Exit at once, as a shell reports a signal: a REPL may still hold
         // a thread blocked reading the terminal.
@@ -363,13 +446,23 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     }
 }
 
-/// The task store and worker registry named by `--store`.
-async fn open_store(
-    args: &ServerArgs,
-) -> Result<(Arc<dyn TaskStore>, Arc<dyn WorkerRegistry>), String> {
+/// The backends `--store` names.
+struct Stores {
+    tasks: Arc<dyn TaskStore>,
+    registry: Arc<dyn WorkerRegistry>,
+    /// Where masters under a lease keep it (a shared store only).
+    lease: Option<Arc<dyn LeaseStore>>,
+}
+
+/// The task store and worker registry named by `--store`, and its lease.
+async fn open_store(args: &ServerArgs) -> Result<Stores, String> {
     if args.store == "memory" {
         let store = Arc::new(MemoryStore::new());
-        return Ok((store.clone(), store));
+        return Ok(Stores {
+            tasks: store.clone(),
+            registry: store,
+            lease: None,
+        });
     }
     if args.store.starts_with("mongodb://") || args.store.starts_with("mongodb+srv://") {
         let config = cloudai_mongo::MongoConfig::new(args.store.clone(), args.mongo_db.clone());
@@ -379,12 +472,40 @@ async fn open_store(
                 .map_err(|e| format!("cannot open the MongoDB store: {e}"))?,
         );
         info!(database = %args.mongo_db, "using the MongoDB store");
-        return Ok((store.clone(), store));
+        return Ok(Stores {
+            tasks: store.clone(),
+            registry: store.clone(),
+            lease: Some(store),
+        });
     }
     Err(format!(
         "unknown store {:?}: use `memory` or a `mongodb://…` URI",
         args.store
     ))
+}
+
+/// A master without `--ha` refuses a database that masters ran on with
+/// `--ha`: its writes (term 0) would meet their fences, and a live leader
+/// would be acting beside it.
+async fn refuse_leased(lease: &dyn LeaseStore) -> Result<(), String> {
+    let record = lease
+        .read_lease()
+        .await
+        .map_err(|e| format!("cannot read the store's lease: {e}"))?;
+    match record {
+        None => Ok(()),
+        Some(LeaseRecord {
+            holder: Some(holder),
+            address,
+            term,
+            ..
+        }) => Err(format!(
+            "this database's lease is held by master {holder} at {address} (term {term}): masters on it run with --ha; start this one with --ha to follow it"
+        )),
+        Some(LeaseRecord { term, .. }) => Err(format!(
+            "this database was run with --ha (term {term}), and its fences refuse a master without a lease: start this master with --ha (a lone --ha master works)"
+        )),
+    }
 }
 
 /// The dev cluster's worker: this machine's cores and memory, local processes.

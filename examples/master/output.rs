@@ -620,6 +620,17 @@ pub(crate) fn reconciled(json: bool, r: &Reconciliation) {
 /// One event of the master's stream: a line for people (the opening
 /// bookmark as a note on stderr), or one JSON object per line with its
 /// cursor, for scripts that resume.
+/// The watch resumed on another master (a takeover), whose events are
+/// another log: it goes on from now, and what happened in between is
+/// for a listing to show.
+pub(crate) fn resync(json: bool, why: &str) {
+    if json {
+        json_line(&serde_json::json!({ "kind": "resync", "reason": why }));
+    } else {
+        progress(&format!("resync: {why}; watching from now"));
+    }
+}
+
 pub(crate) fn event(json: bool, e: &Watched) {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at.as_millis());
     let at = humantime::format_rfc3339_millis(at).to_string();

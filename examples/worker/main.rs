@@ -21,7 +21,8 @@ use tracing::info;
 #[derive(Debug, Parser)]
 #[command(name = "cloudai-worker", version)]
 struct Cli {
-    /// The master's address (host:port).
+    /// The master's address (host:port), or several masters' (`a:50051,b:50051`):
+    /// the worker follows whichever leads.
     #[arg(long, env = "CLOUDAI_MASTER", default_value = "127.0.0.1:50051")]
     master: String,
     /// Address to listen on for the master's calls.

@@ -37,6 +37,19 @@ pub enum ConfigError {
     /// A leader lease too short to renew over a real network.
     #[error("the lease TTL ({0:?}) must be at least 1s: the leader renews every third of it")]
     LeaseTtlTooShort(Duration),
+    /// Under a lease, a worker would stop its runs during a takeover: it
+    /// keeps them without an answer for `stop_margin` (see
+    /// [`crate::fence`]), and a takeover lasts up to 1.5 lease TTLs plus
+    /// the new leader's load.
+    #[error("a worker keeps its runs for {stop_margin:?} without an answer (the loss threshold {lost_after:?} less a margin), under two lease TTLs ({lease_ttl:?} each): every takeover would stop the running work")]
+    NoTakeoverMargin {
+        /// Silence after which a worker is lost.
+        lost_after: Duration,
+        /// How long a worker with no grace keeps its runs unanswered.
+        stop_margin: Duration,
+        /// The lease TTL.
+        lease_ttl: Duration,
+    },
     /// The default time limit exceeds the largest one allowed.
     #[error("the default time limit ({default:?}) exceeds the largest allowed ({max:?})")]
     DefaultAboveMaxTimeLimit {
@@ -166,6 +179,31 @@ impl MasterConfig {
         }
         Ok(())
     }
+
+    /// How long a worker with no grace keeps its runs while its heartbeats
+    /// go unanswered (the master cannot know the workers' graces, which
+    /// shorten it).
+    pub fn stop_margin(&self) -> Duration {
+        let lost_after = self.liveness.lost_after;
+        lost_after.saturating_sub(fence::margin(lost_after))
+    }
+
+    /// [`MasterConfig::check`], and for masters under a lease: a takeover
+    /// must not stop running work, so workers keep their runs unanswered
+    /// for at least two lease TTLs. (Each takeover's load time comes on
+    /// top; [`super::Leadership`] warns when it eats the rest.)
+    pub fn check_lease(&self) -> Result<(), ConfigError> {
+        self.check()?;
+        let stop_margin = self.stop_margin();
+        if stop_margin < self.lease_ttl * 2 {
+            return Err(ConfigError::NoTakeoverMargin {
+                lost_after: self.liveness.lost_after,
+                stop_margin,
+                lease_ttl: self.lease_ttl,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +213,21 @@ mod tests {
     #[test]
     fn the_defaults_fit_together() {
         assert_eq!(MasterConfig::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn under_a_lease_workers_keep_their_runs_through_a_takeover() {
+        assert_eq!(MasterConfig::default().check_lease(), Ok(()));
+        let mut c = MasterConfig {
+            lease_ttl: Duration::from_secs(60),
+            ..MasterConfig::default()
+        };
+        assert!(matches!(
+            c.check_lease(),
+            Err(ConfigError::NoTakeoverMargin { .. })
+        ));
+        c.lease_ttl = Duration::from_secs(50);
+        assert_eq!(c.check_lease(), Ok(()), "120 s less 6.5 s covers 100 s");
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Leadership {
         clock: Clock,
         run: String,
     ) -> Result<Leadership> {
-        config.check().map_err(|e| ValidationError::Invalid {
+        config.check_lease().map_err(|e| ValidationError::Invalid {
             field: "master config",
             reason: e.to_string(),
         })?;
@@ -272,7 +272,16 @@ async fn take_office(
         office.metrics.clone(),
     )
     .await?;
-    info!(%term, raised, raise = ?raise, load = ?(began.elapsed() - raise), "leading");
+    let took = began.elapsed();
+    info!(%term, raised, raise = ?raise, load = ?(took - raise), "leading");
+    let takeover = office.config.lease_ttl * 3 / 2 + took;
+    if takeover >= office.config.stop_margin() {
+        warn!(
+            ?took,
+            stop_margin = ?office.config.stop_margin(),
+            "this takeover's raise and load leave workers too little time: those cut off for 1.5 lease TTLs plus this long stop their runs; raise --lost-after"
+        );
+    }
     Ok(master)
 }
 
