@@ -13,6 +13,7 @@ use cloudai_core::model::{
 };
 use cloudai_core::store::{TaskFilter, TaskStore, WorkerRegistry};
 use cloudai_core::testing::sim::{fake_task, Faults, SimCluster};
+use cloudai_core::transport::{MasterToWorker, RunningTask, WorkerEndpoint};
 use cloudai_core::worker::SHUTDOWN_MESSAGE;
 use cloudai_core::Error;
 
@@ -1261,6 +1262,30 @@ async fn a_crashed_leaders_work_goes_on_under_the_next_and_its_running_task_is_k
     .await;
     assert!(matches!(late, Err(Error::Fenced { .. })), "{late:?}");
     let late = WorkerRegistry::set_drain(&old, &wid("w1"), None).await;
+    assert!(matches!(late, Err(Error::Fenced { .. })), "{late:?}");
+    // The new leader pulls the worker over; from then on it refuses the
+    // first term's calls.
+    let w1 = c.worker("w1").unwrap();
+    until(
+        Duration::from_secs(10),
+        "the worker follows the new leader",
+        async || w1.term().get() == 2 && w1.in_session(),
+    )
+    .await;
+    let to = WorkerEndpoint {
+        id: wid("w1"),
+        instance: Some(w1.identity().instance),
+        address: w1.address().to_string(),
+    };
+    let run = RunningTask {
+        task: long.clone(),
+        attempt: 1,
+    };
+    let late = c
+        .net
+        .fenced(Term::new(1))
+        .cancel(&to, &run, Duration::ZERO)
+        .await;
     assert!(matches!(late, Err(Error::Fenced { .. })), "{late:?}");
     // New work is placed, the running task was never stopped, and both end
     // completed, once each.

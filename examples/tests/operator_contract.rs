@@ -7,6 +7,9 @@ mod common;
 
 use std::process::{Command, Stdio};
 
+use cloudai_core::model::Term;
+use cloudai_core::store::{LeaseRecord, LeaseStore};
+use cloudai_mongo::{MongoConfig, MongoStore};
 use common::*;
 
 fn cluster(test: &str) -> (Cluster, String) {
@@ -142,4 +145,66 @@ fn pipes_durations_colours_and_global_flags() {
     let out = run_bounded(&mut after, CLI_TIMEOUT).expect("workers");
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.trim_start().starts_with('['), "{out:?}");
+}
+
+/// A master that cannot run as asked under `--ha` says why and exits 78:
+/// `--ha` needs a shared MongoDB store and does not go with `--dev`; its
+/// `--lost-after` must let workers keep their runs through a takeover; and
+/// a master without `--ha` will not start on a database whose lease is
+/// held, naming the holder.
+#[test]
+fn ha_misconfigurations_are_refused_with_the_reason() {
+    let refused = |args: &[&str], says: &[&str]| {
+        let mut cmd = Command::new(MASTER_BIN);
+        clean_env(&mut cmd);
+        cmd.args(["--listen", "127.0.0.1:0", "--token", "t"])
+            .args(args);
+        let out = run_bounded(&mut cmd, CLI_TIMEOUT).expect("run the master");
+        assert_eq!(out.code, 78, "{args:?}: {out:?}");
+        for s in says {
+            assert!(out.stderr.contains(s), "{args:?} should say {s:?}: {out:?}");
+        }
+    };
+    refused(&["--ha"], &["--ha", "--store mongodb://"]);
+    refused(&["--ha", "--dev"], &["--ha", "--dev"]);
+    let uri = std::env::var("CLOUDAI_TEST_MONGO_URI").expect(
+        "CLOUDAI_TEST_MONGO_URI: run ./scripts/test.sh, which starts a MongoDB-wire server",
+    );
+    let db = format!("contract-ha-{}-{}", std::process::id(), now_ms());
+    refused(
+        &[
+            "--ha",
+            "--store",
+            &uri,
+            "--mongo-db",
+            &db,
+            "--lease-ttl",
+            "60",
+        ],
+        &["--lost-after", "--lease-ttl"],
+    );
+
+    // Another master holds this database's lease.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let store = MongoStore::connect(MongoConfig::new(uri.clone(), db.clone()))
+            .await
+            .expect("the test store");
+        let held = LeaseRecord {
+            holder: Some("m-elsewhere".into()),
+            run: "r1".into(),
+            address: "10.0.0.9:50051".into(),
+            term: Term::new(4),
+            version: 0,
+            ttl: std::time::Duration::from_secs(15),
+        };
+        store.create_lease(&held).await.expect("a lease");
+    });
+    refused(
+        &["--store", &uri, "--mongo-db", &db],
+        &["m-elsewhere", "10.0.0.9:50051", "--ha"],
+    );
 }

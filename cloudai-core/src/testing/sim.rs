@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::master::{Master, MasterConfig, MasterEvent};
+use crate::master::{Master, MasterConfig, MasterEvent, Serving};
 use crate::memory::MemoryStore;
 use crate::model::{
     Gpu, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
@@ -96,7 +96,11 @@ pub struct SimNet {
 }
 
 struct Shared {
-    master: Mutex<Option<Master>>,
+    /// Reachable master processes by address.
+    masters: Mutex<BTreeMap<String, Serving>>,
+    /// The highest term each worker obeyed, and the calls it obeyed below
+    /// that: what the worker term rule forbids.
+    obeyed: Mutex<(BTreeMap<WorkerId, Term>, Vec<String>)>,
     /// Reachable worker agents by address.
     workers: Mutex<BTreeMap<String, Worker>>,
     partitioned: Mutex<BTreeSet<WorkerId>>,
@@ -115,7 +119,8 @@ impl SimNet {
     pub fn new(seed: u64, faults: Faults) -> Arc<SimNet> {
         Arc::new(SimNet {
             shared: Arc::new(Shared {
-                master: Mutex::new(None),
+                masters: Mutex::new(BTreeMap::new()),
+                obeyed: Mutex::default(),
                 workers: Mutex::new(BTreeMap::new()),
                 partitioned: Mutex::new(BTreeSet::new()),
                 faults: Mutex::new(faults),
@@ -130,22 +135,48 @@ impl SimNet {
         *lock(&self.shared.faults) = faults;
     }
 
-    /// Connects the master.
+    /// Connects a master process at its advertised address (replacing
+    /// whatever answered there).
     pub fn set_master(&self, master: Master) {
-        *lock(&self.shared.master) = Some(master);
+        let address = master.config().advertise_address.clone();
+        self.attach_master(address, master.into());
     }
 
-    /// Disconnects `master`, if it is the one connected.
-    pub fn clear_master(&self, master: &Master) {
-        let mut slot = lock(&self.shared.master);
-        if slot.as_ref().is_some_and(|m| m.is(master)) {
-            *slot = None;
-        }
+    /// Connects the master process at `address`: one master, or one under
+    /// a lease, answering as a follower while it does not lead.
+    pub fn attach_master(&self, address: String, serving: Serving) {
+        lock(&self.shared.masters).insert(address, serving);
     }
 
-    /// The master connected now.
+    /// Disconnects the master process at `address` (it crashed).
+    pub fn detach_master(&self, address: &str) {
+        lock(&self.shared.masters).remove(address);
+    }
+
+    /// The master acting now, among those connected.
     pub fn current_master(&self) -> Option<Master> {
-        lock(&self.shared.master).clone()
+        lock(&self.shared.masters)
+            .values()
+            .find_map(|s| s.master().ok())
+    }
+
+    /// Calls workers obeyed from a term below one they had obeyed before.
+    pub fn term_violations(&self) -> Vec<String> {
+        std::mem::take(&mut lock(&self.shared.obeyed).1)
+    }
+
+    /// Records that worker `id` obeyed a call of this handle's term.
+    fn obeyed(&self, id: &WorkerId) {
+        let mut obeyed = lock(&self.shared.obeyed);
+        let (highest, violations) = &mut *obeyed;
+        let seen = highest.entry(id.clone()).or_default();
+        if self.term < *seen {
+            violations.push(format!(
+                "worker {id} obeyed a call of term {} after one of term {seen}",
+                self.term
+            ));
+        }
+        *seen = (*seen).max(self.term);
     }
 
     /// Connects a worker agent (it becomes reachable at its address).
@@ -168,11 +199,17 @@ impl SimNet {
         lock(&self.shared.partitioned).remove(id);
     }
 
-    /// The worker side of the link for `worker`.
+    /// The worker side of the link for `worker`, given the addresses of
+    /// every master connected now (it follows the first, as a worker
+    /// given `--master a,b` does).
     pub fn link(self: &Arc<Self>, worker: WorkerId) -> Arc<dyn WorkerToMaster> {
+        let listed: Vec<String> = lock(&self.shared.masters).keys().cloned().collect();
+        let following = Mutex::new(listed.first().cloned().unwrap_or_default());
         Arc::new(SimLink {
             net: self.clone(),
             worker,
+            listed,
+            following,
         })
     }
 
@@ -183,12 +220,6 @@ impl SimNet {
             .get(&to.address)
             .cloned()
             .ok_or_else(|| Error::Unavailable(format!("{}: connection refused", to.address)))
-    }
-
-    fn master(&self) -> Result<Master> {
-        lock(&self.shared.master)
-            .clone()
-            .ok_or_else(|| Error::Unavailable("master: connection refused".into()))
     }
 
     /// Carries one request over the link of `worker`, with faults.
@@ -233,6 +264,7 @@ impl MasterToWorker for SimNet {
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
             w.check_master(self.term)?;
+            self.obeyed(&to.id);
             w.master_register(master);
             Ok(())
         })
@@ -250,6 +282,7 @@ impl MasterToWorker for SimNet {
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
             w.check_master(self.term)?;
+            self.obeyed(&to.id);
             w.assign(run.clone(), spec.clone(), gpus.to_vec()).await
         })
         .await
@@ -260,6 +293,7 @@ impl MasterToWorker for SimNet {
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
             w.check_master(self.term)?;
+            self.obeyed(&to.id);
             w.cancel(run, grace).await
         })
         .await
@@ -276,6 +310,7 @@ impl MasterToWorker for SimNet {
         self.carry(&to.id, || async {
             w.check_addressed(&to.id, to.instance.as_ref())?;
             w.check_master(self.term)?;
+            self.obeyed(&to.id);
             w.follow_output(run, from, keep_following)
         })
         .await
@@ -294,19 +329,91 @@ impl MasterToWorker for SimNet {
     }
 }
 
-/// One worker's link to the master.
+/// One worker's link to its masters: it follows one, moves to the leader
+/// a follower names (at once, as `MasterClient` does), and to the next
+/// address when the one it follows is gone or knows no leader.
 #[derive(Debug)]
 struct SimLink {
     net: Arc<SimNet>,
     worker: WorkerId,
+    listed: Vec<String>,
+    following: Mutex<String>,
+}
+
+/// How many redirects in a row a call follows at once.
+const MAX_REDIRECTS: usize = 3;
+
+impl SimLink {
+    /// The master to send a call to, following redirects.
+    fn master(&self) -> Result<Master> {
+        let mut redirects = 0;
+        loop {
+            let address = lock(&self.following).clone();
+            let serving = lock(&self.net.shared.masters).get(&address).cloned();
+            let answer = match serving {
+                Some(s) => s.master(),
+                None => Err(Error::Unavailable(format!("{address}: connection refused"))),
+            };
+            match answer {
+                Ok(m) => return Ok(m),
+                Err(Error::NotLeader {
+                    leader: Some(leader),
+                }) if leader != address && redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    self.moves(&address, &leader);
+                }
+                Err(e) => {
+                    self.failed(&address, &e);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A call to `address` failed with `e`: the next address listed, when
+    /// that master is gone, does not lead, or names no leader.
+    fn failed(&self, address: &str, e: &Error) {
+        if !matches!(e, Error::Unavailable(_) | Error::NotLeader { .. }) {
+            return;
+        }
+        let next = self
+            .listed
+            .iter()
+            .position(|a| a == address)
+            .map_or(0, |i| (i + 1) % self.listed.len().max(1));
+        if let Some(to) = self.listed.get(next) {
+            self.moves(address, to);
+        }
+    }
+
+    /// Follows `to`, unless a call already moved the link off `from`.
+    fn moves(&self, from: &str, to: &str) {
+        let mut following = lock(&self.following);
+        if *following == from {
+            *following = to.to_string();
+        }
+    }
+
+    /// Carries `call` to the master followed now.
+    async fn send<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Master) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let m = self.master()?;
+        let address = lock(&self.following).clone();
+        let answer = self.net.carry(&self.worker, || call(m.clone())).await;
+        if let Err(e) = &answer {
+            self.failed(&address, e);
+        }
+        answer
+    }
 }
 
 #[async_trait]
 impl WorkerToMaster for SimLink {
     async fn register(&self, registration: &Registration) -> Result<RegistrationReply> {
-        let m = self.net.master()?;
-        self.net
-            .carry(&self.worker, || m.register(registration.clone()))
+        self.send(|m| async move { m.register(registration.clone()).await })
             .await
     }
 
@@ -315,27 +422,22 @@ impl WorkerToMaster for SimLink {
         worker: &WorkerIdentity,
         telemetry: &Telemetry,
     ) -> Result<HeartbeatReply> {
-        let m = self.net.master()?;
-        self.net
-            .carry(&self.worker, || m.heartbeat(worker, telemetry.clone()))
+        self.send(|m| async move { m.heartbeat(worker, telemetry.clone()).await })
             .await
     }
 
     async fn report(&self, result: &TaskResult) -> Result<()> {
-        let m = self.net.master()?;
-        self.net
-            .carry(&self.worker, || m.report(result.clone()))
+        self.send(|m| async move { m.report(result.clone()).await })
             .await
     }
 
     async fn leave(&self, worker: &WorkerIdentity) -> Result<()> {
-        let m = self.net.master()?;
-        self.net
-            .carry(&self.worker, || async { m.leave(worker) })
-            .await
+        self.send(|m| async move { m.leave(worker) }).await
     }
 
-    fn follow(&self, _address: &str) {}
+    fn follow(&self, address: &str) {
+        *lock(&self.following) = address.to_string();
+    }
 }
 
 // ---- fake runtime -------------------------------------------------------
@@ -1063,6 +1165,7 @@ impl SimCluster {
             );
         }
         let mut violations = self.checker.violations();
+        violations.extend(self.net.term_violations());
         violations.extend(self.check_ha().await);
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
         tasks

@@ -2,8 +2,8 @@
 //! [`StoreGate`] of its own: pauses, cuts, crashes, restarts, graceful
 //! handovers and a slow clock, with the lease's invariants checked.
 //!
-//! Worker links go to whichever master acts now (the one the net holds):
-//! this stands in for workers that follow the leader.
+//! Each master process answers at its own address (`m0:1`, ...); worker
+//! links follow redirects and new leaders' calls as real workers do.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -78,10 +78,11 @@ impl Ha {
         let m = &mut self.masters[i];
         m.starts += 1;
         m.gate = gate.clone();
+        let address = format!("m{i}:1");
         let leadership = Leadership::start(
             MasterConfig {
                 id: format!("m{i}"),
-                advertise_address: format!("m{i}:1"),
+                advertise_address: address.clone(),
                 ..self.config.clone()
             },
             gate.clone() as Arc<dyn TaskStore>,
@@ -95,9 +96,9 @@ impl Ha {
         for w in m.watchers.drain(..) {
             w.abort();
         }
-        m.watchers.push(tokio::spawn(follow_leader(
+        net.attach_master(address, leadership.clone().into());
+        m.watchers.push(tokio::spawn(watch_masters(
             leadership.clone(),
-            net.clone(),
             checker.shared.clone(),
             rate,
         )));
@@ -155,28 +156,15 @@ impl Ha {
     }
 }
 
-/// Keeps the net's master slot and the checker on the master `l` runs.
-async fn follow_leader(l: Leadership, net: Arc<SimNet>, checker: Arc<super::Watching>, rate: f64) {
+/// Keeps the checker watching each master `l` runs.
+async fn watch_masters(l: Leadership, checker: Arc<super::Watching>, rate: f64) {
     let mut masters = l.masters();
-    let mut last: Option<Master> = None;
+    drop(l);
     loop {
-        let current = masters.borrow_and_update().clone();
-        match current {
-            Some(m) => {
-                net.set_master(m.clone());
-                checker.watch(&m, rate);
-                last = Some(m);
-            }
-            None => {
-                if let Some(m) = last.take() {
-                    net.clear_master(&m);
-                }
-            }
+        if let Some(m) = masters.borrow_and_update().clone() {
+            checker.watch(&m, rate);
         }
         if masters.changed().await.is_err() {
-            if let Some(m) = last {
-                net.clear_master(&m);
-            }
             return;
         }
     }
@@ -326,6 +314,7 @@ impl SimCluster {
     /// `kill -9` of master `i`: it stops at once without releasing the
     /// lease; its calls already on their way land.
     pub fn crash_master(&mut self, i: usize) {
+        self.net.detach_master(&format!("m{i}:1"));
         let m = &mut self.ha().masters[i];
         if let Some(l) = m.leadership.take() {
             l.abort();
