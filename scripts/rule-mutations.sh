@@ -275,8 +275,6 @@ mutate cloudai-core/src/worker/session.rs "a worker obeys a call of a term below
   'if term < session.term {' 'if false {'
 mutate cloudai-core/src/worker/session.rs "a higher term's master does not pull the worker over" \
   'let moves = master.term > lock(&self.inner.session).registered;' 'let moves = false;'
-mutate cloudai-core/src/master/leadership.rs "a master that stopped acting still answers calls" \
-  'if let Some(m) = self.current().filter(Master::acting) {' 'if let Some(m) = self.current() {'
 mutate cloudai-core/src/master/config.rs "masters under a lease accept timings under which a takeover stops the work" \
   'if stop_margin < self.lease_ttl * 2 {' 'if false {'
 

@@ -1359,6 +1359,19 @@ async fn a_paused_leaders_late_writes_are_fenced_and_a_retried_submit_makes_one_
         async || leader_id(&c).is_some_and(|l| l != first),
     )
     .await;
+    // The stopped leader answers nothing: the new one pulls the worker over.
+    let w1 = c.worker("w1").unwrap();
+    until(
+        Duration::from_secs(10),
+        "the worker registers with the new leader",
+        async || {
+            w1.term().get() == 2
+                && w1.in_session()
+                && c.leader()
+                    .is_some_and(|m| m.workers().iter().any(|w| w.registered))
+        },
+    )
+    .await;
     c.resume_master(index_of(&first));
     let refused = late.await.unwrap();
     assert!(

@@ -98,6 +98,8 @@ pub struct SimNet {
 struct Shared {
     /// Reachable master processes by address.
     masters: Mutex<BTreeMap<String, Serving>>,
+    /// Addresses of master processes that are stopped: calls to them wait.
+    paused: Mutex<BTreeSet<String>>,
     /// The highest term each worker obeyed, and the calls it obeyed below
     /// that: what the worker term rule forbids.
     obeyed: Mutex<(BTreeMap<WorkerId, Term>, Vec<String>)>,
@@ -120,6 +122,7 @@ impl SimNet {
         Arc::new(SimNet {
             shared: Arc::new(Shared {
                 masters: Mutex::new(BTreeMap::new()),
+                paused: Mutex::new(BTreeSet::new()),
                 obeyed: Mutex::default(),
                 workers: Mutex::new(BTreeMap::new()),
                 partitioned: Mutex::new(BTreeSet::new()),
@@ -151,6 +154,18 @@ impl SimNet {
     /// Disconnects the master process at `address` (it crashed).
     pub fn detach_master(&self, address: &str) {
         lock(&self.shared.masters).remove(address);
+        self.unpause_master(address);
+    }
+
+    /// The master process at `address` stops (`SIGSTOP`): calls to it wait
+    /// without an answer until it resumes.
+    pub fn pause_master(&self, address: &str) {
+        lock(&self.shared.paused).insert(address.to_string());
+    }
+
+    /// The master process at `address` runs again.
+    pub fn unpause_master(&self, address: &str) {
+        lock(&self.shared.paused).remove(address);
     }
 
     /// The master acting now, among those connected.
@@ -344,11 +359,16 @@ struct SimLink {
 const MAX_REDIRECTS: usize = 3;
 
 impl SimLink {
-    /// The master to send a call to, following redirects.
-    fn master(&self) -> Result<Master> {
+    /// The master to send a call to, following redirects. A stopped
+    /// master answers nothing: the call waits (the worker's own timeout
+    /// gives up on it).
+    async fn master(&self) -> Result<Master> {
         let mut redirects = 0;
         loop {
             let address = lock(&self.following).clone();
+            while lock(&self.net.shared.paused).contains(&address) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let serving = lock(&self.net.shared.masters).get(&address).cloned();
             let answer = match serving {
                 Some(s) => s.master(),
@@ -400,7 +420,7 @@ impl SimLink {
         F: Fn(Master) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let m = self.master()?;
+        let m = self.master().await?;
         let address = lock(&self.following).clone();
         let answer = self.net.carry(&self.worker, || call(m.clone())).await;
         if let Err(e) = &answer {

@@ -298,11 +298,13 @@ impl SimCluster {
     /// Master `i`'s process stops being scheduled: its store calls wait,
     /// and land when it resumes ([`SimCluster::resume_master`]).
     pub fn pause_master(&mut self, i: usize) {
+        self.net.pause_master(&format!("m{i}:1"));
         self.ha().masters[i].gate.set(Passage::Held);
     }
 
     /// Master `i` resumes (or reaches the store again after a cut).
     pub fn resume_master(&mut self, i: usize) {
+        self.net.unpause_master(&format!("m{i}:1"));
         self.ha().masters[i].gate.set(Passage::Open);
     }
 
@@ -336,10 +338,10 @@ impl SimCluster {
     /// releases the lease, so another takes over at once. (A paused
     /// process handles the signal once it runs: it is resumed first.)
     pub async fn hand_over(&mut self, i: usize) {
-        let m = &mut self.ha().masters[i];
-        if m.gate.passage() == Passage::Held {
-            m.gate.set(Passage::Open);
+        if self.ha().masters[i].gate.passage() == Passage::Held {
+            self.resume_master(i);
         }
+        let m = &mut self.ha().masters[i];
         let l = m.leadership.take();
         if let Some(l) = l {
             l.shutdown().await;
