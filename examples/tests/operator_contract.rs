@@ -208,3 +208,23 @@ fn ha_misconfigurations_are_refused_with_the_reason() {
         &["m-elsewhere", "10.0.0.9:50051", "--ha"],
     );
 }
+
+/// With no master answering, a command given several waits
+/// `--leader-wait`, then exits 69 naming each master's answer.
+#[test]
+fn no_master_answering_fails_after_the_leader_wait_naming_each() {
+    let gone = |_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("its address").to_string()
+    };
+    let addresses: Vec<String> = (0..2).map(gone).collect();
+    let mut cmd = Command::new(MASTER_BIN);
+    clean_env(&mut cmd);
+    cmd.args(["--master", &addresses.join(","), "--token", "t"])
+        .args(["--leader-wait", "1", "tasks"]);
+    let out = run_bounded(&mut cmd, CLI_TIMEOUT).expect("run the CLI");
+    assert_eq!(out.code, 69, "{out:?}");
+    for a in &addresses {
+        assert!(out.stderr.contains(a.as_str()), "names {a}: {out:?}");
+    }
+}
