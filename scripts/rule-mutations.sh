@@ -278,4 +278,7 @@ mutate cloudai-core/src/worker/session.rs "a higher term's master does not pull 
 mutate cloudai-core/src/master/config.rs "masters under a lease accept timings under which a takeover stops the work" \
   'if stop_margin < self.lease_ttl * 2 {' 'if false {'
 
+mutate cloudai-core/src/master/transitions.rs "a run cut off during a takeover uses its crash budget" \
+  'if result.cause != EndCause::CutOff || self.term() == Term::ZERO {' 'if true {'
+
 exit $survived

@@ -468,6 +468,11 @@ impl Tenure {
         self.term
     }
 
+    /// When this stretch of leading began, on its clock.
+    pub fn since(&self) -> Timestamp {
+        self.since
+    }
+
     /// The clock it is judged on.
     pub fn clock(&self) -> Clock {
         self.clock

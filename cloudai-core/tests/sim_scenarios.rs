@@ -1403,6 +1403,40 @@ async fn a_paused_leaders_late_writes_are_fenced_and_a_retried_submit_makes_one_
     c.stop().await;
 }
 
+/// No master acts for longer than the worker's fence (the store is away
+/// from both): the worker stops its run on its own, and the master that
+/// leads next requeues it at no cost to its crash budget.
+#[tokio::test(start_paused = true)]
+async fn a_run_cut_off_while_no_master_led_is_requeued_without_using_its_crash_budget() {
+    let mut c = SimCluster::start_ha(11, Faults::NONE, ha_config(), 2, None).await;
+    c.start_worker("w1", cap(4.0)).await;
+    c.run_for(Duration::from_millis(200)).await;
+    let mut spec = fake_task(150, 0, 1.0);
+    spec.policy.crash_limit = 1;
+    let t = c.leader().unwrap().submit(spec).await.unwrap();
+    c.run_for(Duration::from_secs(1)).await;
+    assert_eq!(status(&c, &t).await, TaskStatus::Running);
+    c.cut_master(0);
+    c.cut_master(1);
+    // Past the worker's fence (120 s less its 30 s grace and a margin).
+    c.run_for(Duration::from_secs(95)).await;
+    assert_eq!(
+        c.host_containers(&wid("w1")),
+        0,
+        "the worker stopped its run"
+    );
+    c.resume_master(0);
+    c.resume_master(1);
+    c.run_for(Duration::from_secs(400)).await;
+    let task = c.store.get_task(&t).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    let causes: Vec<EndCause> = task.history.iter().map(|a| a.cause).collect();
+    assert!(causes.contains(&EndCause::Takeover), "{causes:?}");
+    assert_eq!(task.counts().losses, 0, "{causes:?}");
+    c.check_quiescent().await;
+    c.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_submit_stored_after_its_masters_tenure_is_refused_and_the_next_leader_adopts_it() {
     let mut c = SimCluster::start_ha(10, Faults::NONE, ha_config(), 2, None).await;

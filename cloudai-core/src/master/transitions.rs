@@ -14,7 +14,8 @@ use crate::apply::{apply_event, record_report, Applied};
 use crate::ledger::Reconciliation;
 use crate::lifecycle::{Effect, TaskEvent, Transition};
 use crate::model::{
-    Attempt, EndKind, RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, WorkerId,
+    Attempt, EndCause, EndKind, RunningTask, TaskId, TaskRecord, TaskResult, TaskStatus, Term,
+    WorkerId,
 };
 use crate::store::TaskFilter;
 use crate::{Error, Result};
@@ -123,6 +124,7 @@ impl Master {
     }
 
     async fn take_report(&self, result: TaskResult) -> Result<()> {
+        let result = self.across_takeover(result).await;
         let (task, worker) = (result.task_id.clone(), result.worker_id.clone());
         let (result_attempt, usage) = (result.attempt, result.usage);
         let outcome = record_report(self.inner.store.as_ref(), result, self.now()).await?;
@@ -177,6 +179,24 @@ impl Master {
                 )))
             }
         }
+    }
+
+    /// A run its worker cut off (no master answered for too long) that
+    /// was placed before this master's stretch of leading began: the
+    /// takeover kept the masters silent, not the worker, so it ends as
+    /// [`EndCause::Takeover`] and is requeued at no cost to the crash
+    /// budget. (A master without a lease has no takeovers.)
+    async fn across_takeover(&self, mut result: TaskResult) -> TaskResult {
+        if result.cause != EndCause::CutOff || self.term() == Term::ZERO {
+            return result;
+        }
+        let since = self.inner.tenure.since();
+        if let Ok(Some(t)) = self.inner.store.get_task(&result.task_id).await {
+            if t.attempt == result.attempt && t.assigned_at.is_some_and(|at| at < since) {
+                result.cause = EndCause::Takeover;
+            }
+        }
+        result
     }
 
     /// Attempt `attempt` of `task` on `worker` is known to have ended

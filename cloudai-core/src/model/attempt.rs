@@ -43,6 +43,10 @@ pub enum EndCause {
     /// Its worker stopped it on its own, cut off from the master for so
     /// long that the master would declare it lost.
     CutOff,
+    /// Its worker stopped it on its own, cut off while the masters
+    /// changed hands (it was placed before the master that heard of it
+    /// took over): requeued at no cost to the crash budget.
+    Takeover,
     /// Its worker's drain deadline passed.
     Drained,
     /// Its worker shut down under it.
@@ -72,7 +76,7 @@ pub enum EndKind {
 
 impl EndCause {
     /// Every cause.
-    pub const ALL: [EndCause; 13] = [
+    pub const ALL: [EndCause; 14] = [
         EndCause::Completed,
         EndCause::Exited,
         EndCause::Signalled,
@@ -83,6 +87,7 @@ impl EndCause {
         EndCause::WorkerLost,
         EndCause::WorkerRestarted,
         EndCause::CutOff,
+        EndCause::Takeover,
         EndCause::Drained,
         EndCause::WorkerShutdown,
         EndCause::Refused,
@@ -99,7 +104,7 @@ impl EndCause {
             EndCause::TimedOut => EndKind::Timeout,
             EndCause::Cancelled => EndKind::User,
             EndCause::WorkerLost | EndCause::WorkerRestarted | EndCause::CutOff => EndKind::Loss,
-            EndCause::Drained | EndCause::WorkerShutdown => EndKind::Operator,
+            EndCause::Drained | EndCause::WorkerShutdown | EndCause::Takeover => EndKind::Operator,
             EndCause::Refused => EndKind::Refusal,
         }
     }
@@ -117,6 +122,7 @@ impl EndCause {
             EndCause::WorkerLost => "worker_lost",
             EndCause::WorkerRestarted => "worker_restarted",
             EndCause::CutOff => "cut_off",
+            EndCause::Takeover => "takeover",
             EndCause::Drained => "drained",
             EndCause::WorkerShutdown => "worker_shutdown",
             EndCause::Refused => "refused",
