@@ -285,6 +285,18 @@ impl MasterClient {
         F: Fn(master_client::MasterClient<Channel>, Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
+        self.call_within(Some(ATTEMPT_TIMEOUT), msg, call).await
+    }
+
+    /// [`MasterClient::call`], each attempt given `bound` (`None`: a call
+    /// that waits on a worker, as `cancel --wait` does, for as long as the
+    /// master takes).
+    async fn call_within<M, R, F, Fut>(&self, bound: Option<Duration>, msg: M, call: F) -> Result<R>
+    where
+        M: Clone,
+        F: Fn(master_client::MasterClient<Channel>, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
         let until = tokio::time::Instant::now() + self.leader_wait;
         let several = self.route.listed.len() > 1;
         let mut redirects = 0;
@@ -292,16 +304,15 @@ impl MasterClient {
         loop {
             let (address, client) = self.c();
             let attempt = call(client, self.req(msg.clone()));
-            let answer = if several && !self.leader_wait.is_zero() {
-                tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
+            let answer = match bound.filter(|_| several && !self.leader_wait.is_zero()) {
+                Some(bound) => tokio::time::timeout(bound, attempt)
                     .await
                     .unwrap_or_else(|_| {
                         Err(tonic::Status::unavailable(format!(
-                            "no answer within {ATTEMPT_TIMEOUT:?}"
+                            "no answer within {bound:?}"
                         )))
-                    })
-            } else {
-                attempt.await
+                    }),
+                None => attempt.await,
             };
             let e = match answer {
                 Ok(r) => return Ok(r.into_inner()),
@@ -385,8 +396,9 @@ impl MasterClient {
             force,
             wait,
         };
+        let bound = (!wait).then_some(ATTEMPT_TIMEOUT);
         let r = self
-            .call(req, |mut c, r| async move { c.cancel(r).await })
+            .call_within(bound, req, |mut c, r| async move { c.cancel(r).await })
             .await?;
         Ok(convert::cancel_outcome(r).map_err(bad_reply)?.1)
     }
@@ -410,8 +422,9 @@ impl MasterClient {
             wait,
             array: filter.array.as_ref().map(ToString::to_string),
         };
+        let bound = (!wait).then_some(ATTEMPT_TIMEOUT);
         let r = self
-            .call(req, |mut c, r| async move { c.cancel_many(r).await })
+            .call_within(bound, req, |mut c, r| async move { c.cancel_many(r).await })
             .await?;
         r.cancelled
             .into_iter()
