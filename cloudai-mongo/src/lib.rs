@@ -20,7 +20,13 @@
 //! | [`WORKERS`] | worker id | address, capacity, `registered_at`, `last_heartbeat`, telemetry |
 //! | [`ASSIGNMENTS`] | generated | append-only placement history `{task_id, worker, attempt, at, term}` |
 //! | [`REQUESTS`] | request id | what a submit under a client's request id made, and its spec's hash |
-//! | [`LEASE`] | `"master"` | the leader lease `{holder, run, address, term, version, ttl_ms}` |
+//! | [`LEASE`] | `"master"` | the leader lease `{holder, run, address, term, version, ttl_ms}`, in the database `<database>-lease` |
+//!
+//! The lease has a database of its own so that a server that locks per
+//! database (nx-27017, the test server) never holds a renewal behind a
+//! burst of task and worker writes: a leader that misses its renewals
+//! under load steps down, and the next one, loading under the same load,
+//! would miss them too.
 //!
 //! Task and worker documents carry a `fence`: the highest term that wrote
 //! or raised them. Every write through a handle of term T
@@ -165,6 +171,8 @@ pub struct AssignmentEntry {
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     db: Database,
+    /// Where the lease lives: `<database>-lease`.
+    lease_db: Database,
     tasks: Collection<TaskDoc>,
     results: Collection<ResultDoc>,
     assignments: Collection<AssignmentDoc>,
@@ -176,6 +184,11 @@ pub struct MongoStore {
     /// `host:port` list for messages (never the URI, which may hold a password).
     hosts: String,
     operation_timeout: Duration,
+}
+
+/// The database the lease of the masters on `database` lives in.
+fn lease_database(database: &str) -> String {
+    format!("{database}-lease")
 }
 
 fn check_database_name(name: &str) -> Result<()> {
@@ -213,6 +226,8 @@ impl MongoStore {
     /// or database name.
     pub async fn connect(config: MongoConfig) -> Result<MongoStore> {
         check_database_name(&config.database)?;
+        let lease_db = lease_database(&config.database);
+        check_database_name(&lease_db)?;
         let mut options = ClientOptions::parse(config.uri.as_str())
             .await
             .map_err(|e| {
@@ -236,15 +251,17 @@ impl MongoStore {
             .join(",");
         let client = Client::with_options(options).map_err(|e| errors::map(e, &hosts))?;
         let db = client.database(&config.database);
+        let lease_db = client.database(&lease_db);
         let store = MongoStore {
             tasks: db.collection(TASKS),
             results: db.collection(RESULTS),
             assignments: db.collection(ASSIGNMENTS),
             workers: db.collection(WORKERS),
             requests: db.collection(REQUESTS),
-            lease: db.collection(LEASE),
+            lease: lease_db.collection(LEASE),
             term: Term::ZERO,
             db,
+            lease_db,
             hosts,
             operation_timeout: config.operation_timeout,
         };
@@ -366,8 +383,9 @@ impl MongoStore {
         self.db.name()
     }
 
-    /// Drops the whole database (tests, benchmarks).
+    /// Drops the whole database, and the lease's (tests, benchmarks).
     pub async fn drop_database(&self) -> Result<()> {
+        self.op(self.lease_db.drop()).await?;
         self.op(self.db.drop()).await
     }
 

@@ -427,16 +427,19 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode, String> {
     if let Some(w) = worker {
         w.shutdown().await;
     }
+    // With --ha, the lease goes first: the next master takes over at once,
+    // and this one's open calls (every worker's heartbeat stream) are
+    // answered with a redirect there, so the servers below wind down.
+    if let Serving::Elected(l) = &master {
+        l.shutdown().await;
+    }
     let _ = stop.send(true);
     let _ = server.await;
     if let Some(h) = http {
         let _ = h.await;
     }
-    // With --ha, the lease is released after the master stopped: another
-    // master takes over at once.
-    match &master {
-        Serving::One(m) => m.shutdown().await,
-        Serving::Elected(l) => l.shutdown().await,
+    if let Serving::One(m) = &master {
+        m.shutdown().await;
     }
     match signalled {
         // Exit at once, as a shell reports a signal: a REPL may still hold
