@@ -1233,6 +1233,19 @@ impl SimCluster {
                 w.worker.running().is_empty(),
                 "seed {seed}: {id} still tracks runs"
             );
+            // After takeovers, every worker follows the last leader (a
+            // lossy network may have dropped its latest beat).
+            if self.ha.is_some() {
+                let seen = leader.workers().into_iter().find(|v| v.id == *id);
+                assert!(
+                    w.worker.term() == leader.term()
+                        && seen.as_ref().is_some_and(|v| v.registered && v.health != crate::liveness::Health::Lost),
+                    "seed {seed}: {id} does not follow the leader of term {} (its term {}; the leader sees {:?})",
+                    leader.term(),
+                    w.worker.term(),
+                    seen.map(|v| (v.registered, v.health))
+                );
+            }
         }
     }
 
