@@ -149,8 +149,8 @@ impl Leadership {
         }
     }
 
-    /// On a follower, what its probes say: `follower; leader <id> at
-    /// <address>`. `None` while this master leads.
+    /// On a follower, what its probes say:
+    /// `follower; leader <id> at <address>`. `None` while this master leads.
     pub fn following(&self) -> Option<String> {
         match &*self.inner.keeper.role().borrow() {
             Role::Leading { .. } => None,
