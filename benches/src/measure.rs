@@ -87,6 +87,9 @@ pub struct Report {
     pub failed: u64,
     /// Reports the master refused.
     pub refused: u64,
+    /// (task, attempt) pairs started twice (see
+    /// [`crate::swarm::Stats::double_assignments`]).
+    pub double_assignments: u64,
     /// The master's resident memory at the end, MiB.
     pub master_rss_mib: Option<f64>,
     /// Errors the swarm met.
@@ -119,6 +122,7 @@ impl Report {
             "completed": self.completed,
             "failed": self.failed,
             "refused": self.refused,
+            "double_assignments": self.double_assignments,
             "master_rss_mib": self.master_rss_mib,
             "errors": self.errors,
         })
@@ -169,11 +173,12 @@ impl std::fmt::Display for Report {
             self.master_rss_mib
                 .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
         )?;
-        write!(
+        writeln!(
             f,
             "reports: {} completed, {} failed, {} refused",
             self.completed, self.failed, self.refused
         )?;
+        write!(f, "double assignments: {}", self.double_assignments)?;
         for e in &self.errors {
             write!(f, "\nerror: {e}")?;
         }
@@ -329,6 +334,7 @@ pub async fn run(
         completed: stats.completed.load(Ordering::Relaxed),
         failed: stats.failed.load(Ordering::Relaxed),
         refused: stats.refused.load(Ordering::Relaxed),
+        double_assignments: stats.double_assignments.load(Ordering::Relaxed),
         master_rss_mib: master_pid
             .and_then(host::process_rss_kb)
             .map(|kb| kb as f64 / 1024.0),
@@ -366,10 +372,10 @@ pub async fn check(
     failed_expected: Option<u64>,
 ) -> Result<(), String> {
     let err = |e: cloudai_core::Error| e.to_string();
-    if report.refused > 0 || !report.errors.is_empty() {
+    if report.refused > 0 || report.double_assignments > 0 || !report.errors.is_empty() {
         return Err(format!(
-            "{} reports refused; errors: {:?}",
-            report.refused, report.errors
+            "{} reports refused, {} double assignments; errors: {:?}",
+            report.refused, report.double_assignments, report.errors
         ));
     }
     let failed_ok = failed_expected.is_none_or(|f| report.failed == f);

@@ -9,6 +9,17 @@
 //! target/release/nodesim --workers 10000 --tasks 20000
 //! target/release/nodesim --workers 10000 --tasks 20000 --store mongodb://127.0.0.1:27017
 //! ```
+//!
+//! With `--rate`, a steady load instead, for master takeovers
+//! (`benches/ha-takeover.sh`): the workers against running masters
+//! (`--master a:1,b:2`, following the leader), a submitter at that many
+//! submits a second until `--stop-file` appears, then every acknowledged
+//! task checked in the store (see `cloudai_bench::steady`):
+//!
+//! ```sh
+//! target/release/nodesim --master 127.0.0.1:7001,127.0.0.1:7002 --workers 1000 \
+//!     --rate 20 --run-ms 2000 --stop-file /tmp/stop --check-store mongodb://… --check-db db
+//! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::time::Duration;
@@ -16,6 +27,7 @@ use std::time::Duration;
 use clap::Parser;
 use cloudai_bench::master_proc;
 use cloudai_bench::measure::{self, LoadConfig};
+use cloudai_bench::steady::{self, SteadyConfig};
 use cloudai_bench::swarm::SwarmConfig;
 use cloudai_core::model::Resources;
 use cloudai_grpc::{MasterClient, Security, Token};
@@ -79,8 +91,12 @@ struct Args {
     /// The master binary to start.
     #[arg(long, default_value = "target/release/cloudai-master")]
     master_bin: String,
+    /// A flag more for the master started here (repeat it; e.g.
+    /// `--master-arg=--ha --master-arg=--lease-ttl=5`).
+    #[arg(long, allow_hyphen_values = true)]
+    master_arg: Vec<String>,
     /// Load a running master instead (its pid, for CPU and RSS, with
-    /// `--master-pid`).
+    /// `--master-pid`), or the leader among several (`a:1,b:2`).
     #[arg(long)]
     master: Option<String>,
     /// The running master's pid.
@@ -96,6 +112,46 @@ struct Args {
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Steady load instead: this many submits a second (one task each,
+    /// running `--run-ms`), until `--stop-file` appears or
+    /// `--duration-secs` pass; then every acknowledged task is checked.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Steady load: no submit while this many tasks are non-final.
+    #[arg(long, default_value_t = 2_000)]
+    max_pending: usize,
+    /// Steady load: stop submitting once this file exists.
+    #[arg(long)]
+    stop_file: Option<std::path::PathBuf>,
+    /// Steady load: create this file once the workers are registered and a
+    /// first submit was acknowledged.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+    /// Steady load: stop submitting after this many seconds.
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Steady load: how long a submit call is retried while no master
+    /// leads (then it is sent again under its request id), seconds.
+    #[arg(long, default_value_t = 30.0)]
+    leader_wait_secs: f64,
+    /// Steady load: how long to wait for the acknowledged tasks to end,
+    /// seconds.
+    #[arg(long, default_value_t = 120.0)]
+    drain_secs: f64,
+    /// Steady load: the store (`mongodb://` URI) to read the tasks from at
+    /// the end (with `--check-db`); default: list them through the leader.
+    #[arg(long, requires = "check_db")]
+    check_store: Option<String>,
+    /// Steady load: the database of `--check-store`.
+    #[arg(long)]
+    check_db: Option<String>,
+    /// Only submit this many pending tasks, as arrays of `--array-size`
+    /// (with no workers: `--workers 0`), and exit.
+    #[arg(long)]
+    submit_pending: Option<usize>,
+    /// Tasks in each array of `--submit-pending`.
+    #[arg(long, default_value_t = 10_000)]
+    array_size: usize,
 }
 
 #[tokio::main]
@@ -108,7 +164,7 @@ async fn main() -> Result<(), String> {
             // A fresh database each run: a master on MongoDB loads the
             // workers an earlier run registered.
             let db = format!("nodesim-{}", std::process::id());
-            let flags: Vec<String> = [
+            let mut flags: Vec<String> = [
                 "--mongo-db",
                 &db,
                 "--store",
@@ -122,6 +178,7 @@ async fn main() -> Result<(), String> {
             ]
             .map(String::from)
             .to_vec();
+            flags.extend(args.master_arg.iter().cloned());
             let (a, child) = master_proc::start(&args.master_bin, &flags, &token).await?;
             let pid = child.id().and_then(|p| i32::try_from(p).ok());
             (a, pid, Some(child))
@@ -140,10 +197,60 @@ async fn main() -> Result<(), String> {
         fail_percent: args.fail_percent.min(100),
         id_prefix: args.id_prefix.clone(),
     };
+    let request =
+        Resources::new(args.task_cpu, args.task_mem, 0.0, 0).map_err(|e| e.to_string())?;
+    if let Some(n) = args.submit_pending {
+        let client = MasterClient::new(&address, security)
+            .map_err(|e| e.to_string())?
+            .leader_wait(Duration::from_secs_f64(args.leader_wait_secs.max(0.0)));
+        let took = steady::submit_pending(&client, request, n, args.array_size).await?;
+        // The master's count, if one answers (a leader that lost the lease
+        // meanwhile is still taking office again).
+        let pending = match client.task_counts().await {
+            Ok(c) => Some(c.pending),
+            Err(e) => {
+                eprintln!("no task count: {e}");
+                None
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "pending",
+                "submitted": n,
+                "secs": took.as_secs_f64(),
+                "pending": pending,
+            })
+        );
+        return Ok(());
+    }
+    if let Some(rate) = args.rate {
+        let load = SteadyConfig {
+            rate,
+            max_pending: args.max_pending,
+            request,
+            stop_file: args.stop_file.clone(),
+            ready_file: args.ready_file.clone(),
+            duration: args
+                .duration_secs
+                .map(|s| Duration::from_secs_f64(s.max(0.0))),
+            leader_wait: Duration::from_secs_f64(args.leader_wait_secs.max(0.0)),
+            drain: Duration::from_secs_f64(args.drain_secs.max(0.0)),
+            store: args.check_store.clone().zip(args.check_db.clone()),
+        };
+        eprintln!("masters at {address}; {} workers joining", args.workers);
+        let report = steady::run(&address, security, swarm, &load).await?;
+        if args.json {
+            println!("{}", report.to_json());
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
     let load = LoadConfig {
         tasks: args.tasks,
         concurrency: args.concurrency,
-        request: Resources::new(args.task_cpu, args.task_mem, 0.0, 0).map_err(|e| e.to_string())?,
+        request,
         parked: args.parked,
         idle: Duration::from_secs_f64(args.idle_secs.max(0.0)),
         deadline: Duration::from_secs(600),

@@ -7,7 +7,18 @@
 //! and a shared listener routes each master→worker call by the worker it
 //! names. An assignment "runs" for the configured time, then is reported
 //! completed (or failed, for the configured share); nothing is executed.
+//!
+//! Across a takeover they behave as real workers do: their connections
+//! follow the leader among the masters listed (`a:1,b:2`); each obeys no
+//! call of a master term (`x-cloudai-term`) below the highest it has seen
+//! and remembers a higher one; a `MasterRegister` of a term higher than the
+//! one it registered under moves its connection to the address named and
+//! registers there at once; a registration lists its runs, those whose
+//! report is still unacknowledged included, and assignments wait while one
+//! is on its way. Every (task, attempt) started a second time (on another
+//! worker, or again after it ended) is counted: a double assignment.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,12 +32,12 @@ use cloudai_core::model::{
 use cloudai_core::output::OutputChunk;
 use cloudai_core::transport::{Registration, RunningTask, WorkerToMaster};
 use cloudai_core::Error;
-use cloudai_grpc::auth::addressee;
+use cloudai_grpc::auth::{addressee, caller_term, MASTER_HEADER};
 use cloudai_grpc::convert::{self, to_status};
 use cloudai_grpc::proto::{self, worker_server};
 use cloudai_grpc::{serve, MasterClient, Security};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, RwLock, Semaphore};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -78,12 +89,29 @@ pub struct Stats {
     /// Reports the master refused as final (FAILED_PRECONDITION and the
     /// like): a bug in a correct run.
     pub refused: AtomicU64,
+    /// (task, attempt) pairs started a second time: on another worker, or
+    /// again after the run ended. A correct master never does it.
+    pub double_assignments: AtomicU64,
+    /// Assignments of a run the worker still held: no-ops, as on a real
+    /// worker (a master may send an assignment again).
+    pub repeated_assignments: AtomicU64,
+    /// Calls refused because their master's term was below the highest
+    /// the worker had seen (a deposed master's late orders).
+    pub stale_calls: AtomicU64,
+    /// Registrations answered by a master of a term below the highest
+    /// seen (tried again).
+    pub stale_registrations: AtomicU64,
+    /// `MasterRegister` calls of a higher term that moved a worker to a
+    /// new master.
+    pub moves: AtomicU64,
     /// The first few errors met (a listener that failed, a refused report).
     errors: Mutex<Vec<String>>,
     /// When each task's first assignment arrived.
     assigned_at: Mutex<HashMap<TaskId, Instant>>,
-    /// When each task's report was accepted.
-    reported_at: Mutex<HashMap<TaskId, Instant>>,
+    /// When each task's last report was accepted, and how many were.
+    reported_at: Mutex<HashMap<TaskId, (Instant, u32)>>,
+    /// The worker each run first started on.
+    started: Mutex<HashMap<RunningTask, WorkerId>>,
 }
 
 impl Stats {
@@ -111,15 +139,27 @@ impl Stats {
         lock(&self.assigned_at).get(task).copied()
     }
 
-    /// When `task`'s report was accepted.
+    /// When `task`'s (last) report was accepted.
     pub fn reported(&self, task: &TaskId) -> Option<Instant> {
-        lock(&self.reported_at).get(task).copied()
+        lock(&self.reported_at).get(task).map(|(at, _)| *at)
+    }
+
+    /// How many reports of `task`'s runs the master accepted.
+    pub fn reports(&self, task: &TaskId) -> u32 {
+        lock(&self.reported_at).get(task).map_or(0, |(_, n)| *n)
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// How long a client call is retried while no master leads or answers
+/// (with several masters listed, it also bounds each attempt: a stopped
+/// leader holds its connections open).
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How long a heartbeat may take (a stopped master never answers it).
+const BEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One simulated worker.
 #[derive(Debug)]
@@ -129,6 +169,25 @@ struct SimWorker {
     /// Index of its group (listener and master connection).
     group: usize,
     running: AtomicU32,
+    /// The highest master term seen: calls of a lower one are refused.
+    term: AtomicU64,
+    /// The term of the master it last registered with.
+    registered: AtomicU64,
+    /// Held (write) while a registration is on its way: assignments wait
+    /// (read), so every run it does not list started after the master
+    /// had it.
+    registering: RwLock<()>,
+    /// A registration is asked for and not yet begun.
+    wants_register: AtomicBool,
+}
+
+/// Where a run held by a worker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Running (its simulated time not yet over).
+    Running,
+    /// Ended; its report is not yet acknowledged.
+    Reporting,
 }
 
 #[derive(Debug)]
@@ -137,8 +196,8 @@ struct Shared {
     workers: HashMap<WorkerId, SimWorker>,
     /// One connection to the master per group.
     clients: Vec<MasterClient>,
-    /// Runs in progress: (task, attempt) → worker.
-    runs: Mutex<HashMap<RunningTask, WorkerId>>,
+    /// Runs held: (worker, (task, attempt)) → where the run is.
+    runs: Mutex<HashMap<(WorkerId, RunningTask), Held>>,
     /// Reports made so far, to spread failures evenly.
     reports: AtomicU64,
     heartbeat_interval: Mutex<Duration>,
@@ -172,7 +231,10 @@ impl Swarm {
                 .await
                 .map_err(|e| format!("cannot bind a listener: {e}"))?;
             listeners.push(l);
-            clients.push(MasterClient::new(master, security.clone()).map_err(|e| e.to_string())?);
+            let client = MasterClient::new(master, security.clone())
+                .map_err(|e| e.to_string())?
+                .leader_wait(LEADER_WAIT);
+            clients.push(client);
         }
         let mut workers = HashMap::with_capacity(config.workers);
         for n in 0..config.workers {
@@ -193,6 +255,10 @@ impl Swarm {
                     address,
                     group,
                     running: AtomicU32::new(0),
+                    term: AtomicU64::new(0),
+                    registered: AtomicU64::new(0),
+                    registering: RwLock::new(()),
+                    wants_register: AtomicBool::new(false),
                 },
             );
         }
@@ -252,7 +318,8 @@ impl Swarm {
         *lock(&self.shared.heartbeat_interval)
     }
 
-    /// Runs still in progress.
+    /// Runs the workers hold: running, or ended with their report not yet
+    /// acknowledged.
     pub fn running(&self) -> usize {
         lock(&self.shared.runs).len()
     }
@@ -288,13 +355,18 @@ async fn register_all(shared: &Arc<Shared>) -> Result<(), String> {
 }
 
 /// Registers one worker, retrying while the master is unavailable (up to
-/// about 30 s). It lists the runs it has, as a real worker does.
+/// about 30 s) or answers from a term below the highest seen. It lists
+/// the runs it holds (those whose report is unacknowledged included), as a
+/// real worker does; assignments wait until the master has it.
 async fn register(shared: &Shared, id: &WorkerId) -> Result<(), String> {
     let w = &shared.workers[id];
+    let _registering = w.registering.write().await;
+    // Asked again from now on: one more registration follows this one.
+    w.wants_register.store(false, Ordering::Release);
     let running: Vec<RunningTask> = lock(&shared.runs)
-        .iter()
-        .filter(|(_, on)| *on == id)
-        .map(|(run, _)| run.clone())
+        .keys()
+        .filter(|(on, _)| on == id)
+        .map(|(_, run)| run.clone())
         .collect();
     let reg = Registration {
         worker: id.clone(),
@@ -308,11 +380,29 @@ async fn register(shared: &Shared, id: &WorkerId) -> Result<(), String> {
     let mut tries = 0;
     loop {
         match shared.clients[w.group].register(&reg).await {
+            Ok(reply) if reply.term.get() < w.term.load(Ordering::Acquire) && tries < 300 => {
+                shared
+                    .stats
+                    .stale_registrations
+                    .fetch_add(1, Ordering::Relaxed);
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Ok(reply) => {
+                let term = reply.term.get();
+                w.term.fetch_max(term, Ordering::AcqRel);
+                w.registered.store(term, Ordering::Release);
                 shared.stats.registrations.fetch_add(1, Ordering::Relaxed);
                 *lock(&shared.heartbeat_interval) = reply.heartbeat_interval;
+                let mut runs = lock(&shared.runs);
                 for run in reply.stop {
-                    lock(&shared.runs).remove(&run);
+                    // A run still going is dropped unreported; one being
+                    // reported finishes its report.
+                    let key = (id.clone(), run);
+                    if runs.get(&key) == Some(&Held::Running) {
+                        runs.remove(&key);
+                        w.running.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 return Ok(());
             }
@@ -323,6 +413,26 @@ async fn register(shared: &Shared, id: &WorkerId) -> Result<(), String> {
             Err(e) => return Err(format!("worker {id} could not register: {e}")),
         }
     }
+}
+
+/// Registers `id` soon, on a task of its own: once more after the one on
+/// its way, if any (a real worker's "register now").
+fn register_soon(shared: &Arc<Shared>, id: &WorkerId) {
+    if shared.closing.load(Ordering::Relaxed) {
+        return;
+    }
+    if shared.workers[id]
+        .wants_register
+        .swap(true, Ordering::AcqRel)
+    {
+        return; // one is already asked for and not yet begun
+    }
+    let (s, id) = (shared.clone(), id.clone());
+    tokio::spawn(async move {
+        if let Err(e) = register(&s, &id).await {
+            s.stats.error(e);
+        }
+    });
 }
 
 /// One group's heartbeats: its workers in turn, spread evenly over the
@@ -356,7 +466,7 @@ async fn heartbeats(shared: Arc<Shared>, group: usize, mut stopped: watch::Recei
     }
 }
 
-async fn beat(shared: &Shared, id: &WorkerId) {
+async fn beat(shared: &Arc<Shared>, id: &WorkerId) {
     let w = &shared.workers[id];
     let telemetry = Telemetry {
         cpu_percent: 0.0,
@@ -364,20 +474,19 @@ async fn beat(shared: &Shared, id: &WorkerId) {
         running_tasks: w.running.load(Ordering::Relaxed),
         starting: Vec::new(),
     };
-    match shared.clients[w.group].heartbeat(&w.me, &telemetry).await {
-        Ok(reply) if !reply.register_again => {
+    let call = shared.clients[w.group].heartbeat(&w.me, &telemetry);
+    match tokio::time::timeout(BEAT_TIMEOUT, call).await {
+        Ok(Ok(reply)) if !reply.register_again => {
             shared.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(_) => {
+        Ok(Ok(_)) => {
             shared
                 .stats
                 .heartbeat_errors
                 .fetch_add(1, Ordering::Relaxed);
-            if !shared.closing.load(Ordering::Relaxed) {
-                let _ = register(shared, id).await;
-            }
+            register_soon(shared, id);
         }
-        Err(_) => {
+        Ok(Err(_)) | Err(_) => {
             shared
                 .stats
                 .heartbeat_errors
@@ -386,14 +495,43 @@ async fn beat(shared: &Shared, id: &WorkerId) {
     }
 }
 
-/// Takes `run` on worker `on` (a repeat is harmless) and reports it after
-/// the run time, unless it was stopped meanwhile.
-fn start_run(shared: &Arc<Shared>, on: &WorkerId, run: RunningTask) {
-    let fresh = lock(&shared.runs).insert(run.clone(), on.clone()).is_none();
-    if !fresh {
-        return;
+/// Takes `run` on worker `on` (a repeat while it holds the run is a
+/// no-op) and reports it after the run time, unless it was stopped
+/// meanwhile. A run started before, here or elsewhere, counts as a double
+/// assignment (and runs again, as a real worker would run it).
+async fn start_run(shared: &Arc<Shared>, on: &WorkerId, run: RunningTask) {
+    let w = &shared.workers[on];
+    let _not_registering = w.registering.read().await;
+    match lock(&shared.runs).entry((on.clone(), run.clone())) {
+        Entry::Occupied(_) => {
+            shared
+                .stats
+                .repeated_assignments
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Entry::Vacant(v) => {
+            v.insert(Held::Running);
+        }
     }
-    shared.workers[on].running.fetch_add(1, Ordering::Relaxed);
+    w.running.fetch_add(1, Ordering::Relaxed);
+    let first = match lock(&shared.stats.started).entry(run.clone()) {
+        Entry::Occupied(o) => Some(o.get().clone()),
+        Entry::Vacant(v) => {
+            v.insert(on.clone());
+            None
+        }
+    };
+    if let Some(first) = first {
+        shared
+            .stats
+            .double_assignments
+            .fetch_add(1, Ordering::Relaxed);
+        shared.stats.error(format!(
+            "double assignment: task {} attempt {} started on {on}, first on {first}",
+            run.task, run.attempt
+        ));
+    }
     lock(&shared.stats.assigned_at)
         .entry(run.task.clone())
         .or_insert_with(Instant::now);
@@ -403,8 +541,8 @@ fn start_run(shared: &Arc<Shared>, on: &WorkerId, run: RunningTask) {
         if !s.config.run_time.is_zero() {
             tokio::time::sleep(s.config.run_time).await;
         }
-        if lock(&s.runs).remove(&run).is_none() {
-            return; // stopped: the stop reported it
+        if !ended(&s, &on, &run) {
+            return; // stopped: the stop reported it, or it was dropped
         }
         let n = s.reports.fetch_add(1, Ordering::Relaxed);
         let p = u64::from(s.config.fail_percent);
@@ -418,12 +556,27 @@ fn start_run(shared: &Arc<Shared>, on: &WorkerId, run: RunningTask) {
     });
 }
 
-/// Ends `run` as stopped by the master, if it is still running.
-fn stop_run(shared: &Arc<Shared>, run: &RunningTask) {
-    let Some(on) = lock(&shared.runs).remove(run) else {
+/// Marks `run` on `on` ended, to be reported: `false` if it was not
+/// running (stopped or dropped meanwhile).
+fn ended(shared: &Shared, on: &WorkerId, run: &RunningTask) -> bool {
+    let mut runs = lock(&shared.runs);
+    match runs.get_mut(&(on.clone(), run.clone())) {
+        Some(held @ Held::Running) => {
+            *held = Held::Reporting;
+            drop(runs);
+            shared.workers[on].running.fetch_sub(1, Ordering::Relaxed);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Ends `run` on `on` as stopped by the master, if it is still running.
+fn stop_run(shared: &Arc<Shared>, on: &WorkerId, run: &RunningTask) {
+    if !ended(shared, on, run) {
         return;
-    };
-    let (s, run) = (shared.clone(), run.clone());
+    }
+    let (s, on, run) = (shared.clone(), on.clone(), run.clone());
     tokio::spawn(async move {
         let at = now();
         report(&s, &on, &run, TaskStatus::Cancelled, at).await;
@@ -448,7 +601,6 @@ async fn report(
     started: Timestamp,
 ) {
     let w = &shared.workers[on];
-    w.running.fetch_sub(1, Ordering::Relaxed);
     let exit_code = match status {
         TaskStatus::Completed => Some(0),
         TaskStatus::Failed => Some(1),
@@ -479,10 +631,17 @@ async fn report(
             r => break r,
         }
     };
+    lock(&shared.runs).remove(&(on.clone(), run.clone()));
     let stats = &shared.stats;
     match outcome {
         Ok(()) => {
-            lock(&stats.reported_at).insert(run.task.clone(), Instant::now());
+            lock(&stats.reported_at)
+                .entry(run.task.clone())
+                .and_modify(|(at, n)| {
+                    *at = Instant::now();
+                    *n += 1;
+                })
+                .or_insert_with(|| (Instant::now(), 1));
             let counter = match status {
                 TaskStatus::Completed => &stats.completed,
                 TaskStatus::Failed => &stats.failed,
@@ -503,7 +662,9 @@ struct Listener(Arc<Shared>);
 
 impl Listener {
     /// The worker a call is meant for; refused (as a real worker refuses a
-    /// call meant for another) if it is not one of ours.
+    /// call meant for another) if it is not one of ours, and refused
+    /// (`PERMISSION_DENIED`) if its master's term is below the highest
+    /// that worker has seen; a higher one is remembered.
     fn addressed<T>(&self, req: &Request<T>) -> Result<WorkerId, Status> {
         let (id, instance) = addressee(req.metadata())?;
         let w = self
@@ -515,6 +676,19 @@ impl Listener {
             return Err(to_status(Error::Unavailable(format!(
                 "worker {id} here is another instance"
             ))));
+        }
+        let term = caller_term(req.metadata())?.get();
+        let seen = w.term.fetch_max(term, Ordering::AcqRel);
+        if term < seen {
+            self.0.stats.stale_calls.fetch_add(1, Ordering::Relaxed);
+            let caller = req
+                .metadata()
+                .get(MASTER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(unnamed)");
+            return Err(Status::permission_denied(format!(
+                "worker {id} refuses master {caller}: its term {term} is below {seen}, the highest seen"
+            )));
         }
         Ok(id)
     }
@@ -538,22 +712,30 @@ impl worker_server::Worker for Listener {
         req: Request<proto::MasterRegisterRequest>,
     ) -> Reply<proto::Empty> {
         let id = self.addressed(&req)?;
-        let s = self.0.clone();
-        tokio::spawn(async move { register(&s, &id).await });
+        let r = req.into_inner();
+        let w = &self.0.workers[&id];
+        // A master of a higher term than the one it registered with has
+        // taken over: every later call of this worker (of its group's
+        // connection) goes to it.
+        if r.term > w.registered.load(Ordering::Acquire) && !r.address.is_empty() {
+            self.0.clients[w.group].follow(&r.address);
+            self.0.stats.moves.fetch_add(1, Ordering::Relaxed);
+        }
+        register_soon(&self.0, &id);
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn assign(&self, req: Request<proto::AssignRequest>) -> Reply<proto::Empty> {
         let id = self.addressed(&req)?;
         let run = convert::run(req.into_inner().run)?;
-        start_run(&self.0, &id, run);
+        start_run(&self.0, &id, run).await;
         Ok(Response::new(proto::Empty {}))
     }
 
     async fn cancel(&self, req: Request<proto::StopRequest>) -> Reply<proto::Empty> {
-        self.addressed(&req)?;
+        let id = self.addressed(&req)?;
         let run = convert::run(req.into_inner().run)?;
-        stop_run(&self.0, &run);
+        stop_run(&self.0, &id, &run);
         Ok(Response::new(proto::Empty {}))
     }
 
