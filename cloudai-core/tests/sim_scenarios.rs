@@ -1310,6 +1310,7 @@ async fn a_leader_cut_off_briefly_stops_acting_then_leads_again_in_its_term() {
     c.start_worker("w1", cap(4.0)).await;
     c.run_for(Duration::from_millis(200)).await;
     let first = leader_id(&c).unwrap();
+    let lapsed = c.leader().unwrap();
     // Cut for longer than its acting window (4 s past its last renewal)
     // but not the TTL the other needs from its first read of that renewal.
     c.cut_master(index_of(&first));
@@ -1325,6 +1326,10 @@ async fn a_leader_cut_off_briefly_stops_acting_then_leads_again_in_its_term() {
     .await;
     assert_eq!(leader_id(&c).unwrap(), first, "no takeover");
     assert_eq!(c.leader().unwrap().term().get(), 1, "in its own term");
+    // A new master for the new stretch: the one that lapsed, and may have
+    // dropped a write meanwhile, never acts again.
+    assert!(!c.leader().unwrap().is(&lapsed), "a new master");
+    assert!(!lapsed.acting(), "the lapsed master does not act again");
     let t = c
         .leader()
         .unwrap()
