@@ -51,16 +51,6 @@ const SUBMIT_PAUSE: Duration = Duration::from_millis(50);
 /// The environment variable naming, in each task, the submit that made it.
 const SUBMIT_LABEL: &str = "HA_SUBMIT";
 
-fn mongo_uri() -> String {
-    match std::env::var("CLOUDAI_TEST_MONGO_URI") {
-        Ok(uri) if !uri.trim().is_empty() => uri,
-        _ => panic!(
-            "CLOUDAI_TEST_MONGO_URI is not set: run ./scripts/test.sh, which starts a \
-             MongoDB-wire server, or set CLOUDAI_TEST_MONGO_URI=mongodb://HOST:PORT"
-        ),
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     /// `kill -9` the leader.

@@ -18,16 +18,6 @@ use serde_json::Value;
 
 const TASKS: usize = 6;
 
-fn mongo_uri() -> String {
-    match std::env::var("CLOUDAI_TEST_MONGO_URI") {
-        Ok(uri) if !uri.trim().is_empty() => uri,
-        _ => panic!(
-            "CLOUDAI_TEST_MONGO_URI is not set: run ./scripts/test.sh, which starts a \
-             MongoDB-wire server, or set CLOUDAI_TEST_MONGO_URI=mongodb://HOST:PORT"
-        ),
-    }
-}
-
 /// Workers keep their runs through the master's few seconds away: they
 /// stop them only past their fence, some 9 s without an answer here.
 const TIMING: Timing = Timing {

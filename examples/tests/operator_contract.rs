@@ -167,9 +167,7 @@ fn ha_misconfigurations_are_refused_with_the_reason() {
     };
     refused(&["--ha"], &["--ha", "--store mongodb://"]);
     refused(&["--ha", "--dev"], &["--ha", "--dev"]);
-    let uri = std::env::var("CLOUDAI_TEST_MONGO_URI").expect(
-        "CLOUDAI_TEST_MONGO_URI: run ./scripts/test.sh, which starts a MongoDB-wire server",
-    );
+    let uri = mongo_uri();
     let db = format!("contract-ha-{}-{}", std::process::id(), now_ms());
     refused(
         &[

@@ -29,6 +29,18 @@ pub const SHUTDOWN_MESSAGE: &str = "worker was terminated while task was running
 
 // ---- small helpers ---------------------------------------------------------
 
+/// The MongoDB-wire server the Mongo tests use (`./scripts/test.sh` starts
+/// one); they fail without it.
+pub fn mongo_uri() -> String {
+    match std::env::var("CLOUDAI_TEST_MONGO_URI") {
+        Ok(uri) if !uri.trim().is_empty() => uri,
+        _ => panic!(
+            "CLOUDAI_TEST_MONGO_URI is not set: run ./scripts/test.sh, which starts a \
+             MongoDB-wire server, or set CLOUDAI_TEST_MONGO_URI=mongodb://HOST:PORT"
+        ),
+    }
+}
+
 /// Wall-clock milliseconds since the epoch (the master's timestamps use the
 /// same origin).
 pub fn now_ms() -> u64 {
