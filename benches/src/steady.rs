@@ -232,6 +232,7 @@ pub async fn run(
             let options = SubmitOptions {
                 wait_for_capacity: false,
                 request: Some(request.clone()),
+                ..SubmitOptions::default()
             };
             let mut refusals = 0;
             loop {
@@ -532,6 +533,7 @@ pub async fn submit_pending(
         let options = SubmitOptions {
             wait_for_capacity: true,
             request: Some(RequestId::new(format!("pending-{pid}-{k}")).map_err(|e| e.to_string())?),
+            ..SubmitOptions::default()
         };
         let mut tries = 0;
         loop {

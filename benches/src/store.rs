@@ -488,6 +488,7 @@ async fn heartbeat_phase(args: &Args) -> Result<(), String> {
                 capacity: Resources::new(4.0, 4.0, 0.0, 0).map_err(|e| e.to_string())?,
                 gpus: vec![],
                 allow_mounts: Vec::new(),
+                labels: Default::default(),
                 running: vec![],
             })
             .await

@@ -375,6 +375,7 @@ async fn register(shared: &Shared, id: &WorkerId) -> Result<(), String> {
         capacity: shared.config.capacity,
         gpus: Vec::new(),
         allow_mounts: Vec::new(),
+        labels: Default::default(),
         running,
     };
     let mut tries = 0;

@@ -94,6 +94,10 @@ struct Index {
     by_status: HashMap<TaskStatus, BTreeSet<Key>>,
     /// Tasks by array, by creation.
     by_array: HashMap<ArrayId, BTreeSet<Key>>,
+    /// Tasks by name, by creation.
+    by_name: HashMap<String, BTreeSet<Key>>,
+    /// Tasks by label (key and value), by creation.
+    by_label: HashMap<(String, String), BTreeSet<Key>>,
     /// Finished tasks by when they finished: retention reads the oldest.
     finished: BTreeSet<(Timestamp, TaskId)>,
     /// Live tasks by the worker they are assigned to (running, or pending
@@ -136,6 +140,17 @@ impl Index {
         if let Some(a) = &task.array {
             file(&mut self.by_array, a.id.clone(), key.clone(), enters);
         }
+        if let Some(n) = &task.spec.name {
+            file(&mut self.by_name, n.clone(), key.clone(), enters);
+        }
+        for (k, v) in &task.spec.labels {
+            file(
+                &mut self.by_label,
+                (k.clone(), v.clone()),
+                key.clone(),
+                enters,
+            );
+        }
         if let Some(at) = task.finished_at.filter(|_| task.status.is_terminal()) {
             if enters {
                 self.finished.insert((at, task.id.clone()));
@@ -153,6 +168,12 @@ impl Index {
         static NONE: BTreeSet<Key> = BTreeSet::new();
         if let Some(a) = &filter.array {
             return self.by_array.get(a).unwrap_or(&NONE);
+        }
+        if let Some(n) = &filter.name {
+            return self.by_name.get(n).unwrap_or(&NONE);
+        }
+        if let Some(label) = filter.labels.first() {
+            return self.by_label.get(label).unwrap_or(&NONE);
         }
         if let [one] = &filter.statuses[..] {
             return self.by_status.get(one).unwrap_or(&NONE);
@@ -292,14 +313,14 @@ impl TaskStore for MemoryStore {
                 .cloned()
                 .collect());
         }
-        let mut out: Vec<TaskRecord> = tasks
-            .by_id
-            .values()
+        Ok(tasks
+            .index
+            .candidates(filter)
+            .iter()
+            .filter_map(|(_, id)| tasks.by_id.get(id))
             .filter(|t| filter.matches(t))
             .cloned()
-            .collect();
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
+            .collect())
     }
 
     async fn page_tasks(
@@ -402,6 +423,7 @@ impl WorkerRegistry for MemoryStore {
                 known.capacity = worker.capacity;
                 known.gpus = worker.gpus;
                 known.allow_mounts = worker.allow_mounts;
+                known.labels = worker.labels;
                 known.instance = worker.instance;
                 known.clone()
             }

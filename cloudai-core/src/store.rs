@@ -56,6 +56,10 @@ pub struct TaskFilter {
     pub worker: Option<WorkerId>,
     /// Only the tasks of this array.
     pub array: Option<ArrayId>,
+    /// Only tasks with this name.
+    pub name: Option<String>,
+    /// Only tasks with every one of these labels.
+    pub labels: Vec<(String, String)>,
 }
 
 impl TaskFilter {
@@ -78,6 +82,14 @@ impl TaskFilter {
                 .array
                 .as_ref()
                 .is_none_or(|a| task.array.as_ref().map(|m| &m.id) == Some(a))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| task.spec.name.as_ref() == Some(n))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| task.spec.labels.get(k) == Some(v))
     }
 }
 

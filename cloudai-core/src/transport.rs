@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model::RunningTask;
 use crate::model::{
-    Gpu, InstanceId, Resources, TaskResult, TaskSpec, Telemetry, Term, WorkerId, WorkerIdentity,
+    Gpu, InstanceId, Labels, Resources, TaskResult, TaskSpec, Telemetry, Term, WorkerId,
+    WorkerIdentity,
 };
 use crate::output::{Follow, OutputFrom};
 use crate::Result;
@@ -61,6 +62,8 @@ pub struct Registration {
     pub gpus: Vec<Gpu>,
     /// Host directories under which its tasks may bind-mount.
     pub allow_mounts: Vec<String>,
+    /// Its labels, which tasks' constraints must match.
+    pub labels: Labels,
     /// Tasks it is running right now (empty on a fresh start).
     pub running: Vec<RunningTask>,
 }

@@ -237,7 +237,7 @@ async fn explore(seed: u64, masters: usize) {
                     let on_w = TaskFilter {
                         statuses: vec![],
                         worker: Some(w),
-                        array: None,
+                        ..TaskFilter::default()
                     };
                     let force = rng.chance(0.5);
                     if let Some(m) = leader.clone() {

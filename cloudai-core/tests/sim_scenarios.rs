@@ -522,7 +522,7 @@ async fn seed001_bulk_cancel_by_worker_and_by_status() {
     let on_w1 = TaskFilter {
         statuses: vec![],
         worker: Some(wid("w1")),
-        array: None,
+        ..TaskFilter::default()
     };
     let were_on_w1 = view(&c, "w1").tasks;
     let done = c.master.cancel_all(&on_w1, false).await.unwrap();

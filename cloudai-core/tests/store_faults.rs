@@ -160,6 +160,7 @@ async fn a_task_cancelled_while_its_assignment_is_written_gives_its_room_back() 
             capacity: Resources::new(2.0, 2.0, 0.0, 0).unwrap(),
             gpus: Vec::new(),
             allow_mounts: Vec::new(),
+            labels: Default::default(),
             running: Vec::new(),
         })
         .await
@@ -233,6 +234,7 @@ fn w1() -> Registration {
         capacity: Resources::new(2.0, 2.0, 0.0, 0).unwrap(),
         gpus: Vec::new(),
         allow_mounts: Vec::new(),
+        labels: Default::default(),
         running: Vec::new(),
     }
 }

@@ -349,12 +349,7 @@ impl MasterClient {
     pub async fn submit_with(&self, spec: TaskSpec, options: SubmitOptions) -> Result<TaskId> {
         let r = self
             .call(
-                proto::SubmitRequest {
-                    spec: Some(spec.into()),
-                    array: None,
-                    wait_for_capacity: options.wait_for_capacity,
-                    request_id: options.request.as_ref().map(ToString::to_string),
-                },
+                submit_request(spec, None, &options),
                 |mut c, r| async move { c.submit(r).await },
             )
             .await?;
@@ -371,12 +366,7 @@ impl MasterClient {
     ) -> Result<(ArrayId, usize)> {
         let r = self
             .call(
-                proto::SubmitRequest {
-                    spec: Some(spec.into()),
-                    array: Some(indices.to_string()),
-                    wait_for_capacity: options.wait_for_capacity,
-                    request_id: options.request.as_ref().map(ToString::to_string),
-                },
+                submit_request(spec, Some(indices), &options),
                 |mut c, r| async move { c.submit(r).await },
             )
             .await?;
@@ -421,6 +411,8 @@ impl MasterClient {
             force,
             wait,
             array: filter.array.as_ref().map(ToString::to_string),
+            name: filter.name.clone(),
+            labels: wire_labels(filter),
         };
         let bound = (!wait).then_some(ATTEMPT_TIMEOUT);
         let r = self
@@ -466,6 +458,8 @@ impl MasterClient {
             array: filter.array.as_ref().map(ToString::to_string),
             limit,
             after: after.map(ToString::to_string),
+            name: filter.name.clone(),
+            labels: wire_labels(filter),
         };
         let r = self
             .call(req, |mut c, r| async move { c.list_tasks(r).await })
@@ -620,6 +614,11 @@ impl WorkerToMaster for MasterClient {
             capacity: Some(registration.capacity.into()),
             gpus: registration.gpus.iter().cloned().map(Into::into).collect(),
             allow_mounts: registration.allow_mounts.clone(),
+            labels: registration
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             running: registration
                 .running
                 .iter()
@@ -839,4 +838,40 @@ impl MasterToWorker for WorkerClients {
             channels: self.channels.clone(),
         })
     }
+}
+
+/// A submit as the wire carries it: the array's throttle follows its
+/// indices after a `%`.
+fn submit_request(
+    spec: TaskSpec,
+    indices: Option<&ArrayIndices>,
+    options: &SubmitOptions,
+) -> proto::SubmitRequest {
+    proto::SubmitRequest {
+        spec: Some(spec.into()),
+        array: indices.map(|i| match options.array_limit {
+            Some(n) => format!("{i}%{n}"),
+            None => i.to_string(),
+        }),
+        wait_for_capacity: options.wait_for_capacity,
+        request_id: options.request.as_ref().map(ToString::to_string),
+        after: options
+            .after
+            .iter()
+            .map(|p| proto::ParentRef {
+                id: p.id.clone(),
+                condition: p.condition.as_str().into(),
+            })
+            .collect(),
+        after_corr: options.after_corr.as_ref().map(ToString::to_string),
+    }
+}
+
+/// A filter's labels as the wire carries them: `k=v`.
+fn wire_labels(filter: &TaskFilter) -> Vec<String> {
+    filter
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }

@@ -8,9 +8,10 @@ use cloudai_core::ledger::{Correction, Reconciliation};
 use cloudai_core::liveness::Health;
 use cloudai_core::master::{CancelOutcome, GpuView, TaskView, WorkerView};
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Attempt, AttemptPolicy, ContainerOptions, Drain, EndCause, Gpu,
-    InstanceId, Mount, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskSpec,
-    TaskStatus, Telemetry, Timestamp, Tmpfs, Usage, ValidationError, WorkerId, WorkerIdentity,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, Condition, ContainerOptions, Dependency, Drain,
+    EndCause, Gpu, InstanceId, Mount, Resources, StatusCounts, TaskId, TaskRecord, TaskResult,
+    TaskSpec, TaskStatus, Telemetry, Timestamp, Tmpfs, Usage, ValidationError, WorkerId,
+    WorkerIdentity,
 };
 use cloudai_core::store::PageKey;
 use cloudai_core::transport::RunningTask;
@@ -328,8 +329,25 @@ impl From<TaskSpec> for proto::TaskSpec {
             pin: s.pin.map(String::from),
             policy: Some(s.policy.into()),
             options: (!s.options.is_default()).then(|| s.options.into()),
+            name: s.name,
+            labels: s.labels.into_iter().collect(),
+            priority: s.priority,
+            constraints: s.constraints.iter().map(ToString::to_string).collect(),
+            after: s
+                .after
+                .into_iter()
+                .map(|d| proto::Dependency {
+                    task: d.task.into(),
+                    condition: d.condition.as_str().into(),
+                })
+                .collect(),
         }
     }
+}
+
+/// A condition from the wire.
+pub fn condition(c: &str) -> Result<Condition, Status> {
+    valid(c.parse())
 }
 
 impl From<AttemptPolicy> for proto::AttemptPolicy {
@@ -489,6 +507,24 @@ pub fn spec(s: Option<proto::TaskSpec>) -> Result<TaskSpec, Status> {
         pin: s.pin.as_deref().map(worker_id).transpose()?,
         policy: policy(s.policy),
         options: options(s.options)?,
+        name: s.name,
+        labels: s.labels.into_iter().collect(),
+        priority: s.priority,
+        constraints: s
+            .constraints
+            .iter()
+            .map(|c| valid(c.parse()))
+            .collect::<Result<_, _>>()?,
+        after: s
+            .after
+            .into_iter()
+            .map(|d| {
+                Ok(Dependency {
+                    task: task_id(&d.task)?,
+                    condition: condition(&d.condition)?,
+                })
+            })
+            .collect::<Result<_, Status>>()?,
     };
     valid(spec.validate())?;
     Ok(spec)
@@ -511,7 +547,8 @@ impl From<TaskRecord> for proto::Task {
             updated_at: t.updated_at.as_millis(),
             finished_at: t.finished_at.map(Timestamp::as_millis),
             array: t.array.as_ref().map(|a| a.id.to_string()),
-            array_index: t.array.map(|a| a.index),
+            array_index: t.array.as_ref().map(|a| a.index),
+            array_limit: t.array.and_then(|a| a.limit),
             history: t.history.into_iter().map(Into::into).collect(),
             not_before: t.not_before.map(Timestamp::as_millis),
             assigned_at: t.assigned_at.map(Timestamp::as_millis),
@@ -536,6 +573,7 @@ pub fn task(t: proto::Task) -> Result<TaskRecord, Status> {
             (Some(id), Some(index)) => Some(ArrayMember {
                 id: valid(ArrayId::new(id))?,
                 index,
+                limit: t.array_limit,
             }),
             _ => None,
         },
@@ -756,6 +794,7 @@ impl From<WorkerView> for proto::WorkerView {
                     task: g.task.map(String::from),
                 })
                 .collect(),
+            labels: w.labels.into_iter().collect(),
         }
     }
 }
@@ -798,6 +837,7 @@ impl TryFrom<proto::WorkerView> for WorkerView {
                     })
                 })
                 .collect::<Result<_, Status>>()?,
+            labels: w.labels.into_iter().collect(),
         })
     }
 }

@@ -6,8 +6,8 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use cloudai_core::master::{Cursor, Master, Serving, SubmitOptions, MAX_PAGE};
-use cloudai_core::model::{ArrayIndices, RequestId, ValidationError};
+use cloudai_core::master::{Cursor, Master, ParentRef, Serving, SubmitOptions, MAX_PAGE};
+use cloudai_core::model::{parse_label, ArraySpec, RequestId, ValidationError};
 use cloudai_core::store::{PageKey, TaskFilter};
 use cloudai_core::transport::Registration;
 use prost::Message;
@@ -41,18 +41,30 @@ impl MasterService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-fn filter(
-    statuses: &[i32],
-    worker: Option<&str>,
-    array: Option<&str>,
-) -> Result<TaskFilter, Status> {
+/// A task filter from the wire's fields.
+struct Wanted<'a> {
+    statuses: &'a [i32],
+    worker: Option<&'a str>,
+    array: Option<&'a str>,
+    name: Option<&'a str>,
+    labels: &'a [String],
+}
+
+fn filter(w: Wanted<'_>) -> Result<TaskFilter, Status> {
     Ok(TaskFilter {
-        statuses: statuses
+        statuses: w
+            .statuses
             .iter()
             .map(|s| convert::status(*s))
             .collect::<Result<_, _>>()?,
-        worker: worker.map(convert::worker_id).transpose()?,
-        array: array.map(convert::array_id).transpose()?,
+        worker: w.worker.map(convert::worker_id).transpose()?,
+        array: w.array.map(convert::array_id).transpose()?,
+        name: w.name.map(str::to_owned),
+        labels: w
+            .labels
+            .iter()
+            .map(|l| parse_label(l).map_err(|e| to_status(e.into())))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -72,6 +84,7 @@ impl master_server::Master for MasterService {
             capacity: convert::resources(r.capacity, "capacity")?,
             gpus: r.gpus.into_iter().map(Into::into).collect(),
             allow_mounts: r.allow_mounts,
+            labels: r.labels.into_iter().collect(),
             running: r
                 .running
                 .into_iter()
@@ -161,11 +174,31 @@ impl master_server::Master for MasterService {
             .map(RequestId::new)
             .transpose()
             .map_err(|e| Status::invalid_argument(format!("request id: {e}")))?;
+        let after = r
+            .after
+            .iter()
+            .map(|p| {
+                Ok(ParentRef {
+                    condition: convert::condition(&p.condition)?,
+                    id: p.id.clone(),
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        let after_corr = r.after_corr.as_deref().map(convert::array_id).transpose()?;
+        let array: Option<ArraySpec> = r
+            .array
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: ValidationError| to_status(e.into()))?;
         let options = SubmitOptions {
             wait_for_capacity: r.wait_for_capacity,
             request,
+            after,
+            after_corr,
+            array_limit: array.as_ref().and_then(|a| a.limit),
         };
-        let Some(array) = r.array else {
+        let Some(array) = array else {
             let id = detached(async move { m.submit_with(spec, options).await }).await?;
             return Ok(Response::new(proto::SubmitReply {
                 task_id: id.into(),
@@ -173,11 +206,9 @@ impl master_server::Master for MasterService {
                 count: 1,
             }));
         };
-        let indices: ArrayIndices = array
-            .parse()
-            .map_err(|e: ValidationError| to_status(e.into()))?;
         let (array, ids) =
-            detached(async move { m.submit_array_with(spec, &indices, options).await }).await?;
+            detached(async move { m.submit_array_with(spec, &array.indices, options).await })
+                .await?;
         Ok(Response::new(proto::SubmitReply {
             task_id: ids.first().map(ToString::to_string).unwrap_or_default(),
             array_id: Some(array.into()),
@@ -207,7 +238,13 @@ impl master_server::Master for MasterService {
     ) -> Reply<proto::CancelManyReply> {
         let m = self.master()?;
         let r = req.into_inner();
-        let f = filter(&r.statuses, r.worker.as_deref(), r.array.as_deref())?;
+        let f = filter(Wanted {
+            statuses: &r.statuses,
+            worker: r.worker.as_deref(),
+            array: r.array.as_deref(),
+            name: r.name.as_deref(),
+            labels: &r.labels,
+        })?;
         let done = detached(async move {
             if r.wait {
                 m.cancel_all_and_wait(&f, r.force).await
@@ -227,7 +264,13 @@ impl master_server::Master for MasterService {
     ) -> Reply<proto::ListTasksReply> {
         let m = self.master()?;
         let r = req.into_inner();
-        let f = filter(&r.statuses, r.worker.as_deref(), r.array.as_deref())?;
+        let f = filter(Wanted {
+            statuses: &r.statuses,
+            worker: r.worker.as_deref(),
+            array: r.array.as_deref(),
+            name: r.name.as_deref(),
+            labels: &r.labels,
+        })?;
         let after = r.after.as_deref().map(convert::page_key).transpose()?;
         let limit = if r.limit == 0 {
             MAX_PAGE

@@ -274,7 +274,15 @@ impl MongoStore {
     async fn create_indexes(&self) -> Result<()> {
         // No compound index that includes `_id`: nx-27017 (the test server)
         // then refuses every insert. Ties in `list_tasks` order are few.
-        for key in ["status", "worker", "created_at", "finished_at", "array"] {
+        for key in [
+            "status",
+            "worker",
+            "created_at",
+            "finished_at",
+            "array",
+            "spec.name",
+            "spec.labels",
+        ] {
             self.op(self
                 .tasks
                 .create_index(IndexModel::builder().keys(doc! { key: 1 }).build()))
@@ -514,6 +522,17 @@ fn query(filter: &TaskFilter) -> Document {
     }
     if let Some(a) = &filter.array {
         q.insert("array", a.as_str());
+    }
+    if let Some(n) = &filter.name {
+        q.insert("spec.name", n.as_str());
+    }
+    if !filter.labels.is_empty() {
+        let labels: Vec<String> = filter
+            .labels
+            .iter()
+            .map(|(k, v)| records::label_text(k, v))
+            .collect();
+        q.insert("spec.labels", doc! { "$all": labels });
     }
     q
 }
@@ -857,6 +876,11 @@ impl WorkerRegistry for MongoStore {
             unset.insert("allow_mounts", "");
         } else {
             set.insert("allow_mounts", worker.allow_mounts.clone());
+        }
+        if worker.labels.is_empty() {
+            unset.insert("labels", "");
+        } else {
+            set.insert("labels", records::label_texts(&worker.labels));
         }
         let mut update = doc! { "$set": set };
         if !unset.is_empty() {

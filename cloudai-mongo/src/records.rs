@@ -12,9 +12,10 @@
 use std::time::Duration;
 
 use cloudai_core::model::{
-    ArrayId, ArrayMember, Attempt, AttemptPolicy, ContainerOptions, Drain, EndCause, Gpu,
-    InstanceId, RequestId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus,
-    Telemetry, Term, Timestamp, Usage, ValidationError, WorkerId, WorkerRecord,
+    ArrayId, ArrayMember, Attempt, AttemptPolicy, Constraint, ContainerOptions, Dependency, Drain,
+    EndCause, Gpu, InstanceId, Labels, RequestId, Resources, TaskId, TaskRecord, TaskResult,
+    TaskSpec, TaskStatus, Telemetry, Term, Timestamp, Usage, ValidationError, WorkerId,
+    WorkerRecord,
 };
 use cloudai_core::store::{LeaseRecord, RequestClaim, Submitted};
 use cloudai_core::{Error, Result};
@@ -274,6 +275,45 @@ struct SpecDoc {
     /// Absent when none is set (and in tasks stored before options).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     options: Option<ContainerOptions>,
+    /// Indexed for `tasks --name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// `key=value` strings (keys may hold `.`, which field names should
+    /// not), indexed for `tasks --label`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    priority: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    constraints: Vec<Constraint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    after: Vec<Dependency>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// A label as stored and queried: `key=value`.
+pub(crate) fn label_text(key: &str, value: &str) -> String {
+    format!("{key}={value}")
+}
+
+/// Labels as stored.
+pub(crate) fn label_texts(labels: &Labels) -> Vec<String> {
+    labels.iter().map(|(k, v)| label_text(k, v)).collect()
+}
+
+/// Labels from their stored `key=value` texts.
+fn labels_from(texts: &[String]) -> Result<Labels> {
+    texts
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| corrupt(format!("label {l:?} is not key=value")))
+        })
+        .collect()
 }
 
 impl SpecDoc {
@@ -297,6 +337,11 @@ impl SpecDoc {
             pin: s.pin.clone(),
             policy: Some(PolicyDoc::from_core(&s.policy)?),
             options: (!s.options.is_default()).then(|| s.options.clone()),
+            name: s.name.clone(),
+            labels: label_texts(&s.labels),
+            priority: s.priority,
+            constraints: s.constraints.clone(),
+            after: s.after.clone(),
         })
     }
 
@@ -316,6 +361,11 @@ impl SpecDoc {
                 None => AttemptPolicy::legacy(),
             },
             options: self.options.unwrap_or_default(),
+            name: self.name,
+            labels: labels_from(&self.labels)?,
+            priority: self.priority,
+            constraints: self.constraints,
+            after: self.after,
         })
     }
 }
@@ -343,6 +393,9 @@ pub(crate) struct TaskDoc {
     array: Option<ArrayId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     array_index: Option<i64>,
+    /// The array's throttle (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    array_limit: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     history: Vec<HistoryEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +425,7 @@ impl TaskDoc {
             finished_at: t.finished_at.map(|f| ts("finished_at", f)).transpose()?,
             array: t.array.as_ref().map(|a| a.id.clone()),
             array_index: t.array.as_ref().map(|a| i64::from(a.index)),
+            array_limit: t.array.as_ref().and_then(|a| a.limit).map(i64::from),
             history: t
                 .history
                 .iter()
@@ -402,6 +456,10 @@ impl TaskDoc {
                 (Some(id), Some(index)) => Some(ArrayMember {
                     id,
                     index: to_u32("array_index", index)?,
+                    limit: self
+                        .array_limit
+                        .map(|l| to_u32("array_limit", l))
+                        .transpose()?,
                 }),
                 _ => None,
             },
@@ -552,6 +610,9 @@ pub(crate) struct WorkerDoc {
     gpus: Vec<GpuDoc>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     allow_mounts: Vec<String>,
+    /// `key=value`, as a task's labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    labels: Vec<String>,
     /// As a task's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fence: Option<i64>,
@@ -632,6 +693,7 @@ impl WorkerDoc {
             drain: w.drain.as_ref().map(DrainDoc::from_core).transpose()?,
             gpus: w.gpus.iter().map(GpuDoc::from_core).collect(),
             allow_mounts: w.allow_mounts.clone(),
+            labels: label_texts(&w.labels),
             fence: None,
         })
     }
@@ -655,6 +717,7 @@ impl WorkerDoc {
                 .map(GpuDoc::into_core)
                 .collect::<Result<_>>()?,
             allow_mounts: self.allow_mounts,
+            labels: labels_from(&self.labels)?,
         })
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 use cloudai_core::liveness::Health;
-use cloudai_core::master::{Cursor, SubmitOptions};
+use cloudai_core::master::{Cursor, ParentRef, SubmitOptions};
 use cloudai_core::model::{
-    parse_size, ArrayId, ArrayIndices, AttemptPolicy, ContainerOptions, Mount, RequestId,
-    Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, Tmpfs, UsageSummary, User, WorkerId,
+    parse_label, parse_size, ArrayId, ArraySpec, AttemptPolicy, Condition, Constraint,
+    ContainerOptions, Mount, RequestId, Resources, TaskId, TaskRecord, TaskSpec, TaskStatus, Tmpfs,
+    UsageSummary, User, WorkerId,
 };
 use cloudai_core::output::OutputFrom;
 use cloudai_core::store::TaskFilter;
@@ -51,6 +52,8 @@ pub(crate) enum Command {
         /// Only the tasks of this array.
         #[arg(long)]
         array: Option<String>,
+        #[command(flatten)]
+        named: Named,
         /// How many of the newest to show.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -86,6 +89,8 @@ pub(crate) enum Command {
         /// Every pending or running task of this array.
         #[arg(long)]
         array: Option<String>,
+        #[command(flatten)]
+        named: Named,
         /// Every pending or running task.
         #[arg(long)]
         all: bool,
@@ -97,6 +102,19 @@ pub(crate) enum Command {
         /// second, with the stop still on its way if unconfirmed.
         #[arg(long)]
         wait: bool,
+    },
+    /// Submit failed or cancelled tasks again, each as a new task with the
+    /// same spec, name and labels (without its dependencies), printing
+    /// old → new ids.
+    Resubmit {
+        /// Task ids.
+        ids: Vec<String>,
+        /// The tasks of this array.
+        #[arg(long)]
+        array: Option<String>,
+        /// Only tasks in these statuses (default: failed and cancelled).
+        #[arg(long, value_parser = PossibleValuesParser::new(["failed", "cancelled"]))]
+        status: Vec<String>,
     },
     /// Follow a task's output until it ends (a finished task's is printed
     /// at once); stdout and stderr each to its own.
@@ -178,6 +196,27 @@ impl Sort {
     }
 }
 
+/// Tasks by the name and labels their submit gave them.
+#[derive(Debug, Args)]
+pub(crate) struct Named {
+    /// Only tasks with this name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only tasks with this label, `KEY=VALUE` (repeatable: all of them).
+    #[arg(long = "label", value_parser = label_pair)]
+    labels: Vec<(String, String)>,
+}
+
+impl Named {
+    fn any(&self) -> bool {
+        self.name.is_some() || !self.labels.is_empty()
+    }
+}
+
+fn label_pair(s: &str) -> Result<(String, String), String> {
+    parse_label(s).map_err(|e| e.to_string())
+}
+
 /// Where printing a task's output starts (default: its first byte).
 #[derive(Debug, Args)]
 pub(crate) struct Start {
@@ -225,8 +264,36 @@ pub(crate) struct TaskArgs {
     env: Vec<(String, String)>,
     /// Submit one task per index, as Slurm writes them (`1-1000`,
     /// `0-30:10`, `1,3,5-7`); each sees its index in CLOUDAI_ARRAY_INDEX.
-    #[arg(long, value_parser = array_indices)]
-    array: Option<ArrayIndices>,
+    /// `%N` after them (`1-1000%50`) lets at most N run at once.
+    #[arg(long, value_parser = parse_with::<ArraySpec>)]
+    array: Option<ArraySpec>,
+    /// A name for the task (or each task of the array).
+    #[arg(long)]
+    name: Option<String>,
+    /// A label `KEY=VALUE` (repeatable).
+    #[arg(long = "label", value_parser = label_pair)]
+    labels: Vec<(String, String)>,
+    /// Higher runs first among tasks that fit (default 0; negative
+    /// allowed).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// What the worker's labels must satisfy: `k=v`, `k!=v`,
+    /// `k in (a,b)`, `k` (present), `!k` (absent). Repeatable: all hold.
+    #[arg(long = "constraint", value_parser = parse_with::<Constraint>)]
+    constraints: Vec<Constraint>,
+    /// Run once each of these tasks (or every task of these arrays)
+    /// completed. Comma-separated, repeatable.
+    #[arg(long, value_delimiter = ',')]
+    after_ok: Vec<String>,
+    /// Run once each of these ended, however it ended.
+    #[arg(long, value_delimiter = ',')]
+    after_any: Vec<String>,
+    /// Run once each of these failed or was cancelled.
+    #[arg(long, value_delimiter = ',')]
+    after_notok: Vec<String>,
+    /// With --array: member i runs once member i of this array completed.
+    #[arg(long, requires = "array")]
+    after_corr: Option<String>,
     /// Queue it even if no registered worker could ever hold it (it waits
     /// for a bigger worker to join); otherwise such a request is refused.
     #[arg(long)]
@@ -285,10 +352,6 @@ pub(crate) struct TaskArgs {
     command: Vec<String>,
 }
 
-fn array_indices(s: &str) -> Result<ArrayIndices, String> {
-    parse_with(s)
-}
-
 fn parse_with<T: std::str::FromStr<Err = cloudai_core::model::ValidationError>>(
     s: &str,
 ) -> Result<T, String> {
@@ -315,9 +378,28 @@ impl TaskArgs {
             Some(id) => id.clone(),
             None => RequestId::new(common::random_token().map_err(Error::Unavailable)?)?,
         };
+        let parents = [
+            (Condition::AfterOk, &self.after_ok),
+            (Condition::AfterAny, &self.after_any),
+            (Condition::AfterNotOk, &self.after_notok),
+        ];
+        let after = parents
+            .into_iter()
+            .flat_map(|(condition, ids)| {
+                ids.iter()
+                    .filter(|id| !id.trim().is_empty())
+                    .map(move |id| ParentRef {
+                        condition,
+                        id: id.trim().to_owned(),
+                    })
+            })
+            .collect();
         Ok(SubmitOptions {
             wait_for_capacity: self.wait_for_capacity,
             request: Some(request),
+            after,
+            after_corr: self.after_corr.as_deref().map(ArrayId::new).transpose()?,
+            array_limit: self.array.as_ref().and_then(|a| a.limit),
         })
     }
 
@@ -342,6 +424,10 @@ impl TaskArgs {
             user: self.user,
             shm_size: self.shm_size,
         };
+        spec.name.clone_from(&self.name);
+        spec.labels = self.labels.iter().cloned().collect();
+        spec.priority = self.priority;
+        spec.constraints.clone_from(&self.constraints);
         spec.validate()?;
         Ok(spec)
     }
@@ -390,9 +476,9 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             );
         }
         Command::Task(args) => match &args.array {
-            Some(indices) => {
+            Some(array) => {
                 let (array, count) = client
-                    .submit_array(args.spec()?, indices, args.options()?)
+                    .submit_array(args.spec()?, &array.indices, args.options()?)
                     .await?;
                 output::array_submitted(json, &array, count);
             }
@@ -418,6 +504,7 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             status,
             worker,
             array,
+            named,
             limit,
             all,
             sort,
@@ -428,6 +515,8 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                 statuses: statuses(&status)?,
                 worker: worker.map(WorkerId::new).transpose()?,
                 array: array.map(ArrayId::new).transpose()?,
+                name: named.name,
+                labels: named.labels,
             };
             if summary {
                 let tasks = client.tasks(&filter).await?;
@@ -488,14 +577,17 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             worker,
             status,
             array,
+            named,
             all,
             force,
             wait,
         } => {
-            let bulk = worker.is_some() || !status.is_empty() || array.is_some() || all;
+            let bulk =
+                worker.is_some() || !status.is_empty() || array.is_some() || named.any() || all;
             if ids.is_empty() != bulk {
                 return Err(Error::Conflict(
-                    "name task ids, or one of --worker, --status, --array, --all".into(),
+                    "name task ids, or one of --worker, --status, --array, --name, --label, --all"
+                        .into(),
                 ));
             }
             if !json && wait {
@@ -508,6 +600,8 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                     statuses: statuses(&status)?,
                     worker: worker.map(WorkerId::new).transpose()?,
                     array: array.map(ArrayId::new).transpose()?,
+                    name: named.name,
+                    labels: named.labels,
                 };
                 client.cancel_many(&filter, force, wait).await?
             } else {
@@ -520,6 +614,10 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                 done
             };
             output::cancelled(json, &done);
+        }
+        Command::Resubmit { ids, array, status } => {
+            let again = resubmit(client, ids, array, &status).await?;
+            output::resubmitted(json, &again);
         }
         Command::Monitor { id, start } => {
             return follow(client, &TaskId::new(id)?, start.from(), json).await
@@ -745,4 +843,70 @@ pub(crate) async fn repl(client: &MasterClient, json: bool) -> Result<(), String
         let _ = editor.save_history(h);
     }
     Ok(())
+}
+
+/// Submits the failed or cancelled tasks named (by id, or all of an array
+/// in `status`) again as new tasks; returns old → new ids. Each new task
+/// has the old one's spec without its dependencies, and a request id made
+/// from this invocation and the old id, so a retried call makes it once.
+async fn resubmit(
+    client: &MasterClient,
+    ids: Vec<String>,
+    array: Option<String>,
+    status: &[String],
+) -> Result<Vec<(TaskId, TaskId)>, Error> {
+    let wanted = if status.is_empty() {
+        vec![TaskStatus::Failed, TaskStatus::Cancelled]
+    } else {
+        statuses(status)?
+    };
+    let tasks = match (array, ids.is_empty()) {
+        (Some(a), true) => {
+            let filter = TaskFilter {
+                statuses: wanted.clone(),
+                array: Some(ArrayId::new(a)?),
+                ..TaskFilter::default()
+            };
+            client.tasks(&filter).await?
+        }
+        (None, false) => {
+            let mut tasks = Vec::new();
+            for id in ids {
+                let t = client.task(&TaskId::new(id)?).await?.task;
+                if !wanted.contains(&t.status) {
+                    return Err(Error::Conflict(format!(
+                        "task {} is {}; resubmit takes {} tasks",
+                        t.id,
+                        t.status,
+                        wanted
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    )));
+                }
+                tasks.push(t);
+            }
+            tasks
+        }
+        _ => {
+            return Err(Error::Conflict(
+                "name task ids, or --array (with --status)".into(),
+            ))
+        }
+    };
+    let token = common::random_token().map_err(Error::Unavailable)?;
+    let mut again = Vec::new();
+    for t in tasks {
+        let mut spec = t.spec.clone();
+        spec.after.clear();
+        let options = SubmitOptions {
+            wait_for_capacity: true,
+            request: Some(RequestId::new(format!("{token}-{}", t.id))?),
+            ..SubmitOptions::default()
+        };
+        let new = client.submit_with(spec, options).await?;
+        again.push((t.id, new));
+    }
+    Ok(again)
 }

@@ -23,7 +23,7 @@ use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::placement::Policy;
 use cloudai_core::process::ProcessRuntime;
 use cloudai_core::store::{LeaseRecord, LeaseStore, TaskStore, WorkerRegistry};
-use cloudai_core::worker::WorkerConfig;
+use cloudai_core::worker::{automatic_labels, WorkerConfig};
 use cloudai_examples as common;
 use cloudai_grpc::{MasterClient, Security, WorkerClients};
 use tokio::net::TcpListener;
@@ -524,11 +524,12 @@ async fn dev_worker(master: &str, security: &Security) -> Result<common::Running
         .map(|n| n.get() as f64)
         .unwrap_or(1.0);
     let capacity = Resources::new(cores, 4.0, 10.0, 0).map_err(|e| e.to_string())?;
-    let config = WorkerConfig::new(
+    let mut config = WorkerConfig::new(
         WorkerId::new("dev-worker").map_err(|e| e.to_string())?,
         address,
         capacity,
     );
+    config.labels = automatic_labels(&config.gpus);
     common::spawn_worker(
         config,
         Arc::new(ProcessRuntime::new()),

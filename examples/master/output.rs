@@ -149,6 +149,21 @@ pub(crate) fn submitted(json: bool, id: &TaskId) {
     }
 }
 
+/// Resubmitted tasks: old → new.
+pub(crate) fn resubmitted(json: bool, again: &[(TaskId, TaskId)]) {
+    if json {
+        let rows: Vec<_> = again
+            .iter()
+            .map(|(old, new)| serde_json::json!({ "old": old, "new": new }))
+            .collect();
+        return json_line(&rows);
+    }
+    for (old, new) in again {
+        say!("{old} -> {new}");
+    }
+    say!("{} tasks resubmitted", again.len());
+}
+
 /// CPU cores, memory in GB and GPUs.
 fn res(r: &Resources) -> (f64, f64, u32) {
     (r.cpu_cores(), r.memory_gb(), r.gpus)

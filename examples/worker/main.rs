@@ -12,7 +12,7 @@ use cloudai_core::host;
 use cloudai_core::model::{Resources, WorkerId};
 use cloudai_core::process::{supervisor, SupervisedProcessRuntime};
 use cloudai_core::runtime::ContainerRuntime;
-use cloudai_core::worker::WorkerConfig;
+use cloudai_core::worker::{automatic_labels, WorkerConfig};
 use cloudai_docker::{watchdog, DockerRuntime, Watchdog};
 use cloudai_examples as common;
 use tracing::info;
@@ -65,6 +65,11 @@ struct Cli {
     /// comma-separated absolute paths (`/data,/scratch`); none by default.
     #[arg(long, value_delimiter = ',')]
     allow_mount: Vec<String>,
+    /// A label `KEY=VALUE` that tasks' `--constraint` can match
+    /// (repeatable). `hostname`, `os`, `arch` and `gpu` (the GPU model)
+    /// are set on their own; a label given here wins.
+    #[arg(long = "label", value_parser = label_pair)]
+    label: Vec<(String, String)>,
     /// Heartbeat interval until the master names one, seconds.
     #[arg(long, default_value = "5", value_parser = common::seconds)]
     heartbeat_interval: Duration,
@@ -130,6 +135,10 @@ const SUPERVISOR_MODE: &str = "__supervise";
 /// per worker, stopping its containers once its lease runs out; see
 /// `cloudai_docker::watchdog`).
 const WATCHDOG_MODE: &str = "__docker_watchdog";
+
+fn label_pair(s: &str) -> Result<(String, String), String> {
+    cloudai_core::model::parse_label(s).map_err(|e| e.to_string())
+}
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os();
@@ -203,6 +212,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         return Err(format!("--allow-mount {bad}: not an absolute path"));
     }
     config.allow_mounts = cli.allow_mount.clone();
+    config.labels = automatic_labels(&config.gpus);
+    config.labels.extend(cli.label.iter().cloned());
     config.heartbeat_interval = cli.heartbeat_interval;
     config.max_grace = cli.max_grace;
     config.shutdown_timeout = cli.shutdown_timeout;

@@ -61,6 +61,12 @@ pub enum TaskEvent {
         /// Skip the grace period: SIGKILL at once.
         force: bool,
     },
+    /// A dependency of a task that was never assigned can no longer hold:
+    /// it is cancelled with this reason.
+    Unmet {
+        /// Which parent ended how (and the root of the chain).
+        reason: String,
+    },
     /// The task's worker was declared lost.
     WorkerLost {
         /// The lost worker.
@@ -255,7 +261,7 @@ impl TaskEvent {
             | TaskEvent::StopConfirmed { worker, attempt } => Some((worker, Some(*attempt))),
             TaskEvent::Report(a) => Some((&a.worker, Some(a.attempt))),
             TaskEvent::WorkerLost { worker } => Some((worker, None)),
-            TaskEvent::Assign { .. } | TaskEvent::Cancel { .. } => None,
+            TaskEvent::Assign { .. } | TaskEvent::Cancel { .. } | TaskEvent::Unmet { .. } => None,
         }
     }
 
@@ -308,7 +314,9 @@ const REPORTABLE: &[TaskStatus] = &[TaskStatus::Pending, TaskStatus::Running];
 impl TaskEvent {
     fn allowed_from(&self) -> &'static [TaskStatus] {
         match self {
-            TaskEvent::Assign { .. } | TaskEvent::StopConfirmed { .. } => FROM_PENDING,
+            TaskEvent::Assign { .. }
+            | TaskEvent::StopConfirmed { .. }
+            | TaskEvent::Unmet { .. } => FROM_PENDING,
             TaskEvent::Cancel { .. } => CANCELLABLE,
             TaskEvent::Requeue { .. } | TaskEvent::Drained { .. } | TaskEvent::TimedOut { .. } => {
                 FROM_RUNNING
@@ -346,7 +354,9 @@ fn refusal(task: &TaskRecord, event: &TaskEvent) -> Option<Refusal> {
     }
     let Some((claimed, attempt)) = event.run() else {
         return match (event, ph) {
-            (TaskEvent::Assign { .. }, Phase::Ending(w, _)) => Some(Refusal::Ending(w.clone())),
+            (TaskEvent::Assign { .. } | TaskEvent::Unmet { .. }, Phase::Ending(w, _)) => {
+                Some(Refusal::Ending(w.clone()))
+            }
             _ => None,
         };
     };

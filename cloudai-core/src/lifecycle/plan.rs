@@ -104,6 +104,14 @@ impl Plan<'_> {
                 }
                 self.done(change, effects)
             }
+            (TaskEvent::Unmet { reason }, _) => {
+                let change = self.change(
+                    TaskStatus::Cancelled,
+                    Assignment::Keep,
+                    Some(reason.clone()),
+                );
+                self.done(change, Vec::new())
+            }
             (_, None) => unreachable!("a run event passed the refusal check of a queued task"),
             (TaskEvent::Report(r), Some(w)) if running => {
                 self.ended_run(w, a, r.cause, r.message.clone(), (**r).clone())

@@ -9,13 +9,17 @@ use std::sync::atomic::Ordering;
 
 use tracing::{info, info_span, warn, Instrument};
 
+use super::dependencies::ParentRef;
+use super::state::constraint_list;
 use super::{Master, MasterEvent};
 use crate::apply::Applied;
 use crate::lifecycle::{assignment_effects, TaskEvent};
+use std::collections::BTreeMap;
+
 use crate::model::{
-    ArrayId, ArrayIndices, ArrayMember, Attempt, EndCause, RequestId, RunningTask, TaskId,
-    TaskRecord, TaskSpec, TaskStatus, Timestamp, ValidationError, WorkerId, ARRAY_ID_ENV,
-    ARRAY_INDEX_ENV,
+    ArrayId, ArrayIndices, ArrayMember, Attempt, Condition, Dependency, EndCause, RequestId,
+    RunningTask, TaskId, TaskRecord, TaskSpec, TaskStatus, Timestamp, ValidationError, WorkerId,
+    ARRAY_ID_ENV, ARRAY_INDEX_ENV,
 };
 use crate::store::{RequestClaim, Submitted, TaskFilter};
 use crate::{Error, Result};
@@ -31,6 +35,37 @@ pub struct SubmitOptions {
     /// the same spec), it returns what the first made instead of making it
     /// again, whichever master answers.
     pub request: Option<RequestId>,
+    /// Parents named by id (a task, or an array: every member), beside
+    /// the tasks already in `spec.after`.
+    pub after: Vec<ParentRef>,
+    /// For an array: member `i` waits for member `i` of this array to
+    /// complete (Slurm's `aftercorr`); a member without a counterpart
+    /// waits for none.
+    pub after_corr: Option<ArrayId>,
+    /// For an array: at most this many members assigned or running at
+    /// once.
+    pub array_limit: Option<u32>,
+}
+
+impl SubmitOptions {
+    /// What a retried submit must repeat besides the spec (empty for a
+    /// plain submit, so its digest is the spec's alone).
+    fn digest_suffix(&self) -> String {
+        if self.after.is_empty() && self.after_corr.is_none() && self.array_limit.is_none() {
+            return String::new();
+        }
+        let after: Vec<String> = self
+            .after
+            .iter()
+            .map(|r| format!("{} {}", r.condition, r.id))
+            .collect();
+        format!(
+            "/{}/{:?}/{:?}",
+            after.join(","),
+            self.after_corr.as_ref().map(ArrayId::as_str),
+            self.array_limit
+        )
+    }
 }
 
 /// Ids of one term never collide with another's: the term is in the
@@ -150,6 +185,21 @@ impl Master {
             }
             .into());
         }
+        if !spec.constraints.is_empty()
+            && !self
+                .state()
+                .matched_somewhere(&spec.constraints, spec.pin.as_ref())
+        {
+            return Err(ValidationError::Invalid {
+                field: "constraint",
+                reason: format!(
+                    "no registered worker{} matches {} (`workers` lists their labels); submit with --wait-for-capacity to queue it for one that does",
+                    if spec.pin.is_some() { " (pinned)" } else { "" },
+                    constraint_list(&spec.constraints),
+                ),
+            }
+            .into());
+        }
         let never_fits = self.state().never_fits(&spec.resources, spec.pin.as_ref());
         match never_fits {
             None => Ok(()),
@@ -179,8 +229,16 @@ impl Master {
         let digest = options
             .request
             .as_ref()
-            .map(|_| spec.digest())
+            .map(|_| format!("{}{}", spec.digest(), options.digest_suffix()))
             .unwrap_or_default();
+        if options.after_corr.is_some() || options.array_limit.is_some() {
+            return Err(ValidationError::Invalid {
+                field: "array",
+                reason: "--after-corr and a %limit apply to arrays only".into(),
+            }
+            .into());
+        }
+        self.expand_parents(&mut spec, &options.after).await?;
         self.check_submit(&mut spec, &options)?;
         let now = self.now();
         let fresh = TaskId::generated(now, self.next_n());
@@ -277,12 +335,23 @@ impl Master {
         let digest = options
             .request
             .as_ref()
-            .map(|_| format!("{}/{indices}", spec.digest()))
+            .map(|_| format!("{}/{indices}{}", spec.digest(), options.digest_suffix()))
             .unwrap_or_default();
+        self.expand_parents(&mut spec, &options.after).await?;
         self.check_submit(&mut spec, &options)?;
         if indices.is_empty() {
             return Err(ValidationError::Empty { field: "array" }.into());
         }
+        let corr = match &options.after_corr {
+            None => BTreeMap::new(),
+            Some(a) => {
+                let members = self.members(a.as_str()).await?;
+                if members.is_empty() {
+                    return Err(Error::not_found("array (--after-corr)", a));
+                }
+                members
+            }
+        };
         let now = self.now();
         let mut array = ArrayId::generated(now, self.next_n());
         let claimed = self
@@ -318,10 +387,19 @@ impl Master {
                 let mut s = spec.clone();
                 s.env.insert(ARRAY_INDEX_ENV.into(), index.to_string());
                 s.env.insert(ARRAY_ID_ENV.into(), array.to_string());
+                if let Some(parent) = corr.get(&index) {
+                    if !s.after.iter().any(|d| &d.task == parent) {
+                        s.after.push(Dependency {
+                            task: parent.clone(),
+                            condition: Condition::AfterOk,
+                        });
+                    }
+                }
                 let mut t = TaskRecord::new(TaskId::generated(now, self.next_n()), s, now);
                 t.array = Some(ArrayMember {
                     id: array.clone(),
                     index,
+                    limit: options.array_limit,
                 });
                 t
             })
@@ -365,15 +443,17 @@ impl Master {
             self.emit(MasterEvent::Submitted { id: t.id.clone() });
         }
         let pass = {
+            let now = self.now();
             let mut st = self.state();
             for t in tasks {
-                st.enqueue(t, None);
+                st.enqueue_when_due(t, now);
             }
             st.owe_queue_pass();
             let pass = st.next_pass();
             self.done(st);
             pass
         };
+        self.resolve_from_store(tasks, &Default::default()).await;
         let mut passes = self.inner.passes.subscribe();
         self.until_shutdown(passes.wait_for(|done| *done >= pass))
             .await;
@@ -424,7 +504,8 @@ impl Master {
                         let mut st = self.state();
                         st.unreserve(&id);
                         if t.worker.is_none() {
-                            st.enqueue(&t, Some(format!("store error: {e}")));
+                            let now = self.now();
+                            st.enqueue(&t, now, Some(format!("store error: {e}")));
                         }
                     }
                     _ => self.state().unreserve(&id),

@@ -153,6 +153,10 @@ fn perform_owed(master: &Master) {
         let m = master.clone();
         tokio::spawn(async move { m.deliver_stop(worker, run, grace).await });
     }
+    for (task, reason) in owed.unmet {
+        let m = master.clone();
+        tokio::spawn(async move { m.cancel_unmet(task, reason).await });
+    }
 }
 
 /// Writes the coalesced heartbeats in one batch.

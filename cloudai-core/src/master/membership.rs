@@ -10,8 +10,8 @@ use crate::apply::Applied;
 use crate::lifecycle::TaskEvent;
 use crate::liveness::Health;
 use crate::model::{
-    Gpu, Resources, RunningTask, TaskRecord, TaskStatus, Telemetry, ValidationError, WorkerId,
-    WorkerIdentity, WorkerRecord,
+    check_labels, Gpu, Resources, RunningTask, TaskRecord, TaskStatus, Telemetry, ValidationError,
+    WorkerId, WorkerIdentity, WorkerRecord,
 };
 use crate::store::TaskFilter;
 use crate::transport::{
@@ -42,6 +42,7 @@ pub(super) fn running_on(worker: &WorkerId) -> TaskFilter {
         statuses: vec![TaskStatus::Running],
         worker: Some(worker.clone()),
         array: None,
+        ..TaskFilter::default()
     }
 }
 
@@ -68,6 +69,7 @@ impl Master {
         validate_address(&reg.address)?;
         reg.capacity.validate()?;
         Gpu::validate_list(&reg.gpus, reg.capacity.gpus)?;
+        check_labels(&reg.labels)?;
         self.check_identity(&reg).await?;
         let now = self.now();
         let id = reg.worker.clone();
@@ -80,7 +82,8 @@ impl Master {
         record.instance = Some(reg.instance.clone());
         record.gpus.clone_from(&reg.gpus);
         record.allow_mounts.clone_from(&reg.allow_mounts);
-        self.inner.registry.upsert_worker(record).await?;
+        record.labels.clone_from(&reg.labels);
+        self.inner.registry.upsert_worker(record.clone()).await?;
         let on_here = self.inner.store.list_tasks(&on_worker(&id)).await?;
         let listed: BTreeSet<&RunningTask> = reg.running.iter().collect();
         let run_of = |t: &TaskRecord| RunningTask {
@@ -112,14 +115,7 @@ impl Master {
                 .into_iter()
                 .filter(|r| absent(r) && !missing.contains(r))
                 .collect();
-            let (revived, owed) = st.register(
-                &who,
-                &reg.address,
-                reg.capacity,
-                &reg.gpus,
-                &reg.allow_mounts,
-                now,
-            );
+            let (revived, owed) = st.register(&who, &record, now);
             self.done(st);
             (missing, gone, revived, owed)
         };

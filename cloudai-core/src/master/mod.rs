@@ -27,6 +27,7 @@
 //! layer runs every call on its own task for this reason.
 
 mod config;
+mod dependencies;
 mod dispatch;
 mod drain;
 mod driver;
@@ -67,6 +68,7 @@ use crate::transport::{MasterToWorker, WorkerEndpoint};
 use crate::Result;
 
 pub use config::{ConfigError, MasterConfig};
+pub use dependencies::ParentRef;
 pub use dispatch::SubmitOptions;
 pub use leadership::Leadership;
 pub use output::{TaskFollow, TaskOutput};
@@ -230,6 +232,13 @@ impl Master {
             .store
             .list_tasks(&TaskFilter::status([TaskStatus::Pending]))
             .await?;
+        // Members that run hold their array's throttle before any
+        // pending one is admitted.
+        let running = self
+            .inner
+            .store
+            .list_tasks(&TaskFilter::status([TaskStatus::Running]))
+            .await?;
         let now = self.now();
         let count = workers.len();
         let mut orphaned = Vec::new();
@@ -237,6 +246,12 @@ impl Master {
             let mut st = self.state();
             for w in workers {
                 st.load_worker(w, now);
+            }
+            for t in running
+                .iter()
+                .chain(pending.iter().filter(|t| t.ending().is_some()))
+            {
+                st.count_admitted(t);
             }
             for t in &pending {
                 match t.ending() {
@@ -265,6 +280,9 @@ impl Master {
             }
             st.owe_queue_pass();
         }
+        // Parents that ended while no master was there to see it.
+        let live = pending.iter().chain(&running).map(|t| &t.id).collect();
+        self.resolve_from_store(&pending, &live).await;
         for (id, worker, run) in orphaned {
             let ended = TaskEvent::StopConfirmed {
                 worker,

@@ -120,8 +120,7 @@ impl Master {
             .store
             .list_tasks(&TaskFilter {
                 statuses,
-                worker: filter.worker.clone(),
-                array: filter.array.clone(),
+                ..filter.clone()
             })
             .await?;
         let mut done = Vec::new();

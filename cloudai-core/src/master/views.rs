@@ -5,8 +5,8 @@ use super::state::State;
 use super::Master;
 use crate::liveness::Health;
 use crate::model::{
-    Drain, Gpu, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus, Telemetry,
-    Timestamp, WorkerId,
+    Drain, Gpu, Labels, Resources, StatusCounts, TaskId, TaskRecord, TaskResult, TaskStatus,
+    Telemetry, Timestamp, WorkerId,
 };
 use crate::store::{PageKey, TaskFilter};
 
@@ -30,6 +30,12 @@ pub fn short_reason(reason: &str) -> &'static str {
         "TooLarge"
     } else if reason.contains("allows bind mounts") {
         "MountNotAllowed"
+    } else if reason.contains("matches the constraints") {
+        "NoMatchingWorker"
+    } else if reason.starts_with("waiting for its dependencies") {
+        "Dependency"
+    } else if reason.starts_with("array limit") {
+        "ArrayLimit"
     } else if reason.contains("enough free resources") {
         if pinned {
             "PinnedWorkerBusy"
@@ -74,6 +80,8 @@ pub struct WorkerView {
     pub telemetry: Option<Telemetry>,
     /// Set while an operator drains it.
     pub drain: Option<Drain>,
+    /// Its labels.
+    pub labels: Labels,
 }
 
 /// One GPU of a worker, and the task that holds it (if any).

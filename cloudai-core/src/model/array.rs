@@ -24,6 +24,10 @@ pub struct ArrayMember {
     pub id: ArrayId,
     /// The task's index (`CLOUDAI_ARRAY_INDEX`).
     pub index: u32,
+    /// At most this many of the array's members are assigned or running
+    /// at once (`--array 1-100%10`); the others wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// The indices of an array, as Slurm writes them: comma-separated items,
@@ -127,6 +131,49 @@ impl fmt::Display for ArrayIndices {
     }
 }
 
+/// An array as submitted: its indices and, after a `%`, how many of its
+/// members may be assigned or running at once (Slurm's `--array=0-999%50`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArraySpec {
+    /// The indices.
+    pub indices: ArrayIndices,
+    /// The throttle, if any.
+    pub limit: Option<u32>,
+}
+
+impl std::str::FromStr for ArraySpec {
+    type Err = ValidationError;
+
+    fn from_str(spec: &str) -> Result<Self, ValidationError> {
+        let (indices, limit) = match spec.rsplit_once('%') {
+            None => (spec, None),
+            Some((indices, limit)) => match limit.trim().parse::<u32>() {
+                Ok(n) if n > 0 => (indices, Some(n)),
+                _ => {
+                    return Err(bad(
+                        spec,
+                        format!("{limit:?} after % is not a limit (1 or more tasks at once)"),
+                    ))
+                }
+            },
+        };
+        Ok(ArraySpec {
+            indices: indices.parse()?,
+            limit,
+        })
+    }
+}
+
+impl fmt::Display for ArraySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.indices)?;
+        match self.limit {
+            Some(n) => write!(f, "%{n}"),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +212,17 @@ mod tests {
         ] {
             let e = parse(spec).expect_err(spec).to_string();
             assert!(e.contains(says), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_throttle_follows_a_percent_sign() {
+        let a: ArraySpec = "1-10000%50".parse().unwrap();
+        assert_eq!((a.indices.len(), a.limit), (10_000, Some(50)));
+        assert_eq!(a.to_string(), "1-10000%50");
+        assert_eq!("1-3".parse::<ArraySpec>().unwrap().limit, None);
+        for bad in ["1-3%0", "1-3%", "1-3%x", "%5"] {
+            assert!(bad.parse::<ArraySpec>().is_err(), "{bad}");
         }
     }
 

@@ -8,7 +8,9 @@ mod array;
 mod attempt;
 mod container;
 mod counts;
+mod dependency;
 mod ids;
+mod labels;
 mod policy;
 mod resources;
 mod run;
@@ -18,7 +20,9 @@ mod usage;
 mod validation;
 mod worker;
 
-pub use array::{ArrayIndices, ArrayMember, ARRAY_ID_ENV, ARRAY_INDEX_ENV, MAX_ARRAY_TASKS};
+pub use array::{
+    ArrayIndices, ArrayMember, ArraySpec, ARRAY_ID_ENV, ARRAY_INDEX_ENV, MAX_ARRAY_TASKS,
+};
 pub use attempt::{
     Attempt, AttemptCounts, EndCause, EndKind, ATTEMPT_ENV, ATTEMPT_LOG_BYTES, MAX_ATTEMPTS,
     TASK_ID_ENV,
@@ -27,7 +31,12 @@ pub use container::{
     parse_size, ContainerOption, ContainerOptions, Mount, Tmpfs, User, MAX_MOUNTS,
 };
 pub use counts::StatusCounts;
+pub use dependency::{never_reason, Condition, Dependency, Verdict, MAX_PARENTS};
 pub use ids::{ArrayId, InstanceId, RequestId, TaskId, Term, WorkerId};
+pub use labels::{
+    admits_all, check_label_key, check_labels, parse_label, Constraint, Labels, MAX_CONSTRAINTS,
+    MAX_LABELS,
+};
 pub use policy::AttemptPolicy;
 pub use resources::Resources;
 pub use run::{ExitStatus, RunningTask};

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::dependency::check_dependencies;
+use super::labels::{check_constraints, check_labels};
 use super::{
-    ArrayMember, Attempt, AttemptCounts, AttemptPolicy, ContainerOptions, EndCause, Resources,
-    TaskId, Timestamp, Usage, ValidationError, WorkerId,
+    ArrayMember, Attempt, AttemptCounts, AttemptPolicy, Constraint, ContainerOptions, Dependency,
+    EndCause, Labels, Resources, TaskId, Timestamp, Usage, ValidationError, WorkerId,
 };
 
 /// Largest command line accepted (all arguments together), in bytes. Far
@@ -46,7 +48,29 @@ pub struct TaskSpec {
     /// Working directory, mounts, user and `/dev/shm` of its container.
     #[serde(default, skip_serializing_if = "ContainerOptions::is_default")]
     pub options: ContainerOptions,
+    /// A name the user gives it (`tasks --name` finds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The user's labels (`tasks --label k=v` finds it).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Higher runs first among tasks that fit (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// What its worker's labels must satisfy (all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// The parents it waits on, and how each must end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Dependency>,
 }
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// Longest task name, in bytes.
+const MAX_NAME_BYTES: usize = 253;
 
 impl TaskSpec {
     /// Default grace between SIGTERM and SIGKILL on cancel (10 s, as in the original system).
@@ -75,6 +99,11 @@ impl TaskSpec {
             pin: None,
             policy: AttemptPolicy::default(),
             options: ContainerOptions::default(),
+            name: None,
+            labels: Labels::new(),
+            priority: 0,
+            constraints: Vec::new(),
+            after: Vec::new(),
         }
     }
 
@@ -146,6 +175,27 @@ impl TaskSpec {
                 format!("{MAX_GRACE:?}"),
             ));
         }
+        if let Some(name) = &self.name {
+            if name.trim().is_empty() {
+                return Err(ValidationError::Empty { field: "name" });
+            }
+            if name.len() > MAX_NAME_BYTES {
+                return Err(ValidationError::too_large(
+                    "name",
+                    format!("{} bytes", name.len()),
+                    MAX_NAME_BYTES,
+                ));
+            }
+            if let Some(found) = name.chars().find(|c| c.is_control()) {
+                return Err(ValidationError::BadCharacter {
+                    field: "name",
+                    found,
+                });
+            }
+        }
+        check_labels(&self.labels)?;
+        check_constraints(&self.constraints)?;
+        check_dependencies(&self.after)?;
         self.policy.validate()?;
         self.options.validate()?;
         self.resources.validate()

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::{InstanceId, Resources, TaskId, Timestamp, ValidationError, WorkerId};
+use super::{InstanceId, Labels, Resources, TaskId, Timestamp, ValidationError, WorkerId};
 
 /// Who answers at a worker's address: its id and instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -169,6 +169,10 @@ pub struct WorkerRecord {
     /// Host directories under which its tasks may bind-mount.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_mounts: Vec<String>,
+    /// Its labels (`--label`, and the automatic ones), which tasks'
+    /// constraints must match.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 impl WorkerRecord {
@@ -185,6 +189,7 @@ impl WorkerRecord {
             drain: None,
             gpus: Vec::new(),
             allow_mounts: Vec::new(),
+            labels: Labels::new(),
         }
     }
 }

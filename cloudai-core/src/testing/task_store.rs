@@ -188,6 +188,7 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         statuses: vec![],
         worker: Some(a.clone()),
         array: None,
+        ..TaskFilter::default()
     };
     assert_eq!(
         ids(store.list_tasks(&on_a).await.expect("list")),
@@ -197,6 +198,7 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         statuses: vec![TaskStatus::Running],
         worker: Some(a.clone()),
         array: None,
+        ..TaskFilter::default()
     };
     assert_eq!(
         ids(store.list_tasks(&running_on_a).await.expect("list")),
@@ -235,6 +237,7 @@ pub async fn list_filters_and_orders(store: Arc<dyn TaskStore>) {
         statuses: vec![TaskStatus::Pending],
         worker: Some(a),
         array: None,
+        ..TaskFilter::default()
     };
     assert!(store
         .list_tasks(&pending_on_a)
@@ -255,6 +258,7 @@ pub async fn a_batch_is_stored_whole(store: Arc<dyn TaskStore>) {
             t.array = Some(ArrayMember {
                 id: array.clone(),
                 index: i,
+                limit: None,
             });
             t
         })
@@ -297,6 +301,7 @@ pub async fn pages_list_every_task_once_newest_first(store: Arc<dyn TaskStore>) 
             t.array = Some(ArrayMember {
                 id: array.clone(),
                 index: i,
+                limit: None,
             });
         }
         store.insert_task(t.clone()).await.expect("insert");

@@ -35,7 +35,9 @@ use tokio::sync::{watch, Notify};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::metrics::{MeteredRuntime, WorkerMetrics};
-use crate::model::{Gpu, InstanceId, Resources, RunningTask, Term, WorkerId, WorkerIdentity};
+use crate::model::{
+    Gpu, InstanceId, Labels, Resources, RunningTask, Term, WorkerId, WorkerIdentity,
+};
 use crate::rng::SplitMix64;
 use crate::runtime::ContainerRuntime;
 use crate::sync::lock;
@@ -63,6 +65,9 @@ pub struct WorkerConfig {
     pub gpus: Vec<Gpu>,
     /// Host directories under which tasks may bind-mount (none by default).
     pub allow_mounts: Vec<String>,
+    /// Its labels, which tasks' constraints must match (none by default;
+    /// the worker binary adds [`automatic_labels`]).
+    pub labels: Labels,
     /// Heartbeat interval until the master names one (5 s).
     pub heartbeat_interval: Duration,
     /// Longest SIGTERM→SIGKILL grace a cancel may ask for (30 s).
@@ -96,6 +101,7 @@ impl WorkerConfig {
             advertise_address: advertise_address.into(),
             gpus: (0..capacity.gpus).map(Gpu::indexed).collect(),
             allow_mounts: Vec::new(),
+            labels: Labels::new(),
             capacity,
             heartbeat_interval: Duration::from_secs(5),
             max_grace: Duration::from_secs(30),
@@ -246,4 +252,32 @@ impl Worker {
     fn closing(&self) -> bool {
         self.inner.closing.load(Ordering::SeqCst)
     }
+}
+
+/// The labels every worker binary carries: `hostname`, `os` and `arch`,
+/// and `gpu` (the first GPU's model) when GPUs were found with a name.
+pub fn automatic_labels(gpus: &[Gpu]) -> Labels {
+    let uname = rustix::system::uname();
+    let mut labels = Labels::new();
+    let host = uname.nodename().to_string_lossy().into_owned();
+    for (key, value) in [
+        ("hostname", host),
+        ("os", std::env::consts::OS.to_owned()),
+        ("arch", std::env::consts::ARCH.to_owned()),
+    ] {
+        labels.insert(key.to_owned(), value);
+    }
+    if let Some(name) = gpus.iter().find_map(|g| g.name.as_deref()) {
+        // Spaces are not allowed in a label value: "NVIDIA A100-SXM4" →
+        // "NVIDIA-A100-SXM4".
+        let model: String = name
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join("-")
+            .chars()
+            .filter(|c| !",()".contains(*c) && !c.is_control())
+            .collect();
+        labels.insert("gpu".to_owned(), model);
+    }
+    labels
 }

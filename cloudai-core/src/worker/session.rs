@@ -178,6 +178,7 @@ impl Worker {
                 capacity: cfg.capacity,
                 gpus: cfg.gpus.clone(),
                 allow_mounts: cfg.allow_mounts.clone(),
+                labels: cfg.labels.clone(),
                 running,
             };
             let sent = Instant::now();

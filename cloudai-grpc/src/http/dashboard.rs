@@ -28,7 +28,7 @@ use base64::Engine;
 use cloudai_core::events::Resync;
 use cloudai_core::master::{short_reason, CancelOutcome, Cursor, Master, Serving, MAX_PAGE};
 use cloudai_core::model::{
-    parse_duration, ArrayId, TaskId, TaskRecord, TaskStatus, ValidationError, WorkerId,
+    parse_duration, parse_label, ArrayId, TaskId, TaskRecord, TaskStatus, ValidationError, WorkerId,
 };
 use cloudai_core::output::{OutputFrom, OutputStream};
 use cloudai_core::store::{PageKey, TaskFilter};
@@ -196,6 +196,9 @@ struct TaskQuery {
     status: Option<String>,
     worker: Option<String>,
     array: Option<String>,
+    name: Option<String>,
+    /// `k=v`.
+    label: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
 }
@@ -213,6 +216,12 @@ async fn tasks(Acting(master): Acting, Query(q): Query<TaskQuery>) -> Answer {
         statuses,
         worker: nonempty(q.worker).map(WorkerId::new).transpose()?,
         array: nonempty(q.array).map(ArrayId::new).transpose()?,
+        name: nonempty(q.name),
+        labels: nonempty(q.label)
+            .map(|l| parse_label(&l))
+            .transpose()?
+            .into_iter()
+            .collect(),
     };
     let after = nonempty(q.after)
         .map(|a| a.parse::<PageKey>())

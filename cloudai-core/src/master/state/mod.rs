@@ -8,11 +8,13 @@
 //! change bumps the reconcile epoch; a task is in `placing` exactly while
 //! its placement holds an unconfirmed reservation).
 
+mod gate;
 mod placement;
 mod queue;
 mod runs;
 mod workers;
 
+pub(in crate::master) use placement::constraint_list;
 use queue::Queue;
 pub(in crate::master) use runs::BackstopSlack;
 
@@ -24,8 +26,8 @@ use crate::backoff::ReconnectSchedule;
 use crate::ledger::Ledger;
 use crate::liveness::{Liveness, LivenessEvent};
 use crate::model::{
-    Drain, Gpu, Heartbeat, InstanceId, RunningTask, TaskId, TaskRecord, Telemetry, Timestamp,
-    WorkerId,
+    Drain, Gpu, Heartbeat, InstanceId, Labels, RunningTask, TaskId, TaskRecord, Telemetry,
+    Timestamp, WorkerId,
 };
 
 use crate::placement::Scheduler;
@@ -53,6 +55,8 @@ struct WorkerInfo {
     gpus: Vec<Gpu>,
     /// Host directories under which its tasks may bind-mount.
     allow_mounts: Vec<String>,
+    /// Its labels, which tasks' constraints must match.
+    labels: Labels,
 }
 
 /// Work that state changes made owed; the driver performs it.
@@ -64,6 +68,8 @@ pub(in crate::master) struct Owed {
     pub(in crate::master) sends: Vec<(TaskRecord, WorkerId)>,
     /// Stops to deliver now.
     pub(in crate::master) stops: Vec<(WorkerId, RunningTask, Duration)>,
+    /// Dependents to cancel: their dependencies can never hold.
+    pub(in crate::master) unmet: Vec<(TaskId, String)>,
 }
 
 #[derive(Debug)]
@@ -97,6 +103,7 @@ pub(in crate::master) struct State {
     scheduler: Box<dyn Scheduler>,
     rng: SplitMix64,
     runs: runs::Runs,
+    gate: gate::Gate,
 }
 
 impl State {
@@ -120,6 +127,7 @@ impl State {
             scheduler: config.policy.build(),
             rng: SplitMix64::new(config.seed),
             runs: runs::Runs::default(),
+            gate: gate::Gate::default(),
         }
     }
 
@@ -244,7 +252,7 @@ impl State {
 
     /// Whether anything is owed that the driver should perform now.
     pub(in crate::master) fn owes_work(&self) -> bool {
-        self.queue_pass || !self.sends.is_empty() || self.stops.any_due()
+        self.queue_pass || !self.sends.is_empty() || self.stops.any_due() || self.owes_unmet()
     }
 
     /// Everything owed now, for the driver.
@@ -253,6 +261,7 @@ impl State {
             queue_pass: std::mem::take(&mut self.queue_pass),
             sends: std::mem::take(&mut self.sends),
             stops: self.stops.take_due(),
+            unmet: self.take_unmet(),
         }
     }
 }

@@ -7,7 +7,7 @@ use tracing::warn;
 use super::queue::{Blocked, Class};
 use super::{BackstopSlack, State};
 use crate::ledger::Reconciliation;
-use crate::model::{Resources, TaskId, TaskRecord, Timestamp, WorkerId};
+use crate::model::{Constraint, Resources, TaskId, TaskRecord, Timestamp, WorkerId};
 use crate::placement::{no_room, place, sample, walk_from, Candidate, NoCapacity, Placement};
 
 /// Why a class waits: only busy workers can be ended by a freed slot;
@@ -20,9 +20,10 @@ fn blocked(reason: &NoCapacity, pin: Option<&WorkerId>) -> Blocked {
     Blocked::new(text, *reason != NoCapacity::AllBusy)
 }
 
-/// A class no active worker allows the mounts of: only a worker joining,
-/// returning or being undrained can help.
-fn blocked_on_mounts(reason: String, pin: Option<&WorkerId>) -> Blocked {
+/// A class no active worker allows the mounts of, or matches the
+/// constraints of: only a worker joining, returning or being undrained can
+/// help.
+fn needs_worker(reason: String, pin: Option<&WorkerId>) -> Blocked {
     let text = match pin {
         Some(p) => format!("waiting for worker {p}: {reason}"),
         None => reason,
@@ -31,15 +32,11 @@ fn blocked_on_mounts(reason: String, pin: Option<&WorkerId>) -> Blocked {
 }
 
 impl State {
-    /// Queues a pending task, with a note on why it (re)joined the queue.
-    pub(in crate::master) fn enqueue(&mut self, task: &TaskRecord, note: Option<String>) {
-        self.queue
-            .insert(task.id.clone(), task.created_at, Class::of(task), note);
-    }
-
     /// Why a pending task still waits, if known.
     pub(in crate::master) fn waiting_reason(&self, task: &TaskRecord) -> Option<String> {
-        self.queue.reason(&task.id)
+        self.queue
+            .reason(&task.id)
+            .or_else(|| self.gate_reason(task))
     }
 
     /// Whether the task's assignment is being placed or sent, so the worker
@@ -69,12 +66,21 @@ impl State {
         let mut picks = Vec::new();
         queue.pass(|task, class| {
             let r = &class.resources;
-            if !class.mounts.is_empty() && !self.any_active_allows(now, class) {
+            if !class.mounts.is_empty() && !self.any_active_suits(now, class, &[]) {
                 let reason = format!(
                     "no active worker allows bind mounts from {}",
                     class.mounts.join(", ")
                 );
-                return Err(blocked_on_mounts(reason, class.pin.as_ref()));
+                return Err(needs_worker(reason, class.pin.as_ref()));
+            }
+            if !class.constraints.is_empty()
+                && !self.any_active_suits(now, class, &class.constraints)
+            {
+                let reason = format!(
+                    "no active worker matches the constraints {}",
+                    constraint_list(&class.constraints)
+                );
+                return Err(needs_worker(reason, class.pin.as_ref()));
             }
             let room = sample(r, self.candidates(now, class, false));
             if room.is_empty() {
@@ -112,8 +118,9 @@ impl State {
         all: bool,
     ) -> Box<dyn Iterator<Item = Candidate> + 'a> {
         let candidate = move |id: &WorkerId| {
-            // Only workers that allow its mounts are candidates at all.
-            if !self.allows_mounts(id, &class.mounts) {
+            // Only workers that allow its mounts and match its
+            // constraints are candidates at all.
+            if !self.allows_mounts(id, &class.mounts) || !self.matches(id, &class.constraints) {
                 return None;
             }
             Some(Candidate {
@@ -136,14 +143,16 @@ impl State {
     }
 
     /// Whether an active worker (its pin, if it has one) allows every bind
-    /// mount of `class`.
-    fn any_active_allows(&self, now: Timestamp, class: &Class) -> bool {
+    /// mount of `class` and satisfies `constraints`.
+    fn any_active_suits(&self, now: Timestamp, class: &Class, constraints: &[Constraint]) -> bool {
+        let suits = |w: &WorkerId| {
+            self.placeable(w, now)
+                && self.allows_mounts(w, &class.mounts)
+                && self.matches(w, constraints)
+        };
         match &class.pin {
-            Some(p) => self.placeable(p, now) && self.allows_mounts(p, &class.mounts),
-            None => self
-                .workers
-                .keys()
-                .any(|w| self.placeable(w, now) && self.allows_mounts(w, &class.mounts)),
+            Some(p) => suits(p),
+            None => self.workers.keys().any(suits),
         }
     }
 
@@ -206,4 +215,10 @@ impl State {
         }
         Some(report)
     }
+}
+
+/// Constraints as a user writes them, ANDed: `zone=a, gpu`.
+pub(in crate::master) fn constraint_list(constraints: &[Constraint]) -> String {
+    let all: Vec<String> = constraints.iter().map(ToString::to_string).collect();
+    all.join(", ")
 }

@@ -3,8 +3,9 @@
 //!
 //! Tasks with the same request and the same pin are interchangeable for
 //! placement: if the oldest of them does not fit, none does. They form a
-//! *class*. A placement pass walks the classes' oldest tasks in age order
-//! (FIFO with backfill across classes); a class whose oldest task does not
+//! *class*. Within a class tasks go by priority (higher first), then age.
+//! A placement pass walks the classes' first tasks in that order
+//! (priority, then FIFO, with backfill across classes); a class whose oldest task does not
 //! fit is *blocked*, with the reason, and is not looked at again until a
 //! change that may make room for it *wakes* it: capacity freed on a worker
 //! wakes the classes pinned to it and the unpinned ones that only wait for
@@ -17,7 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
-use crate::model::{Resources, TaskId, Timestamp, WorkerId};
+use crate::model::{Constraint, Resources, TaskId, Timestamp, WorkerId};
 
 /// What a queued task needs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,6 +27,8 @@ pub(in crate::master) struct Class {
     pub(in crate::master) pin: Option<WorkerId>,
     /// The host directories its bind mounts need a worker to allow.
     pub(in crate::master) mounts: Vec<String>,
+    /// What its worker's labels must satisfy.
+    pub(in crate::master) constraints: Vec<Constraint>,
 }
 
 impl Class {
@@ -35,12 +38,35 @@ impl Class {
             resources: task.spec.resources,
             pin: task.spec.pin.clone(),
             mounts: task.spec.options.sources(),
+            constraints: task.spec.constraints.clone(),
         }
     }
 }
 
-/// A task's place in the queue: oldest first, ties by id.
-type Key = (Timestamp, TaskId);
+/// A task's place in the queue: highest priority first, then oldest, ties
+/// by id.
+type Key = (Reverse<i32>, Timestamp, TaskId);
+
+/// Where a task stands in the queue's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::master) struct Rank {
+    pub(in crate::master) priority: i32,
+    pub(in crate::master) created_at: Timestamp,
+}
+
+impl Rank {
+    /// The rank of `task`.
+    pub(in crate::master) fn of(task: &crate::model::TaskRecord) -> Rank {
+        Rank {
+            priority: task.spec.priority,
+            created_at: task.created_at,
+        }
+    }
+
+    fn key(self, id: TaskId) -> Key {
+        (Reverse(self.priority), self.created_at, id)
+    }
+}
 
 /// Why a class waits, and what can end the wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +99,8 @@ struct Waiting {
 #[derive(Debug, Default)]
 pub(in crate::master) struct Queue {
     classes: HashMap<Class, Waiting>,
-    /// Each queued task's class and key.
-    members: HashMap<TaskId, (Class, Timestamp)>,
+    /// Each queued task's class and rank.
+    members: HashMap<TaskId, (Class, Rank)>,
     /// Classes by pin, for waking.
     by_pin: HashMap<Option<WorkerId>, HashSet<Class>>,
 }
@@ -90,7 +116,7 @@ impl Queue {
     pub(in crate::master) fn insert(
         &mut self,
         id: TaskId,
-        created_at: Timestamp,
+        rank: Rank,
         class: Class,
         note: Option<String>,
     ) {
@@ -103,17 +129,17 @@ impl Queue {
             .entry(class.clone())
             .or_default()
             .tasks
-            .insert((created_at, id.clone()), note);
-        self.members.insert(id, (class, created_at));
+            .insert(rank.key(id.clone()), note);
+        self.members.insert(id, (class, rank));
     }
 
     /// Takes a task out; whether it was queued.
     pub(in crate::master) fn remove(&mut self, id: &TaskId) -> bool {
-        let Some((class, at)) = self.members.remove(id) else {
+        let Some((class, rank)) = self.members.remove(id) else {
             return false;
         };
         if let Some(waiting) = self.classes.get_mut(&class) {
-            waiting.tasks.remove(&(at, id.clone()));
+            waiting.tasks.remove(&rank.key(id.clone()));
             if waiting.tasks.is_empty() {
                 self.classes.remove(&class);
                 if let Some(set) = self.by_pin.get_mut(&class.pin) {
@@ -130,11 +156,11 @@ impl Queue {
     /// Why a queued task waits: its class's reason while blocked, else its
     /// own note.
     pub(in crate::master) fn reason(&self, id: &TaskId) -> Option<String> {
-        let (class, at) = self.members.get(id)?;
+        let (class, rank) = self.members.get(id)?;
         let waiting = self.classes.get(class)?;
         match &waiting.blocked {
             Some(b) => Some(b.reason.clone()),
-            None => waiting.tasks.get(&(*at, id.clone())).cloned().flatten(),
+            None => waiting.tasks.get(&rank.key(id.clone())).cloned().flatten(),
         }
     }
 
@@ -192,7 +218,7 @@ impl Queue {
             }
         }
         let mut placed = Vec::new();
-        while let Some(Reverse(((_, id), i))) = heads.pop() {
+        while let Some(Reverse(((_, _, id), i))) = heads.pop() {
             let class = &ready[i];
             match place(&id, class) {
                 Ok(()) => {
@@ -226,6 +252,13 @@ mod tests {
         TaskId::new(format!("t{i:04}")).unwrap()
     }
 
+    fn at(ms: u64) -> Rank {
+        Rank {
+            priority: 0,
+            created_at: Timestamp::from_millis(ms),
+        }
+    }
+
     fn busy(reason: &str) -> Blocked {
         Blocked::new(reason.into(), false)
     }
@@ -235,6 +268,7 @@ mod tests {
             resources: Resources::new(cpu, 0.0, 0.0, 0).unwrap(),
             pin: pin.map(|p| WorkerId::new(p).unwrap()),
             mounts: Vec::new(),
+            constraints: Vec::new(),
         }
     }
 
@@ -242,19 +276,9 @@ mod tests {
     fn a_blocked_class_costs_nothing_until_woken() {
         let mut q = Queue::default();
         for i in 0..1000 {
-            q.insert(
-                t(i),
-                Timestamp::from_millis(i),
-                class(1.0, Some("dead")),
-                None,
-            );
+            q.insert(t(i), at(i), class(1.0, Some("dead")), None);
         }
-        q.insert(
-            t(5000),
-            Timestamp::from_millis(5000),
-            class(1.0, None),
-            None,
-        );
+        q.insert(t(5000), at(5000), class(1.0, None), None);
         let mut asked = 0;
         let placed = q.pass(|_, c| {
             asked += 1;
@@ -268,12 +292,7 @@ mod tests {
         assert_eq!(asked, 2, "one question per class, not per task");
         assert_eq!(q.reason(&t(7)).as_deref(), Some("waiting for worker dead"));
         let mut asked = 0;
-        q.insert(
-            t(6000),
-            Timestamp::from_millis(6000),
-            class(1.0, Some("dead")),
-            None,
-        );
+        q.insert(t(6000), at(6000), class(1.0, Some("dead")), None);
         let _ = q.pass(|_, _| {
             asked += 1;
             Ok(())
@@ -296,12 +315,7 @@ mod tests {
     #[test]
     fn notes_show_until_the_class_is_blocked() {
         let mut q = Queue::default();
-        q.insert(
-            t(1),
-            Timestamp::from_millis(1),
-            class(1.0, None),
-            Some("store error".into()),
-        );
+        q.insert(t(1), at(1), class(1.0, None), Some("store error".into()));
         assert_eq!(q.reason(&t(1)).as_deref(), Some("store error"));
         let _ = q.pass(|_, _| Err(busy("all busy")));
         assert_eq!(q.reason(&t(1)).as_deref(), Some("all busy"));
@@ -313,7 +327,7 @@ mod tests {
     #[test]
     fn a_freed_slot_does_not_wake_a_class_no_worker_could_hold() {
         let mut q = Queue::default();
-        q.insert(t(1), Timestamp::from_millis(1), class(64.0, None), None);
+        q.insert(t(1), at(1), class(64.0, None), None);
         let mut asked = 0;
         let mut too_big = |_: &TaskId, _: &Class| {
             asked += 1;
@@ -333,9 +347,9 @@ mod tests {
         mut place: impl FnMut(&TaskId, &Class) -> Result<(), Blocked>,
     ) -> Vec<TaskId> {
         let mut placed = Vec::new();
-        for ((at, id), class) in tasks.clone() {
+        for ((prio, at, id), class) in tasks.clone() {
             if place(&id, &class).is_ok() {
-                tasks.remove(&(at, id.clone()));
+                tasks.remove(&(prio, at, id.clone()));
                 placed.push(id);
             }
         }
@@ -347,6 +361,7 @@ mod tests {
         Submit {
             cpu: u8,
             pin: Option<u8>,
+            priority: i32,
         },
         /// Tasks on the worker end, freeing up to `cpu`.
         Free {
@@ -360,9 +375,11 @@ mod tests {
         Pass,
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    /// Operations, submits with priorities in `priorities`.
+    fn op(priorities: std::ops::Range<i32>) -> impl Strategy<Value = Op> {
         prop_oneof![
-            (1u8..7, proptest::option::of(0u8..3)).prop_map(|(cpu, pin)| Op::Submit { cpu, pin }),
+            (1u8..7, proptest::option::of(0u8..3), priorities)
+                .prop_map(|(cpu, pin, priority)| Op::Submit { cpu, pin, priority }),
             (0u8..3, 1u8..4).prop_map(|(worker, cpu)| Op::Free { worker, cpu }),
             (0u8..3).prop_map(|worker| Op::Grow { worker }),
             Just(Op::Pass),
@@ -397,48 +414,69 @@ mod tests {
         }
     }
 
+    /// Runs `ops` on the grouped queue and on a queue that retries every
+    /// task in (priority, age) order, checking they place alike.
+    fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut q = Queue::default();
+        let mut naive: BTreeMap<Key, Class> = BTreeMap::new();
+        let start = Cluster {
+            capacity: [4; 3],
+            free: [4; 3],
+        };
+        let (mut cq, mut cn) = (start, start);
+        for (n, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Submit { cpu, pin, priority } => {
+                    let c = class(f64::from(cpu), pin.map(|p| format!("w{p}")).as_deref());
+                    let rank = Rank {
+                        priority,
+                        created_at: Timestamp::from_millis(n as u64),
+                    };
+                    q.insert(t(n as u64), rank, c.clone(), None);
+                    naive.insert(rank.key(t(n as u64)), c);
+                }
+                Op::Free { worker, cpu } => {
+                    let w = usize::from(worker);
+                    let freed = u32::from(cpu).min(cq.capacity[w] - cq.free[w]);
+                    cq.free[w] += freed;
+                    cn.free[w] += freed;
+                    q.wake(&WorkerId::new(format!("w{worker}")).unwrap());
+                }
+                Op::Grow { worker } => {
+                    let w = usize::from(worker);
+                    for c in [&mut cq, &mut cn] {
+                        c.capacity[w] += 2;
+                        c.free[w] += 2;
+                    }
+                    q.wake_joined(&WorkerId::new(format!("w{worker}")).unwrap());
+                }
+                Op::Pass => {
+                    let a = q.pass(|_, c| cq.place(c));
+                    let b = naive_pass(&mut naive, |_, c| cn.place(c));
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(cq, cn);
+                }
+            }
+        }
+        prop_assert_eq!(q.len(), naive.len());
+        Ok(())
+    }
+
     proptest! {
         /// Waking as the master does (a freed slot, a worker that grew),
         /// the grouped queue places exactly what a queue that retries
-        /// every task would, in the same order.
+        /// every task would, in the same order (every priority 0: FIFO).
         #[test]
-        fn places_what_a_full_rescan_would(ops in proptest::collection::vec(op(), 1..120)) {
-            let mut q = Queue::default();
-            let mut naive: BTreeMap<Key, Class> = BTreeMap::new();
-            let start = Cluster { capacity: [4; 3], free: [4; 3] };
-            let (mut cq, mut cn) = (start, start);
-            for (n, op) in ops.into_iter().enumerate() {
-                match op {
-                    Op::Submit { cpu, pin } => {
-                        let c = class(f64::from(cpu), pin.map(|p| format!("w{p}")).as_deref());
-                        let at = Timestamp::from_millis(n as u64);
-                        q.insert(t(n as u64), at, c.clone(), None);
-                        naive.insert((at, t(n as u64)), c);
-                    }
-                    Op::Free { worker, cpu } => {
-                        let w = usize::from(worker);
-                        let freed = u32::from(cpu).min(cq.capacity[w] - cq.free[w]);
-                        cq.free[w] += freed;
-                        cn.free[w] += freed;
-                        q.wake(&WorkerId::new(format!("w{worker}")).unwrap());
-                    }
-                    Op::Grow { worker } => {
-                        let w = usize::from(worker);
-                        for c in [&mut cq, &mut cn] {
-                            c.capacity[w] += 2;
-                            c.free[w] += 2;
-                        }
-                        q.wake_joined(&WorkerId::new(format!("w{worker}")).unwrap());
-                    }
-                    Op::Pass => {
-                        let a = q.pass(|_, c| cq.place(c));
-                        let b = naive_pass(&mut naive, |_, c| cn.place(c));
-                        prop_assert_eq!(a, b);
-                        prop_assert_eq!(cq, cn);
-                    }
-                }
-            }
-            prop_assert_eq!(q.len(), naive.len());
+        fn places_what_a_full_rescan_would(ops in proptest::collection::vec(op(0..1), 1..120)) {
+            differential(ops)?;
+        }
+
+        /// With priorities, it places what a plain sort by (priority
+        /// descending, age) would: a higher-priority task that fits is
+        /// never placed after a lower one.
+        #[test]
+        fn places_by_priority_then_age(ops in proptest::collection::vec(op(-2..3), 1..120)) {
+            differential(ops)?;
         }
     }
 }

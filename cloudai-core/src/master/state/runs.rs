@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use super::queue::Class;
+use super::gate::Entry;
 use super::State;
 use crate::ledger::LedgerError;
 use crate::model::{Resources, RunningTask, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId};
@@ -20,8 +20,7 @@ use crate::model::{Resources, RunningTask, TaskId, TaskRecord, TaskStatus, Times
 #[derive(Debug, Clone)]
 pub(super) struct Delayed {
     due: Timestamp,
-    created_at: Timestamp,
-    class: Class,
+    entry: Entry,
 }
 
 /// A run with a time limit, and when the master stops it itself if no end
@@ -149,9 +148,13 @@ impl State {
         if from == TaskStatus::Pending {
             self.queue.remove(&task.id);
             self.forget_delayed(&task.id);
+            self.gate_forget_pending(&task.id);
         }
         if task.status == TaskStatus::Pending && task.worker.is_none() {
             self.enqueue_when_due(task, now);
+        }
+        if task.status.is_terminal() {
+            self.gate_ended(task, now);
         }
     }
 
@@ -169,23 +172,12 @@ impl State {
         true
     }
 
-    /// Queues a placeable pending task now, or at its not-before time.
-    pub(in crate::master) fn enqueue_when_due(&mut self, task: &TaskRecord, now: Timestamp) {
-        match task.not_before {
-            Some(due) if due > now => {
-                let delayed = Delayed {
-                    due,
-                    created_at: task.created_at,
-                    class: Class::of(task),
-                };
-                self.runs.delayed.insert((due, task.id.clone()));
-                self.runs.delayed_info.insert(task.id.clone(), delayed);
-            }
-            _ => {
-                self.enqueue(task, None);
-                self.queue_pass = true;
-            }
-        }
+    /// Holds a task that passed the gate until its not-before time.
+    pub(super) fn delay(&mut self, entry: Entry, due: Timestamp) {
+        self.runs.delayed.insert((due, entry.id.clone()));
+        self.runs
+            .delayed_info
+            .insert(entry.id.clone(), Delayed { due, entry });
     }
 
     fn forget_delayed(&mut self, task: &TaskId) {
@@ -209,7 +201,7 @@ impl State {
                 break;
             };
             if let Some(d) = self.runs.delayed_info.remove(&id) {
-                self.queue.insert(id, d.created_at, d.class, None);
+                self.queue.insert(id, d.entry.rank, d.entry.class, None);
                 self.queue_pass = true;
             }
         }

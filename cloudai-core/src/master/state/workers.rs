@@ -8,8 +8,8 @@ use crate::liveness::Health;
 use crate::master::views::{GpuView, WorkerView};
 use crate::metrics::Snapshot;
 use crate::model::{
-    Drain, Gpu, Heartbeat, InstanceId, Mount, Resources, RunningTask, TaskId, Telemetry, Timestamp,
-    WorkerId, WorkerIdentity, WorkerRecord,
+    admits_all, Constraint, Drain, Gpu, Heartbeat, InstanceId, Mount, Resources, RunningTask,
+    TaskId, Telemetry, Timestamp, WorkerId, WorkerIdentity, WorkerRecord,
 };
 
 impl State {
@@ -35,6 +35,7 @@ impl State {
                 telemetry: w.telemetry,
                 gpus: w.gpus,
                 allow_mounts: w.allow_mounts,
+                labels: w.labels,
                 ..WorkerInfo::default()
             },
         );
@@ -46,22 +47,21 @@ impl State {
     pub(in crate::master) fn register(
         &mut self,
         who: &WorkerIdentity,
-        address: &str,
-        capacity: Resources,
-        gpus: &[Gpu],
-        allow_mounts: &[String],
+        record: &WorkerRecord,
         now: Timestamp,
     ) -> (bool, Vec<RunningTask>) {
         let id = &who.id;
-        let devices = Gpu::indices(gpus, capacity.gpus);
-        self.ledger.set_capacity(id.clone(), capacity, devices);
+        let devices = Gpu::indices(&record.gpus, record.capacity.gpus);
+        self.ledger
+            .set_capacity(id.clone(), record.capacity, devices);
         let revived = self.liveness.heartbeat(id, now);
         self.reconnect.remove(id);
         let info = self.workers.entry(id.clone()).or_default();
-        info.address = Some(address.to_string());
+        info.address.clone_from(&record.address);
         info.instance = Some(who.instance.clone());
-        info.gpus = gpus.to_vec();
-        info.allow_mounts = allow_mounts.to_vec();
+        info.gpus.clone_from(&record.gpus);
+        info.allow_mounts.clone_from(&record.allow_mounts);
+        info.labels.clone_from(&record.labels);
         info.left = false;
         info.session = true;
         info.unreachable = false;
@@ -83,6 +83,7 @@ impl State {
         info.address = w.address.clone();
         info.instance = w.instance.clone();
         info.allow_mounts.clone_from(&w.allow_mounts);
+        info.labels.clone_from(&w.labels);
     }
 
     /// Takes a heartbeat. `None` if the worker must register again (unknown
@@ -204,6 +205,30 @@ impl State {
         }
     }
 
+    /// Whether `worker`'s labels satisfy every one of `constraints`.
+    pub(in crate::master) fn matches(&self, worker: &WorkerId, constraints: &[Constraint]) -> bool {
+        constraints.is_empty()
+            || self
+                .workers
+                .get(worker)
+                .is_some_and(|w| admits_all(constraints, &w.labels))
+    }
+
+    /// Whether a registered worker (`pin`, if given) satisfies every one
+    /// of `constraints`, or none is known yet.
+    pub(in crate::master) fn matched_somewhere(
+        &self,
+        constraints: &[Constraint],
+        pin: Option<&WorkerId>,
+    ) -> bool {
+        match pin {
+            Some(p) => !self.workers.contains_key(p) || self.matches(p, constraints),
+            None => {
+                self.workers.is_empty() || self.workers.keys().any(|w| self.matches(w, constraints))
+            }
+        }
+    }
+
     /// Whether `worker` said in its last heartbeat that it is still
     /// starting `task`.
     pub(in crate::master) fn is_starting(&self, worker: &WorkerId, task: &TaskId) -> bool {
@@ -277,6 +302,7 @@ impl State {
                 last_heartbeat: self.liveness.last_heartbeat(id),
                 telemetry: info.telemetry.clone(),
                 drain: info.drain,
+                labels: info.labels.clone(),
             })
             .collect()
     }
