@@ -386,13 +386,41 @@ impl TaskStore for MemoryStore {
         Ok(lock(&self.shared.tasks).index.counts)
     }
 
-    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
+    async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
+        let mut guard = lock(&self.shared.tasks);
+        let tasks = &mut *guard;
+        let task = tasks
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found("task", id))?;
+        let fence = tasks.fences.get(id).copied();
+        admit(fence, self.term)?;
+        if task.status != TaskStatus::Pending {
+            return Ok(CasOutcome::Rejected {
+                current: task.clone(),
+            });
+        }
+        let before = task.clone();
+        task.spec.priority = priority;
+        tasks.fences.insert(id.clone(), self.term);
+        self.applied(id.as_str(), fence);
+        Ok(CasOutcome::Applied { before })
+    }
+
+    async fn remove_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+        keep: &[TaskId],
+    ) -> Result<usize> {
         let mut tasks = lock(&self.shared.tasks);
+        let keep: HashSet<&TaskId> = keep.iter().collect();
         let due: Vec<TaskId> = tasks
             .index
             .finished
             .iter()
             .take_while(|(at, _)| *at < before)
+            .filter(|(_, id)| !keep.contains(id))
             .take(limit)
             .map(|(_, id)| id.clone())
             .collect();

@@ -214,11 +214,22 @@ pub trait TaskStore: Send + Sync + Debug {
     /// How many tasks are in each status, without listing them.
     async fn count_tasks(&self) -> Result<StatusCounts>;
 
+    /// Sets a pending task's priority (its place in the queue). Applied
+    /// only while it is pending; otherwise rejected with the record as it
+    /// is. [`crate::Error::NotFound`] if there is no such task.
+    async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome>;
+
     /// Removes at most `limit` tasks that finished before `before`, each
     /// with its result (the result first, so nothing is left without its
-    /// task), and the request claims made before `before`. Returns how
-    /// many tasks went.
-    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize>;
+    /// task), and the request claims made before `before`. Tasks in `keep`
+    /// stay (parents a waiting dependent still needs). Returns how many
+    /// tasks went.
+    async fn remove_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+        keep: &[TaskId],
+    ) -> Result<usize>;
 }
 
 /// Registered workers and their liveness fields. Fenced like

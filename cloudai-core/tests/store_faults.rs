@@ -85,8 +85,16 @@ impl TaskStore for Faulty {
     ) -> Result<Vec<TaskRecord>> {
         self.store.page_tasks(filter, after, limit).await
     }
-    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
-        self.store.remove_finished(before, limit).await
+    async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
+        self.store.set_priority(id, priority).await
+    }
+    async fn remove_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+        keep: &[TaskId],
+    ) -> Result<usize> {
+        self.store.remove_finished(before, limit, keep).await
     }
 }
 

@@ -538,6 +538,18 @@ impl MasterClient {
         Ok(())
     }
 
+    /// Sets a pending task's priority; returns the task as it is now.
+    pub async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<TaskRecord> {
+        let req = proto::SetPriorityRequest {
+            task_id: id.to_string(),
+            priority,
+        };
+        let t = self
+            .call(req, |mut c, r| async move { c.set_priority(r).await })
+            .await?;
+        convert::task(t).map_err(bad_reply)
+    }
+
     /// Ends a worker's drain.
     pub async fn undrain(&self, id: &WorkerId) -> Result<()> {
         let req = proto::WorkerRef {
@@ -777,7 +789,7 @@ impl MasterToWorker for WorkerClients {
     ) -> Result<()> {
         let req = proto::AssignRequest {
             run: Some(run.clone().into()),
-            spec: Some(spec.clone().into()),
+            spec: Some(for_worker(spec).into()),
             gpus: gpus.to_vec(),
         };
         self.client(to)?
@@ -874,4 +886,13 @@ fn wire_labels(filter: &TaskFilter) -> Vec<String> {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect()
+}
+
+/// A spec as a worker gets it: without the dependencies, which only the
+/// master uses (an `after-ok` on a large array names every member).
+fn for_worker(spec: &TaskSpec) -> TaskSpec {
+    TaskSpec {
+        after: Vec::new(),
+        ..spec.clone()
+    }
 }

@@ -157,6 +157,14 @@ impl master_server::Master for MasterService {
         Ok(Response::new(proto::Empty {}))
     }
 
+    async fn set_priority(&self, req: Request<proto::SetPriorityRequest>) -> Reply<proto::Task> {
+        let m = self.master()?;
+        let r = req.into_inner();
+        let id = convert::task_id(&r.task_id)?;
+        let task = detached(async move { m.set_priority(&id, r.priority).await }).await?;
+        Ok(Response::new(task.into()))
+    }
+
     async fn undrain(&self, req: Request<proto::WorkerRef>) -> Reply<proto::Empty> {
         let m = self.master()?;
         let worker = convert::worker_id(&req.into_inner().worker_id)?;

@@ -447,6 +447,12 @@ async fn a_follower_redirects_each_rpc_to_the_leader() {
             raw.get_task(signed(proto::TaskRef::default())).await.err(),
         ),
         (
+            "set_priority",
+            raw.set_priority(signed(proto::SetPriorityRequest::default()))
+                .await
+                .err(),
+        ),
+        (
             "cancel",
             raw.cancel(signed(proto::CancelRequest::default()))
                 .await

@@ -782,16 +782,64 @@ impl TaskStore for MongoStore {
             .transpose()
     }
 
+    async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
+        let mut filter = doc! { "_id": id.as_str(), "status": TaskStatus::Pending.as_str() };
+        filter.extend(self.within_fence());
+        let update = doc! { "$set": { "spec.priority": priority, "fence": self.fence() } };
+        for _ in 0..CAS_RETRIES {
+            let before = self
+                .op(self
+                    .tasks
+                    .find_one_and_update(filter.clone(), update.clone())
+                    .return_document(ReturnDocument::Before))
+                .await?;
+            if let Some(before) = before {
+                return Ok(CasOutcome::Applied {
+                    before: before.into_core()?,
+                });
+            }
+            let current = self
+                .op(self
+                    .tasks
+                    .clone_with_type::<Document>()
+                    .find_one(doc! { "_id": id.as_str() }))
+                .await?
+                .ok_or_else(|| Error::not_found("task", id))?;
+            self.check_fence(&current)?;
+            let current: TaskDoc =
+                bson::deserialize_from_document(current).map_err(|e| Error::Backend {
+                    backend: "mongodb",
+                    source: Box::new(e),
+                })?;
+            let current = current.into_core()?;
+            if current.status != TaskStatus::Pending {
+                return Ok(CasOutcome::Rejected { current });
+            }
+        }
+        Err(Error::Conflict(format!(
+            "task {id} changed under {CAS_RETRIES} consecutive compare-and-set attempts"
+        )))
+    }
+
     /// Removes results first, then tasks: a crash between the two leaves
     /// a finished task without its result, which the next round removes.
-    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
+    async fn remove_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+        keep: &[TaskId],
+    ) -> Result<usize> {
         let before = records::ts("retention cutoff", before)?;
         let finished: Vec<&str> = TaskStatus::ALL
             .iter()
             .filter(|s| s.is_terminal())
             .map(|s| s.as_str())
             .collect();
-        let q = doc! { "status": { "$in": finished }, "finished_at": { "$lt": before } };
+        let mut q = doc! { "status": { "$in": finished }, "finished_at": { "$lt": before } };
+        if !keep.is_empty() {
+            let keep: Vec<&str> = keep.iter().map(TaskId::as_str).collect();
+            q.insert("_id", doc! { "$nin": keep });
+        }
         let sort = doc! { "finished_at": 1 };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let ids: Vec<String> = self

@@ -116,6 +116,15 @@ pub(crate) enum Command {
         #[arg(long, value_parser = PossibleValuesParser::new(["failed", "cancelled"]))]
         status: Vec<String>,
     },
+    /// Change a pending task: `update ID --priority N` moves it in the
+    /// queue (higher runs first).
+    Update {
+        /// Task id.
+        id: String,
+        /// Its new priority.
+        #[arg(long, allow_negative_numbers = true)]
+        priority: i32,
+    },
     /// Follow a task's output until it ends (a finished task's is printed
     /// at once); stdout and stderr each to its own.
     Monitor {
@@ -618,6 +627,10 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
         Command::Resubmit { ids, array, status } => {
             let again = resubmit(client, ids, array, &status).await?;
             output::resubmitted(json, &again);
+        }
+        Command::Update { id, priority } => {
+            let t = client.set_priority(&TaskId::new(id)?, priority).await?;
+            output::message(json, &format!("task {} priority {}", t.id, t.spec.priority));
         }
         Command::Monitor { id, start } => {
             return follow(client, &TaskId::new(id)?, start.from(), json).await

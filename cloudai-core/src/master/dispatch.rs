@@ -84,7 +84,7 @@ impl Master {
     /// A submit is acknowledged only while this master still acts when its
     /// task is stored: after that, the next leader may have loaded its
     /// state without the task (it adopts it within a TTL).
-    fn acknowledge<T>(&self, made: T) -> Result<T> {
+    pub(super) fn acknowledge<T>(&self, made: T) -> Result<T> {
         if self.acting() {
             return Ok(made);
         }

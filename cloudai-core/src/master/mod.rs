@@ -42,6 +42,7 @@ mod state;
 mod stops;
 mod tenured;
 mod transitions;
+mod update;
 mod views;
 
 use std::sync::atomic::AtomicU64;

@@ -20,9 +20,17 @@ impl Master {
         };
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
         let cutoff = Timestamp::from_millis(self.now().as_millis().saturating_sub(keep_ms));
+        // Parents that a dependent still waiting (or not yet placed) was
+        // decided by: a master loading after a restart reads them again.
+        let parents = self.state().kept_parents();
         let mut removed = 0;
         loop {
-            match self.inner.store.remove_finished(cutoff, SWEEP_BATCH).await {
+            match self
+                .inner
+                .store
+                .remove_finished(cutoff, SWEEP_BATCH, &parents)
+                .await
+            {
                 Ok(n) => {
                     removed += n;
                     if n < SWEEP_BATCH {

@@ -167,9 +167,22 @@ impl<B: TaskStore + ?Sized> TaskStore for MeteredStore<B> {
         self.call("count_tasks", self.inner.count_tasks()).await
     }
 
-    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
-        self.write("remove_finished", self.inner.remove_finished(before, limit))
+    async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
+        self.write("set_priority", self.inner.set_priority(id, priority))
             .await
+    }
+
+    async fn remove_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+        keep: &[TaskId],
+    ) -> Result<usize> {
+        self.write(
+            "remove_finished",
+            self.inner.remove_finished(before, limit, keep),
+        )
+        .await
     }
 }
 

@@ -126,9 +126,18 @@ impl TaskStore for StoreGate {
         self.pass().await?;
         self.store.count_tasks().await
     }
-    async fn remove_finished(&self, before: Timestamp, limit: usize) -> Result<usize> {
+    async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
         self.pass().await?;
-        self.store.remove_finished(before, limit).await
+        self.store.set_priority(id, priority).await
+    }
+    async fn remove_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+        keep: &[TaskId],
+    ) -> Result<usize> {
+        self.pass().await?;
+        self.store.remove_finished(before, limit, keep).await
     }
 }
 

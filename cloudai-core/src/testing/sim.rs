@@ -34,8 +34,9 @@ use crate::clock::Clock;
 use crate::master::{Master, MasterConfig, MasterEvent, Serving};
 use crate::memory::MemoryStore;
 use crate::model::{
-    Gpu, InstanceId, Resources, TaskId, TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry,
-    Term, Timestamp, Usage, ValidationError, WorkerId, WorkerIdentity, ATTEMPT_ENV, MAX_ATTEMPTS,
+    admits_all, ArrayId, ArrayMember, Dependency, Gpu, InstanceId, Labels, Resources, TaskId,
+    TaskRecord, TaskResult, TaskSpec, TaskStatus, Telemetry, Term, Timestamp, Usage,
+    ValidationError, Verdict, WorkerId, WorkerIdentity, WorkerRecord, ATTEMPT_ENV, MAX_ATTEMPTS,
 };
 use crate::output::{OutputFrom, OutputLog, OutputStream};
 use crate::rng::SplitMix64;
@@ -43,7 +44,7 @@ use crate::runtime::{
     ContainerId, ContainerInfo, ContainerRuntime, ContainerSpec, ExitStatus, Follow, LABEL_ATTEMPT,
     LABEL_TASK, LABEL_WORKER,
 };
-use crate::store::{TaskFilter, TaskStore};
+use crate::store::{TaskFilter, TaskStore, WorkerRegistry};
 use crate::sync::lock;
 use crate::transport::{
     HeartbeatReply, MasterInfo, MasterToWorker, Registration, RegistrationReply, RunningTask,
@@ -890,6 +891,8 @@ pub struct SimCluster {
     capacities: BTreeMap<WorkerId, Resources>,
     /// The host directories each worker allows bind mounts from.
     allowed_mounts: BTreeMap<WorkerId, Vec<String>>,
+    /// The labels each worker carries (its `--label`s).
+    worker_labels: BTreeMap<WorkerId, Labels>,
     /// Each host's runtime outlives its agent (as Docker outlives a
     /// `kill -9` of the worker).
     runtimes: BTreeMap<WorkerId, Arc<FakeRuntime>>,
@@ -952,6 +955,7 @@ impl SimCluster {
             workers: BTreeMap::new(),
             capacities: BTreeMap::new(),
             allowed_mounts: BTreeMap::new(),
+            worker_labels: BTreeMap::new(),
             runtimes: BTreeMap::new(),
             seed,
             checker,
@@ -968,6 +972,7 @@ impl SimCluster {
         // One instance per id, as a state directory kept across restarts.
         config.instance = InstanceId::new(format!("sim-{id}")).expect("valid instance");
         config.allow_mounts = self.allowed_mounts.get(&wid).cloned().unwrap_or_default();
+        config.labels = self.worker_labels.get(&wid).cloned().unwrap_or_default();
         let (clock, running) = (self.clock, self.running.clone());
         let runtime = self
             .runtimes
@@ -1101,6 +1106,13 @@ impl SimCluster {
         self.allowed_mounts.insert(wid, prefixes);
     }
 
+    /// Worker `id`, when it next starts, carries `labels` (its `--label`s),
+    /// which tasks' constraints must match.
+    pub fn label_worker(&mut self, id: &str, labels: Labels) {
+        let wid = WorkerId::new(id).expect("valid worker id");
+        self.worker_labels.insert(wid, labels);
+    }
+
     /// Cuts the worker off.
     pub fn partition(&mut self, id: &WorkerId) {
         self.checker.unreachable(id);
@@ -1187,8 +1199,102 @@ impl SimCluster {
         let mut violations = self.checker.violations();
         violations.extend(self.net.term_violations());
         violations.extend(self.check_ha().await);
+        let workers = self.store.list_workers().await.expect("list workers");
+        violations.extend(pipeline_violations(&tasks, &workers));
+        if self.ha.is_none() {
+            violations.extend(self.gate_progress(&tasks));
+        }
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
         tasks
+    }
+
+    /// What a single master owes its gate at every instant (with one
+    /// master, the one that writes an end is the one that learns it):
+    /// a dependent whose parents all ended a moment ago no longer waits
+    /// for them, one whose parent ended as its condition can never accept
+    /// is cancelled, and no member of a throttled array is held at the
+    /// limit while its array has a slot free.
+    fn gate_progress(&self, tasks: &[TaskRecord]) -> Vec<String> {
+        let now = self.clock.now();
+        let by_id: BTreeMap<&TaskId, &TaskRecord> = tasks.iter().map(|t| (&t.id, t)).collect();
+        let pending: Vec<TaskRecord> = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Pending)
+            .cloned()
+            .collect();
+        let reasons = self.master.waiting_each(&pending);
+        let mut broken = Vec::new();
+        // Array → (limit, members admitted, members held at the limit).
+        let mut arrays: BTreeMap<&ArrayId, (u32, usize, Vec<&TaskId>)> = BTreeMap::new();
+        for t in tasks {
+            if let Some(ArrayMember {
+                id,
+                limit: Some(limit),
+                ..
+            }) = &t.array
+            {
+                arrays.entry(id).or_insert((*limit, 0, Vec::new()));
+            }
+        }
+        for (t, reason) in pending.iter().zip(&reasons) {
+            let reason = reason.as_deref().unwrap_or("");
+            let waits_for_parents = reason.starts_with(WAITING_FOR_PARENTS);
+            if t.attempt == 0 && !t.spec.after.is_empty() {
+                // Parents that ended long enough ago for their end to
+                // have been handled (a removed parent counts as ended).
+                let ended = |d: &Dependency| {
+                    by_id.get(&d.task).is_none_or(|p| {
+                        p.status.is_terminal()
+                            && p.finished_at
+                                .is_some_and(|f| now.saturating_since(f) >= GATE_GRACE)
+                    })
+                };
+                let never = t.spec.after.iter().find(|d| {
+                    ended(d)
+                        && by_id
+                            .get(&d.task)
+                            .is_some_and(|p| d.condition.verdict(p.status) == Some(Verdict::Never))
+                });
+                if let Some(d) = never {
+                    broken.push(format!(
+                        "task {} still pending ({reason}) though its dependency {d} can never hold",
+                        t.id
+                    ));
+                } else if waits_for_parents && t.spec.after.iter().all(ended) {
+                    broken.push(format!(
+                        "task {} still waits for its dependencies ({reason}) though every parent ended",
+                        t.id
+                    ));
+                }
+            }
+            if let Some(ArrayMember {
+                id, limit: Some(_), ..
+            }) = &t.array
+            {
+                let a = arrays.get_mut(id).expect("counted above");
+                if reason.starts_with(ARRAY_LIMIT) {
+                    a.2.push(&t.id);
+                } else if !waits_for_parents {
+                    a.1 += 1;
+                }
+            }
+        }
+        for t in tasks.iter().filter(|t| t.status == TaskStatus::Running) {
+            if let Some(ArrayMember {
+                id, limit: Some(_), ..
+            }) = &t.array
+            {
+                arrays.get_mut(id).expect("counted above").1 += 1;
+            }
+        }
+        for (array, (limit, admitted, held)) in arrays {
+            if !held.is_empty() && admitted < limit as usize {
+                broken.push(format!(
+                    "array {array} holds {held:?} at its limit of {limit} with only {admitted} admitted"
+                ));
+            }
+        }
+        broken
     }
 
     /// Checks the end state once the cluster is quiet: every task ended
@@ -1197,6 +1303,42 @@ impl SimCluster {
     pub async fn check_quiescent(&mut self) {
         let tasks = self.check().await;
         let seed = self.seed;
+        // What waits for nothing that can still happen, said precisely.
+        let by_id: BTreeMap<&TaskId, &TaskRecord> = tasks.iter().map(|t| (&t.id, t)).collect();
+        let pending: Vec<TaskRecord> = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Pending)
+            .cloned()
+            .collect();
+        let reasons = self
+            .leader()
+            .map(|m| m.waiting_each(&pending))
+            .unwrap_or_default();
+        for (i, t) in pending.iter().enumerate() {
+            let reason = reasons.get(i).cloned().flatten();
+            let parents_ended = t
+                .spec
+                .after
+                .iter()
+                .all(|d| by_id.get(&d.task).is_none_or(|p| p.status.is_terminal()));
+            assert!(
+                t.attempt != 0 || t.spec.after.is_empty() || !parents_ended,
+                "seed {seed}: dependent {} still pending at quiescence though every parent ended ({:?}; waiting: {reason:?}; parents: {:?})",
+                t.id,
+                t.reason,
+                t.spec
+                    .after
+                    .iter()
+                    .map(|d| (d.to_string(), by_id.get(&d.task).map(|p| p.status)))
+                    .collect::<Vec<_>>()
+            );
+            if let Some(m) = t.array.as_ref().filter(|m| m.limit.is_some()) {
+                panic!(
+                    "seed {seed}: member {} of throttled array {} (%{:?}) left pending at quiescence ({:?}; waiting: {reason:?})",
+                    t.id, m.id, m.limit, t.reason
+                );
+            }
+        }
         for t in &tasks {
             assert!(
                 t.status.is_terminal(),
@@ -1271,6 +1413,199 @@ impl SimCluster {
         }
         self.checker.stop();
     }
+}
+
+/// How a dependent cancelled because a parent's end can never satisfy it
+/// is told.
+const UNMET: &str = "dependency never satisfied";
+/// How a dependent held for its parents is told.
+const WAITING_FOR_PARENTS: &str = "waiting for its dependencies";
+/// How an array member held at its array's throttle is told.
+const ARRAY_LIMIT: &str = "array limit";
+/// How long after a parent's end its single master may take to decide its
+/// dependents.
+const GATE_GRACE: Duration = Duration::from_secs(2);
+
+/// What dependencies, array throttles and constraints promise, read from
+/// the store alone (so it holds whatever the masters did):
+///
+/// - a task that names parents is never assigned (any attempt, any
+///   history, running or completed) unless every parent ended as its
+///   condition asks;
+/// - a task cancelled for an unmet dependency never ran, a parent of its
+///   ended as its condition can never accept (or no longer exists), its
+///   reason names that parent and its end, and a root it names is an
+///   ended ancestor;
+/// - no throttled array has more members running or ending than its limit;
+/// - every running or ending task's worker carries labels its constraints
+///   admit.
+pub fn pipeline_violations(tasks: &[TaskRecord], workers: &[WorkerRecord]) -> Vec<String> {
+    let by_id: BTreeMap<&TaskId, &TaskRecord> = tasks.iter().map(|t| (&t.id, t)).collect();
+    let labels: BTreeMap<&WorkerId, &Labels> = workers.iter().map(|w| (&w.id, &w.labels)).collect();
+    let mut broken = Vec::new();
+    // Array → (limit, members running or ending).
+    let mut throttled: BTreeMap<&ArrayId, (u32, Vec<&TaskId>)> = BTreeMap::new();
+    for t in tasks {
+        let assigned = t.attempt >= 1
+            || !t.history.is_empty()
+            || matches!(t.status, TaskStatus::Running | TaskStatus::Completed);
+        if assigned {
+            for d in &t.spec.after {
+                // A parent removed by retention cannot be judged.
+                let Some(p) = by_id.get(&d.task) else {
+                    continue;
+                };
+                if d.condition.verdict(p.status) != Some(Verdict::Met) {
+                    broken.push(format!(
+                        "task {} was assigned ({}, attempt {}, {} ended attempts) though its dependency {d} is {}",
+                        t.id,
+                        t.status,
+                        t.attempt,
+                        t.history.len(),
+                        p.status
+                    ));
+                }
+            }
+        }
+        let reason = t.reason.as_deref().unwrap_or("");
+        if t.status == TaskStatus::Cancelled && reason.starts_with(UNMET) {
+            broken.extend(unmet_violations(t, reason, &by_id));
+        }
+        if let Some(ArrayMember {
+            id,
+            limit: Some(limit),
+            ..
+        }) = &t.array
+        {
+            let entry = throttled.entry(id).or_insert((*limit, Vec::new()));
+            if t.status == TaskStatus::Running || t.ending().is_some() {
+                entry.1.push(&t.id);
+            }
+        }
+        if !t.spec.constraints.is_empty()
+            && (t.status == TaskStatus::Running || t.ending().is_some())
+        {
+            if let Some(w) = &t.worker {
+                match labels.get(w) {
+                    Some(l) if admits_all(&t.spec.constraints, l) => {}
+                    found => broken.push(format!(
+                        "task {} runs on {w}, whose labels {found:?} do not satisfy its constraints {:?}",
+                        t.id, t.spec.constraints
+                    )),
+                }
+            }
+        }
+    }
+    for (array, (limit, busy)) in throttled {
+        if busy.len() > limit as usize {
+            broken.push(format!(
+                "array {array} (limit {limit}) has {} members running or ending: {busy:?}",
+                busy.len()
+            ));
+        }
+    }
+    broken
+}
+
+/// What must hold of `t`, cancelled for an unmet dependency with `reason`.
+fn unmet_violations(
+    t: &TaskRecord,
+    reason: &str,
+    by_id: &BTreeMap<&TaskId, &TaskRecord>,
+) -> Vec<String> {
+    let mut broken = Vec::new();
+    if t.attempt != 0 || !t.history.is_empty() {
+        broken.push(format!(
+            "task {} was cancelled as never satisfiable, yet it was assigned (attempt {}, {} ended attempts)",
+            t.id,
+            t.attempt,
+            t.history.len()
+        ));
+    }
+    let never = |d: &Dependency| {
+        by_id
+            .get(&d.task)
+            .is_none_or(|p| d.condition.verdict(p.status) == Some(Verdict::Never))
+    };
+    if !t.spec.after.iter().any(never) {
+        broken.push(format!(
+            "task {} was cancelled ({reason}) though each of its dependencies {:?} may still hold",
+            t.id, t.spec.after
+        ));
+    }
+    // "…: <condition> and task <parent> <status>[ (root: task <root>)]"
+    let named = t.spec.after.iter().find(|d| {
+        by_id.get(&d.task).is_some_and(|p| {
+            reason.contains(&format!("{} and task {} {}", d.condition, d.task, p.status))
+        })
+    });
+    let gone = reason.contains("no longer exists");
+    match named {
+        None if !gone => broken.push(format!(
+            "task {}: the reason {reason:?} names none of its parents {:?} as it ended",
+            t.id, t.spec.after
+        )),
+        None => {}
+        Some(d) => {
+            let parent = by_id[&d.task];
+            if never(d) {
+                // The parent itself was cancelled this way: its root is
+                // this chain's root, and is named.
+                let transitive = parent.status == TaskStatus::Cancelled
+                    && parent
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(UNMET));
+                if transitive && !reason.contains("(root: task ") {
+                    broken.push(format!(
+                        "task {}: the reason {reason:?} names no root, though its parent {} was cancelled as never satisfiable ({:?})",
+                        t.id, d.task, parent.reason
+                    ));
+                }
+            } else {
+                broken.push(format!(
+                    "task {}: the reason {reason:?} names {d}, which holds",
+                    t.id
+                ));
+            }
+        }
+    }
+    if let Some(root) = reason
+        .split_once("(root: task ")
+        .and_then(|(_, r)| r.strip_suffix(')'))
+    {
+        let ancestors = ancestors(t, by_id);
+        let ended = by_id
+            .values()
+            .find(|a| a.id.as_str() == root)
+            .is_none_or(|a| a.status.is_terminal());
+        if !ancestors.iter().any(|a| a.as_str() == root) || !ended {
+            broken.push(format!(
+                "task {}: the root {root} its reason names is not an ended ancestor ({ancestors:?})",
+                t.id
+            ));
+        }
+    }
+    broken
+}
+
+/// Every task `t` depends on, directly or not (among those stored).
+fn ancestors<'a>(
+    t: &'a TaskRecord,
+    by_id: &BTreeMap<&TaskId, &'a TaskRecord>,
+) -> BTreeSet<&'a TaskId> {
+    let mut seen = BTreeSet::new();
+    let mut next: Vec<&TaskRecord> = vec![t];
+    while let Some(task) = next.pop() {
+        for d in &task.spec.after {
+            if seen.insert(&d.task) {
+                if let Some(p) = by_id.get(&d.task) {
+                    next.push(p);
+                }
+            }
+        }
+    }
+    seen
 }
 
 /// Watches every master's events for placements on workers that cannot

@@ -9,8 +9,8 @@ use super::{pending_task, task_id, worker_id};
 use crate::apply::{apply_event, record_report, Applied};
 use crate::lifecycle::TaskEvent;
 use crate::model::{
-    ArrayId, ArrayMember, AttemptPolicy, ContainerOptions, EndCause, StatusCounts, TaskResult,
-    TaskStatus, Timestamp, Usage, WorkerId,
+    ArrayId, ArrayMember, AttemptPolicy, Condition, ContainerOptions, Dependency, EndCause,
+    StatusCounts, TaskResult, TaskStatus, Timestamp, Usage, WorkerId,
 };
 use crate::store::{
     Assignment, CasOutcome, InsertOutcome, PageKey, StatusChange, TaskFilter, TaskStore,
@@ -29,6 +29,9 @@ where
     Fut: Future<Output = Arc<dyn TaskStore>>,
 {
     insert_and_get(new_store().await).await;
+    a_full_spec_round_trips(new_store().await).await;
+    names_and_labels_filter_lists_and_pages(new_store().await).await;
+    priority_changes_only_while_pending(new_store().await).await;
     duplicate_insert_is_refused(new_store().await).await;
     list_filters_and_orders(new_store().await).await;
     counts_follow_inserts_and_changes(new_store().await).await;
@@ -126,6 +129,152 @@ pub async fn insert_and_get(store: Arc<dyn TaskStore>) {
         store.get_result(&task_id("t-1")).await.expect("get result"),
         None
     );
+}
+
+/// Every field of a spec and of an array membership reads back as
+/// stored: name, labels (keys with `.` and `/`), priority, constraints,
+/// dependencies and the array's throttle.
+pub async fn a_full_spec_round_trips(store: Arc<dyn TaskStore>) {
+    let mut t = pending_task("full", 5);
+    t.spec.name = Some("train step".into());
+    t.spec.labels = [("team", "ml"), ("cloudai.io/stage", "2"), ("empty", "")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    t.spec.priority = -3;
+    t.spec.constraints = ["zone=a", "gpu in (a100,h100)", "!spot", "ssd", "rack!=7"]
+        .iter()
+        .map(|c| c.parse().expect("constraint"))
+        .collect();
+    t.spec.after = vec![
+        Dependency {
+            task: task_id("p1"),
+            condition: Condition::AfterOk,
+        },
+        Dependency {
+            task: task_id("p2"),
+            condition: Condition::AfterNotOk,
+        },
+    ];
+    t.array = Some(ArrayMember {
+        id: ArrayId::new("arr-full").expect("valid"),
+        index: 4,
+        limit: Some(3),
+    });
+    store.insert_task(t.clone()).await.expect("insert");
+    assert_eq!(store.get_task(&t.id).await.expect("get"), Some(t));
+}
+
+/// `name` and `labels` filters select exactly the tasks that carry them
+/// (every label given), in lists and in pages.
+pub async fn names_and_labels_filter_lists_and_pages(store: Arc<dyn TaskStore>) {
+    let labelled = |id: &str, at: u64, name: Option<&str>, labels: &[(&str, &str)]| {
+        let mut t = pending_task(id, at);
+        t.spec.name = name.map(str::to_owned);
+        t.spec.labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        t
+    };
+    for t in [
+        labelled("n1", 1, Some("prep"), &[("team", "ml"), ("run", "a")]),
+        labelled("n2", 2, Some("prep"), &[("team", "ml"), ("run", "b")]),
+        labelled("n3", 3, Some("eval"), &[("team", "db")]),
+        labelled("n4", 4, None, &[]),
+    ] {
+        store.insert_task(t).await.expect("insert");
+    }
+    let ids = |tasks: Vec<crate::model::TaskRecord>| -> Vec<String> {
+        tasks.into_iter().map(|t| t.id.to_string()).collect()
+    };
+    let label = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    for (filter, want) in [
+        (
+            TaskFilter {
+                name: Some("prep".into()),
+                ..TaskFilter::default()
+            },
+            vec!["n1", "n2"],
+        ),
+        (
+            TaskFilter {
+                labels: vec![label("team", "ml")],
+                ..TaskFilter::default()
+            },
+            vec!["n1", "n2"],
+        ),
+        (
+            TaskFilter {
+                labels: vec![label("team", "ml"), label("run", "b")],
+                ..TaskFilter::default()
+            },
+            vec!["n2"],
+        ),
+        (
+            TaskFilter {
+                name: Some("eval".into()),
+                labels: vec![label("team", "ml")],
+                ..TaskFilter::default()
+            },
+            vec![],
+        ),
+        (
+            TaskFilter {
+                labels: vec![label("team", "")],
+                ..TaskFilter::default()
+            },
+            vec![],
+        ),
+    ] {
+        let listed = ids(store.list_tasks(&filter).await.expect("list"));
+        assert_eq!(listed, want, "list {filter:?}");
+        let mut paged = ids(store.page_tasks(&filter, None, 100).await.expect("page"));
+        paged.reverse();
+        assert_eq!(paged, want, "page {filter:?}");
+    }
+}
+
+/// A pending task's priority changes; a running one's is refused with
+/// the record as it is; an unknown task is `NotFound`.
+pub async fn priority_changes_only_while_pending(store: Arc<dyn TaskStore>) {
+    let w = worker_id("w-p");
+    for id in ["pr-wait", "pr-run"] {
+        store
+            .insert_task(pending_task(id, 1))
+            .await
+            .expect("insert");
+    }
+    assign(store.as_ref(), "pr-run", &w).await;
+    match store
+        .set_priority(&task_id("pr-wait"), 7)
+        .await
+        .expect("set")
+    {
+        CasOutcome::Applied { before } => assert_eq!(before.spec.priority, 0),
+        other => panic!("a pending task's priority must change: {other:?}"),
+    }
+    let stored = store
+        .get_task(&task_id("pr-wait"))
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(stored.spec.priority, 7);
+    match store
+        .set_priority(&task_id("pr-run"), 7)
+        .await
+        .expect("set")
+    {
+        CasOutcome::Rejected { current } => {
+            assert_eq!(current.status, TaskStatus::Running);
+            assert_eq!(current.spec.priority, 0);
+        }
+        other => panic!("a running task's priority must not change: {other:?}"),
+    }
+    assert!(matches!(
+        store.set_priority(&task_id("pr-none"), 1).await,
+        Err(Error::NotFound { .. })
+    ));
 }
 
 /// Inserting an existing id fails with `AlreadyExists` and keeps the original.
@@ -380,7 +529,20 @@ pub async fn retention_removes_old_finished_tasks_with_their_results(store: Arc<
     }
     assert_eq!(
         store
-            .remove_finished(Timestamp::from_millis(20), 100)
+            .remove_finished(Timestamp::from_millis(20), 100, &[task_id("r-old")])
+            .await
+            .expect("remove"),
+        0,
+        "a task named to keep stays"
+    );
+    assert!(store
+        .get_task(&task_id("r-old"))
+        .await
+        .expect("get")
+        .is_some());
+    assert_eq!(
+        store
+            .remove_finished(Timestamp::from_millis(20), 100, &[])
             .await
             .expect("remove"),
         1
@@ -407,7 +569,7 @@ pub async fn retention_removes_old_finished_tasks_with_their_results(store: Arc<
         .is_some());
     assert_eq!(
         store
-            .remove_finished(Timestamp::from_millis(1000), 100)
+            .remove_finished(Timestamp::from_millis(1000), 100, &[])
             .await
             .expect("remove"),
         1,

@@ -62,6 +62,8 @@ impl Entry {
 #[derive(Debug)]
 struct Waiter {
     unresolved: HashMap<TaskId, Condition>,
+    /// Every parent, decided or not.
+    parents: Vec<TaskId>,
     entry: Entry,
 }
 
@@ -81,8 +83,9 @@ pub(super) struct Gate {
     waiting: HashMap<TaskId, Waiter>,
     /// Parent → dependents that were waiting on it when they registered.
     children: HashMap<TaskId, Vec<TaskId>>,
-    /// Dependents whose every condition held, not yet assigned.
-    met: HashSet<TaskId>,
+    /// Dependents whose every condition held, not yet assigned, with
+    /// their parents.
+    met: HashMap<TaskId, Vec<TaskId>>,
     /// Dependents owed a cancellation, and the task whose end began the
     /// chain.
     roots: HashMap<TaskId, TaskId>,
@@ -106,7 +109,7 @@ impl State {
         note: Option<String>,
     ) {
         let mut entry = Entry::of(task);
-        if entry.waits && !self.gate.met.contains(&entry.id) {
+        if entry.waits && !self.gate.met.contains_key(&entry.id) {
             entry.after.clone_from(&task.spec.after);
             self.gate.wait(entry);
             return;
@@ -200,7 +203,7 @@ impl State {
             match condition.verdict(status) {
                 Some(Verdict::Met) if w.unresolved.is_empty() => {
                     if let Some(w) = self.gate.waiting.remove(&child) {
-                        self.gate.met.insert(child);
+                        self.gate.met.insert(child, w.parents);
                         self.admit(w.entry, now, None);
                     }
                 }
@@ -219,6 +222,30 @@ impl State {
         }
     }
 
+    /// A pending task's priority changed: it takes its new place wherever
+    /// it waits (the queue, a retry delay, its parents, its throttle).
+    pub(in crate::master) fn reprioritize(&mut self, task: &TaskRecord) {
+        let rank = Rank::of(task);
+        if let Some(w) = self.gate.waiting.get_mut(&task.id) {
+            w.entry.rank = rank;
+        }
+        for t in self.gate.arrays.values_mut() {
+            if let Some(old) = t.held_rank.get(&task.id).copied() {
+                let key = |r: Rank| (std::cmp::Reverse(r.priority), r.created_at, task.id.clone());
+                if let Some(mut entry) = t.held.remove(&key(old)) {
+                    entry.rank = rank;
+                    t.held.insert(key(rank), entry);
+                    t.held_rank.insert(task.id.clone(), rank);
+                }
+            }
+        }
+        self.redelay(&task.id, rank);
+        if let Some((class, note)) = self.queue.take(&task.id) {
+            self.queue.insert(task.id.clone(), rank, class, note);
+            self.queue_pass = true;
+        }
+    }
+
     /// `parent` no longer exists (retention removed it while no master
     /// led): its dependents cannot be decided, so they are cancelled.
     pub(in crate::master) fn parent_gone(&mut self, parent: &TaskId) {
@@ -229,6 +256,24 @@ impl State {
                 self.gate.unmet.push((child, reason));
             }
         }
+    }
+
+    /// Parents that ended and decided a dependent which is not placed
+    /// yet: retention keeps them, so a master that loads after a restart
+    /// can decide the dependent again.
+    pub(in crate::master) fn kept_parents(&self) -> Vec<TaskId> {
+        let decided = self
+            .gate
+            .waiting
+            .values()
+            .flat_map(|w| w.parents.iter().filter(|p| !w.unresolved.contains_key(*p)));
+        let mut kept: Vec<TaskId> = decided
+            .chain(self.gate.met.values().flatten())
+            .cloned()
+            .collect();
+        kept.sort();
+        kept.dedup();
+        kept
     }
 
     /// The parents a waiting dependent still waits on.
@@ -292,15 +337,23 @@ impl Gate {
             return;
         }
         let mut unresolved = HashMap::new();
+        let mut parents = Vec::new();
         for d in std::mem::take(&mut entry.after) {
             self.children
                 .entry(d.task.clone())
                 .or_default()
                 .push(entry.id.clone());
+            parents.push(d.task.clone());
             unresolved.insert(d.task, d.condition);
         }
-        self.waiting
-            .insert(entry.id.clone(), Waiter { unresolved, entry });
+        self.waiting.insert(
+            entry.id.clone(),
+            Waiter {
+                unresolved,
+                parents,
+                entry,
+            },
+        );
     }
 
     fn throttle(&mut self, array: ArrayId, limit: u32) -> &mut Throttle {
@@ -352,5 +405,167 @@ impl Throttle {
             out.push(entry);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::config::MasterConfig;
+    use crate::model::{ArrayMember, Resources, TaskSpec};
+
+    fn id(s: &str) -> TaskId {
+        TaskId::new(s).unwrap()
+    }
+
+    fn task(name: &str, after: &[(&str, Condition)]) -> TaskRecord {
+        let mut spec = TaskSpec::new(
+            "busybox",
+            vec!["true".into()],
+            Resources::new(1.0, 0.1, 0.0, 0).unwrap(),
+        );
+        spec.after = after
+            .iter()
+            .map(|(p, c)| Dependency {
+                task: id(p),
+                condition: *c,
+            })
+            .collect();
+        TaskRecord::new(id(name), spec, Timestamp::from_millis(1))
+    }
+
+    fn ended(name: &str, status: TaskStatus) -> TaskRecord {
+        let mut t = task(name, &[]);
+        t.status = status;
+        t
+    }
+
+    const NOW: Timestamp = Timestamp::from_millis(5);
+
+    #[test]
+    fn a_dependent_waits_outside_the_queue_until_every_parent_is_met() {
+        let mut st = State::new(&MasterConfig::default());
+        let c = task(
+            "c",
+            &[("a", Condition::AfterOk), ("b", Condition::AfterAny)],
+        );
+        st.enqueue_when_due(&c, NOW);
+        assert_eq!(st.queue.len(), 0);
+        let why = st.waiting_reason(&c).unwrap();
+        assert!(why.starts_with("waiting for its dependencies"), "{why}");
+        st.gate_ended(&ended("a", TaskStatus::Completed), NOW);
+        st.gate_ended(&ended("a", TaskStatus::Completed), NOW);
+        assert_eq!(st.queue.len(), 0, "b has not ended");
+        assert_eq!(st.kept_parents(), vec![id("a")], "a decided a waiting task");
+        st.gate_ended(&ended("b", TaskStatus::Failed), NOW);
+        assert_eq!(st.queue.len(), 1, "after-any holds after a failure");
+        assert!(st.take_unmet().is_empty());
+        // Requeued before its first placement, it is still met.
+        st.queue.remove(&c.id);
+        st.enqueue_when_due(&c, NOW);
+        assert_eq!(st.queue.len(), 1);
+    }
+
+    #[test]
+    fn a_condition_that_can_never_hold_owes_a_cancel_naming_the_root() {
+        let mut st = State::new(&MasterConfig::default());
+        let b = task("b", &[("a", Condition::AfterOk)]);
+        let c = task("c", &[("b", Condition::AfterNotOk)]);
+        let d = task("d", &[("b", Condition::AfterOk)]);
+        for t in [&b, &c, &d] {
+            st.enqueue_when_due(t, NOW);
+        }
+        st.gate_ended(&ended("a", TaskStatus::Failed), NOW);
+        let unmet = st.take_unmet();
+        assert_eq!(unmet.len(), 1);
+        assert_eq!(unmet[0].0, id("b"));
+        assert!(
+            unmet[0].1.contains("after-ok and task a failed"),
+            "{unmet:?}"
+        );
+        // b's cancellation lands: after-notok holds, after-ok never does.
+        st.gate_ended(&ended("b", TaskStatus::Cancelled), NOW);
+        assert_eq!(st.queue.len(), 1, "c runs: b did not complete");
+        let unmet = st.take_unmet();
+        assert_eq!(unmet.len(), 1);
+        assert_eq!(unmet[0].0, id("d"));
+        assert!(unmet[0].1.contains("(root: task a)"), "{unmet:?}");
+    }
+
+    #[test]
+    fn a_throttle_admits_at_most_its_limit_and_the_next_as_members_end() {
+        let mut st = State::new(&MasterConfig::default());
+        let array = crate::model::ArrayId::new("arr").unwrap();
+        let members: Vec<TaskRecord> = (0..5)
+            .map(|i| {
+                let mut t = task(&format!("m{i}"), &[]);
+                t.created_at = Timestamp::from_millis(i);
+                t.array = Some(ArrayMember {
+                    id: array.clone(),
+                    index: i as u32,
+                    limit: Some(2),
+                });
+                t
+            })
+            .collect();
+        for m in &members {
+            st.enqueue_when_due(m, NOW);
+        }
+        assert_eq!(st.queue.len(), 2);
+        let why = st.waiting_reason(&members[4]).unwrap();
+        assert!(why.starts_with("array limit"), "{why}");
+        // m0 is placed (still counted), then ends: m2 is admitted.
+        st.queue.remove(&members[0].id);
+        st.gate_forget_pending(&members[0].id);
+        assert_eq!(st.queue.len(), 1);
+        let mut done = members[0].clone();
+        done.status = TaskStatus::Completed;
+        st.gate_ended(&done, NOW);
+        assert_eq!(st.queue.len(), 2);
+        assert_eq!(st.waiting_reason(&members[2]), None, "m2 is queued");
+        assert!(st
+            .waiting_reason(&members[3])
+            .unwrap()
+            .starts_with("array limit"));
+        // A held member cancelled while held frees nothing and is gone.
+        let mut gone = members[4].clone();
+        gone.status = TaskStatus::Cancelled;
+        st.gate_forget_pending(&gone.id);
+        st.gate_ended(&gone, NOW);
+        assert_eq!(st.queue.len(), 2);
+    }
+
+    #[test]
+    fn a_new_priority_moves_a_held_member_ahead() {
+        let mut st = State::new(&MasterConfig::default());
+        let array = crate::model::ArrayId::new("arr").unwrap();
+        let members: Vec<TaskRecord> = (0..3)
+            .map(|i| {
+                let mut t = task(&format!("m{i}"), &[]);
+                t.created_at = Timestamp::from_millis(i);
+                t.array = Some(ArrayMember {
+                    id: array.clone(),
+                    index: i as u32,
+                    limit: Some(1),
+                });
+                t
+            })
+            .collect();
+        for m in &members {
+            st.enqueue_when_due(m, NOW);
+        }
+        let mut urgent = members[2].clone();
+        urgent.spec.priority = 9;
+        st.reprioritize(&urgent);
+        let mut done = members[0].clone();
+        done.status = TaskStatus::Completed;
+        st.queue.remove(&done.id);
+        st.gate_forget_pending(&done.id);
+        st.gate_ended(&done, NOW);
+        assert_eq!(st.waiting_reason(&members[2]), None, "m2 went ahead of m1");
+        assert!(st
+            .waiting_reason(&members[1])
+            .unwrap()
+            .starts_with("array limit"));
     }
 }

@@ -135,11 +135,15 @@ impl Queue {
 
     /// Takes a task out; whether it was queued.
     pub(in crate::master) fn remove(&mut self, id: &TaskId) -> bool {
-        let Some((class, rank)) = self.members.remove(id) else {
-            return false;
-        };
+        self.take(id).is_some()
+    }
+
+    /// Takes a task out: its class and note, if it was queued.
+    pub(in crate::master) fn take(&mut self, id: &TaskId) -> Option<(Class, Option<String>)> {
+        let (class, rank) = self.members.remove(id)?;
+        let mut note = None;
         if let Some(waiting) = self.classes.get_mut(&class) {
-            waiting.tasks.remove(&rank.key(id.clone()));
+            note = waiting.tasks.remove(&rank.key(id.clone())).flatten();
             if waiting.tasks.is_empty() {
                 self.classes.remove(&class);
                 if let Some(set) = self.by_pin.get_mut(&class.pin) {
@@ -150,7 +154,7 @@ impl Queue {
                 }
             }
         }
-        true
+        Some((class, note))
     }
 
     /// Why a queued task waits: its class's reason while blocked, else its

@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::gate::Entry;
+use super::queue::Rank;
 use super::State;
 use crate::ledger::LedgerError;
 use crate::model::{Resources, RunningTask, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId};
@@ -178,6 +179,13 @@ impl State {
         self.runs
             .delayed_info
             .insert(entry.id.clone(), Delayed { due, entry });
+    }
+
+    /// A delayed task's new rank, for when it joins the queue.
+    pub(super) fn redelay(&mut self, task: &TaskId, rank: Rank) {
+        if let Some(d) = self.runs.delayed_info.get_mut(task) {
+            d.entry.rank = rank;
+        }
     }
 
     fn forget_delayed(&mut self, task: &TaskId) {
