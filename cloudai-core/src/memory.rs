@@ -386,6 +386,25 @@ impl TaskStore for MemoryStore {
         Ok(lock(&self.shared.tasks).index.counts)
     }
 
+    async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts> {
+        let filter = TaskFilter {
+            statuses: Vec::new(),
+            ..filter.clone()
+        };
+        let tasks = lock(&self.shared.tasks);
+        let mut counts = StatusCounts::default();
+        for t in tasks
+            .index
+            .candidates(&filter)
+            .iter()
+            .filter_map(|(_, id)| tasks.by_id.get(id))
+            .filter(|t| filter.matches(t))
+        {
+            counts.add(t.status, 1);
+        }
+        Ok(counts)
+    }
+
     async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
         let mut guard = lock(&self.shared.tasks);
         let tasks = &mut *guard;

@@ -214,6 +214,10 @@ pub trait TaskStore: Send + Sync + Debug {
     /// How many tasks are in each status, without listing them.
     async fn count_tasks(&self) -> Result<StatusCounts>;
 
+    /// How many tasks passing `filter` are in each status (its statuses
+    /// ignored), without sending them: an array's counts at a glance.
+    async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts>;
+
     /// Sets a pending task's priority (its place in the queue). Applied
     /// only while it is pending; otherwise rejected with the record as it
     /// is. [`crate::Error::NotFound`] if there is no such task.

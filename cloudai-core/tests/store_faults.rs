@@ -74,6 +74,9 @@ impl TaskStore for Faulty {
     async fn count_tasks(&self) -> Result<StatusCounts> {
         self.store.count_tasks().await
     }
+    async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts> {
+        self.store.count_matching(filter).await
+    }
     async fn insert_tasks(&self, tasks: Vec<TaskRecord>) -> Result<()> {
         self.store.insert_tasks(tasks).await
     }

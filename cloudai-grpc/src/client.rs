@@ -448,19 +448,7 @@ impl MasterClient {
         after: Option<&PageKey>,
         limit: u32,
     ) -> Result<(Vec<TaskRecord>, Option<PageKey>)> {
-        let req = proto::ListTasksRequest {
-            statuses: filter
-                .statuses
-                .iter()
-                .map(|s| convert::status_to_wire(*s))
-                .collect(),
-            worker: filter.worker.as_ref().map(ToString::to_string),
-            array: filter.array.as_ref().map(ToString::to_string),
-            limit,
-            after: after.map(ToString::to_string),
-            name: filter.name.clone(),
-            labels: wire_labels(filter),
-        };
+        let req = list_request(filter, after, limit);
         let r = self
             .call(req, |mut c, r| async move { c.list_tasks(r).await })
             .await?;
@@ -485,6 +473,15 @@ impl MasterClient {
                 proto::Empty {},
                 |mut c, r| async move { c.count_tasks(r).await },
             )
+            .await?;
+        Ok(r.into())
+    }
+
+    /// How many tasks passing `filter` are in each status.
+    pub async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts> {
+        let req = list_request(filter, None, 0);
+        let r = self
+            .call(req, |mut c, r| async move { c.count_matching(r).await })
             .await?;
         Ok(r.into())
     }
@@ -894,5 +891,26 @@ fn for_worker(spec: &TaskSpec) -> TaskSpec {
     TaskSpec {
         after: Vec::new(),
         ..spec.clone()
+    }
+}
+
+/// A list (or count) request for `filter`.
+fn list_request(
+    filter: &TaskFilter,
+    after: Option<&PageKey>,
+    limit: u32,
+) -> proto::ListTasksRequest {
+    proto::ListTasksRequest {
+        statuses: filter
+            .statuses
+            .iter()
+            .map(|s| convert::status_to_wire(*s))
+            .collect(),
+        worker: filter.worker.as_ref().map(ToString::to_string),
+        array: filter.array.as_ref().map(ToString::to_string),
+        limit,
+        after: after.map(ToString::to_string),
+        name: filter.name.clone(),
+        labels: wire_labels(filter),
     }
 }

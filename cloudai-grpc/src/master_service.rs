@@ -322,6 +322,23 @@ impl master_server::Master for MasterService {
         Ok(Response::new(counts.into()))
     }
 
+    async fn count_matching(
+        &self,
+        req: Request<proto::ListTasksRequest>,
+    ) -> Reply<proto::TaskCounts> {
+        let m = self.master()?;
+        let r = req.into_inner();
+        let f = filter(Wanted {
+            statuses: &r.statuses,
+            worker: r.worker.as_deref(),
+            array: r.array.as_deref(),
+            name: r.name.as_deref(),
+            labels: &r.labels,
+        })?;
+        let counts = m.count_matching(&f).await.map_err(to_status)?;
+        Ok(Response::new(counts.into()))
+    }
+
     async fn get_task(&self, req: Request<proto::TaskRef>) -> Reply<proto::TaskView> {
         let m = self.master()?;
         let id = convert::task_id(&req.into_inner().task_id)?;

@@ -859,6 +859,22 @@ impl TaskStore for MongoStore {
         Ok(ids.len())
     }
 
+    /// One count per status, within the filter (an array's members are
+    /// found by the index on `array`).
+    async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts> {
+        let mut counts = StatusCounts::default();
+        for status in TaskStatus::ALL {
+            let mut q = query(&TaskFilter {
+                statuses: Vec::new(),
+                ..filter.clone()
+            });
+            q.insert("status", status.as_str());
+            let n = self.op(self.tasks.count_documents(q)).await?;
+            counts.add(status, n);
+        }
+        Ok(counts)
+    }
+
     /// One count per status: with the index on `status` the server counts
     /// index entries, and no task is sent back.
     async fn count_tasks(&self) -> Result<StatusCounts> {

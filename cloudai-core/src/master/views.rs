@@ -184,6 +184,12 @@ impl Master {
     pub async fn task_counts(&self) -> Result<StatusCounts> {
         self.inner.store.count_tasks().await
     }
+
+    /// How many tasks passing `filter` are in each status (an array's, a
+    /// name's); nothing is listed.
+    pub async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts> {
+        self.inner.store.count_matching(filter).await
+    }
 }
 
 /// Why `task` waits, as `st` says now.

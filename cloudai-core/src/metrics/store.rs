@@ -167,6 +167,11 @@ impl<B: TaskStore + ?Sized> TaskStore for MeteredStore<B> {
         self.call("count_tasks", self.inner.count_tasks()).await
     }
 
+    async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts> {
+        self.call("count_matching", self.inner.count_matching(filter))
+            .await
+    }
+
     async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
         self.write("set_priority", self.inner.set_priority(id, priority))
             .await

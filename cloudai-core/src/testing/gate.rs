@@ -126,6 +126,10 @@ impl TaskStore for StoreGate {
         self.pass().await?;
         self.store.count_tasks().await
     }
+    async fn count_matching(&self, filter: &TaskFilter) -> Result<StatusCounts> {
+        self.pass().await?;
+        self.store.count_matching(filter).await
+    }
     async fn set_priority(&self, id: &TaskId, priority: i32) -> Result<CasOutcome> {
         self.pass().await?;
         self.store.set_priority(id, priority).await

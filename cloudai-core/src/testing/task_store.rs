@@ -232,6 +232,9 @@ pub async fn names_and_labels_filter_lists_and_pages(store: Arc<dyn TaskStore>) 
         let mut paged = ids(store.page_tasks(&filter, None, 100).await.expect("page"));
         paged.reverse();
         assert_eq!(paged, want, "page {filter:?}");
+        let counts = store.count_matching(&filter).await.expect("count");
+        assert_eq!(counts.pending as usize, want.len(), "count {filter:?}");
+        assert_eq!(counts.total() as usize, want.len(), "count {filter:?}");
     }
 }
 
