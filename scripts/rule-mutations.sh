@@ -162,8 +162,8 @@ mutate cloudai-core/src/worker/session.rs "a worker does not fence itself" \
   'session.fence_after = fence_after;' 'session.fence_after = fence_after.filter(|_| false);'
 mutate cloudai-core/src/worker/supervise.rs "a timeout loses to a late exit" \
   'let end = match (stop, &exit) {' 'let end = match (stop.filter(|_| exit.is_err()), &exit) {'
-mutate cloudai-core/src/master/state/runs.rs "a retry is placed before its delay" \
-  'Some(due) if due > now => {' 'Some(due) if false && due > now => {'
+mutate cloudai-core/src/master/state/gate.rs "a retry is placed before its delay" \
+  'Some(due) if due > now => self.delay(entry, due),' 'Some(due) if false && due > now => self.delay(entry, due),'
 
 # Short tasks: one supervised run, in its state directory's supervisor.
 mutate cloudai-core/src/process/one_run.rs "a supervised run outlives its lease" \
@@ -211,7 +211,8 @@ mutate cloudai-core/src/model/attempt.rs "an attempt forgets what its run used" 
 
 # Container options: applied or refused; mounts only where allowed.
 mutate cloudai-core/src/master/state/placement.rs "a task is placed on a worker that does not allow its mounts" \
-  'if !self.allows_mounts(id, &class.mounts) {' 'if false && !self.allows_mounts(id, &class.mounts) {'
+  'if !self.allows_mounts(id, &class.mounts) || !self.matches(id, &class.constraints) {' \
+  'if !self.matches(id, &class.constraints) {'
 mutate cloudai-core/src/master/dispatch.rs "a mount no registered worker allows is accepted at submit" \
   '            .mounts_allowed_somewhere(&sources, spec.pin.as_ref())' \
   '            .mounts_allowed_somewhere(&sources, spec.pin.as_ref())
@@ -258,8 +259,8 @@ mutate cloudai-core/src/metrics/store.rs "a master sends writes after its tenure
 mutate cloudai-core/src/master/mod.rs "a write that must not be lost retries a fenced write for ever" \
   'Err(e) if matches!(e, crate::Error::Fenced { .. }) || !self.acting() => {' 'Err(e) if false => {'
 mutate cloudai-core/src/master/dispatch.rs "a submit stored after its master's tenure is acknowledged" \
-  '    fn acknowledge<T>(&self, made: T) -> Result<T> {
-        if self.acting() {' '    fn acknowledge<T>(&self, made: T) -> Result<T> {
+  '    pub(super) fn acknowledge<T>(&self, made: T) -> Result<T> {
+        if self.acting() {' '    pub(super) fn acknowledge<T>(&self, made: T) -> Result<T> {
         if true {'
 mutate cloudai-core/src/master/dispatch.rs "a request id retried with another spec returns the first task" \
   'Some(held) if held.spec_hash != digest =>' 'Some(held) if false =>'
@@ -280,5 +281,22 @@ mutate cloudai-core/src/master/config.rs "masters under a lease accept timings u
 
 mutate cloudai-core/src/master/transitions.rs "a run cut off during a takeover uses its crash budget" \
   'if result.cause != EndCause::CutOff || self.term() == Term::ZERO {' 'if true {'
+
+# Pipelines: dependencies, throttles, constraints, priority.
+mutate cloudai-core/src/master/state/gate.rs "a dependent is queued before its parents end" \
+  'if entry.waits && !self.gate.met.contains_key(&entry.id) {' 'if false {'
+mutate cloudai-core/src/model/dependency.rs "after-ok holds whatever the parent's end" \
+  'Condition::AfterOk => ok,' 'Condition::AfterOk => true,'
+mutate cloudai-core/src/master/state/gate.rs "a dependency that can never hold leaves its dependent waiting" \
+  'self.gate.unmet.push((child, reason));' 'drop((child, reason));'
+mutate cloudai-core/src/master/dependencies.rs "a parent that ended before its dependent was registered decides nothing" \
+  'Some(p) => st.parent_ended(&p.id, p.status, &p.id, now),' 'Some(_) => {}'
+mutate cloudai-core/src/master/state/gate.rs "an array throttle admits every member" \
+  'if t.admitted.len() < t.limit as usize {' 'if true {'
+mutate cloudai-core/src/master/state/placement.rs "a task is placed on a worker its constraints exclude" \
+  'if !self.allows_mounts(id, &class.mounts) || !self.matches(id, &class.constraints) {' \
+  'if !self.allows_mounts(id, &class.mounts) {'
+mutate cloudai-core/src/master/state/queue.rs "the queue ignores priority" \
+  '(Reverse(self.priority), self.created_at, id)' '(Reverse(0), self.created_at, id)'
 
 exit $survived
