@@ -36,7 +36,7 @@ impl Master {
     ) -> Result<()> {
         for d in &spec.after {
             if self.inner.store.get_task(&d.task).await?.is_none() {
-                return Err(unknown_parent(d.task.as_str()));
+                return Err(self.unknown_parent(d.task.as_str()));
             }
         }
         for r in after {
@@ -54,7 +54,7 @@ impl Master {
             }
             let members = self.members(&r.id).await?;
             if members.is_empty() {
-                return Err(unknown_parent(&r.id));
+                return Err(self.unknown_parent(&r.id));
             }
             spec.after
                 .extend(members.into_values().map(|task| Dependency {
@@ -113,6 +113,15 @@ impl Master {
         }
     }
 
+    /// The error for a parent the store does not hold: expired past the
+    /// retention if its id says so, else not found.
+    fn unknown_parent(&self, id: &str) -> Error {
+        match TaskId::new(id).map(|t| self.missing_task(&t)) {
+            Ok(expired @ Error::Expired { .. }) => expired,
+            _ => Error::not_found("parent task or array", id),
+        }
+    }
+
     /// Cancels a dependent whose dependency can never hold (owed by the
     /// state; the driver runs it).
     pub(super) async fn cancel_unmet(&self, task: TaskId, reason: String) {
@@ -127,8 +136,4 @@ impl Master {
             None => {}
         }
     }
-}
-
-fn unknown_parent(id: &str) -> Error {
-    Error::not_found("parent task or array", id)
 }

@@ -14,7 +14,9 @@ use crate::store::{PageKey, TaskFilter};
 /// for lists (the sentence is for `show`).
 pub fn short_reason(reason: &str) -> &'static str {
     let pinned = reason.starts_with("waiting for worker ");
-    if reason.starts_with("retrying") {
+    if reason.contains("of higher priority") {
+        "Priority"
+    } else if reason.starts_with("retrying") {
         "Retrying"
     } else if reason.contains("before it runs again") {
         "Stopping"

@@ -103,6 +103,9 @@ pub(in crate::master) struct Queue {
     members: HashMap<TaskId, (Class, Rank)>,
     /// Classes by pin, for waking.
     by_pin: HashMap<Option<WorkerId>, HashSet<Class>>,
+    /// How many queued tasks have each priority, to say when a task waits
+    /// behind higher-priority work.
+    priorities: BTreeMap<i32, usize>,
 }
 
 impl Queue {
@@ -130,6 +133,7 @@ impl Queue {
             .or_default()
             .tasks
             .insert(rank.key(id.clone()), note);
+        *self.priorities.entry(rank.priority).or_default() += 1;
         self.members.insert(id, (class, rank));
     }
 
@@ -141,6 +145,12 @@ impl Queue {
     /// Takes a task out: its class and note, if it was queued.
     pub(in crate::master) fn take(&mut self, id: &TaskId) -> Option<(Class, Option<String>)> {
         let (class, rank) = self.members.remove(id)?;
+        if let Some(n) = self.priorities.get_mut(&rank.priority) {
+            *n -= 1;
+            if *n == 0 {
+                self.priorities.remove(&rank.priority);
+            }
+        }
         let mut note = None;
         if let Some(waiting) = self.classes.get_mut(&class) {
             note = waiting.tasks.remove(&rank.key(id.clone())).flatten();
@@ -163,7 +173,20 @@ impl Queue {
         let (class, rank) = self.members.get(id)?;
         let waiting = self.classes.get(class)?;
         match &waiting.blocked {
-            Some(b) => Some(b.reason.clone()),
+            Some(b) => {
+                let ahead: usize = self
+                    .priorities
+                    .range(rank.priority.saturating_add(1)..)
+                    .map(|(_, n)| n)
+                    .sum();
+                if ahead == 0 || rank.priority == i32::MAX {
+                    return Some(b.reason.clone());
+                }
+                Some(format!(
+                    "{}; behind {ahead} queued tasks of higher priority",
+                    b.reason
+                ))
+            }
             None => waiting.tasks.get(&rank.key(id.clone())).cloned().flatten(),
         }
     }
@@ -326,6 +349,25 @@ mod tests {
         assert!(q.remove(&t(1)));
         assert!(!q.remove(&t(1)));
         assert_eq!(q.reason(&t(1)), None);
+    }
+
+    #[test]
+    fn a_blocked_task_says_when_higher_priority_work_is_ahead() {
+        let mut q = Queue::default();
+        let urgent = Rank {
+            priority: 5,
+            created_at: Timestamp::from_millis(2),
+        };
+        q.insert(t(1), at(1), class(1.0, None), None);
+        q.insert(t(2), urgent, class(2.0, None), None);
+        let _ = q.pass(|_, _| Err(busy("all busy")));
+        assert_eq!(
+            q.reason(&t(1)).as_deref(),
+            Some("all busy; behind 1 queued tasks of higher priority")
+        );
+        assert_eq!(q.reason(&t(2)).as_deref(), Some("all busy"));
+        q.remove(&t(2));
+        assert_eq!(q.reason(&t(1)).as_deref(), Some("all busy"));
     }
 
     #[test]
