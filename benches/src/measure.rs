@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use cloudai_core::host;
 use cloudai_core::liveness::Health;
 use cloudai_core::master::SubmitOptions;
-use cloudai_core::model::{ArrayIndices, Resources, TaskSpec, TaskStatus};
+use cloudai_core::model::{ArrayId, ArrayIndices, Resources, TaskSpec, TaskStatus};
 use cloudai_core::store::TaskFilter;
 use cloudai_grpc::{MasterClient, Security};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::submit::{park, submit_all, PARKED_WORKER};
+use crate::submit::{park, park_dependents, submit_all, PARKED_WORKER};
 use crate::swarm::{Swarm, SwarmConfig};
 
 /// The load the swarm is given.
@@ -40,6 +40,11 @@ pub struct LoadConfig {
     /// Retries each task asks for after a failure (with no delay), so a
     /// share of failing runs is run again.
     pub retries: u32,
+    /// Submit the tasks as a two-stage pipeline: an array of half of them,
+    /// then an array of the rest `--after-corr` the first.
+    pub pipeline: bool,
+    /// Dependents parked first: one array waiting on a parked task.
+    pub dependents: usize,
 }
 
 /// Master CPU (percent of one core) and heartbeats over one phase.
@@ -71,6 +76,10 @@ pub struct Report {
     pub parked: usize,
     /// Whether the tasks went as one array.
     pub array: bool,
+    /// Whether they went as a two-stage `after-corr` pipeline.
+    pub pipeline: bool,
+    /// Dependents parked.
+    pub dependents: usize,
     /// Submits answered per second.
     pub submits_per_s: f64,
     /// Assignments arriving per second, first submit to last assignment.
@@ -114,6 +123,8 @@ impl Report {
             "tasks": self.tasks,
             "parked": self.parked,
             "array": self.array,
+            "pipeline": self.pipeline,
+            "dependents": self.dependents,
             "submits_per_s": self.submits_per_s,
             "placements_per_s": self.placements_per_s,
             "tasks_per_s": self.tasks_per_s,
@@ -247,24 +258,28 @@ pub async fn run(
     spec.policy.retries = load.retries;
     spec.policy.retry_delay = Duration::ZERO;
     park(&client, &spec, load.parked, load.concurrency).await?;
+    park_dependents(&client, &spec, load.dependents).await?;
 
     let clock = PhaseClock::start(&swarm, master_pid);
     let start = Instant::now();
-    let array = if load.array {
-        let indices: ArrayIndices = format!("1-{}", load.tasks.max(1))
-            .parse()
-            .map_err(|e: cloudai_core::model::ValidationError| e.to_string())?;
-        let (id, _) = client
-            .submit_array(spec.clone(), &indices, SubmitOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        Some(id)
+    let arrays = if load.pipeline {
+        let first = load.tasks / 2;
+        let a = submit_array(&client, &spec, first, SubmitOptions::default()).await?;
+        let corr = SubmitOptions {
+            after_corr: Some(a.clone()),
+            ..SubmitOptions::default()
+        };
+        let b = submit_array(&client, &spec, load.tasks - first, corr).await?;
+        vec![a, b]
+    } else if load.array {
+        vec![submit_array(&client, &spec, load.tasks, SubmitOptions::default()).await?]
     } else {
-        None
+        Vec::new()
     };
-    let mut submitted = match &array {
-        Some(_) => Vec::new(),
-        None => submit_all(&client, &spec, load.tasks, load.concurrency).await?,
+    let mut submitted = if arrays.is_empty() {
+        submit_all(&client, &spec, load.tasks, load.concurrency).await?
+    } else {
+        Vec::new()
     };
     let submits_per_s = load.tasks as f64 / start.elapsed().as_secs_f64();
     let stats = swarm.stats();
@@ -292,14 +307,14 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let phase = clock.end(&swarm);
-    if let Some(id) = array {
-        // One call submitted them all: each was sent when it began.
+    for id in arrays {
+        // One call submitted each array: each task was sent when it began.
         let filter = TaskFilter {
             array: Some(id),
             ..TaskFilter::default()
         };
         let tasks = client.tasks(&filter).await.map_err(|e| e.to_string())?;
-        submitted = tasks.into_iter().map(|t| (t.id, start)).collect();
+        submitted.extend(tasks.into_iter().map(|t| (t.id, start)));
     }
 
     let mut to_running = histogram();
@@ -326,6 +341,8 @@ pub async fn run(
         tasks: load.tasks,
         parked: load.parked,
         array: load.array,
+        pipeline: load.pipeline,
+        dependents: load.dependents,
         submits_per_s,
         placements_per_s: per_s(last_assigned),
         tasks_per_s: per_s(last_reported),
@@ -341,6 +358,23 @@ pub async fn run(
         errors: stats.errors(),
     };
     Ok((report, swarm))
+}
+
+/// Submits `n` copies of `spec` as one array.
+async fn submit_array(
+    client: &MasterClient,
+    spec: &TaskSpec,
+    n: usize,
+    options: SubmitOptions,
+) -> Result<ArrayId, String> {
+    let indices: ArrayIndices = format!("1-{}", n.max(1))
+        .parse()
+        .map_err(|e: cloudai_core::model::ValidationError| e.to_string())?;
+    let (id, _) = client
+        .submit_array(spec.clone(), &indices, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(id)
 }
 
 fn histogram() -> Histogram<u64> {

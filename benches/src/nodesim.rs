@@ -73,6 +73,14 @@ struct Args {
     /// call each.
     #[arg(long)]
     array: bool,
+    /// Submit the tasks as a two-stage pipeline: an array of half, then an
+    /// array of the other half `--after-corr` the first.
+    #[arg(long, conflicts_with = "array")]
+    pipeline: bool,
+    /// Dependents parked first: an array of this many waiting on a parked
+    /// task.
+    #[arg(long, default_value_t = 0)]
+    dependents: usize,
     /// Worker ids are `<prefix><n>` (two swarms on one master need two).
     #[arg(long, default_value = "sim-")]
     id_prefix: String,
@@ -256,6 +264,8 @@ async fn main() -> Result<(), String> {
         deadline: Duration::from_secs(600),
         array: args.array,
         retries: args.retries,
+        pipeline: args.pipeline,
+        dependents: args.dependents,
     };
     eprintln!(
         "master at {address} ({}); {} workers joining",

@@ -63,6 +63,8 @@ async fn a_swarm_runs_every_runnable_task_and_leaves_the_cluster_clean() {
         deadline: Duration::from_secs(120),
         array: false,
         retries: 0,
+        pipeline: false,
+        dependents: 0,
     };
     let (report, swarm) = measure::run(&address, security.clone(), swarm, &load, None)
         .await

@@ -133,15 +133,18 @@ impl State {
 
     /// `task` left `pending` (placed, cancelled, ...): the gate forgets
     /// it, but a throttle still counts it until it ends.
-    pub(super) fn gate_forget_pending(&mut self, task: &TaskId) {
-        self.gate.waiting.remove(task);
-        self.gate.met.remove(task);
-        for t in self.gate.arrays.values_mut() {
-            if let Some(rank) = t.held_rank.remove(task) {
+    pub(super) fn gate_forget_pending(&mut self, task: &TaskRecord) {
+        self.gate.waiting.remove(&task.id);
+        self.gate.met.remove(&task.id);
+        let Some(array) = task.array.as_ref() else {
+            return;
+        };
+        if let Some(t) = self.gate.arrays.get_mut(&array.id) {
+            if let Some(rank) = t.held_rank.remove(&task.id) {
                 t.held.remove(&(
                     std::cmp::Reverse(rank.priority),
                     rank.created_at,
-                    task.clone(),
+                    task.id.clone(),
                 ));
             }
         }
@@ -163,6 +166,16 @@ impl State {
             }
             None => Vec::new(),
         };
+        // An array none of whose members waits or holds a slot is
+        // forgotten (it is made again if one comes back).
+        if self
+            .gate
+            .arrays
+            .get(&array.id)
+            .is_some_and(|t| t.admitted.is_empty() && t.held.is_empty())
+        {
+            self.gate.arrays.remove(&array.id);
+        }
         for entry in next {
             self.admit(entry, now, None);
         }
@@ -516,7 +529,7 @@ mod tests {
         assert!(why.starts_with("array limit"), "{why}");
         // m0 is placed (still counted), then ends: m2 is admitted.
         st.queue.remove(&members[0].id);
-        st.gate_forget_pending(&members[0].id);
+        st.gate_forget_pending(&members[0]);
         assert_eq!(st.queue.len(), 1);
         let mut done = members[0].clone();
         done.status = TaskStatus::Completed;
@@ -530,7 +543,7 @@ mod tests {
         // A held member cancelled while held frees nothing and is gone.
         let mut gone = members[4].clone();
         gone.status = TaskStatus::Cancelled;
-        st.gate_forget_pending(&gone.id);
+        st.gate_forget_pending(&gone);
         st.gate_ended(&gone, NOW);
         assert_eq!(st.queue.len(), 2);
     }
@@ -560,7 +573,7 @@ mod tests {
         let mut done = members[0].clone();
         done.status = TaskStatus::Completed;
         st.queue.remove(&done.id);
-        st.gate_forget_pending(&done.id);
+        st.gate_forget_pending(&done);
         st.gate_ended(&done, NOW);
         assert_eq!(st.waiting_reason(&members[2]), None, "m2 went ahead of m1");
         assert!(st

@@ -149,7 +149,7 @@ impl State {
         if from == TaskStatus::Pending {
             self.queue.remove(&task.id);
             self.forget_delayed(&task.id);
-            self.gate_forget_pending(&task.id);
+            self.gate_forget_pending(task);
         }
         if task.status == TaskStatus::Pending && task.worker.is_none() {
             self.enqueue_when_due(task, now);
