@@ -253,7 +253,7 @@ mutate cloudai-core/src/lease.rs "a leader's acting deadline counts from the ren
 mutate cloudai-core/src/master/leadership.rs "a new leader serves without raising the fences" \
   'let raised = office.lease.raise_fence(term).await?;' 'let raised = 0u64;'
 mutate cloudai-core/src/master/leadership.rs "tasks an older term stored late are never adopted" \
-  'master.adopt_stored(&tasks);' 'drop(tasks);'
+  'master.adopt_stored(&tasks).await;' 'drop(tasks);'
 mutate cloudai-core/src/metrics/store.rs "a master sends writes after its tenure or a fenced write" \
   'if *self.alarm.raised.borrow() || !self.tenure.acting() {' 'if false {'
 mutate cloudai-core/src/master/mod.rs "a write that must not be lost retries a fenced write for ever" \

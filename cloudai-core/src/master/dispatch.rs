@@ -128,13 +128,17 @@ impl Master {
     /// Queues stored pending tasks this master is not already placing:
     /// what a retried submit finds, or what an older term stored after
     /// this one's raise (adopted by [`super::Leadership`]).
-    pub(crate) fn adopt_stored(&self, tasks: &[TaskRecord]) {
+    pub(crate) async fn adopt_stored(&self, tasks: &[TaskRecord]) {
         let now = self.now();
-        let mut st = self.state();
-        for t in tasks {
-            st.adopt(t, now);
+        {
+            let mut st = self.state();
+            for t in tasks {
+                st.adopt(t, now);
+            }
+            self.done(st);
         }
-        self.done(st);
+        // A dependent among them may wait on a parent that already ended.
+        self.resolve_from_store(tasks, &Default::default()).await;
     }
 
     /// What every submit checks first: a valid spec within the time
@@ -308,7 +312,7 @@ impl Master {
             }
         };
         info!(task = %id, "submit retried under its request id; returning its task");
-        self.adopt_stored(std::slice::from_ref(&task));
+        self.adopt_stored(std::slice::from_ref(&task)).await;
         self.acknowledge(id)
     }
 
@@ -379,7 +383,7 @@ impl Master {
                     .any(|t| t.array.as_ref().is_some_and(|m| m.index == *i))
             });
             info!(array = %array, stored = stored.len(), missing = wanted.len(), "array submit retried under its request id");
-            self.adopt_stored(&stored);
+            self.adopt_stored(&stored).await;
         }
         let tasks: Vec<TaskRecord> = wanted
             .into_iter()

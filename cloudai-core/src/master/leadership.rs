@@ -322,7 +322,7 @@ async fn serve(
                     match office.lease.adopt_pending(term, ADOPT_BATCH).await {
                         Ok(tasks) if !tasks.is_empty() => {
                             info!(%term, tasks = tasks.len(), "adopted tasks an older term stored");
-                            master.adopt_stored(&tasks);
+                            master.adopt_stored(&tasks).await;
                         }
                         Ok(_) => {}
                         Err(e) => warn!(error = %e, "could not adopt pending tasks"),
