@@ -826,3 +826,47 @@ async fn a_list_larger_than_a_message_pages_through_completely() {
     assert_eq!((counts.pending, counts.total()), (150, 150));
     c.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_orders_the_queue_and_update_moves_a_pending_task() {
+    let c = start_master().await;
+    let _w = start_worker(&c, "w1", 1.0).await;
+    let cl = client(&c);
+    let dir = std::env::temp_dir().join(format!("cloudai-priority-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (gate, order) = (dir.join("go"), dir.join("order"));
+    let blocker = cl
+        .submit(sh(&format!(
+            "while [ ! -e {} ]; do sleep 0.05; done",
+            gate.display()
+        )))
+        .await
+        .unwrap();
+    wait_status(&cl, &blocker, TaskStatus::Running).await;
+    let mut ids = Vec::new();
+    for (name, priority) in [("low", 0), ("mid", 1), ("high", 5)] {
+        let mut spec = sh(&format!("echo {name} >> {}", order.display()));
+        spec.priority = priority;
+        ids.push(cl.submit(spec).await.unwrap());
+    }
+    let waiting = cl.task(&ids[1]).await.unwrap().waiting.unwrap_or_default();
+    assert!(
+        waiting.contains("behind 1 queued tasks of higher priority"),
+        "{waiting}"
+    );
+    let moved = cl.set_priority(&ids[0], 9).await.unwrap();
+    assert_eq!(moved.spec.priority, 9);
+    let refused = cl.set_priority(&blocker, 9).await.unwrap_err();
+    assert!(refused.to_string().contains("running"), "{refused}");
+    std::fs::write(&gate, "").unwrap();
+    for t in &ids {
+        wait_status(&cl, t, TaskStatus::Completed).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "low\nhigh\nmid\n",
+        "the raised task first, then by priority"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = c.stop.send(true);
+}
