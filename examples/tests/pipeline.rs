@@ -159,6 +159,28 @@ fn one_run(t: &Value) -> (u64, u64) {
     (started, ended)
 }
 
+/// Checks that each of `tasks` was assigned once and ran once, naming
+/// every one that was not with the causes of its attempts (a worker that
+/// fenced itself ends its runs `cut_off`, and they run again).
+fn ran_once<'a>(tasks: impl IntoIterator<Item = &'a Value>) {
+    let again: Vec<String> = tasks
+        .into_iter()
+        .filter(|t| t["attempt"] != 1 || t["history"].as_array().map(Vec::len) != Some(1))
+        .map(|t| {
+            let causes: Vec<&str> = t["history"]
+                .as_array()
+                .map(|h| h.iter().filter_map(|a| a["cause"].as_str()).collect())
+                .unwrap_or_default();
+            format!("{} (attempt {}, causes {causes:?})", id(t), t["attempt"])
+        })
+        .collect();
+    assert!(
+        again.is_empty(),
+        "{} tasks were not run exactly once: {again:#?}",
+        again.len()
+    );
+}
+
 /// Checks that a task never ran: no assignment, no attempt.
 fn never_ran(t: &Value) {
     assert_eq!(t["attempt"], 0, "never assigned: {t}");
@@ -262,6 +284,7 @@ fn a_three_stage_pipeline_runs_each_stage_after_the_one_before() {
     assert_eq!(dir.read("summary"), summary);
 
     // Every task ran once: in the records and on disk.
+    ran_once(prep.values().chain(trained.values()).chain([&ev["task"]]));
     let mut expected: BTreeMap<String, usize> = (1..=N)
         .flat_map(|i| [format!("prepare {i}"), format!("train {i}")])
         .map(|l| (l, 1))

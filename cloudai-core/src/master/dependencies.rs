@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::Master;
 use crate::apply::Applied;
 use crate::lifecycle::TaskEvent;
-use crate::model::{ArrayId, Condition, Dependency, TaskId, TaskRecord, TaskSpec};
+use crate::model::{root_of, ArrayId, Condition, Dependency, TaskId, TaskRecord, TaskSpec};
 use crate::store::TaskFilter;
 use crate::{Error, Result};
 
@@ -106,7 +106,12 @@ impl Master {
             let now = self.now();
             let mut st = self.state();
             match found {
-                Some(p) => st.parent_ended(&p.id, p.status, &p.id, now),
+                Some(p) => {
+                    // A parent itself cancelled as unmet passes its root on.
+                    let root = p.reason.as_deref().and_then(root_of);
+                    let root = root.unwrap_or_else(|| p.id.clone());
+                    st.parent_ended(&p.id, p.status, &root, now);
+                }
                 None => st.parent_gone(&parent),
             }
             self.done(st);

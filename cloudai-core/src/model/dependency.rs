@@ -137,6 +137,18 @@ pub fn never_reason(dependency: &Dependency, status: TaskStatus, root: &TaskId) 
     }
 }
 
+/// The root a dependent cancelled with [`never_reason`] names: the task
+/// whose end began the chain. `None` for any other reason.
+pub fn root_of(reason: &str) -> Option<TaskId> {
+    let rest = reason.strip_prefix("dependency never satisfied: ")?;
+    if let Some((_, root)) = rest.rsplit_once(" (root: task ") {
+        return TaskId::new(root.strip_suffix(')')?).ok();
+    }
+    // `<condition> and task <parent> <status>`: the parent is the root.
+    let (_, parent) = rest.split_once(" and task ")?;
+    TaskId::new(parent.split(' ').next()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +171,27 @@ mod tests {
         ] {
             assert_eq!(c.verdict(s), v, "{c} {s}");
         }
+    }
+
+    #[test]
+    fn the_root_reads_back_from_the_reason() {
+        let (a, b) = (
+            TaskId::new("task-1-1").unwrap(),
+            TaskId::new("task-1-2").unwrap(),
+        );
+        let on_a = Dependency {
+            task: a.clone(),
+            condition: Condition::AfterOk,
+        };
+        let on_b = Dependency {
+            task: b.clone(),
+            condition: Condition::AfterOk,
+        };
+        let direct = never_reason(&on_a, TaskStatus::Failed, &a);
+        assert_eq!(root_of(&direct), Some(a.clone()));
+        let chained = never_reason(&on_b, TaskStatus::Cancelled, &a);
+        assert_eq!(root_of(&chained), Some(a));
+        assert_eq!(root_of("cancelled by user"), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use container::{
     parse_size, ContainerOption, ContainerOptions, Mount, Tmpfs, User, MAX_MOUNTS,
 };
 pub use counts::StatusCounts;
-pub use dependency::{never_reason, Condition, Dependency, Verdict, MAX_PARENTS};
+pub use dependency::{never_reason, root_of, Condition, Dependency, Verdict, MAX_PARENTS};
 pub use ids::{ArrayId, InstanceId, RequestId, TaskId, Term, WorkerId};
 pub use labels::{
     admits_all, check_label_key, check_labels, parse_label, Constraint, Labels, MAX_CONSTRAINTS,

@@ -99,6 +99,9 @@ pub struct SimNet {
 struct Shared {
     /// Reachable master processes by address.
     masters: Mutex<BTreeMap<String, Serving>>,
+    /// Every address a master process ever answered at: what a worker is
+    /// configured with (`--master a,b`), whether or not they run now.
+    addresses: Mutex<BTreeSet<String>>,
     /// Addresses of master processes that are stopped: calls to them wait.
     paused: Mutex<BTreeSet<String>>,
     /// The highest term each worker obeyed, and the calls it obeyed below
@@ -123,6 +126,7 @@ impl SimNet {
         Arc::new(SimNet {
             shared: Arc::new(Shared {
                 masters: Mutex::new(BTreeMap::new()),
+                addresses: Mutex::new(BTreeSet::new()),
                 paused: Mutex::new(BTreeSet::new()),
                 obeyed: Mutex::default(),
                 workers: Mutex::new(BTreeMap::new()),
@@ -149,6 +153,7 @@ impl SimNet {
     /// Connects the master process at `address`: one master, or one under
     /// a lease, answering as a follower while it does not lead.
     pub fn attach_master(&self, address: String, serving: Serving) {
+        lock(&self.shared.addresses).insert(address.clone());
         lock(&self.shared.masters).insert(address, serving);
     }
 
@@ -216,10 +221,10 @@ impl SimNet {
     }
 
     /// The worker side of the link for `worker`, given the addresses of
-    /// every master connected now (it follows the first, as a worker
-    /// given `--master a,b` does).
+    /// every master ever connected, running now or not (it follows the
+    /// first, as a worker given `--master a,b` does).
     pub fn link(self: &Arc<Self>, worker: WorkerId) -> Arc<dyn WorkerToMaster> {
-        let listed: Vec<String> = lock(&self.shared.masters).keys().cloned().collect();
+        let listed: Vec<String> = lock(&self.shared.addresses).iter().cloned().collect();
         let following = Mutex::new(listed.first().cloned().unwrap_or_default());
         Arc::new(SimLink {
             net: self.clone(),

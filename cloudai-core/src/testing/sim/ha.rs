@@ -308,6 +308,14 @@ impl SimCluster {
         self.ha().masters[i].gate.set(Passage::Open);
     }
 
+    /// Master `i`'s store stalls: its process answers calls, but its store
+    /// calls wait, and land when the way opens again
+    /// ([`SimCluster::resume_master`], or a crash: its calls already on
+    /// their way land).
+    pub fn hold_store(&mut self, i: usize) {
+        self.ha().masters[i].gate.set(Passage::Held);
+    }
+
     /// Master `i` is cut off from the store: its calls fail.
     pub fn cut_master(&mut self, i: usize) {
         self.ha().masters[i].gate.set(Passage::Cut);
