@@ -52,7 +52,7 @@ PY
   # everything else passed.
   if timeout 300 cargo test -q -p cloudai-core --all-features --lib --test invariants \
       --test memory_conformance --test process_runtime --test sim_scenarios \
-      --test store_faults >/dev/null 2>&1 \
+      --test store_faults --test worker_outbox >/dev/null 2>&1 \
     && timeout 300 cargo test -q -p cloudai-core --all-features --test sim_explorer >/dev/null 2>&1; then
     echo "SURVIVED $label"; survived=1
   else
@@ -290,7 +290,7 @@ mutate cloudai-core/src/model/dependency.rs "after-ok holds whatever the parent'
 mutate cloudai-core/src/master/state/gate.rs "a dependency that can never hold leaves its dependent waiting" \
   'self.gate.unmet.push((child, reason));' 'drop((child, reason));'
 mutate cloudai-core/src/master/dependencies.rs "a parent that ended before its dependent was registered decides nothing" \
-  'Some(p) => st.parent_ended(&p.id, p.status, &p.id, now),' 'Some(_) => {}'
+  'st.parent_ended(&p.id, p.status, &root, now);' 'drop(root);'
 mutate cloudai-core/src/master/state/gate.rs "an array throttle admits every member" \
   'if t.admitted.len() < t.limit as usize {' 'if true {'
 mutate cloudai-core/src/master/state/placement.rs "a task is placed on a worker its constraints exclude" \
@@ -298,5 +298,10 @@ mutate cloudai-core/src/master/state/placement.rs "a task is placed on a worker 
   'if !self.allows_mounts(id, &class.mounts) {'
 mutate cloudai-core/src/master/state/queue.rs "the queue ignores priority" \
   '(Reverse(self.priority), self.created_at, id)' '(Reverse(0), self.created_at, id)'
+
+mutate cloudai-core/src/worker/session.rs "a worker's beats wait behind its reports" \
+  'self.flush_in_background();' 'self.flush_outbox().await;'
+mutate cloudai-core/src/worker/outbox.rs "a report being sent is sent again by a flush" \
+  '.filter(|(_, o)| !o.sending)' '.filter(|_| true)'
 
 exit $survived

@@ -132,7 +132,9 @@ impl Worker {
                     _ = self.inner.register_now.notified() => break,
                     _ = shutdown.changed() => return Ok(()),
                 }
-                self.flush_outbox().await;
+                // Reports go on their own task: a beat never waits behind
+                // them.
+                self.flush_in_background();
                 let starting = lock(&self.inner.runs).starting();
                 let telemetry = telemetry::sample(self.running().len(), starting);
                 let me = self.identity();
