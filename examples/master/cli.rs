@@ -41,7 +41,9 @@ pub(crate) enum Command {
     Run(TaskArgs),
     /// List workers with live status and resources.
     Workers,
-    /// List the newest tasks, with a line of counts by status.
+    /// List the newest tasks, with a line of counts by status; the tasks
+    /// of an array listed are one row (`ARRAY_[indices]` with the array's
+    /// counts by status) unless --array, --all or --expand. Times are UTC.
     Tasks {
         /// Only these statuses.
         #[arg(long, value_parser = PossibleValuesParser::new(STATUSES))]
@@ -54,12 +56,16 @@ pub(crate) enum Command {
         array: Option<String>,
         #[command(flatten)]
         named: Named,
-        /// How many of the newest to show.
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        /// Every task, page by page (newest first).
+        /// How many of the newest to show (default 20 rows, an array's
+        /// tasks making one; with --array, up to 1000 of its tasks).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Every task, page by page (newest first), each on its row.
         #[arg(long, conflicts_with = "limit")]
         all: bool,
+        /// Each task of an array on its own row (with --limit tasks).
+        #[arg(long)]
+        expand: bool,
         /// Order of the rows shown.
         #[arg(long, value_enum, default_value_t = Sort::Newest)]
         sort: Sort,
@@ -516,10 +522,18 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
             named,
             limit,
             all,
+            expand,
             sort,
             watch,
             summary,
         } => {
+            // People see an array's tasks as one row unless they asked
+            // for them; scripts (`--json`) always get every record.
+            let collapse = !json && !all && !expand && array.is_none();
+            let limit = limit.unwrap_or(match array {
+                Some(_) => ARRAY_LISTED,
+                None => LISTED,
+            });
             let filter = TaskFilter {
                 statuses: statuses(&status)?,
                 worker: worker.map(WorkerId::new).transpose()?,
@@ -533,13 +547,22 @@ async fn run(client: &MasterClient, cmd: Command, json: bool) -> Result<ExitCode
                 return Ok(ExitCode::SUCCESS);
             }
             let list = || async {
+                if collapse {
+                    let rows = collapsed(client, &filter, limit.max(1), sort).await?;
+                    output::tasks_collapsed(&rows, &client.task_counts().await?);
+                    return Ok::<(), Error>(());
+                }
                 let mut tasks = if all {
                     client.tasks(&filter).await?
                 } else {
                     client.page(&filter, None, limit.max(1)).await?.0
                 };
                 sort.apply(&mut tasks);
-                output::tasks(json, &tasks, &client.task_counts().await?);
+                let array = match (&filter.array, json) {
+                    (Some(a), false) => Some((a, client.count_matching(&of_array(a)).await?)),
+                    _ => None,
+                };
+                output::tasks(json, &tasks, &client.task_counts().await?, array);
                 Ok::<(), Error>(())
             };
             if !watch {
@@ -922,4 +945,91 @@ async fn resubmit(
         again.push((t.id, new));
     }
     Ok(again)
+}
+
+/// Rows `tasks` shows unless told (`--limit`).
+const LISTED: u32 = 20;
+/// Tasks `tasks --array A` shows unless told: a sweep's, whole.
+const ARRAY_LISTED: u32 = 1000;
+
+/// Most tasks `tasks` reads to fill its rows when an array's tasks make
+/// one row.
+const COLLAPSE_SCAN: usize = 5000;
+
+/// The newest `limit` rows for `tasks`, the tasks of each array read
+/// together on one row with the whole array's counts by status (one
+/// count per array, by the store): pages are read until `limit` rows
+/// are filled, the tasks run out, or [`COLLAPSE_SCAN`] were read; an
+/// array's row holds its tasks among those read.
+async fn collapsed(
+    client: &MasterClient,
+    filter: &TaskFilter,
+    limit: u32,
+    sort: Sort,
+) -> Result<Vec<output::Listed>, Error> {
+    let want = limit as usize;
+    let page = limit.clamp(100, 1000);
+    let mut groups: Vec<(Option<ArrayId>, Vec<TaskRecord>)> = Vec::new();
+    let mut at: std::collections::HashMap<ArrayId, usize> = std::collections::HashMap::new();
+    let mut after = None;
+    let mut read = 0;
+    loop {
+        let (tasks, next) = client.page(filter, after.as_ref(), page).await?;
+        read += tasks.len();
+        for t in tasks {
+            let Some(a) = t.array.as_ref().map(|a| a.id.clone()) else {
+                groups.push((None, vec![t]));
+                continue;
+            };
+            match at.get(&a) {
+                Some(&i) => groups[i].1.push(t),
+                None => {
+                    at.insert(a.clone(), groups.len());
+                    groups.push((Some(a), vec![t]));
+                }
+            }
+        }
+        match next {
+            Some(n) if groups.len() < want && read < COLLAPSE_SCAN => after = Some(n),
+            _ => break,
+        }
+    }
+    groups.truncate(want);
+    let mut rows = Vec::with_capacity(groups.len());
+    for (array, mut members) in groups {
+        rows.push(match array {
+            None => output::Listed::Task(Box::new(members.remove(0))),
+            Some(id) => {
+                let counts = client.count_matching(&of_array(&id)).await?;
+                output::Listed::Array {
+                    id,
+                    members,
+                    counts,
+                }
+            }
+        });
+    }
+    sort.apply_rows(&mut rows);
+    Ok(rows)
+}
+
+/// Every task of array `id`.
+fn of_array(id: &ArrayId) -> TaskFilter {
+    TaskFilter {
+        array: Some(id.clone()),
+        ..TaskFilter::default()
+    }
+}
+
+impl Sort {
+    /// [`Sort::apply`] to the rows of a listing (an array's row by the
+    /// earliest status of its tasks listed, and their one worker).
+    fn apply_rows(self, rows: &mut [output::Listed]) {
+        match self {
+            Sort::Newest => {}
+            Sort::Oldest => rows.reverse(),
+            Sort::Status => rows.sort_by_key(output::Listed::status),
+            Sort::Worker => rows.sort_by(|a, b| a.worker().cmp(&b.worker())),
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! This is the only place in the project that prints for people.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::time::Duration;
 
 use comfy_table::{Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
 
@@ -14,8 +16,8 @@ use cloudai_core::master::{
     short_reason, CancelOutcome, MasterEvent, TaskOutput, TaskView, WorkerView,
 };
 use cloudai_core::model::{
-    ArrayId, Attempt, Resources, StatusCounts, TaskId, TaskRecord, TaskStatus, Timestamp, Usage,
-    UsageSummary,
+    ArrayId, ArrayIndices, Attempt, Labels, Resources, StatusCounts, TaskId, TaskRecord,
+    TaskStatus, Timestamp, Usage, UsageSummary, WorkerId,
 };
 use cloudai_core::output::OutputStream;
 use cloudai_grpc::events::Watched;
@@ -188,6 +190,7 @@ struct WorkerRow<'a> {
     gpus: Vec<GpuRow<'a>>,
     tasks: &'a [TaskId],
     last_heartbeat_ms: Option<u64>,
+    labels: &'a Labels,
 }
 
 #[derive(Serialize)]
@@ -242,6 +245,7 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
                         .collect(),
                     tasks: &w.tasks,
                     last_heartbeat_ms: w.last_heartbeat.map(Timestamp::as_millis),
+                    labels: &w.labels,
                 }
             })
             .collect();
@@ -260,6 +264,7 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
         "MEM GB",
         "GPU",
         "TASKS",
+        "LABELS",
         "LAST HEARTBEAT",
     ]);
     for w in ws {
@@ -283,6 +288,10 @@ pub(crate) fn workers(json: bool, ws: &[WorkerView]) {
             right(format!("{ma}/{mc}")),
             right(gpu_cell(w)),
             right(w.tasks.len()),
+            Cell::new(match labels_text(&w.labels) {
+                l if l.is_empty() => "-".to_string(),
+                l => clip(&l, LABELS_WIDTH),
+            }),
             Cell::new(w.last_heartbeat.map(ago).unwrap_or_else(|| "never".into())),
         ]);
     }
@@ -297,48 +306,432 @@ pub(crate) fn array_submitted(json: bool, id: &ArrayId, count: usize) {
     }
 }
 
-/// The tasks listed, newest first, after a line of counts by status.
-pub(crate) fn tasks(json: bool, ts: &[TaskRecord], counts: &StatusCounts) {
+/// The tasks listed, newest first, after a line of counts by status: each
+/// task on a row of its own (`tasks --array A`, `--all`, `--expand`; with
+/// `--json`, the records as they are).
+pub(crate) fn tasks(
+    json: bool,
+    ts: &[TaskRecord],
+    counts: &StatusCounts,
+    array: Option<(&ArrayId, StatusCounts)>,
+) {
     if json {
         return json_line(&ts);
     }
-    say!(
-        "{} tasks: {} pending, {} running, {} completed, {} failed, {} cancelled; showing {}",
+    let of_array = array
+        .map(|(id, c)| format!("; array {id}: {}", array_counts(&c)))
+        .unwrap_or_default();
+    say!("{}{of_array}; showing {}", counts_line(counts), ts.len());
+    if ts.is_empty() {
+        return;
+    }
+    let now = now();
+    let mut table = table(&TASK_COLUMNS);
+    for t in ts {
+        table.add_row(task_cells(t, now));
+    }
+    say!("{table}");
+}
+
+/// A row of `tasks` for people: one task, or the members of one array
+/// that the listing holds, as one row with the array's counts by status
+/// (as `squeue` shows an array's pending members as `123_[5-100]`).
+#[derive(Debug)]
+pub(crate) enum Listed {
+    /// A task by itself.
+    Task(Box<TaskRecord>),
+    /// An array's members in the listing (at least one).
+    Array {
+        /// The array.
+        id: ArrayId,
+        /// Its members the listing holds, newest first.
+        members: Vec<TaskRecord>,
+        /// The whole array's tasks by status (the store's counts).
+        counts: StatusCounts,
+    },
+}
+
+impl Listed {
+    /// The status it sorts by: the task's, or the earliest in the
+    /// lifecycle among the members listed.
+    pub(crate) fn status(&self) -> TaskStatus {
+        match self {
+            Listed::Task(t) => t.status,
+            Listed::Array { members, .. } => members
+                .iter()
+                .map(|t| t.status)
+                .min()
+                .unwrap_or(TaskStatus::Pending),
+        }
+    }
+
+    /// The worker it sorts by: the task's, or the one worker of the
+    /// members listed (none if they ran on several).
+    pub(crate) fn worker(&self) -> Option<&WorkerId> {
+        match self {
+            Listed::Task(t) => t.worker.as_ref(),
+            Listed::Array { members, .. } => one(members.iter().map(|t| t.worker.as_ref()))?,
+        }
+    }
+
+    /// How many tasks the row stands for in the listing.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Listed::Task(_) => 1,
+            Listed::Array { members, .. } => members.len(),
+        }
+    }
+}
+
+/// The one value every item has, if they all have the same.
+fn one<T: PartialEq>(mut items: impl Iterator<Item = T>) -> Option<T> {
+    let first = items.next()?;
+    items.all(|i| i == first).then_some(first)
+}
+
+/// `tasks` for people with each array's members in the listing on one
+/// row: `ARRAY_[indices]`, its counts by status, the name its members
+/// share.
+pub(crate) fn tasks_collapsed(rows: &[Listed], counts: &StatusCounts) {
+    let tasks: usize = rows.iter().map(Listed::len).sum();
+    let arrays: Vec<&ArrayId> = rows
+        .iter()
+        .filter_map(|r| match r {
+            Listed::Array { id, .. } => Some(id),
+            Listed::Task(_) => None,
+        })
+        .collect();
+    let showing = match arrays.as_slice() {
+        [] => format!("showing {tasks}"),
+        [a] => format!(
+            "showing {tasks} in {} rows (an array's in one: tasks --array {a} lists them)",
+            rows.len()
+        ),
+        _ => format!(
+            "showing {tasks} in {} rows (an array's in one: tasks --array ID, or --expand, lists them)",
+            rows.len()
+        ),
+    };
+    say!("{}; {showing}", counts_line(counts));
+    if rows.is_empty() {
+        return;
+    }
+    let now = now();
+    let mut table = table(&TASK_COLUMNS);
+    for r in rows {
+        table.add_row(match r {
+            Listed::Task(t) => task_cells(t, now),
+            Listed::Array {
+                id,
+                members,
+                counts,
+            } => array_cells(id, members, counts, now),
+        });
+    }
+    say!("{table}");
+}
+
+/// The line of counts above a listing.
+fn counts_line(counts: &StatusCounts) -> String {
+    format!(
+        "{} tasks: {} pending, {} running, {} completed, {} failed, {} cancelled",
         counts.total(),
         counts.pending,
         counts.running,
         counts.completed,
         counts.failed,
         counts.cancelled,
-        ts.len()
-    );
-    if ts.is_empty() {
-        return;
+    )
+}
+
+/// An array's counts: `40 tasks: 12 running, 25 completed, 3
+/// failed` (the statuses with none left out).
+fn array_counts(c: &StatusCounts) -> String {
+    let each: Vec<String> = TaskStatus::ALL
+        .iter()
+        .filter(|s| c.get(**s) > 0)
+        .map(|s| format!("{} {s}", c.get(*s)))
+        .collect();
+    let tasks = if c.total() == 1 { "task" } else { "tasks" };
+    if each.is_empty() {
+        format!("{} {tasks}", c.total())
+    } else {
+        format!("{} {tasks}: {}", c.total(), each.join(", "))
     }
-    let mut table = table(&[
-        "TASK", "STATUS", "WORKER", "IMAGE", "CPU", "MEM", "RUNS", "AGE", "REASON",
-    ]);
-    for t in ts {
-        let reason = t.reason.as_deref().unwrap_or("");
-        let reason = match t.status {
-            TaskStatus::Pending | TaskStatus::Running if !reason.is_empty() => {
-                short_reason(reason).to_string()
+}
+
+/// The columns of a listing of tasks.
+const TASK_COLUMNS: [&str; 13] = [
+    "TASK", "NAME", "INDEX", "STATUS", "WORKER", "CPU", "MEM", "GPU", "START", "END", "RUN",
+    "EXIT", "REASON",
+];
+
+/// Longest name shown in a listing, in characters.
+const NAME_WIDTH: usize = 24;
+/// Longest labels shown in `workers`, in characters.
+const LABELS_WIDTH: usize = 40;
+/// Longest reason shown in a listing, in characters (`show` has it whole).
+const REASON_WIDTH: usize = 48;
+
+/// `s` cut to `max` characters, an ellipsis marking the cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// The current or last run of a task, as a listing shows it.
+#[derive(Debug, Default)]
+struct Run {
+    start: Option<Timestamp>,
+    end: Option<Timestamp>,
+    exit: Option<String>,
+}
+
+impl Run {
+    /// A running task's run (from its assignment), or a final task's last
+    /// attempt (or, if none ran, its end alone); nothing for a pending one.
+    fn of(t: &TaskRecord) -> Run {
+        match t.status {
+            TaskStatus::Pending => Run::default(),
+            TaskStatus::Running => Run {
+                start: t.assigned_at,
+                ..Run::default()
+            },
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled => {
+                match t.history.last() {
+                    Some(a) => Run {
+                        start: a.started_at.or(t.assigned_at),
+                        end: Some(a.ended_at)
+                            .filter(|e| *e != Timestamp::ZERO)
+                            .or(t.finished_at),
+                        exit: exit_word(a.exit_code, a.signal),
+                    },
+                    None => Run {
+                        end: t.finished_at,
+                        ..Run::default()
+                    },
+                }
             }
-            _ => reason.to_string(),
-        };
-        table.add_row(vec![
-            Cell::new(&t.id),
-            Cell::new(t.status).fg(status_colour(t.status)),
-            Cell::new(t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-")),
-            Cell::new(&t.spec.image),
-            right(t.spec.resources.cpu_cores()),
-            right(t.spec.resources.memory_gb()),
-            right(t.attempts_run()),
-            Cell::new(ago(t.created_at)),
-            Cell::new(reason),
-        ]);
+        }
     }
-    say!("{table}");
+
+    /// How long it ran: to its end, or until now while it runs.
+    fn took(&self, now: Timestamp) -> Option<Duration> {
+        let start = self.start?;
+        Some(self.end.unwrap_or(now).saturating_since(start))
+    }
+}
+
+/// An exit as a listing shows it: the code (`0`, `1`), or the signal
+/// (`SIGKILL`); `None` if neither is known.
+fn exit_word(code: Option<i32>, signal: Option<i32>) -> Option<String> {
+    match (code, signal) {
+        (Some(c), _) => Some(c.to_string()),
+        (None, Some(s)) => Some(signal_name(s)),
+        (None, None) => None,
+    }
+}
+
+/// A signal's name as Linux numbers them (`SIGKILL`), or `signal N`.
+fn signal_name(n: i32) -> String {
+    let name = match n {
+        1 => "HUP",
+        2 => "INT",
+        3 => "QUIT",
+        4 => "ILL",
+        5 => "TRAP",
+        6 => "ABRT",
+        7 => "BUS",
+        8 => "FPE",
+        9 => "KILL",
+        10 => "USR1",
+        11 => "SEGV",
+        12 => "USR2",
+        13 => "PIPE",
+        14 => "ALRM",
+        15 => "TERM",
+        24 => "XCPU",
+        25 => "XFSZ",
+        _ => return format!("signal {n}"),
+    };
+    format!("SIG{name}")
+}
+
+/// A time of day in UTC (`12:03:04`), with the date (`05-01 12:03`) if
+/// not today's.
+fn clock(t: Timestamp, now: Timestamp) -> String {
+    let rfc = |t: Timestamp| {
+        // Past year 9999 RFC 3339 has no form; no task lives that long.
+        let ms = t.as_millis().min(253_402_300_799_000);
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    };
+    let (at, today) = (rfc(t), rfc(now));
+    // `2024-05-01T12:03:04Z`
+    match (
+        at.get(..10) == today.get(..10),
+        at.get(5..10),
+        at.get(11..19),
+    ) {
+        (true, _, Some(time)) => time.to_string(),
+        (false, Some(date), Some(time)) => format!("{date} {}", &time[..5]),
+        _ => at,
+    }
+}
+
+/// A run time: `0.4s`, `42s`, `3m07s`, `2h05m`, `3d04h`.
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=9 => format!("{:.1}s", d.as_secs_f64()),
+        10..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn or_dash(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+/// Why a task is where it is, for a listing: the short word while it
+/// waits (`Resources`, `Dependency`), the reason it failed or was
+/// cancelled (cut to [`REASON_WIDTH`]; `show` has it whole).
+fn reason_cell(t: &TaskRecord) -> String {
+    let reason = t.reason.as_deref().unwrap_or("");
+    match t.status {
+        TaskStatus::Pending | TaskStatus::Running if !reason.is_empty() => {
+            short_reason(reason).to_string()
+        }
+        TaskStatus::Failed | TaskStatus::Cancelled => {
+            let said = Some(reason)
+                .filter(|r| !r.is_empty())
+                .or_else(|| t.history.last().and_then(|a| a.message.as_deref()))
+                .unwrap_or("");
+            clip(said, REASON_WIDTH)
+        }
+        _ => String::new(),
+    }
+}
+
+/// One task's row.
+fn task_cells(t: &TaskRecord, now: Timestamp) -> Vec<Cell> {
+    let run = Run::of(t);
+    let r = &t.spec.resources;
+    vec![
+        Cell::new(&t.id),
+        Cell::new(clip(t.spec.name.as_deref().unwrap_or("-"), NAME_WIDTH)),
+        Cell::new(or_dash(t.array.as_ref().map(|a| format!("[{}]", a.index)))),
+        Cell::new(t.status).fg(status_colour(t.status)),
+        Cell::new(t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-")),
+        right(r.cpu_cores()),
+        right(r.memory_gb()),
+        right(r.gpus),
+        Cell::new(or_dash(run.start.map(|s| clock(s, now)))),
+        Cell::new(or_dash(run.end.map(|e| clock(e, now)))),
+        right(or_dash(run.took(now).map(span))),
+        right(or_dash(run.exit)),
+        Cell::new(reason_cell(t)),
+    ]
+}
+
+/// The value most of `items` have (the first such in order of value).
+fn commonest<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut each: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in items {
+        *each.entry(i).or_default() += 1;
+    }
+    let most = each.values().copied().max()?;
+    each.into_iter().find(|(_, n)| *n == most).map(|(i, _)| i)
+}
+
+/// The indices of `members`, as Slurm writes an array's (`1-3,7`).
+fn indices(members: &[TaskRecord]) -> String {
+    let mut each: Vec<u32> = members
+        .iter()
+        .filter_map(|t| t.array.as_ref().map(|a| a.index))
+        .collect();
+    each.sort_unstable();
+    each.dedup();
+    let list: Vec<String> = each.iter().map(u32::to_string).collect();
+    match list.join(",").parse::<ArrayIndices>() {
+        Ok(i) => i.to_string(),
+        Err(_) => list.join(","),
+    }
+}
+
+/// An array's row: `ARRAY_[indices]` of the members listed, the name they
+/// share, the array's counts by status; the worker and the request they
+/// share; the first start and, once none listed is pending or running,
+/// the last end; the commonest waiting word among them, or else the
+/// commonest reason of those that failed.
+fn array_cells(
+    id: &ArrayId,
+    members: &[TaskRecord],
+    counts: &StatusCounts,
+    now: Timestamp,
+) -> Vec<Cell> {
+    let name = one(members.iter().map(|t| t.spec.name.as_deref())).flatten();
+    let workers: std::collections::BTreeSet<&WorkerId> =
+        members.iter().filter_map(|t| t.worker.as_ref()).collect();
+    let worker = match workers.len() {
+        0 => "-".to_string(),
+        1 => workers
+            .iter()
+            .next()
+            .map(|w| w.to_string())
+            .unwrap_or_default(),
+        n => format!("{n} workers"),
+    };
+    let request = one(members.iter().map(|t| res(&t.spec.resources)));
+    let runs: Vec<Run> = members.iter().map(Run::of).collect();
+    let start = runs.iter().filter_map(|r| r.start).min();
+    let live = members.iter().any(|t| !t.status.is_terminal());
+    let end = runs
+        .iter()
+        .filter_map(|r| r.end)
+        .max()
+        .filter(|_| !live && start.is_some());
+    let took = start.map(|s| end.unwrap_or(now).saturating_since(s));
+    let word = commonest(
+        members
+            .iter()
+            .filter(|t| t.status == TaskStatus::Pending)
+            .filter_map(|t| t.reason.as_deref().map(short_reason)),
+    )
+    .map(str::to_string)
+    .or_else(|| {
+        let failed = members
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .filter_map(|t| t.reason.as_deref());
+        commonest(failed).map(|r| clip(r, REASON_WIDTH))
+    })
+    .unwrap_or_default();
+    let (cpu, mem, gpu) = match request {
+        Some((c, m, g)) => (c.to_string(), m.to_string(), g.to_string()),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    vec![
+        Cell::new(format!("{id}_[{}]", indices(members))).add_attribute(Attribute::Bold),
+        Cell::new(clip(name.unwrap_or("-"), NAME_WIDTH)),
+        Cell::new(""),
+        Cell::new(array_counts(counts)),
+        Cell::new(worker),
+        right(cpu),
+        right(mem),
+        right(gpu),
+        Cell::new(or_dash(start.map(|s| clock(s, now)))),
+        Cell::new(or_dash(end.map(|e| clock(e, now)))),
+        right(or_dash(took.map(span))),
+        right(""),
+        Cell::new(word),
+    ]
 }
 
 /// A table of plain columns, as wide as the terminal allows; colours only
@@ -373,6 +766,23 @@ fn status_colour(s: TaskStatus) -> Color {
     }
 }
 
+/// One line of `show`: the field's name, then its value.
+macro_rules! field {
+    ($name:expr, $($arg:tt)*) => { say!("{:<11}{}", $name, format_args!($($arg)*)) };
+}
+
+/// Labels as `k=v,k=v`.
+fn labels_text(labels: &Labels) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Dependencies `show` lists one by one; past them, how many more.
+const SHOWN_DEPENDENCIES: usize = 20;
+
 pub(crate) fn task(json: bool, v: &TaskView) {
     if json {
         return json_line(
@@ -380,44 +790,97 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         );
     }
     let t = &v.task;
-    say!("task      {}", t.id);
-    say!("status    {}", t.status);
-    say!("image     {}", t.spec.image);
-    say!(
-        "command   {}",
+    let now = now();
+    field!("task", "{}", t.id);
+    field!("name", "{}", t.spec.name.as_deref().unwrap_or("-"));
+    if let Some(a) = &t.array {
+        let limit = a
+            .limit
+            .map(|n| format!(", at most {n} of its tasks at once"))
+            .unwrap_or_default();
+        field!("array", "{}, index {}{limit}", a.id, a.index);
+    }
+    field!("status", "{}", t.status);
+    if !t.spec.labels.is_empty() {
+        field!("labels", "{}", labels_text(&t.spec.labels));
+    }
+    field!("priority", "{}", t.spec.priority);
+    field!("image", "{}", t.spec.image);
+    field!(
+        "command",
+        "{}",
         shlex::try_join(t.spec.command.iter().map(String::as_str)).unwrap_or_default()
     );
-    say!("resources {}", t.spec.resources);
-    say!(
-        "worker    {} (attempt {})",
+    field!("resources", "{}", t.spec.resources);
+    for c in &t.spec.constraints {
+        field!("constraint", "{c}");
+    }
+    for d in t.spec.after.iter().take(SHOWN_DEPENDENCIES) {
+        field!("after", "{d}");
+    }
+    if t.spec.after.len() > SHOWN_DEPENDENCIES {
+        field!(
+            "after",
+            "... and {} more",
+            t.spec.after.len() - SHOWN_DEPENDENCIES
+        );
+    }
+    field!(
+        "worker",
+        "{} (attempt {})",
         t.worker.as_ref().map(|w| w.as_str()).unwrap_or("-"),
         t.attempt
     );
+    field!(
+        "submitted",
+        "{} ({})",
+        clock(t.created_at, now),
+        ago(t.created_at)
+    );
+    let run = match &v.result {
+        // The result's run is the last attempt's, as its worker saw it.
+        Some(r) => Run {
+            start: r.started_at,
+            end: Some(r.finished_at),
+            exit: exit_word(r.exit_code, r.signal),
+        },
+        None => Run::of(t),
+    };
+    if let Some(start) = run.start {
+        let end = run
+            .end
+            .map(|e| clock(e, now))
+            .unwrap_or_else(|| "now".into());
+        let took = run.took(now).map(span).unwrap_or_default();
+        field!("run", "{} to {end} ({took})", clock(start, now));
+    } else if let Some(end) = t.finished_at {
+        field!("ended", "{} without running", clock(end, now));
+    }
     if !t.gpus.is_empty() {
         let gpus: Vec<String> = t.gpus.iter().map(u32::to_string).collect();
-        say!("gpus      {}", gpus.join(","));
+        field!("gpus", "{}", gpus.join(","));
     }
     let o = &t.spec.options;
     if let Some(w) = &o.workdir {
-        say!("workdir   {w}");
+        field!("workdir", "{w}");
     }
     for m in &o.mounts {
-        say!("mount     {m}");
+        field!("mount", "{m}");
     }
     for tmp in &o.tmpfs {
-        say!("tmpfs     {tmp}");
+        field!("tmpfs", "{tmp}");
     }
     if let Some(u) = &o.user {
-        say!("user      {u}");
+        field!("user", "{u}");
     }
     if let Some(s) = o.shm_size {
-        say!("shm size  {}", bytes(s));
+        field!("shm size", "{}", bytes(s));
     }
     if let Some(r) = &t.reason {
-        say!("reason    {r}");
+        field!("reason", "{r}");
     }
     if let Some(w) = &v.waiting {
-        say!("waiting   {w}");
+        field!("waiting", "{w}");
     }
     let p = &t.spec.policy;
     let limit = p
@@ -429,8 +892,9 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         (true, 0) => "requeue on worker loss".to_string(),
         (true, n) => format!("requeue on worker loss up to {n} times"),
     };
-    say!(
-        "policy    {} retries, {requeue}, time limit {limit}{}",
+    field!(
+        "policy",
+        "{} retries, {requeue}, time limit {limit}{}",
         p.retries,
         if p.retry_on_timeout {
             ", retry on timeout"
@@ -439,20 +903,19 @@ pub(crate) fn task(json: bool, v: &TaskView) {
         }
     );
     if !t.history.is_empty() {
-        attempts(&t.history);
+        attempts(
+            &t.history,
+            t.assigned_at.filter(|_| t.status.is_terminal()),
+            now,
+        );
     }
     if let Some(r) = &v.result {
-        say!(
-            "exit code {}",
-            r.exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into())
-        );
+        field!("exit code", "{}", or_dash(exit_word(r.exit_code, r.signal)));
         if let Some(m) = &r.message {
-            say!("message   {m}");
+            field!("message", "{m}");
         }
         if let Some(u) = &r.usage {
-            say!("usage     {}", usage_line(u));
+            field!("usage", "{}", usage_line(u));
         }
         match r.logs_offset {
             0 => say!("--- logs ---"),
@@ -465,7 +928,6 @@ pub(crate) fn task(json: bool, v: &TaskView) {
     }
 }
 
-/// Each ended attempt of a task: where it ran, how it ended.
 /// Bytes as people read them (`210.0 MiB`).
 fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().to_string()
@@ -510,22 +972,25 @@ pub(crate) fn usage_summary(json: bool, s: &UsageSummary) {
     );
 }
 
-fn attempts(history: &[Attempt]) {
+/// Each ended attempt of a task: where it ran, when, how it ended. The
+/// last one's start, if its worker never said, is its assignment
+/// (`assigned`).
+fn attempts(history: &[Attempt], assigned: Option<Timestamp>, now: Timestamp) {
     let mut table = table(&[
-        "ATTEMPT", "WORKER", "ENDED", "CAUSE", "EXIT", "CPU", "PEAK MEM", "MESSAGE",
+        "ATTEMPT", "WORKER", "START", "END", "RUN", "CAUSE", "EXIT", "CPU", "PEAK MEM", "MESSAGE",
     ]);
-    for a in history {
-        let exit = match (a.exit_code, a.signal) {
-            (Some(c), _) => c.to_string(),
-            (None, Some(s)) => format!("signal {s}"),
-            (None, None) => "-".into(),
-        };
+    for (i, a) in history.iter().enumerate() {
+        let last = i + 1 == history.len();
+        let start = a.started_at.or(assigned.filter(|_| last));
+        let took = start.map(|s| a.ended_at.saturating_since(s));
         table.add_row(vec![
             right(a.attempt),
             Cell::new(&a.worker),
-            Cell::new(ago(a.ended_at)),
+            Cell::new(or_dash(start.map(|s| clock(s, now)))),
+            Cell::new(clock(a.ended_at, now)),
+            right(or_dash(took.map(span))),
             Cell::new(a.cause),
-            right(exit),
+            right(or_dash(exit_word(a.exit_code, a.signal))),
             right(a.usage.map_or("-".into(), |u| secs(u.cpu_ms()))),
             right(a.usage.map_or("-".into(), |u| bytes(u.peak_memory_bytes))),
             Cell::new(a.message.as_deref().unwrap_or("")),

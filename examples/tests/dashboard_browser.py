@@ -4,7 +4,9 @@ Run by examples/tests/dashboard.rs against a master and a worker it
 started: the page is refused without the token, a login opens it, a task
 submitted after the page loaded appears with its status, a line it prints
 later appears on its task page, and the cancel button cancels another
-task. Screenshots go to --out. Exits non-zero, saying why, on any failure.
+task; an array of 40 tasks is one row with its counts, a click shows its
+tasks (index, start, end, run time, exit, reason), its link lists them
+alone, and the name filter finds it. Screenshots go to --out. Exits non-zero, saying why, on any failure.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -34,6 +37,22 @@ def cli(args, *command):
 def status_in_row(driver, task):
     cells = driver.find_elements(By.CSS_SELECTOR, f'tr[data-task="{task}"] td.status')
     return cells[0].text if cells else None
+
+
+def click(driver, css):
+    """Clicks what `css` finds; a live update may repaint the page between
+    finding and clicking, so a stale element is found again."""
+    for _ in range(10):
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            continue
+    driver.find_element(By.CSS_SELECTOR, css).click()
+
+
+def cell(row, name):
+    return row.find_element(By.CSS_SELECTOR, "td." + name).text
 
 
 def refused_without_token(url):
@@ -94,7 +113,7 @@ def main():
         assert driver.execute_script("return window.loadedOnce === true"), "the page reloaded"
 
         step = "the late line appears on the task page"
-        driver.find_element(By.CSS_SELECTOR, f'tr[data-task="{late}"] a').click()
+        click(driver, f'tr[data-task="{late}"] a')
         wait.until(lambda d: "first line" in d.find_element(By.ID, "logs").text)
         assert "the-late-line" not in driver.find_element(By.ID, "logs").text, "the late line came too early"
         wait.until(lambda d: "the-late-line" in d.find_element(By.ID, "logs").text)
@@ -107,7 +126,7 @@ def main():
         wait.until(lambda d: status_in_row(d, sleeper) == "running")
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] td.num').text == "1")
         driver.save_screenshot(str(out / "dashboard-overview.png"))
-        driver.find_element(By.CSS_SELECTOR, f'tr[data-task="{sleeper}"] button.cancel').click()
+        click(driver, f'tr[data-task="{sleeper}"] button.cancel')
         wait.until(lambda d: status_in_row(d, sleeper) == "cancelled")
         shown = cli(args, "show", sleeper)
         assert shown["task"]["status"] == "cancelled", shown
@@ -120,14 +139,72 @@ def main():
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")) == 2)
         rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")]
         assert "exited" in rows[0] and "completed" in rows[1], rows
+
+        step = "an array of 40 tasks is one row with its counts"
+        sweep = cli(args, "task", "--array", "1-40", "--name", "sweep", "--cpu", "0.05", "--mem", "0.01",
+                    "busybox", "--", "sh", "-c", 'test "$CLOUDAI_ARRAY_INDEX" -ne 3')["array_id"]
         driver.get(f"{args.url}/#/")
+        row = f'tr.array[data-array="{sweep}"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row)
+                   and "39 completed, 1 failed" in cell(d.find_element(By.CSS_SELECTOR, row), "counts"))
+        text = driver.find_element(By.CSS_SELECTOR, row).text
+        assert f"{sweep}_[1-40]" in text and "sweep" in text and "40 tasks" in text, text
+        assert not driver.find_elements(By.CSS_SELECTOR, "tr.member"), "its tasks listed before a click"
+        driver.save_screenshot(str(out / "dashboard-array.png"))
+
+        step = "a click on the array's row shows its tasks"
+        click(driver, row + " .toggle")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.member[data-task]")) == 40)
+        members = driver.find_elements(By.CSS_SELECTOR, "tr.member[data-task]")
+        assert sorted(cell(m, "index") for m in members) == sorted(f"[{i}]" for i in range(1, 41)), \
+            [cell(m, "index") for m in members]
+        third = next(m for m in members if cell(m, "index") == "[3]")
+        assert (cell(third, "status"), cell(third, "exit")) == ("failed", "1"), third.text
+        reason = third.find_element(By.CSS_SELECTOR, "td.reason").get_attribute("title")
+        assert reason == "exited with code 1", reason
+        for m in members:
+            assert cell(m, "name") == "sweep", m.text
+            assert cell(m, "start") != "-" and cell(m, "end") != "-" and cell(m, "run") != "-", m.text
+        failed_id = third.get_attribute("data-task")
+        driver.save_screenshot(str(out / "dashboard-array-open.png"))
+        click(driver, row + " .toggle")
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "tr.member"))
+
+        step = "the array's link lists its tasks alone"
+        click(driver, row + " a.all")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#tasks tr[data-task]")) == 40)
+        assert not driver.find_elements(By.CSS_SELECTOR, "tr.array"), "the array listed collapsed"
+        assert driver.find_element(By.CSS_SELECTOR, 'form.filters input[name="array"]').get_attribute("value") == sweep
+
+        step = "a failed task's page shows its name, array, run and exit"
+        click(driver, f'tr[data-task="{failed_id}"] a')
+        wait.until(lambda d: d.find_elements(By.ID, "exit-code") and d.find_element(By.ID, "exit-code").text == "1")
+        assert driver.find_element(By.ID, "name").text == "sweep"
+        assert sweep in driver.find_element(By.ID, "array").text and "index 3" in driver.find_element(By.ID, "array").text
+        assert driver.find_element(By.ID, "reason").text == "exited with code 1"
+        for field in ("start", "end", "run-time"):
+            assert driver.find_element(By.ID, field).text != "-", field
+        driver.save_screenshot(str(out / "dashboard-array-task.png"))
+
+        step = "the name filter finds the array"
+        driver.get(f"{args.url}/#/")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'form.filters input[name="name"]'))
+        driver.find_element(By.CSS_SELECTOR, 'form.filters input[name="name"]').send_keys("sweep")
+        click(driver, 'form.filters button[type="submit"]')
+        wait.until(lambda d: "name=sweep" in d.current_url
+                   and len(d.find_elements(By.CSS_SELECTOR, "#tasks tr.array, #tasks tr[data-task]")) == 1)
+        assert driver.find_elements(By.CSS_SELECTOR, row), "the array's row"
+
+        driver.get(f"{args.url}/#/")
+        # The unfiltered list (the filtered one had a drain button too).
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-task="{late}"]'))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.drain'))
 
         step = "the drain button drains the worker"
-        driver.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.drain').click()
+        click(driver, f'tr[data-worker="{args.worker}"] button.drain')
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] td.drain').text
                    in ("draining", "drained"))
-        driver.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] button.undrain').click()
+        click(driver, f'tr[data-worker="{args.worker}"] button.undrain')
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-worker="{args.worker}"] td.drain').text == "-")
     except Exception as e:  # noqa: BLE001 - any failure is reported with the page
         driver.save_screenshot(str(out / "dashboard-failure.png"))

@@ -7,7 +7,8 @@
 //! | `GET /` | the page (overview, task list, task page) |
 //! | `GET /api/session` | the session's CSRF token |
 //! | `GET /api/overview` | counts by status and the workers |
-//! | `GET /api/tasks?status=&worker=&array=&after=&limit=` | a page of tasks, newest first, with `next` |
+//! | `GET /api/tasks?status=&worker=&array=&name=&label=k=v&after=&limit=` | a page of tasks, newest first, with `next` |
+//! | `GET /api/tasks?...&collapse=true` | a page of `rows`, each a task or the tasks of one array read (with the array's counts by status) |
 //! | `GET /api/tasks/{id}` | a task with its result, its attempts and waiting reason |
 //! | `GET /api/tasks/{id}/output?offset=` | its output as it is written (SSE) |
 //! | `POST /api/tasks/{id}/cancel` | cancel it |
@@ -28,7 +29,8 @@ use base64::Engine;
 use cloudai_core::events::Resync;
 use cloudai_core::master::{short_reason, CancelOutcome, Cursor, Master, Serving, MAX_PAGE};
 use cloudai_core::model::{
-    parse_duration, parse_label, ArrayId, TaskId, TaskRecord, TaskStatus, ValidationError, WorkerId,
+    parse_duration, parse_label, ArrayId, ArrayIndices, TaskId, TaskRecord, TaskStatus, Timestamp,
+    ValidationError, WorkerId,
 };
 use cloudai_core::output::{OutputFrom, OutputStream};
 use cloudai_core::store::{PageKey, TaskFilter};
@@ -48,6 +50,8 @@ const STYLE: &str = include_str!("assets/style.css");
 
 /// Tasks on one page of the list unless asked otherwise.
 const PAGE: usize = 50;
+/// Most tasks one collapsed page reads to fill its rows.
+const COLLAPSE_SCAN: usize = 1000;
 
 pub(super) fn routes(master: Serving) -> Router {
     Router::new()
@@ -170,6 +174,7 @@ async fn overview(Acting(master): Acting) -> Answer {
                     "task": g.task,
                 })).collect::<Vec<_>>(),
                 "last_heartbeat": w.last_heartbeat,
+                "labels": w.labels,
             })
         })
         .collect();
@@ -177,8 +182,8 @@ async fn overview(Acting(master): Acting) -> Answer {
 }
 
 /// A task as the list and the task page show it: the record (its
-/// attempts without their kept output), and why it waits (the sentence
-/// and its word).
+/// attempts without their kept output), why it waits (the sentence and
+/// its word), its request, and its current or last run (`run`).
 fn task_json(task: &TaskRecord, waiting: Option<String>) -> Value {
     let mut v = serde_json::to_value(task).unwrap_or(Value::Null);
     if let Some(history) = v.get_mut("history").and_then(Value::as_array_mut) {
@@ -188,7 +193,32 @@ fn task_json(task: &TaskRecord, waiting: Option<String>) -> Value {
     }
     v["waiting"] = json!(waiting);
     v["reason_word"] = json!(waiting.as_deref().map(short_reason));
+    let r = &task.spec.resources;
+    v["requested"] = json!({ "cpu": r.cpu_cores(), "memory_gb": r.memory_gb(), "gpus": r.gpus });
+    v["run"] = run_json(task);
     v
+}
+
+/// A task's current or last run: a running one's from its assignment, a
+/// final one's last attempt (or only its end if none ran); `null` for a
+/// pending one. Times in ms since the epoch; `exit` is the code or the
+/// signal (its number).
+fn run_json(t: &TaskRecord) -> Value {
+    match t.status {
+        TaskStatus::Pending => Value::Null,
+        TaskStatus::Running => json!({ "started_at": t.assigned_at, "ended_at": null }),
+        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled => {
+            match t.history.last() {
+                Some(a) => json!({
+                    "started_at": a.started_at.or(t.assigned_at),
+                    "ended_at": Some(a.ended_at).filter(|e| *e != Timestamp::ZERO).or(t.finished_at),
+                    "exit_code": a.exit_code,
+                    "signal": a.signal,
+                }),
+                None => json!({ "started_at": null, "ended_at": t.finished_at }),
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -201,6 +231,9 @@ struct TaskQuery {
     label: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
+    /// Each array's tasks read as one row: `rows`, not `tasks`.
+    #[serde(default)]
+    collapse: bool,
 }
 
 fn nonempty(s: Option<String>) -> Option<String> {
@@ -227,6 +260,12 @@ async fn tasks(Acting(master): Acting, Query(q): Query<TaskQuery>) -> Answer {
         .map(|a| a.parse::<PageKey>())
         .transpose()?;
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
+    if q.collapse {
+        let (rows, next) = collapsed(&master, &filter, after, limit).await?;
+        return Ok(Json(
+            json!({ "rows": rows, "next": next.map(|k| k.to_string()) }),
+        ));
+    }
     let (page, next) = master.page(&filter, after.as_ref(), limit).await?;
     let waiting = master.waiting_each(&page);
     let rows: Vec<Value> = page
@@ -239,10 +278,171 @@ async fn tasks(Acting(master): Acting, Query(q): Query<TaskQuery>) -> Answer {
     ))
 }
 
+/// Up to `limit` rows of the list, newest first after `after`: each a
+/// task (`{"task": ...}`) or the tasks of one array read together
+/// (`{"array": ...}`, see [`array_json`]); pages are read until the rows
+/// are filled, the tasks run out or [`COLLAPSE_SCAN`] were read. The
+/// key for the next page follows the last task a row holds, so an array
+/// cut there goes on in the next page's first row.
+async fn collapsed(
+    master: &Master,
+    filter: &TaskFilter,
+    mut after: Option<PageKey>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<PageKey>), Error> {
+    let per_page = limit.clamp(100, MAX_PAGE);
+    let mut groups: Vec<(Option<ArrayId>, Vec<TaskRecord>)> = Vec::new();
+    let mut read = 0;
+    // The key after the last task a row holds.
+    let mut last = None;
+    let next = 'reading: loop {
+        let (page, next) = master.page(filter, after.as_ref(), per_page).await?;
+        read += page.len();
+        for t in &page {
+            let array = t.array.as_ref().map(|a| &a.id);
+            let joins = array.and_then(|a| groups.iter().position(|(g, _)| g.as_ref() == Some(a)));
+            match joins {
+                Some(i) => groups[i].1.push(t.clone()),
+                None if groups.len() == limit => break 'reading last,
+                None => groups.push((array.cloned(), vec![t.clone()])),
+            }
+            last = Some(PageKey::after(t));
+        }
+        match next {
+            Some(n) if read < COLLAPSE_SCAN => after = Some(n),
+            next => break next,
+        }
+    };
+    let all: Vec<TaskRecord> = groups
+        .iter()
+        .flat_map(|(_, ts)| ts.iter().cloned())
+        .collect();
+    let mut waiting = master.waiting_each(&all).into_iter();
+    let mut rows = Vec::with_capacity(groups.len());
+    for (array, members) in groups {
+        let waits: Vec<Option<String>> = waiting.by_ref().take(members.len()).collect();
+        rows.push(match array {
+            None => json!({ "task": task_json(&members[0], waits.into_iter().next().flatten()) }),
+            Some(id) => {
+                let counts = master
+                    .count_matching(&TaskFilter {
+                        array: Some(id.clone()),
+                        ..TaskFilter::default()
+                    })
+                    .await?;
+                json!({ "array": array_json(&id, &members, &waits, counts) })
+            }
+        });
+    }
+    Ok((rows, next))
+}
+
+/// The value every item has, if they all have the same.
+fn shared<T: PartialEq>(mut items: impl Iterator<Item = T>) -> Option<T> {
+    let first = items.next()?;
+    items.all(|i| i == first).then_some(first)
+}
+
+/// The value most of `items` have (the first such in order of value).
+fn commonest<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut each = std::collections::BTreeMap::<&str, usize>::new();
+    for i in items {
+        *each.entry(i).or_default() += 1;
+    }
+    let most = each.values().copied().max()?;
+    each.into_iter().find(|(_, n)| *n == most).map(|(i, _)| i)
+}
+
+/// An array's row: its id, the indices of its `members` read (as Slurm
+/// writes them, `1-40`), how many, the name and request they share, the
+/// whole array's `counts` by status; the workers they ran on, their first
+/// start and (none pending or running) last end; the commonest waiting
+/// word among those pending (`waits`, theirs in order) and the commonest
+/// reason among those failed.
+fn array_json(
+    id: &ArrayId,
+    members: &[TaskRecord],
+    waits: &[Option<String>],
+    counts: cloudai_core::model::StatusCounts,
+) -> Value {
+    let mut each: Vec<u32> = members
+        .iter()
+        .filter_map(|t| t.array.as_ref().map(|a| a.index))
+        .collect();
+    each.sort_unstable();
+    each.dedup();
+    let list = each
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let indices = list
+        .parse::<ArrayIndices>()
+        .map(|i| i.to_string())
+        .unwrap_or(list);
+    let workers: std::collections::BTreeSet<&str> = members
+        .iter()
+        .filter_map(|t| t.worker.as_ref().map(|w| w.as_str()))
+        .collect();
+    let runs: Vec<Value> = members.iter().map(run_json).collect();
+    let times = |key: &str| -> Vec<u64> {
+        runs.iter()
+            .filter_map(|r| r.get(key).and_then(Value::as_u64))
+            .collect()
+    };
+    let live = members.iter().any(|t| !t.status.is_terminal());
+    let started = times("started_at").into_iter().min();
+    let ended = times("ended_at")
+        .into_iter()
+        .max()
+        .filter(|_| !live && started.is_some());
+    let reason_word = commonest(
+        members
+            .iter()
+            .zip(waits)
+            .filter(|(t, _)| t.status == TaskStatus::Pending)
+            .filter_map(|(_, w)| w.as_deref().map(short_reason)),
+    );
+    let failure = commonest(
+        members
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .filter_map(|t| t.reason.as_deref()),
+    );
+    let request = shared(members.iter().map(|t| t.spec.resources));
+    json!({
+        "id": id,
+        "indices": indices,
+        "listed": members.len(),
+        "name": shared(members.iter().map(|t| t.spec.name.as_deref())).flatten(),
+        "limit": members.iter().find_map(|t| t.array.as_ref().and_then(|a| a.limit)),
+        "counts": counts,
+        "requested": request.map(|r| json!({ "cpu": r.cpu_cores(), "memory_gb": r.memory_gb(), "gpus": r.gpus })),
+        "workers": workers,
+        "started_at": started,
+        "ended_at": ended,
+        "reason_word": reason_word,
+        "failure": failure,
+    })
+}
+
 async fn task(Acting(master): Acting, Path(id): Path<String>) -> Answer {
     let view = master.task(&TaskId::new(id)?).await?;
     let mut v = task_json(&view.task, view.waiting);
     v["result"] = serde_json::to_value(&view.result).unwrap_or(Value::Null);
+    // The task page's spelling of its constraints and dependencies, as
+    // the CLI's flags write them.
+    let spec = &view.task.spec;
+    v["constraints_text"] = json!(spec
+        .constraints
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>());
+    v["dependencies"] = json!(spec
+        .after
+        .iter()
+        .map(|d| json!({ "condition": d.condition.as_str(), "task": d.task }))
+        .collect::<Vec<_>>());
     Ok(Json(v))
 }
 
