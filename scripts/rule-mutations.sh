@@ -290,7 +290,7 @@ mutate cloudai-core/src/model/dependency.rs "after-ok holds whatever the parent'
 mutate cloudai-core/src/master/state/gate.rs "a dependency that can never hold leaves its dependent waiting" \
   'self.gate.unmet.push((child, reason));' 'drop((child, reason));'
 mutate cloudai-core/src/master/dependencies.rs "a parent that ended before its dependent was registered decides nothing" \
-  'st.parent_ended(&p.id, p.status, &root, now);' 'drop(root);'
+  'st.parent_ended(&p.id, p.status, chain.as_ref(), now);' 'drop(chain);'
 mutate cloudai-core/src/master/state/gate.rs "an array throttle admits every member" \
   'if t.admitted.len() < t.limit as usize {' 'if true {'
 mutate cloudai-core/src/master/state/placement.rs "a task is placed on a worker its constraints exclude" \
@@ -303,5 +303,10 @@ mutate cloudai-core/src/worker/session.rs "a worker's beats wait behind its repo
   'self.flush_in_background();' 'self.flush_outbox().await;'
 mutate cloudai-core/src/worker/outbox.rs "a report being sent is sent again by a flush" \
   '.filter(|(_, o)| !o.sending)' '.filter(|_| true)'
+
+mutate cloudai-core/src/master/state/gate.rs "a step after-any a task cancelled as unmet runs" \
+  'Some(_) => Some(Verdict::Never),' 'Some(_) => condition.verdict(status),'
+mutate cloudai-core/src/lifecycle/mod.rs "a dependency cancels a task that already ran" \
+  '(TaskEvent::Unmet { .. }, _) if task.attempt > 0 =>' '(TaskEvent::Unmet { .. }, _) if false =>'
 
 exit $survived

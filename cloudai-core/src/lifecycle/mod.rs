@@ -354,6 +354,11 @@ fn refusal(task: &TaskRecord, event: &TaskEvent) -> Option<Refusal> {
     }
     let Some((claimed, attempt)) = event.run() else {
         return match (event, ph) {
+            // A dependency decides only a task that never ran.
+            (TaskEvent::Unmet { .. }, _) if task.attempt > 0 => Some(Refusal::StaleAttempt {
+                current: task.attempt,
+                claimed: 0,
+            }),
             (TaskEvent::Assign { .. } | TaskEvent::Unmet { .. }, Phase::Ending(w, _)) => {
                 Some(Refusal::Ending(w.clone()))
             }

@@ -366,3 +366,38 @@ fn a_blind_change_is_what_deciding_on_the_record_writes() {
         "a failure's outcome depends on the record"
     );
 }
+
+#[test]
+fn an_unmet_dependency_cancels_only_a_task_that_never_ran() {
+    let unmet = TaskEvent::Unmet {
+        reason: "dependency never satisfied: after-ok and task p failed".into(),
+    };
+    let waiting = task(TaskStatus::Pending, None);
+    let t = apply(&waiting, &unmet);
+    assert_eq!(t.to, TaskStatus::Cancelled);
+    assert!(t.effects.is_empty(), "nothing ran: nothing to stop");
+    assert_eq!(
+        after(&waiting, &unmet).reason.as_deref(),
+        Some("dependency never satisfied: after-ok and task p failed")
+    );
+    // Requeued after a run: its dependencies held once, and that stands.
+    let mut requeued = task(TaskStatus::Pending, None);
+    requeued.attempt = 1;
+    assert!(matches!(
+        decide(Some(&requeued), &unmet, NOW),
+        Decision::Refuse(Refusal::StaleAttempt {
+            current: 1,
+            claimed: 0
+        })
+    ));
+    for t in [
+        task(TaskStatus::Running, Some("a")),
+        task(TaskStatus::Pending, Some("a")),
+        task(TaskStatus::Completed, Some("a")),
+    ] {
+        assert!(
+            matches!(decide(Some(&t), &unmet, NOW), Decision::Refuse(_)),
+            "{t:?}"
+        );
+    }
+}

@@ -12,7 +12,9 @@ use tracing::{info, warn};
 use super::Master;
 use crate::apply::Applied;
 use crate::lifecycle::TaskEvent;
-use crate::model::{root_of, ArrayId, Condition, Dependency, TaskId, TaskRecord, TaskSpec};
+use crate::model::{
+    root_of, ArrayId, Condition, Dependency, TaskId, TaskRecord, TaskSpec, TaskStatus,
+};
 use crate::store::TaskFilter;
 use crate::{Error, Result};
 
@@ -108,9 +110,11 @@ impl Master {
             match found {
                 Some(p) => {
                     // A parent itself cancelled as unmet passes its root on.
-                    let root = p.reason.as_deref().and_then(root_of);
-                    let root = root.unwrap_or_else(|| p.id.clone());
-                    st.parent_ended(&p.id, p.status, &root, now);
+                    let chain = match p.status {
+                        TaskStatus::Cancelled => p.reason.as_deref().and_then(root_of),
+                        _ => None,
+                    };
+                    st.parent_ended(&p.id, p.status, chain.as_ref(), now);
                 }
                 None => st.parent_gone(&parent),
             }

@@ -303,12 +303,20 @@ impl Master {
             None => {
                 let t = TaskRecord::new(id.clone(), spec, at);
                 match self.inner.store.insert_task(t.clone()).await {
-                    Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+                    Ok(()) => {
+                        self.acknowledge(())?;
+                        self.queue_and_wait(std::slice::from_ref(&t)).await;
+                        return Ok(id);
+                    }
+                    // Another retry stored it meanwhile: take it as stored.
+                    Err(Error::AlreadyExists { .. }) => self
+                        .inner
+                        .store
+                        .get_task(&id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("task", &id))?,
                     Err(e) => return Err(e),
                 }
-                self.acknowledge(())?;
-                self.queue_and_wait(std::slice::from_ref(&t)).await;
-                return Ok(id);
             }
         };
         info!(task = %id, "submit retried under its request id; returning its task");
@@ -345,6 +353,13 @@ impl Master {
         self.check_submit(&mut spec, &options)?;
         if indices.is_empty() {
             return Err(ValidationError::Empty { field: "array" }.into());
+        }
+        if options.array_limit == Some(0) {
+            return Err(ValidationError::Invalid {
+                field: "array",
+                reason: "a %limit must let at least 1 task run at once".into(),
+            }
+            .into());
         }
         let corr = match &options.after_corr {
             None => BTreeMap::new(),
@@ -431,7 +446,14 @@ impl Master {
             _ => return e,
         };
         warn!(array = %array, stored = landed.len(), wanted, error = %e, "array stored in part; queueing what landed");
-        self.queue_and_wait(&landed).await;
+        // Only those still waiting to be placed (a retried submit lists
+        // members that may have run already).
+        let placeable: Vec<TaskRecord> = landed
+            .iter()
+            .filter(|t| t.status == TaskStatus::Pending && t.worker.is_none())
+            .cloned()
+            .collect();
+        self.queue_and_wait(&placeable).await;
         Error::Unavailable(format!(
             "array {array}: {} of {wanted} tasks were stored before the store failed ({e}); \
              those run (tasks --array {array}); submit the rest again",

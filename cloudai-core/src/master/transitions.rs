@@ -24,8 +24,20 @@ impl Master {
     /// Applies an event with one compare-and-set and executes its effects.
     pub(super) async fn apply(&self, id: &TaskId, event: TaskEvent) -> Result<Applied> {
         let applied = apply_event(self.inner.store.as_ref(), id, &event, self.now()).await?;
-        if let Applied::Changed { task, transition } = &applied {
-            self.carry_out(task, transition);
+        match &applied {
+            Applied::Changed { task, transition } => self.carry_out(task, transition),
+            // Final by a write this master did not see as its own (one
+            // whose answer was lost): its dependents and its array's
+            // throttle still learn of its end.
+            Applied::Refused {
+                task: Some(task), ..
+            } if task.status.is_terminal() => {
+                let now = self.now();
+                let mut st = self.state();
+                st.gate_final(task, now);
+                self.done(st);
+            }
+            Applied::Refused { .. } => {}
         }
         Ok(applied)
     }

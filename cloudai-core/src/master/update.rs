@@ -19,9 +19,14 @@ impl Master {
                 let mut task = before;
                 task.spec.priority = priority;
                 self.acknowledge(())?;
-                let mut st = self.state();
-                st.reprioritize(&task);
-                self.done(st);
+                {
+                    let mut st = self.state();
+                    st.reprioritize(&task);
+                    self.done(st);
+                }
+                // A task an older term stored that this master has not
+                // adopted yet (the write raised its fence past adoption's).
+                self.adopt_stored(std::slice::from_ref(&task)).await;
                 info!(task = %id, priority, "priority changed");
                 Ok(task)
             }

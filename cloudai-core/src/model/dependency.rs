@@ -144,8 +144,12 @@ pub fn root_of(reason: &str) -> Option<TaskId> {
     if let Some((_, root)) = rest.rsplit_once(" (root: task ") {
         return TaskId::new(root.strip_suffix(')')?).ok();
     }
-    // `<condition> and task <parent> <status>`: the parent is the root.
-    let (_, parent) = rest.split_once(" and task ")?;
+    // `<condition> and task <parent> <status>`, or `task <parent> no
+    // longer exists`: the parent is the root.
+    let parent = match rest.split_once(" and task ") {
+        Some((_, parent)) => parent,
+        None => rest.strip_prefix("task ")?,
+    };
     TaskId::new(parent.split(' ').next()?).ok()
 }
 
@@ -192,6 +196,8 @@ mod tests {
         let chained = never_reason(&on_b, TaskStatus::Cancelled, &a);
         assert_eq!(root_of(&chained), Some(a));
         assert_eq!(root_of("cancelled by user"), None);
+        let gone = "dependency never satisfied: task task-1-1 no longer exists";
+        assert_eq!(root_of(gone), Some(TaskId::new("task-1-1").unwrap()));
     }
 
     #[test]

@@ -1258,7 +1258,7 @@ impl SimCluster {
                     ended(d)
                         && by_id
                             .get(&d.task)
-                            .is_some_and(|p| d.condition.verdict(p.status) == Some(Verdict::Never))
+                            .is_some_and(|p| verdict_of(d, p) == Some(Verdict::Never))
                 });
                 if let Some(d) = never {
                     broken.push(format!(
@@ -1460,7 +1460,7 @@ pub fn pipeline_violations(tasks: &[TaskRecord], workers: &[WorkerRecord]) -> Ve
                 let Some(p) = by_id.get(&d.task) else {
                     continue;
                 };
-                if d.condition.verdict(p.status) != Some(Verdict::Met) {
+                if verdict_of(d, p) != Some(Verdict::Met) {
                     broken.push(format!(
                         "task {} was assigned ({}, attempt {}, {} ended attempts) though its dependency {d} is {}",
                         t.id,
@@ -1513,6 +1513,18 @@ pub fn pipeline_violations(tasks: &[TaskRecord], workers: &[WorkerRecord]) -> Ve
 }
 
 /// What must hold of `t`, cancelled for an unmet dependency with `reason`.
+/// What `p`'s end means for a dependent: its condition's verdict, except
+/// that a parent cancelled as never satisfiable never ran, so none of its
+/// subtree runs, whatever the condition.
+fn verdict_of(d: &Dependency, p: &TaskRecord) -> Option<Verdict> {
+    let unmet = p.status == TaskStatus::Cancelled
+        && p.reason.as_deref().is_some_and(|r| r.starts_with(UNMET));
+    if unmet {
+        return Some(Verdict::Never);
+    }
+    d.condition.verdict(p.status)
+}
+
 fn unmet_violations(
     t: &TaskRecord,
     reason: &str,
@@ -1530,7 +1542,7 @@ fn unmet_violations(
     let never = |d: &Dependency| {
         by_id
             .get(&d.task)
-            .is_none_or(|p| d.condition.verdict(p.status) == Some(Verdict::Never))
+            .is_none_or(|p| verdict_of(d, p) == Some(Verdict::Never))
     };
     if !t.spec.after.iter().any(never) {
         broken.push(format!(
