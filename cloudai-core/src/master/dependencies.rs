@@ -92,6 +92,10 @@ impl Master {
     /// in `live` are known not to have ended (a load read them pending or
     /// running) and are not read again.
     pub(super) async fn resolve_from_store(&self, tasks: &[TaskRecord], live: &HashSet<&TaskId>) {
+        // Most submits name no parent: no second look at the state.
+        if tasks.iter().all(|t| t.spec.after.is_empty()) {
+            return;
+        }
         let parents: BTreeSet<TaskId> = {
             let st = self.state();
             tasks

@@ -134,8 +134,10 @@ impl State {
     /// `task` left `pending` (placed, cancelled, ...): the gate forgets
     /// it, but a throttle still counts it until it ends.
     pub(super) fn gate_forget_pending(&mut self, task: &TaskRecord) {
-        self.gate.waiting.remove(&task.id);
-        self.gate.met.remove(&task.id);
+        if !task.spec.after.is_empty() {
+            self.gate.waiting.remove(&task.id);
+            self.gate.met.remove(&task.id);
+        }
         let Some(array) = task.array.as_ref() else {
             return;
         };
@@ -153,8 +155,14 @@ impl State {
     /// `task` reached a final status: its dependents are decided and its
     /// array's throttle admits the next member.
     pub(super) fn gate_ended(&mut self, task: &TaskRecord, now: Timestamp) {
-        let chain = self.gate.roots.remove(&task.id);
-        self.parent_ended(&task.id, task.status, chain.as_ref(), now);
+        // Most tasks are nobody's parent: no lookups for them.
+        let chain = match self.gate.roots.is_empty() {
+            true => None,
+            false => self.gate.roots.remove(&task.id),
+        };
+        if !self.gate.children.is_empty() {
+            self.parent_ended(&task.id, task.status, chain.as_ref(), now);
+        }
         let Some(array) = task.array.as_ref() else {
             return;
         };
