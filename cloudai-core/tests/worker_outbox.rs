@@ -18,11 +18,12 @@ use cloudai_core::model::{
 use cloudai_core::testing::sim::{fake_task, FakeRuntime};
 use cloudai_core::transport::{HeartbeatReply, Registration, RegistrationReply, WorkerToMaster};
 use cloudai_core::worker::{Worker, WorkerConfig};
-use cloudai_core::Result;
+use cloudai_core::{Error, Result};
 use tokio::sync::watch;
 
-/// A master that answers beats at once and takes `report_delay` to answer
-/// each report, counting both.
+/// A master that answers beats at once, refuses each task's first report
+/// at once (unavailable) and takes `report_delay` to answer the next,
+/// counting both.
 #[derive(Debug, Default)]
 struct SlowReports {
     report_delay: Duration,
@@ -46,12 +47,15 @@ impl WorkerToMaster for SlowReports {
         Ok(HeartbeatReply::default())
     }
     async fn report(&self, result: &TaskResult) -> Result<()> {
-        *self
-            .reports
-            .lock()
-            .unwrap()
-            .entry(result.task_id.clone())
-            .or_default() += 1;
+        let sent = {
+            let mut reports = self.reports.lock().unwrap();
+            let n = reports.entry(result.task_id.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        if sent == 1 {
+            return Err(Error::Unavailable("busy".into()));
+        }
         tokio::time::sleep(self.report_delay).await;
         Ok(())
     }
@@ -62,7 +66,7 @@ impl WorkerToMaster for SlowReports {
 }
 
 #[tokio::test(start_paused = true)]
-async fn beats_go_on_while_reports_are_slow_and_each_report_is_sent_once() {
+async fn beats_go_on_while_reports_are_slow_and_no_report_is_sent_twice_at_once() {
     let clock = Clock::starting_at(Timestamp::from_millis(1_000_000));
     let master = Arc::new(SlowReports {
         report_delay: Duration::from_secs(4),
@@ -81,7 +85,8 @@ async fn beats_go_on_while_reports_are_slow_and_each_report_is_sent_once() {
     let w = worker.clone();
     tokio::spawn(async move { w.run(rx).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Ten runs that end at once: ten reports, each answered after 4 s.
+    // Ten runs that end at once: ten reports, each refused once, then sent
+    // again from the outbox and answered after 4 s.
     for i in 0..10 {
         let run = RunningTask {
             task: TaskId::new(format!("t{i}")).unwrap(),
@@ -92,17 +97,18 @@ async fn beats_go_on_while_reports_are_slow_and_each_report_is_sent_once() {
             .await
             .unwrap();
     }
+    // A flush sends them one at a time: 40 s in all.
     let before = master.beats.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(45)).await;
     let beats = master.beats.load(Ordering::SeqCst) - before;
     assert!(
-        beats >= 20,
-        "a beat every 200 ms while the reports wait: {beats} in 6 s"
+        beats >= 200,
+        "a beat every 200 ms while the reports wait: {beats} in 45 s"
     );
     let reports = master.reports.lock().unwrap().clone();
     assert_eq!(reports.len(), 10, "{reports:?}");
     assert!(
-        reports.values().all(|n| *n == 1),
-        "a report being sent is not sent again: {reports:?}"
+        reports.values().all(|n| *n == 2),
+        "refused once, sent once more, and not again while being sent: {reports:?}"
     );
 }
